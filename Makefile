@@ -1,0 +1,143 @@
+# corral — build, run, test, bench. Every output goes to build/ (or $(B)).
+#
+# Conventions (so that a new module needs no Makefile edit):
+#   proxy/*.c            -> the daemon build/corral (proxy/main.c holds main())
+#   bpf/*.bpf.c          -> BPF objects + skeletons in build/bpf/
+#   tools/backend/*.c    -> build/corral-backend
+#   tools/corralctl/*.c  -> build/corralctl
+#   tests/unit/test_*.c  -> one Criterion binary each, linked with every proxy object but main
+#   tests/fuzz/fuzz_*.c  -> libFuzzer targets (make fuzz)
+#   tests/e2e/test_*.py  -> pytest end-to-end tests against the real binaries
+
+B        ?= build
+CC       ?= gcc
+CLANG    ?= clang
+PYTHON   ?= /usr/bin/python3
+SAN      ?=
+LLHTTP_SRC := /usr/share/llhttp
+LLHTTP_INC := /usr/share/include/llhttp
+
+WARN     := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-unused-parameter \
+            -Wmissing-prototypes -Wstrict-prototypes -Wpointer-arith -Wvla
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=gnu11 -pthread -D_GNU_SOURCE -fno-strict-aliasing $(WARN) $(SAN) \
+            -Iproxy -Ibpf -I$(B)/bpf -I$(LLHTTP_INC) -MMD -MP
+LDFLAGS  += -pthread $(SAN)
+LIBS     := -luring -lbpf -lelf -lz -lyaml -ljansson -lurcu-qsbr -lxxhash -lm
+
+PROXY_SRC   := $(wildcard proxy/*.c)
+PROXY_OBJ   := $(PROXY_SRC:%.c=$(B)/obj/%.o)
+LIB_OBJ     := $(filter-out $(B)/obj/proxy/main.o,$(PROXY_OBJ))
+BPF_SRC     := $(wildcard bpf/*.bpf.c)
+BPF_OBJ     := $(BPF_SRC:bpf/%.bpf.c=$(B)/bpf/%.bpf.o)
+BPF_SKEL    := $(BPF_SRC:bpf/%.bpf.c=$(B)/bpf/%.skel.h)
+BACKEND_SRC := $(wildcard tools/backend/*.c)
+CTL_SRC     := $(wildcard tools/corralctl/*.c)
+UNIT_SRC    := $(wildcard tests/unit/test_*.c)
+UNIT_BIN    := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
+FUZZ_SRC    := $(wildcard tests/fuzz/fuzz_*.c)
+LLHTTP_OBJ  := $(B)/llhttp/llhttp.o $(B)/llhttp/api.o $(B)/llhttp/http.o
+LLHTTP_LIB  := $(B)/libllhttp.a
+
+BINS := $(B)/corral $(B)/corral-backend $(if $(CTL_SRC),$(B)/corralctl)
+
+.PHONY: all deps run test unit e2e asan bench fuzz fuzz-smoke fmt lint clean
+.DEFAULT_GOAL := all
+
+all: $(BINS) $(UNIT_BIN)
+
+deps:
+	@bash deploy/install-deps.sh
+
+# --- llhttp, compiled from Debian's node-llhttp sources ----------------------
+$(B)/llhttp/%.o: $(LLHTTP_SRC)/%.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -fPIC $(SAN) -I$(LLHTTP_INC) -c $< -o $@
+
+$(LLHTTP_LIB): $(LLHTTP_OBJ)
+	ar rcs $@ $^
+
+# --- BPF ----------------------------------------------------------------------
+$(B)/bpf/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h)
+	@mkdir -p $(@D)
+	$(CLANG) -O2 -g -target bpf -D__TARGET_ARCH_x86 -I/usr/include/x86_64-linux-gnu -Ibpf \
+		-Wall -Werror -c $< -o $@
+
+$(B)/bpf/%.skel.h: $(B)/bpf/%.bpf.o
+	bpftool gen skeleton $< > $@.tmp && mv $@.tmp $@
+
+# --- the daemon -----------------------------------------------------------------
+$(B)/obj/%.o: %.c | $(BPF_SKEL)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(B)/corral: $(PROXY_OBJ) $(LLHTTP_LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(B)/corral-backend: $(BACKEND_SRC:%.c=$(B)/obj/%.o)
+	$(CC) $(LDFLAGS) -o $@ $^ -lm
+
+$(B)/corralctl: $(CTL_SRC:%.c=$(B)/obj/%.o)
+	$(CC) $(LDFLAGS) -o $@ $^ -ljansson -lm
+
+# --- tests ------------------------------------------------------------------------
+$(B)/tests/test_%: $(B)/obj/tests/unit/test_%.o $(LIB_OBJ) $(LLHTTP_LIB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lcriterion
+
+unit: $(UNIT_BIN)
+	@bash tests/run-unit.sh $(UNIT_BIN)
+
+e2e: $(BINS)
+	CORRAL_BUILD=$(abspath $(B)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
+
+test: deps
+	$(MAKE) all
+	$(MAKE) unit
+	$(MAKE) fuzz-smoke
+	$(MAKE) e2e
+
+# The same tests, built with AddressSanitizer + UBSan into build/asan.
+asan: deps
+	$(MAKE) B=build/asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+		CFLAGS="-O1 -g" all
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		$(MAKE) B=build/asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+		CFLAGS="-O1 -g" unit e2e
+
+# --- fuzzing (clang libFuzzer) ----------------------------------------------------
+FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE -Iproxy -Ibpf -I$(LLHTTP_INC)
+FUZZ_SECONDS ?= 60
+$(B)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c proxy/http.c $(wildcard proxy/*.h) $(LLHTTP_SRC)/llhttp.c
+	@mkdir -p $(@D)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $< proxy/http.c $(LLHTTP_SRC)/llhttp.c $(LLHTTP_SRC)/api.c $(LLHTTP_SRC)/http.c
+
+fuzz: $(FUZZ_SRC:tests/fuzz/%.c=$(B)/fuzz/%)
+	@for f in $^; do n=$$(basename $$f); mkdir -p $(B)/fuzz/corpus-$$n; \
+		echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
+		$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(B)/fuzz/corpus-$$n tests/fuzz/corpus/$$n || exit 1; done
+
+fuzz-smoke:
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
+
+# --- run, bench -----------------------------------------------------------------------
+run: deps
+	$(MAKE) all
+	@bash deploy/run-demo.sh $(B)
+
+bench: deps
+	$(MAKE) all
+	@bash tools/bench/bench.sh $(B)
+
+# --- style ------------------------------------------------------------------------------
+FMT_SRC := $(wildcard proxy/*.[ch] bpf/*.[ch] tools/*/*.[ch] tests/unit/*.c tests/fuzz/*.c)
+fmt:
+	clang-format -i $(FMT_SRC)
+
+lint:
+	clang-format --dry-run --Werror $(FMT_SRC)
+
+clean:
+	rm -rf build
+
+-include $(shell find $(B)/obj -name '*.d' 2>/dev/null)

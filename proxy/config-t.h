@@ -1,0 +1,140 @@
+/* Configuration types: the parsed form of corral.yaml, and every default with its reason. */
+#ifndef CORRAL_CONFIG_T_H
+#define CORRAL_CONFIG_T_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+/* Hard upper bounds on list sizes, so that config structs are fixed-size. */
+#define CFG_LISTEN_MAX 16	/* more listen addresses than this is a config mistake */
+#define CFG_CORES_MAX 256	/* also the size of the BPF per-core map */
+#define CFG_BACKENDS_MAX 256	/* a front proxy with more backends wants service discovery */
+#define CFG_PATH_MAX 256
+#define CFG_ERR_MAX 256
+
+/* Defaults. Each number says why. */
+/* Apache/NGINX-like: a client that cannot send a head in 10 s is broken or hostile. */
+#define CFG_DEF_CLIENT_HEADER_MS 10000
+/* Idle keep-alive: long enough for browsers' reuse, short enough to shed idle sockets. */
+#define CFG_DEF_CLIENT_IDLE_MS 60000
+/* A client that sends no body byte (or reads no response byte) for this long is stalled. */
+#define CFG_DEF_CLIENT_BODY_MS 30000
+/* Loopback/LAN connects take microseconds; 2 s is a dead or overloaded backend. */
+#define CFG_DEF_UPSTREAM_CONNECT_MS 2000
+/* Time from request sent to response head, and between response body reads. */
+#define CFG_DEF_UPSTREAM_RESPONSE_MS 30000
+/* Graceful shutdown: enough for normal requests to finish, short for a deploy. */
+#define CFG_DEF_SHUTDOWN_GRACE_MS 10000
+/* Idle upstream keep-alive connections are closed after this (below typical backend 60-75 s). */
+#define CFG_DEF_UPSTREAM_IDLE_MS 30000
+/* A WebSocket/Upgrade tunnel with no traffic either way for this long is closed. */
+#define CFG_DEF_TUNNEL_IDLE_MS 300000
+
+/* 16 KiB head: HAProxy's default bufsize; NGINX allows 4x8 KiB large headers. */
+#define CFG_DEF_HEADER_BYTES_MAX 16384
+/* 100 headers: HAProxy's and Go's default order of magnitude; real clients send < 40. */
+#define CFG_DEF_HEADERS_MAX 100
+/* 8 KiB URI: the RFC 9112 recommended minimum to support, and NGINX's default. */
+#define CFG_DEF_URI_BYTES_MAX 8192
+/* 100 MiB body: generous for uploads, bounded so one client cannot stream forever. */
+#define CFG_DEF_BODY_BYTES_MAX (100ULL * 1024 * 1024)
+/* Connection slots per core: fits 10k+ idle clients per core in a few tens of MiB. */
+#define CFG_DEF_CONNECTIONS_PER_CORE 16384
+/* Requests on one client connection before corral closes it (NGINX keepalive_requests). */
+#define CFG_DEF_REQUESTS_PER_CONNECTION 10000
+/* Idle upstream connections kept per backend per core. */
+#define CFG_DEF_UPSTREAM_IDLE_PER_BACKEND 64
+/* Receive buffers per core and their size: 16 KiB holds a full default head. */
+#define CFG_DEF_BUFFERS_PER_CORE 4096
+#define CFG_DEF_BUFFER_BYTES 16384
+
+enum cfg_balance {
+	CFG_BALANCE_ROUND_ROBIN = 0, /* smooth weighted round-robin */
+	CFG_BALANCE_LEAST_CONN,
+	CFG_BALANCE_HASH_URI,
+	CFG_BALANCE_HASH_CLIENT,
+};
+
+enum cfg_log_format {
+	CFG_LOG_JSON = 0,
+	CFG_LOG_COMBINED,
+};
+
+struct cfg_addr {
+	struct sockaddr_storage ss;
+	socklen_t len;
+	char text[64]; /* as written in the config, e.g. "127.0.0.1:8080" or "[::1]:80" */
+};
+
+struct cfg_backend {
+	struct cfg_addr addr;
+	uint32_t weight; /* 0 = configured but takes no traffic */
+};
+
+struct cfg_timeouts {
+	uint32_t client_header_ms;
+	uint32_t client_idle_ms;
+	uint32_t client_body_ms;
+	uint32_t upstream_connect_ms;
+	uint32_t upstream_response_ms;
+	uint32_t upstream_idle_ms;
+	uint32_t tunnel_idle_ms;
+	uint32_t shutdown_grace_ms;
+};
+
+struct cfg_limits {
+	uint32_t header_bytes_max;
+	uint32_t headers_max;
+	uint32_t uri_bytes_max;
+	uint64_t body_bytes_max;
+	uint32_t connections_per_core;
+	uint32_t requests_per_connection;
+	uint32_t upstream_idle_per_backend;
+	uint32_t buffers_per_core;
+	uint32_t buffer_bytes;
+};
+
+struct cfg_steering {
+	char policy[32];		  /* "hash", "round-robin", ...; validated by steer */
+	uint32_t weights[CFG_CORES_MAX];  /* per worker index; default 1 */
+	uint32_t weights_n;		  /* how many were given */
+};
+
+struct cfg_admin {
+	char socket[CFG_PATH_MAX];	/* default /run/corral/corral.sock; "" = off */
+	struct cfg_addr metrics;	/* admin HTTP listener; metrics_on false = off */
+	bool metrics_on;
+};
+
+struct cfg_access_log {
+	bool on;
+	char path[CFG_PATH_MAX];
+	enum cfg_log_format format;
+};
+
+/* The whole parsed configuration. Immutable once published in a snapshot. */
+struct config {
+	char path[CFG_PATH_MAX]; /* file it came from */
+	char instance[64];	 /* BPF pin folder name; default "default" */
+
+	struct cfg_addr listen[CFG_LISTEN_MAX];
+	uint32_t listen_n;
+
+	/* Worker cores: cores[i] is the CPU worker i is pinned to. */
+	uint32_t cores[CFG_CORES_MAX];
+	uint32_t cores_n;
+
+	struct cfg_backend backends[CFG_BACKENDS_MAX];
+	uint32_t backends_n;
+
+	enum cfg_balance balance;
+	struct cfg_timeouts timeouts;
+	struct cfg_limits limits;
+	struct cfg_steering steering;
+	struct cfg_admin admin;
+	struct cfg_access_log access_log;
+};
+
+#endif

@@ -1,0 +1,43 @@
+/* Per-worker statistics block: single writer (its worker), read by the main thread. */
+#ifndef CORRAL_STATS_T_H
+#define CORRAL_STATS_T_H
+
+#include <stdint.h>
+
+/*
+ * Latency histogram: log-linear buckets over microseconds. Bucket i covers
+ * [stats_bucket_lo(i), stats_bucket_lo(i+1)). 4 sub-buckets per power of two from 1 us to
+ * ~68 s keeps p99 error under 19% with 128 counters per core.
+ */
+#define STATS_LAT_BUCKETS 128
+
+enum stats_class { STATS_1XX, STATS_2XX, STATS_3XX, STATS_4XX, STATS_5XX, STATS_CLASSES };
+
+/*
+ * CROSS-THREAD: written only by the owning worker with relaxed atomic stores
+ * (__atomic_store_n(..., __ATOMIC_RELAXED) of value+1, never read-modify-write), read by
+ * the main thread with relaxed loads. Counters are monotonic; the reader computes rates.
+ * Aligned so that two workers' blocks never share a cache line.
+ */
+struct stats_worker {
+	uint64_t conns_accepted;
+	uint64_t conns_active;	 /* gauge */
+	uint64_t conns_rejected; /* table full (answered 503) */
+	uint64_t requests;	 /* requests whose head was parsed */
+	uint64_t responses[STATS_CLASSES]; /* by class of status sent to the client */
+	uint64_t bytes_in;	 /* from clients */
+	uint64_t bytes_out;	 /* to clients */
+	uint64_t upstream_errors; /* connect failures, resets, timeouts, bad responses */
+	uint64_t upstream_retries;
+	uint64_t pool_idle;	 /* gauge: idle upstream connections in this worker's pools */
+	uint64_t pool_hits;
+	uint64_t pool_misses;
+	uint64_t parse_errors; /* client requests rejected with 4xx by corral's parser */
+	uint64_t timeouts;     /* 408 / idle / upstream timeouts */
+	uint64_t cpu_ns;       /* worker thread CPU time, sampled by the worker each tick */
+	uint64_t lat_us[STATS_LAT_BUCKETS]; /* request latency: head parsed to response end */
+	uint64_t lat_sum_us;
+	uint64_t draining; /* 0/1, set by the worker when its listener is shut down */
+} __attribute__((aligned(64)));
+
+#endif

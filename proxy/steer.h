@@ -1,0 +1,57 @@
+/* Steering: load the sk_reuseport BPF program, own its pinned maps, expose per-core counters. */
+#ifndef CORRAL_STEER_H
+#define CORRAL_STEER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "config-t.h"
+#include "steer_shared.h" /* bpf/steer_shared.h: map layouts, policy ids, pure policy function */
+
+struct steer; /* owned by the main thread */
+
+/*
+ * Loads the steering program and creates (or safely reuses, after a crash) its maps pinned
+ * under /sys/fs/bpf/corral/<cfg->instance>/, mounting bpffs if needed. Sets the policy and
+ * weights from cfg->steering for cfg->cores_n workers. On success *out is set and 0 returned.
+ * On failure returns a negative errno and a one-line reason in err; the caller then runs on
+ * the kernel's reuseport hash (steer == NULL everywhere below is allowed and means that).
+ */
+int steer_open(struct steer **out, const struct config *cfg, char *err, size_t errlen);
+
+/*
+ * Registers worker's listener fd (already listening) for listen address listen_idx: puts it
+ * in the socket array and attaches the program to its reuseport group (once per group).
+ * Also used to put a listener back after undrain (listen() again). Thread-safe for
+ * different workers. Returns 0 or -errno.
+ */
+int steer_register(struct steer *s, uint32_t listen_idx, uint32_t worker, int fd);
+
+/* The worker's per-core line in the mmapped per-core array (NULL when s is NULL). */
+struct steer_core *steer_core(struct steer *s, uint32_t worker);
+
+/* Runtime changes (main thread). Return 0, -EINVAL (unknown policy/core), or -errno. */
+int steer_set_policy(struct steer *s, const char *name);
+int steer_set_weight(struct steer *s, uint32_t worker, uint32_t weight);
+int steer_set_drained(struct steer *s, uint32_t worker, bool drained);
+const char *steer_policy_name(const struct steer *s); /* "kernel-hash" when s is NULL */
+
+/* Per-worker counters kept by the program: connections steered to it, and fallbacks. */
+uint64_t steer_steered(const struct steer *s, uint32_t worker);
+uint64_t steer_fallbacks(const struct steer *s);
+
+/* Unpins and frees everything (clean exit). NULL is fine. */
+void steer_close(struct steer *s);
+
+/*
+ * Worker-side counter updates: plain relaxed atomic stores on the worker's own cache line,
+ * no syscall. c may be NULL (kernel-hash mode): then they do nothing.
+ */
+void steer_conn_opened(struct steer_core *c);
+void steer_conn_closed(struct steer_core *c);
+void steer_req_started(struct steer_core *c);
+void steer_req_ended(struct steer_core *c);
+/* Called by the worker on each timer tick with its busy time since the last tick. */
+void steer_tick(struct steer_core *c, uint64_t busy_ns, uint64_t interval_ns);
+
+#endif
