@@ -1,0 +1,117 @@
+/* Control plane interface: what the daemon gives the control socket and the metrics listener. */
+#ifndef CORRAL_ADMIN_H
+#define CORRAL_ADMIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "config-t.h"
+#include "stats-t.h"
+
+/*
+ * The daemon describes itself through struct admin_ops: plain callbacks, all of them called
+ * on the main thread only (from ctl_service() / metrics_service()), never from a worker, so
+ * they may read main-thread state without locks. Reads of worker state go through the
+ * worker's stats block (relaxed loads, done here) or the daemon's own cross-thread fields.
+ *
+ * Every "action" callback returns 0 or a negative errno and, on failure, writes a one-line
+ * reason for the operator into err (errlen bytes, NUL-terminated), e.g. "unknown policy
+ * 'foo' (known: hash, round-robin, ...)". If it leaves err empty a reason is made from the
+ * errno. Callbacks that are NULL answer "not supported" (-EOPNOTSUPP).
+ */
+
+#define ADMIN_ERR_MAX 256
+
+enum admin_core_state {
+	ADMIN_CORE_ACTIVE = 0,
+	ADMIN_CORE_DRAINING,
+};
+
+/* One worker as the control plane sees it. Filled by ops->core(). */
+struct admin_core {
+	uint32_t cpu;			  /* the CPU the worker is pinned to */
+	enum admin_core_state state;	  /* draining once `drain` was asked, until `undrain` */
+	uint32_t weight;		  /* steering weight */
+	uint64_t steered;		  /* steer_steered(), 0 in kernel-hash mode */
+	uint64_t accept_queue;		  /* queued not-yet-accepted conns, see stats_listen_queue() */
+	const struct stats_worker *stats; /* the worker's live block; read with relaxed loads here */
+};
+
+/* One backend. Filled by ops->backend(); counters summed over every worker. */
+struct admin_backend {
+	char addr[64];	   /* as in the config, e.g. "127.0.0.1:8080" */
+	uint32_t weight;   /* effective weight */
+	bool enabled;	   /* false: disabled by the operator */
+	bool healthy;	   /* false: passive health check says down */
+	uint64_t active;   /* exchanges in flight */
+	uint64_t requests; /* requests sent to it */
+	uint64_t errors;   /* connect failures, resets, timeouts, bad responses */
+	uint64_t lat_sum_us; /* sum of request latencies; mean = lat_sum_us / requests */
+};
+
+struct admin_ops {
+	void *ctx; /* passed back to every callback */
+
+	/* --- reads (required) --- */
+	uint32_t (*cores_n)(void *ctx);
+	/* Fills *out for worker index i < cores_n(). Returns 0 or -EINVAL. */
+	int (*core)(void *ctx, uint32_t i, struct admin_core *out);
+	/* "bpf" when the steering program is attached, "kernel-hash" when running without it. */
+	const char *(*steering_mode)(void *ctx);
+	const char *(*policy)(void *ctx); /* current steering policy name */
+	const char *(*config_path)(void *ctx);
+
+	/* --- reads (optional: NULL means none) --- */
+	uint32_t (*backends_n)(void *ctx);
+	int (*backend)(void *ctx, uint32_t i, struct admin_backend *out);
+	uint64_t (*steer_fallbacks)(void *ctx); /* SYNs the program left to the kernel hash */
+	uint64_t (*config_version)(void *ctx);	/* snapshot version, bumped by every reload */
+
+	/* --- actions (optional: NULL answers "not supported") --- */
+	int (*set_policy)(void *ctx, const char *name, char *err, size_t errlen);
+	int (*set_weight)(void *ctx, uint32_t core, uint32_t weight, char *err, size_t errlen);
+	/* drained true: drain (skip it in steering, shut its listener, let conns finish). */
+	int (*set_drained)(void *ctx, uint32_t core, bool drained, char *err, size_t errlen);
+	/* addr is matched against admin_backend.addr; unknown address: -ENOENT. */
+	int (*backend_enable)(void *ctx, const char *addr, bool enabled, char *err, size_t errlen);
+	int (*backend_weight)(void *ctx, const char *addr, uint32_t weight, char *err,
+			      size_t errlen);
+	/* Re-read the config file like SIGHUP; a bad file is -EINVAL with the parser's message. */
+	int (*reload)(void *ctx, char *err, size_t errlen);
+};
+
+/*
+ * Control socket (proxy/ctl.c). One JSON request per line, one JSON reply per line; see
+ * docs/operations.md for the commands. Served on the main thread without ever blocking.
+ */
+struct ctl;
+
+/*
+ * Creates the Unix socket at path (mode 0600, parent folder created 0700 when missing). A
+ * stale socket left by a dead process is replaced; a live one (connect() succeeds) is left
+ * alone and -EADDRINUSE returned. ops must outlive the ctl. Returns 0 and sets *out, or a
+ * negative errno with a one-line reason in err.
+ */
+int ctl_open(struct ctl **out, const char *path, const struct admin_ops *ops, char *err,
+	     size_t errlen);
+/* The one fd for the main loop to poll for POLLIN (an epoll fd: listener, clients, timer). */
+int ctl_fd(const struct ctl *c);
+/* Runs everything that is ready: accepts, reads, answers, writes, the 1 s rate sampler. */
+void ctl_service(struct ctl *c);
+/* Closes every client and the listener, unlinks the socket path. NULL is fine. */
+void ctl_close(struct ctl *c);
+
+/*
+ * Metrics listener (proxy/metrics.c): Prometheus text exposition on GET /metrics.
+ * Binds addr (port 0 allowed), logs "metrics on ADDR:PORT" to stderr.
+ */
+struct metrics;
+
+int metrics_open(struct metrics **out, const struct cfg_addr *addr, const struct admin_ops *ops,
+		 char *err, size_t errlen);
+int metrics_fd(const struct metrics *m);	 /* poll for POLLIN */
+uint16_t metrics_port(const struct metrics *m); /* the bound port (useful with port 0) */
+void metrics_service(struct metrics *m);
+void metrics_close(struct metrics *m);
+
+#endif
