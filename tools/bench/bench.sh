@@ -1,0 +1,382 @@
+#!/usr/bin/env bash
+# Benchmark corral against NGINX and HAProxy (one pinned worker each, same backend): req/s, latency,
+# proxy CPU per request, and RSS per idle keep-alive connection. Usage: bench.sh BUILD_DIR
+#
+# Environment (defaults in brackets):
+#   BENCH_SECONDS [10]  length of one measured wrk run     BENCH_ROUNDS [3]  interleaved rounds
+#   BENCH_CONNS [64]    wrk connections                    BENCH_WARMUP [2]  unmeasured seconds before each run
+#   BENCH_PATH [/]      request path                       BENCH_IDLE_CONNS [10000]  idle-RSS connections
+#   BENCH_PROXIES ["corral nginx haproxy"]                 BENCH_SKIP_RSS [0]  1 = no idle-RSS phase
+#   BENCH_PROXY_CPU [0] core of the proxy under test       BENCH_LOAD_CPU [1]  core of wrk and backend
+#   BENCH_BACKEND [auto] "corral-backend", "nginx" (stand-in) or auto (corral-backend if built)
+set -euo pipefail
+
+if [ $# -lt 1 ]; then
+	echo "usage: $0 BUILD_DIR" >&2
+	exit 2
+fi
+BUILD=$(realpath -m "$1")
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PY=/usr/bin/python3
+OUT=$BUILD/bench
+RUN=$OUT/run
+
+SECS=${BENCH_SECONDS:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
+CONNS=${BENCH_CONNS:-64}
+WARMUP=${BENCH_WARMUP:-2}
+REQ_PATH=${BENCH_PATH:-/}
+IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
+PROXIES=${BENCH_PROXIES:-corral nginx haproxy}
+SKIP_RSS=${BENCH_SKIP_RSS:-0}
+PCPU=${BENCH_PROXY_CPU:-0}
+LCPU=${BENCH_LOAD_CPU:-1}
+BACKEND_KIND=${BENCH_BACKEND:-auto}
+CLK_TCK=$(getconf CLK_TCK)
+# Room for the idle-RSS clients plus the load, in every proxy's connection limit.
+MAXCONN=$((IDLE_CONNS + 2048))
+
+# 10k idle clients need 10k descriptors in the client and in the proxy. Ask for 65536; a container
+# may cap the hard limit lower, so fall back to the hard limit and check that it is enough.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+NOFILE=$(ulimit -n)
+if [ "$NOFILE" -lt $((IDLE_CONNS + 256)) ]; then
+	echo "bench: RLIMIT_NOFILE is $NOFILE, need $((IDLE_CONNS + 256)) for $IDLE_CONNS idle connections" >&2
+	exit 1
+fi
+
+for tool in wrk taskset setsid timeout nginx haproxy; do
+	command -v "$tool" >/dev/null || { echo "bench: $tool not found (make deps)" >&2; exit 1; }
+done
+
+rm -rf "$RUN"
+mkdir -p "$RUN"
+SAMPLES=$RUN/samples.jsonl
+RSSFILE=$RUN/rss.jsonl
+NOTES=$RUN/notes.jsonl
+: >"$SAMPLES"
+: >"$RSSFILE"
+: >"$NOTES"
+
+# --- process bookkeeping: everything we start is a session leader, killed as a group on exit ---------
+PGIDS=()
+
+cleanup() {
+	local pg i
+	trap - EXIT INT TERM
+	for pg in "${PGIDS[@]}"; do
+		kill -TERM -- "-$pg" 2>/dev/null || true
+	done
+	for i in $(seq 1 30); do
+		local alive=0
+		for pg in "${PGIDS[@]}"; do
+			kill -0 -- "-$pg" 2>/dev/null && alive=1
+		done
+		[ $alive -eq 0 ] && break
+		sleep 0.1
+	done
+	for pg in "${PGIDS[@]}"; do
+		kill -KILL -- "-$pg" 2>/dev/null || true
+	done
+	PGIDS=()
+}
+trap cleanup EXIT
+trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
+
+# Starts "$@" in a new session on core $cpu with output to $log; sets SPAWNED_PID (== its pgid).
+spawn() {
+	local cpu=$1 log=$2
+	shift 2
+	setsid taskset -c "$cpu" "$@" </dev/null >"$log" 2>&1 &
+	SPAWNED_PID=$!
+	PGIDS+=("$SPAWNED_PID")
+}
+
+# Stops one process group that spawn() started and forgets it.
+stop_group() {
+	local pg=$1 i keep=()
+	kill -TERM -- "-$pg" 2>/dev/null || true
+	for i in $(seq 1 50); do
+		kill -0 -- "-$pg" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL -- "-$pg" 2>/dev/null || true
+	wait "$pg" 2>/dev/null || true
+	for i in "${PGIDS[@]}"; do
+		[ "$i" != "$pg" ] && keep+=("$i")
+	done
+	PGIDS=("${keep[@]}")
+}
+
+# Prints N distinct free loopback ports: bound to port 0 by the kernel, all held until all are known.
+free_ports() {
+	"$PY" -c '
+import socket, sys
+ss = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in ss:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in ss))
+' "$1"
+}
+
+# Waits up to $2 seconds until 127.0.0.1:$1 accepts; 0 or 1.
+wait_port() {
+	local port=$1 i
+	for i in $(seq 1 $(($2 * 20))); do
+		if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+			return 0
+		fi
+		sleep 0.05
+	done
+	return 1
+}
+
+# Fills a template: render TEMPLATE OUT KEY=VALUE...
+render() {
+	local tpl=$1 out=$2 kv args=()
+	shift 2
+	for kv in "$@"; do
+		args+=(-e "s|@${kv%%=*}@|${kv#*=}|g")
+	done
+	sed "${args[@]}" "$tpl" >"$out"
+}
+
+# Sum of utime+stime (clock ticks) over the given pids; fields after the ")" of comm.
+cpu_ticks() {
+	local pid total=0 t
+	for pid in "$@"; do
+		t=$(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')
+		total=$((total + t))
+	done
+	echo "$total"
+}
+
+# Pids of the direct children of $1.
+children() {
+	cat /proc/"$1"/task/*/children 2>/dev/null | tr ' ' '\n' | grep -v '^$' || true
+}
+
+note() {
+	echo "bench: $*" >&2
+	"$PY" -c 'import json,sys; print(json.dumps({"note": sys.argv[1]}))' "$*" >>"$NOTES"
+}
+
+# One GET through the proxy; succeeds if the answer is a 200.
+check_get() {
+	curl -sS -m 5 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1$REQ_PATH" 2>/dev/null | grep -q '^200$'
+}
+
+# --- the backend -------------------------------------------------------------------------------------
+if [ "$BACKEND_KIND" = auto ]; then
+	if [ -x "$BUILD/corral-backend" ]; then BACKEND_KIND=corral-backend; else BACKEND_KIND=nginx; fi
+fi
+
+start_backend() {
+	local port=$1 dir=$RUN/backend
+	mkdir -p "$dir"
+	case $BACKEND_KIND in
+	corral-backend)
+		spawn "$LCPU" "$dir/log" "$BUILD/corral-backend" --listen "127.0.0.1:$port" --threads 1
+		;;
+	nginx)
+		render "$HERE/nginx-backend.conf.in" "$dir/nginx.conf" DIR="$dir" PORT="$port" \
+			CPU_MASK="$(cpu_mask "$LCPU")" NOFILE="$NOFILE"
+		spawn "$LCPU" "$dir/log" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
+		;;
+	*)
+		echo "bench: BENCH_BACKEND must be corral-backend, nginx or auto" >&2
+		exit 2
+		;;
+	esac
+	BACKEND_PID=$SPAWNED_PID
+	wait_port "$port" 5 || { echo "bench: backend did not start:"; cat "$dir/log" "$dir/error.log" 2>/dev/null; exit 1; } >&2
+}
+
+# nginx's worker_cpu_affinity wants a bit mask, lowest CPU rightmost.
+cpu_mask() {
+	local m="1" i
+	for i in $(seq 1 "$1"); do m="${m}0"; done
+	echo "$m"
+}
+
+# --- the proxies ---------------------------------------------------------------------------------------
+# start_proxy NAME PORT TAG: starts it and sets PROXY_PID (to signal), PROXY_PIDS (to account CPU),
+# PROXY_RSS_PID (the process serving connections). Returns 1 if it did not come up.
+start_proxy() {
+	local name=$1 port=$2 dir=$RUN/$1-$3 i
+	mkdir -p "$dir"
+	case $name in
+	corral)
+		if [ ! -x "$BUILD/corral" ]; then
+			note "corral: $BUILD/corral not built"
+			return 1
+		fi
+		render "$HERE/corral.yaml.in" "$dir/corral.yaml" PORT="$port" BACKEND_PORT="$BACKEND_PORT" \
+			CPU="$PCPU" MAXCONN="$MAXCONN"
+		spawn "$PCPU" "$dir/log" "$BUILD/corral" -c "$dir/corral.yaml"
+		PROXY_PID=$SPAWNED_PID
+		for i in $(seq 1 100); do
+			grep -q ready "$dir/log" 2>/dev/null && break
+			kill -0 "$PROXY_PID" 2>/dev/null || break
+			sleep 0.05
+		done
+		if ! grep -q ready "$dir/log" 2>/dev/null; then
+			note "corral: no \"ready\" within 5 s: $(tail -n 3 "$dir/log" | tr '\n' ' ')"
+			stop_group "$PROXY_PID"
+			return 1
+		fi
+		PROXY_PIDS="$PROXY_PID"
+		PROXY_RSS_PID=$PROXY_PID
+		;;
+	nginx)
+		render "$HERE/nginx-proxy.conf.in" "$dir/nginx.conf" DIR="$dir" PORT="$port" \
+			BACKEND_PORT="$BACKEND_PORT" CPU_MASK="$(cpu_mask "$PCPU")" NOFILE="$NOFILE" \
+			MAXCONN="$MAXCONN"
+		spawn "$PCPU" "$dir/log" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
+		PROXY_PID=$SPAWNED_PID
+		;;
+	haproxy)
+		render "$HERE/haproxy.cfg.in" "$dir/haproxy.cfg" DIR="$dir" PORT="$port" \
+			BACKEND_PORT="$BACKEND_PORT" CPU="$PCPU" NOFILE="$NOFILE" MAXCONN="$MAXCONN"
+		# -db: foreground, no master process: one process does everything.
+		spawn "$PCPU" "$dir/log" haproxy -db -f "$dir/haproxy.cfg"
+		PROXY_PID=$SPAWNED_PID
+		PROXY_PIDS="$PROXY_PID"
+		PROXY_RSS_PID=$PROXY_PID
+		;;
+	esac
+	if ! wait_port "$port" 5; then
+		note "$name: not listening on $port within 5 s: $(tail -n 3 "$dir/log" | tr '\n' ' ')"
+		stop_group "$PROXY_PID"
+		return 1
+	fi
+	if [ "$name" = nginx ]; then
+		local w=""
+		for i in $(seq 1 50); do
+			w=$(children "$PROXY_PID" | head -n 1)
+			[ -n "$w" ] && break
+			sleep 0.05
+		done
+		if [ -z "$w" ]; then
+			note "nginx: no worker process"
+			stop_group "$PROXY_PID"
+			return 1
+		fi
+		PROXY_PIDS="$PROXY_PID $w"
+		PROXY_RSS_PID=$w
+	fi
+	if ! check_get "$port"; then
+		note "$name: GET $REQ_PATH through the proxy did not answer 200: $(tail -n 3 "$dir/log" | tr '\n' ' ')"
+		stop_group "$PROXY_PID"
+		return 1
+	fi
+	return 0
+}
+
+# --- phase 1: throughput, latency, CPU per request ---------------------------------------------------------
+read -r BACKEND_PORT <<<"$(free_ports 1)"
+start_backend "$BACKEND_PORT"
+echo "bench: backend $BACKEND_KIND on 127.0.0.1:$BACKEND_PORT (core $LCPU); proxies on core $PCPU;" \
+	"wrk -t1 -c$CONNS on core $LCPU; ${ROUNDS}x${SECS}s per proxy; nofile $NOFILE" >&2
+
+declare -A PORT PID PIDS
+UP=()
+read -r -a ports <<<"$(free_ports 3)"
+i=0
+for p in $PROXIES; do
+	if start_proxy "$p" "${ports[$i]}" load; then
+		PORT[$p]=${ports[$i]}
+		PID[$p]=$PROXY_PID
+		PIDS[$p]=$PROXY_PIDS
+		UP+=("$p")
+	fi
+	i=$((i + 1))
+done
+if [ ${#UP[@]} -eq 0 ]; then
+	echo "bench: no proxy came up" >&2
+	exit 1
+fi
+
+URLFOR() { echo "http://127.0.0.1:${PORT[$1]}$REQ_PATH"; }
+
+# Runs one wrk measurement against proxy $1 in round $2 and appends a sample.
+measure() {
+	local p=$1 round=$2 log=$RUN/wrk-$1-$2.log before after bbefore bafter wjson
+	# Unmeasured warm-up: fills the proxy's upstream pool and the caches.
+	if [ "$WARMUP" -gt 0 ]; then
+		timeout $((WARMUP + 20)) taskset -c "$LCPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$(URLFOR "$p")" \
+			>/dev/null 2>&1 || true
+	fi
+	before=$(cpu_ticks ${PIDS[$p]})
+	bbefore=$(cpu_ticks "$BACKEND_PID")
+	timeout $((SECS + 30)) taskset -c "$LCPU" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency \
+		-s "$HERE/wrk-report.lua" "$(URLFOR "$p")" >"$log" 2>&1 || true
+	after=$(cpu_ticks ${PIDS[$p]})
+	bafter=$(cpu_ticks "$BACKEND_PID")
+	wjson=$(sed -n 's/^WRKJSON //p' "$log")
+	if [ -z "$wjson" ]; then
+		note "$p round $round: wrk gave no result: $(tail -n 3 "$log" | tr '\n' ' ')"
+		return
+	fi
+	echo "{\"proxy\":\"$p\",\"round\":$round,\"cpu_ticks\":$((after - before)),\"backend_cpu_ticks\":$((bafter - bbefore)),\"clk_tck\":$CLK_TCK,\"wrk\":$wjson}" >>"$SAMPLES"
+	"$PY" - "$wjson" "$p" "$round" "$((after - before))" <<'EOF' >&2
+import json, sys
+w = json.loads(sys.argv[1]); ticks = int(sys.argv[4])
+rps = w["requests"] / (w["duration_us"] / 1e6)
+cpu = ticks * 1e6 / 100 / max(1, w["requests"])
+errs = w["err_connect"] + w["err_read"] + w["err_write"] + w["err_status"] + w["err_timeout"]
+print(f"bench: round {sys.argv[3]} {sys.argv[2]:8s} {rps:10.0f} req/s  p50 {w['p50_us']:6d} us"
+      f"  p99 {w['p99_us']:6d} us  cpu {cpu:6.2f} us/req  errors {errs}")
+EOF
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+	# Rotate the order each round so that no proxy always runs first or last on a noisy machine.
+	n=${#UP[@]}
+	for k in $(seq 0 $((n - 1))); do
+		p=${UP[$(((k + round - 1) % n))]}
+		if ! kill -0 "${PID[$p]}" 2>/dev/null; then
+			note "$p died before round $round"
+			continue
+		fi
+		measure "$p" "$round"
+	done
+done
+
+for p in "${UP[@]}"; do
+	stop_group "${PID[$p]}"
+done
+
+# --- phase 2: RSS per idle keep-alive connection -------------------------------------------------------------
+if [ "$SKIP_RSS" != 1 ]; then
+	for p in $PROXIES; do
+		read -r port <<<"$(free_ports 1)"
+		start_proxy "$p" "$port" rss || continue
+		log=$RUN/rss-$p.log
+		# The client is pinned with the backend; the proxy keeps its own core.
+		if timeout 150 taskset -c "$LCPU" "$PY" "$HERE/idle_conns.py" --port "$port" \
+			--pid "$PROXY_RSS_PID" --count "$IDLE_CONNS" --path "$REQ_PATH" --timeout 120 \
+			>"$log" 2>&1; then
+			:
+		else
+			note "$p: idle-connection client failed: $(tail -n 3 "$log" | tr '\n' ' ')"
+		fi
+		rjson=$(tail -n 1 "$log")
+		if [ "${rjson:0:1}" = "{" ]; then
+			echo "{\"proxy\":\"$p\",\"rss\":$rjson}" >>"$RSSFILE"
+			echo "bench: idle $p: $rjson" >&2
+		fi
+		stop_group "$PROXY_PID"
+	done
+fi
+
+stop_group "$BACKEND_PID"
+
+# --- report -------------------------------------------------------------------------------------------------------
+"$PY" "$HERE/report.py" --samples "$SAMPLES" --rss "$RSSFILE" --notes "$NOTES" --out "$OUT/results.json" \
+	--proxies "$PROXIES" --meta "$("$PY" -c 'import json,sys; print(json.dumps(dict(a.split("=",1) for a in sys.argv[1:])))' \
+		backend="$BACKEND_KIND" seconds="$SECS" rounds="$ROUNDS" conns="$CONNS" path="$REQ_PATH" \
+		proxy_cpu="$PCPU" load_cpu="$LCPU" idle_conns="$IDLE_CONNS" nofile="$NOFILE" \
+		kernel="$(uname -r)" nginx="$(nginx -v 2>&1 | sed 's|.*/||')" \
+		haproxy="$(haproxy -v | head -n 1 | awk '{print $3}')" \
+		date="$(date -u +%Y-%m-%dT%H:%M:%SZ)")"

@@ -1,0 +1,150 @@
+#!/usr/bin/python3
+"""bench.sh's report: medians over the interleaved rounds, the table, ratios, results.json."""
+import argparse
+import json
+import statistics
+import sys
+
+ORDER = ["corral", "nginx", "haproxy"]
+
+
+def load_jsonl(path):
+	out = []
+	try:
+		with open(path) as f:
+			for line in f:
+				line = line.strip()
+				if line:
+					out.append(json.loads(line))
+	except FileNotFoundError:
+		pass
+	return out
+
+
+def fmt(v, nd=1):
+	if v is None:
+		return "n/a"
+	if isinstance(v, float):
+		return f"{v:.{nd}f}"
+	return str(v)
+
+
+def main():
+	ap = argparse.ArgumentParser()
+	ap.add_argument("--samples", required=True)
+	ap.add_argument("--rss", required=True)
+	ap.add_argument("--notes", required=True)
+	ap.add_argument("--out", required=True)
+	ap.add_argument("--meta", default="{}")
+	ap.add_argument("--proxies", default="", help="the proxies asked for, in order")
+	a = ap.parse_args()
+
+	samples = load_jsonl(a.samples)
+	rss = {r["proxy"]: r["rss"] for r in load_jsonl(a.rss)}
+	notes = [n["note"] for n in load_jsonl(a.notes)]
+	meta = json.loads(a.meta)
+
+	per = {}
+	for s in samples:
+		w = s["wrk"]
+		secs = w["duration_us"] / 1e6
+		reqs = max(1, w["requests"])
+		tick_us = 1e6 / s["clk_tck"]
+		r = per.setdefault(s["proxy"], {"rps": [], "p50": [], "p99": [], "cpu": [], "bcpu": [],
+						 "errors": 0, "requests": 0})
+		r["rps"].append(w["requests"] / secs)
+		r["p50"].append(w["p50_us"])
+		r["p99"].append(w["p99_us"])
+		r["cpu"].append(s["cpu_ticks"] * tick_us / reqs)
+		r["bcpu"].append(s["backend_cpu_ticks"] * tick_us / reqs)
+		r["errors"] += (w["err_connect"] + w["err_read"] + w["err_write"] + w["err_status"] +
+				w["err_timeout"])
+		r["requests"] += w["requests"]
+
+	names = a.proxies.split() or [p for p in ORDER if p in per or p in rss]
+	names += sorted(p for p in set(per) | set(rss) if p not in names)
+	res = {}
+	for p in names:
+		r = per.get(p)
+		e = {}
+		if r:
+			e.update({
+				"rounds": len(r["rps"]),
+				"requests_per_s": round(statistics.median(r["rps"]), 1),
+				"p50_us": statistics.median(r["p50"]),
+				"p99_us": statistics.median(r["p99"]),
+				"cpu_us_per_req": round(statistics.median(r["cpu"]), 3),
+				"backend_cpu_us_per_req": round(statistics.median(r["bcpu"]), 3),
+				"errors": r["errors"],
+				"requests": r["requests"],
+				"all": {"requests_per_s": [round(x, 1) for x in r["rps"]],
+					"p50_us": r["p50"], "p99_us": r["p99"],
+					"cpu_us_per_req": [round(x, 3) for x in r["cpu"]]},
+			})
+		if p in rss:
+			x = rss[p]
+			e["idle_rss_bytes_per_conn"] = x.get("bytes_per_conn")
+			e["idle"] = x
+		res[p] = e
+
+	def ratio(metric, a_, b_):
+		va = res.get(a_, {}).get(metric)
+		vb = res.get(b_, {}).get(metric)
+		if va is None or vb is None or vb == 0:
+			return None
+		return round(va / vb, 3)
+
+	ratios = {}
+	for metric in ("cpu_us_per_req", "requests_per_s", "p99_us", "idle_rss_bytes_per_conn"):
+		ratios[metric] = {"corral/haproxy": ratio(metric, "corral", "haproxy"),
+				  "corral/nginx": ratio(metric, "corral", "nginx")}
+
+	doc = {"meta": meta, "proxies": res, "ratios": ratios, "notes": notes, "samples": samples}
+	with open(a.out, "w") as f:
+		json.dump(doc, f, indent=2)
+		f.write("\n")
+
+	# The table.
+	print()
+	print(f"corral bench: backend {meta.get('backend', '?')}, path {meta.get('path', '/')}, "
+	      f"wrk -t1 -c{meta.get('conns', '?')}, {meta.get('rounds', '?')} rounds x "
+	      f"{meta.get('seconds', '?')} s per proxy (medians), proxy on core "
+	      f"{meta.get('proxy_cpu', '?')}, wrk+backend on core {meta.get('load_cpu', '?')}")
+	hdr = (f"{'proxy':9s} {'req/s':>10s} {'p50 us':>8s} {'p99 us':>8s} {'cpu us/req':>11s} "
+	       f"{'backend us/req':>15s} {'errors':>7s} {'idle B/conn':>12s}")
+	print(hdr)
+	print("-" * len(hdr))
+	for p in names:
+		e = res[p]
+		print(f"{p:9s} {fmt(e.get('requests_per_s'), 0):>10s} {fmt(e.get('p50_us')):>8s} "
+		      f"{fmt(e.get('p99_us')):>8s} {fmt(e.get('cpu_us_per_req'), 2):>11s} "
+		      f"{fmt(e.get('backend_cpu_us_per_req'), 2):>15s} {fmt(e.get('errors')):>7s} "
+		      f"{fmt(e.get('idle_rss_bytes_per_conn'), 0):>12s}")
+	print()
+	c = ratios["cpu_us_per_req"]
+	print(f"CPU per request ratio: corral/haproxy {fmt(c['corral/haproxy'], 3)}, "
+	      f"corral/nginx {fmt(c['corral/nginx'], 3)} (target <= 1.0, goal 0.6)")
+	for n in notes:
+		print(f"note: {n}")
+	print(f"results: {a.out}")
+	print()
+
+	# One final line per metric, for scripts.
+	def line(metric, nd, with_ratio):
+		vals = " ".join(f"{p}={fmt(res[p].get(metric), nd)}" for p in names)
+		if with_ratio:
+			rr = ratios[metric]
+			vals += (f" corral/haproxy={fmt(rr['corral/haproxy'], 3)}"
+				 f" corral/nginx={fmt(rr['corral/nginx'], 3)}")
+		print(f"RESULT {metric} {vals}")
+
+	line("requests_per_s", 0, True)
+	line("p50_us", 0, False)
+	line("p99_us", 0, True)
+	line("cpu_us_per_req", 2, True)
+	line("idle_rss_bytes_per_conn", 0, True)
+	return 0
+
+
+if __name__ == "__main__":
+	sys.exit(main())
