@@ -50,7 +50,8 @@ struct admin_backend {
 };
 
 struct admin_ops {
-	void *ctx; /* passed back to every callback */
+	void *ctx;	     /* passed back to every callback */
+	const char *version; /* the daemon's version string, e.g. CORRAL_VERSION */
 
 	/* --- reads (required) --- */
 	uint32_t (*cores_n)(void *ctx);
