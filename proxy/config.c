@@ -929,7 +929,7 @@ static int check_whole(struct cfg_parse *p)
 	}
 	if (cfg->steering.weights_n && cfg->steering.weights_n != cfg->cores_n)
 		return cfg_err(p, p->line_weights, "steering.weights",
-			       "has %u entries but there are %u worker cores (give one weight per "
+			       "has %u entries but workers.cores gives %u cores (one weight per "
 			       "core, in workers.cores order)",
 			       cfg->steering.weights_n, cfg->cores_n);
 	if ((uint64_t)cfg->limits.buffers_per_core * cfg->limits.buffer_bytes >
