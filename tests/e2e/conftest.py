@@ -1,0 +1,381 @@
+"""pytest harness for corral's end-to-end tests: real binaries on loopback, kernel-chosen ports.
+
+Environment:
+  CORRAL_BUILD  the build folder holding corral, corral-backend, corralctl (default: <repo>/build)
+  E2E_PROXY     "corral" (default) or "nginx": run the same data-plane tests against NGINX, to check
+                the tests themselves; tests marked corral_only are skipped there.
+  ASAN_OPTIONS  when set, corral's stderr must hold no sanitizer report, and deadlines are longer.
+"""
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+sys.path.insert(0, os.path.dirname(__file__))
+import util  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BUILD = os.path.abspath(os.environ.get("CORRAL_BUILD") or os.path.join(REPO, "build"))
+PROXY_KIND = os.environ.get("E2E_PROXY", "corral")
+IN_CI = os.environ.get("CI") == "true"
+UNDER_ASAN = bool(os.environ.get("ASAN_OPTIONS"))
+# Sanitized binaries are slower; every deadline the harness owns is stretched by this.
+SLOW = 3.0 if UNDER_ASAN else 1.0
+TEST_DEADLINE_S = 60
+
+# Test-friendly defaults: short enough to keep the suite fast, long enough not to flake.
+DEFAULT_TIMEOUTS = {
+    "client_header_ms": 10000,
+    "client_idle_ms": 60000,
+    "upstream_connect_ms": 2000,
+    "upstream_response_ms": 30000,
+    "shutdown_grace_ms": 10000,
+}
+DEFAULT_LIMITS = {
+    "header_bytes_max": 16384,
+    "headers_max": 100,
+    "uri_bytes_max": 8192,
+    "body_bytes_max": 104857600,
+    "connections_per_core": 16384,
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "corral_only: corral behaviour that NGINX legitimately does differently")
+    config.addinivalue_line("markers", "deadline(seconds): wall-clock limit for the test (default 60 s)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if PROXY_KIND == "corral":
+        return
+    skip = pytest.mark.skip(reason="corral-specific behaviour; E2E_PROXY=%s" % PROXY_KIND)
+    for item in items:
+        if item.get_closest_marker("corral_only"):
+            item.add_marker(skip)
+
+
+class DeadlineExceeded(Exception):
+    """A test ran past its wall-clock deadline."""
+
+
+@pytest.fixture(autouse=True)
+def _deadline(request):
+    """Bounds every test in time with SIGALRM (no plugin needed)."""
+    m = request.node.get_closest_marker("deadline")
+    seconds = (m.args[0] if m else TEST_DEADLINE_S) * SLOW
+
+    def expire(signum, frame):
+        raise DeadlineExceeded("test ran longer than %.0f s" % seconds)
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def binary(name):
+    path = os.path.join(BUILD, name)
+    if not os.access(path, os.X_OK):
+        # Under CI a missing binary is a failure, never a skip.
+        pytest.fail("%s is missing: run make (CORRAL_BUILD=%s)" % (path, BUILD))
+    return path
+
+
+# --- the backend -------------------------------------------------------------------------
+
+
+class Backend:
+    def __init__(self, threads=1, ident=None):
+        args = [binary("corral-backend"), "--listen", "127.0.0.1:0", "--threads", str(threads)]
+        if ident:
+            args += ["--id", ident]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.out = util.LogReader(self.proc.stdout, "backend-stdout")
+        self.err = util.LogReader(self.proc.stderr, "backend-stderr")
+        m = self.out.wait_for(r"listening on 127\.0\.0\.1:(\d+)", 5 * SLOW)
+        if not m:
+            self.stop()
+            raise RuntimeError("corral-backend did not start: %s" % self.err.text())
+        self.port = int(m.group(1))
+        self.address = "127.0.0.1:%d" % self.port
+
+    def stats(self):
+        """The backend's counters: {"connections", "requests", "active"} (/__stats is not counted)."""
+        import json
+        r = util.simple_get(self.port, "/__stats")
+        assert r.status == 200, r
+        return json.loads(r.body)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
+
+
+@pytest.fixture
+def backend():
+    b = Backend()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def backend_factory():
+    started = []
+
+    def start(threads=1, ident=None):
+        b = Backend(threads, ident)
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        b.stop()
+
+
+# --- the proxy under test ------------------------------------------------------------------
+
+
+def _merge(base, over):
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Proxy:
+    """A running proxy under test. .port is its client port, .proc its process, .kind "corral"/"nginx"."""
+
+    kind = None
+
+    def __init__(self, tmp, cfg):
+        self.tmp = tmp
+        self.cfg = cfg
+        self.proc = None
+        self.port = None
+        self.metrics_port = None
+        self.exit_code = None
+        self.checked = False
+
+    @property
+    def timeouts(self):
+        return self.cfg["timeouts"]
+
+    @property
+    def limits(self):
+        return self.cfg["limits"]
+
+    def log(self):
+        return self.err.text()
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def signal_graceful(self):
+        """Asks for a graceful shutdown (corral: SIGTERM)."""
+        self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout=None):
+        """Graceful stop; returns the exit code."""
+        if self.proc.poll() is None:
+            self.signal_graceful()
+        if timeout is None:
+            timeout = self.cfg["timeouts"]["shutdown_grace_ms"] / 1000.0 + 10
+        try:
+            self.exit_code = self.proc.wait(timeout * SLOW)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError("%s did not exit within %.1f s of SIGTERM; log:\n%s"
+                                 % (self.kind, timeout, self.log()[-4000:]))
+        self.err.join()
+        return self.exit_code
+
+    def check_exit(self):
+        """Teardown assertions: exit code 0 and, under ASan, no sanitizer report."""
+        if self.checked:
+            return
+        self.checked = True
+        code = self.stop()
+        assert code == 0, "%s exited with %s; log:\n%s" % (self.kind, code, self.log()[-4000:])
+        if UNDER_ASAN:
+            rep = util.sanitizer_report(self.log())
+            assert rep is None, "sanitizer report in %s's stderr:\n%s" % (self.kind, rep)
+
+
+class CorralProxy(Proxy):
+    kind = "corral"
+
+    def start(self):
+        self.cfg_path = os.path.join(self.tmp, "corral.yaml")
+        with open(self.cfg_path, "w") as f:
+            yaml.safe_dump(self.cfg, f, sort_keys=False, default_flow_style=None)
+        self.proc = subprocess.Popen([binary("corral"), "-c", self.cfg_path],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.err = util.LogReader(self.proc.stdout, "corral-log")
+        ready = self.err.wait_for(r"\bready\b", 15 * SLOW)
+        if not ready:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(5)
+            self.checked = True
+            raise AssertionError("corral did not log 'ready' (exit %s); log:\n%s"
+                                 % (self.proc.returncode, self.log()[-4000:]))
+        m = self.err.wait_for(r"listening on 127\.0\.0\.1:(\d+)", 1)
+        assert m, "corral did not log its port; log:\n%s" % self.log()[-4000:]
+        self.port = int(m.group(1))
+        m = self.err.wait_for(r"metrics on 127\.0\.0\.1:(\d+)", 0.2)
+        self.metrics_port = int(m.group(1)) if m else None
+
+
+def _ms(v):
+    return "%dms" % v
+
+
+class NginxProxy(Proxy):
+    """NGINX configured as close to corral's semantics as it goes, to validate the tests."""
+
+    kind = "nginx"
+
+    def signal_graceful(self):
+        self.proc.send_signal(signal.SIGQUIT)  # NGINX: QUIT is graceful, TERM is fast
+
+    def start(self):
+        t, lim = self.cfg["timeouts"], self.cfg["limits"]
+        self.port = _free_port()
+        d = self.tmp
+        upstreams = "\n".join("\t\tserver %s;" % b["address"] for b in self.cfg["backends"])
+        conf = f"""
+worker_processes {len(self.cfg["workers"]["cores"])};
+daemon off;
+master_process on;
+pid {d}/nginx.pid;
+error_log stderr notice;
+worker_shutdown_timeout {_ms(t["shutdown_grace_ms"])};
+events {{ worker_connections {max(lim["connections_per_core"], 64)}; }}
+http {{
+	access_log off;
+	client_body_temp_path {d}/client_body;
+	proxy_temp_path {d}/proxy;
+	fastcgi_temp_path {d}/fastcgi;
+	uwsgi_temp_path {d}/uwsgi;
+	scgi_temp_path {d}/scgi;
+	keepalive_requests 10000;
+	keepalive_timeout {_ms(t["client_idle_ms"])};
+	client_header_timeout {_ms(t["client_header_ms"])};
+	client_header_buffer_size 1k;
+	large_client_header_buffers 4 {max(lim["uri_bytes_max"], 1024)};
+	client_max_body_size {lim["body_bytes_max"]};
+	upstream backend {{
+{upstreams}
+		keepalive 32;
+		keepalive_requests 10000;
+	}}
+	server {{
+		listen 127.0.0.1:{self.port} reuseport;
+		location / {{
+			proxy_pass http://backend;
+			proxy_http_version 1.1;
+			proxy_set_header Connection "";
+			proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+			proxy_buffering off;
+			proxy_request_buffering off;
+			proxy_connect_timeout {_ms(t["upstream_connect_ms"])};
+			proxy_read_timeout {_ms(t["upstream_response_ms"])};
+			proxy_send_timeout {_ms(t["upstream_response_ms"])};
+			proxy_next_upstream off;
+		}}
+	}}
+}}
+"""
+        self.cfg_path = os.path.join(d, "nginx.conf")
+        with open(self.cfg_path, "w") as f:
+            f.write(conf)
+        self.proc = subprocess.Popen(["nginx", "-p", d, "-e", "stderr", "-c", self.cfg_path],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.err = util.LogReader(self.proc.stdout, "nginx-log")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("nginx exited: %s" % self.log())
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise AssertionError("nginx did not listen; log:\n%s" % self.log())
+        # The master accepts nothing; wait until the workers are up too.
+        deadline = time.monotonic() + 5
+        while len(util.tree_pids(self.proc.pid)) < 1 + len(self.cfg["workers"]["cores"]):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def corral(tmp_path):
+    """Factory: corral(backends, timeouts={..}, limits={..}, workers={..}, **other_top_level_keys) -> Proxy.
+
+    backends: list of "ip:port" strings or Backend objects. The proxy is stopped on teardown with
+    SIGTERM; it must exit 0 (and, under ASan, print no sanitizer report)."""
+    started = []
+
+    def start(backends, **over):
+        n = len(started)
+        tmp = str(tmp_path / ("proxy%d" % n))
+        os.makedirs(tmp, exist_ok=True)
+        addrs = [b.address if isinstance(b, Backend) else b for b in backends]
+        cfg = {
+            "listen": ["127.0.0.1:0"],
+            "workers": {"cores": [0, 1]},
+            "backends": [{"address": a, "weight": 1} for a in addrs],
+            "balance": "round-robin",
+            "timeouts": dict(DEFAULT_TIMEOUTS),
+            "limits": dict(DEFAULT_LIMITS),
+            "admin": {"socket": os.path.join(tmp, "corral.sock"), "metrics": "127.0.0.1:0"},
+        }
+        cfg = _merge(cfg, over)
+        cls = NginxProxy if PROXY_KIND == "nginx" else CorralProxy
+        p = cls(tmp, cfg)
+        started.append(p)
+        p.start()
+        return p
+
+    yield start
+    errors = []
+    for p in started:
+        if p.proc is None:
+            continue
+        try:
+            p.check_exit()
+        except AssertionError as e:
+            errors.append(str(e))
+    if errors:
+        pytest.fail("\n\n".join(errors))
+
+
+@pytest.fixture
+def proxied(corral, backend):
+    """The common case: one backend, one proxy with default settings in front of it."""
+    return corral([backend])

@@ -1,0 +1,543 @@
+"""Helpers for corral's end-to-end tests: a strict raw HTTP/1.1 client, log and process helpers, RSS."""
+import hashlib
+import os
+import re
+import socket
+import threading
+import time
+
+# The body of the backend's /bytes/N is byte i = i % 251 (see tools/backend/backend.c).
+PATTERN_PERIOD = 251
+_PATTERN = bytes(range(PATTERN_PERIOD)) * ((1 << 20) // PATTERN_PERIOD + 2)
+
+# Default socket timeout: every blocking call in a test is bounded.
+IO_TIMEOUT = 10.0
+
+
+def pattern(offset, n):
+    """The n bytes of the backend pattern starting at byte offset."""
+    out = bytearray()
+    while n:
+        start = offset % PATTERN_PERIOD
+        take = min(n, len(_PATTERN) - start - PATTERN_PERIOD)
+        out += _PATTERN[start:start + take]
+        offset += take
+        n -= take
+    return bytes(out)
+
+
+def pattern_sha256(n):
+    h = hashlib.sha256()
+    off = 0
+    step = (1 << 20) // PATTERN_PERIOD * PATTERN_PERIOD  # whole periods: every slice starts at 0
+    block = _PATTERN[:step]
+    while off + step <= n:
+        h.update(block)
+        off += step
+    h.update(pattern(off, n - off))
+    return h.hexdigest()
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not valid HTTP/1.1."""
+
+
+class Closed(Exception):
+    """The peer closed (or reset) the connection before a complete message."""
+
+
+class Response:
+    def __init__(self):
+        self.version = None
+        self.status = None
+        self.reason = None
+        self.headers = []  # [(name, value)] as received, names as sent
+        self.head_raw = b""
+        self.body = b""  # None when a sink consumed it
+        self.body_len = 0
+        self.framing = None  # "none", "length", "chunked" or "close"
+        self.interim = []  # 1xx responses that preceded this one
+
+    def header_all(self, name):
+        n = name.lower()
+        return [v for k, v in self.headers if k.lower() == n]
+
+    def header(self, name):
+        vals = self.header_all(name)
+        if not vals:
+            return None
+        if len(vals) > 1:
+            raise ProtocolError("header %s repeated: %r" % (name, vals))
+        return vals[0]
+
+    def conn_tokens(self):
+        toks = set()
+        for v in self.header_all("connection"):
+            toks.update(t.strip().lower() for t in v.split(",") if t.strip())
+        return toks
+
+    @property
+    def will_close(self):
+        """True when the server said this response ends the connection."""
+        if self.framing == "close" or "close" in self.conn_tokens():
+            return True
+        return self.version == "HTTP/1.0" and "keep-alive" not in self.conn_tokens()
+
+    def __repr__(self):
+        return "<Response %s %s %d bytes>" % (self.status, self.reason, self.body_len)
+
+
+_STATUS_RE = re.compile(rb"^(HTTP/1\.[01]) ([1-9][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?$")
+_TOKEN_RE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_FIELD_VALUE_RE = re.compile(rb"^[\t\x20-\x7e\x80-\xff]*$")
+_CHUNK_RE = re.compile(rb"^([0-9A-Fa-f]{1,16})(;[\t\x20-\x7e\x80-\xff]*)?$")
+
+
+class Client:
+    """One client connection with its own receive buffer, so pipelined responses can be read in order."""
+
+    def __init__(self, port, host="127.0.0.1", timeout=IO_TIMEOUT):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+        self.port = port
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def settimeout(self, t):
+        self.sock.settimeout(t)
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def abort(self):
+        """Closes with an RST (SO_LINGER 0), like a crashed client."""
+        import struct
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self.close()
+
+    def _fill(self, want=262144):
+        try:
+            data = self.sock.recv(want)
+        except ConnectionResetError as e:
+            raise Closed("connection reset") from e
+        if not data:
+            raise Closed("connection closed")
+        self.buf += data
+
+    def _line(self, limit=65536):
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                if i == 0 or self.buf[i - 1] != 0x0D:
+                    raise ProtocolError("bare LF in %r" % bytes(self.buf[:i + 1][-80:]))
+                line = bytes(self.buf[:i - 1])
+                del self.buf[:i + 1]
+                return line
+            if len(self.buf) > limit:
+                raise ProtocolError("line longer than %d bytes" % limit)
+            self._fill()
+
+    def _take(self, n, sink, resp):
+        """Moves n body bytes to sink or resp.body."""
+        while n:
+            if not self.buf:
+                self._fill(min(max(n, 4096), 1 << 20))
+            piece = bytes(self.buf[:n])
+            del self.buf[:len(piece)]
+            n -= len(piece)
+            resp.body_len += len(piece)
+            if sink:
+                sink(piece)
+            else:
+                resp.body += piece
+
+    def _head(self, resp):
+        line = self._line()
+        raw = [line]
+        m = _STATUS_RE.match(line)
+        if not m:
+            raise ProtocolError("bad status line %r" % line[:200])
+        resp.version = m.group(1).decode()
+        resp.status = int(m.group(2))
+        resp.reason = (m.group(3) or b"").decode("latin-1")
+        resp.headers = []
+        while True:
+            line = self._line()
+            raw.append(line)
+            if line == b"":
+                break
+            if line[:1] in (b" ", b"\t"):
+                raise ProtocolError("obsolete line folding: %r" % line)
+            name, sep, value = line.partition(b":")
+            if not sep or not _TOKEN_RE.match(name):
+                raise ProtocolError("bad header line %r" % line[:200])
+            value = value.strip(b" \t")
+            if not _FIELD_VALUE_RE.match(value):
+                raise ProtocolError("bad header value %r" % line[:200])
+            resp.headers.append((name.decode(), value.decode("latin-1")))
+            if len(resp.headers) > 500:
+                raise ProtocolError("too many response headers")
+        resp.head_raw = b"\r\n".join(raw) + b"\r\n"
+
+    def read_response(self, method="GET", sink=None, max_body=256 << 20):
+        """Reads one complete response strictly (RFC 9112). 1xx responses are collected in .interim.
+        With sink, body bytes go to sink(piece) and .body is None. Raises Closed or ProtocolError."""
+        resp = Response()
+        while True:
+            self._head(resp)
+            if 100 <= resp.status < 200:
+                if resp.status == 101:
+                    resp.framing = "none"
+                    return resp
+                interim = Response()
+                interim.__dict__.update(resp.__dict__)
+                resp = Response()
+                resp.interim = interim.interim + [interim]
+                continue
+            break
+        te = resp.header_all("transfer-encoding")
+        cls = resp.header_all("content-length")
+        if te and cls:
+            raise ProtocolError("both Transfer-Encoding and Content-Length")
+        if sink:
+            resp.body = None
+        if method == "HEAD" or resp.status in (204, 304):
+            if resp.status in (204, 304) and (te or cls):
+                if resp.status == 204:
+                    raise ProtocolError("204 with framing headers")
+            resp.framing = "none"
+            return resp
+        if te:
+            codings = [t.strip().lower() for v in te for t in v.split(",")]
+            if codings != ["chunked"]:
+                raise ProtocolError("unexpected transfer-coding %r" % te)
+            resp.framing = "chunked"
+            while True:
+                line = self._line()
+                m = _CHUNK_RE.match(line)
+                if not m:
+                    raise ProtocolError("bad chunk size line %r" % line[:100])
+                size = int(m.group(1), 16)
+                if resp.body_len + size > max_body:
+                    raise ProtocolError("body over %d bytes" % max_body)
+                if size == 0:
+                    break
+                self._take(size, sink, resp)
+                if self._line() != b"":
+                    raise ProtocolError("chunk data not followed by CRLF")
+            while True:  # trailers
+                line = self._line()
+                if line == b"":
+                    break
+                if b":" not in line:
+                    raise ProtocolError("bad trailer %r" % line[:100])
+            return resp
+        if cls:
+            vals = set()
+            for v in cls:
+                for part in v.split(","):
+                    if not re.fullmatch(r"[0-9]{1,18}", part.strip()):
+                        raise ProtocolError("bad Content-Length %r" % v)
+                    vals.add(int(part.strip()))
+            if len(vals) != 1:
+                raise ProtocolError("conflicting Content-Length %r" % cls)
+            n = vals.pop()
+            if n > max_body:
+                raise ProtocolError("body over %d bytes" % max_body)
+            resp.framing = "length"
+            self._take(n, sink, resp)
+            return resp
+        resp.framing = "close"
+        while True:
+            if self.buf:
+                piece = bytes(self.buf)
+                self.buf.clear()
+                resp.body_len += len(piece)
+                if resp.body_len > max_body:
+                    raise ProtocolError("body over %d bytes" % max_body)
+                if sink:
+                    sink(piece)
+                else:
+                    resp.body += piece
+            try:
+                self._fill()
+            except Closed:
+                return resp
+
+    def request(self, method, target, headers=None, body=None, host="e2e.test"):
+        """Sends one request (Content-Length framing when body is given) and reads its response."""
+        self.send(build_request(method, target, headers, body, host))
+        return self.read_response(method)
+
+    def get(self, target, headers=None):
+        return self.request("GET", target, headers)
+
+    def wait_closed(self, timeout=2.0):
+        """True if the peer closes (EOF or reset) within timeout with no further bytes; raises on data."""
+        old = self.sock.gettimeout()
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+            if data:
+                raise ProtocolError("unexpected bytes while waiting for close: %r" % data[:200])
+            return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+        finally:
+            self.sock.settimeout(old)
+
+
+def build_request(method, target, headers=None, body=None, host="e2e.test", version="HTTP/1.1"):
+    lines = ["%s %s %s" % (method, target, version)]
+    names = set()
+    for k, v in (headers or []):
+        lines.append("%s: %s" % (k, v))
+        names.add(k.lower())
+    if host is not None and "host" not in names:
+        lines.insert(1, "Host: %s" % host)
+    if body is not None and "content-length" not in names and "transfer-encoding" not in names:
+        lines.append("Content-Length: %d" % len(body))
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head + (body or b"")
+
+
+def chunked(pieces, ext=False):
+    """Encodes pieces as a chunked body (empty pieces are skipped), ending with the last chunk."""
+    out = bytearray()
+    for i, p in enumerate(pieces):
+        if not p:
+            continue
+        out += b"%x" % len(p)
+        if ext and i % 2:
+            out += b";name=value"
+        out += b"\r\n" + p + b"\r\n"
+    out += b"0\r\n\r\n"
+    return bytes(out)
+
+
+def simple_get(port, target="/", headers=None, timeout=IO_TIMEOUT):
+    with Client(port, timeout=timeout) as c:
+        return c.get(target, headers)
+
+
+def parse_head_lines(raw):
+    """Splits a raw request head (as /headers returns it) into (request line, [(name, value)])."""
+    text = raw.decode("latin-1")
+    assert text.endswith("\r\n\r\n"), "forwarded head does not end with CRLF CRLF: %r" % text[-20:]
+    lines = text[:-4].split("\r\n")
+    hdrs = []
+    for ln in lines[1:]:
+        name, sep, value = ln.partition(":")
+        assert sep, "bad forwarded header line %r" % ln
+        hdrs.append((name, value.strip(" \t")))
+    return lines[0], hdrs
+
+
+# --- processes and logs -------------------------------------------------------------------
+
+
+class LogReader:
+    """Drains a process's stream in a thread (so it never blocks on a full pipe) and lets tests wait for lines."""
+
+    def __init__(self, stream, name):
+        self.lines = []
+        self.cond = threading.Condition()
+        self.eof = False
+        self.thread = threading.Thread(target=self._run, args=(stream,), name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self, stream):
+        for raw in iter(stream.readline, b""):
+            with self.cond:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.eof = True
+            self.cond.notify_all()
+
+    def wait_for(self, regex, timeout, start=0):
+        """Returns the first match of regex in a line at index >= start, or None at timeout/EOF."""
+        rx = re.compile(regex)
+        deadline = time.monotonic() + timeout
+        i = start
+        with self.cond:
+            while True:
+                while i < len(self.lines):
+                    m = rx.search(self.lines[i])
+                    if m:
+                        return m
+                    i += 1
+                left = deadline - time.monotonic()
+                if self.eof or left <= 0:
+                    return None
+                self.cond.wait(left)
+
+    def text(self):
+        with self.cond:
+            return "\n".join(self.lines)
+
+    def join(self, timeout=5.0):
+        self.thread.join(timeout)
+
+
+SANITIZER_RE = re.compile(r"(ERROR: \w*Sanitizer|runtime error:|WARNING: \w*Sanitizer|SUMMARY: \w*Sanitizer)")
+
+
+def sanitizer_report(text):
+    """The first sanitizer report line in text, or None."""
+    m = SANITIZER_RE.search(text)
+    if not m:
+        return None
+    start = text.rfind("\n", 0, m.start()) + 1
+    return text[start:start + 2000]
+
+
+def _ppid(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            s = f.read()
+    except OSError:
+        return None
+    return int(s[s.rfind(")") + 2:].split()[1])
+
+
+def tree_pids(pid):
+    """pid and all its descendants."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            pp = _ppid(int(d))
+            if pp is not None:
+                children.setdefault(pp, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def rss_bytes(pid):
+    """Resident set size of one process in bytes (0 if it is gone)."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss(pid):
+    """RSS of a process and its descendants (NGINX's master + workers; corral is one process)."""
+    return sum(rss_bytes(p) for p in tree_pids(pid))
+
+
+class RssSampler:
+    """Samples tree_rss(pid) every interval seconds in a thread; .peak and .samples after stop()."""
+
+    def __init__(self, pid, interval=0.02):
+        self.pid = pid
+        self.interval = interval
+        self.samples = []
+        self._stop = threading.Event()
+        self._pids = tree_pids(pid)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.samples.append(sum(rss_bytes(p) for p in self._pids))
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join(5)
+
+    @property
+    def peak(self):
+        return max(self.samples) if self.samples else 0
+
+
+# --- misbehaving upstreams ----------------------------------------------------------------
+
+
+def dead_address():
+    """A loopback address that refuses connections: a port that was just bound and released."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return "127.0.0.1:%d" % port
+
+
+class SilentServer:
+    """Accepts connections, reads what is sent, and never answers."""
+
+    def __init__(self):
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(128)
+        self.lsock.settimeout(0.1)
+        self.port = self.lsock.getsockname()[1]
+        self.address = "127.0.0.1:%d" % self.port
+        self.conns = []
+        self.accepted = 0
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                c, _ = self.lsock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            c.setblocking(False)
+            self.conns.append(c)
+            self.accepted += 1
+
+    def close(self):
+        self._stop.set()
+        self.thread.join(2)
+        for c in self.conns:
+            c.close()
+        self.lsock.close()
+
+
+def connect_refused(port, timeout=1.0):
+    """True if a TCP connect to port is refused (nobody listening)."""
+    s = socket.socket()
+    s.settimeout(timeout)
+    try:
+        s.connect(("127.0.0.1", port))
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+    return False
