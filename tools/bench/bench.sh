@@ -60,10 +60,13 @@ NOTES=$RUN/notes.jsonl
 
 # --- process bookkeeping: everything we start is a session leader, killed as a group on exit ---------
 PGIDS=()
+FG_PID=
 
 cleanup() {
 	local pg i
 	trap - EXIT INT TERM
+	# timeout(1) leads its own process group; killing the group stops it and wrk/the client.
+	[ -n "$FG_PID" ] && kill -TERM -- "-$FG_PID" 2>/dev/null
 	for pg in "${PGIDS[@]}"; do
 		kill -TERM -- "-$pg" 2>/dev/null || true
 	done
@@ -81,7 +84,21 @@ cleanup() {
 	PGIDS=()
 }
 trap cleanup EXIT
-trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
+# A trap may fire inside a call whose output goes to /dev/null: report on the stderr we started with.
+exec {STDERR_FD}>&2
+trap 'echo "bench: interrupted, stopping everything it started" >&$STDERR_FD; exit 130' INT TERM
+
+# Runs a bounded command ("timeout ...") in the background and waits for it: bash runs an INT/TERM
+# trap at once while in "wait", whereas after a foreground wrk that caught the SIGINT and exited 0 it
+# would carry on as if nothing happened.
+run_fg() {
+	local rc=0
+	"$@" &
+	FG_PID=$!
+	wait "$FG_PID" || rc=$?
+	FG_PID=
+	return $rc
+}
 
 # Starts "$@" in a new session on core $cpu with output to $log; sets SPAWNED_PID (== its pgid).
 spawn() {
@@ -304,12 +321,12 @@ measure() {
 	local p=$1 round=$2 log=$RUN/wrk-$1-$2.log before after bbefore bafter wjson
 	# Unmeasured warm-up: fills the proxy's upstream pool and the caches.
 	if [ "$WARMUP" -gt 0 ]; then
-		timeout $((WARMUP + 20)) taskset -c "$LCPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$(URLFOR "$p")" \
+		run_fg timeout $((WARMUP + 20)) taskset -c "$LCPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$(URLFOR "$p")" \
 			>/dev/null 2>&1 || true
 	fi
 	before=$(cpu_ticks ${PIDS[$p]})
 	bbefore=$(cpu_ticks "$BACKEND_PID")
-	timeout $((SECS + 30)) taskset -c "$LCPU" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency \
+	run_fg timeout $((SECS + 30)) taskset -c "$LCPU" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency \
 		-s "$HERE/wrk-report.lua" "$(URLFOR "$p")" >"$log" 2>&1 || true
 	after=$(cpu_ticks ${PIDS[$p]})
 	bafter=$(cpu_ticks "$BACKEND_PID")
@@ -354,7 +371,7 @@ if [ "$SKIP_RSS" != 1 ]; then
 		start_proxy "$p" "$port" rss || continue
 		log=$RUN/rss-$p.log
 		# The client is pinned with the backend; the proxy keeps its own core.
-		if timeout 150 taskset -c "$LCPU" "$PY" "$HERE/idle_conns.py" --port "$port" \
+		if run_fg timeout 150 taskset -c "$LCPU" "$PY" "$HERE/idle_conns.py" --port "$port" \
 			--pid "$PROXY_RSS_PID" --count "$IDLE_CONNS" --path "$REQ_PATH" --timeout 120 \
 			>"$log" 2>&1; then
 			:

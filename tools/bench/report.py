@@ -84,6 +84,8 @@ def main():
 		if p in rss:
 			x = rss[p]
 			e["idle_rss_bytes_per_conn"] = x.get("bytes_per_conn")
+			if "rss_after_kb" in x:
+				e["idle_rss_total_mib"] = round(x["rss_after_kb"] / 1024, 1)
 			e["idle"] = x
 		res[p] = e
 
@@ -111,7 +113,7 @@ def main():
 	      f"{meta.get('seconds', '?')} s per proxy (medians), proxy on core "
 	      f"{meta.get('proxy_cpu', '?')}, wrk+backend on core {meta.get('load_cpu', '?')}")
 	hdr = (f"{'proxy':9s} {'req/s':>10s} {'p50 us':>8s} {'p99 us':>8s} {'cpu us/req':>11s} "
-	       f"{'backend us/req':>15s} {'errors':>7s} {'idle B/conn':>12s}")
+	       f"{'backend us/req':>15s} {'errors':>7s} {'idle B/conn':>12s} {'RSS MiB':>8s}")
 	print(hdr)
 	print("-" * len(hdr))
 	for p in names:
@@ -119,8 +121,11 @@ def main():
 		print(f"{p:9s} {fmt(e.get('requests_per_s'), 0):>10s} {fmt(e.get('p50_us')):>8s} "
 		      f"{fmt(e.get('p99_us')):>8s} {fmt(e.get('cpu_us_per_req'), 2):>11s} "
 		      f"{fmt(e.get('backend_cpu_us_per_req'), 2):>15s} {fmt(e.get('errors')):>7s} "
-		      f"{fmt(e.get('idle_rss_bytes_per_conn'), 0):>12s}")
+		      f"{fmt(e.get('idle_rss_bytes_per_conn'), 0):>12s} "
+		      f"{fmt(e.get('idle_rss_total_mib'), 1):>8s}")
 	print()
+	print(f"idle B/conn: (VmRSS with {meta.get('idle_conns', '?')} idle keep-alive clients - VmRSS "
+	      f"before) / clients; RSS MiB: VmRSS with them open (target <= 2048 B/conn)")
 	c = ratios["cpu_us_per_req"]
 	print(f"CPU per request ratio: corral/haproxy {fmt(c['corral/haproxy'], 3)}, "
 	      f"corral/nginx {fmt(c['corral/nginx'], 3)} (target <= 1.0, goal 0.6)")
