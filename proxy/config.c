@@ -62,7 +62,8 @@ static const struct cfg_num_key cfg_limit_keys[] = {
 	NUM32(cfg_limits, header_bytes_max, 1024, 1048576, false),
 	NUM32(cfg_limits, headers_max, 8, 1000, false),
 	NUM32(cfg_limits, uri_bytes_max, 256, 1048576, false),
-	NUM64(cfg_limits, body_bytes_max, 0, 1ULL << 40, false),
+	/* At least 1: the HTTP layer reads 0 as "no limit", and every limit here is bounded. */
+	NUM64(cfg_limits, body_bytes_max, 1, 1ULL << 40, false),
 	NUM32(cfg_limits, connections_per_core, 1, 1048576, false),
 	NUM32(cfg_limits, requests_per_connection, 1, 1000000, false),
 	NUM32(cfg_limits, upstream_idle_per_backend, 0, 65536, false),
