@@ -1,0 +1,330 @@
+/* Access log: formats lines (JSON or combined) into a worker's double buffer; no syscalls. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "accesslog.h"
+
+/*
+ * Output budgets per field, escapes included. Their sum plus the fixed text stays well
+ * under ALOG_LINE_MAX, which is what guarantees a line always fits.
+ */
+#define ALOG_MAX_METHOD 32
+#define ALOG_MAX_TARGET 2048
+#define ALOG_MAX_HOST 256
+#define ALOG_MAX_REFERER 512
+#define ALOG_MAX_UA 512
+#define ALOG_MAX_ADDR 64 /* client and upstream addresses */
+
+_Static_assert(ALOG_MAX_METHOD + ALOG_MAX_TARGET + ALOG_MAX_HOST + ALOG_MAX_REFERER +
+			       ALOG_MAX_UA + 2 * ALOG_MAX_ADDR + 512 <
+		       ALOG_LINE_MAX,
+	       "access log field budgets must fit in one line");
+
+/* A bounded writer over a line buffer. */
+struct alog_w {
+	char *p;
+	size_t len;
+};
+
+static void w_mem(struct alog_w *w, const char *s, size_t n)
+{
+	memcpy(w->p + w->len, s, n);
+	w->len += n;
+}
+
+static void w_lit(struct alog_w *w, const char *s)
+{
+	w_mem(w, s, strlen(s));
+}
+
+static void w_u64(struct alog_w *w, uint64_t v)
+{
+	char tmp[20];
+	int n = 0;
+
+	do {
+		tmp[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	while (n)
+		w->p[w->len++] = tmp[--n];
+}
+
+static const char alog_hex[] = "0123456789abcdef";
+
+/*
+ * JSON string body: '"' and '\\' escaped, control bytes, DEL and every byte >= 0x80 as
+ * \u00XX, so the line is pure ASCII and always valid JSON whatever the client sent.
+ * Writes at most max bytes and never cuts an escape in half.
+ */
+static void w_json(struct alog_w *w, const char *s, size_t n, size_t max)
+{
+	size_t start = w->len, i;
+
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		size_t need = (c == '"' || c == '\\') ? 2 : (c < 0x20 || c >= 0x7f) ? 6 : 1;
+
+		if (w->len - start + need > max)
+			break;
+		if (need == 1) {
+			w->p[w->len++] = (char)c;
+		} else if (need == 2) {
+			w->p[w->len++] = '\\';
+			w->p[w->len++] = (char)c;
+		} else {
+			w_lit(w, "\\u00");
+			w->p[w->len++] = alog_hex[c >> 4];
+			w->p[w->len++] = alog_hex[c & 15];
+		}
+	}
+}
+
+/*
+ * Combined-format field (NGINX style): '"', '\\', control bytes and bytes >= 0x7f become
+ * \xHH, so a field can never break out of its quotes or forge a new line.
+ */
+static void w_clf(struct alog_w *w, const char *s, size_t n, size_t max)
+{
+	size_t start = w->len, i;
+
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		size_t need = (c == '"' || c == '\\' || c < 0x20 || c >= 0x7f) ? 4 : 1;
+
+		if (w->len - start + need > max)
+			break;
+		if (need == 1) {
+			w->p[w->len++] = (char)c;
+		} else {
+			w_lit(w, "\\x");
+			w->p[w->len++] = alog_hex[c >> 4];
+			w->p[w->len++] = alog_hex[c & 15];
+		}
+	}
+}
+
+static void w_clf_or_dash(struct alog_w *w, struct alog_str s, size_t max)
+{
+	if (!s.p || !s.len)
+		w_lit(w, "-");
+	else
+		w_clf(w, s.p, s.len, max);
+}
+
+static void alog_stamp(struct alog_buf *c, int64_t sec)
+{
+	static const char mon[12][4] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+					 "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+	time_t t = (time_t)sec;
+	struct tm tm;
+
+	gmtime_r(&t, &tm);
+	strftime(c->ts_iso, sizeof(c->ts_iso), "%Y-%m-%dT%H:%M:%S", &tm);
+	/* By hand: strftime's %b follows the locale, the combined format wants English. */
+	snprintf(c->ts_clf, sizeof(c->ts_clf), "%02d/%s/%04d:%02d:%02d:%02d +0000", tm.tm_mday,
+		 mon[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+	c->ts_sec = sec;
+}
+
+size_t alog_format(char *out, enum cfg_log_format format, const struct alog_entry *e,
+		   struct alog_buf *ts_cache)
+{
+	struct alog_buf local;
+	struct alog_buf *tc = ts_cache ? ts_cache : &local;
+	int64_t sec = e->time_us >= 0 ? e->time_us / 1000000 : 0;
+	uint32_t usec = e->time_us >= 0 ? (uint32_t)(e->time_us % 1000000) : 0;
+	const char *client = e->client ? e->client : "-";
+	struct alog_w w = { .p = out, .len = 0 };
+
+	if (!ts_cache || tc->ts_sec != sec || !tc->ts_iso[0])
+		alog_stamp(tc, sec);
+
+	if (format == CFG_LOG_COMBINED) {
+		/* %h - - [%t] "%r" %>s %b "%{Referer}i" "%{User-Agent}i" */
+		w_clf(&w, client, strlen(client), ALOG_MAX_ADDR);
+		w_lit(&w, " - - [");
+		w_lit(&w, tc->ts_clf);
+		w_lit(&w, "] \"");
+		w_clf_or_dash(&w, e->method, ALOG_MAX_METHOD);
+		w_lit(&w, " ");
+		w_clf_or_dash(&w, e->target, ALOG_MAX_TARGET);
+		w_lit(&w, e->version_minor ? " HTTP/1.1\" " : " HTTP/1.0\" ");
+		w_u64(&w, e->status);
+		w_lit(&w, " ");
+		if (e->bytes_out)
+			w_u64(&w, e->bytes_out);
+		else
+			w_lit(&w, "-");
+		w_lit(&w, " \"");
+		w_clf_or_dash(&w, e->referer, ALOG_MAX_REFERER);
+		w_lit(&w, "\" \"");
+		w_clf_or_dash(&w, e->user_agent, ALOG_MAX_UA);
+		w_lit(&w, "\"\n");
+		return w.len;
+	}
+
+	w_lit(&w, "{\"time\":\"");
+	w_lit(&w, tc->ts_iso);
+	{
+		char frac[8] = { '.' };
+
+		for (int i = 6; i >= 1; i--, usec /= 10)
+			frac[i] = (char)('0' + usec % 10);
+		w_mem(&w, frac, 7);
+	}
+	w_lit(&w, "Z\",\"core\":");
+	w_u64(&w, e->core);
+	w_lit(&w, ",\"client\":\"");
+	w_json(&w, client, strlen(client), ALOG_MAX_ADDR);
+	w_lit(&w, "\",\"method\":\"");
+	w_json(&w, e->method.p, e->method.p ? e->method.len : 0, ALOG_MAX_METHOD);
+	w_lit(&w, "\",\"uri\":\"");
+	w_json(&w, e->target.p, e->target.p ? e->target.len : 0, ALOG_MAX_TARGET);
+	w_lit(&w, e->version_minor ? "\",\"protocol\":\"HTTP/1.1\",\"host\":\""
+				   : "\",\"protocol\":\"HTTP/1.0\",\"host\":\"");
+	w_json(&w, e->host.p, e->host.p ? e->host.len : 0, ALOG_MAX_HOST);
+	w_lit(&w, "\",\"status\":");
+	w_u64(&w, e->status);
+	w_lit(&w, ",\"bytes_in\":");
+	w_u64(&w, e->bytes_in);
+	w_lit(&w, ",\"bytes_out\":");
+	w_u64(&w, e->bytes_out);
+	w_lit(&w, ",\"duration_us\":");
+	w_u64(&w, e->duration_us);
+	if (e->upstream) {
+		w_lit(&w, ",\"upstream\":\"");
+		w_json(&w, e->upstream, strlen(e->upstream), ALOG_MAX_ADDR);
+		w_lit(&w, "\"");
+	} else {
+		w_lit(&w, ",\"upstream\":null");
+	}
+	w_lit(&w, ",\"referer\":\"");
+	w_json(&w, e->referer.p, e->referer.p ? e->referer.len : 0, ALOG_MAX_REFERER);
+	w_lit(&w, "\",\"user_agent\":\"");
+	w_json(&w, e->user_agent.p, e->user_agent.p ? e->user_agent.len : 0, ALOG_MAX_UA);
+	w_lit(&w, "\"}\n");
+	return w.len;
+}
+
+int alog_init(struct alog_buf *b, enum cfg_log_format format, size_t cap)
+{
+	memset(b, 0, sizeof(*b));
+	if (cap == 0)
+		cap = ALOG_BUF_BYTES_DEF;
+	if (cap < 2 * ALOG_LINE_MAX)
+		cap = 2 * ALOG_LINE_MAX;
+	b->half[0] = malloc(cap);
+	b->half[1] = malloc(cap);
+	if (!b->half[0] || !b->half[1]) {
+		alog_free(b);
+		return -ENOMEM;
+	}
+	b->cap = cap;
+	b->format = format;
+	b->ts_sec = -1;
+	return 0;
+}
+
+void alog_free(struct alog_buf *b)
+{
+	free(b->half[0]);
+	free(b->half[1]);
+	b->half[0] = b->half[1] = NULL;
+}
+
+/* Bytes of the other half not yet handed out or written. */
+static size_t alog_other_left(const struct alog_buf *b)
+{
+	return b->len[!b->fill] - b->woff;
+}
+
+bool alog_pending(const struct alog_buf *b)
+{
+	return !b->in_flight && (alog_other_left(b) || b->len[b->fill]);
+}
+
+int alog_append(struct alog_buf *b, const struct alog_entry *e)
+{
+	uint32_t f = b->fill;
+
+	if (b->cap - b->len[f] < ALOG_LINE_MAX) {
+		/* The fill half is full: switch halves if the other one has been written out. */
+		if (b->len[!f] != 0) {
+			b->lines_dropped++;
+			return -ENOBUFS;
+		}
+		b->fill = f = !f;
+		b->woff = 0;
+	}
+	b->len[f] += alog_format(b->half[f] + b->len[f], b->format, e, b);
+	b->lines++;
+	/* Write early (half full) so the other half is free again before this one fills. */
+	return !b->in_flight && (alog_other_left(b) || b->len[f] >= b->cap / 2);
+}
+
+size_t alog_flush_begin(struct alog_buf *b, const void **data)
+{
+	if (b->in_flight)
+		return 0;
+	if (!alog_other_left(b)) {
+		if (!b->len[b->fill])
+			return 0;
+		/* The other half is empty: it becomes the fill half, this one goes to the kernel. */
+		b->len[!b->fill] = 0;
+		b->fill = !b->fill;
+		b->woff = 0;
+	}
+	b->in_flight = true;
+	b->wlen = alog_other_left(b);
+	*data = b->half[!b->fill] + b->woff;
+	return b->wlen;
+}
+
+int alog_flush_done(struct alog_buf *b, int res)
+{
+	uint32_t o = !b->fill;
+
+	if (!b->in_flight)
+		return 0;
+	b->in_flight = false;
+	if (res == 0 && b->wlen)
+		res = -EIO; /* a write of 0 bytes would loop forever */
+	if (res < 0) {
+		b->write_errors++;
+		b->bytes_dropped += b->len[o] - b->woff;
+		b->len[o] = 0;
+		b->woff = 0;
+		return res;
+	}
+	b->woff += (size_t)res < b->wlen ? (size_t)res : b->wlen;
+	if (b->woff < b->len[o])
+		return 1; /* short write: the rest goes next */
+	b->len[o] = 0;
+	b->woff = 0;
+	return b->len[b->fill] >= b->cap / 2;
+}
+
+int alog_flush_sync(struct alog_buf *b, int fd)
+{
+	const void *data;
+	size_t len;
+
+	while ((len = alog_flush_begin(b, &data)) > 0) {
+		ssize_t n = write(fd, data, len);
+		int rc;
+
+		if (n < 0 && errno == EINTR) {
+			b->in_flight = false; /* nothing was written: hand the same bytes out again */
+			continue;
+		}
+		rc = alog_flush_done(b, n < 0 ? -errno : (int)n);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}

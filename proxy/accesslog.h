@@ -1,0 +1,122 @@
+/* Access log: per-worker line formatting into double buffers, flushed by io_uring writes. */
+#ifndef CORRAL_ACCESSLOG_H
+#define CORRAL_ACCESSLOG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "config-t.h"
+
+/*
+ * One formatted line is at most this long. Long fields are cut to fixed budgets (URI 2048
+ * bytes, Referer and User-Agent 512, Host 256 ...) so that a line always fits and a
+ * hostile request cannot make the log line unbounded.
+ */
+#define ALOG_LINE_MAX 4096
+/* Bytes per half buffer: ~300 typical lines per write, 128 KiB per worker in all. */
+#define ALOG_BUF_BYTES_DEF (64 * 1024)
+
+/* A byte string that need not be NUL-terminated (e.g. a span of the request buffer). */
+struct alog_str {
+	const char *p; /* NULL or len 0: absent */
+	uint32_t len;
+};
+
+/* Everything one line says about one finished exchange. Nothing is kept after alog_append. */
+struct alog_entry {
+	int64_t time_us; /* CLOCK_REALTIME, microseconds since the epoch */
+	uint32_t core;	 /* worker index */
+	const char *client; /* client IP as text, NUL-terminated */
+	struct alog_str method;
+	struct alog_str target;
+	struct alog_str host;
+	struct alog_str referer;
+	struct alog_str user_agent;
+	uint8_t version_minor; /* HTTP/1.x */
+	uint16_t status;       /* status sent to the client */
+	uint64_t bytes_in;     /* bytes received from the client for this exchange */
+	uint64_t bytes_out;    /* bytes sent to the client for this exchange */
+	uint64_t duration_us;  /* request head parsed -> response end */
+	const char *upstream;  /* backend address text; NULL when corral answered itself */
+};
+
+/*
+ * A worker's access-log buffer: two halves. Lines are appended to the "fill" half while the
+ * other half is being written by the kernel; a line is always whole inside one half, and
+ * each write hands the kernel whole lines only.
+ *
+ * Worker protocol (single thread: the owning worker; nothing here is shared):
+ *
+ *	rc = alog_append(b, &entry);          // after each exchange
+ *	if (rc == 1) start_flush();           // a write is due now
+ *	// on each timer tick: if (alog_pending(b)) start_flush();
+ *
+ *	start_flush():
+ *		len = alog_flush_begin(b, &data);  // 0: nothing to write / a write is in flight
+ *		if (len) submit IORING_OP_WRITE(fd, data, len, offset = -1)  // fd opened O_APPEND
+ *
+ *	on the write's CQE:
+ *		if (alog_flush_done(b, cqe->res) == 1) start_flush();  // <0: error, already counted
+ *
+ *	at shutdown: alog_flush_sync(b, fd) after the last CQE, then alog_free(b).
+ *
+ * The bytes handed out by alog_flush_begin() stay valid and untouched until the matching
+ * alog_flush_done(). A short write is completed by handing out the remainder next; with
+ * several workers appending to one O_APPEND file another worker's write could land between
+ * the two parts (Linux only writes short to a regular file when the disk is full).
+ */
+struct alog_buf {
+	enum cfg_log_format format;
+	char *half[2];
+	size_t cap;	 /* bytes per half */
+	size_t len[2];	 /* bytes held by each half */
+	uint32_t fill;	 /* index of the half being appended to */
+	bool in_flight;	 /* half[!fill] from woff on is owned by the kernel */
+	size_t woff;	 /* bytes of half[!fill] already written */
+	size_t wlen;	 /* bytes handed to the kernel in the write in flight */
+	uint64_t lines;	       /* lines appended */
+	uint64_t lines_dropped; /* lines lost: both halves full (the disk is too slow) */
+	uint64_t bytes_dropped; /* bytes lost to write errors */
+	uint64_t write_errors;
+	int64_t ts_sec;	       /* the second the cached time stamps are for */
+	char ts_iso[24];       /* "2026-11-27T14:45:00" */
+	char ts_clf[32];       /* "27/Nov/2026:14:45:00 +0000" */
+};
+
+/* Allocates both halves of cap bytes (0: ALOG_BUF_BYTES_DEF; at least 2 * ALOG_LINE_MAX). */
+int alog_init(struct alog_buf *b, enum cfg_log_format format, size_t cap);
+void alog_free(struct alog_buf *b);
+
+/*
+ * Formats one line (with its '\n') into out, which has room for ALOG_LINE_MAX bytes.
+ * Returns its length. ts_cache may be a struct alog_buf for its time stamp cache, or NULL.
+ */
+size_t alog_format(char *out, enum cfg_log_format format, const struct alog_entry *e,
+		   struct alog_buf *ts_cache);
+
+/*
+ * Appends one line. Returns 1 when the worker should start a flush now, 0 when not, or
+ * -ENOBUFS when the line was dropped because both halves are full (counted in lines_dropped).
+ */
+int alog_append(struct alog_buf *b, const struct alog_entry *e);
+
+/* True when there are bytes to write and no write in flight (for the timer tick). */
+bool alog_pending(const struct alog_buf *b);
+
+/*
+ * Hands out the next bytes to write: returns their length and sets *data, or returns 0 when
+ * there is nothing to write or a write is already in flight.
+ */
+size_t alog_flush_begin(struct alog_buf *b, const void **data);
+
+/*
+ * The write from alog_flush_begin() completed with res (bytes written, or -errno). Returns 1
+ * when another flush should start at once (remainder of a short write, or a half that filled
+ * up meanwhile), 0 when not, or res < 0 after an error (those bytes are dropped and counted).
+ */
+int alog_flush_done(struct alog_buf *b, int res);
+
+/* Writes everything buffered with write(2), blocking; for shutdown. 0 or -errno. */
+int alog_flush_sync(struct alog_buf *b, int fd);
+
+#endif
