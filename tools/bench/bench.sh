@@ -232,13 +232,14 @@ start_proxy() {
 			CPU="$PCPU" MAXCONN="$MAXCONN"
 		spawn "$PCPU" "$dir/log" "$BUILD/corral" -c "$dir/corral.yaml"
 		PROXY_PID=$SPAWNED_PID
-		for i in $(seq 1 100); do
-			grep -q ready "$dir/log" 2>/dev/null && break
+		# Loading and verifying the steering program can take seconds on a busy machine.
+		for i in $(seq 1 600); do
+			grep -qw ready "$dir/log" 2>/dev/null && break
 			kill -0 "$PROXY_PID" 2>/dev/null || break
 			sleep 0.05
 		done
-		if ! grep -q ready "$dir/log" 2>/dev/null; then
-			note "corral: no \"ready\" within 5 s: $(tail -n 3 "$dir/log" | tr '\n' ' ')"
+		if ! grep -qw ready "$dir/log" 2>/dev/null; then
+			note "corral: no \"ready\" within 30 s: $(tail -n 3 "$dir/log" | tr '\n' ' ')"
 			stop_group "$PROXY_PID"
 			return 1
 		fi
