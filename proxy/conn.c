@@ -1,0 +1,1541 @@
+/* The per-connection task: read a request, run its upstream exchange, stream the response, tear down. */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <xxhash.h>
+#include "conn.h"
+#include "http.h"
+#include "steer.h"
+#include "stats.h"
+
+/* Bytes a lingering close reads and discards before giving up, and for how long. */
+#define LINGER_BYTES_MAX (256 * 1024)
+#define LINGER_MS 2000
+/* Connect attempts per request (each to a different backend when there are several). */
+#define ATTEMPTS_MAX 3
+
+static const char S_CRLF[] = "\r\n";
+static const char S_LAST[] = "0\r\n\r\n";
+static const char S_CRLF_LAST[] = "\r\n0\r\n\r\n";
+
+static void conn_abort(struct worker *w, struct conn *c);
+static void conn_try_finish(struct worker *w, struct conn *c);
+static void send_error(struct worker *w, struct conn *c, int status);
+static void req_process(struct worker *w, struct conn *c);
+static void req_pump(struct worker *w, struct conn *c);
+static void resp_process(struct worker *w, struct conn *c);
+static void exchange_connect(struct worker *w, struct conn *c);
+static void exchange_end(struct worker *w, struct conn *c);
+static void ups_close(struct worker *w, struct ups *u);
+
+static inline uint32_t cidx(struct worker *w, struct conn *c)
+{
+	return (uint32_t)(c - w->conns);
+}
+
+static inline uint32_t uidx(struct worker *w, struct ups *u)
+{
+	return (uint32_t)(u - w->ups);
+}
+
+static inline struct ups *conn_ups(struct worker *w, struct conn *c)
+{
+	return c->ups == NIL ? NULL : &w->ups[c->ups];
+}
+
+static void limits_of(struct worker *w, struct http_limits *lim)
+{
+	const struct cfg_limits *l = &w->snap->cfg.limits;
+
+	lim->header_bytes_max = l->header_bytes_max;
+	lim->headers_max = l->headers_max < w->hdr_cap ? l->headers_max : w->hdr_cap;
+	lim->uri_bytes_max = l->uri_bytes_max;
+	lim->body_bytes_max = l->body_bytes_max;
+}
+
+static void count_status(struct worker *w, int status)
+{
+	int cls = status / 100 - 1;
+
+	if (cls < 0 || cls >= STATS_CLASSES)
+		cls = STATS_5XX;
+	STAT_ADD(w->stats->responses[cls], 1);
+}
+
+/* --- timers ---------------------------------------------------------------------------- */
+
+static void conn_timer_update(struct worker *w, struct conn *c)
+{
+	const struct cfg_timeouts *t = &w->snap->cfg.timeouts;
+	enum tclass cls;
+	uint32_t ms;
+
+	if (!c->active || (c->closing && !c->lingering))
+		return;
+	if (c->lingering) {
+		cls = T_LINGER;
+		ms = LINGER_MS;
+	} else if (c->rs_state == RS_TUNNEL) {
+		cls = T_TUNNEL;
+		ms = t->tunnel_idle_ms;
+	} else if (c->rs_state == RS_CONNECT) {
+		cls = T_CONNECT;
+		ms = t->upstream_connect_ms;
+	} else if (c->rs_state == RS_NONE) {
+		bool partial = c->accum.hbuf != NIL || c->in.len > 0;
+
+		if (partial || c->requests == 0) {
+			cls = T_HEADER;
+			ms = t->client_header_ms;
+		} else {
+			cls = T_IDLE;
+			ms = t->client_idle_ms;
+		}
+	} else if (c->to_client.busy || c->req_state == RQ_BODY) {
+		cls = T_BODY;
+		ms = t->client_body_ms;
+	} else {
+		cls = T_UPSTREAM;
+		ms = t->upstream_response_ms;
+	}
+	/* The header deadline is absolute: a slow drip of bytes must not extend it. */
+	if ((cls == T_HEADER || cls == T_LINGER || cls == T_CONNECT) && c->t.tclass == cls)
+		return;
+	timer_set(w, cidx(w, c), &c->t, cls, ms);
+}
+
+/* --- submission helpers ------------------------------------------------------------------ */
+
+static void c_arm_recv(struct worker *w, struct conn *c)
+{
+	struct io_uring_sqe *sqe;
+
+	if (c->recv_armed || c->recv_wanted)
+		return;
+	sqe = worker_sqe(w);
+	io_uring_prep_recv(sqe, c->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = w->bgid;
+	sqe->user_data = ud_pack(OP_C_RECV, cidx(w, c), c->gen);
+	c->recv_armed = true;
+	c->inflight++;
+}
+
+static void u_arm_recv(struct worker *w, struct ups *u)
+{
+	struct io_uring_sqe *sqe;
+
+	if (u->recv_armed)
+		return;
+	sqe = worker_sqe(w);
+	io_uring_prep_recv(sqe, u->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = w->bgid;
+	sqe->user_data = ud_pack(OP_U_RECV, uidx(w, u), u->gen);
+	u->recv_armed = true;
+	u->inflight++;
+}
+
+static void sendq_reset(struct sendq *q)
+{
+	q->iov_n = 0;
+}
+
+static void sendq_add(struct sendq *q, const void *p, size_t n)
+{
+	if (n == 0)
+		return;
+	BUG_ON(q->iov_n >= 4);
+	q->iov[q->iov_n].iov_base = (void *)p;
+	q->iov[q->iov_n].iov_len = n;
+	q->iov_n++;
+}
+
+static void sendq_submit(struct worker *w, struct sendq *q, int fd, enum wop op, uint32_t idx,
+			 uint32_t gen)
+{
+	struct io_uring_sqe *sqe = worker_sqe(w);
+
+	memset(&q->msg, 0, sizeof(q->msg));
+	q->msg.msg_iov = q->iov;
+	q->msg.msg_iovlen = q->iov_n;
+	io_uring_prep_sendmsg(sqe, fd, &q->msg, MSG_NOSIGNAL);
+	sqe->user_data = ud_pack(op, idx, gen);
+	q->busy = true;
+}
+
+/* Advances q past n sent bytes; true when everything was sent. */
+static bool sendq_advance(struct sendq *q, size_t n)
+{
+	uint8_t i = 0;
+
+	while (i < q->iov_n && n >= q->iov[i].iov_len) {
+		n -= q->iov[i].iov_len;
+		i++;
+	}
+	if (i == q->iov_n) {
+		q->iov_n = 0;
+		return true;
+	}
+	q->iov[i].iov_base = (char *)q->iov[i].iov_base + n;
+	q->iov[i].iov_len -= n;
+	memmove(q->iov, q->iov + i, (size_t)(q->iov_n - i) * sizeof(q->iov[0]));
+	q->iov_n -= i;
+	return false;
+}
+
+static void c_send(struct worker *w, struct conn *c)
+{
+	sendq_submit(w, &c->to_client, c->fd, OP_C_SEND, cidx(w, c), c->gen);
+	c->inflight++;
+}
+
+static void u_send(struct worker *w, struct conn *c, struct ups *u)
+{
+	sendq_submit(w, &c->to_ups, u->fd, OP_U_SEND, uidx(w, u), u->gen);
+	u->inflight++;
+}
+
+static void cancel_fd(struct worker *w, int fd, enum wop op, uint32_t idx, uint32_t gen)
+{
+	struct io_uring_sqe *sqe = worker_sqe(w);
+
+	io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+	sqe->user_data = ud_pack(op, idx, gen);
+}
+
+/* --- accept -------------------------------------------------------------------------------- */
+
+static void reject_full(struct worker *w, int fd)
+{
+	char out[256];
+	int n = http_error_response(out, sizeof(out), 503, true);
+
+	/* Rare overload path: one non-blocking send of a canned 503, then close. */
+	if (n > 0 && send(fd, out, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) > 0)
+		count_status(w, 503);
+	STAT_ADD(w->stats->conns_rejected, 1);
+	close(fd);
+}
+
+void conn_accept(struct worker *w, int fd)
+{
+	struct conn *c;
+	uint32_t idx, gen;
+	socklen_t sl;
+
+	if (w->conn_free == NIL || w->stopping) {
+		reject_full(w, fd);
+		return;
+	}
+	idx = w->conn_free;
+	w->conn_free = w->conn_next_free[idx];
+	c = &w->conns[idx];
+	gen = c->gen;
+	memset(c, 0, sizeof(*c));
+	c->gen = gen;
+	c->fd = fd;
+	c->active = true;
+	c->ups = NIL;
+	c->hbuf_req = c->hbuf_resp = NIL;
+	c->in.bid = c->accum.bid = -1;
+	c->in.hbuf = c->accum.hbuf = NIL;
+	c->t.prev = c->t.next = NIL;
+	c->next_wait = NIL;
+	sl = sizeof(c->peer);
+	if (getpeername(fd, (struct sockaddr *)&c->peer, &sl) == 0) {
+		if (c->peer.v4.sin_family == AF_INET)
+			inet_ntop(AF_INET, &c->peer.v4.sin_addr, c->peer_ip, sizeof(c->peer_ip));
+		else
+			inet_ntop(AF_INET6, &c->peer.v6.sin6_addr, c->peer_ip, sizeof(c->peer_ip));
+	} else {
+		strcpy(c->peer_ip, "unknown");
+	}
+	w->conns_active++;
+	STAT_ADD(w->stats->conns_accepted, 1);
+	STAT_SET(w->stats->conns_active, w->conns_active);
+	steer_conn_opened(w->sc);
+	c_arm_recv(w, c);
+	conn_timer_update(w, c);
+}
+
+/* --- teardown ------------------------------------------------------------------------------- */
+
+static void ups_release(struct worker *w, struct ups *u)
+{
+	BUG_ON(u->inflight != 0);
+	if (u->fd >= 0)
+		close(u->fd);
+	u->fd = -1;
+	inbuf_release(w, &u->in);
+	u->gen++;
+	u->owner = NIL;
+	u->closing = false;
+	u->pool_next = w->ups_free;
+	w->ups_free = uidx(w, u);
+	w->ups_open--;
+}
+
+/* Starts closing an upstream that no connection owns any more. */
+static void ups_close(struct worker *w, struct ups *u)
+{
+	u->owner = NIL;
+	if (u->inflight == 0) {
+		ups_release(w, u);
+		return;
+	}
+	if (!u->closing) {
+		u->closing = true;
+		cancel_fd(w, u->fd, OP_U_CANCEL, uidx(w, u), u->gen);
+		u->inflight++;
+	}
+}
+
+/* Cancels an attached upstream's ops; it stays attached until the connection finishes. */
+static void ups_abort_attached(struct worker *w, struct conn *c)
+{
+	struct ups *u = conn_ups(w, c);
+
+	if (!u || u->closing)
+		return;
+	u->closing = true;
+	if (u->inflight) {
+		cancel_fd(w, u->fd, OP_U_CANCEL, uidx(w, u), u->gen);
+		u->inflight++;
+	}
+	if (c->rs_state != RS_NONE && c->rs_state != RS_DONE) {
+		STAT_SET(w->bstats[c->backend].active, w->be_active[c->backend] - 1);
+		w->be_active[c->backend]--;
+	}
+}
+
+static void conn_try_finish(struct worker *w, struct conn *c)
+{
+	struct ups *u = conn_ups(w, c);
+	uint32_t idx = cidx(w, c);
+
+	if (c->inflight || (u && u->inflight))
+		return;
+	if (u) {
+		ups_release(w, u);
+		c->ups = NIL;
+	}
+	timer_clear(w, &c->t);
+	inbuf_release(w, &c->in);
+	inbuf_release(w, &c->accum);
+	if (c->hbuf_req != NIL)
+		hbuf_put(w, c->hbuf_req);
+	if (c->hbuf_resp != NIL)
+		hbuf_put(w, c->hbuf_resp);
+	close(c->fd);
+	if (c->req_state != RQ_HEAD || c->rs_state != RS_NONE)
+		steer_req_ended(w->sc);
+	steer_conn_closed(w->sc);
+	c->active = false;
+	c->gen++;
+	w->conns_active--;
+	STAT_SET(w->stats->conns_active, w->conns_active);
+	w->conn_next_free[idx] = w->conn_free;
+	w->conn_free = idx;
+}
+
+/* Abortive close: cancel everything in flight, release once all completions are in. */
+static void conn_abort(struct worker *w, struct conn *c)
+{
+	if (!c->closing) {
+		c->closing = true;
+		c->lingering = false;
+		timer_clear(w, &c->t);
+		ups_abort_attached(w, c);
+		if (c->inflight) {
+			cancel_fd(w, c->fd, OP_C_CANCEL, cidx(w, c), c->gen);
+			c->inflight++;
+		}
+	}
+	conn_try_finish(w, c);
+}
+
+/*
+ * Graceful close after the last response byte was sent: shut our write side and read and
+ * discard what the client still sends for a moment, so that unread request bytes do not make
+ * the kernel reset the connection before the client has read our response.
+ */
+static void conn_close_graceful(struct worker *w, struct conn *c)
+{
+	ups_abort_attached(w, c);
+	if (c->eof) {
+		conn_abort(w, c);
+		return;
+	}
+	shutdown(c->fd, SHUT_WR);
+	c->closing = true;
+	c->lingering = true;
+	inbuf_release(w, &c->in);
+	inbuf_release(w, &c->accum);
+	c_arm_recv(w, c);
+	conn_timer_update(w, c);
+}
+
+static void linger_recv(struct worker *w, struct conn *c, int res, int32_t bid)
+{
+	buf_put(w, bid);
+	if (res > 0 && c->linger_bytes + (uint32_t)res < LINGER_BYTES_MAX && c->lingering) {
+		c->linger_bytes += (uint32_t)res;
+		c_arm_recv(w, c);
+		return;
+	}
+	c->lingering = false;
+	conn_abort(w, c);
+}
+
+/* --- errors ---------------------------------------------------------------------------------- */
+
+static void send_error(struct worker *w, struct conn *c, int status)
+{
+	uint32_t hb;
+	int n;
+
+	c->close_after = true;
+	c->keep_alive = false;
+	c->req_state = RQ_DONE;
+	ups_abort_attached(w, c);
+	c->rs_state = RS_DONE;
+	if (c->resp_started || c->closing) {
+		conn_abort(w, c);
+		return;
+	}
+	if (c->to_client.busy) {
+		c->pending_status = (uint16_t)status;
+		return;
+	}
+	hb = c->hbuf_resp != NIL ? c->hbuf_resp : hbuf_get(w);
+	if (hb == NIL) {
+		conn_abort(w, c);
+		return;
+	}
+	c->hbuf_resp = hb;
+	n = http_error_response(hbuf_addr(w, hb), w->hbuf_size, status, true);
+	BUG_ON(n <= 0);
+	c->resp_started = true;
+	c->resp_code = (uint16_t)status;
+	count_status(w, status);
+	sendq_reset(&c->to_client);
+	sendq_add(&c->to_client, hbuf_addr(w, hb), (size_t)n);
+	c_send(w, c);
+	conn_timer_update(w, c);
+}
+
+/* An upstream failure before any response byte reached the client. */
+static void upstream_fail(struct worker *w, struct conn *c, int status)
+{
+	STAT_ADD(w->stats->upstream_errors, 1);
+	STAT_ADD(w->bstats[c->backend].errors, 1);
+	send_error(w, c, status);
+}
+
+/* --- request side ------------------------------------------------------------------------------ */
+
+/* Appends src[0..n) to the accumulation buffer; false if it does not fit. */
+static bool accum_append(struct worker *w, struct inbuf *acc, const char *src, uint32_t n)
+{
+	if (acc->hbuf == NIL) {
+		acc->hbuf = hbuf_get(w);
+		if (acc->hbuf == NIL)
+			return false;
+		acc->base = hbuf_addr(w, acc->hbuf);
+		acc->off = 0;
+		acc->len = 0;
+		acc->bid = -1;
+	}
+	if (acc->off + acc->len + n > w->hbuf_size)
+		return false;
+	memcpy(acc->base + acc->off + acc->len, src, n);
+	acc->len += n;
+	return true;
+}
+
+/* Sets up the exchange for a parsed head at base; false if it was answered with an error. */
+static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, const char *base)
+{
+	const struct config *cfg = &w->snap->cfg;
+	struct http_fwd fwd = { .client_ip = c->peer_ip, .proto = "http" };
+	uint32_t hb;
+	int n;
+
+	c->requests++;
+	c->req_start_ns = now_ns();
+	STAT_ADD(w->stats->requests, 1);
+	steer_req_started(w->sc);
+	c->client_minor = req->version_minor;
+	c->req_is_head = req->is_head;
+	c->req_idempotent = req->is_idempotent;
+	c->req_upgrade = req->upgrade;
+	c->keep_alive = req->keep_alive && c->requests < cfg->limits.requests_per_connection &&
+			!w->stopping;
+	c->close_after = false;
+	c->resp_started = false;
+	c->ups_byte_seen = false;
+	c->req_sent_any = false;
+	c->req_head_sent = false;
+	c->end_pending = false;
+	c->attempts = 0;
+	c->last_err = 0;
+	c->tried = 0;
+	c->resp_code = 0;
+	if (cfg->balance == CFG_BALANCE_HASH_URI)
+		c->hkey = XXH3_64bits(base + req->target.off, req->target.len);
+	else if (cfg->balance == CFG_BALANCE_HASH_CLIENT)
+		c->hkey = XXH3_64bits(c->peer_ip, strlen(c->peer_ip));
+
+	hb = hbuf_get(w);
+	if (hb == NIL) {
+		send_error(w, c, 503);
+		return false;
+	}
+	n = http_req_serialize(req, base, &fwd, hbuf_addr(w, hb), w->hbuf_size);
+	if (n < 0) {
+		hbuf_put(w, hb);
+		send_error(w, c, 431);
+		return false;
+	}
+	c->hbuf_req = hb;
+	c->req_head_len = (uint32_t)n;
+	http_body_init(&c->req_body, req->framing, req->content_length,
+		       cfg->limits.body_bytes_max);
+	c->req_state = req->framing == HTTP_BODY_NONE ? RQ_DONE : RQ_BODY;
+	return true;
+}
+
+/* Parses the next request head from c->in / c->accum and starts its exchange. */
+static void req_process(struct worker *w, struct conn *c)
+{
+	struct http_limits lim;
+	struct http_req req;
+	struct inbuf *src;
+	int r;
+
+	BUG_ON(c->req_state != RQ_HEAD || c->rs_state != RS_NONE);
+	limits_of(w, &lim);
+	memset(&req, 0, sizeof(req));
+	req.hdr = w->hdr_scratch;
+	req.hdr_cap = w->hdr_cap;
+
+	if (c->accum.hbuf != NIL) {
+		if (c->in.len) {
+			if (!accum_append(w, &c->accum, c->in.base + c->in.off, c->in.len)) {
+				send_error(w, c, 431);
+				return;
+			}
+			inbuf_release(w, &c->in);
+		}
+		src = &c->accum;
+	} else {
+		src = &c->in;
+	}
+	if (src->len == 0) {
+		inbuf_release(w, &c->in);
+		c_arm_recv(w, c);
+		conn_timer_update(w, c);
+		return;
+	}
+	r = http_req_parse(&req, src->base + src->off, src->len, &lim);
+	if (r == -EAGAIN) {
+		if (src == &c->in) {
+			if (!accum_append(w, &c->accum, c->in.base + c->in.off, c->in.len)) {
+				send_error(w, c, 503);
+				return;
+			}
+			inbuf_release(w, &c->in);
+		}
+		c_arm_recv(w, c);
+		conn_timer_update(w, c);
+		return;
+	}
+	if (r < 0) {
+		STAT_ADD(w->stats->parse_errors, 1);
+		send_error(w, c, req.status ? req.status : 400);
+		return;
+	}
+	/* The head is parsed; what follows it is body or the next request. */
+	if (!req_begin(w, c, &req, src->base + src->off))
+		return;
+	src->off += (uint32_t)r;
+	src->len -= (uint32_t)r;
+	if (src == &c->accum) {
+		/* The accumulation buffer becomes the input buffer for the rest. */
+		BUG_ON(c->in.len != 0 || c->in.hbuf != NIL || c->in.bid >= 0);
+		c->in = c->accum;
+		c->accum.hbuf = NIL;
+		c->accum.len = 0;
+		c->accum.off = 0;
+	}
+	exchange_connect(w, c);
+}
+
+/* Sends what the request direction has ready (head, then body) to the upstream. */
+static void req_pump(struct worker *w, struct conn *c)
+{
+	struct ups *u = conn_ups(w, c);
+	struct sendq *q = &c->to_ups;
+	size_t payload = 0;
+	ssize_t k;
+	char *p;
+
+	if (c->closing || !u || !u->connected || q->busy || u->closing)
+		return;
+	sendq_reset(q);
+	if (!c->req_head_sent) {
+		sendq_add(q, hbuf_addr(w, c->hbuf_req), c->req_head_len);
+		c->req_head_sent = true;
+	}
+	if (c->rs_state == RS_TUNNEL) {
+		if (c->in.len) {
+			sendq_add(q, c->in.base + c->in.off, c->in.len);
+			c->in.off += c->in.len;
+			c->in.len = 0;
+		}
+	} else if (c->req_state == RQ_BODY && c->in.len) {
+		p = c->in.base + c->in.off;
+		k = http_body_decode(&c->req_body, p, c->in.len, &payload);
+		if (k < 0) {
+			STAT_ADD(w->stats->parse_errors, 1);
+			send_error(w, c, k == -EFBIG ? 413 : 400);
+			return;
+		}
+		c->in.off += (uint32_t)k;
+		c->in.len -= (uint32_t)k;
+		if (c->req_body.framing == HTTP_BODY_CHUNKED) {
+			if (payload) {
+				sendq_add(q, c->chunk_hdr_u,
+					  (size_t)http_chunk_header(c->chunk_hdr_u, payload));
+				sendq_add(q, p, payload);
+				if (c->req_body.done)
+					sendq_add(q, S_CRLF_LAST, sizeof(S_CRLF_LAST) - 1);
+				else
+					sendq_add(q, S_CRLF, 2);
+			} else if (c->req_body.done) {
+				sendq_add(q, S_LAST, sizeof(S_LAST) - 1);
+			}
+		} else {
+			sendq_add(q, p, payload);
+		}
+		if (c->req_body.done)
+			c->req_state = RQ_DONE;
+	}
+	if (q->iov_n) {
+		c->req_sent_any = true;
+		u_send(w, c, u);
+		return;
+	}
+	/* Nothing to send: the request direction wants more client bytes. */
+	if (c->req_state == RQ_BODY || c->rs_state == RS_TUNNEL) {
+		if (c->in.len == 0) {
+			inbuf_release(w, &c->in);
+			if (!c->eof)
+				c_arm_recv(w, c);
+		}
+	}
+}
+
+/* --- upstream connect and pools ------------------------------------------------------------ */
+
+static struct ups *ups_alloc(struct worker *w)
+{
+	struct ups *u;
+	uint32_t idx = w->ups_free;
+
+	if (idx == NIL)
+		return NULL;
+	u = &w->ups[idx];
+	w->ups_free = u->pool_next;
+	u->fd = -1;
+	u->inflight = 0;
+	u->connected = u->recv_armed = u->closing = u->reused = false;
+	u->in.bid = -1;
+	u->in.hbuf = NIL;
+	u->in.len = u->in.off = 0;
+	u->pool_prev = u->pool_next = NIL;
+	w->ups_open++;
+	return u;
+}
+
+static void pool_unlink(struct worker *w, struct ups *u)
+{
+	uint16_t b = u->backend;
+
+	if (u->pool_prev != NIL)
+		w->ups[u->pool_prev].pool_next = u->pool_next;
+	else
+		w->pool_head[b] = u->pool_next;
+	if (u->pool_next != NIL)
+		w->ups[u->pool_next].pool_prev = u->pool_prev;
+	else
+		w->pool_tail[b] = u->pool_prev;
+	u->pool_prev = u->pool_next = NIL;
+	w->pool_n[b]--;
+	STAT_SET(w->stats->pool_idle, w->stats->pool_idle - 1);
+}
+
+static void pool_put(struct worker *w, struct ups *u)
+{
+	uint16_t b = u->backend;
+	uint32_t idx = uidx(w, u);
+
+	u->owner = NIL;
+	u->reused = false;
+	if (u->closing || w->pool_n[b] >= w->snap->cfg.limits.upstream_idle_per_backend ||
+	    w->stopping || !__atomic_load_n(&w->d->backends[b].in_config, __ATOMIC_RELAXED)) {
+		ups_close(w, u);
+		return;
+	}
+	inbuf_release(w, &u->in);
+	u->idle_since_ms = w->now_ms;
+	u->pool_prev = NIL;
+	u->pool_next = w->pool_head[b];
+	if (u->pool_next != NIL)
+		w->ups[u->pool_next].pool_prev = idx;
+	else
+		w->pool_tail[b] = idx;
+	w->pool_head[b] = idx;
+	w->pool_n[b]++;
+	STAT_SET(w->stats->pool_idle, w->stats->pool_idle + 1);
+	/* An idle connection keeps a receive armed: it notices the backend closing it. */
+	u_arm_recv(w, u);
+}
+
+void ups_pool_expire(struct worker *w)
+{
+	uint64_t idle_ms = w->snap->cfg.timeouts.upstream_idle_ms;
+
+	for (uint32_t b = 0; b < CFG_BACKENDS_MAX; b++) {
+		while (w->pool_tail[b] != NIL) {
+			struct ups *u = &w->ups[w->pool_tail[b]];
+
+			if (u->idle_since_ms + idle_ms > w->now_ms &&
+			    __atomic_load_n(&w->d->backends[b].in_config, __ATOMIC_RELAXED))
+				break;
+			pool_unlink(w, u);
+			ups_close(w, u);
+		}
+	}
+}
+
+void ups_pool_close_all(struct worker *w)
+{
+	for (uint32_t b = 0; b < CFG_BACKENDS_MAX; b++) {
+		while (w->pool_head[b] != NIL) {
+			struct ups *u = &w->ups[w->pool_head[b]];
+
+			pool_unlink(w, u);
+			ups_close(w, u);
+		}
+	}
+}
+
+static void exchange_detach_ups(struct worker *w, struct conn *c)
+{
+	struct ups *u = conn_ups(w, c);
+
+	if (!u)
+		return;
+	c->ups = NIL;
+	ups_close(w, u);
+}
+
+static void be_active_inc(struct worker *w, uint16_t b)
+{
+	w->be_active[b]++;
+	STAT_SET(w->bstats[b].active, w->be_active[b]);
+	STAT_ADD(w->bstats[b].requests, 1);
+}
+
+static void be_active_dec(struct worker *w, uint16_t b)
+{
+	w->be_active[b]--;
+	STAT_SET(w->bstats[b].active, w->be_active[b]);
+}
+
+/* Picks a backend and gets a connection to it: pooled, or a new connect. */
+static void exchange_connect(struct worker *w, struct conn *c)
+{
+	const struct snapshot *s = w->snap;
+	uint32_t n_be = s->cfg.backends_n;
+	uint32_t max_attempts = n_be < ATTEMPTS_MAX ? (n_be ? n_be : 1) : ATTEMPTS_MAX;
+	const struct cfg_backend *be;
+	struct io_uring_sqe *sqe;
+	struct ups *u;
+	int bi, fd, one = 1;
+	uint16_t id;
+
+	if (c->attempts >= max_attempts) {
+		upstream_fail(w, c, c->last_err == 4 ? 504 : 502);
+		return;
+	}
+	c->attempts++;
+	bi = ups_pick(w, c, c->hkey, c->tried);
+	if (bi < 0) {
+		upstream_fail(w, c, 503);
+		return;
+	}
+	be = &s->cfg.backends[bi];
+	id = (uint16_t)s->backend_id[bi];
+	c->backend = id;
+	c->tried |= 1ULL << (id & 63);
+	be_active_inc(w, id);
+
+	/* A pooled connection, unless this is a retry after a pooled one failed. */
+	if (w->pool_head[id] != NIL && c->attempts == 1) {
+		u = &w->ups[w->pool_head[id]];
+		pool_unlink(w, u);
+		u->owner = cidx(w, c);
+		u->owner_gen = c->gen;
+		u->reused = true;
+		c->ups = uidx(w, u);
+		STAT_ADD(w->stats->pool_hits, 1);
+		c->rs_state = RS_HEAD;
+		u_arm_recv(w, u);
+		req_pump(w, c);
+		conn_timer_update(w, c);
+		return;
+	}
+	STAT_ADD(w->stats->pool_misses, 1);
+	u = ups_alloc(w);
+	if (!u) {
+		be_active_dec(w, id);
+		send_error(w, c, 503);
+		return;
+	}
+	fd = socket(be->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		u->pool_next = w->ups_free;
+		w->ups_free = uidx(w, u);
+		w->ups_open--;
+		be_active_dec(w, id);
+		log_warn("worker %u: upstream socket: %s", w->id, strerror(errno));
+		send_error(w, c, 503);
+		return;
+	}
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	u->fd = fd;
+	u->backend = id;
+	u->owner = cidx(w, c);
+	u->owner_gen = c->gen;
+	memcpy(&u->addr, &be->addr.ss, be->addr.len);
+	u->addr_len = be->addr.len;
+	c->ups = uidx(w, u);
+	c->rs_state = RS_CONNECT;
+	sqe = worker_sqe(w);
+	io_uring_prep_connect(sqe, fd, (struct sockaddr *)&u->addr, u->addr_len);
+	sqe->user_data = ud_pack(OP_U_CONNECT, uidx(w, u), u->gen);
+	u->inflight++;
+	conn_timer_update(w, c);
+}
+
+/* The current upstream failed before any response byte: retry elsewhere or answer. */
+static void exchange_retry(struct worker *w, struct conn *c, int err_class)
+{
+	struct ups *u = conn_ups(w, c);
+	uint16_t b = c->backend;
+
+	c->last_err = (uint8_t)err_class;
+	STAT_ADD(w->stats->upstream_errors, 1);
+	STAT_ADD(w->bstats[b].errors, 1);
+	be_active_dec(w, b);
+	if (u && !u->reused) {
+		/* Passive health: a failed connect parks the backend for a second. */
+		__atomic_store_n(&w->d->backends[b].down_until_ms, w->now_ms + 1000,
+				 __ATOMIC_RELAXED);
+	}
+	exchange_detach_ups(w, c);
+	c->req_head_sent = false;
+	c->rs_state = RS_NONE;
+	STAT_ADD(w->stats->upstream_retries, 1);
+	exchange_connect(w, c);
+}
+
+/* --- response side ------------------------------------------------------------------------- */
+
+static void tunnel_start(struct worker *w, struct conn *c)
+{
+	struct ups *u = conn_ups(w, c);
+
+	c->rs_state = RS_TUNNEL;
+	c->req_state = RQ_DONE;
+	c->keep_alive = false;
+	c->ups_reusable = false;
+	/* Client bytes already read after the request head go first. */
+	if (c->in.len) {
+		req_pump(w, c);
+	} else if (!c->to_ups.busy) {
+		inbuf_release(w, &c->in);
+		c_arm_recv(w, c);
+	}
+	(void)u;
+}
+
+/* Forwards what the response direction has ready to the client. */
+static void resp_process(struct worker *w, struct conn *c)
+{
+	struct ups *u = conn_ups(w, c);
+	struct sendq *q = &c->to_client;
+	struct http_limits lim;
+	struct http_resp resp;
+	struct inbuf *src;
+	enum http_framing of;
+	size_t payload = 0;
+	ssize_t k;
+	bool ka;
+	char *p;
+	int r, n;
+
+	if (c->closing || !u || q->busy)
+		return;
+	sendq_reset(q);
+	if (c->rs_state == RS_TUNNEL) {
+		if (u->in.len) {
+			sendq_add(q, u->in.base + u->in.off, u->in.len);
+			u->in.off += u->in.len;
+			u->in.len = 0;
+			c_send(w, c);
+		} else {
+			inbuf_release(w, &u->in);
+			u_arm_recv(w, u);
+		}
+		return;
+	}
+	if (c->rs_state == RS_HEAD) {
+		limits_of(w, &lim);
+		memset(&resp, 0, sizeof(resp));
+		resp.hdr = w->hdr_scratch;
+		resp.hdr_cap = w->hdr_cap;
+		if (c->accum.hbuf != NIL) {
+			if (u->in.len) {
+				if (!accum_append(w, &c->accum, u->in.base + u->in.off, u->in.len)) {
+					u->closing = true;
+					upstream_fail(w, c, 502);
+					return;
+				}
+				inbuf_release(w, &u->in);
+			}
+			src = &c->accum;
+		} else {
+			src = &u->in;
+		}
+		if (src->len == 0) {
+			inbuf_release(w, &u->in);
+			u_arm_recv(w, u);
+			return;
+		}
+		r = http_resp_parse(&resp, src->base + src->off, src->len, &lim, c->req_is_head);
+		if (r == -EAGAIN) {
+			if (src == &u->in) {
+				if (!accum_append(w, &c->accum, u->in.base + u->in.off, u->in.len)) {
+					upstream_fail(w, c, 502);
+					return;
+				}
+				inbuf_release(w, &u->in);
+			}
+			u_arm_recv(w, u);
+			return;
+		}
+		if (r < 0) {
+			log_warn("worker %u: bad response from %s: %s", w->id,
+				 w->d->backends[c->backend].addr, resp.reason ? resp.reason : "?");
+			upstream_fail(w, c, 502);
+			return;
+		}
+		p = src->base + src->off;
+		if (c->hbuf_resp == NIL)
+			c->hbuf_resp = hbuf_get(w);
+		if (c->hbuf_resp == NIL) {
+			upstream_fail(w, c, 503);
+			return;
+		}
+		if (resp.code == 101 && !c->req_upgrade) {
+			upstream_fail(w, c, 502);
+			return;
+		}
+		if (resp.code >= 100 && resp.code < 200 && resp.code != 101) {
+			/* Interim response: relay it, then keep waiting for the final one. */
+			n = http_resp_serialize(&resp, p, c->client_minor, true, c->req_is_head,
+						hbuf_addr(w, c->hbuf_resp), w->hbuf_size, &of);
+			if (n < 0) {
+				upstream_fail(w, c, 502);
+				return;
+			}
+			src->off += (uint32_t)r;
+			src->len -= (uint32_t)r;
+			if (src == &c->accum && src->len == 0)
+				inbuf_release(w, &c->accum);
+			sendq_add(q, hbuf_addr(w, c->hbuf_resp), (size_t)n);
+			c_send(w, c);
+			return;
+		}
+		ka = c->keep_alive && resp.code != 101;
+		if (c->client_minor == 0 &&
+		    (resp.framing == HTTP_BODY_CHUNKED || resp.framing == HTTP_BODY_CLOSE))
+			ka = false;
+		if (c->req_state != RQ_DONE)
+			ka = false; /* the request body is not fully read: cannot resync */
+		c->keep_alive = ka;
+		n = http_resp_serialize(&resp, p, c->client_minor, ka, c->req_is_head,
+					hbuf_addr(w, c->hbuf_resp), w->hbuf_size, &of);
+		if (n < 0) {
+			upstream_fail(w, c, 502);
+			return;
+		}
+		c->resp_started = true;
+		c->resp_code = resp.code;
+		c->out_framing = (uint8_t)of;
+		c->ups_reusable = resp.keep_alive && resp.framing != HTTP_BODY_CLOSE;
+		count_status(w, resp.code);
+		src->off += (uint32_t)r;
+		src->len -= (uint32_t)r;
+		if (src == &c->accum) {
+			/* The rest of the accumulated bytes become the upstream input. */
+			BUG_ON(u->in.len != 0);
+			inbuf_release(w, &u->in);
+			u->in = c->accum;
+			c->accum.hbuf = NIL;
+			c->accum.len = c->accum.off = 0;
+		}
+		sendq_add(q, hbuf_addr(w, c->hbuf_resp), (size_t)n);
+		if (resp.code == 101) {
+			c_send(w, c);
+			tunnel_start(w, c);
+			return;
+		}
+		http_body_init(&c->resp_body, resp.framing, resp.content_length, 0);
+		if (resp.framing == HTTP_BODY_NONE) {
+			c->resp_body.done = true;
+			c->rs_state = RS_DONE;
+			if (u->in.len)
+				c->ups_reusable = false; /* bytes after a body-less response */
+			c_send(w, c);
+			return;
+		}
+		c->rs_state = RS_BODY;
+	}
+	if (c->rs_state != RS_BODY)
+		return;
+	if (u->in.len) {
+		p = u->in.base + u->in.off;
+		k = http_body_decode(&c->resp_body, p, u->in.len, &payload);
+		if (k < 0) {
+			log_warn("worker %u: bad response body framing from %s", w->id,
+				 w->d->backends[c->backend].addr);
+			STAT_ADD(w->stats->upstream_errors, 1);
+			c->ups_reusable = false;
+			if (!c->resp_started || q->iov_n)
+				upstream_fail(w, c, 502);
+			else
+				conn_abort(w, c);
+			return;
+		}
+		u->in.off += (uint32_t)k;
+		u->in.len -= (uint32_t)k;
+		if (c->out_framing == HTTP_BODY_CHUNKED) {
+			if (payload) {
+				sendq_add(q, c->chunk_hdr_c,
+					  (size_t)http_chunk_header(c->chunk_hdr_c, payload));
+				sendq_add(q, p, payload);
+				sendq_add(q, c->resp_body.done ? S_CRLF_LAST : S_CRLF,
+					  c->resp_body.done ? sizeof(S_CRLF_LAST) - 1 : 2);
+			} else if (c->resp_body.done) {
+				sendq_add(q, S_LAST, sizeof(S_LAST) - 1);
+			}
+		} else {
+			sendq_add(q, p, payload);
+		}
+		if (c->resp_body.done) {
+			c->rs_state = RS_DONE;
+			if (u->in.len)
+				c->ups_reusable = false; /* bytes after the end of the response */
+		}
+	}
+	if (q->iov_n) {
+		c_send(w, c);
+		return;
+	}
+	inbuf_release(w, &u->in);
+	u_arm_recv(w, u);
+}
+
+/* The upstream closed (res == 0) or failed (res < 0) while this exchange used it. */
+static void resp_upstream_eof(struct worker *w, struct conn *c, int res)
+{
+	struct ups *u = conn_ups(w, c);
+	struct sendq *q = &c->to_client;
+
+	if (c->rs_state == RS_HEAD && !c->ups_byte_seen && c->accum.hbuf == NIL) {
+		/* A pooled connection the backend had closed: safe to retry when idempotent. */
+		if (u->reused && c->req_idempotent && c->req_state == RQ_DONE &&
+		    c->req_body.framing == HTTP_BODY_NONE && !c->to_ups.busy) {
+			be_active_dec(w, c->backend);
+			exchange_detach_ups(w, c);
+			c->req_head_sent = false;
+			c->rs_state = RS_NONE;
+			c->attempts = 1; /* forces a fresh connect below */
+			STAT_ADD(w->stats->upstream_retries, 1);
+			c->attempts = 1;
+			exchange_connect(w, c);
+			return;
+		}
+		upstream_fail(w, c, 502);
+		return;
+	}
+	if (c->rs_state == RS_HEAD) {
+		upstream_fail(w, c, 502);
+		return;
+	}
+	if (c->rs_state == RS_BODY && res == 0 && c->resp_body.framing == HTTP_BODY_CLOSE) {
+		/* Close-delimited body: EOF is its end. */
+		c->resp_body.done = true;
+		c->rs_state = RS_DONE;
+		c->ups_reusable = false;
+		if (c->out_framing == HTTP_BODY_CHUNKED) {
+			sendq_reset(q);
+			sendq_add(q, S_LAST, sizeof(S_LAST) - 1);
+			c_send(w, c);
+		} else {
+			c->keep_alive = false;
+			exchange_end(w, c);
+		}
+		return;
+	}
+	if (c->rs_state == RS_TUNNEL) {
+		conn_close_graceful(w, c);
+		return;
+	}
+	/* Mid-body: the client must be able to tell the response is incomplete. */
+	STAT_ADD(w->stats->upstream_errors, 1);
+	conn_abort(w, c);
+}
+
+static void record_latency(struct worker *w, struct conn *c)
+{
+	uint64_t us = (now_ns() - c->req_start_ns) / 1000;
+
+	stats_record_latency(w->stats, us);
+	STAT_ADD(w->bstats[c->backend].lat_sum_us, us);
+}
+
+/* The response was fully sent: pool or close the upstream, then the next request. */
+static void exchange_end(struct worker *w, struct conn *c)
+{
+	struct ups *u = conn_ups(w, c);
+
+	if (c->to_ups.busy) {
+		c->end_pending = true;
+		return;
+	}
+	c->end_pending = false;
+	record_latency(w, c);
+	steer_req_ended(w->sc);
+	if (u) {
+		be_active_dec(w, c->backend);
+		c->ups = NIL;
+		if (c->ups_reusable && c->req_state == RQ_DONE && u->in.len == 0 && !u->closing)
+			pool_put(w, u);
+		else
+			ups_close(w, u);
+	}
+	if (c->hbuf_req != NIL) {
+		hbuf_put(w, c->hbuf_req);
+		c->hbuf_req = NIL;
+	}
+	if (c->hbuf_resp != NIL) {
+		hbuf_put(w, c->hbuf_resp);
+		c->hbuf_resp = NIL;
+	}
+	inbuf_release(w, &c->accum);
+	c->rs_state = RS_NONE;
+	if (!c->keep_alive || c->close_after || c->req_state != RQ_DONE || w->stopping) {
+		c->req_state = RQ_HEAD;
+		conn_close_graceful(w, c);
+		return;
+	}
+	c->req_state = RQ_HEAD;
+	if (c->in.len)
+		req_process(w, c);
+	else {
+		inbuf_release(w, &c->in);
+		if (c->eof)
+			conn_abort(w, c);
+		else
+			c_arm_recv(w, c);
+	}
+	if (c->active && !c->closing)
+		conn_timer_update(w, c);
+}
+
+/* --- completions ------------------------------------------------------------------------------ */
+
+static int32_t cqe_bid(int res, uint32_t flags)
+{
+	if (!(flags & IORING_CQE_F_BUFFER))
+		return -1;
+	(void)res;
+	return (int32_t)(flags >> IORING_CQE_BUFFER_SHIFT);
+}
+
+static void c_on_recv(struct worker *w, struct conn *c, int res, uint32_t flags)
+{
+	int32_t bid = cqe_bid(res, flags);
+
+	c->recv_armed = false;
+	if (bid >= 0)
+		w->bufs_out++;
+	if (c->closing) {
+		if (c->lingering) {
+			linger_recv(w, c, res, bid);
+			return;
+		}
+		buf_put(w, bid);
+		conn_try_finish(w, c);
+		return;
+	}
+	if (res == -ENOBUFS) {
+		c->recv_wanted = true;
+		wait_push(w, cidx(w, c));
+		return;
+	}
+	if (res <= 0) {
+		buf_put(w, bid);
+		c->eof = true;
+		if (c->rs_state == RS_TUNNEL) {
+			conn_close_graceful(w, c);
+			return;
+		}
+		if (c->req_state == RQ_HEAD && c->rs_state == RS_NONE &&
+		    (c->accum.hbuf != NIL || c->in.len) && res == 0) {
+			/* A partial head then EOF: nothing to answer to. */
+			conn_abort(w, c);
+			return;
+		}
+		conn_abort(w, c);
+		return;
+	}
+	BUG_ON(bid < 0);
+	BUG_ON(c->in.len != 0);
+	inbuf_release(w, &c->in);
+	c->in.base = buf_addr(w, (uint32_t)bid);
+	c->in.off = 0;
+	c->in.len = (uint32_t)res;
+	c->in.bid = bid;
+	STAT_ADD(w->stats->bytes_in, (uint64_t)res);
+	if (c->rs_state == RS_TUNNEL || c->req_state == RQ_BODY)
+		req_pump(w, c);
+	else if (c->req_state == RQ_HEAD && c->rs_state == RS_NONE)
+		req_process(w, c);
+	if (c->active && !c->closing)
+		conn_timer_update(w, c);
+}
+
+static void c_on_send(struct worker *w, struct conn *c, int res)
+{
+	struct sendq *q = &c->to_client;
+	struct ups *u = conn_ups(w, c);
+
+	q->busy = false;
+	if (c->closing) {
+		conn_try_finish(w, c);
+		return;
+	}
+	if (res <= 0) {
+		conn_abort(w, c);
+		return;
+	}
+	STAT_ADD(w->stats->bytes_out, (uint64_t)res);
+	if (!sendq_advance(q, (size_t)res)) {
+		c_send(w, c);
+		return;
+	}
+	if (c->pending_status) {
+		int s = c->pending_status;
+
+		c->pending_status = 0;
+		send_error(w, c, s);
+		return;
+	}
+	if (c->close_after && (c->rs_state == RS_DONE || c->rs_state == RS_NONE) &&
+	    (!u || u->closing)) {
+		conn_close_graceful(w, c);
+		return;
+	}
+	if (u && u->in.len == 0 && u->in.bid >= 0)
+		inbuf_release(w, &u->in);
+	switch (c->rs_state) {
+	case RS_DONE:
+		exchange_end(w, c);
+		return;
+	case RS_HEAD:
+	case RS_BODY:
+	case RS_TUNNEL:
+		resp_process(w, c);
+		break;
+	default:
+		break;
+	}
+	if (c->active && !c->closing)
+		conn_timer_update(w, c);
+}
+
+void conn_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int res, uint32_t flags)
+{
+	struct conn *c;
+
+	BUG_ON(idx >= w->conn_cap);
+	c = &w->conns[idx];
+	if (!c->active || c->gen != gen) {
+		/* Cannot happen: a slot is freed only when nothing is in flight. */
+		int32_t bid = cqe_bid(res, flags);
+
+		if (bid >= 0) {
+			w->bufs_out++;
+			buf_put(w, bid);
+		}
+		log_err("worker %u: stale completion op %d for slot %u", w->id, op, idx);
+		return;
+	}
+	BUG_ON(c->inflight == 0);
+	c->inflight--;
+	switch (op) {
+	case OP_C_RECV:
+		c_on_recv(w, c, res, flags);
+		break;
+	case OP_C_SEND:
+		c_on_send(w, c, res);
+		break;
+	case OP_C_CANCEL:
+		conn_try_finish(w, c);
+		break;
+	default:
+		BUG_ON(1);
+	}
+}
+
+static void u_on_connect(struct worker *w, struct conn *c, struct ups *u, int res)
+{
+	if (res < 0) {
+		exchange_retry(w, c, res == -ECANCELED ? 4 : 2);
+		return;
+	}
+	u->connected = true;
+	c->rs_state = RS_HEAD;
+	u_arm_recv(w, u);
+	req_pump(w, c);
+	conn_timer_update(w, c);
+}
+
+static void u_on_send(struct worker *w, struct conn *c, struct ups *u, int res)
+{
+	struct sendq *q = &c->to_ups;
+
+	q->busy = false;
+	if (res <= 0) {
+		if (!c->resp_started && !c->ups_byte_seen)
+			upstream_fail(w, c, 502);
+		else
+			conn_abort(w, c);
+		return;
+	}
+	if (!sendq_advance(q, (size_t)res)) {
+		u_send(w, c, u);
+		return;
+	}
+	if (c->in.len == 0 && (c->in.bid >= 0 || c->in.hbuf != NIL))
+		inbuf_release(w, &c->in);
+	if (c->end_pending) {
+		exchange_end(w, c);
+		return;
+	}
+	if (c->rs_state == RS_TUNNEL || c->req_state == RQ_BODY)
+		req_pump(w, c);
+	conn_timer_update(w, c);
+}
+
+static void u_on_recv(struct worker *w, struct conn *c, struct ups *u, int res, uint32_t flags)
+{
+	int32_t bid = cqe_bid(res, flags);
+
+	if (res == -ENOBUFS) {
+		c->ups_recv_wanted = true;
+		wait_push(w, cidx(w, c));
+		return;
+	}
+	if (res <= 0) {
+		buf_put(w, bid);
+		resp_upstream_eof(w, c, res);
+		return;
+	}
+	BUG_ON(bid < 0);
+	BUG_ON(u->in.len != 0);
+	inbuf_release(w, &u->in);
+	u->in.base = buf_addr(w, (uint32_t)bid);
+	u->in.off = 0;
+	u->in.len = (uint32_t)res;
+	u->in.bid = bid;
+	if (!c->ups_byte_seen) {
+		c->ups_byte_seen = true;
+	}
+	resp_process(w, c);
+	if (c->active && !c->closing)
+		conn_timer_update(w, c);
+}
+
+void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int res, uint32_t flags)
+{
+	struct ups *u;
+	struct conn *c = NULL;
+	int32_t bid = cqe_bid(res, flags);
+
+	BUG_ON(idx >= w->ups_cap);
+	u = &w->ups[idx];
+	if (bid >= 0)
+		w->bufs_out++;
+	if (u->gen != gen || u->fd < 0) {
+		buf_put(w, bid);
+		log_err("worker %u: stale upstream completion op %d for %u", w->id, op, idx);
+		return;
+	}
+	BUG_ON(u->inflight == 0);
+	u->inflight--;
+	if (op == OP_U_RECV)
+		u->recv_armed = false;
+	if (u->owner != NIL) {
+		c = &w->conns[u->owner];
+		BUG_ON(!c->active || c->gen != u->owner_gen || c->ups != idx);
+	}
+	if (!c) {
+		/* Pooled or detached. Any completion on an idle pooled connection ends it. */
+		buf_put(w, bid);
+		if (u->closing) {
+			if (u->inflight == 0)
+				ups_release(w, u);
+			return;
+		}
+		if (op == OP_U_RECV) {
+			pool_unlink(w, u);
+			ups_close(w, u);
+		}
+		return;
+	}
+	if (c->closing || u->closing) {
+		buf_put(w, bid);
+		if (op == OP_U_SEND)
+			c->to_ups.busy = false;
+		if (c->closing)
+			conn_try_finish(w, c);
+		else if (c->to_client.busy == false && c->pending_status == 0 &&
+			 c->close_after && u->inflight == 0 && c->rs_state == RS_DONE &&
+			 !c->resp_started)
+			conn_close_graceful(w, c);
+		return;
+	}
+	switch (op) {
+	case OP_U_CONNECT:
+		u_on_connect(w, c, u, res);
+		break;
+	case OP_U_SEND:
+		u_on_send(w, c, u, res);
+		break;
+	case OP_U_RECV:
+		u_on_recv(w, c, u, res, flags);
+		break;
+	case OP_U_CANCEL:
+		break;
+	default:
+		BUG_ON(1);
+	}
+}
+
+void conn_retry_recv(struct worker *w, uint32_t idx)
+{
+	struct conn *c = &w->conns[idx];
+	struct ups *u;
+
+	if (!c->active)
+		return;
+	if (c->recv_wanted) {
+		c->recv_wanted = false;
+		if (c->closing && !c->lingering)
+			conn_try_finish(w, c);
+		else
+			c_arm_recv(w, c);
+	}
+	if (c->ups_recv_wanted) {
+		c->ups_recv_wanted = false;
+		u = conn_ups(w, c);
+		if (u && !c->closing && !u->closing)
+			u_arm_recv(w, u);
+	}
+}
+
+void conn_on_timeout(struct worker *w, uint32_t idx, enum tclass cls)
+{
+	struct conn *c = &w->conns[idx];
+	bool partial;
+
+	if (!c->active)
+		return;
+	switch (cls) {
+	case T_HEADER:
+		partial = c->accum.hbuf != NIL || c->in.len > 0;
+		STAT_ADD(w->stats->timeouts, 1);
+		if (partial)
+			send_error(w, c, 408);
+		else
+			conn_abort(w, c);
+		break;
+	case T_IDLE:
+	case T_TUNNEL:
+	case T_LINGER:
+		c->lingering = false;
+		conn_abort(w, c);
+		break;
+	case T_BODY:
+		STAT_ADD(w->stats->timeouts, 1);
+		if (!c->resp_started)
+			send_error(w, c, 408);
+		else
+			conn_abort(w, c);
+		break;
+	case T_CONNECT:
+		STAT_ADD(w->stats->timeouts, 1);
+		exchange_retry(w, c, 4);
+		break;
+	case T_UPSTREAM:
+		STAT_ADD(w->stats->timeouts, 1);
+		if (!c->resp_started)
+			upstream_fail(w, c, 504);
+		else
+			conn_abort(w, c);
+		break;
+	default:
+		break;
+	}
+}
+
+void conn_stop_all(struct worker *w, bool force)
+{
+	for (uint32_t i = 0; i < w->conn_cap; i++) {
+		struct conn *c = &w->conns[i];
+
+		if (!c->active || (c->closing && !force))
+			continue;
+		if (force) {
+			c->lingering = false;
+			conn_abort(w, c);
+			continue;
+		}
+		c->keep_alive = false;
+		if (c->rs_state == RS_NONE && c->req_state == RQ_HEAD && c->in.len == 0 &&
+		    c->accum.hbuf == NIL)
+			conn_abort(w, c);
+	}
+}

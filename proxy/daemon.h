@@ -1,0 +1,87 @@
+/* The daemon's shared state: snapshot, backend runtime table, workers. Owned by the main thread. */
+#ifndef CORRAL_DAEMON_H
+#define CORRAL_DAEMON_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <pthread.h>
+#include "config-t.h"
+#include "stats-t.h"
+
+#define CORRAL_VERSION "0.1.0"
+
+struct worker;
+struct steer;
+
+/*
+ * CROSS-THREAD (shared-only pool 2, backend health and weights): one entry per backend id.
+ * Written by the main thread (corralctl, health, reload) with relaxed atomic stores, read by
+ * workers with relaxed loads. Ids are stable across reloads for the same address, so the
+ * workers' per-backend pools and stats stay valid.
+ */
+struct backend_rt {
+	uint32_t weight;   /* effective weight (config weight, or corralctl's override) */
+	uint32_t enabled;  /* 0 = disabled by the operator */
+	uint32_t healthy;  /* 0 = failing connects (passive, see ups.c) */
+	uint32_t in_config; /* 1 when the current snapshot lists it */
+	uint64_t down_until_ms; /* passive health: skip until then (CLOCK_MONOTONIC ms) */
+	char addr[64];
+} __attribute__((aligned(64)));
+
+/*
+ * CROSS-THREAD (shared-only pool 1): the config snapshot. Immutable once published with
+ * rcu_assign_pointer; workers read it with rcu_dereference inside their QSBR read side and
+ * never keep a pointer across a quiescent point (their loop iteration).
+ */
+struct snapshot {
+	struct config cfg;
+	uint64_t version;
+	/* backend index in cfg.backends -> stable backend id (index into daemon.backends) */
+	uint32_t backend_id[CFG_BACKENDS_MAX];
+};
+
+/* Per-backend per-worker counters (single writer: the worker). */
+struct stats_backend {
+	uint64_t requests;
+	uint64_t errors;
+	uint64_t active; /* gauge: exchanges in flight to it from this worker */
+	uint64_t lat_sum_us;
+} __attribute__((aligned(64)));
+
+struct daemon {
+	struct snapshot *snap; /* RCU-protected */
+	struct backend_rt backends[CFG_BACKENDS_MAX];
+	struct worker **workers;
+	uint32_t workers_n;
+	struct steer *steer;	 /* NULL: kernel-hash fallback */
+	char steer_err[256];	 /* why steering is off, when it is */
+	int listen_fds[CFG_CORES_MAX][CFG_LISTEN_MAX];
+	uint16_t listen_port[CFG_LISTEN_MAX];
+	uint64_t start_ms;
+	volatile int stopping;
+};
+
+/* Monotonic clock in milliseconds / nanoseconds. */
+uint64_t now_ms(void);
+uint64_t now_ns(void);
+
+/* Logging to stderr with a timestamp; one line each, never interleaved (one write()). */
+void log_msg(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define log_info(...) log_msg("info", __VA_ARGS__)
+#define log_warn(...) log_msg("warn", __VA_ARGS__)
+#define log_err(...) log_msg("error", __VA_ARGS__)
+
+/* Always-on assertion (TigerBeetle/HAProxy BUG_ON style): a broken invariant aborts. */
+#define BUG_ON(cond)                                                                        \
+	do {                                                                                \
+		if (__builtin_expect(!!(cond), 0))                                          \
+			bug_fail(#cond, __FILE__, __LINE__);                                \
+	} while (0)
+void bug_fail(const char *what, const char *file, int line) __attribute__((noreturn));
+
+/* Relaxed single-writer counter helpers for stats blocks. */
+#define STAT_ADD(field, n) __atomic_store_n(&(field), (field) + (n), __ATOMIC_RELAXED)
+#define STAT_SET(field, v) __atomic_store_n(&(field), (v), __ATOMIC_RELAXED)
+#define STAT_GET(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+
+#endif

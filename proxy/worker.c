@@ -1,0 +1,563 @@
+/* The per-core worker: its io_uring loop, listeners, buffer ring, slot tables, timers and control. */
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <urcu-qsbr.h>
+#include "conn.h"
+#include "steer.h"
+#include "worker.h"
+
+/* Timer tick: the resolution of every timeout (and of the header deadline). */
+#define TICK_MS 10
+/* Free receive buffers kept back from the no-buffer wait queue, so accepts and upstream
+ * reads of running exchanges are not starved by a wave of new reads. */
+#define BUF_RESERVE 8
+
+static void *map_zero(size_t bytes)
+{
+	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
+static uint32_t pow2_floor(uint32_t v)
+{
+	uint32_t p = 1;
+
+	while (p * 2 <= v)
+		p *= 2;
+	return p;
+}
+
+int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct config *cfg)
+{
+	const struct cfg_limits *l = &cfg->limits;
+	uint32_t i;
+
+	memset(w, 0, sizeof(*w));
+	w->d = d;
+	w->id = id;
+	w->cpu = cfg->cores[id];
+	w->evfd = -1;
+	w->listen_n = cfg->listen_n;
+	for (i = 0; i < cfg->listen_n; i++)
+		w->listen_fd[i] = d->listen_fds[id][i];
+
+	w->conn_cap = l->connections_per_core;
+	w->nbufs = pow2_floor(l->buffers_per_core > 32768 ? 32768 : l->buffers_per_core);
+	w->buf_size = l->buffer_bytes;
+	w->hbuf_size = (l->header_bytes_max + w->buf_size + 1024 + 4095) & ~4095u;
+	w->hbuf_n = 2 * w->conn_cap + 64;
+	w->ups_cap = w->conn_cap + 1024;
+	w->hdr_cap = l->headers_max + 1;
+
+	w->conns = map_zero((size_t)w->conn_cap * sizeof(struct conn));
+	w->conn_next_free = calloc(w->conn_cap, sizeof(uint32_t));
+	w->ups = map_zero((size_t)w->ups_cap * sizeof(struct ups));
+	w->bufs = map_zero((size_t)w->nbufs * w->buf_size);
+	w->hbufs = map_zero((size_t)w->hbuf_n * w->hbuf_size);
+	w->hbuf_next = calloc(w->hbuf_n, sizeof(uint32_t));
+	w->hdr_scratch = calloc(w->hdr_cap, sizeof(struct http_header));
+	w->stats = aligned_alloc(64, sizeof(struct stats_worker));
+	w->bstats = aligned_alloc(64, sizeof(struct stats_backend) * CFG_BACKENDS_MAX);
+	if (!w->conns || !w->conn_next_free || !w->ups || !w->bufs || !w->hbufs ||
+	    !w->hbuf_next || !w->hdr_scratch || !w->stats || !w->bstats)
+		return -ENOMEM;
+	memset(w->stats, 0, sizeof(*w->stats));
+	memset(w->bstats, 0, sizeof(struct stats_backend) * CFG_BACKENDS_MAX);
+
+	for (i = 0; i < w->conn_cap; i++)
+		w->conn_next_free[i] = i + 1 < w->conn_cap ? i + 1 : NIL;
+	w->conn_free = 0;
+	for (i = 0; i < w->ups_cap; i++) {
+		w->ups[i].fd = -1;
+		w->ups[i].pool_next = i + 1 < w->ups_cap ? i + 1 : NIL;
+	}
+	w->ups_free = 0;
+	for (i = 0; i < w->hbuf_n; i++)
+		w->hbuf_next[i] = i + 1 < w->hbuf_n ? i + 1 : NIL;
+	w->hbuf_free = 0;
+	for (i = 0; i < CFG_BACKENDS_MAX; i++)
+		w->pool_head[i] = w->pool_tail[i] = NIL;
+	for (i = 0; i < T_CLASSES; i++)
+		w->thead[i] = w->ttail[i] = NIL;
+	w->wait_head = w->wait_tail = NIL;
+	w->evfd = eventfd(0, EFD_CLOEXEC);
+	if (w->evfd < 0)
+		return -errno;
+	w->sc = steer_core(d->steer, id);
+	return 0;
+}
+
+void worker_free(struct worker *w)
+{
+	if (w->conns)
+		munmap(w->conns, (size_t)w->conn_cap * sizeof(struct conn));
+	if (w->ups)
+		munmap(w->ups, (size_t)w->ups_cap * sizeof(struct ups));
+	if (w->bufs)
+		munmap(w->bufs, (size_t)w->nbufs * w->buf_size);
+	if (w->hbufs)
+		munmap(w->hbufs, (size_t)w->hbuf_n * w->hbuf_size);
+	if (w->br)
+		munmap(w->br, (size_t)w->nbufs * sizeof(struct io_uring_buf));
+	free(w->conn_next_free);
+	free(w->hbuf_next);
+	free(w->hdr_scratch);
+	free(w->stats);
+	free(w->bstats);
+	if (w->evfd >= 0)
+		close(w->evfd);
+	for (uint32_t i = 0; i < w->listen_n; i++)
+		if (w->listen_fd[i] >= 0)
+			close(w->listen_fd[i]);
+}
+
+/* --- resources ------------------------------------------------------------------------------- */
+
+struct io_uring_sqe *worker_sqe(struct worker *w)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+
+	if (!sqe) {
+		io_uring_submit(&w->ring);
+		sqe = io_uring_get_sqe(&w->ring);
+		BUG_ON(!sqe);
+	}
+	return sqe;
+}
+
+void buf_put(struct worker *w, int32_t bid)
+{
+	if (bid < 0)
+		return;
+	BUG_ON((uint32_t)bid >= w->nbufs || w->bufs_out == 0);
+	io_uring_buf_ring_add(w->br, buf_addr(w, (uint32_t)bid), w->buf_size, (unsigned short)bid,
+			      io_uring_buf_ring_mask(w->nbufs), 0);
+	io_uring_buf_ring_advance(w->br, 1);
+	w->bufs_out--;
+}
+
+uint32_t hbuf_get(struct worker *w)
+{
+	uint32_t i = w->hbuf_free;
+
+	if (i == NIL)
+		return NIL;
+	w->hbuf_free = w->hbuf_next[i];
+	w->hbuf_used++;
+	return i;
+}
+
+void hbuf_put(struct worker *w, uint32_t idx)
+{
+	if (idx == NIL)
+		return;
+	BUG_ON(idx >= w->hbuf_n || w->hbuf_used == 0);
+	w->hbuf_next[idx] = w->hbuf_free;
+	w->hbuf_free = idx;
+	w->hbuf_used--;
+}
+
+void inbuf_release(struct worker *w, struct inbuf *b)
+{
+	if (b->bid >= 0)
+		buf_put(w, b->bid);
+	if (b->hbuf != NIL)
+		hbuf_put(w, b->hbuf);
+	b->bid = -1;
+	b->hbuf = NIL;
+	b->base = NULL;
+	b->off = b->len = 0;
+}
+
+/* --- timers ------------------------------------------------------------------------------------ */
+
+void timer_clear(struct worker *w, struct tlink *t)
+{
+	uint8_t cls = t->tclass;
+
+	if (cls == T_NONE)
+		return;
+	if (t->prev != NIL)
+		w->conns[t->prev].t.next = t->next;
+	else
+		w->thead[cls] = t->next;
+	if (t->next != NIL)
+		w->conns[t->next].t.prev = t->prev;
+	else
+		w->ttail[cls] = t->prev;
+	t->prev = t->next = NIL;
+	t->tclass = T_NONE;
+}
+
+void timer_set(struct worker *w, uint32_t cidx, struct tlink *t, enum tclass cls, uint32_t ms)
+{
+	timer_clear(w, t);
+	t->tclass = (uint8_t)cls;
+	t->deadline_ms = w->now_ms + ms;
+	t->next = NIL;
+	t->prev = w->ttail[cls];
+	if (t->prev != NIL)
+		w->conns[t->prev].t.next = cidx;
+	else
+		w->thead[cls] = cidx;
+	w->ttail[cls] = cidx;
+}
+
+static void timers_run(struct worker *w)
+{
+	for (int cls = T_NONE + 1; cls < T_CLASSES; cls++) {
+		uint32_t i;
+
+		while ((i = w->thead[cls]) != NIL) {
+			struct conn *c = &w->conns[i];
+
+			if (c->t.deadline_ms > w->now_ms)
+				break;
+			timer_clear(w, &c->t);
+			conn_on_timeout(w, i, (enum tclass)cls);
+		}
+	}
+}
+
+/* --- no-buffer wait queue ----------------------------------------------------------------------- */
+
+void wait_push(struct worker *w, uint32_t cidx)
+{
+	struct conn *c = &w->conns[cidx];
+
+	if (c->next_wait != NIL || w->wait_tail == cidx)
+		return; /* already queued */
+	c->next_wait = NIL;
+	if (w->wait_tail != NIL)
+		w->conns[w->wait_tail].next_wait = cidx;
+	else
+		w->wait_head = cidx;
+	w->wait_tail = cidx;
+}
+
+static void wait_service(struct worker *w)
+{
+	while (w->wait_head != NIL && w->nbufs - w->bufs_out > BUF_RESERVE) {
+		uint32_t i = w->wait_head;
+		struct conn *c = &w->conns[i];
+
+		w->wait_head = c->next_wait;
+		if (w->wait_head == NIL)
+			w->wait_tail = NIL;
+		c->next_wait = NIL;
+		conn_retry_recv(w, i);
+	}
+}
+
+/* --- listeners, control ---------------------------------------------------------------------- */
+
+static void arm_accept(struct worker *w, uint32_t li)
+{
+	struct io_uring_sqe *sqe;
+
+	if (w->accept_armed[li] || w->listen_fd[li] < 0)
+		return;
+	sqe = worker_sqe(w);
+	io_uring_prep_multishot_accept(sqe, w->listen_fd[li], NULL, NULL, SOCK_CLOEXEC);
+	sqe->user_data = ud_pack(OP_ACCEPT, li, 0);
+	w->accept_armed[li] = true;
+	w->accept_inflight++;
+}
+
+static void arm_event(struct worker *w)
+{
+	struct io_uring_sqe *sqe = worker_sqe(w);
+
+	io_uring_prep_read(sqe, w->evfd, &w->evval, sizeof(w->evval), 0);
+	sqe->user_data = ud_pack(OP_EVENT, 0, 0);
+}
+
+static void arm_tick(struct worker *w)
+{
+	struct io_uring_sqe *sqe = worker_sqe(w);
+
+	w->tick_ts.tv_sec = 0;
+	w->tick_ts.tv_nsec = TICK_MS * 1000000L;
+	io_uring_prep_timeout(sqe, &w->tick_ts, 0, 0);
+	sqe->user_data = ud_pack(OP_TICK, 0, 0);
+}
+
+/* Stops accepting on every listener: the kernel migrates queued connections elsewhere. */
+static void listeners_shutdown(struct worker *w)
+{
+	for (uint32_t i = 0; i < w->listen_n; i++)
+		if (w->listen_fd[i] >= 0)
+			shutdown(w->listen_fd[i], SHUT_RDWR);
+}
+
+static void apply_drain(struct worker *w, bool drained)
+{
+	if (drained == w->drained)
+		return;
+	w->drained = drained;
+	if (drained) {
+		log_info("worker %u: draining (listener shut down, queued connections migrate)",
+			 w->id);
+		listeners_shutdown(w);
+	} else {
+		for (uint32_t i = 0; i < w->listen_n; i++) {
+			if (listen(w->listen_fd[i], SOMAXCONN) < 0) {
+				log_err("worker %u: re-listen: %s", w->id, strerror(errno));
+				continue;
+			}
+			steer_register(w->d->steer, i, w->id, w->listen_fd[i]);
+			arm_accept(w, i);
+		}
+		log_info("worker %u: undrained", w->id);
+	}
+	STAT_SET(w->stats->draining, drained ? 1 : 0);
+}
+
+static void begin_stop(struct worker *w)
+{
+	if (w->stopping)
+		return;
+	w->stopping = true;
+	w->stop_deadline_ms = w->now_ms + w->snap->cfg.timeouts.shutdown_grace_ms;
+	listeners_shutdown(w);
+	conn_stop_all(w, false);
+	ups_pool_close_all(w);
+}
+
+static void on_control(struct worker *w)
+{
+	int drain = __atomic_load_n(&w->drain_req, __ATOMIC_ACQUIRE);
+
+	if (__atomic_load_n(&w->stop_req, __ATOMIC_ACQUIRE))
+		begin_stop(w);
+	if (!w->stopping)
+		apply_drain(w, drain != 0);
+}
+
+static void on_tick(struct worker *w)
+{
+	struct timespec ts;
+	uint64_t now = now_ns();
+
+	timers_run(w);
+	ups_pool_expire(w);
+	if (w->now_ms - w->last_tick_ms >= 100) {
+		uint64_t interval = (w->now_ms - w->last_tick_ms) * 1000000ULL;
+
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+		STAT_SET(w->stats->cpu_ns, (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec);
+		steer_tick(w->sc, w->busy_ns, interval);
+		w->busy_ns = 0;
+		w->last_tick_ms = w->now_ms;
+		/* Accepts that ended on EMFILE/ENFILE/ENOMEM are retried here, not in a loop. */
+		if (!w->stopping && !w->drained)
+			for (uint32_t i = 0; i < w->listen_n; i++)
+				arm_accept(w, i);
+	}
+	if (w->stopping && w->now_ms >= w->stop_deadline_ms)
+		conn_stop_all(w, true);
+	(void)now;
+}
+
+static void on_accept(struct worker *w, uint32_t li, int res, uint32_t flags)
+{
+	if (res >= 0) {
+		if (w->stopping)
+			close(res);
+		else
+			conn_accept(w, res);
+	}
+	if (!(flags & IORING_CQE_F_MORE)) {
+		w->accept_armed[li] = false;
+		w->accept_inflight--;
+		/* Re-arm at once unless resources ran out (then the next 100 ms tick does). */
+		if (!w->stopping && !w->drained && res != -EMFILE && res != -ENFILE &&
+		    res != -ENOMEM && res != -ENOBUFS && res != -EINVAL)
+			arm_accept(w, li);
+		if (res < 0 && res != -EINVAL && res != -ECANCELED)
+			log_warn("worker %u: accept: %s", w->id, strerror(-res));
+	}
+}
+
+static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
+{
+	uint64_t ud = cqe->user_data;
+	enum wop op = (enum wop)(ud & 0xff);
+	uint32_t idx = (uint32_t)(ud >> 8) & 0xffffff;
+	uint32_t gen = (uint32_t)(ud >> 32);
+
+	switch (op) {
+	case OP_ACCEPT:
+		on_accept(w, idx, cqe->res, cqe->flags);
+		break;
+	case OP_TICK:
+		on_tick(w);
+		if (!(w->stopping && w->conns_active == 0 && w->ups_open == 0))
+			arm_tick(w);
+		break;
+	case OP_EVENT:
+		on_control(w);
+		arm_event(w);
+		break;
+	case OP_C_RECV:
+	case OP_C_SEND:
+	case OP_C_CANCEL:
+		conn_on_cqe(w, op, idx, gen, cqe->res, cqe->flags);
+		break;
+	case OP_U_CONNECT:
+	case OP_U_RECV:
+	case OP_U_SEND:
+	case OP_U_CANCEL:
+		ups_on_cqe(w, op, idx, gen, cqe->res, cqe->flags);
+		break;
+	default:
+		break;
+	}
+}
+
+static int ring_setup(struct worker *w)
+{
+	struct io_uring_params p;
+	struct io_uring_buf_reg reg;
+	uint32_t entries = 4096;
+	int r;
+
+	memset(&p, 0, sizeof(p));
+	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+		  IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE;
+	p.cq_entries = entries * 8;
+	r = io_uring_queue_init_params(entries, &w->ring, &p);
+	if (r < 0)
+		return r;
+	w->br = mmap(NULL, (size_t)w->nbufs * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (w->br == MAP_FAILED) {
+		w->br = NULL;
+		return -ENOMEM;
+	}
+	memset(&reg, 0, sizeof(reg));
+	reg.ring_addr = (unsigned long)w->br;
+	reg.ring_entries = w->nbufs;
+	reg.bgid = w->bgid;
+	r = io_uring_register_buf_ring(&w->ring, &reg, 0);
+	if (r < 0)
+		return r;
+	io_uring_buf_ring_init(w->br);
+	for (uint32_t i = 0; i < w->nbufs; i++)
+		io_uring_buf_ring_add(w->br, buf_addr(w, i), w->buf_size, (unsigned short)i,
+				      io_uring_buf_ring_mask(w->nbufs), (int)i);
+	io_uring_buf_ring_advance(w->br, (int)w->nbufs);
+	return 0;
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct io_uring_cqe *cqe;
+	cpu_set_t set;
+	unsigned head, n;
+	uint64_t t0;
+	int r;
+
+	CPU_ZERO(&set);
+	CPU_SET(w->cpu, &set);
+	if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0)
+		log_warn("worker %u: cannot pin to core %u", w->id, w->cpu);
+	rcu_register_thread();
+	r = ring_setup(w);
+	if (r < 0) {
+		log_err("worker %u: io_uring setup: %s", w->id, strerror(-r));
+		__atomic_store_n(&w->start_err, r, __ATOMIC_RELEASE);
+		rcu_unregister_thread();
+		return NULL;
+	}
+	w->snap = rcu_dereference(w->d->snap);
+	w->now_ms = now_ms();
+	w->last_tick_ms = w->now_ms;
+	for (uint32_t i = 0; i < w->listen_n; i++)
+		arm_accept(w, i);
+	arm_event(w);
+	arm_tick(w);
+	io_uring_submit(&w->ring);
+	__atomic_store_n(&w->ready, 1, __ATOMIC_RELEASE);
+
+	for (;;) {
+		rcu_thread_offline();
+		r = io_uring_submit_and_wait(&w->ring, 1);
+		rcu_thread_online();
+		if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
+			log_err("worker %u: io_uring_submit_and_wait: %s", w->id, strerror(-r));
+			break;
+		}
+		t0 = now_ns();
+		w->now_ms = t0 / 1000000ULL;
+		w->snap = rcu_dereference(w->d->snap);
+		n = 0;
+		io_uring_for_each_cqe(&w->ring, head, cqe) {
+			dispatch(w, cqe);
+			n++;
+		}
+		io_uring_cq_advance(&w->ring, n);
+		wait_service(w);
+		if (io_uring_cq_has_overflow(&w->ring))
+			log_warn("worker %u: completion queue overflow", w->id);
+		w->busy_ns += now_ns() - t0;
+		if (w->stopping && w->conns_active == 0 && w->ups_open == 0)
+			break;
+	}
+	io_uring_queue_exit(&w->ring);
+	rcu_unregister_thread();
+	return NULL;
+}
+
+int worker_start(struct worker *w)
+{
+	int r = pthread_create(&w->thread, NULL, worker_main, w);
+
+	if (r)
+		return -r;
+	for (;;) {
+		if (__atomic_load_n(&w->ready, __ATOMIC_ACQUIRE))
+			return 0;
+		r = __atomic_load_n(&w->start_err, __ATOMIC_ACQUIRE);
+		if (r) {
+			pthread_join(w->thread, NULL);
+			return r;
+		}
+		usleep(1000);
+	}
+}
+
+static void worker_kick(struct worker *w)
+{
+	uint64_t one = 1;
+
+	if (write(w->evfd, &one, sizeof(one)) < 0)
+		log_warn("worker %u: eventfd write: %s", w->id, strerror(errno));
+}
+
+void worker_request_stop(struct worker *w)
+{
+	__atomic_store_n(&w->stop_req, 1, __ATOMIC_RELEASE);
+	worker_kick(w);
+}
+
+void worker_request_drain(struct worker *w, bool drained)
+{
+	__atomic_store_n(&w->drain_req, drained ? 1 : 0, __ATOMIC_RELEASE);
+	worker_kick(w);
+}
+
+void worker_join(struct worker *w)
+{
+	pthread_join(w->thread, NULL);
+}

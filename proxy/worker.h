@@ -1,0 +1,120 @@
+/* Worker: one pinned thread per core with its own io_uring, listeners, slots, buffers and pools. */
+#ifndef CORRAL_WORKER_H
+#define CORRAL_WORKER_H
+
+#include <pthread.h>
+#include "worker-t.h"
+
+struct steer_core;
+
+struct worker {
+	struct daemon *d;
+	uint32_t id;  /* worker index */
+	uint32_t cpu; /* core it is pinned to */
+	pthread_t thread;
+	struct io_uring ring;
+	int start_err;	/* set before ready: negative errno if start-up failed */
+	int ready;	/* 1 once accepting (release store) */
+
+	/* control: main -> worker (shared-only pool 5) */
+	int evfd;
+	uint64_t evval;
+	int stop_req;	/* 1 = graceful stop requested (atomic) */
+	int drain_req;	/* desired drained state (atomic); applied by the worker */
+	bool drained;	/* applied drained state (worker-local) */
+	bool stopping;
+	uint64_t stop_deadline_ms;
+
+	int listen_fd[CFG_LISTEN_MAX];
+	uint32_t listen_n;
+	bool accept_armed[CFG_LISTEN_MAX];
+	uint32_t accept_inflight;
+
+	/* provided-buffer ring */
+	struct io_uring_buf_ring *br;
+	char *bufs;
+	uint32_t nbufs, buf_size;
+	uint32_t bufs_out; /* buffers currently held by connections */
+	uint16_t bgid;
+
+	/* head buffers: head accumulation and serialised heads (LIFO so hot ones stay hot) */
+	char *hbufs;
+	uint32_t *hbuf_next;
+	uint32_t hbuf_size, hbuf_n, hbuf_free, hbuf_used;
+
+	/* connection slots */
+	struct conn *conns;
+	uint32_t *conn_next_free;
+	uint32_t conn_cap, conn_free, conns_active;
+
+	/* upstream connections */
+	struct ups *ups;
+	uint32_t ups_cap, ups_free;
+	uint32_t pool_head[CFG_BACKENDS_MAX], pool_tail[CFG_BACKENDS_MAX];
+	uint32_t pool_n[CFG_BACKENDS_MAX];
+	uint32_t ups_open;
+
+	/* timers: FIFO lists per class */
+	uint32_t thead[T_CLASSES], ttail[T_CLASSES];
+	struct __kernel_timespec tick_ts;
+	uint64_t last_tick_ms, busy_ns, loop_ns;
+
+	/* connections waiting for a free receive buffer */
+	uint32_t wait_head, wait_tail;
+
+	/* balancing state (worker-local) */
+	int64_t rr_cur[CFG_BACKENDS_MAX];
+	uint32_t be_active[CFG_BACKENDS_MAX];
+	uint32_t lc_rot; /* least-conn tie breaker */
+
+	struct http_header *hdr_scratch;
+	uint32_t hdr_cap;
+
+	struct snapshot *snap; /* valid during one loop iteration (RCU read side) */
+	struct stats_worker *stats;
+	struct stats_backend *bstats; /* [CFG_BACKENDS_MAX] */
+	struct steer_core *sc;
+	uint64_t now_ms;
+};
+
+/* Creates worker id's state (not its ring: that is made in its own thread). 0 or -errno. */
+int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct config *cfg);
+/* Starts the thread and waits until it is accepting or failed. 0 or -errno. */
+int worker_start(struct worker *w);
+/* Main thread: ask for a graceful stop / drain change. */
+void worker_request_stop(struct worker *w);
+void worker_request_drain(struct worker *w, bool drained);
+void worker_join(struct worker *w);
+void worker_free(struct worker *w);
+
+/* Used by conn.c and ups.c (same thread). */
+struct io_uring_sqe *worker_sqe(struct worker *w);
+static inline uint64_t ud_pack(enum wop op, uint32_t idx, uint32_t gen)
+{
+	return (uint64_t)op | ((uint64_t)(idx & 0xffffff) << 8) | ((uint64_t)gen << 32);
+}
+
+/* provided buffers */
+static inline char *buf_addr(struct worker *w, uint32_t bid)
+{
+	return w->bufs + (size_t)bid * w->buf_size;
+}
+void buf_put(struct worker *w, int32_t bid);
+
+/* head buffers */
+uint32_t hbuf_get(struct worker *w);
+void hbuf_put(struct worker *w, uint32_t idx);
+static inline char *hbuf_addr(struct worker *w, uint32_t idx)
+{
+	return w->hbufs + (size_t)idx * w->hbuf_size;
+}
+void inbuf_release(struct worker *w, struct inbuf *b);
+
+/* timers */
+void timer_set(struct worker *w, uint32_t cidx, struct tlink *t, enum tclass cls, uint32_t ms);
+void timer_clear(struct worker *w, struct tlink *t);
+
+/* no-buffer wait queue */
+void wait_push(struct worker *w, uint32_t cidx);
+
+#endif
