@@ -17,7 +17,7 @@
 
 /* A config file larger than this is not a config file; refuse it rather than parse it. */
 #define CFG_FILE_BYTES_MAX (1024 * 1024)
-/* Longest key path in a message, e.g. "limits.upstream_idle_per_backend" or "backends[255].weight". */
+/* Longest key path in a message, e.g. "limits.upstream_idle_per_backend". */
 #define CFG_KEY_PATH_MAX 96
 /* Backend and steering weights: 0 = no traffic; 1000 gives 0.1% resolution, plenty. */
 #define CFG_WEIGHT_MAX 1000
@@ -442,7 +442,8 @@ static int get_addr(struct cfg_parse *p, yaml_node_t *n, const char *path, struc
 
 	if (n->type != YAML_SCALAR_NODE || node_is_null(n))
 		return cfg_err(p, node_line(n), path,
-			       "must be an address string such as \"127.0.0.1:8080\" or \"[::1]:8080\"");
+			       "must be an address string such as \"127.0.0.1:8080\" or "
+			       "\"[::1]:8080\"");
 	r = get_str(p, n, path, text, sizeof(text), true);
 	if (r < 0)
 		return r;
@@ -469,7 +470,8 @@ static int parse_instance(struct cfg_parse *p, yaml_node_t *v, const char *path)
 			  (s[i] == '.' && i > 0);
 		if (!ok)
 			return cfg_err(p, node_line(v), path,
-				       "may hold only letters, digits, '_', '-' and '.' (not first)");
+				       "may hold only letters, digits, '_', '-' and '.' "
+				       "(not first)");
 	}
 	return 0;
 }
@@ -508,7 +510,8 @@ static int parse_listen(struct cfg_parse *p, yaml_node_t *v, const char *path)
 		return add_listen(p, v, path);
 	if (v->type != YAML_SEQUENCE_NODE || seq_len(v) == 0)
 		return cfg_err(p, node_line(v), path,
-			       "must be a list of one or more addresses, e.g. [\"127.0.0.1:8080\"]");
+			       "must be a list of one or more addresses, e.g. "
+			       "[\"127.0.0.1:8080\"]");
 	for (i = 0; i < seq_len(v); i++) {
 		path_index(item, path, i);
 		r = add_listen(p, seq_item(p, v, i), item);
@@ -904,7 +907,8 @@ static int check_whole(struct cfg_parse *p)
 	uint32_t i;
 
 	if (cfg->listen_n == 0)
-		return cfg_err(p, p->line_root, "listen", "at least one listen address is required");
+		return cfg_err(p, p->line_root, "listen",
+			       "at least one listen address is required");
 	if (cfg->backends_n == 0)
 		return cfg_err(p, p->line_root, "backends", "at least one backend is required");
 	for (i = 0; i < cfg->backends_n; i++)
@@ -989,7 +993,8 @@ static void yaml_error(struct cfg_parse *p, const yaml_parser_t *parser)
 
 	if (parser->error == YAML_MEMORY_ERROR) {
 		if (p->err && p->errlen)
-			snprintf(p->err, p->errlen, "%s: out of memory while reading YAML", p->name);
+			snprintf(p->err, p->errlen, "%s: out of memory while reading YAML",
+				 p->name);
 		return;
 	}
 	/* Some errors (bad encoding) come without a problem mark but with the context mark. */

@@ -295,7 +295,8 @@ static const struct err_case err_cases[] = {
 	/* wrong types */
 	{ "- a\n- b\n", "corral.yaml:1: (top level): must be a mapping of keys to values" },
 	{ "? [a, b]\n: 1\n", "corral.yaml:1: (top level): keys must be plain strings" },
-	{ BASE "timeouts: [1, 2]\n", "corral.yaml:3: timeouts: must be a mapping of keys to values" },
+	{ BASE "timeouts: [1, 2]\n",
+	  "corral.yaml:3: timeouts: must be a mapping of keys to values" },
 	{ BASE "timeouts:\n  client_idle_ms: 5s\n",
 	  "corral.yaml:4: timeouts.client_idle_ms: must be an integer between 100 and 3600000" },
 	{ BASE "timeouts:\n  client_idle_ms: \"5000\"\n",
@@ -358,13 +359,15 @@ static const struct err_case err_cases[] = {
 	  "corral.yaml:3: access_log.path: is required when access_log is given" },
 	{ BASE "access_log: { path: /x, format: xml }\n",
 	  "corral.yaml:3: access_log.format: must be one of json, combined" },
-	{ BASE "access_log: { path: \"\" }\n", "corral.yaml:3: access_log.path: must not be empty" },
+	{ BASE "access_log: { path: \"\" }\n",
+	  "corral.yaml:3: access_log.path: must not be empty" },
 	{ BASE "access_log: yes\n",
 	  "corral.yaml:3: access_log: must be a mapping such as { path: "
 	  "/var/log/corral/access.log, format: json }" },
 	/* required keys */
 	{ "", "corral.yaml:1: listen: at least one listen address is required" },
-	{ "# nothing but a comment\n", "corral.yaml:1: listen: at least one listen address is required" },
+	{ "# nothing but a comment\n",
+	  "corral.yaml:1: listen: at least one listen address is required" },
 	{ "backends: [\"127.0.0.1:9000\"]\n",
 	  "corral.yaml:1: listen: at least one listen address is required" },
 	{ "listen: [\"127.0.0.1:8080\"]\n",
@@ -382,7 +385,8 @@ static const struct err_case err_cases[] = {
 	{ "listen: [\"127.0.0.1\"]\nbackends: [\"127.0.0.1:9000\"]\n",
 	  "corral.yaml:1: listen[0]: 127.0.0.1: missing port (expected e.g. 127.0.0.1:8080)" },
 	{ "listen: [\"1.2.3.256:80\"]\nbackends: [\"127.0.0.1:9000\"]\n",
-	  "corral.yaml:1: listen[0]: 1.2.3.256:80: bad IPv4 address (expected e.g. 127.0.0.1:8080)" },
+	  "corral.yaml:1: listen[0]: 1.2.3.256:80: bad IPv4 address (expected e.g. "
+	  "127.0.0.1:8080)" },
 	{ "listen: [\"127.0.0.1:65536\"]\nbackends: [\"127.0.0.1:9000\"]\n",
 	  "corral.yaml:1: listen[0]: 127.0.0.1:65536: port must be a number between 0 and 65535" },
 	{ "listen: [\"example.com:80\"]\nbackends: [\"127.0.0.1:9000\"]\n",
@@ -405,7 +409,8 @@ static const struct err_case err_cases[] = {
 	/* backends */
 	{ "listen: [\"127.0.0.1:8080\"]\nbackends:\n  - weight: 2\n",
 	  "corral.yaml:3: backends[0].address: is required" },
-	{ "listen: [\"127.0.0.1:8080\"]\nbackends:\n  - address: 127.0.0.1:9000\n    weight: 1001\n",
+	{ "listen: [\"127.0.0.1:8080\"]\nbackends:\n"
+	  "  - address: 127.0.0.1:9000\n    weight: 1001\n",
 	  "corral.yaml:4: backends[0].weight: must be an integer between 0 and 1000" },
 	{ "listen: [\"127.0.0.1:8080\"]\nbackends:\n  - 127.0.0.1:9000\n  - 127.0.0.1:9000\n",
 	  "corral.yaml:4: backends[1]: duplicate backend 127.0.0.1:9000 (first at line 3)" },
@@ -430,8 +435,8 @@ static const struct err_case err_cases[] = {
 	{ "listen:\n  - \"127.0.0.1:8080\n",
 	  "corral.yaml:3: yaml: found unexpected end of stream (while scanning a quoted scalar)" },
 	{ BASE "limits:\n\theaders_max: 10\n",
-	  "corral.yaml:4: yaml: found character that cannot start any token (while scanning for the "
-	  "next token)" },
+	  "corral.yaml:4: yaml: found character that cannot start any token "
+	  "(while scanning for the next token)" },
 	{ "listen: *nowhere\n", "corral.yaml:1: yaml: found undefined alias" },
 	{ BASE "---\nbalance: least-conn\n",
 	  "corral.yaml:4: yaml: only one YAML document is allowed in a config file" },
@@ -551,8 +556,9 @@ Test(config, buffer_memory_per_core_is_capped_at_one_gib)
 	cr_expect_eq(parse(&c, BASE "limits: { buffers_per_core: 2048, buffer_bytes: 1048576 }\n",
 			   err),
 		     -EINVAL);
-	cr_expect_str_eq(err, "corral.yaml:3: limits.buffer_bytes: buffers_per_core x buffer_bytes "
-			      "is 2147483648 bytes per core; at most 1073741824 (1 GiB) is allowed");
+	cr_expect_str_eq(err, "corral.yaml:3: limits.buffer_bytes: buffers_per_core x "
+			      "buffer_bytes is 2147483648 bytes per core; at most 1073741824 "
+			      "(1 GiB) is allowed");
 }
 
 Test(config, list_sizes_are_bounded)
@@ -654,8 +660,8 @@ Test(config, steering_weights_need_one_per_core_in_any_key_order)
 	cr_expect_eq(c.steering.weights_n, 1);
 	cr_expect_eq(c.steering.weights[0], 3);
 
-	snprintf(yaml, sizeof(yaml), BASE "steering:\n  weights: [3, 1]\nworkers: { cores: [%d] }\n",
-		 in);
+	snprintf(yaml, sizeof(yaml),
+		 BASE "steering:\n  weights: [3, 1]\nworkers: { cores: [%d] }\n", in);
 	cr_expect_eq(parse(&c, yaml, err), -EINVAL);
 	cr_expect_str_eq(err, "corral.yaml:4: steering.weights: has 2 entries but workers.cores "
 			      "gives 1 cores (one weight per core, in workers.cores order)");
@@ -756,8 +762,8 @@ Test(config, load_reads_a_file_and_reports_its_name)
 	cr_assert_eq(write(fd, bad, strlen(bad)), (ssize_t)strlen(bad));
 	close(fd);
 	cr_expect_eq(config_load(&c, path, err, sizeof(err)), -EINVAL);
-	snprintf(want, sizeof(want), "%s:4: limits.headers_max: must be an integer between 8 and 1000",
-		 path);
+	snprintf(want, sizeof(want),
+		 "%s:4: limits.headers_max: must be an integer between 8 and 1000", path);
 	cr_expect_str_eq(err, want);
 
 	fd = open(path, O_WRONLY | O_TRUNC);
