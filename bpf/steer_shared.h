@@ -141,9 +141,10 @@ struct steer_in {
 
 /*
  * (Weighted) The position in the cycle is seq % sum multiplied by this prime, which is
- * larger than any possible sum, so it walks a permutation of the cycle: every full
- * cycle of `sum` picks is exactly proportional, and the heavy workers' picks are spread
- * over the cycle rather than sent in one burst.
+ * larger than any possible sum, so it walks a permutation of the cycle: every full cycle
+ * of `sum` consecutive picks is exactly proportional, and a worker's share is scattered
+ * over the cycle instead of sent in one burst (weights 100:100 give runs of a few picks,
+ * where a plain prefix-sum walk would give runs of 100).
  */
 #define STEER_WPRIME 16777619ULL
 

@@ -558,10 +558,12 @@ void steer_tick(struct steer_core *c, uint64_t busy_ns, uint64_t interval_ns)
 	if (interval_ns >= 64 * STEER_LOAD_TAU_NS) {
 		load = sample; /* the past has fully decayed; also keeps the products small */
 	} else {
+		uint64_t den = STEER_LOAD_TAU_NS + interval_ns, num;
+
 		load = __atomic_load_n(&c->load, __ATOMIC_RELAXED);
-		load = (load * STEER_LOAD_TAU_NS + sample * interval_ns +
-			(STEER_LOAD_TAU_NS + interval_ns) / 2) /
-		       (STEER_LOAD_TAU_NS + interval_ns);
+		num = load * STEER_LOAD_TAU_NS + sample * interval_ns;
+		/* Round towards the sample, so the figure reaches it instead of sticking near. */
+		load = sample >= load ? (num + den - 1) / den : num / den;
 	}
 	__atomic_store_n(&c->load, (__u32)load, __ATOMIC_RELAXED);
 	__atomic_store_n(&c->ticks, __atomic_load_n(&c->ticks, __ATOMIC_RELAXED) + 1,
