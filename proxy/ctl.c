@@ -471,7 +471,7 @@ static void ctl_client_reply(struct ctl *c, struct ctl_client *cl, json_t *reply
 	size_t len;
 
 	if (reply)
-		text = json_dumps(reply, JSON_COMPACT);
+		text = json_dumps(reply, JSON_COMPACT | JSON_REAL_PRECISION(12));
 	json_decref(reply);
 	if (!text) {
 		text = strdup("{\"ok\":false,\"error\":\"out of memory\"}");

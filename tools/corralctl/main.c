@@ -1,0 +1,303 @@
+/* corralctl: command-line client for corral's control socket. */
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "corralctl.h"
+
+static const char usage_text[] =
+	"usage: corralctl [-s SOCKET] COMMAND [ARGS]\n"
+	"\n"
+	"  status [--json]                 version, uptime, config, steering, cores\n"
+	"  stats [--json] [--watch SECS]   per-core counters, rates, latency, imbalance\n"
+	"  top [--interval SECS]           live full-screen view (q or Ctrl-C quits)\n"
+	"  policy                          show the steering policy\n"
+	"  policy set NAME                 change it (hash, round-robin, least-conn, ...)\n"
+	"  weight CORE N                   steering weight of a core\n"
+	"  drain CORE | undrain CORE       stop / resume sending new connections to a core\n"
+	"  backends [--json]               backend table\n"
+	"  backend enable|disable ADDR     take a backend in or out of rotation\n"
+	"  backend weight ADDR N           balancing weight of a backend\n"
+	"  reload                          re-read the config file (like SIGHUP)\n"
+	"\n"
+	"  -s SOCKET   control socket (default $CORRAL_SOCKET or " CORRALCTL_SOCKET_DEF ")\n";
+
+static int usage(const char *why)
+{
+	if (why)
+		fprintf(stderr, "corralctl: %s\n", why);
+	fputs(usage_text, stderr);
+	return CC_EXIT_USAGE;
+}
+
+/* Strict non-negative integer parse: "7" yes; "", "7x", "-1", "99999999999" no. */
+static bool parse_u32(const char *s, uint32_t *out)
+{
+	char *end;
+	unsigned long v;
+
+	if (!s || !*s || *s == '-' || *s == '+')
+		return false;
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (errno || *end || v > UINT32_MAX)
+		return false;
+	*out = (uint32_t)v;
+	return true;
+}
+
+static bool parse_secs(const char *s, double *out)
+{
+	char *end;
+	double v;
+
+	if (!s)
+		return false;
+	v = strtod(s, &end);
+	if (*end || !(v >= 0.1 && v <= 86400))
+		return false;
+	*out = v;
+	return true;
+}
+
+/* Sends req and returns the reply when ok; else prints the one-line reason and sets *code. */
+static json_t *call(const char *sock, json_t *req, int *code)
+{
+	char err[512];
+	bool unreachable;
+	json_t *reply;
+	int fd = client_connect(sock, err, sizeof(err));
+
+	if (fd < 0) {
+		fprintf(stderr, "corralctl: %s\n", err);
+		json_decref(req);
+		*code = CC_EXIT_UNREACHABLE;
+		return NULL;
+	}
+	reply = client_request(fd, req, err, sizeof(err), &unreachable);
+	close(fd);
+	json_decref(req);
+	if (!reply) {
+		fprintf(stderr, "corralctl: %s\n", err);
+		*code = unreachable ? CC_EXIT_UNREACHABLE : CC_EXIT_FAIL;
+		return NULL;
+	}
+	if (!json_is_true(json_object_get(reply, "ok"))) {
+		const char *e = json_string_value(json_object_get(reply, "error"));
+
+		fprintf(stderr, "corralctl: %s\n", e ? e : "the daemon refused without a reason");
+		json_decref(reply);
+		*code = CC_EXIT_FAIL;
+		return NULL;
+	}
+	*code = 0;
+	return reply;
+}
+
+/* Prints a reply for scripts: the object without its "ok", on one line. */
+static void print_json(json_t *reply)
+{
+	json_object_del(reply, "ok");
+	json_dumpf(reply, stdout, JSON_COMPACT);
+	fputc('\n', stdout);
+	fflush(stdout);
+}
+
+static volatile sig_atomic_t watch_stop;
+
+static void on_sigint(int sig)
+{
+	watch_stop = 1;
+}
+
+static int cmd_stats(const char *sock, int argc, char **argv)
+{
+	bool json = false;
+	double watch = 0;
+	int i, code = 0;
+
+	for (i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--json"))
+			json = true;
+		else if (!strcmp(argv[i], "--watch") && parse_secs(argv[i + 1], &watch))
+			i++;
+		else
+			return usage("stats: expected [--json] [--watch SECS] (SECS from 0.1)");
+	}
+	if (watch > 0)
+		signal(SIGINT, on_sigint);
+	do {
+		json_t *r = call(sock, json_pack("{s:s}", "cmd", "stats"), &code);
+		struct timespec ts;
+
+		if (!r)
+			return code;
+		if (json) {
+			print_json(r);
+		} else {
+			if (watch > 0) {
+				time_t now = time(NULL);
+				char when[32];
+
+				strftime(when, sizeof(when), "%F %T", localtime(&now));
+				printf("--- %s\n", when);
+			}
+			render_stats(stdout, r);
+			fflush(stdout);
+		}
+		json_decref(r);
+		if (watch <= 0)
+			break;
+		ts.tv_sec = (time_t)watch;
+		ts.tv_nsec = (long)((watch - (double)ts.tv_sec) * 1e9);
+		nanosleep(&ts, NULL); /* EINTR on Ctrl-C ends the wait at once */
+	} while (!watch_stop);
+	return 0;
+}
+
+static int cmd_simple(const char *sock, json_t *req, void (*render)(FILE *, json_t *), bool json,
+		      const char *done)
+{
+	int code;
+	json_t *r = call(sock, req, &code);
+
+	if (!r)
+		return code;
+	if (json)
+		print_json(r);
+	else if (render)
+		render(stdout, r);
+	else if (done)
+		printf("%s\n", done);
+	json_decref(r);
+	return 0;
+}
+
+static bool only_json_flag(int argc, char **argv, bool *json)
+{
+	*json = false;
+	if (argc == 0)
+		return true;
+	if (argc == 1 && !strcmp(argv[0], "--json")) {
+		*json = true;
+		return true;
+	}
+	return false;
+}
+
+int main(int argc, char **argv)
+{
+	const char *sock = getenv("CORRAL_SOCKET");
+	char msg[300];
+	uint32_t core, n;
+	const char *cmd;
+	bool json;
+	int opt;
+
+	if (!sock || !*sock)
+		sock = CORRALCTL_SOCKET_DEF;
+	while ((opt = getopt(argc, argv, "+s:h")) != -1) {
+		if (opt == 's')
+			sock = optarg;
+		else if (opt == 'h')
+			return fputs(usage_text, stdout), 0;
+		else
+			return usage(NULL);
+	}
+	argc -= optind;
+	argv += optind;
+	if (argc < 1)
+		return usage("no command");
+	cmd = argv[0];
+	argc--;
+	argv++;
+
+	if (!strcmp(cmd, "status")) {
+		if (!only_json_flag(argc, argv, &json))
+			return usage("status: expected [--json]");
+		return cmd_simple(sock, json_pack("{s:s}", "cmd", "status"), render_status, json,
+				  NULL);
+	}
+	if (!strcmp(cmd, "stats"))
+		return cmd_stats(sock, argc, argv);
+	if (!strcmp(cmd, "top")) {
+		double iv = 1;
+
+		if (argc == 2 && !strcmp(argv[0], "--interval") && parse_secs(argv[1], &iv))
+			return top_run(sock, iv);
+		if (argc != 0)
+			return usage("top: expected [--interval SECS]");
+		return top_run(sock, iv);
+	}
+	if (!strcmp(cmd, "policy")) {
+		int code;
+		json_t *r;
+
+		if (argc == 0)
+			r = call(sock, json_pack("{s:s}", "cmd", "policy"), &code);
+		else if (argc == 2 && !strcmp(argv[0], "set"))
+			r = call(sock, json_pack("{s:s, s:s}", "cmd", "policy", "set", argv[1]), &code);
+		else
+			return usage("policy: expected no argument or `set NAME`");
+		if (!r)
+			return code;
+		printf("%s (steering: %s)\n",
+		       json_string_value(json_object_get(json_object_get(r, "steering"), "policy")) ?: "?",
+		       json_string_value(json_object_get(json_object_get(r, "steering"), "mode")) ?: "?");
+		json_decref(r);
+		return 0;
+	}
+	if (!strcmp(cmd, "weight")) {
+		if (argc != 2 || !parse_u32(argv[0], &core) || !parse_u32(argv[1], &n))
+			return usage("weight: expected CORE N (non-negative integers)");
+		snprintf(msg, sizeof(msg), "core %u: weight %u", core, n);
+		return cmd_simple(sock, json_pack("{s:s, s:I, s:I}", "cmd", "weight", "core",
+						  (json_int_t)core, "weight", (json_int_t)n),
+				  NULL, false, msg);
+	}
+	if (!strcmp(cmd, "drain") || !strcmp(cmd, "undrain")) {
+		if (argc != 1 || !parse_u32(argv[0], &core)) {
+			snprintf(msg, sizeof(msg), "%s: expected CORE (a core index)", cmd);
+			return usage(msg);
+		}
+		snprintf(msg, sizeof(msg), "core %u: %s", core,
+			 cmd[0] == 'd' ? "draining" : "active");
+		return cmd_simple(sock, json_pack("{s:s, s:I}", "cmd", cmd, "core", (json_int_t)core),
+				  NULL, false, msg);
+	}
+	if (!strcmp(cmd, "backends")) {
+		if (!only_json_flag(argc, argv, &json))
+			return usage("backends: expected [--json]");
+		return cmd_simple(sock, json_pack("{s:s}", "cmd", "backends"), render_backends, json,
+				  NULL);
+	}
+	if (!strcmp(cmd, "backend")) {
+		if (argc == 2 && (!strcmp(argv[0], "enable") || !strcmp(argv[0], "disable"))) {
+			snprintf(msg, sizeof(msg), "backend %s: %sd", argv[1], argv[0]);
+			snprintf(msg + 200, 100, "backend-%s", argv[0]);
+			return cmd_simple(sock, json_pack("{s:s, s:s}", "cmd", msg + 200, "addr", argv[1]),
+					  NULL, false, msg);
+		}
+		if (argc == 3 && !strcmp(argv[0], "weight")) {
+			if (!parse_u32(argv[2], &n))
+				return usage("backend weight: expected ADDR N (N a non-negative integer)");
+			snprintf(msg, sizeof(msg), "backend %s: weight %u", argv[1], n);
+			return cmd_simple(sock, json_pack("{s:s, s:s, s:I}", "cmd", "backend-weight",
+							  "addr", argv[1], "weight", (json_int_t)n),
+					  NULL, false, msg);
+		}
+		return usage("backend: expected enable|disable ADDR, or weight ADDR N");
+	}
+	if (!strcmp(cmd, "reload")) {
+		if (argc != 0)
+			return usage("reload: no arguments");
+		return cmd_simple(sock, json_pack("{s:s}", "cmd", "reload"), NULL, false,
+				  "reloaded");
+	}
+	snprintf(msg, sizeof(msg), "unknown command '%s'", cmd);
+	return usage(msg);
+}
