@@ -72,12 +72,24 @@ json_t *client_request(int fd, json_t *req, char *err, size_t errlen, bool *unre
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
-	if (client_send_all(fd, text, strlen(text)) < 0 || client_send_all(fd, "\n", 1) < 0) {
+	/* One send with the newline: the request is one line, whatever the peer does next. */
+	len = strlen(text);
+	buf = realloc(text, len + 2);
+	if (!buf) {
+		snprintf(err, errlen, "out of memory");
+		goto out;
+	}
+	text = buf;
+	buf = NULL;
+	text[len] = '\n';
+	text[len + 1] = '\0';
+	if (client_send_all(fd, text, len + 1) < 0) {
 		snprintf(err, errlen, "cannot send to the daemon: %s",
 			 errno == EPIPE ? "it closed the connection" : strerror(errno));
 		*unreachable = true;
 		goto out;
 	}
+	len = 0;
 	while (!nl) {
 		struct pollfd p = { .fd = fd, .events = POLLIN };
 		ssize_t n;

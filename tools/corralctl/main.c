@@ -26,11 +26,13 @@ static const char usage_text[] =
 	"\n"
 	"  -s SOCKET   control socket (default $CORRAL_SOCKET or " CORRALCTL_SOCKET_DEF ")\n";
 
+/* A usage mistake is one line (like every other error); no command at all shows the help. */
 static int usage(const char *why)
 {
 	if (why)
-		fprintf(stderr, "corralctl: %s\n", why);
-	fputs(usage_text, stderr);
+		fprintf(stderr, "corralctl: %s (corralctl -h for help)\n", why);
+	else
+		fputs(usage_text, stderr);
 	return CC_EXIT_USAGE;
 }
 
@@ -211,7 +213,7 @@ int main(int argc, char **argv)
 	argc -= optind;
 	argv += optind;
 	if (argc < 1)
-		return usage("no command");
+		return usage(NULL);
 	cmd = argv[0];
 	argc--;
 	argv++;
