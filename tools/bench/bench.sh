@@ -8,6 +8,7 @@
 #   BENCH_PATH [/]      request path                       BENCH_IDLE_CONNS [10000]  idle-RSS connections
 #   BENCH_PROXIES ["corral nginx haproxy"]                 BENCH_SKIP_RSS [0]  1 = no idle-RSS phase
 #   BENCH_PROXY_CPU [0] core of the proxy under test       BENCH_LOAD_CPU [1]  core of wrk and backend
+#   BENCH_RSS_WARMUP [2] seconds of wrk load before the idle-RSS baseline (0 = none)
 #   BENCH_BACKEND [auto] "corral-backend", "nginx" (stand-in) or auto (corral-backend if built)
 set -euo pipefail
 
@@ -29,6 +30,7 @@ REQ_PATH=${BENCH_PATH:-/}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
 PROXIES=${BENCH_PROXIES:-corral nginx haproxy}
 SKIP_RSS=${BENCH_SKIP_RSS:-0}
+RSS_WARMUP=${BENCH_RSS_WARMUP:-2}
 PCPU=${BENCH_PROXY_CPU:-0}
 LCPU=${BENCH_LOAD_CPU:-1}
 BACKEND_KIND=${BENCH_BACKEND:-auto}
@@ -171,6 +173,10 @@ cpu_ticks() {
 # Pids of the direct children of $1.
 children() {
 	cat /proc/"$1"/task/*/children 2>/dev/null | tr ' ' '\n' | grep -v '^$' || true
+}
+
+vmrss_kb() {
+	awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
 }
 
 note() {
@@ -371,6 +377,11 @@ if [ "$SKIP_RSS" != 1 ]; then
 		read -r port <<<"$(free_ports 1)"
 		start_proxy "$p" "$port" rss || continue
 		log=$RUN/rss-$p.log
+		fresh=$(vmrss_kb "$PROXY_RSS_PID")
+		# Bring the proxy to its loaded steady state first (pools, buffer rings, caches touched),
+		# so that the delta below is what idle connections cost and not one-time first touches.
+		run_fg timeout $((RSS_WARMUP + 20)) taskset -c "$LCPU" wrk -t1 -c"$CONNS" -d"${RSS_WARMUP}s" \
+			"http://127.0.0.1:$port$REQ_PATH" >"$RUN/rss-warmup-$p.log" 2>&1 || true
 		# The client is pinned with the backend; the proxy keeps its own core.
 		if run_fg timeout 150 taskset -c "$LCPU" "$PY" "$HERE/idle_conns.py" --port "$port" \
 			--pid "$PROXY_RSS_PID" --count "$IDLE_CONNS" --path "$REQ_PATH" --timeout 120 \
@@ -381,7 +392,7 @@ if [ "$SKIP_RSS" != 1 ]; then
 		fi
 		rjson=$(tail -n 1 "$log")
 		if [ "${rjson:0:1}" = "{" ]; then
-			echo "{\"proxy\":\"$p\",\"rss\":$rjson}" >>"$RSSFILE"
+			echo "{\"proxy\":\"$p\",\"rss_fresh_kb\":$fresh,\"rss\":$rjson}" >>"$RSSFILE"
 			echo "bench: idle $p: $rjson" >&2
 		fi
 		stop_group "$PROXY_PID"

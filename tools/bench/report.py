@@ -40,7 +40,9 @@ def main():
 	a = ap.parse_args()
 
 	samples = load_jsonl(a.samples)
-	rss = {r["proxy"]: r["rss"] for r in load_jsonl(a.rss)}
+	rss = {}
+	for r in load_jsonl(a.rss):
+		rss[r["proxy"]] = dict(r["rss"], rss_fresh_kb=r.get("rss_fresh_kb"))
 	notes = [n["note"] for n in load_jsonl(a.notes)]
 	meta = json.loads(a.meta)
 
@@ -86,6 +88,10 @@ def main():
 			e["idle_rss_bytes_per_conn"] = x.get("bytes_per_conn")
 			if "rss_after_kb" in x:
 				e["idle_rss_total_mib"] = round(x["rss_after_kb"] / 1024, 1)
+			if x.get("rss_fresh_kb") and x.get("rss_after_kb") and x.get("idle"):
+				# From a freshly started process: includes first touches of pools and rings.
+				e["idle_rss_bytes_per_conn_from_fresh"] = round(
+					(x["rss_after_kb"] - x["rss_fresh_kb"]) * 1024 / x["idle"], 1)
 			e["idle"] = x
 		res[p] = e
 
@@ -125,7 +131,11 @@ def main():
 		      f"{fmt(e.get('idle_rss_total_mib'), 1):>8s}")
 	print()
 	print(f"idle B/conn: (VmRSS with {meta.get('idle_conns', '?')} idle keep-alive clients - VmRSS "
-	      f"before) / clients; RSS MiB: VmRSS with them open (target <= 2048 B/conn)")
+	      f"before them, after a load warm-up) / clients (target <= 2048);")
+	print("RSS MiB: VmRSS with them open; from fresh: the same delta from a just-started process:")
+	for p in names:
+		if res[p].get("idle_rss_bytes_per_conn_from_fresh") is not None:
+			print(f"  {p}: {fmt(res[p]['idle_rss_bytes_per_conn_from_fresh'], 0)} B/conn from fresh")
 	c = ratios["cpu_us_per_req"]
 	print(f"CPU per request ratio: corral/haproxy {fmt(c['corral/haproxy'], 3)}, "
 	      f"corral/nginx {fmt(c['corral/nginx'], 3)} (target <= 1.0, goal 0.6)")
@@ -148,6 +158,7 @@ def main():
 	line("p99_us", 0, True)
 	line("cpu_us_per_req", 2, True)
 	line("idle_rss_bytes_per_conn", 0, True)
+	line("idle_rss_bytes_per_conn_from_fresh", 0, False)
 	return 0
 
 
