@@ -341,7 +341,7 @@ int steer_register(struct steer *s, uint32_t listen_idx, uint32_t worker, int fd
 	socklen_t len = sizeof(ss);
 	__u64 val = (__u64)fd, have, mine;
 	__u32 key, groups;
-	uint16_t port = 0;
+	uint16_t port = 0, old_port;
 
 	if (!s || listen_idx >= STEER_LISTEN_MAX || worker >= s->cores_n || fd < 0)
 		return -EINVAL;
@@ -361,7 +361,14 @@ int steer_register(struct steer *s, uint32_t listen_idx, uint32_t worker, int fd
 		port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
 	else if (ss.ss_family == AF_INET6)
 		port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-	__atomic_store_n(&s->ctl->group_port[listen_idx], port, __ATOMIC_RELAXED);
+	/*
+	 * Learn the group's port (the config may say 0) from its first listener only: a
+	 * listener that re-listened on another port must not turn the whole group's
+	 * steering off; its own selections just fail and count as fallbacks.
+	 */
+	old_port = 0;
+	__atomic_compare_exchange_n(&s->ctl->group_port[listen_idx], &old_port, port, false,
+				    __ATOMIC_RELAXED, __ATOMIC_RELAXED);
 	groups = __atomic_load_n(&s->ctl->groups_n, __ATOMIC_RELAXED);
 	while (groups < listen_idx + 1 &&
 	       !__atomic_compare_exchange_n(&s->ctl->groups_n, &groups, listen_idx + 1, false,
