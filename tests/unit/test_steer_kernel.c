@@ -48,15 +48,37 @@ static int quiet_libbpf(enum libbpf_print_level level, const char *fmt, va_list 
 	return level == LIBBPF_WARN && getenv("STEER_TEST_VERBOSE") ? vfprintf(stderr, fmt, ap) : 0;
 }
 
+/* The instances this test process made, removed even when an assertion failed. */
+static int instances_n;
+
+static void remove_pins(void)
+{
+	static const char *const maps[] = { "ctl", "cores", "stats", "socks" };
+	char path[256];
+	int i;
+	size_t m;
+
+	for (i = 0; i < instances_n; i++) {
+		for (m = 0; m < sizeof(maps) / sizeof(maps[0]); m++) {
+			snprintf(path, sizeof(path), "/sys/fs/bpf/corral/test-%d-%d/%s", (int)getpid(),
+				 i, maps[m]);
+			unlink(path);
+		}
+		snprintf(path, sizeof(path), "/sys/fs/bpf/corral/test-%d-%d", (int)getpid(), i);
+		rmdir(path);
+	}
+}
+
+TestSuite(steer_kernel, .fini = remove_pins);
+
 /* A test configuration for n workers, worker i pinned to CPU i % ncpu, unique instance. */
 static void test_config(struct config *cfg, uint32_t n, const char *policy)
 {
-	static int seq;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	uint32_t i;
 
 	memset(cfg, 0, sizeof(*cfg));
-	snprintf(cfg->instance, sizeof(cfg->instance), "test-%d-%d", (int)getpid(), seq++);
+	snprintf(cfg->instance, sizeof(cfg->instance), "test-%d-%d", (int)getpid(), instances_n++);
 	cfg->cores_n = n;
 	for (i = 0; i < n; i++) {
 		cfg->cores[i] = i % (uint32_t)(ncpu > 0 ? ncpu : 1);
