@@ -9,6 +9,8 @@
 #   BENCH_PROXIES ["corral nginx haproxy"]                 BENCH_SKIP_RSS [0]  1 = no idle-RSS phase
 #   BENCH_PROXY_CPU [0] core of the proxy under test       BENCH_LOAD_CPU [1]  core of wrk and backend
 #   BENCH_RSS_WARMUP [2] seconds of wrk load before the idle-RSS baseline (0 = none)
+#   BENCH_QUIET_WAIT [150] seconds (whole run) that may be spent waiting, before each measured run,
+#                     until both cores are below BENCH_QUIET_PCT [20] % busy (a shared machine)
 #   BENCH_BACKEND [auto] "corral-backend", "nginx" (stand-in) or auto (corral-backend if built)
 set -euo pipefail
 
@@ -31,6 +33,8 @@ IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
 PROXIES=${BENCH_PROXIES:-corral nginx haproxy}
 SKIP_RSS=${BENCH_SKIP_RSS:-0}
 RSS_WARMUP=${BENCH_RSS_WARMUP:-2}
+QUIET_BUDGET=${BENCH_QUIET_WAIT:-150}
+QUIET_PCT=${BENCH_QUIET_PCT:-20}
 PCPU=${BENCH_PROXY_CPU:-0}
 LCPU=${BENCH_LOAD_CPU:-1}
 BACKEND_KIND=${BENCH_BACKEND:-auto}
@@ -168,6 +172,35 @@ cpu_ticks() {
 		total=$((total + t))
 	done
 	echo "$total"
+}
+
+# "busy total steal" clock ticks of CPU $1 from /proc/stat.
+core_ticks() {
+	awk -v c="cpu$1" '$1 == c {
+		busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6, $9 }' /proc/stat
+}
+
+# Before a measurement, waits (0.5 s steps, at most QUIET_BUDGET s over the whole run) until both
+# cores are nearly idle, so that another job on the machine does not land inside a measured window.
+QUIET_STEPS=0
+wait_quiet() {
+	local pb0 pt0 lb0 lt0 pb1 pt1 lb1 lt1 x
+	while [ "$QUIET_STEPS" -lt $((QUIET_BUDGET * 2)) ]; do
+		read -r pb0 pt0 x <<<"$(core_ticks "$PCPU")"
+		read -r lb0 lt0 x <<<"$(core_ticks "$LCPU")"
+		sleep 0.5
+		read -r pb1 pt1 x <<<"$(core_ticks "$PCPU")"
+		read -r lb1 lt1 x <<<"$(core_ticks "$LCPU")"
+		if [ $(((pb1 - pb0) * 100)) -le $((QUIET_PCT * (pt1 - pt0))) ] &&
+			[ $(((lb1 - lb0) * 100)) -le $((QUIET_PCT * (lt1 - lt0))) ]; then
+			return 0
+		fi
+		QUIET_STEPS=$((QUIET_STEPS + 1))
+		if [ "$QUIET_STEPS" -eq $((QUIET_BUDGET * 2)) ]; then
+			note "the machine stayed busy: waited ${QUIET_BUDGET} s in all for quiet cores; measuring anyway"
+		fi
+	done
+	return 0
 }
 
 # Pids of the direct children of $1.
@@ -325,32 +358,45 @@ URLFOR() { echo "http://127.0.0.1:${PORT[$1]}$REQ_PATH"; }
 
 # Runs one wrk measurement against proxy $1 in round $2 and appends a sample.
 measure() {
-	local p=$1 round=$2 log=$RUN/wrk-$1-$2.log before after bbefore bafter wjson
+	local p=$1 round=$2 log=$RUN/wrk-$1-$2.log before after bbefore bafter cbefore cafter wjson sample
+	local cb0 ct0 cs0 cb1 ct1 cs1
+	wait_quiet
 	# Unmeasured warm-up: fills the proxy's upstream pool and the caches.
 	if [ "$WARMUP" -gt 0 ]; then
 		run_fg timeout $((WARMUP + 20)) taskset -c "$LCPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$(URLFOR "$p")" \
 			>/dev/null 2>&1 || true
 	fi
+	cbefore=$(core_ticks "$PCPU")
 	before=$(cpu_ticks ${PIDS[$p]})
 	bbefore=$(cpu_ticks "$BACKEND_PID")
 	run_fg timeout $((SECS + 30)) taskset -c "$LCPU" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency \
 		-s "$HERE/wrk-report.lua" "$(URLFOR "$p")" >"$log" 2>&1 || true
 	after=$(cpu_ticks ${PIDS[$p]})
 	bafter=$(cpu_ticks "$BACKEND_PID")
+	cafter=$(core_ticks "$PCPU")
 	wjson=$(sed -n 's/^WRKJSON //p' "$log")
 	if [ -z "$wjson" ]; then
 		note "$p round $round: wrk gave no result: $(tail -n 3 "$log" | tr '\n' ' ')"
 		return
 	fi
-	echo "{\"proxy\":\"$p\",\"round\":$round,\"cpu_ticks\":$((after - before)),\"backend_cpu_ticks\":$((bafter - bbefore)),\"clk_tck\":$CLK_TCK,\"wrk\":$wjson}" >>"$SAMPLES"
-	"$PY" - "$wjson" "$p" "$round" "$((after - before))" <<'EOF' >&2
+	read -r cb0 ct0 cs0 <<<"$cbefore"
+	read -r cb1 ct1 cs1 <<<"$cafter"
+	sample="{\"proxy\":\"$p\",\"round\":$round,\"cpu_ticks\":$((after - before)),"
+	sample+="\"backend_cpu_ticks\":$((bafter - bbefore)),\"clk_tck\":$CLK_TCK,"
+	sample+="\"core_busy_ticks\":$((cb1 - cb0)),\"core_total_ticks\":$((ct1 - ct0)),"
+	sample+="\"core_steal_ticks\":$((cs1 - cs0)),\"wrk\":$wjson}"
+	echo "$sample" >>"$SAMPLES"
+	"$PY" - "$sample" <<'EOF' >&2
 import json, sys
-w = json.loads(sys.argv[1]); ticks = int(sys.argv[4])
+s = json.loads(sys.argv[1]); w = s["wrk"]
 rps = w["requests"] / (w["duration_us"] / 1e6)
-cpu = ticks * 1e6 / 100 / max(1, w["requests"])
+cpu = s["cpu_ticks"] * 1e6 / s["clk_tck"] / max(1, w["requests"])
 errs = w["err_connect"] + w["err_read"] + w["err_write"] + w["err_status"] + w["err_timeout"]
-print(f"bench: round {sys.argv[3]} {sys.argv[2]:8s} {rps:10.0f} req/s  p50 {w['p50_us']:6d} us"
-      f"  p99 {w['p99_us']:6d} us  cpu {cpu:6.2f} us/req  errors {errs}")
+tot = max(1, s["core_total_ticks"])
+other = 100.0 * max(0, s["core_busy_ticks"] - s["cpu_ticks"]) / tot
+print(f"bench: round {s['round']} {s['proxy']:8s} {rps:8.0f} req/s  p50 {w['p50_us']:6d} us"
+      f"  p99 {w['p99_us']:7d} us  cpu {cpu:6.2f} us/req  proxy busy {100.0 * s['cpu_ticks'] / tot:3.0f}%"
+      f"  other on its core {other:3.0f}%  errors {errs}")
 EOF
 }
 

@@ -53,12 +53,16 @@ def main():
 		reqs = max(1, w["requests"])
 		tick_us = 1e6 / s["clk_tck"]
 		r = per.setdefault(s["proxy"], {"rps": [], "p50": [], "p99": [], "cpu": [], "bcpu": [],
+						 "busy": [], "other": [],
 						 "errors": 0, "requests": 0})
 		r["rps"].append(w["requests"] / secs)
 		r["p50"].append(w["p50_us"])
 		r["p99"].append(w["p99_us"])
 		r["cpu"].append(s["cpu_ticks"] * tick_us / reqs)
 		r["bcpu"].append(s["backend_cpu_ticks"] * tick_us / reqs)
+		tot = max(1, s.get("core_total_ticks", 0))
+		r["busy"].append(100.0 * s["cpu_ticks"] / tot)
+		r["other"].append(100.0 * max(0, s.get("core_busy_ticks", 0) - s["cpu_ticks"]) / tot)
 		r["errors"] += (w["err_connect"] + w["err_read"] + w["err_write"] + w["err_status"] +
 				w["err_timeout"])
 		r["requests"] += w["requests"]
@@ -77,6 +81,8 @@ def main():
 				"p99_us": statistics.median(r["p99"]),
 				"cpu_us_per_req": round(statistics.median(r["cpu"]), 3),
 				"backend_cpu_us_per_req": round(statistics.median(r["bcpu"]), 3),
+				"proxy_core_busy_pct": round(statistics.median(r["busy"]), 1),
+				"proxy_core_other_pct": round(statistics.median(r["other"]), 1),
 				"errors": r["errors"],
 				"requests": r["requests"],
 				"all": {"requests_per_s": [round(x, 1) for x in r["rps"]],
@@ -118,18 +124,21 @@ def main():
 	      f"wrk -t1 -c{meta.get('conns', '?')}, {meta.get('rounds', '?')} rounds x "
 	      f"{meta.get('seconds', '?')} s per proxy (medians), proxy on core "
 	      f"{meta.get('proxy_cpu', '?')}, wrk+backend on core {meta.get('load_cpu', '?')}")
-	hdr = (f"{'proxy':9s} {'req/s':>10s} {'p50 us':>8s} {'p99 us':>8s} {'cpu us/req':>11s} "
-	       f"{'backend us/req':>15s} {'errors':>7s} {'idle B/conn':>12s} {'RSS MiB':>8s}")
+	hdr = (f"{'proxy':8s} {'req/s':>7s} {'p50 us':>7s} {'p99 us':>7s} {'cpu us/req':>10s} "
+	       f"{'busy%':>5s} {'noise%':>6s} {'backend us/req':>14s} {'errors':>6s} "
+	       f"{'idle B/conn':>11s} {'RSS MiB':>7s}")
 	print(hdr)
 	print("-" * len(hdr))
 	for p in names:
 		e = res[p]
-		print(f"{p:9s} {fmt(e.get('requests_per_s'), 0):>10s} {fmt(e.get('p50_us')):>8s} "
-		      f"{fmt(e.get('p99_us')):>8s} {fmt(e.get('cpu_us_per_req'), 2):>11s} "
-		      f"{fmt(e.get('backend_cpu_us_per_req'), 2):>15s} {fmt(e.get('errors')):>7s} "
-		      f"{fmt(e.get('idle_rss_bytes_per_conn'), 0):>12s} "
-		      f"{fmt(e.get('idle_rss_total_mib'), 1):>8s}")
+		print(f"{p:8s} {fmt(e.get('requests_per_s'), 0):>7s} {fmt(e.get('p50_us')):>7s} "
+		      f"{fmt(e.get('p99_us')):>7s} {fmt(e.get('cpu_us_per_req'), 2):>10s} "
+		      f"{fmt(e.get('proxy_core_busy_pct'), 0):>5s} {fmt(e.get('proxy_core_other_pct'), 0):>6s} "
+		      f"{fmt(e.get('backend_cpu_us_per_req'), 2):>14s} {fmt(e.get('errors')):>6s} "
+		      f"{fmt(e.get('idle_rss_bytes_per_conn'), 0):>11s} {fmt(e.get('idle_rss_total_mib'), 1):>7s}")
 	print()
+	print("busy%: proxy CPU / proxy core's time; noise%: the rest of that core's busy time "
+	      "(other processes, softirq) - high means a disturbed run")
 	print(f"idle B/conn: (VmRSS with {meta.get('idle_conns', '?')} idle keep-alive clients - VmRSS "
 	      f"before them, after a load warm-up) / clients (target <= 2048);")
 	print("RSS MiB: VmRSS with them open; from fresh: the same delta from a just-started process:")
@@ -141,6 +150,10 @@ def main():
 	      f"corral/nginx {fmt(c['corral/nginx'], 3)} (target <= 1.0, goal 0.6)")
 	for n in notes:
 		print(f"note: {n}")
+	for p in names:
+		if (res[p].get("proxy_core_other_pct") or 0) > 25:
+			print(f"warning: {p}: median noise {res[p]['proxy_core_other_pct']}% on the proxy core; "
+			      "the machine was busy, treat its numbers with care")
 	print(f"results: {a.out}")
 	print()
 
