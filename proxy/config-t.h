@@ -46,8 +46,14 @@
 #define CFG_DEF_REQUESTS_PER_CONNECTION 10000
 /* Idle upstream connections kept per backend per core. */
 #define CFG_DEF_UPSTREAM_IDLE_PER_BACKEND 64
-/* Receive buffers per core and their size: 16 KiB holds a full default head. */
-#define CFG_DEF_BUFFERS_PER_CORE 4096
+/*
+ * Receive buffers per core and their size: 16 KiB holds a full default head. The provided-
+ * buffer ring hands buffers out in FIFO order, so under load every buffer gets touched: the
+ * pool (1024 x 16 KiB = 16 MiB per core) is the ceiling of receive memory. An active exchange
+ * holds at most one buffer per direction, so 1024 serves ~500 concurrently streaming
+ * connections per core; the rest wait for a buffer instead of growing memory.
+ */
+#define CFG_DEF_BUFFERS_PER_CORE 1024
 #define CFG_DEF_BUFFER_BYTES 16384
 
 enum cfg_balance {

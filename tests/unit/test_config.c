@@ -84,7 +84,7 @@ Test(config, defaults_are_the_documented_numbers)
 	cr_expect_eq(c.limits.connections_per_core, 16384);
 	cr_expect_eq(c.limits.requests_per_connection, 10000);
 	cr_expect_eq(c.limits.upstream_idle_per_backend, 64);
-	cr_expect_eq(c.limits.buffers_per_core, 4096);
+	cr_expect_eq(c.limits.buffers_per_core, 1024);
 	cr_expect_eq(c.limits.buffer_bytes, 16384);
 	cr_expect_str_eq(c.steering.policy, "hash");
 	cr_expect_eq(c.steering.weights_n, 0);
