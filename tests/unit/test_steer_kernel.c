@@ -103,16 +103,38 @@ static struct steer *open_or_die(const struct config *cfg)
 	return s;
 }
 
+/* An address of either family from text ("127.0.0.1" or "::1"). */
+static socklen_t sockaddr_of(struct sockaddr_storage *ss, const char *ip, uint16_t port)
+{
+	memset(ss, 0, sizeof(*ss));
+	if (strchr(ip, ':')) {
+		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+
+		a6->sin6_family = AF_INET6;
+		a6->sin6_port = htons(port);
+		cr_assert_eq(inet_pton(AF_INET6, ip, &a6->sin6_addr), 1);
+		return sizeof(*a6);
+	}
+	struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+
+	a4->sin_family = AF_INET;
+	a4->sin_port = htons(port);
+	cr_assert_eq(inet_pton(AF_INET, ip, &a4->sin_addr), 1);
+	return sizeof(*a4);
+}
+
 static int listener(const char *ip, uint16_t port)
 {
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
+	struct sockaddr_storage a;
+	socklen_t len = sockaddr_of(&a, ip, port);
 	int fd, one = 1;
 
-	fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	fd = socket(a.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	cr_assert(fd >= 0);
-	inet_pton(AF_INET, ip, &a.sin_addr);
+	if (a.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 	cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)), 0);
-	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0, "bind %s:%u: %s", ip, port,
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, len), 0, "bind %s:%u: %s", ip, port,
 		     strerror(errno));
 	cr_assert_eq(listen(fd, 128), 0);
 	return fd;
@@ -120,11 +142,13 @@ static int listener(const char *ip, uint16_t port)
 
 static uint16_t port_of(int fd)
 {
-	struct sockaddr_in a;
+	struct sockaddr_storage a;
 	socklen_t len = sizeof(a);
 
 	cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-	return ntohs(a.sin_port);
+	if (a.ss_family == AF_INET6)
+		return ntohs(((struct sockaddr_in6 *)&a)->sin6_port);
+	return ntohs(((struct sockaddr_in *)&a)->sin_port);
 }
 
 /* n listeners of one reuseport group: the first binds port 0, the others its port. */
@@ -156,20 +180,19 @@ static void register_all(struct steer *s, uint32_t listen_idx, const int *fds, i
  */
 static int client_from(const char *ip, uint16_t port, const char *src, uint16_t sport)
 {
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
-	struct sockaddr_in b = { .sin_family = AF_INET, .sin_port = htons(sport) };
+	struct sockaddr_storage a, b;
+	socklen_t alen = sockaddr_of(&a, ip, port), blen;
 	int fd, one = 1;
 
-	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	fd = socket(a.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	cr_assert(fd >= 0);
-	inet_pton(AF_INET, ip, &a.sin_addr);
 	if (src) {
-		inet_pton(AF_INET, src, &b.sin_addr);
+		blen = sockaddr_of(&b, src, sport);
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-		cr_assert_eq(bind(fd, (struct sockaddr *)&b, sizeof(b)), 0, "bind %s:%u: %s", src,
+		cr_assert_eq(bind(fd, (struct sockaddr *)&b, blen), 0, "bind %s:%u: %s", src,
 			     sport, strerror(errno));
 	}
-	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0, "connect: %s",
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, alen), 0, "connect %s:%u: %s", ip, port,
 		     strerror(errno));
 	return fd;
 }
@@ -585,8 +608,8 @@ Test(steer_kernel, each_listen_address_is_its_own_group)
 {
 	struct config cfg;
 	struct steer *s;
-	int a[2], b[2], c2[2], hits[2];
-	uint16_t pa, pb, pc;
+	int a[2], b[2], c2[2], d[2], hits[2];
+	uint16_t pa, pb, pc, pd;
 
 	need_root();
 	test_config(&cfg, 2, "round-robin");
@@ -599,6 +622,10 @@ Test(steer_kernel, each_listen_address_is_its_own_group)
 	register_all(s, 0, a, 2);
 	register_all(s, 1, b, 2);
 	register_all(s, 2, c2, 2);
+	/* And IPv6 on the first group's port: same port, other family, its own group. */
+	pd = group(d, 2, "::1", pa);
+	cr_assert_eq(pd, pa);
+	register_all(s, 3, d, 2);
 	spread(a, 2, pa, 10, hits);
 	cr_assert(hits[0] == 5 && hits[1] == 5, "group 0: %d/%d", hits[0], hits[1]);
 	spread(b, 2, pb, 10, hits);
@@ -611,8 +638,16 @@ Test(steer_kernel, each_listen_address_is_its_own_group)
 		close_rst(c);
 	}
 	cr_assert(hits[0] == 5 && hits[1] == 5, "group 2: %d/%d", hits[0], hits[1]);
+	memset(hits, 0, sizeof(hits));
+	for (int i = 0; i < 10; i++) {
+		int c = client("::1", pd, 0);
+
+		hits[which(d, 2)]++;
+		close_rst(c);
+	}
+	cr_assert(hits[0] == 5 && hits[1] == 5, "group 3 (IPv6): %d/%d", hits[0], hits[1]);
 	cr_assert_eq(steer_fallbacks(s), 0);
-	cr_assert_eq(steer_steered(s, 0) + steer_steered(s, 1), 30);
+	cr_assert_eq(steer_steered(s, 0) + steer_steered(s, 1), 40);
 	/* Registering the same listener twice is harmless; bad arguments are refused. */
 	cr_assert_eq(steer_register(s, 0, 0, a[0]), 0);
 	cr_assert_eq(steer_register(s, STEER_LISTEN_MAX, 0, a[0]), -EINVAL);
@@ -620,6 +655,7 @@ Test(steer_kernel, each_listen_address_is_its_own_group)
 	close_all(a, 2);
 	close_all(b, 2);
 	close_all(c2, 2);
+	close_all(d, 2);
 	steer_close(s);
 }
 
