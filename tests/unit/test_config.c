@@ -422,7 +422,7 @@ static const struct err_case err_cases[] = {
 	  "corral.yaml:3: backends[0]: must be a mapping such as { address: \"127.0.0.1:9000\", "
 	  "weight: 1 }" },
 	/* limits that span keys */
-	{ BASE "limits: { buffer_bytes: 1048576 }\n",
+	{ BASE "limits: { buffers_per_core: 4096, buffer_bytes: 1048576 }\n",
 	  "corral.yaml:3: limits.buffer_bytes: buffers_per_core x buffer_bytes is 4294967296 bytes "
 	  "per core; at most 1073741824 (1 GiB) is allowed" },
 	{ BASE "limits:\n  buffer_bytes: 1048576\n  buffers_per_core: 2048\n",
