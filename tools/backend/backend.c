@@ -885,9 +885,11 @@ static bool conn_step(struct conn *c)
 	}
 }
 
-/* Writes what the output buffer holds. Returns 0, or -1 when the connection must close. */
-static int conn_flush(struct conn *c)
+/* Writes what the output buffer holds. Returns the bytes written, or -1 when the connection must close. */
+static ssize_t conn_flush(struct conn *c)
 {
+	ssize_t total = 0;
+
 	while (c->out_r < c->out_w) {
 		ssize_t n = send(c->fd, c->out + c->out_r, c->out_w - c->out_r, MSG_NOSIGNAL);
 
@@ -895,13 +897,14 @@ static int conn_flush(struct conn *c)
 			if (errno == EINTR)
 				continue;
 			if (errno == EAGAIN)
-				return 0;
+				return total;
 			return -1;
 		}
 		c->out_r += (uint32_t)n;
+		total += n;
 	}
 	c->out_r = c->out_w = 0;
-	return 0;
+	return total;
 }
 
 static void conn_linger(struct conn *c)
@@ -917,8 +920,9 @@ static void conn_run(struct conn *c)
 {
 	for (;;) {
 		bool progress = conn_step(c);
+		ssize_t wrote = conn_flush(c);
 
-		if (conn_flush(c) < 0) {
+		if (wrote < 0) {
 			conn_close(c);
 			return;
 		}
@@ -930,7 +934,8 @@ static void conn_run(struct conn *c)
 				return;
 			break;
 		}
-		if (!progress)
+		/* Draining the output may have unblocked work that had no room: go round again. */
+		if (!progress && wrote == 0)
 			break;
 	}
 	/* The client went away and nothing buffered can complete: done. */

@@ -1,0 +1,205 @@
+"""End-to-end tests of limits and timeouts: 502/504 upstream failures, 408, 413, 414, 431, connection slots."""
+import socket
+import time
+
+import pytest
+
+from conftest import SLOW
+from util import Client, Closed, SilentServer, build_request, dead_address, simple_get
+
+
+def timed_get(port, target="/", headers=None, timeout=10):
+    t0 = time.monotonic()
+    with Client(port, timeout=timeout) as c:
+        r = c.get(target, headers)
+    return r, time.monotonic() - t0
+
+
+def test_dead_backend_gives_502(corral):
+    p = corral([dead_address()], timeouts={"upstream_connect_ms": 300, "upstream_response_ms": 500})
+    for _ in range(3):
+        r, elapsed = timed_get(p.port)
+        assert r.status == 502, r
+        # A refused connect is immediate: no waiting for the connect timeout.
+        assert elapsed < 1.0 * SLOW, "502 took %.2f s" % elapsed
+
+
+def test_silent_backend_gives_504_within_response_timeout(corral):
+    silent = SilentServer()
+    try:
+        p = corral([silent.address], timeouts={"upstream_connect_ms": 300, "upstream_response_ms": 500})
+        r, elapsed = timed_get(p.port)
+        assert r.status == 504, r
+        assert 0.45 <= elapsed < 1.5 * SLOW, "504 after %.2f s with upstream_response_ms 500" % elapsed
+        assert silent.accepted >= 1
+        # Still serving afterwards (the timed-out exchange freed its slot).
+        r, _ = timed_get(p.port)
+        assert r.status == 504
+    finally:
+        silent.close()
+
+
+def test_backend_dies_mid_response(corral, backend):
+    """A backend that goes away: next requests get a 502 instead of hanging."""
+    p = corral([backend], timeouts={"upstream_connect_ms": 300, "upstream_response_ms": 1000})
+    assert simple_get(p.port).status == 200
+    backend.stop()
+    r, elapsed = timed_get(p.port)
+    assert r.status == 502, r
+    assert elapsed < 1.5 * SLOW
+
+
+@pytest.mark.corral_only
+def test_slow_drip_head_gets_408_at_absolute_deadline(corral, backend):
+    """client_header_ms is an absolute deadline for the whole head: a byte every 100 ms does not extend it."""
+    p = corral([backend], timeouts={"client_header_ms": 500})
+    wire = build_request("GET", "/", [("X-Padding", "p" * 200)])
+    with Client(p.port) as c:
+        t0 = time.monotonic()
+        got = None
+        for b in wire[:-4]:
+            try:
+                c.send(bytes([b]))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.1)
+            if time.monotonic() - t0 > 3 * SLOW:
+                break
+            # Poll for an early answer without blocking the drip.
+            c.sock.settimeout(0)
+            try:
+                data = c.sock.recv(65536)
+                c.buf += data
+                got = data
+            except (BlockingIOError, socket.timeout):
+                pass
+            except ConnectionResetError:
+                break
+            finally:
+                c.sock.settimeout(5)
+            if got is not None:
+                break
+        elapsed = time.monotonic() - t0
+        r = c.read_response()
+        assert r.status == 408, r
+        assert 0.4 <= elapsed <= 1.2 * SLOW, "408 after %.2f s with client_header_ms 500" % elapsed
+        assert c.wait_closed(2.0)
+
+
+def test_idle_keepalive_connection_closed(corral, backend):
+    p = corral([backend], timeouts={"client_idle_ms": 500})
+    with Client(p.port) as c:
+        assert c.get("/").status == 200
+        t0 = time.monotonic()
+        assert c.wait_closed(3.0 * SLOW)
+        elapsed = time.monotonic() - t0
+        assert 0.3 <= elapsed < 2.0 * SLOW, "idle close after %.2f s" % elapsed
+
+
+def test_413_declared_body_too_large_answered_without_body(corral, backend):
+    p = corral([backend], limits={"body_bytes_max": 1024 * 1024})
+    before = backend.stats()
+    with Client(p.port, timeout=3) as c:
+        # The head only: the proxy must answer without waiting for 10 MB that never comes.
+        c.send(build_request("POST", "/echo", [("Content-Length", str(10 * 1024 * 1024))]))
+        r = c.read_response()
+        assert r.status == 413, r
+    assert backend.stats()["requests"] == before["requests"], "an oversized request reached the backend"
+    # Exactly at the limit is fine.
+    body = b"x" * (1024 * 1024)
+    with Client(p.port) as c:
+        r = c.request("POST", "/echo", body=body)
+        assert r.status == 200 and r.body == body
+
+
+def test_414_uri_too_long(corral, backend):
+    p = corral([backend], limits={"uri_bytes_max": 1024})
+    with Client(p.port) as c:
+        r = c.get("/?" + "a" * 3000)
+        assert r.status == 414, r
+    assert simple_get(p.port, "/?" + "a" * 500).status == 200
+
+
+@pytest.mark.corral_only
+def test_414_boundary(corral, backend):
+    """Exactly uri_bytes_max bytes of request target pass; one more is a 414."""
+    p = corral([backend], limits={"uri_bytes_max": 1024})
+    assert simple_get(p.port, "/?" + "a" * 1022).status == 200
+    assert simple_get(p.port, "/?" + "a" * 1023).status == 414
+
+
+@pytest.mark.corral_only
+def test_431_too_many_headers(corral, backend):
+    """headers_max counts every header field (Host included): at the limit passes, one more is a 431."""
+    p = corral([backend], limits={"headers_max": 20})
+    at_limit = [("X-H%d" % i, "v") for i in range(19)]  # + Host = 20
+    assert simple_get(p.port, "/", at_limit).status == 200
+    with Client(p.port) as c:
+        r = c.get("/", at_limit + [("X-One-More", "v")])
+        assert r.status == 431, r
+        assert c.wait_closed(2.0)
+
+
+def test_header_block_too_large(corral, backend):
+    """A head over header_bytes_max is refused (corral: 431; NGINX says 400 for one huge header)."""
+    p = corral([backend], limits={"header_bytes_max": 4096, "uri_bytes_max": 1024})
+    with Client(p.port) as c:
+        r = c.get("/", [("X-Big", "b" * 6000)])
+        want = (431,) if p.kind == "corral" else (400, 431)
+        assert r.status in want, r
+    # Many medium headers adding up past the limit.
+    if p.kind == "corral":
+        with Client(p.port) as c:
+            r = c.get("/", [("X-M%d" % i, "m" * 300) for i in range(20)])
+            assert r.status == 431, r
+    assert simple_get(p.port, "/", [("X-Small", "s" * 1000)]).status == 200
+
+
+def test_abandoned_half_requests_free_their_slots(corral, backend):
+    """Clients that vanish mid-request (FIN or RST) give their connection slots back."""
+    p = corral([backend], limits={"connections_per_core": 8})
+    for round_ in range(3):
+        abandoned = []
+        for i in range(12):
+            c = Client(p.port)
+            c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf" if i % 2
+                   else b"GET / HTTP/1.1\r\nHost: x\r\nX-Partial")
+            abandoned.append(c)
+        time.sleep(0.05)
+        for i, c in enumerate(abandoned):
+            c.abort() if i % 3 == 0 else c.close()
+        time.sleep(0.2 * SLOW)
+        for _ in range(20):
+            r = simple_get(p.port, "/", timeout=5)
+            assert r.status == 200, (round_, r)
+
+
+@pytest.mark.corral_only
+def test_full_connection_table_answers_503(corral, backend):
+    """With every slot taken, a new client gets a 503 (and a close), not a hang; slots come back."""
+    per_core = 8
+    p = corral([backend], limits={"connections_per_core": per_core}, workers={"cores": [0, 1]})
+    holders, refused = [], 0
+    try:
+        for _ in range(2 * per_core + 8):
+            c = Client(p.port, timeout=2)
+            c.send(b"GET / HTTP/1.1\r\nHost: x\r\n")  # half a head: holds the slot
+            holders.append(c)
+        time.sleep(0.3 * SLOW)
+        for c in holders:
+            c.sock.settimeout(0.3)
+            try:
+                r = c.read_response()
+            except (socket.timeout, TimeoutError):
+                continue
+            except Closed:
+                raise AssertionError("a refused connection was closed without its 503 (lingering close?)")
+            assert r.status == 503, r
+            refused += 1
+        assert 8 <= refused < len(holders), "%d of %d connections refused" % (refused, len(holders))
+    finally:
+        for c in holders:
+            c.close()
+    time.sleep(0.2 * SLOW)
+    for _ in range(10):
+        assert simple_get(p.port, "/", timeout=5).status == 200
