@@ -26,19 +26,19 @@
  * the output buffer is twice that so that a /headers response (the whole head echoed back)
  * always fits once earlier pipelined responses have drained.
  */
-#define BE_IN_BYTES (32 * 1024)
+#define BE_IN_BYTES  (32 * 1024)
 #define BE_OUT_BYTES (64 * 1024)
 /* Room that must be free in the output buffer before the next request is started. */
 #define BE_OUT_RESERVE (BE_IN_BYTES + 1024)
 #define BE_HEADERS_MAX 200
-#define BE_EVENTS 256
+#define BE_EVENTS      256
 /* Closed connections kept for reuse per thread, so that a close/open storm does not malloc. */
 #define BE_FREE_MAX 1024
 /* How long a closing connection drains the client's leftovers before the final close. */
 #define BE_LINGER_MS 1000
 /* The /bytes pattern: byte i of a body is (i % BE_PAT_PERIOD); a prime, so it never aligns. */
-#define BE_PAT_PERIOD 251
-#define BE_BYTES_MAX (1ULL << 40)
+#define BE_PAT_PERIOD	251
+#define BE_BYTES_MAX	(1ULL << 40)
 #define BE_DELAY_MS_MAX 600000
 
 enum be_state {
@@ -63,13 +63,31 @@ enum be_route {
 	R_NOTFOUND,
 };
 
-enum be_kind { K_LISTEN, K_SOCK, K_TIMER };
+enum be_kind {
+	K_LISTEN,
+	K_SOCK,
+	K_TIMER
+};
 
 /* Chunked decoder states. */
-enum { CS_SIZE, CS_EXT, CS_SIZE_LF, CS_DATA, CS_DATA_CR, CS_DATA_LF, CS_TR_START, CS_TR_LINE,
-       CS_TR_LF, CS_END_LF };
+enum {
+	CS_SIZE,
+	CS_EXT,
+	CS_SIZE_LF,
+	CS_DATA,
+	CS_DATA_CR,
+	CS_DATA_LF,
+	CS_TR_START,
+	CS_TR_LINE,
+	CS_TR_LF,
+	CS_END_LF
+};
 
-enum { BODY_NONE, BODY_LENGTH, BODY_CHUNKED };
+enum {
+	BODY_NONE,
+	BODY_LENGTH,
+	BODY_CHUNKED
+};
 
 struct conn;
 
@@ -215,26 +233,46 @@ static void out_printf(struct conn *c, const char *fmt, ...)
 static const char *reason_of(uint32_t code)
 {
 	switch (code) {
-	case 100: return "Continue";
-	case 200: return "OK";
-	case 201: return "Created";
-	case 204: return "No Content";
-	case 301: return "Moved Permanently";
-	case 302: return "Found";
-	case 304: return "Not Modified";
-	case 400: return "Bad Request";
-	case 403: return "Forbidden";
-	case 404: return "Not Found";
-	case 408: return "Request Timeout";
-	case 413: return "Content Too Large";
-	case 429: return "Too Many Requests";
-	case 431: return "Request Header Fields Too Large";
-	case 500: return "Internal Server Error";
-	case 501: return "Not Implemented";
-	case 502: return "Bad Gateway";
-	case 503: return "Service Unavailable";
-	case 504: return "Gateway Timeout";
-	default: return "Status";
+	case 100:
+		return "Continue";
+	case 200:
+		return "OK";
+	case 201:
+		return "Created";
+	case 204:
+		return "No Content";
+	case 301:
+		return "Moved Permanently";
+	case 302:
+		return "Found";
+	case 304:
+		return "Not Modified";
+	case 400:
+		return "Bad Request";
+	case 403:
+		return "Forbidden";
+	case 404:
+		return "Not Found";
+	case 408:
+		return "Request Timeout";
+	case 413:
+		return "Content Too Large";
+	case 429:
+		return "Too Many Requests";
+	case 431:
+		return "Request Header Fields Too Large";
+	case 500:
+		return "Internal Server Error";
+	case 501:
+		return "Not Implemented";
+	case 502:
+		return "Bad Gateway";
+	case 503:
+		return "Service Unavailable";
+	case 504:
+		return "Gateway Timeout";
+	default:
+		return "Status";
 	}
 }
 
@@ -533,7 +571,8 @@ static void respond(struct conn *c)
 	case R_BYTES:
 		if (c->gen_chunked && c->http10)
 			c->gen_chunked = false;
-		resp_head(c, 200, c->gen_chunked ? -1 : (int64_t)c->arg, "application/octet-stream");
+		resp_head(c, 200, c->gen_chunked ? -1 : (int64_t)c->arg,
+			  "application/octet-stream");
 		gen_start(c);
 		break;
 	case R_DELAY:
@@ -1225,7 +1264,8 @@ int main(int argc, char **argv)
 
 		w->lfd = listen_on(&ss, sl);
 		if (w->lfd < 0) {
-			fprintf(stderr, "corral-backend: listen on %s: %s\n", listen_s, strerror(-w->lfd));
+			fprintf(stderr, "corral-backend: listen on %s: %s\n", listen_s,
+				strerror(-w->lfd));
 			return 1;
 		}
 		if (i == 0) {
