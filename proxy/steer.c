@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <arpa/inet.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
@@ -96,11 +97,17 @@ static struct bpf_map *steer_map_at(struct steer_bpf *skel, int i)
 	return i < (int)(sizeof(maps) / sizeof(maps[0])) ? maps[i] : NULL;
 }
 
+/* Whether a process exists (a pid from another pid namespace may mislead; then we share). */
+static bool steer_pid_alive(uint32_t pid)
+{
+	return pid && (kill((pid_t)pid, 0) == 0 || errno == EPERM);
+}
+
 /*
- * Whether a pinned map left by an earlier run can be reused: same type, sizes and flags,
- * and for the control map the same layout version. 1 = yes, 0 = no (or not there).
+ * Whether a pinned map left by an earlier run can be reused: same type, sizes and flags;
+ * for the control map also the same layout version, and an owner that is gone. 1 = yes.
  */
-static int steer_pin_compatible(const char *path, struct bpf_map *m, bool is_ctl)
+static int steer_pin_reusable(const char *path, struct bpf_map *m, bool is_ctl)
 {
 	struct bpf_map_info info;
 	__u32 len = sizeof(info), zero = 0;
@@ -115,15 +122,19 @@ static int steer_pin_compatible(const char *path, struct bpf_map *m, bool is_ctl
 	     info.key_size == bpf_map__key_size(m) && info.value_size == bpf_map__value_size(m) &&
 	     info.max_entries == bpf_map__max_entries(m) && info.map_flags == bpf_map__map_flags(m);
 	if (ok && is_ctl)
-		ok = bpf_map_lookup_elem(fd, &zero, &old) == 0 && old.abi == STEER_ABI;
+		ok = bpf_map_lookup_elem(fd, &zero, &old) == 0 && old.abi == STEER_ABI &&
+		     !steer_pid_alive(old.owner_pid);
 	close(fd);
 	return ok;
 }
 
 /*
- * A crashed run leaves its pins behind. Compatible pins are reused (libbpf opens them by
- * name at load); if any one is not, the whole set is replaced, so that maps of two
- * layouts never mix.
+ * Pins of a crashed run (owner gone) are reused when compatible: libbpf opens them by
+ * name at load. Otherwise the whole set is replaced, so that maps of two layouts never
+ * mix and two live processes of one instance never share a socket array (each would
+ * overwrite the other's slots and fall back to the kernel hash). A live previous owner
+ * keeps its own, now unpinned, maps; a process that takes over an instance (a binary
+ * upgrade joining the same reuseport groups) thus steers with its own listeners only.
  */
 static void steer_check_pins(struct steer *s)
 {
@@ -134,9 +145,13 @@ static void steer_check_pins(struct steer *s)
 
 	for (i = 0; (m = steer_map_at(s->skel, i)); i++) {
 		snprintf(path, sizeof(path), "%s/%s", s->dir, bpf_map__name(m));
-		if (access(path, F_OK) == 0 && !steer_pin_compatible(path, m, m == s->skel->maps.ctl))
+		if (access(path, F_OK) == 0 && !steer_pin_reusable(path, m, m == s->skel->maps.ctl))
 			replace = true;
 	}
+	/* Half a set (a crash between two pins) is not reusable either. */
+	snprintf(path, sizeof(path), "%s/ctl", s->dir);
+	if (access(path, F_OK) != 0)
+		replace = true;
 	if (!replace)
 		return;
 	for (i = 0; (m = steer_map_at(s->skel, i)); i++) {
@@ -191,13 +206,113 @@ static const char *steer_hint(int err)
 	}
 }
 
-int steer_open(struct steer **out, const struct config *cfg, char *err, size_t errlen)
+/*
+ * Serialises steer_open() and steer_close() of one instance across processes, so that
+ * two daemons starting together do not both adopt (or both replace) the same pins.
+ * Returns a descriptor to pass to steer_unlock(), or -1 (then we go on unlocked).
+ */
+static int steer_lock(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd >= 0 && flock(fd, LOCK_EX) == -1) {
+		close(fd);
+		fd = -1;
+	}
+	return fd;
+}
+
+static void steer_unlock(int fd)
+{
+	if (fd >= 0)
+		close(fd); /* drops the flock */
+}
+
+/* Loads the object with its pins and takes ownership of them. Under the instance lock. */
+static int steer_load(struct steer *s, const struct config *cfg, int policy, char *err,
+		      size_t errlen)
 {
 	LIBBPF_OPTS(bpf_object_open_opts, opts);
+	uint32_t i, w;
+	int ret;
+
+	opts.pin_root_path = s->dir;
+	s->skel = steer_bpf__open_opts(&opts);
+	if (!s->skel) {
+		ret = errno ? -errno : -EINVAL;
+		steer_err(err, errlen, "opening the steering object: %s", strerror(-ret));
+		return ret;
+	}
+	steer_check_pins(s);
+	ret = steer_bpf__load(s->skel);
+	if (ret) {
+		ret = ret < 0 ? ret : -EINVAL;
+		steer_err(err, errlen, "loading the steering program: %s%s", strerror(-ret),
+			  steer_hint(ret));
+		return ret;
+	}
+	s->prog_fd = bpf_program__fd(s->skel->progs.steer_select);
+	s->socks_fd = bpf_map__fd(s->skel->maps.socks);
+	s->stats_fd = bpf_map__fd(s->skel->maps.stats);
+	s->ctl = steer_mmap(s->skel->maps.ctl, &s->ctl_len);
+	s->cores = steer_mmap(s->skel->maps.cores, &s->cores_len);
+	if (!s->ctl || !s->cores) {
+		ret = -errno;
+		steer_err(err, errlen, "mapping the steering maps: %s", strerror(-ret));
+		return ret;
+	}
+
+	/*
+	 * Take ownership. Everything here describes this run's workers, so it overwrites a
+	 * crashed run's state; the socket array needs no cleanup: a dead process's listeners
+	 * are closed, and closing a listener empties its slot.
+	 */
+	for (i = 0; i < STEER_CORES_MAX; i++) {
+		struct steer_core *c = &s->cores[i];
+
+		w = i < cfg->steering.weights_n ? cfg->steering.weights[i] : 1;
+		__atomic_store_n(&c->weight, i < s->cores_n ? w : 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&c->drained, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&c->conns, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&c->reqs, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&c->load, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&c->ticks, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&c->cpu, i < s->cores_n ? cfg->cores[i] : ~0u, __ATOMIC_RELAXED);
+	}
+	for (i = 0; i < STEER_LISTEN_MAX; i++) {
+		uint16_t port = 0;
+
+		if (i < cfg->listen_n) {
+			const struct sockaddr_storage *ss = &cfg->listen[i].ss;
+
+			if (ss->ss_family == AF_INET)
+				port = ntohs(((const struct sockaddr_in *)ss)->sin_port);
+			else if (ss->ss_family == AF_INET6)
+				port = ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+		}
+		/* Port 0 (kernel-chosen) is learnt in steer_register(). */
+		__atomic_store_n(&s->ctl->group_port[i], port, __ATOMIC_RELAXED);
+	}
+	ret = steer_reset_stats(s);
+	if (ret) {
+		steer_err(err, errlen, "resetting the steering counters: %s", strerror(-ret));
+		return ret;
+	}
+	__atomic_store_n(&s->ctl->groups_n, cfg->listen_n, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->ctl->cores_n, s->cores_n, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->ctl->policy, (uint32_t)policy, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->ctl->owner_pid, (uint32_t)getpid(), __ATOMIC_RELAXED);
+	__atomic_store_n(&s->ctl->abi, STEER_ABI, __ATOMIC_RELAXED);
+	steer_bump(s);
+	return 0;
+}
+
+int steer_open(struct steer **out, const struct config *cfg, char *err, size_t errlen)
+{
 	const char *pname = cfg->steering.policy[0] ? cfg->steering.policy : "hash";
 	struct steer *s;
-	uint32_t i, w;
-	int policy, ret;
+	int policy, ret, lock;
+	uint32_t i;
 
 	*out = NULL;
 	policy = steer_policy_parse(pname);
@@ -248,75 +363,11 @@ int steer_open(struct steer **out, const struct config *cfg, char *err, size_t e
 		steer_err(err, errlen, "creating %s: %s%s", s->dir, strerror(-ret), steer_hint(ret));
 		goto fail;
 	}
-
-	opts.pin_root_path = s->dir;
-	s->skel = steer_bpf__open_opts(&opts);
-	if (!s->skel) {
-		ret = -errno ? -errno : -EINVAL;
-		steer_err(err, errlen, "opening the steering object: %s", strerror(-ret));
+	lock = steer_lock(s->dir);
+	ret = steer_load(s, cfg, policy, err, errlen);
+	steer_unlock(lock);
+	if (ret)
 		goto fail;
-	}
-	steer_check_pins(s);
-	ret = steer_bpf__load(s->skel);
-	if (ret) {
-		ret = ret < 0 ? ret : -EINVAL;
-		steer_err(err, errlen, "loading the steering program: %s%s", strerror(-ret),
-			  steer_hint(ret));
-		goto fail;
-	}
-	s->prog_fd = bpf_program__fd(s->skel->progs.steer_select);
-	s->socks_fd = bpf_map__fd(s->skel->maps.socks);
-	s->stats_fd = bpf_map__fd(s->skel->maps.stats);
-	s->ctl = steer_mmap(s->skel->maps.ctl, &s->ctl_len);
-	s->cores = steer_mmap(s->skel->maps.cores, &s->cores_len);
-	if (!s->ctl || !s->cores) {
-		ret = -errno;
-		steer_err(err, errlen, "mapping the steering maps: %s", strerror(-ret));
-		goto fail;
-	}
-
-	/*
-	 * Take ownership. Everything here describes this run's workers, so it overwrites a
-	 * crashed run's state; the socket array needs no cleanup: a dead process's listeners
-	 * are closed, and closing a listener empties its slot.
-	 */
-	for (i = 0; i < STEER_CORES_MAX; i++) {
-		struct steer_core *c = &s->cores[i];
-
-		w = i < cfg->steering.weights_n ? cfg->steering.weights[i] : 1;
-		__atomic_store_n(&c->weight, i < s->cores_n ? w : 0, __ATOMIC_RELAXED);
-		__atomic_store_n(&c->drained, 0, __ATOMIC_RELAXED);
-		__atomic_store_n(&c->conns, 0, __ATOMIC_RELAXED);
-		__atomic_store_n(&c->reqs, 0, __ATOMIC_RELAXED);
-		__atomic_store_n(&c->load, 0, __ATOMIC_RELAXED);
-		__atomic_store_n(&c->ticks, 0, __ATOMIC_RELAXED);
-		__atomic_store_n(&c->cpu, i < s->cores_n ? cfg->cores[i] : ~0u, __ATOMIC_RELAXED);
-	}
-	for (i = 0; i < STEER_LISTEN_MAX; i++) {
-		uint16_t port = 0;
-
-		if (i < cfg->listen_n) {
-			const struct sockaddr_storage *ss = &cfg->listen[i].ss;
-
-			if (ss->ss_family == AF_INET)
-				port = ntohs(((const struct sockaddr_in *)ss)->sin_port);
-			else if (ss->ss_family == AF_INET6)
-				port = ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
-		}
-		/* Port 0 (kernel-chosen) is learnt in steer_register(). */
-		__atomic_store_n(&s->ctl->group_port[i], port, __ATOMIC_RELAXED);
-	}
-	ret = steer_reset_stats(s);
-	if (ret) {
-		steer_err(err, errlen, "resetting the steering counters: %s", strerror(-ret));
-		goto fail;
-	}
-	__atomic_store_n(&s->ctl->groups_n, cfg->listen_n, __ATOMIC_RELAXED);
-	__atomic_store_n(&s->ctl->cores_n, s->cores_n, __ATOMIC_RELAXED);
-	__atomic_store_n(&s->ctl->policy, (uint32_t)policy, __ATOMIC_RELAXED);
-	__atomic_store_n(&s->ctl->owner_pid, (uint32_t)getpid(), __ATOMIC_RELAXED);
-	__atomic_store_n(&s->ctl->abi, STEER_ABI, __ATOMIC_RELAXED);
-	steer_bump(s);
 	*out = s;
 	return 0;
 
@@ -483,25 +534,53 @@ uint64_t steer_fallbacks(const struct steer *s)
 	return n;
 }
 
+/* Whether the map pinned under m's name is m itself (same kernel map id). */
+static bool steer_pinned_is_ours(const struct steer *s, struct bpf_map *m)
+{
+	struct bpf_map_info a, b;
+	__u32 la = sizeof(a), lb = sizeof(b);
+	char path[192];
+	bool same;
+	int fd;
+
+	if (bpf_map__fd(m) < 0)
+		return false;
+	snprintf(path, sizeof(path), "%s/%s", s->dir, bpf_map__name(m));
+	fd = bpf_obj_get(path);
+	if (fd < 0)
+		return false;
+	memset(&a, 0, sizeof(a));
+	memset(&b, 0, sizeof(b));
+	same = bpf_obj_get_info_by_fd(fd, &a, &la) == 0 &&
+	       bpf_obj_get_info_by_fd(bpf_map__fd(m), &b, &lb) == 0 && a.id == b.id;
+	close(fd);
+	return same;
+}
+
 void steer_close(struct steer *s)
 {
 	struct bpf_map *m;
-	bool owner;
-	int i;
+	bool replaced = false;
+	int i, lock;
 
 	if (!s)
 		return;
 	/*
-	 * Only the process that owns the pins removes them: a second process of the same
-	 * instance (a binary upgrade taking over) keeps using them.
+	 * Only the maps still pinned are unpinned: a newer process of the same instance (a
+	 * binary upgrade taking over) may have replaced the pins, and keeps using its own.
 	 */
-	owner = s->ctl && __atomic_load_n(&s->ctl->owner_pid, __ATOMIC_RELAXED) == (uint32_t)getpid();
-	if (s->skel && owner) {
-		for (i = 0; (m = steer_map_at(s->skel, i)); i++)
+	lock = steer_lock(s->dir);
+	for (i = 0; s->skel && (m = steer_map_at(s->skel, i)); i++) {
+		if (steer_pinned_is_ours(s, m))
 			bpf_map__unpin(m, NULL);
+		else
+			replaced = true;
+	}
+	if (s->skel && !replaced) {
 		rmdir(s->dir);
 		rmdir(STEER_PIN_ROOT); /* fails while other instances exist, as it should */
 	}
+	steer_unlock(lock);
 	if (s->ctl)
 		munmap(s->ctl, s->ctl_len);
 	if (s->cores)

@@ -706,6 +706,45 @@ Test(steer_kernel, pins_are_made_reused_after_a_crash_and_removed)
 	cr_assert_neq(access(dir, F_OK), 0, "%s left behind", dir);
 }
 
+Test(steer_kernel, two_live_owners_of_one_instance_do_not_share_maps)
+{
+	struct config cfg;
+	struct steer *s1, *s2;
+	char dir[128];
+	int a[2], b[2], hits[2];
+	uint16_t pa, pb;
+
+	need_root();
+	test_config(&cfg, 2, "round-robin");
+	snprintf(dir, sizeof(dir), "/sys/fs/bpf/corral/%s", cfg.instance);
+	s1 = open_or_die(&cfg);
+	pa = group(a, 2, "127.0.0.1", 0);
+	register_all(s1, 0, a, 2);
+	/* A second daemon of the same instance (say, the new binary of an upgrade). */
+	s2 = open_or_die(&cfg);
+	pb = group(b, 2, "127.0.0.1", 0);
+	register_all(s2, 0, b, 2);
+	/* Each steers its own listeners: no slot was overwritten by the other. */
+	spread(a, 2, pa, 10, hits);
+	cr_assert(hits[0] == 5 && hits[1] == 5);
+	spread(b, 2, pb, 10, hits);
+	cr_assert(hits[0] == 5 && hits[1] == 5);
+	cr_assert_eq(steer_fallbacks(s1), 0);
+	cr_assert_eq(steer_fallbacks(s2), 0);
+	cr_assert_eq(steer_set_drained(s1, 0, true), 0);
+	spread(b, 2, pb, 10, hits); /* s1's drain does not touch s2 */
+	cr_assert(hits[0] == 5 && hits[1] == 5);
+	/* The newer one owns the pins; the older one leaves them alone on exit. */
+	steer_close(s1);
+	cr_assert(exists(dir, "ctl"));
+	spread(b, 2, pb, 10, hits);
+	cr_assert(hits[0] == 5 && hits[1] == 5);
+	steer_close(s2);
+	cr_assert_neq(access(dir, F_OK), 0);
+	close_all(a, 2);
+	close_all(b, 2);
+}
+
 Test(steer_kernel, incompatible_stale_pins_are_replaced)
 {
 	LIBBPF_OPTS(bpf_map_create_opts, o);
