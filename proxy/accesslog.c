@@ -12,15 +12,15 @@
  * Output budgets per field, escapes included. Their sum plus the fixed text stays well
  * under ALOG_LINE_MAX, which is what guarantees a line always fits.
  */
-#define ALOG_MAX_METHOD 32
-#define ALOG_MAX_TARGET 2048
-#define ALOG_MAX_HOST 256
+#define ALOG_MAX_METHOD	 32
+#define ALOG_MAX_TARGET	 2048
+#define ALOG_MAX_HOST	 256
 #define ALOG_MAX_REFERER 512
-#define ALOG_MAX_UA 512
-#define ALOG_MAX_ADDR 64 /* client and upstream addresses */
+#define ALOG_MAX_UA	 512
+#define ALOG_MAX_ADDR	 64 /* client and upstream addresses */
 
-_Static_assert(ALOG_MAX_METHOD + ALOG_MAX_TARGET + ALOG_MAX_HOST + ALOG_MAX_REFERER +
-			       ALOG_MAX_UA + 2 * ALOG_MAX_ADDR + 512 <
+_Static_assert(ALOG_MAX_METHOD + ALOG_MAX_TARGET + ALOG_MAX_HOST + ALOG_MAX_REFERER + ALOG_MAX_UA +
+			       2 * ALOG_MAX_ADDR + 512 <
 		       ALOG_LINE_MAX,
 	       "access log field budgets must fit in one line");
 
@@ -319,7 +319,8 @@ int alog_flush_sync(struct alog_buf *b, int fd)
 		int rc;
 
 		if (n < 0 && errno == EINTR) {
-			b->in_flight = false; /* nothing was written: hand the same bytes out again */
+			b->in_flight =
+				false; /* nothing was written: hand the same bytes out again */
 			continue;
 		}
 		rc = alog_flush_done(b, n < 0 ? -errno : (int)n);

@@ -24,8 +24,8 @@ struct alog_str {
 
 /* Everything one line says about one finished exchange. Nothing is kept after alog_append. */
 struct alog_entry {
-	int64_t time_us; /* CLOCK_REALTIME, microseconds since the epoch */
-	uint32_t core;	 /* worker index */
+	int64_t time_us;    /* CLOCK_REALTIME, microseconds since the epoch */
+	uint32_t core;	    /* worker index */
 	const char *client; /* client IP as text, NUL-terminated */
 	struct alog_str method;
 	struct alog_str target;
@@ -68,19 +68,19 @@ struct alog_entry {
 struct alog_buf {
 	enum cfg_log_format format;
 	char *half[2];
-	size_t cap;	 /* bytes per half */
-	size_t len[2];	 /* bytes held by each half */
-	uint32_t fill;	 /* index of the half being appended to */
-	bool in_flight;	 /* half[!fill] from woff on is owned by the kernel */
-	size_t woff;	 /* bytes of half[!fill] already written */
-	size_t wlen;	 /* bytes handed to the kernel in the write in flight */
-	uint64_t lines;	       /* lines appended */
+	size_t cap;		/* bytes per half */
+	size_t len[2];		/* bytes held by each half */
+	uint32_t fill;		/* index of the half being appended to */
+	bool in_flight;		/* half[!fill] from woff on is owned by the kernel */
+	size_t woff;		/* bytes of half[!fill] already written */
+	size_t wlen;		/* bytes handed to the kernel in the write in flight */
+	uint64_t lines;		/* lines appended */
 	uint64_t lines_dropped; /* lines lost: both halves full (the disk is too slow) */
 	uint64_t bytes_dropped; /* bytes lost to write errors */
 	uint64_t write_errors;
-	int64_t ts_sec;	       /* the second the cached time stamps are for */
-	char ts_iso[24];       /* "2026-11-27T14:45:00" */
-	char ts_clf[32];       /* "27/Nov/2026:14:45:00 +0000" */
+	int64_t ts_sec;	 /* the second the cached time stamps are for */
+	char ts_iso[24]; /* "2026-11-27T14:45:00" */
+	char ts_clf[32]; /* "27/Nov/2026:14:45:00 +0000" */
 };
 
 /* Allocates both halves of cap bytes (0: ALOG_BUF_BYTES_DEF; at least 2 * ALOG_LINE_MAX). */

@@ -29,23 +29,24 @@ enum admin_core_state {
 
 /* One worker as the control plane sees it. Filled by ops->core(). */
 struct admin_core {
-	uint32_t cpu;			  /* the CPU the worker is pinned to */
-	enum admin_core_state state;	  /* draining once `drain` was asked, until `undrain` */
-	uint32_t weight;		  /* steering weight */
-	uint64_t steered;		  /* steer_steered(), 0 in kernel-hash mode */
-	uint64_t accept_queue;		  /* queued not-yet-accepted conns, see stats_listen_queue() */
-	const struct stats_worker *stats; /* the worker's live block; read with relaxed loads here */
+	uint32_t cpu;		     /* the CPU the worker is pinned to */
+	enum admin_core_state state; /* draining once `drain` was asked, until `undrain` */
+	uint32_t weight;	     /* steering weight */
+	uint64_t steered;	     /* steer_steered(), 0 in kernel-hash mode */
+	uint64_t accept_queue;	     /* queued not-yet-accepted conns, see stats_listen_queue() */
+	const struct stats_worker
+		*stats; /* the worker's live block; read with relaxed loads here */
 };
 
 /* One backend. Filled by ops->backend(); counters summed over every worker. */
 struct admin_backend {
-	char addr[64];	   /* as in the config, e.g. "127.0.0.1:8080" */
-	uint32_t weight;   /* effective weight */
-	bool enabled;	   /* false: disabled by the operator */
-	bool healthy;	   /* false: passive health check says down */
-	uint64_t active;   /* exchanges in flight */
-	uint64_t requests; /* requests sent to it */
-	uint64_t errors;   /* connect failures, resets, timeouts, bad responses */
+	char addr[64];	     /* as in the config, e.g. "127.0.0.1:8080" */
+	uint32_t weight;     /* effective weight */
+	bool enabled;	     /* false: disabled by the operator */
+	bool healthy;	     /* false: passive health check says down */
+	uint64_t active;     /* exchanges in flight */
+	uint64_t requests;   /* requests sent to it */
+	uint64_t errors;     /* connect failures, resets, timeouts, bad responses */
 	uint64_t lat_sum_us; /* sum of request latencies; mean = lat_sum_us / requests */
 };
 
@@ -110,7 +111,7 @@ struct metrics;
 
 int metrics_open(struct metrics **out, const struct cfg_addr *addr, const struct admin_ops *ops,
 		 char *err, size_t errlen);
-int metrics_fd(const struct metrics *m);	 /* poll for POLLIN */
+int metrics_fd(const struct metrics *m);	/* poll for POLLIN */
 uint16_t metrics_port(const struct metrics *m); /* the bound port (useful with port 0) */
 void metrics_service(struct metrics *m);
 void metrics_close(struct metrics *m);

@@ -27,7 +27,11 @@
 /* Rates (requests/s, CPU %) are measured over the last 1-2 s, sampled by a 1 s timer. */
 #define CTL_SAMPLE_NS 1000000000ull
 
-enum { CTL_TAG_LISTEN = 0, CTL_TAG_TIMER = 1, CTL_TAG_CLIENT = 2 };
+enum {
+	CTL_TAG_LISTEN = 0,
+	CTL_TAG_TIMER = 1,
+	CTL_TAG_CLIENT = 2
+};
 
 struct ctl_client {
 	int fd; /* -1: free slot */
@@ -211,13 +215,12 @@ static json_t *ctl_stats(struct ctl *c)
 		cpu[i] = cpu_pct;
 		use[i] = core.state == ADMIN_CORE_ACTIVE;
 	}
-	reply = json_pack("{s:b, s:o, s:o, s:o, s:{s:f, s:f}, s:f}", "ok", 1, "steering",
-			  ctl_steering_json(c), "cores", cores, "total",
-			  ctl_counters_json(&total, total_steered, total_queue, total_rps,
-					    total_cpu),
-			  "imbalance", "conns", ctl_imbalance(conns, use, n), "cpu",
-			  ctl_imbalance(cpu, use, n), "interval_s",
-			  ctl_round((double)dt / 1e9, 0.001));
+	reply = json_pack(
+		"{s:b, s:o, s:o, s:o, s:{s:f, s:f}, s:f}", "ok", 1, "steering",
+		ctl_steering_json(c), "cores", cores, "total",
+		ctl_counters_json(&total, total_steered, total_queue, total_rps, total_cpu),
+		"imbalance", "conns", ctl_imbalance(conns, use, n), "cpu",
+		ctl_imbalance(cpu, use, n), "interval_s", ctl_round((double)dt / 1e9, 0.001));
 	if (reply && c->ops->steer_fallbacks)
 		json_object_set_new(json_object_get(reply, "steering"), "fallbacks",
 				    json_integer((json_int_t)c->ops->steer_fallbacks(c->ops->ctx)));
@@ -271,12 +274,12 @@ static json_t *ctl_backends(struct ctl *c)
 			continue;
 		b.addr[sizeof(b.addr) - 1] = '\0';
 		json_array_append_new(
-			arr, json_pack("{s:s, s:I, s:s, s:I, s:I, s:I, s:I}", "addr", b.addr,
-				       "weight", (json_int_t)b.weight, "state",
-				       ctl_backend_state(&b), "active", (json_int_t)b.active,
-				       "requests", (json_int_t)b.requests, "errors",
-				       (json_int_t)b.errors, "latency_us",
-				       (json_int_t)(b.requests ? b.lat_sum_us / b.requests : 0)));
+			arr,
+			json_pack("{s:s, s:I, s:s, s:I, s:I, s:I, s:I}", "addr", b.addr, "weight",
+				  (json_int_t)b.weight, "state", ctl_backend_state(&b), "active",
+				  (json_int_t)b.active, "requests", (json_int_t)b.requests,
+				  "errors", (json_int_t)b.errors, "latency_us",
+				  (json_int_t)(b.requests ? b.lat_sum_us / b.requests : 0)));
 	}
 	return json_pack("{s:b, s:o}", "ok", 1, "backends", arr);
 }
@@ -308,8 +311,7 @@ static bool ctl_get_u32(json_t *req, const char *key, uint32_t *out)
 {
 	json_t *v = json_object_get(req, key);
 
-	if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-	    json_integer_value(v) > UINT32_MAX)
+	if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > UINT32_MAX)
 		return false;
 	*out = (uint32_t)json_integer_value(v);
 	return true;
@@ -388,7 +390,8 @@ static json_t *ctl_dispatch(struct ctl *c, json_t *req)
 			return ctl_error("missing \"addr\"");
 		if (!strcmp(cmd, "backend-weight")) {
 			if (!ctl_get_u32(req, "weight", &w))
-				return ctl_error("missing or bad \"weight\" (a non-negative integer)");
+				return ctl_error(
+					"missing or bad \"weight\" (a non-negative integer)");
 			if (!ops->backend_weight)
 				return ctl_error("backend weight: not supported by this daemon");
 			rc = ops->backend_weight(ops->ctx, s, w, err, sizeof(err));
@@ -430,7 +433,8 @@ static void ctl_client_close(struct ctl *c, struct ctl_client *cl)
 
 static void ctl_client_want(struct ctl *c, struct ctl_client *cl, uint32_t events)
 {
-	struct epoll_event ev = { .events = events, .data.u64 = CTL_TAG_CLIENT + (cl - c->clients) };
+	struct epoll_event ev = { .events = events,
+				  .data.u64 = CTL_TAG_CLIENT + (cl - c->clients) };
 
 	epoll_ctl(c->ep, EPOLL_CTL_MOD, cl->fd, &ev);
 }
@@ -514,8 +518,9 @@ static void ctl_client_process(struct ctl *c, struct ctl_client *cl)
 		if (!nl) {
 			if (cl->in_len == sizeof(cl->in)) {
 				cl->close_after = true;
-				ctl_client_reply(c, cl, ctl_error("request line longer than %d bytes",
-								  CTL_LINE_MAX));
+				ctl_client_reply(c, cl,
+						 ctl_error("request line longer than %d bytes",
+							   CTL_LINE_MAX));
 				ctl_client_flush(c, cl);
 			}
 			return;
@@ -585,7 +590,8 @@ static void ctl_accept(struct ctl *c)
 		for (i = 0; i < CTL_CLIENTS_MAX && c->clients[i].fd >= 0; i++)
 			;
 		if (i == CTL_CLIENTS_MAX) {
-			static const char busy[] = "{\"ok\":false,\"error\":\"too many control clients\"}\n";
+			static const char busy[] =
+				"{\"ok\":false,\"error\":\"too many control clients\"}\n";
 
 			if (send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
 				/* Nothing more to do for it. */
@@ -628,7 +634,8 @@ void ctl_service(struct ctl *c)
 			if (cl->fd < 0)
 				continue;
 			if (cl->out) {
-				if ((evs[i].events & (EPOLLERR | EPOLLHUP)) && !(evs[i].events & EPOLLOUT)) {
+				if ((evs[i].events & (EPOLLERR | EPOLLHUP)) &&
+				    !(evs[i].events & EPOLLOUT)) {
 					ctl_client_close(c, cl);
 					continue;
 				}
@@ -679,7 +686,8 @@ static int ctl_clear_stale(const struct sockaddr_un *sun, char *err, size_t errl
 		return rc;
 	}
 	if (!S_ISSOCK(st.st_mode)) {
-		snprintf(err, errlen, "control socket %s: exists and is not a socket", sun->sun_path);
+		snprintf(err, errlen, "control socket %s: exists and is not a socket",
+			 sun->sun_path);
 		return -EEXIST;
 	}
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);

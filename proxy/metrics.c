@@ -28,12 +28,16 @@
  * counts are exact, and 26 bounds keep a scrape cheap.
  */
 #define METRICS_LE_FIRST 4
-#define METRICS_LE_LAST 104
+#define METRICS_LE_LAST	 104
 
-enum { METRICS_TAG_LISTEN = 0, METRICS_TAG_TIMER = 1, METRICS_TAG_CONN = 2 };
+enum {
+	METRICS_TAG_LISTEN = 0,
+	METRICS_TAG_TIMER = 1,
+	METRICS_TAG_CONN = 2
+};
 
 struct metrics_conn {
-	int fd; /* -1: free */
+	int fd;		/* -1: free */
 	bool lingering; /* answer sent, write side shut: wait for the peer's close */
 	uint64_t since_ns;
 	char in[METRICS_REQ_MAX];
@@ -60,7 +64,8 @@ struct metrics_buf {
 	bool oom;
 };
 
-static void mb_printf(struct metrics_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void mb_printf(struct metrics_buf *b, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
 static void mb_printf(struct metrics_buf *b, const char *fmt, ...)
 {
 	va_list ap;
@@ -132,7 +137,10 @@ struct metrics_field {
 	size_t off;
 };
 
-#define MF(n, t, h, f) { n, t, h, offsetof(struct stats_worker, f) }
+#define MF(n, t, h, f)                                                                             \
+	{                                                                                          \
+		n, t, h, offsetof(struct stats_worker, f)                                          \
+	}
 static const struct metrics_field metrics_fields[] = {
 	MF("corral_connections_accepted_total", "counter", "Client connections accepted.",
 	   conns_accepted),
@@ -248,9 +256,10 @@ static void metrics_render(struct metrics *m, struct metrics_buf *b)
 		metrics_head(b, mf->name, mf->type, mf->help);
 		for (i = 0; i < n; i++)
 			if (ok[i])
-				mb_printf(b, "%s{core=\"%u\"} %llu\n", mf->name, i,
-					  (unsigned long long)*(const uint64_t *)((const char *)&st[i] +
-										   mf->off));
+				mb_printf(
+					b, "%s{core=\"%u\"} %llu\n", mf->name, i,
+					(unsigned long long)*(
+						const uint64_t *)((const char *)&st[i] + mf->off));
 	}
 	metrics_head(b, "corral_responses_total", "counter",
 		     "Responses sent to clients, by status class.");
@@ -262,8 +271,8 @@ static void metrics_render(struct metrics *m, struct metrics_buf *b)
 		     "CPU time used by the worker thread.");
 	for (i = 0; i < n; i++)
 		if (ok[i])
-			mb_printf(b, "corral_worker_cpu_seconds_total{core=\"%u\"} %llu.%09llu\n", i,
-				  (unsigned long long)(st[i].cpu_ns / 1000000000ull),
+			mb_printf(b, "corral_worker_cpu_seconds_total{core=\"%u\"} %llu.%09llu\n",
+				  i, (unsigned long long)(st[i].cpu_ns / 1000000000ull),
 				  (unsigned long long)(st[i].cpu_ns % 1000000000ull));
 
 	metrics_head(b, "corral_request_duration_seconds", "histogram",
@@ -282,10 +291,13 @@ static void metrics_render(struct metrics *m, struct metrics_buf *b)
 			for (; j < k; j++)
 				cum += st[i].lat_us[j];
 			metrics_le(le, sizeof(le), stats_bucket_lo(k));
-			mb_printf(b, "corral_request_duration_seconds_bucket{core=\"%u\",le=\"%s\"} %llu\n",
+			mb_printf(b,
+				  "corral_request_duration_seconds_bucket{core=\"%u\",le=\"%s\"} "
+				  "%llu\n",
 				  i, le, (unsigned long long)cum);
 		}
-		mb_printf(b, "corral_request_duration_seconds_bucket{core=\"%u\",le=\"+Inf\"} %llu\n",
+		mb_printf(b,
+			  "corral_request_duration_seconds_bucket{core=\"%u\",le=\"+Inf\"} %llu\n",
 			  i, (unsigned long long)count);
 		mb_printf(b, "corral_request_duration_seconds_sum{core=\"%u\"} %llu.%06llu\n", i,
 			  (unsigned long long)(st[i].lat_sum_us / 1000000),
@@ -299,10 +311,12 @@ static void metrics_render(struct metrics *m, struct metrics_buf *b)
 		static const struct {
 			const char *name, *type, *help;
 		} bf[] = {
-			{ "corral_backend_up", "gauge", "1 when the backend is enabled and healthy." },
+			{ "corral_backend_up", "gauge",
+			  "1 when the backend is enabled and healthy." },
 			{ "corral_backend_weight", "gauge", "Effective balancing weight." },
 			{ "corral_backend_active", "gauge", "Requests in flight to the backend." },
-			{ "corral_backend_requests_total", "counter", "Requests sent to the backend." },
+			{ "corral_backend_requests_total", "counter",
+			  "Requests sent to the backend." },
 			{ "corral_backend_errors_total", "counter",
 			  "Connect failures, resets, timeouts and bad responses." },
 			{ "corral_backend_latency_seconds_total", "counter",
@@ -490,7 +504,8 @@ static void metrics_conn_read(struct metrics *m, struct metrics_conn *mc)
 		if (mc->lingering)
 			continue;
 		mc->in_len += (size_t)n;
-		if (memmem(mc->in, mc->in_len, "\r\n\r\n", 4) || memmem(mc->in, mc->in_len, "\n\n", 2)) {
+		if (memmem(mc->in, mc->in_len, "\r\n\r\n", 4) ||
+		    memmem(mc->in, mc->in_len, "\n\n", 2)) {
 			metrics_answer(m, mc);
 			if (!mc->out) {
 				metrics_conn_close(m, mc);
@@ -546,7 +561,8 @@ void metrics_service(struct metrics *m)
 				/* EAGAIN: another event already consumed it. */
 			}
 			for (j = 0; j < METRICS_CONNS_MAX; j++)
-				if (m->conns[j].fd >= 0 && now - m->conns[j].since_ns > METRICS_CONN_NS)
+				if (m->conns[j].fd >= 0 &&
+				    now - m->conns[j].since_ns > METRICS_CONN_NS)
 					metrics_conn_close(m, &m->conns[j]);
 		} else if (tag - METRICS_TAG_CONN < METRICS_CONNS_MAX) {
 			struct metrics_conn *mc = &m->conns[tag - METRICS_TAG_CONN];

@@ -8,7 +8,8 @@
 #include "stats.h"
 
 /* Every field of struct stats_worker is a uint64_t, up to and including the last one. */
-#define STATS_WORDS ((offsetof(struct stats_worker, draining) + sizeof(uint64_t)) / sizeof(uint64_t))
+#define STATS_WORDS                                                                                \
+	((offsetof(struct stats_worker, draining) + sizeof(uint64_t)) / sizeof(uint64_t))
 
 _Static_assert(offsetof(struct stats_worker, draining) % sizeof(uint64_t) == 0,
 	       "struct stats_worker must hold only uint64_t fields");

@@ -15,8 +15,12 @@
 
 static int64_t t_us(int y, int mo, int d, int h, int mi, int s, int us)
 {
-	struct tm tm = { .tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d,
-			 .tm_hour = h, .tm_min = mi, .tm_sec = s };
+	struct tm tm = { .tm_year = y - 1900,
+			 .tm_mon = mo - 1,
+			 .tm_mday = d,
+			 .tm_hour = h,
+			 .tm_min = mi,
+			 .tm_sec = s };
 
 	return (int64_t)timegm(&tm) * 1000000 + us;
 }
@@ -54,7 +58,8 @@ Test(accesslog, json_line_has_every_field)
 	cr_assert_eq(memchr(line, '\n', n), line + n - 1, "one line only");
 	j = json_loadb(line, n, 0, &jerr);
 	cr_assert_not_null(j, "%.*s: %s", (int)n, line, jerr.text);
-	cr_assert_str_eq(json_string_value(json_object_get(j, "time")), "2026-11-27T14:05:09.001234Z");
+	cr_assert_str_eq(json_string_value(json_object_get(j, "time")),
+			 "2026-11-27T14:05:09.001234Z");
 	cr_assert_eq(json_integer_value(json_object_get(j, "core")), 1);
 	cr_assert_str_eq(json_string_value(json_object_get(j, "client")), "127.0.0.1");
 	cr_assert_str_eq(json_string_value(json_object_get(j, "method")), "GET");
@@ -82,10 +87,12 @@ Test(accesslog, json_escapes_quotes_controls_and_high_bytes)
 	e.upstream = NULL;
 	e.version_minor = 0;
 	n = alog_format(line, CFG_LOG_JSON, &e, NULL);
-	cr_assert_eq(memchr(line, '\n', n), line + n - 1, "an embedded newline must not split the line");
+	cr_assert_eq(memchr(line, '\n', n), line + n - 1,
+		     "an embedded newline must not split the line");
 	j = json_loadb(line, n, 0, NULL);
 	cr_assert_not_null(j, "%.*s", (int)n, line);
-	cr_assert_str_eq(json_string_value(json_object_get(j, "user_agent")), "a\"b\\c\nd\x01\xc3\xbf");
+	cr_assert_str_eq(json_string_value(json_object_get(j, "user_agent")),
+			 "a\"b\\c\nd\x01\xc3\xbf");
 	cr_assert(json_is_null(json_object_get(j, "upstream")));
 	cr_assert_str_eq(json_string_value(json_object_get(j, "protocol")), "HTTP/1.0");
 	json_decref(j);
@@ -98,15 +105,17 @@ Test(accesslog, combined_line_is_the_apache_format)
 	size_t n = alog_format(line, CFG_LOG_COMBINED, &e, NULL);
 
 	line[n] = '\0';
-	cr_assert_str_eq(line, "127.0.0.1 - - [27/Nov/2026:14:05:09 +0000] \"GET /a?b=c HTTP/1.1\" 200 "
-			       "1234 \"http://r.test/\" \"curl/8.0\"\n");
+	cr_assert_str_eq(line,
+			 "127.0.0.1 - - [27/Nov/2026:14:05:09 +0000] \"GET /a?b=c HTTP/1.1\" 200 "
+			 "1234 \"http://r.test/\" \"curl/8.0\"\n");
 	e.referer = (struct alog_str){ 0 };
 	e.user_agent = S("evil\" \"x\n");
 	e.bytes_out = 0;
 	n = alog_format(line, CFG_LOG_COMBINED, &e, NULL);
 	line[n] = '\0';
-	cr_assert_str_eq(line, "127.0.0.1 - - [27/Nov/2026:14:05:09 +0000] \"GET /a?b=c HTTP/1.1\" 200 "
-			       "- \"-\" \"evil\\x22 \\x22x\\x0a\"\n");
+	cr_assert_str_eq(line,
+			 "127.0.0.1 - - [27/Nov/2026:14:05:09 +0000] \"GET /a?b=c HTTP/1.1\" 200 "
+			 "- \"-\" \"evil\\x22 \\x22x\\x0a\"\n");
 }
 
 Test(accesslog, huge_fields_are_cut_and_the_line_stays_bounded_and_valid)
@@ -282,7 +291,8 @@ Test(accesslog, a_failed_write_drops_its_bytes_and_logging_goes_on)
 	cr_assert_eq(b.write_errors, 1);
 	cr_assert_eq(b.bytes_dropped, len);
 	cr_assert(alog_pending(&b));
-	cr_assert_eq(alog_flush_begin(&b, &data), len, "the line appended meanwhile is written next");
+	cr_assert_eq(alog_flush_begin(&b, &data), len,
+		     "the line appended meanwhile is written next");
 	cr_assert_eq(alog_flush_done(&b, 0), -EIO, "a 0-byte write is an error, not a loop");
 	alog_free(&b);
 }

@@ -160,8 +160,10 @@ static void setup(void)
 	char err[256];
 
 	memset(fake_stats, 0, sizeof(fake_stats));
-	fake_cores[0] = (struct admin_core){ .cpu = 0, .weight = 1, .steered = 10, .accept_queue = 1 };
-	fake_cores[1] = (struct admin_core){ .cpu = 1, .weight = 1, .steered = 30, .accept_queue = 2 };
+	fake_cores[0] =
+		(struct admin_core){ .cpu = 0, .weight = 1, .steered = 10, .accept_queue = 1 };
+	fake_cores[1] =
+		(struct admin_core){ .cpu = 1, .weight = 1, .steered = 30, .accept_queue = 2 };
 	fake_stats[0].requests = 100;
 	fake_stats[1].requests = 300;
 	fake_stats[0].conns_active = 2;
@@ -348,12 +350,11 @@ Test(ctl, stats_has_the_documented_shape_and_sums_cores_into_total)
 	cr_assert_eq(jint(c0, "responses.5xx"), 10);
 	cr_assert(json_is_real(json_object_get(c0, "rps")));
 	cr_assert(json_is_real(json_object_get(c0, "cpu_pct")));
-	for (const char *const *k = (const char *const[]){ "conns_active", "conns_accepted",
-							    "bytes_in", "bytes_out",
-							    "upstream_errors", "pool.idle",
-							    "pool.hits", "pool.misses",
-							    "responses.1xx", "latency_us.p999",
-							    NULL };
+	for (const char *const *k =
+		     (const char *const[]){ "conns_active", "conns_accepted", "bytes_in",
+					    "bytes_out", "upstream_errors", "pool.idle",
+					    "pool.hits", "pool.misses", "responses.1xx",
+					    "latency_us.p999", NULL };
 	     *k; k++)
 		(void)jint(c1, *k);
 
@@ -372,8 +373,9 @@ Test(ctl, stats_has_the_documented_shape_and_sums_cores_into_total)
 	cr_assert(labs((long)jint(tot, "latency_us.p99") - 1000) <= 125);
 
 	/* conns 2 and 6: max/mean = 6/4 */
-	cr_assert_float_eq(json_real_value(json_object_get(json_object_get(r, "imbalance"), "conns")),
-			   1.5, 0.001);
+	cr_assert_float_eq(
+		json_real_value(json_object_get(json_object_get(r, "imbalance"), "conns")), 1.5,
+		0.001);
 	cr_assert(json_is_real(json_object_get(json_object_get(r, "imbalance"), "cpu")));
 	json_decref(r);
 }
@@ -404,8 +406,8 @@ Test(ctl, stats_rates_come_from_the_one_second_sampler)
 		cr_assert_gt(dt, 0.1);
 		cr_assert_float_eq(rps, 500 / dt, 1.0, "rps %f over %f s", rps, dt);
 		cr_assert_float_eq(cpu, 50 / dt, 1.0, "cpu %f over %f s", cpu, dt);
-		cr_assert_float_eq(json_real_value(json_object_get(json_array_get(
-					   json_object_get(r, "cores"), 0), "rps")),
+		cr_assert_float_eq(json_real_value(json_object_get(
+					   json_array_get(json_object_get(r, "cores"), 0), "rps")),
 				   0.0, 0.001);
 	}
 	json_decref(r);
@@ -421,8 +423,9 @@ Test(ctl, drain_and_undrain_reach_the_daemon_and_show_in_stats)
 	r = ask("{\"cmd\":\"stats\"}");
 	cr_assert_str_eq(jstr(json_array_get(json_object_get(r, "cores"), 1), "state"), "draining");
 	/* Imbalance counts the active cores only: core 0 alone is balanced. */
-	cr_assert_float_eq(json_real_value(json_object_get(json_object_get(r, "imbalance"), "conns")),
-			   1.0, 0.001);
+	cr_assert_float_eq(
+		json_real_value(json_object_get(json_object_get(r, "imbalance"), "conns")), 1.0,
+		0.001);
 	json_decref(r);
 	r = ask("{\"cmd\":\"undrain\",\"core\":1}");
 	cr_assert(json_is_true(json_object_get(r, "ok")));

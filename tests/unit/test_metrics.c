@@ -85,8 +85,9 @@ static void setup(void)
 
 	memset(fake_stats, 0, sizeof(fake_stats));
 	fake_cores[0] = (struct admin_core){ .cpu = 0, .weight = 1, .steered = 5 };
-	fake_cores[1] = (struct admin_core){ .cpu = 1, .weight = 2, .steered = 6,
-					     .state = ADMIN_CORE_DRAINING };
+	fake_cores[1] = (struct admin_core){
+		.cpu = 1, .weight = 2, .steered = 6, .state = ADMIN_CORE_DRAINING
+	};
 	fake_stats[0].requests = 110;
 	fake_stats[1].requests = 7;
 	fake_stats[0].responses[STATS_2XX] = 100;
@@ -190,13 +191,16 @@ Test(metrics, get_metrics_is_text_exposition_with_help_type_and_core_labels)
 	cr_assert_float_eq(sample(body, "corral_core_weight{core=\"1\"}"), 2, 0);
 	cr_assert_float_eq(sample(body, "corral_connections_steered_total{core=\"1\"}"), 6, 0);
 	cr_assert_float_eq(sample(body, "corral_cores"), 2, 0);
-	cr_assert(strstr(body, "corral_info{version=\"1.2.3 \\\"quoted\\\"\",steering_mode=\"kernel-hash\","
-			       "policy=\"hash\"} 1\n") != NULL);
-	cr_assert_float_eq(sample(body, "corral_backend_requests_total{backend=\"[::1]:8080\"}"), 42,
-			   0);
+	cr_assert(
+		strstr(body,
+		       "corral_info{version=\"1.2.3 \\\"quoted\\\"\",steering_mode=\"kernel-hash\","
+		       "policy=\"hash\"} 1\n") != NULL);
+	cr_assert_float_eq(sample(body, "corral_backend_requests_total{backend=\"[::1]:8080\"}"),
+			   42, 0);
 	cr_assert_float_eq(sample(body, "corral_backend_up{backend=\"[::1]:8080\"}"), 1, 0);
-	cr_assert_float_eq(sample(body, "corral_backend_latency_seconds_total{backend=\"[::1]:8080\"}"),
-			   1.5, 1e-9);
+	cr_assert_float_eq(
+		sample(body, "corral_backend_latency_seconds_total{backend=\"[::1]:8080\"}"), 1.5,
+		1e-9);
 	/* Every sample line's family was announced by a TYPE line before it. */
 	for (const char *line = body + 4; *line;) {
 		const char *nl = strchr(line, '\n');
@@ -227,18 +231,24 @@ Test(metrics, latency_is_a_cumulative_histogram_in_seconds)
 
 	cr_assert(strstr(r, "# TYPE corral_request_duration_seconds histogram\n") != NULL);
 	/* 100 samples at 100 us, 10 at 1000 us */
-	cr_assert_float_eq(sample(r, "corral_request_duration_seconds_bucket{core=\"0\",le=\"0.000064\"}"),
-			   0, 0);
-	cr_assert_float_eq(sample(r, "corral_request_duration_seconds_bucket{core=\"0\",le=\"0.000128\"}"),
-			   100, 0);
-	cr_assert_float_eq(sample(r, "corral_request_duration_seconds_bucket{core=\"0\",le=\"0.000512\"}"),
-			   100, 0);
-	cr_assert_float_eq(sample(r, "corral_request_duration_seconds_bucket{core=\"0\",le=\"0.001024\"}"),
-			   110, 0);
-	cr_assert_float_eq(sample(r, "corral_request_duration_seconds_bucket{core=\"0\",le=\"+Inf\"}"),
-			   110, 0);
+	cr_assert_float_eq(
+		sample(r, "corral_request_duration_seconds_bucket{core=\"0\",le=\"0.000064\"}"), 0,
+		0);
+	cr_assert_float_eq(
+		sample(r, "corral_request_duration_seconds_bucket{core=\"0\",le=\"0.000128\"}"),
+		100, 0);
+	cr_assert_float_eq(
+		sample(r, "corral_request_duration_seconds_bucket{core=\"0\",le=\"0.000512\"}"),
+		100, 0);
+	cr_assert_float_eq(
+		sample(r, "corral_request_duration_seconds_bucket{core=\"0\",le=\"0.001024\"}"),
+		110, 0);
+	cr_assert_float_eq(
+		sample(r, "corral_request_duration_seconds_bucket{core=\"0\",le=\"+Inf\"}"), 110,
+		0);
 	cr_assert_float_eq(sample(r, "corral_request_duration_seconds_count{core=\"0\"}"), 110, 0);
-	cr_assert_float_eq(sample(r, "corral_request_duration_seconds_sum{core=\"0\"}"), 0.02, 1e-9);
+	cr_assert_float_eq(sample(r, "corral_request_duration_seconds_sum{core=\"0\"}"), 0.02,
+			   1e-9);
 	cr_assert_float_eq(sample(r, "corral_request_duration_seconds_count{core=\"1\"}"), 0, 0);
 	free(r);
 }
@@ -349,7 +359,8 @@ Test(metrics, a_busy_port_is_an_error_with_the_address)
 
 	/* A listener without SO_REUSEADDR holds the port. */
 	fd = socket(AF_INET, SOCK_STREAM, 0);
-	sin = (struct sockaddr_in){ .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	sin = (struct sockaddr_in){ .sin_family = AF_INET,
+				    .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	cr_assert_eq(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
 	cr_assert_eq(listen(fd, 1), 0);
 	getsockname(fd, (struct sockaddr *)&sin, &sl);

@@ -38,8 +38,8 @@ int client_connect(const char *path, char *err, size_t errlen)
 	else if (e == ECONNREFUSED)
 		snprintf(err, errlen, "daemon not running (nothing listens on %s)", path);
 	else if (e == EACCES || e == EPERM)
-		snprintf(err, errlen, "permission denied on %s (run as root or as the daemon's user)",
-			 path);
+		snprintf(err, errlen,
+			 "permission denied on %s (run as root or as the daemon's user)", path);
 	else
 		snprintf(err, errlen, "cannot connect to %s: %s", path, strerror(e));
 	return -1;
@@ -99,7 +99,8 @@ json_t *client_request(int fd, json_t *req, char *err, size_t errlen, bool *unre
 			char *nb;
 
 			if (cap >= CLIENT_REPLY_MAX) {
-				snprintf(err, errlen, "malformed reply from the daemon (longer than %u bytes)",
+				snprintf(err, errlen,
+					 "malformed reply from the daemon (longer than %u bytes)",
 					 CLIENT_REPLY_MAX);
 				goto out;
 			}
@@ -115,7 +116,8 @@ json_t *client_request(int fd, json_t *req, char *err, size_t errlen, bool *unre
 		if (rc < 0 && errno == EINTR)
 			continue;
 		if (rc == 0) {
-			snprintf(err, errlen, "no reply from the daemon in %d s", CLIENT_TIMEOUT_MS / 1000);
+			snprintf(err, errlen, "no reply from the daemon in %d s",
+				 CLIENT_TIMEOUT_MS / 1000);
 			*unreachable = true;
 			goto out;
 		}
@@ -124,9 +126,11 @@ json_t *client_request(int fd, json_t *req, char *err, size_t errlen, bool *unre
 			continue;
 		if (n <= 0) {
 			if (len)
-				snprintf(err, errlen, "malformed reply from the daemon (cut short)");
+				snprintf(err, errlen,
+					 "malformed reply from the daemon (cut short)");
 			else
-				snprintf(err, errlen, "the daemon closed the connection without replying");
+				snprintf(err, errlen,
+					 "the daemon closed the connection without replying");
 			*unreachable = len == 0;
 			goto out;
 		}

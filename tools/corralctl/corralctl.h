@@ -10,7 +10,11 @@
 #define CORRALCTL_SOCKET_DEF "/run/corral/corral.sock"
 
 /* Exit codes: 1 = the daemon refused or failed the command, 2 = usage, 3 = cannot talk to it. */
-enum { CC_EXIT_FAIL = 1, CC_EXIT_USAGE = 2, CC_EXIT_UNREACHABLE = 3 };
+enum {
+	CC_EXIT_FAIL = 1,
+	CC_EXIT_USAGE = 2,
+	CC_EXIT_UNREACHABLE = 3
+};
 
 /*
  * Connects to the control socket. Returns the fd, or -1 with a one-line operator message in

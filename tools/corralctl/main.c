@@ -242,14 +242,17 @@ int main(int argc, char **argv)
 		if (argc == 0)
 			r = call(sock, json_pack("{s:s}", "cmd", "policy"), &code);
 		else if (argc == 2 && !strcmp(argv[0], "set"))
-			r = call(sock, json_pack("{s:s, s:s}", "cmd", "policy", "set", argv[1]), &code);
+			r = call(sock, json_pack("{s:s, s:s}", "cmd", "policy", "set", argv[1]),
+				 &code);
 		else
 			return usage("policy: expected no argument or `set NAME`");
 		if (!r)
 			return code;
 		printf("%s (steering: %s)\n",
-		       json_string_value(json_object_get(json_object_get(r, "steering"), "policy")) ?: "?",
-		       json_string_value(json_object_get(json_object_get(r, "steering"), "mode")) ?: "?");
+		       json_string_value(json_object_get(json_object_get(r, "steering"), "policy"))
+			       ?: "?",
+		       json_string_value(json_object_get(json_object_get(r, "steering"), "mode"))
+			       ?: "?");
 		json_decref(r);
 		return 0;
 	}
@@ -257,8 +260,9 @@ int main(int argc, char **argv)
 		if (argc != 2 || !parse_u32(argv[0], &core) || !parse_u32(argv[1], &n))
 			return usage("weight: expected CORE N (non-negative integers)");
 		snprintf(msg, sizeof(msg), "core %u: weight %u", core, n);
-		return cmd_simple(sock, json_pack("{s:s, s:I, s:I}", "cmd", "weight", "core",
-						  (json_int_t)core, "weight", (json_int_t)n),
+		return cmd_simple(sock,
+				  json_pack("{s:s, s:I, s:I}", "cmd", "weight", "core",
+					    (json_int_t)core, "weight", (json_int_t)n),
 				  NULL, false, msg);
 	}
 	if (!strcmp(cmd, "drain") || !strcmp(cmd, "undrain")) {
@@ -268,28 +272,32 @@ int main(int argc, char **argv)
 		}
 		snprintf(msg, sizeof(msg), "core %u: %s", core,
 			 cmd[0] == 'd' ? "draining" : "active");
-		return cmd_simple(sock, json_pack("{s:s, s:I}", "cmd", cmd, "core", (json_int_t)core),
+		return cmd_simple(sock,
+				  json_pack("{s:s, s:I}", "cmd", cmd, "core", (json_int_t)core),
 				  NULL, false, msg);
 	}
 	if (!strcmp(cmd, "backends")) {
 		if (!only_json_flag(argc, argv, &json))
 			return usage("backends: expected [--json]");
-		return cmd_simple(sock, json_pack("{s:s}", "cmd", "backends"), render_backends, json,
-				  NULL);
+		return cmd_simple(sock, json_pack("{s:s}", "cmd", "backends"), render_backends,
+				  json, NULL);
 	}
 	if (!strcmp(cmd, "backend")) {
 		if (argc == 2 && (!strcmp(argv[0], "enable") || !strcmp(argv[0], "disable"))) {
 			snprintf(msg, sizeof(msg), "backend %s: %sd", argv[1], argv[0]);
 			snprintf(msg + 200, 100, "backend-%s", argv[0]);
-			return cmd_simple(sock, json_pack("{s:s, s:s}", "cmd", msg + 200, "addr", argv[1]),
-					  NULL, false, msg);
+			return cmd_simple(
+				sock, json_pack("{s:s, s:s}", "cmd", msg + 200, "addr", argv[1]),
+				NULL, false, msg);
 		}
 		if (argc == 3 && !strcmp(argv[0], "weight")) {
 			if (!parse_u32(argv[2], &n))
-				return usage("backend weight: expected ADDR N (N a non-negative integer)");
+				return usage("backend weight: expected ADDR N (N a non-negative "
+					     "integer)");
 			snprintf(msg, sizeof(msg), "backend %s: weight %u", argv[1], n);
-			return cmd_simple(sock, json_pack("{s:s, s:s, s:I}", "cmd", "backend-weight",
-							  "addr", argv[1], "weight", (json_int_t)n),
+			return cmd_simple(sock,
+					  json_pack("{s:s, s:s, s:I}", "cmd", "backend-weight",
+						    "addr", argv[1], "weight", (json_int_t)n),
 					  NULL, false, msg);
 		}
 		return usage("backend: expected enable|disable ADDR, or weight ADDR N");

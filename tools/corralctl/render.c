@@ -80,7 +80,8 @@ void render_status(FILE *f, json_t *r)
 	fprintf(f, "config:   %s", str(r, "config", "?"));
 	if (json_object_get(r, "config_version"))
 		fprintf(f, " (version %.0f)", num(r, "config_version"));
-	fprintf(f, "\nsteering: %s, policy %s\n", str(steer, "mode", "?"), str(steer, "policy", "?"));
+	fprintf(f, "\nsteering: %s, policy %s\n", str(steer, "mode", "?"),
+		str(steer, "policy", "?"));
 	fprintf(f, "cores:    %zu\n", json_array_size(cores));
 	fprintf(f, "%6s %6s %-9s %6s\n", "CORE", "CPU", "STATE", "WEIGHT");
 	json_array_foreach(cores, i, c)
@@ -112,7 +113,8 @@ static void render_stats_row(FILE *f, const char *name, const char *state, json_
 	render_count(pm, sizeof(pm), num(c, "pool.misses"));
 	snprintf(pool, sizeof(pool), "%.0f/%s/%s", num(c, "pool.idle"), ph, pm);
 	fprintf(f,
-		"%-5s %-8s %6.0f %7s %7s %7s %7s %6s %6s %5s %5s %5s %5s %5s %6s %7s %7s %7s %14s %5.0f %5.1f\n",
+		"%-5s %-8s %6.0f %7s %7s %7s %7s %6s %6s %5s %5s %5s %5s %5s %6s %7s %7s %7s %14s "
+		"%5.0f %5.1f\n",
 		name, state, num(c, "conns_active"), acc, st, req, rps, in, out, r1, r2, r3, r4, r5,
 		ue, p50, p99, p999, pool, num(c, "accept_queue"), num(c, "cpu_pct"));
 }
@@ -124,11 +126,13 @@ void render_stats(FILE *f, json_t *r)
 
 	fprintf(f, "steering: %s, policy %s\n", str(steer, "mode", "?"), str(steer, "policy", "?"));
 	fprintf(f,
-		"%-5s %-8s %6s %7s %7s %7s %7s %6s %6s %5s %5s %5s %5s %5s %6s %7s %7s %7s %14s %5s %5s\n",
+		"%-5s %-8s %6s %7s %7s %7s %7s %6s %6s %5s %5s %5s %5s %5s %6s %7s %7s %7s %14s "
+		"%5s %5s\n",
 		"CORE", "STATE", "CONNS", "ACCEPT", "STEERED", "REQS", "REQ/S", "IN", "OUT", "1xx",
 		"2xx", "3xx", "4xx", "5xx", "UPERR", "P50", "P99", "P999", "POOL i/hit/miss",
 		"QUEUE", "CPU%");
-	json_array_foreach(cores, i, c) {
+	json_array_foreach(cores, i, c)
+	{
 		char name[16];
 
 		snprintf(name, sizeof(name), "%.0f", num(c, "core"));
@@ -146,7 +150,8 @@ void render_backends(FILE *f, json_t *r)
 
 	fprintf(f, "%-40s %6s %-8s %7s %9s %7s %8s\n", "ADDRESS", "WEIGHT", "STATE", "ACTIVE",
 		"REQUESTS", "ERRORS", "LATENCY");
-	json_array_foreach(arr, i, b) {
+	json_array_foreach(arr, i, b)
+	{
 		char req[16], err[16], lat[16];
 
 		render_count(req, sizeof(req), num(b, "requests"));

@@ -98,7 +98,8 @@ static void tf_put(struct top_frame *t, const char *fmt, ...)
 	n = vsnprintf(t->buf + t->len, sizeof(t->buf) - t->len, fmt, ap);
 	va_end(ap);
 	if (n > 0)
-		t->len += (size_t)n < sizeof(t->buf) - t->len ? (size_t)n : sizeof(t->buf) - t->len - 1;
+		t->len += (size_t)n < sizeof(t->buf) - t->len ? (size_t)n
+							      : sizeof(t->buf) - t->len - 1;
 }
 
 /* Ends a screen line: clear what an older, longer frame left to its right. */
@@ -172,7 +173,9 @@ static void top_draw(struct top_frame *t, json_t *r, const char *sock, const cha
 	render_count(conns, sizeof(conns), jnum(tot, "conns_active"));
 	render_us(p50, sizeof(p50), jnum(tot, "latency_us.p50"));
 	render_us(p99, sizeof(p99), jnum(tot, "latency_us.p99"));
-	tf_put(t, "steering %s/%s   cores %zu   conns %s   req/s %s   p50 %s   p99 %s   5xx %.0f   uperr %.0f",
+	tf_put(t,
+	       "steering %s/%s   cores %zu   conns %s   req/s %s   p50 %s   p99 %s   5xx %.0f   "
+	       "uperr %.0f",
 	       json_string_value(json_object_get(steer, "mode")) ?: "?",
 	       json_string_value(json_object_get(steer, "policy")) ?: "?", json_array_size(cores),
 	       conns, rps, p50, p99, jnum(tot, "responses.5xx"), jnum(tot, "upstream_errors"));
@@ -182,9 +185,8 @@ static void top_draw(struct top_frame *t, json_t *r, const char *sock, const cha
 	tf_eol(t);
 	tf_eol(t);
 
-	json_array_foreach(cores, i, c)
-		if (jnum(c, "conns_active") > max_conns)
-			max_conns = jnum(c, "conns_active");
+	json_array_foreach(cores, i, c) if (jnum(c, "conns_active") > max_conns) max_conns =
+		jnum(c, "conns_active");
 	/*
 	 * The fixed columns take 72 cells. Wide terminals get two bars (CPU, and connections
 	 * relative to the busiest core), narrow ones the CPU bar only.
@@ -198,7 +200,8 @@ static void top_draw(struct top_frame *t, json_t *r, const char *sock, const cha
 		tf_put(t, "  %-*s", bar_w + 2, "CONNS (vs busiest core)");
 	tf_put(t, "\033[0m");
 	tf_eol(t);
-	json_array_foreach(cores, i, c) {
+	json_array_foreach(cores, i, c)
+	{
 		const char *state = json_string_value(json_object_get(c, "state")) ?: "?";
 		bool draining = !strcmp(state, "draining");
 		char r_rps[16], r_conns[16], r50[16], r99[16];
@@ -209,9 +212,10 @@ static void top_draw(struct top_frame *t, json_t *r, const char *sock, const cha
 		render_count(r_conns, sizeof(r_conns), jnum(c, "conns_active"));
 		render_us(r50, sizeof(r50), jnum(c, "latency_us.p50"));
 		render_us(r99, sizeof(r99), jnum(c, "latency_us.p99"));
-		tf_put(t, "%4.0f %s%-8s\033[0m %7s %7s %7.1f %6.0f %8s %8s %5.0f  ", jnum(c, "core"),
-		       draining ? "\033[33m" : "", state, r_conns, r_rps, jnum(c, "cpu_pct"),
-		       jnum(c, "accept_queue"), r50, r99, jnum(c, "responses.5xx"));
+		tf_put(t, "%4.0f %s%-8s\033[0m %7s %7s %7.1f %6.0f %8s %8s %5.0f  ",
+		       jnum(c, "core"), draining ? "\033[33m" : "", state, r_conns, r_rps,
+		       jnum(c, "cpu_pct"), jnum(c, "accept_queue"), r50, r99,
+		       jnum(c, "responses.5xx"));
 		tf_bar(t, jnum(c, "cpu_pct") / 100.0, bar_w, true);
 		if (two_bars) {
 			tf_put(t, "  ");
@@ -269,7 +273,8 @@ int top_run(const char *sock, double interval_s)
 				fd = -1;
 			} else if (!json_is_true(json_object_get(reply, "ok"))) {
 				snprintf(err, sizeof(err), "%s",
-					 json_string_value(json_object_get(reply, "error")) ?: "error");
+					 json_string_value(json_object_get(reply, "error"))
+						 ?: "error");
 				json_decref(reply);
 				reply = NULL;
 			}
