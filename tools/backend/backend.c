@@ -1140,7 +1140,13 @@ static void *worker_main(void *arg)
 				conn_timer(c);
 				continue;
 			}
-			if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+			/*
+			 * ERR or HUP: reset, or both directions shut; nothing more can be sent,
+			 * and level-triggered HUP would spin while a delay or a full buffer waits.
+			 */
+			if (evs[i].events & (EPOLLERR | EPOLLHUP))
+				conn_close(c);
+			else if (evs[i].events & EPOLLIN)
 				conn_readable(c);
 			else if (evs[i].events & EPOLLOUT)
 				conn_run(c);
