@@ -416,6 +416,59 @@ Test(steer_kernel, cpu_local_follows_the_client_cpu)
 	steer_close(s);
 }
 
+/* More workers than CPUs: 4 workers, two per CPU (worker i on CPU i % 2). */
+Test(steer_kernel, four_workers_on_two_cpus)
+{
+	struct pinned_client pc;
+	struct config cfg;
+	struct steer *s;
+	int fds[4], hits[4], cpu, i;
+	uint16_t port;
+	pthread_t t;
+	void *rv;
+
+	need_root();
+	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+		cr_skip_test("needs two CPUs");
+	test_config(&cfg, 4, "round-robin");
+	for (i = 0; i < 4; i++)
+		cfg.cores[i] = (uint32_t)(i % 2);
+	s = open_or_die(&cfg);
+	port = group(fds, 4, "127.0.0.1", 0);
+	register_all(s, 0, fds, 4);
+	spread(fds, 4, port, 40, hits);
+	for (i = 0; i < 4; i++)
+		cr_assert_eq(hits[i], 10, "worker %d got %d of 40", i, hits[i]);
+
+	/* cpu-local: a CPU's connections go to its two workers only, and to both. */
+	cr_assert_eq(steer_set_policy(s, "cpu-local"), 0);
+	for (cpu = 0; cpu < 2; cpu++) {
+		pc = (struct pinned_client){ .cpu = cpu, .port = port, .n = 40 };
+		cr_assert_eq(pthread_create(&t, NULL, pinned_client_main, &pc), 0);
+		cr_assert_eq(pthread_join(t, &rv), 0);
+		cr_assert_null(rv);
+		memset(hits, 0, sizeof(hits));
+		for (i = 0; i < 40; i++)
+			hits[which(fds, 4)]++;
+		cr_assert_eq(hits[cpu] + hits[cpu + 2], 40, "cpu %d: %d %d %d %d", cpu, hits[0],
+			     hits[1], hits[2], hits[3]);
+		cr_assert(hits[cpu] > 0 && hits[cpu + 2] > 0, "cpu %d: %d/%d", cpu, hits[cpu],
+			  hits[cpu + 2]);
+	}
+	/* One of CPU 0's workers drained: the other takes CPU 0 alone. */
+	cr_assert_eq(steer_set_drained(s, 2, true), 0);
+	pc = (struct pinned_client){ .cpu = 0, .port = port, .n = 20 };
+	cr_assert_eq(pthread_create(&t, NULL, pinned_client_main, &pc), 0);
+	cr_assert_eq(pthread_join(t, &rv), 0);
+	memset(hits, 0, sizeof(hits));
+	for (i = 0; i < 20; i++)
+		hits[which(fds, 4)]++;
+	cr_assert_eq(hits[0], 20);
+	cr_assert_eq(steer_fallbacks(s), 0);
+	close_all(fds, 4);
+	steer_close(s);
+}
+
 Test(steer_kernel, hash_matches_the_kernel_without_a_program)
 {
 	enum { N = 3, M = 60 };
