@@ -256,6 +256,14 @@ def test_reload_applies_a_good_config_and_rejects_a_bad_one(corral, backend_fact
         assert ctl_json(p, "status")["config_version"] > v1
     assert {simple_get(p.port, "/").header("x-backend-id") for _ in range(10)} == {"a", "b"}
 
+    # Runtime changes: a disabled backend stays disabled over a reload, weights go back to the file.
+    ctl_ok(p, "backend", "disable", a.address)
+    ctl_ok(p, "backend", "weight", b.address, 7)
+    ctl_ok(p, "reload")
+    bs = ctl_json(p, "backends")["backends"]
+    assert [(x["state"], x["weight"]) for x in bs] == [("disabled", 1), ("up", 1)]
+    ctl_ok(p, "backend", "enable", a.address)
+
     with open(p.cfg_path, "w") as f:
         f.write("listen: [\"127.0.0.1:0\"]\nno_such_key: 1\n")
     line = ctl_fails(p, "reload")
