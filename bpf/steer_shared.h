@@ -5,7 +5,7 @@
 /*
  * This header is compiled twice: into bpf/steer.bpf.c (clang -target bpf) and into plain C
  * (proxy/steer.c, the unit tests). So it uses only the kernel's fixed-size types, no libc,
- * and every function is a static inline with loops bounded by a constant.
+ * and every function is a static inline whose loops run at most STEER_CORES_MAX times.
  */
 #include <linux/types.h>
 
@@ -38,7 +38,7 @@
 #define STEER_LISTEN_MAX 16 /* = CFG_LISTEN_MAX: one reuseport group per listen address */
 /* Socket array key: group * STEER_CORES_MAX + worker, so each group has a full row. */
 #define STEER_SOCKS_MAX (STEER_LISTEN_MAX * STEER_CORES_MAX)
-/* Sum of weights stays below 2^24 < STEER_WPRIME, which keeps weighted picks a permutation. */
+/* A weight is 16 bits: the sum (at most 256 * 65535 < 2^24 < STEER_WPRIME) cannot overflow. */
 #define STEER_WEIGHT_MAX 65535
 /* Bumped whenever a map layout below changes: a pinned map of another ABI is replaced. */
 #define STEER_ABI 1
@@ -104,7 +104,8 @@ struct steer_ctl {
 	__u32 cores_n;	  /* workers 0..cores_n-1 exist */
 	__u32 groups_n;	  /* listen groups 0..groups_n-1 exist */
 	__u32 generation; /* +1 on every change, for tools */
-	__u32 owner_pid;  /* the daemon that owns the pins; only it removes them */
+	__u32 owner_pid;  /* the daemon that made or adopted the pins; while it lives, no other
+			   * process adopts them (a newer one replaces them with its own) */
 	__u16 group_port[STEER_LISTEN_MAX]; /* listening port per group (host order), 0 = any */
 	/* Written by the program on every SYN: its own cache line. */
 	__u64 seq __attribute__((aligned(64)));
@@ -120,7 +121,11 @@ enum steer_fallback {
 
 /* Counters kept by the program: a per-CPU map of one element, summed by user space. */
 struct steer_stats {
-	__u64 steered[STEER_CORES_MAX]; /* connections (or migrations) sent to each worker */
+	/*
+	 * Connections (or migrations) sent to each worker. Under SYN cookies the program runs
+	 * for the SYN and again for the ACK, so a connection can count twice there.
+	 */
+	__u64 steered[STEER_CORES_MAX];
 	__u64 migrated;			/* of which: queued connections moved off a listener */
 	__u64 fallback[STEER_FB_N];
 };
