@@ -19,6 +19,7 @@
 #include <bpf/libbpf.h>
 
 #include "steer.h"
+#include "steer.skel.h"
 
 #define NL_MAX 8 /* listeners per group in these tests */
 
@@ -827,6 +828,37 @@ Test(steer_kernel, incompatible_stale_pins_are_replaced)
 	steer_close(s);
 	close_all(fds, 2);
 	cr_assert_neq(access(dir, F_OK), 0);
+}
+
+/*
+ * The verifier walks every policy's loops over up to 256 workers; the open-coded
+ * iterators keep that near 10k instructions. A change that brings it near the 1M budget
+ * (a loop the verifier starts unrolling) must show up here, not on a production kernel.
+ */
+Test(steer_kernel, verifier_cost_has_headroom)
+{
+	static char log[1 << 20];
+	struct steer_bpf *skel;
+	const char *p;
+	long insns;
+
+	need_root();
+	libbpf_set_print(quiet_libbpf);
+	skel = steer_bpf__open();
+	cr_assert_not_null(skel);
+	/* No pinning: this load must not touch any instance's pins. */
+	cr_assert_eq(bpf_map__set_pin_path(skel->maps.ctl, NULL), 0);
+	cr_assert_eq(bpf_map__set_pin_path(skel->maps.cores, NULL), 0);
+	cr_assert_eq(bpf_map__set_pin_path(skel->maps.stats, NULL), 0);
+	cr_assert_eq(bpf_map__set_pin_path(skel->maps.socks, NULL), 0);
+	bpf_program__set_log_buf(skel->progs.steer_select, log, sizeof(log));
+	bpf_program__set_log_level(skel->progs.steer_select, 4); /* statistics only */
+	cr_assert_eq(steer_bpf__load(skel), 0, "load failed:\n%.2000s", log);
+	p = strstr(log, "processed ");
+	cr_assert_not_null(p, "no statistics in the log: %.500s", log);
+	insns = strtol(p + strlen("processed "), NULL, 10);
+	cr_assert(insns > 0 && insns < 100000, "the verifier processed %ld instructions", insns);
+	steer_bpf__destroy(skel);
 }
 
 Test(steer_kernel, open_refuses_bad_configs_with_a_reason)
