@@ -623,6 +623,57 @@ Test(steer_kernel, drain_migrates_queued_connections_without_reset)
 	steer_close(s);
 }
 
+/*
+ * A listener shut down without being marked drained first (a worker exiting): the policy
+ * may pick it for a migrating connection, its slot is empty, and the kernel's hash moves
+ * the connection to a remaining listener. Nothing is lost either.
+ */
+Test(steer_kernel, undrained_shutdown_still_migrates_everything)
+{
+	enum { Q = 12 };
+	struct steer_stats st;
+	struct config cfg;
+	struct steer *s;
+	int fds[3], cli[Q], n = 0, i, c;
+	struct pollfd p[2];
+
+	need_root();
+	test_config(&cfg, 3, "round-robin");
+	s = open_or_die(&cfg);
+	group(fds, 3, "127.0.0.1", 0);
+	register_all(s, 0, fds, 3);
+	for (i = 0; i < Q; i++)
+		cli[i] = client("127.0.0.1", port_of(fds[0]), 0);
+	usleep(50000);
+	cr_assert_eq(shutdown(fds[2], SHUT_RDWR), 0); /* not drained: a plain exit */
+	p[0] = (struct pollfd){ .fd = fds[0], .events = POLLIN };
+	p[1] = (struct pollfd){ .fd = fds[1], .events = POLLIN };
+	while (n < Q && poll(p, 2, 1000) > 0) {
+		for (i = 0; i < 2; i++) {
+			if (!(p[i].revents & POLLIN))
+				continue;
+			c = accept4(fds[i], NULL, NULL, SOCK_CLOEXEC);
+			if (c >= 0) {
+				n++;
+				close(c);
+			}
+		}
+	}
+	cr_assert_eq(n, Q, "only %d of %d queued connections survived", n, Q);
+	pinned_stats(&cfg, &st);
+	/*
+	 * Q/3 were queued on the closed listener. Round-robin over 3 workers picks the closed
+	 * one for at least one of them: that one fell back to the hash, the rest were steered.
+	 */
+	cr_assert_eq(st.migrated + st.fallback[STEER_FB_SELECT], Q / 3, "migrated %llu, fell back %llu",
+		     (unsigned long long)st.migrated, (unsigned long long)st.fallback[STEER_FB_SELECT]);
+	cr_assert(st.fallback[STEER_FB_SELECT] >= 1);
+	for (i = 0; i < Q; i++)
+		close_rst(cli[i]);
+	close_all(fds, 3);
+	steer_close(s);
+}
+
 Test(steer_kernel, empty_slot_counts_a_fallback_and_never_refuses)
 {
 	struct steer_stats st;
