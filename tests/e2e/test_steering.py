@@ -208,8 +208,9 @@ def test_cpu_local_serves_each_connection_on_the_clients_cpu(corral, backend):
 # explicitly gives the port back; on undrain listen() picks a new random port, in a new
 # reuseport group, so core 0 never gets a connection again (its selections fall back).
 # Fix: bind every worker's listener to the explicit port (learn it with a probe socket).
-# strict: once fixed this XPASSes and fails, so the marker gets removed.
-CORE0_UNDRAIN_BUG = pytest.mark.xfail(strict=True, reason="worker 0 re-listens on a new port after undrain "
+# Not strict, so that the fix does not break the suite: once fixed this shows XPASS; then
+# remove the marker.
+CORE0_UNDRAIN_BUG = pytest.mark.xfail(strict=False, reason="worker 0 re-listens on a new port after undrain "
                                       "(port-0 listen address; see comment above)")
 
 
