@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <xxhash.h>
 #include "conn.h"
@@ -31,6 +32,8 @@ static void resp_process(struct worker *w, struct conn *c);
 static void exchange_connect(struct worker *w, struct conn *c);
 static void exchange_end(struct worker *w, struct conn *c);
 static void ups_close(struct worker *w, struct ups *u);
+static void req_next(struct worker *w, struct conn *c);
+static void req_discard(struct worker *w, struct conn *c);
 
 static inline uint32_t cidx(struct worker *w, struct conn *c)
 {
@@ -85,6 +88,9 @@ static void conn_timer_update(struct worker *w, struct conn *c)
 	} else if (c->rs_state == RS_CONNECT) {
 		cls = T_CONNECT;
 		ms = t->upstream_connect_ms;
+	} else if (c->rs_state == RS_NONE && c->req_state == RQ_BODY) {
+		cls = T_BODY;
+		ms = t->client_body_ms;
 	} else if (c->rs_state == RS_NONE) {
 		bool partial = c->accum.hbuf != NIL || c->in.len > 0;
 
@@ -346,15 +352,14 @@ static void conn_try_finish(struct worker *w, struct conn *c)
 /* Abortive close: cancel everything in flight, release once all completions are in. */
 static void conn_abort(struct worker *w, struct conn *c)
 {
-	if (!c->closing) {
-		c->closing = true;
-		c->lingering = false;
-		timer_clear(w, &c->t);
-		ups_abort_attached(w, c);
-		if (c->inflight) {
-			cancel_fd(w, c->fd, OP_C_CANCEL, cidx(w, c), c->gen);
-			c->inflight++;
-		}
+	c->closing = true;
+	c->lingering = false;
+	timer_clear(w, &c->t);
+	ups_abort_attached(w, c);
+	if (c->inflight && !c->cancel_sent) {
+		c->cancel_sent = true;
+		cancel_fd(w, c->fd, OP_C_CANCEL, cidx(w, c), c->gen);
+		c->inflight++;
 	}
 	conn_try_finish(w, c);
 }
@@ -366,8 +371,19 @@ static void conn_abort(struct worker *w, struct conn *c)
  */
 static void conn_close_graceful(struct worker *w, struct conn *c)
 {
+	int unread = 0;
+
 	ups_abort_attached(w, c);
+	/*
+	 * Linger only when the client may still be sending: bytes already received but not
+	 * processed, or bytes waiting in the socket. A client that is done sending gets our FIN
+	 * and the slot is freed at once.
+	 */
+	if (c->in.len == 0 && c->accum.len == 0 && c->req_state != RQ_BODY &&
+	    ioctl(c->fd, FIONREAD, &unread) == 0 && unread == 0)
+		c->eof = true;
 	if (c->eof) {
+		shutdown(c->fd, SHUT_WR);
 		conn_abort(w, c);
 		return;
 	}
@@ -506,7 +522,14 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 	c->req_head_len = (uint32_t)n;
 	http_body_init(&c->req_body, req->framing, req->content_length,
 		       cfg->limits.body_bytes_max);
-	c->req_state = req->framing == HTTP_BODY_NONE ? RQ_DONE : RQ_BODY;
+	/* Content-Length: 0 is forwarded as such, but there is no body to wait for. */
+	if (req->framing == HTTP_BODY_NONE ||
+	    (req->framing == HTTP_BODY_LENGTH && req->content_length == 0)) {
+		c->req_body.done = true;
+		c->req_state = RQ_DONE;
+	} else {
+		c->req_state = RQ_BODY;
+	}
 	return true;
 }
 
@@ -979,8 +1002,6 @@ static void resp_process(struct worker *w, struct conn *c)
 		if (c->client_minor == 0 &&
 		    (resp.framing == HTTP_BODY_CHUNKED || resp.framing == HTTP_BODY_CLOSE))
 			ka = false;
-		if (c->req_state != RQ_DONE)
-			ka = false; /* the request body is not fully read: cannot resync */
 		c->keep_alive = ka;
 		n = http_resp_serialize(&resp, p, c->client_minor, ka, c->req_is_head,
 					hbuf_addr(w, c->hbuf_resp), w->hbuf_size, &of);
@@ -1010,7 +1031,8 @@ static void resp_process(struct worker *w, struct conn *c)
 			return;
 		}
 		http_body_init(&c->resp_body, resp.framing, resp.content_length, 0);
-		if (resp.framing == HTTP_BODY_NONE) {
+		if (resp.framing == HTTP_BODY_NONE ||
+		    (resp.framing == HTTP_BODY_LENGTH && resp.content_length == 0)) {
 			c->resp_body.done = true;
 			c->rs_state = RS_DONE;
 			if (u->in.len)
@@ -1154,15 +1176,26 @@ static void exchange_end(struct worker *w, struct conn *c)
 	}
 	inbuf_release(w, &c->accum);
 	c->rs_state = RS_NONE;
-	if (!c->keep_alive || c->close_after || c->req_state != RQ_DONE || w->stopping) {
+	if (!c->keep_alive || c->close_after || w->stopping) {
 		c->req_state = RQ_HEAD;
 		conn_close_graceful(w, c);
 		return;
 	}
+	if (c->req_state == RQ_BODY) {
+		/* The response ended before the request body: read and drop the rest of it. */
+		req_discard(w, c);
+		return;
+	}
+	req_next(w, c);
+}
+
+/* Goes on with the next request on a keep-alive connection. */
+static void req_next(struct worker *w, struct conn *c)
+{
 	c->req_state = RQ_HEAD;
-	if (c->in.len)
+	if (c->in.len) {
 		req_process(w, c);
-	else {
+	} else {
 		inbuf_release(w, &c->in);
 		if (c->eof)
 			conn_abort(w, c);
@@ -1171,6 +1204,37 @@ static void exchange_end(struct worker *w, struct conn *c)
 	}
 	if (c->active && !c->closing)
 		conn_timer_update(w, c);
+}
+
+/*
+ * Reads and drops what is left of a request body whose response is already complete
+ * (NGINX's "discard body"), so that the connection can serve its next request.
+ */
+static void req_discard(struct worker *w, struct conn *c)
+{
+	size_t payload;
+	ssize_t k;
+
+	while (c->in.len && !c->req_body.done) {
+		k = http_body_decode(&c->req_body, c->in.base + c->in.off, c->in.len, &payload);
+		if (k < 0) {
+			conn_abort(w, c); /* the response is out: nothing left to answer */
+			return;
+		}
+		c->in.off += (uint32_t)k;
+		c->in.len -= (uint32_t)k;
+	}
+	if (c->req_body.done) {
+		req_next(w, c);
+		return;
+	}
+	inbuf_release(w, &c->in);
+	if (c->eof) {
+		conn_abort(w, c);
+		return;
+	}
+	c_arm_recv(w, c);
+	conn_timer_update(w, c);
 }
 
 /* --- completions ------------------------------------------------------------------------------ */
@@ -1228,7 +1292,9 @@ static void c_on_recv(struct worker *w, struct conn *c, int res, uint32_t flags)
 	c->in.len = (uint32_t)res;
 	c->in.bid = bid;
 	STAT_ADD(w->stats->bytes_in, (uint64_t)res);
-	if (c->rs_state == RS_TUNNEL || c->req_state == RQ_BODY)
+	if (c->req_state == RQ_BODY && c->rs_state == RS_NONE)
+		req_discard(w, c);
+	else if (c->rs_state == RS_TUNNEL || c->req_state == RQ_BODY)
 		req_pump(w, c);
 	else if (c->req_state == RQ_HEAD && c->rs_state == RS_NONE)
 		req_process(w, c);
