@@ -1,5 +1,6 @@
 /* Access log: formats lines (JSON or combined) into a worker's double buffer; no syscalls. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,6 +210,13 @@ size_t alog_format(char *out, enum cfg_log_format format, const struct alog_entr
 	w_json(&w, e->user_agent.p, e->user_agent.p ? e->user_agent.len : 0, ALOG_MAX_UA);
 	w_lit(&w, "\"}\n");
 	return w.len;
+}
+
+int alog_open(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+
+	return fd < 0 ? -errno : fd;
 }
 
 int alog_init(struct alog_buf *b, enum cfg_log_format format, size_t cap)

@@ -83,6 +83,13 @@ struct alog_buf {
 	char ts_clf[32]; /* "27/Nov/2026:14:45:00 +0000" */
 };
 
+/*
+ * Opens (creating it 0640 if needed) the log file for appending: O_WRONLY | O_APPEND |
+ * O_CREAT | O_CLOEXEC. Returns the fd or -errno. One fd can be shared by every worker: each
+ * write of whole lines to an O_APPEND regular file lands as one piece.
+ */
+int alog_open(const char *path);
+
 /* Allocates both halves of cap bytes (0: ALOG_BUF_BYTES_DEF; at least 2 * ALOG_LINE_MAX). */
 int alog_init(struct alog_buf *b, enum cfg_log_format format, size_t cap);
 void alog_free(struct alog_buf *b);

@@ -307,8 +307,10 @@ Test(accesslog, flush_sync_writes_everything_to_an_append_file)
 	int lines = 0;
 
 	cr_assert_geq(fd, 0);
+	cr_assert_eq(write(fd, "first\n", 6), 6);
 	close(fd);
-	fd = open(path, O_WRONLY | O_APPEND);
+	fd = alog_open(path);
+	cr_assert_geq(fd, 0);
 	cr_assert_eq(alog_init(&b, CFG_LOG_JSON, 0), 0);
 	for (int i = 0; i < 50; i++)
 		cr_assert_geq(alog_append(&b, &e), 0);
@@ -321,6 +323,8 @@ Test(accesslog, flush_sync_writes_everything_to_an_append_file)
 	unlink(path);
 	for (ssize_t i = 0; i < n; i++)
 		lines += buf[i] == '\n';
-	cr_assert_eq(lines, 50);
+	cr_assert_eq(lines, 51);
+	cr_assert_eq(memcmp(buf, "first\n{\"time\"", 13), 0, "appended after what was there");
+	cr_assert_eq(alog_open("/nonexistent-dir/x.log"), -ENOENT);
 	alog_free(&b);
 }
