@@ -174,6 +174,15 @@ cpu_ticks() {
 	echo "$total"
 }
 
+# Nanoseconds on CPU (the scheduler's exact count) of every thread of the given pids. A cross-check
+# for the tick-sampled utime+stime; it also holds softirq work done in the thread's context.
+sched_ns() {
+	local pid
+	for pid in "$@"; do
+		cat /proc/"$pid"/task/*/schedstat 2>/dev/null
+	done | awk '{s += $1} END {printf "%d\n", s}'
+}
+
 # "busy total steal" clock ticks of CPU $1 from /proc/stat.
 core_ticks() {
 	awk -v c="cpu$1" '$1 == c {
@@ -182,10 +191,10 @@ core_ticks() {
 
 # Before a measurement, waits (0.5 s steps, at most QUIET_BUDGET s over the whole run) until both
 # cores are nearly idle, so that another job on the machine does not land inside a measured window.
-QUIET_STEPS=0
+QUIET_LEFT=$QUIET_BUDGET
 wait_quiet() {
-	local pb0 pt0 lb0 lt0 pb1 pt1 lb1 lt1 x
-	while [ "$QUIET_STEPS" -lt $((QUIET_BUDGET * 2)) ]; do
+	local pb0 pt0 lb0 lt0 pb1 pt1 lb1 lt1 x start=$SECONDS
+	while [ "$QUIET_LEFT" -gt 0 ]; do
 		read -r pb0 pt0 x <<<"$(core_ticks "$PCPU")"
 		read -r lb0 lt0 x <<<"$(core_ticks "$LCPU")"
 		sleep 0.5
@@ -193,13 +202,15 @@ wait_quiet() {
 		read -r lb1 lt1 x <<<"$(core_ticks "$LCPU")"
 		if [ $(((pb1 - pb0) * 100)) -le $((QUIET_PCT * (pt1 - pt0))) ] &&
 			[ $(((lb1 - lb0) * 100)) -le $((QUIET_PCT * (lt1 - lt0))) ]; then
+			break
+		fi
+		if [ $((SECONDS - start)) -ge "$QUIET_LEFT" ]; then
+			note "the machine stayed busy: waited ${QUIET_BUDGET} s in all for quiet cores; measuring anyway"
+			QUIET_LEFT=0
 			return 0
 		fi
-		QUIET_STEPS=$((QUIET_STEPS + 1))
-		if [ "$QUIET_STEPS" -eq $((QUIET_BUDGET * 2)) ]; then
-			note "the machine stayed busy: waited ${QUIET_BUDGET} s in all for quiet cores; measuring anyway"
-		fi
 	done
+	QUIET_LEFT=$((QUIET_LEFT - (SECONDS - start)))
 	return 0
 }
 
@@ -359,6 +370,7 @@ URLFOR() { echo "http://127.0.0.1:${PORT[$1]}$REQ_PATH"; }
 # Runs one wrk measurement against proxy $1 in round $2 and appends a sample.
 measure() {
 	local p=$1 round=$2 log=$RUN/wrk-$1-$2.log before after bbefore bafter cbefore cafter wjson sample
+	local sbefore safter
 	local cb0 ct0 cs0 cb1 ct1 cs1
 	wait_quiet
 	# Unmeasured warm-up: fills the proxy's upstream pool and the caches.
@@ -368,10 +380,12 @@ measure() {
 	fi
 	cbefore=$(core_ticks "$PCPU")
 	before=$(cpu_ticks ${PIDS[$p]})
+	sbefore=$(sched_ns ${PIDS[$p]})
 	bbefore=$(cpu_ticks "$BACKEND_PID")
 	run_fg timeout $((SECS + 30)) taskset -c "$LCPU" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency \
 		-s "$HERE/wrk-report.lua" "$(URLFOR "$p")" >"$log" 2>&1 || true
 	after=$(cpu_ticks ${PIDS[$p]})
+	safter=$(sched_ns ${PIDS[$p]})
 	bafter=$(cpu_ticks "$BACKEND_PID")
 	cafter=$(core_ticks "$PCPU")
 	wjson=$(sed -n 's/^WRKJSON //p' "$log")
@@ -382,7 +396,7 @@ measure() {
 	read -r cb0 ct0 cs0 <<<"$cbefore"
 	read -r cb1 ct1 cs1 <<<"$cafter"
 	sample="{\"proxy\":\"$p\",\"round\":$round,\"cpu_ticks\":$((after - before)),"
-	sample+="\"backend_cpu_ticks\":$((bafter - bbefore)),\"clk_tck\":$CLK_TCK,"
+	sample+="\"sched_ns\":$((safter - sbefore)),\"backend_cpu_ticks\":$((bafter - bbefore)),\"clk_tck\":$CLK_TCK,"
 	sample+="\"core_busy_ticks\":$((cb1 - cb0)),\"core_total_ticks\":$((ct1 - ct0)),"
 	sample+="\"core_steal_ticks\":$((cs1 - cs0)),\"wrk\":$wjson}"
 	echo "$sample" >>"$SAMPLES"

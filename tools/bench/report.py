@@ -53,13 +53,15 @@ def main():
 		reqs = max(1, w["requests"])
 		tick_us = 1e6 / s["clk_tck"]
 		r = per.setdefault(s["proxy"], {"rps": [], "p50": [], "p99": [], "cpu": [], "bcpu": [],
-						 "busy": [], "other": [],
+						 "busy": [], "other": [], "sched": [],
 						 "errors": 0, "requests": 0})
 		r["rps"].append(w["requests"] / secs)
 		r["p50"].append(w["p50_us"])
 		r["p99"].append(w["p99_us"])
 		r["cpu"].append(s["cpu_ticks"] * tick_us / reqs)
 		r["bcpu"].append(s["backend_cpu_ticks"] * tick_us / reqs)
+		if "sched_ns" in s:
+			r["sched"].append(s["sched_ns"] / 1000.0 / reqs)
 		tot = max(1, s.get("core_total_ticks", 0))
 		r["busy"].append(100.0 * s["cpu_ticks"] / tot)
 		r["other"].append(100.0 * max(0, s.get("core_busy_ticks", 0) - s["cpu_ticks"]) / tot)
@@ -81,13 +83,16 @@ def main():
 				"p99_us": statistics.median(r["p99"]),
 				"cpu_us_per_req": round(statistics.median(r["cpu"]), 3),
 				"backend_cpu_us_per_req": round(statistics.median(r["bcpu"]), 3),
+				"sched_us_per_req": (round(statistics.median(r["sched"]), 3)
+						     if r["sched"] else None),
 				"proxy_core_busy_pct": round(statistics.median(r["busy"]), 1),
 				"proxy_core_other_pct": round(statistics.median(r["other"]), 1),
 				"errors": r["errors"],
 				"requests": r["requests"],
 				"all": {"requests_per_s": [round(x, 1) for x in r["rps"]],
 					"p50_us": r["p50"], "p99_us": r["p99"],
-					"cpu_us_per_req": [round(x, 3) for x in r["cpu"]]},
+					"cpu_us_per_req": [round(x, 3) for x in r["cpu"]],
+					"sched_us_per_req": [round(x, 3) for x in r["sched"]]},
 			})
 		if p in rss:
 			x = rss[p]
@@ -109,7 +114,7 @@ def main():
 		return round(va / vb, 3)
 
 	ratios = {}
-	for metric in ("cpu_us_per_req", "requests_per_s", "p99_us", "idle_rss_bytes_per_conn"):
+	for metric in ("cpu_us_per_req", "sched_us_per_req", "requests_per_s", "p99_us", "idle_rss_bytes_per_conn"):
 		ratios[metric] = {"corral/haproxy": ratio(metric, "corral", "haproxy"),
 				  "corral/nginx": ratio(metric, "corral", "nginx")}
 
@@ -125,7 +130,7 @@ def main():
 	      f"{meta.get('seconds', '?')} s per proxy (medians), proxy on core "
 	      f"{meta.get('proxy_cpu', '?')}, wrk+backend on core {meta.get('load_cpu', '?')}")
 	hdr = (f"{'proxy':8s} {'req/s':>7s} {'p50 us':>7s} {'p99 us':>7s} {'cpu us/req':>10s} "
-	       f"{'busy%':>5s} {'noise%':>6s} {'backend us/req':>14s} {'errors':>6s} "
+	       f"{'sched us/req':>12s} {'busy%':>5s} {'noise%':>6s} {'backend us/req':>14s} {'errors':>6s} "
 	       f"{'idle B/conn':>11s} {'RSS MiB':>7s}")
 	print(hdr)
 	print("-" * len(hdr))
@@ -133,10 +138,12 @@ def main():
 		e = res[p]
 		print(f"{p:8s} {fmt(e.get('requests_per_s'), 0):>7s} {fmt(e.get('p50_us')):>7s} "
 		      f"{fmt(e.get('p99_us')):>7s} {fmt(e.get('cpu_us_per_req'), 2):>10s} "
-		      f"{fmt(e.get('proxy_core_busy_pct'), 0):>5s} {fmt(e.get('proxy_core_other_pct'), 0):>6s} "
+		      f"{fmt(e.get('sched_us_per_req'), 2):>12s} {fmt(e.get('proxy_core_busy_pct'), 0):>5s} {fmt(e.get('proxy_core_other_pct'), 0):>6s} "
 		      f"{fmt(e.get('backend_cpu_us_per_req'), 2):>14s} {fmt(e.get('errors')):>6s} "
 		      f"{fmt(e.get('idle_rss_bytes_per_conn'), 0):>11s} {fmt(e.get('idle_rss_total_mib'), 1):>7s}")
 	print()
+	print("cpu us/req: utime+stime (tick-sampled) / requests; sched us/req: the same from the "
+	      "scheduler's exact per-thread runtime (cross-check)")
 	print("busy%: proxy CPU / proxy core's time; noise%: the rest of that core's busy time "
 	      "(other processes, softirq) - high means a disturbed run")
 	print(f"idle B/conn: (VmRSS with {meta.get('idle_conns', '?')} idle keep-alive clients - VmRSS "
@@ -170,6 +177,7 @@ def main():
 	line("p50_us", 0, False)
 	line("p99_us", 0, True)
 	line("cpu_us_per_req", 2, True)
+	line("sched_us_per_req", 2, True)
 	line("idle_rss_bytes_per_conn", 0, True)
 	line("idle_rss_bytes_per_conn_from_fresh", 0, False)
 	return 0
