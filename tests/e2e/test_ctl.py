@@ -339,7 +339,9 @@ def test_stale_socket_is_replaced_and_live_one_not_stolen(corral, backend, tmp_p
     s.close()
     first = corral([backend], admin={"socket": sock, "metrics": "127.0.0.1:0"})
     assert ctl_json(sock, "status")["pid"] == first.proc.pid
-    second = corral([backend], admin={"socket": sock, "metrics": "127.0.0.1:0"})
+    # Its own BPF pin folder, so that the two daemons share nothing but the socket path.
+    second = corral([backend], admin={"socket": sock, "metrics": "127.0.0.1:0"},
+                    instance="e2e-second-%d" % os.getpid())
     assert second.err.wait_for(r"control socket.*another process", 5 * SLOW), second.log()[-2000:]
     # The first daemon still owns the socket, also after the second one exits.
     assert ctl_json(sock, "status")["pid"] == first.proc.pid
