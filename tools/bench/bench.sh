@@ -51,10 +51,17 @@ if [ "$NOFILE" -lt $((IDLE_CONNS + 256)) ]; then
 	exit 1
 fi
 
-for tool in wrk taskset setsid timeout nginx haproxy; do
+for tool in wrk taskset setsid timeout flock curl nginx haproxy; do
 	command -v "$tool" >/dev/null || { echo "bench: $tool not found (make deps)" >&2; exit 1; }
 done
 
+mkdir -p "$OUT"
+# Two benches at once would share the cores and clobber each other's run folder.
+exec {LOCK_FD}>"$OUT/lock"
+if ! flock -n "$LOCK_FD"; then
+	echo "bench: another bench is running on $OUT" >&2
+	exit 1
+fi
 rm -rf "$RUN"
 mkdir -p "$RUN"
 SAMPLES=$RUN/samples.jsonl
