@@ -44,7 +44,8 @@ def main():
 	for r in load_jsonl(a.rss):
 		rss[r["proxy"]] = dict(r["rss"], rss_fresh_kb=r.get("rss_fresh_kb"))
 	notes = [n["note"] for n in load_jsonl(a.notes)]
-	meta = json.loads(a.meta)
+	meta = {k: int(v) if isinstance(v, str) and v.isdigit() else v
+		for k, v in json.loads(a.meta).items()}
 
 	per = {}
 	for s in samples:
