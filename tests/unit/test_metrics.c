@@ -1,4 +1,4 @@
-/* Unit tests for the Prometheus listener (proxy/metrics.c): a fake daemon, real TCP on loopback. */
+/* Unit tests for the Prometheus listener (proxy/metrics.c) and the stats helpers it reads with. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <poll.h>
@@ -369,4 +369,99 @@ Test(metrics, a_busy_port_is_an_error_with_the_address)
 	cr_assert_eq(metrics_open(&m2, &a, &fake_ops, err, sizeof(err)), -EADDRINUSE);
 	cr_assert(strstr(err, text) != NULL, "%s", err);
 	close(fd);
+}
+
+/* --- the stats helpers the metrics and the control socket are built on ----------------- */
+
+Test(stats, every_bucket_bound_maps_back_to_its_bucket)
+{
+	for (uint32_t i = 0; i < STATS_LAT_BUCKETS; i++) {
+		uint64_t lo = stats_bucket_lo(i), hi = stats_bucket_lo(i + 1);
+
+		cr_assert_eq(stats_bucket(lo), i, "lo(%u) = %llu", i, (unsigned long long)lo);
+		cr_assert_gt(hi, lo, "bounds must grow at %u", i);
+		if (i + 1 < STATS_LAT_BUCKETS)
+			cr_assert_eq(stats_bucket(hi - 1), i, "hi(%u) - 1", i);
+		/* log-linear: a bucket is at most a quarter of its lower bound wide */
+		if (i >= 4 && i + 1 < STATS_LAT_BUCKETS)
+			cr_assert_leq((hi - lo) * 4, lo, "bucket %u too wide", i);
+	}
+	cr_assert_eq(stats_bucket(0), 0);
+	cr_assert_eq(stats_bucket(UINT64_MAX), STATS_LAT_BUCKETS - 1);
+	cr_assert_eq(stats_bucket_lo(STATS_LAT_BUCKETS), UINT64_MAX);
+}
+
+Test(stats, percentiles_are_within_an_eighth_of_the_true_value)
+{
+	static const uint64_t values[] = { 1, 3, 7, 50, 999, 1000, 12345, 999999, 5000000 };
+	static struct stats_worker s;
+
+	for (size_t k = 0; k < sizeof(values) / sizeof(values[0]); k++) {
+		uint64_t v = values[k], p;
+
+		memset(&s, 0, sizeof(s));
+		for (int i = 0; i < 10; i++)
+			stats_record_latency(&s, v);
+		p = stats_percentile(s.lat_us, 0.5);
+		cr_assert(p * 8 >= v * 7 && p * 8 <= v * 9, "v %llu p50 %llu",
+			  (unsigned long long)v, (unsigned long long)p);
+		cr_assert_eq(s.lat_sum_us, 10 * v);
+		cr_assert_eq(stats_lat_count(&s), 10);
+	}
+	/* 990 fast, 10 slow: p50 and p99 fast, p999 slow */
+	memset(&s, 0, sizeof(s));
+	for (int i = 0; i < 990; i++)
+		stats_record_latency(&s, 100);
+	for (int i = 0; i < 10; i++)
+		stats_record_latency(&s, 100000);
+	cr_assert_lt(stats_percentile(s.lat_us, 0.5), 120);
+	cr_assert_lt(stats_percentile(s.lat_us, 0.99), 120);
+	cr_assert_gt(stats_percentile(s.lat_us, 0.999), 80000);
+	memset(&s, 0, sizeof(s));
+	cr_assert_eq(stats_percentile(s.lat_us, 0.99), 0, "no sample: 0");
+}
+
+Test(stats, sum_adds_every_field)
+{
+	static struct stats_worker a, b;
+
+	memset(&a, 0, sizeof(a));
+	memset(&b, 0, sizeof(b));
+	a.requests = 1;
+	a.draining = 1;
+	a.lat_us[5] = 2;
+	b.requests = 10;
+	b.cpu_ns = 7;
+	b.lat_us[5] = 3;
+	stats_sum(&a, &b);
+	cr_assert_eq(a.requests, 11);
+	cr_assert_eq(a.cpu_ns, 7);
+	cr_assert_eq(a.lat_us[5], 5);
+	cr_assert_eq(a.draining, 1);
+	stats_read(&b, &a);
+	cr_assert_eq(memcmp(&a, &b, offsetof(struct stats_worker, draining) + sizeof(uint64_t)), 0);
+}
+
+Test(stats, listen_queue_counts_connections_not_yet_accepted)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET };
+	socklen_t sl = sizeof(sin);
+	int l = socket(AF_INET, SOCK_STREAM, 0), c[3];
+
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(l, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	cr_assert_eq(listen(l, 16), 0);
+	getsockname(l, (struct sockaddr *)&sin, &sl);
+	cr_assert_eq(stats_listen_queue(l), 0);
+	for (int i = 0; i < 3; i++) {
+		c[i] = socket(AF_INET, SOCK_STREAM, 0);
+		cr_assert_eq(connect(c[i], (struct sockaddr *)&sin, sizeof(sin)), 0);
+	}
+	cr_assert_eq(stats_listen_queue(l), 3);
+	close(accept(l, NULL, NULL));
+	cr_assert_eq(stats_listen_queue(l), 2);
+	cr_assert_eq(stats_listen_queue(-1), -EBADF);
+	for (int i = 0; i < 3; i++)
+		close(c[i]);
+	close(l);
 }
