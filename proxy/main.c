@@ -92,25 +92,64 @@ static void addr_with_port(const struct cfg_addr *a, uint16_t port, char *out, s
 	}
 }
 
+/*
+ * Port 0: a throwaway socket (SO_REUSEPORT, bound, never listening) learns a kernel-chosen
+ * port, and every worker's listener binds that port explicitly. A listener that had bound
+ * port 0 itself would give the port back when drained and pick a new one on undrain.
+ */
+static int port_reserve(const struct cfg_addr *a, uint16_t *port, int *holder)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	int fd, one = 1;
+
+	fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+	    (a->ss.ss_family == AF_INET6 &&
+	     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0) ||
+	    bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 ||
+	    getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) {
+		int e = -errno;
+
+		close(fd);
+		return e;
+	}
+	*port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+					      : ((struct sockaddr_in6 *)&ss)->sin6_port);
+	*holder = fd;
+	return 0;
+}
+
 static int listeners_create(const struct config *cfg)
 {
 	char text[80];
 
 	for (uint32_t i = 0; i < cfg->listen_n; i++) {
-		uint16_t port = 0, bound = 0;
 		const struct cfg_addr *a = &cfg->listen[i];
+		uint16_t port, bound = 0;
+		int holder = -1;
 
 		port = ntohs(a->ss.ss_family == AF_INET ? ((const struct sockaddr_in *)&a->ss)->sin_port
 							: ((const struct sockaddr_in6 *)&a->ss)->sin6_port);
+		if (port == 0) {
+			int r = port_reserve(a, &port, &holder);
+
+			if (r < 0) {
+				log_err("listen %s: %s", a->text, strerror(-r));
+				return r;
+			}
+		}
 		for (uint32_t w = 0; w < cfg->cores_n; w++) {
 			int fd = listener_open(a, port, &bound);
 
 			if (fd < 0) {
 				log_err("listen %s: %s", a->text, strerror(-fd));
+				if (holder >= 0)
+					close(holder);
 				return fd;
 			}
-			/* Port 0: the first listener's kernel-chosen port is the group's port. */
-			port = bound;
 			D.listen_fds[w][i] = fd;
 			if (D.steer) {
 				int r = steer_register(D.steer, i, w, fd);
@@ -120,6 +159,8 @@ static int listeners_create(const struct config *cfg)
 						 strerror(-r));
 			}
 		}
+		if (holder >= 0)
+			close(holder);
 		D.listen_port[i] = port;
 		addr_with_port(a, port, text, sizeof(text));
 		log_info("listening on %s", text);
