@@ -115,7 +115,9 @@ $(B)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c proxy/http.c $(wildcard proxy/*.h) $(LLHTT
 fuzz: $(FUZZ_SRC:tests/fuzz/%.c=$(B)/fuzz/%)
 	@for f in $^; do n=$$(basename $$f); mkdir -p $(B)/fuzz/corpus-$$n; \
 		echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
-		$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(B)/fuzz/corpus-$$n tests/fuzz/corpus/$$n || exit 1; done
+		seeds=tests/fuzz/corpus/$$n; [ -d $$seeds ] || seeds=; \
+		$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=$(B)/fuzz/$$n- \
+			$(B)/fuzz/corpus-$$n $$seeds || exit 1; done
 
 fuzz-smoke:
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10

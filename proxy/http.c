@@ -144,30 +144,36 @@ enum hdr_kind {
 	HK_CLOSE, /* a reserved field name (RFC 9110 18.4): it would clash with Connection: close */
 };
 
+/* Length first: the data path classifies every field, often several times. */
 static const struct {
 	const char *name;
+	uint8_t len;
 	enum hdr_kind kind;
 } hdr_names[] = {
-	{ "host", HK_HOST },
-	{ "content-length", HK_CONTENT_LENGTH },
-	{ "transfer-encoding", HK_TRANSFER_ENCODING },
-	{ "connection", HK_CONNECTION },
-	{ "keep-alive", HK_KEEP_ALIVE },
-	{ "proxy-connection", HK_PROXY_CONNECTION },
-	{ "te", HK_TE },
-	{ "trailer", HK_TRAILER },
-	{ "upgrade", HK_UPGRADE },
-	{ "expect", HK_EXPECT },
-	{ "x-forwarded-for", HK_XFF },
-	{ "x-forwarded-proto", HK_XFP },
-	{ "via", HK_VIA },
-	{ "close", HK_CLOSE },
+#define HN(s, k) { s, sizeof(s) - 1, k }
+	HN("host", HK_HOST),
+	HN("content-length", HK_CONTENT_LENGTH),
+	HN("transfer-encoding", HK_TRANSFER_ENCODING),
+	HN("connection", HK_CONNECTION),
+	HN("keep-alive", HK_KEEP_ALIVE),
+	HN("proxy-connection", HK_PROXY_CONNECTION),
+	HN("te", HK_TE),
+	HN("trailer", HK_TRAILER),
+	HN("upgrade", HK_UPGRADE),
+	HN("expect", HK_EXPECT),
+	HN("x-forwarded-for", HK_XFF),
+	HN("x-forwarded-proto", HK_XFP),
+	HN("via", HK_VIA),
+	HN("close", HK_CLOSE),
+#undef HN
 };
 
 static enum hdr_kind hdr_kind(const char *name, size_t len)
 {
+	if (len < 2 || len > 17)
+		return HK_OTHER;
 	for (size_t i = 0; i < sizeof(hdr_names) / sizeof(hdr_names[0]); i++)
-		if (ieq(name, len, hdr_names[i].name))
+		if (hdr_names[i].len == len && strncasecmp(name, hdr_names[i].name, len) == 0)
 			return hdr_names[i].kind;
 	return HK_OTHER;
 }
@@ -518,6 +524,10 @@ static int fields_parse(const char *buf, size_t start, size_t end, struct http_h
 struct gate {
 	uint32_t nfields;
 	bool headers_done;
+	/* llhttp resets flags/content_length once a message completes (at once for a body-less
+	 * or Content-Length: 0 message), so the framing it decided is captured here. */
+	uint16_t flags;
+	uint64_t content_length;
 };
 
 static int gate_field_complete(llhttp_t *p)
@@ -528,7 +538,11 @@ static int gate_field_complete(llhttp_t *p)
 
 static int gate_headers_complete(llhttp_t *p)
 {
-	((struct gate *)p->data)->headers_done = true;
+	struct gate *g = p->data;
+
+	g->headers_done = true;
+	g->flags = p->flags;
+	g->content_length = p->content_length;
 	return 0;
 }
 
@@ -556,7 +570,20 @@ static int gate_run(llhttp_t *p, enum llhttp_type type, const char *buf, size_t 
 		return -1;
 	if (!g.headers_done || g.nfields != nfields)
 		return -1;
+	p->flags = g.flags;
+	p->content_length = g.content_length;
 	return 0;
+}
+
+/*
+ * Both parsers must see the same framing: chunked or not, Content-Length or not, and the
+ * same length. A disagreement here is exactly the request-smuggling case.
+ */
+static bool gate_framing_agrees(const llhttp_t *p, bool chunked, bool has_cl, uint64_t cl)
+{
+	if (!!(p->flags & F_CHUNKED) != chunked || !!(p->flags & F_CONTENT_LENGTH) != has_cl)
+		return false;
+	return !has_cl || p->content_length == cl;
 }
 
 /* Requests ------------------------------------------------------------------------------- */
@@ -790,7 +817,8 @@ int http_req_parse(struct http_req *req, const char *buf, size_t len, const stru
 	}
 
 	if (gate_run(&lp, HTTP_REQUEST, buf, (size_t)hl, req->nhdr) ||
-	    lp.method != method_id || lp.http_major != 1 || lp.http_minor != req->version_minor) {
+	    lp.method != method_id || lp.http_major != 1 || lp.http_minor != req->version_minor ||
+	    !gate_framing_agrees(&lp, nte > 0, ncl > 0, req->content_length)) {
 		ret = fail(&e, 400, "rejected by llhttp");
 		goto err;
 	}
@@ -905,7 +933,8 @@ int http_resp_parse(struct http_resp *resp, const char *buf, size_t len,
 
 	if (gate_run(&lp, HTTP_RESPONSE, buf, (size_t)hl, resp->nhdr) ||
 	    lp.status_code != resp->code || lp.http_major != 1 ||
-	    lp.http_minor != resp->version_minor) {
+	    lp.http_minor != resp->version_minor ||
+	    !gate_framing_agrees(&lp, nte > 0, ncl > 0, resp->content_length)) {
 		ret = fail(&e, 502, "rejected by llhttp");
 		goto err;
 	}
@@ -1033,6 +1062,10 @@ static bool hop_or_own(enum hdr_kind k)
 static void w_end_to_end(struct wbuf *w, const char *buf, const struct http_header *hdr,
 			 uint32_t nhdr, bool keep_upgrade, bool drop_expect)
 {
+	bool has_conn = false;
+
+	for (uint32_t i = 0; i < nhdr && !has_conn; i++)
+		has_conn = hdr_kind(span_ptr(buf, hdr[i].name), hdr[i].name.len) == HK_CONNECTION;
 	for (uint32_t i = 0; i < nhdr; i++) {
 		const char *name = span_ptr(buf, hdr[i].name);
 		enum hdr_kind k = hdr_kind(name, hdr[i].name.len);
@@ -1041,7 +1074,7 @@ static void w_end_to_end(struct wbuf *w, const char *buf, const struct http_head
 			goto copy;
 		if (hop_or_own(k) || (k == HK_EXPECT && drop_expect))
 			continue;
-		if (named_in_connection(buf, hdr, nhdr, name, hdr[i].name.len))
+		if (has_conn && named_in_connection(buf, hdr, nhdr, name, hdr[i].name.len))
 			continue;
 copy:
 		w_span(w, buf, hdr[i].name);
