@@ -150,7 +150,10 @@ static const struct {
 	uint8_t len;
 	enum hdr_kind kind;
 } hdr_names[] = {
-#define HN(s, k) { s, sizeof(s) - 1, k }
+#define HN(s, k)                                                                                   \
+	{                                                                                          \
+		s, sizeof(s) - 1, k                                                                \
+	}
 	HN("host", HK_HOST),
 	HN("content-length", HK_CONTENT_LENGTH),
 	HN("transfer-encoding", HK_TRANSFER_ENCODING),
@@ -320,7 +323,8 @@ static bool host_valid(const char *s, size_t n)
 			if (!cc_is(s[i], C_HOST))
 				return false;
 			if (s[i] == '%') {
-				if (i + 2 >= n || !cc_is(s[i + 1], C_HEX) || !cc_is(s[i + 2], C_HEX))
+				if (i + 2 >= n || !cc_is(s[i + 1], C_HEX) ||
+				    !cc_is(s[i + 2], C_HEX))
 					return false;
 				i += 2;
 			}
@@ -666,8 +670,9 @@ static int req_target(struct http_req *req, const char *buf, int method_id, size
 		return 0;
 	}
 	/* absolute-form: scheme ":" "//" authority path-abempty [ "?" query ] */
-	for (i = 0; i < n && (cc_is(t[i], C_DIGIT) || ((t[i] | 0x20) >= 'a' && (t[i] | 0x20) <= 'z') ||
-			      t[i] == '+' || t[i] == '-' || t[i] == '.');
+	for (i = 0;
+	     i < n && (cc_is(t[i], C_DIGIT) || ((t[i] | 0x20) >= 'a' && (t[i] | 0x20) <= 'z') ||
+		       t[i] == '+' || t[i] == '-' || t[i] == '.');
 	     i++)
 		;
 	if (i == n || t[i] != ':' || i == 0 || cc_is(t[0], C_DIGIT) || n - i < 3 ||
@@ -816,8 +821,8 @@ int http_req_parse(struct http_req *req, const char *buf, size_t len, const stru
 		req->framing = HTTP_BODY_LENGTH;
 	}
 
-	if (gate_run(&lp, HTTP_REQUEST, buf, (size_t)hl, req->nhdr) ||
-	    lp.method != method_id || lp.http_major != 1 || lp.http_minor != req->version_minor ||
+	if (gate_run(&lp, HTTP_REQUEST, buf, (size_t)hl, req->nhdr) || lp.method != method_id ||
+	    lp.http_major != 1 || lp.http_minor != req->version_minor ||
 	    !gate_framing_agrees(&lp, nte > 0, ncl > 0, req->content_length)) {
 		ret = fail(&e, 400, "rejected by llhttp");
 		goto err;
@@ -1076,7 +1081,7 @@ static void w_end_to_end(struct wbuf *w, const char *buf, const struct http_head
 			continue;
 		if (has_conn && named_in_connection(buf, hdr, nhdr, name, hdr[i].name.len))
 			continue;
-copy:
+	copy:
 		w_span(w, buf, hdr[i].name);
 		w_str(w, ": ");
 		w_span(w, buf, hdr[i].value);
@@ -1187,8 +1192,8 @@ int http_resp_serialize(const struct http_resp *resp, const char *buf, uint8_t c
  * and the trailer section (every trailer line and the final CRLF) are validated and dropped,
  * so their only use to a client is to make corral work: 4 KiB and 8 KiB are generous.
  */
-#define CHUNK_SIZE_DIGITS_MAX 16
-#define CHUNK_EXT_BYTES_MAX 4096
+#define CHUNK_SIZE_DIGITS_MAX	16
+#define CHUNK_EXT_BYTES_MAX	4096
 #define CHUNK_TRAILER_BYTES_MAX 8192
 
 enum chunk_state {
@@ -1461,39 +1466,72 @@ int http_chunk_header(char *out, size_t n)
 const char *http_status_text(int status)
 {
 	switch (status) {
-	case 100: return "Continue";
-	case 101: return "Switching Protocols";
-	case 103: return "Early Hints";
-	case 200: return "OK";
-	case 201: return "Created";
-	case 202: return "Accepted";
-	case 204: return "No Content";
-	case 206: return "Partial Content";
-	case 301: return "Moved Permanently";
-	case 302: return "Found";
-	case 303: return "See Other";
-	case 304: return "Not Modified";
-	case 307: return "Temporary Redirect";
-	case 308: return "Permanent Redirect";
-	case 400: return "Bad Request";
-	case 401: return "Unauthorized";
-	case 403: return "Forbidden";
-	case 404: return "Not Found";
-	case 405: return "Method Not Allowed";
-	case 408: return "Request Timeout";
-	case 411: return "Length Required";
-	case 413: return "Content Too Large";
-	case 414: return "URI Too Long";
-	case 417: return "Expectation Failed";
-	case 429: return "Too Many Requests";
-	case 431: return "Request Header Fields Too Large";
-	case 500: return "Internal Server Error";
-	case 501: return "Not Implemented";
-	case 502: return "Bad Gateway";
-	case 503: return "Service Unavailable";
-	case 504: return "Gateway Timeout";
-	case 505: return "HTTP Version Not Supported";
-	default: return "Unknown";
+	case 100:
+		return "Continue";
+	case 101:
+		return "Switching Protocols";
+	case 103:
+		return "Early Hints";
+	case 200:
+		return "OK";
+	case 201:
+		return "Created";
+	case 202:
+		return "Accepted";
+	case 204:
+		return "No Content";
+	case 206:
+		return "Partial Content";
+	case 301:
+		return "Moved Permanently";
+	case 302:
+		return "Found";
+	case 303:
+		return "See Other";
+	case 304:
+		return "Not Modified";
+	case 307:
+		return "Temporary Redirect";
+	case 308:
+		return "Permanent Redirect";
+	case 400:
+		return "Bad Request";
+	case 401:
+		return "Unauthorized";
+	case 403:
+		return "Forbidden";
+	case 404:
+		return "Not Found";
+	case 405:
+		return "Method Not Allowed";
+	case 408:
+		return "Request Timeout";
+	case 411:
+		return "Length Required";
+	case 413:
+		return "Content Too Large";
+	case 414:
+		return "URI Too Long";
+	case 417:
+		return "Expectation Failed";
+	case 429:
+		return "Too Many Requests";
+	case 431:
+		return "Request Header Fields Too Large";
+	case 500:
+		return "Internal Server Error";
+	case 501:
+		return "Not Implemented";
+	case 502:
+		return "Bad Gateway";
+	case 503:
+		return "Service Unavailable";
+	case 504:
+		return "Gateway Timeout";
+	case 505:
+		return "HTTP Version Not Supported";
+	default:
+		return "Unknown";
 	}
 }
 

@@ -21,16 +21,16 @@
  * Every invariant violation aborts, so libFuzzer records the input.
  */
 
-#define CHECK(cond)                                                                          \
-	do {                                                                                 \
-		if (!(cond)) {                                                               \
-			fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, \
-				#cond);                                                      \
-			abort();                                                             \
-		}                                                                            \
+#define CHECK(cond)                                                                                \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__,       \
+				#cond);                                                            \
+			abort();                                                                   \
+		}                                                                                  \
 	} while (0)
 
-#define NHDR 64
+#define NHDR	64
 #define OUT_CAP 65536
 
 static uint64_t rng_state;
@@ -87,9 +87,17 @@ static bool named_in_conn(const char *buf, const struct http_header *h, uint32_t
 static bool end_to_end(const char *buf, const struct http_header *h, uint32_t n, uint32_t i,
 		       bool keep_upgrade, bool drop_expect)
 {
-	static const char *const hop[] = { "host", "content-length", "transfer-encoding",
-					   "connection", "keep-alive", "proxy-connection", "te",
-					   "trailer", "x-forwarded-for", "x-forwarded-proto", "via",
+	static const char *const hop[] = { "host",
+					   "content-length",
+					   "transfer-encoding",
+					   "connection",
+					   "keep-alive",
+					   "proxy-connection",
+					   "te",
+					   "trailer",
+					   "x-forwarded-for",
+					   "x-forwarded-proto",
+					   "via",
 					   "close" };
 
 	if (name_is(buf, h[i].name, "upgrade"))
@@ -103,8 +111,9 @@ static bool end_to_end(const char *buf, const struct http_header *h, uint32_t n,
 }
 
 /* The end-to-end fields of a and b are the same, in the same order, byte for byte. */
-static void same_fields(const char *ba, const struct http_header *ha, uint32_t na, bool drop_expect_a,
-			const char *bb, const struct http_header *hb, uint32_t nb, bool keep_upgrade)
+static void same_fields(const char *ba, const struct http_header *ha, uint32_t na,
+			bool drop_expect_a, const char *bb, const struct http_header *hb,
+			uint32_t nb, bool keep_upgrade)
 {
 	uint32_t i = 0, j = 0;
 
@@ -280,8 +289,8 @@ static void fuzz_request(const uint8_t *data, size_t size, const struct http_lim
 	ret = http_req_parse(&r1, buf, size, lim);
 	CHECK(ret > 0 || ret == -EAGAIN || ret == -EPROTO);
 	if (ret == -EPROTO) {
-		CHECK(r1.status == 400 || r1.status == 413 || r1.status == 414 || r1.status == 431 ||
-		      r1.status == 501 || r1.status == 505);
+		CHECK(r1.status == 400 || r1.status == 413 || r1.status == 414 ||
+		      r1.status == 431 || r1.status == 501 || r1.status == 505);
 		CHECK(r1.reason != NULL);
 		return;
 	}
@@ -329,8 +338,8 @@ static void fuzz_request(const uint8_t *data, size_t size, const struct http_lim
 	}
 	ret2 = http_req_parse(&r2, out, (size_t)n, &big);
 	if (ret2 != n)
-		fprintf(stderr, "re-parse: %d (%s) of\n%.*s\n", ret2, r2.reason ? r2.reason : "",
-			n, out);
+		fprintf(stderr, "re-parse: %d (%s) of\n%.*s\n", ret2, r2.reason ? r2.reason : "", n,
+			out);
 	CHECK(ret2 == n);
 	CHECK(span_eq(buf, r1.method, out, r2.method));
 	CHECK(span_eq(buf, r1.target, out, r2.target));
@@ -454,8 +463,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		break;
 	case 3: {
 		/* tight limits, chosen by the flag bits: exercises 414/431/413 boundaries */
-		struct http_limits lim = { 64u + (sel >> 2) * 4u, 1u + ((sel >> 2) & 7), 8u + (sel >> 4),
-					   (sel >> 2) & 15 };
+		struct http_limits lim = { 64u + (sel >> 2) * 4u, 1u + ((sel >> 2) & 7),
+					   8u + (sel >> 4), (sel >> 2) & 15 };
 
 		fuzz_request(data, size, &lim, false);
 		break;

@@ -15,10 +15,10 @@
  * ones included, and these loops make hundreds of thousands of checks; only failures are
  * worth an event.
  */
-#define CHECK(cond, ...)                                     \
-	do {                                                 \
-		if (!(cond))                                 \
-			cr_assert_fail("!(" #cond "): " __VA_ARGS__); \
+#define CHECK(cond, ...)                                                                           \
+	do {                                                                                       \
+		if (!(cond))                                                                       \
+			cr_assert_fail("!(" #cond "): " __VA_ARGS__);                              \
 	} while (0)
 
 /* A string literal with its length, so that cases can hold NUL bytes. */
@@ -71,7 +71,10 @@ struct reject_case {
 	uint16_t status;
 };
 
-#define R(status, name, lit) { name, S(lit), status }
+#define R(status, name, lit)                                                                       \
+	{                                                                                          \
+		name, S(lit), status                                                               \
+	}
 
 static const struct reject_case rejects[] = {
 	/* bare LF / bare CR anywhere in the head */
@@ -118,7 +121,8 @@ static const struct reject_case rejects[] = {
 	R(400, "obs-text in a name", "GET / HTTP/1.1\r\nHost: a\r\nX\xff: a\r\n\r\n"),
 	/* underscore spellings of framing fields */
 	R(400, "Content_Length", "POST / HTTP/1.1\r\nHost: a\r\nContent_Length: 5\r\n\r\nhello"),
-	R(400, "transfer_encoding", "POST / HTTP/1.1\r\nHost: a\r\ntransfer_encoding: chunked\r\n\r\n"),
+	R(400, "transfer_encoding",
+	  "POST / HTTP/1.1\r\nHost: a\r\ntransfer_encoding: chunked\r\n\r\n"),
 	/* Host */
 	R(400, "missing Host in 1.1", "GET / HTTP/1.1\r\nX: a\r\n\r\n"),
 	R(400, "duplicate Host, same value", "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"),
@@ -148,7 +152,8 @@ static const struct reject_case rejects[] = {
 	R(400, "absolute-form with a single slash", "GET http:/a/x HTTP/1.1\r\nHost: a\r\n\r\n"),
 	R(400, "absolute-form, query without path", "GET http://a?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"),
 	R(400, "absolute-form without Host in 1.1", "GET http://a/x HTTP/1.1\r\n\r\n"),
-	R(501, "CONNECT authority-form", "CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n"),
+	R(501, "CONNECT authority-form",
+	  "CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n"),
 	R(501, "CONNECT origin-form", "CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n"),
 	/* request line shape and versions */
 	R(400, "HTTP/0.9 simple request", "GET /\r\n\r\n"),
@@ -205,9 +210,11 @@ static const struct reject_case rejects[] = {
 	R(400, "TE chunked twice in one field",
 	  "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"),
 	R(400, "TE in two fields",
-	  "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
+	  "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: "
+	  "chunked\r\n\r\n"),
 	R(400, "TE gzip field then chunked field",
-	  "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"),
+	  "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: "
+	  "chunked\r\n\r\n"),
 	R(400, "TE identity", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n"),
 	R(400, "TE chunked not final",
 	  "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
@@ -225,14 +232,17 @@ static const struct reject_case rejects[] = {
 	  "chunked\r\n\r\n"),
 	R(400, "TE in HTTP/1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
 	/* llhttp, the second gate, refuses a trailing HTAB in these two; RFC-valid but harmless */
-	R(400, "TE with trailing HTAB", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\t\r\n\r\n"),
-	R(400, "CL with trailing HTAB", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\t\r\n\r\nx"),
+	R(400, "TE with trailing HTAB",
+	  "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\t\r\n\r\n"),
+	R(400, "CL with trailing HTAB",
+	  "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\t\r\n\r\nx"),
 	R(501, "TE gzip then chunked",
 	  "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
 	R(501, "TE deflate then chunked",
 	  "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: deflate,chunked\r\n\r\n"),
 	/* Connection must be a token list */
-	R(400, "Connection with a parameter", "GET / HTTP/1.1\r\nHost: a\r\nConnection: close;x\r\n\r\n"),
+	R(400, "Connection with a parameter",
+	  "GET / HTTP/1.1\r\nHost: a\r\nConnection: close;x\r\n\r\n"),
 	R(400, "Connection with a slash", "GET / HTTP/1.1\r\nHost: a\r\nConnection: a/b\r\n\r\n"),
 	/* body limit (lim_std.body_bytes_max = 1 MiB) */
 	R(413, "CL one past the body limit",
@@ -285,18 +295,20 @@ struct accept_case {
 	bool keep_alive, expect, upgrade, is_head, idem;
 };
 
-#define A(name, lit, m, t, h, minor, fr, cl, ka, ex, up, hd, id) \
-	{ name, S(lit), m, t, h, minor, fr, cl, ka, ex, up, hd, id }
+#define A(name, lit, m, t, h, minor, fr, cl, ka, ex, up, hd, id)                                   \
+	{                                                                                          \
+		name, S(lit), m, t, h, minor, fr, cl, ka, ex, up, hd, id                           \
+	}
 
 static const struct accept_case accepts[] = {
 	A("plain GET", "GET /a?b=c HTTP/1.1\r\nHost: example.com\r\n\r\n", "GET", "/a?b=c",
 	  "example.com", 1, HTTP_BODY_NONE, 0, true, false, false, false, true),
 	A("HEAD", "HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", "HEAD", "/", "a", 1, HTTP_BODY_NONE, 0,
 	  true, false, false, true, true),
-	A("POST with CL", "POST /p HTTP/1.1\r\nHost: a:8080\r\nContent-Length: 5\r\n\r\nhello", "POST",
-	  "/p", "a:8080", 1, HTTP_BODY_LENGTH, 5, true, false, false, false, false),
-	A("POST with CL 0", "POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", "POST", "/p",
-	  "a", 1, HTTP_BODY_LENGTH, 0, true, false, false, false, false),
+	A("POST with CL", "POST /p HTTP/1.1\r\nHost: a:8080\r\nContent-Length: 5\r\n\r\nhello",
+	  "POST", "/p", "a:8080", 1, HTTP_BODY_LENGTH, 5, true, false, false, false, false),
+	A("POST with CL 0", "POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", "POST",
+	  "/p", "a", 1, HTTP_BODY_LENGTH, 0, true, false, false, false, false),
 	A("CL with leading zeros and OWS",
 	  "POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: \t007 \r\n\r\n", "POST", "/p", "a", 1,
 	  HTTP_BODY_LENGTH, 7, true, false, false, false, false),
@@ -306,12 +318,13 @@ static const struct accept_case accepts[] = {
 	A("PUT chunked, case-insensitive",
 	  "PUT /x HTTP/1.1\r\nHost: a\r\ntransfer-encoding: ChUnKeD\r\n\r\n", "PUT", "/x", "a", 1,
 	  HTTP_BODY_CHUNKED, 0, true, false, false, false, true),
-	A("TE with OWS", "PUT /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\t chunked  \r\n\r\n", "PUT",
-	  "/x", "a", 1, HTTP_BODY_CHUNKED, 0, true, false, false, false, true),
+	A("TE with OWS", "PUT /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\t chunked  \r\n\r\n",
+	  "PUT", "/x", "a", 1, HTTP_BODY_CHUNKED, 0, true, false, false, false, true),
 	A("Connection: close", "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "GET", "/",
 	  "a", 1, HTTP_BODY_NONE, 0, false, false, false, false, true),
-	A("close among other tokens", "GET / HTTP/1.1\r\nHost: a\r\nConnection: x, CLOSE , y\r\n\r\n",
-	  "GET", "/", "a", 1, HTTP_BODY_NONE, 0, false, false, false, false, true),
+	A("close among other tokens",
+	  "GET / HTTP/1.1\r\nHost: a\r\nConnection: x, CLOSE , y\r\n\r\n", "GET", "/", "a", 1,
+	  HTTP_BODY_NONE, 0, false, false, false, false, true),
 	A("close and keep-alive: close wins",
 	  "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n", "GET",
 	  "/", "a", 1, HTTP_BODY_NONE, 0, false, false, false, false, true),
@@ -323,14 +336,17 @@ static const struct accept_case accepts[] = {
 	  false, false, false, false, true),
 	A("HTTP/1.0 with CL", "POST / HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi", "POST", "/", "", 0,
 	  HTTP_BODY_LENGTH, 2, false, false, false, false, false),
-	A("Expect 100-continue", "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n",
-	  "PUT", "/", "a", 1, HTTP_BODY_LENGTH, 1, true, true, false, false, true),
-	A("Expect ignored in 1.0", "PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
-	  "PUT", "/", "", 0, HTTP_BODY_LENGTH, 1, false, false, false, false, true),
+	A("Expect 100-continue",
+	  "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n", "PUT",
+	  "/", "a", 1, HTTP_BODY_LENGTH, 1, true, true, false, false, true),
+	A("Expect ignored in 1.0",
+	  "PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n", "PUT", "/", "", 0,
+	  HTTP_BODY_LENGTH, 1, false, false, false, false, true),
 	A("other Expect", "GET / HTTP/1.1\r\nHost: a\r\nExpect: foo\r\n\r\n", "GET", "/", "a", 1,
 	  HTTP_BODY_NONE, 0, true, false, false, false, true),
 	A("websocket upgrade",
-	  "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+	  "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: "
+	  "websocket\r\n\r\n",
 	  "GET", "/ws", "a", 1, HTTP_BODY_NONE, 0, true, false, true, false, true),
 	A("Upgrade without the Connection token",
 	  "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n", "GET", "/", "a", 1,
@@ -345,18 +361,18 @@ static const struct accept_case accepts[] = {
 	  "GET", "/x?y", "b.example:81", 1, HTTP_BODY_NONE, 0, true, false, false, false, true),
 	A("absolute-form https, upper-case scheme", "GET HTTPS://b/ HTTP/1.1\r\nHost: b\r\n\r\n",
 	  "GET", "/", "b", 1, HTTP_BODY_NONE, 0, true, false, false, false, true),
-	A("absolute-form without a path", "GET http://b HTTP/1.1\r\nHost: b\r\n\r\n", "GET", "/", "b",
-	  1, HTTP_BODY_NONE, 0, true, false, false, false, true),
-	A("absolute-form in 1.0 without Host", "GET http://b/z HTTP/1.0\r\n\r\n", "GET", "/z", "b", 0,
-	  HTTP_BODY_NONE, 0, false, false, false, false, true),
+	A("absolute-form without a path", "GET http://b HTTP/1.1\r\nHost: b\r\n\r\n", "GET", "/",
+	  "b", 1, HTTP_BODY_NONE, 0, true, false, false, false, true),
+	A("absolute-form in 1.0 without Host", "GET http://b/z HTTP/1.0\r\n\r\n", "GET", "/z", "b",
+	  0, HTTP_BODY_NONE, 0, false, false, false, false, true),
 	A("OPTIONS asterisk", "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", "OPTIONS", "/", "a", 1,
 	  HTTP_BODY_NONE, 0, true, false, false, false, true),
 	A("IPv6 Host", "GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", "GET", "/", "[::1]:8080", 1,
 	  HTTP_BODY_NONE, 0, true, false, false, false, true),
-	A("empty Host", "GET / HTTP/1.1\r\nHost:\r\n\r\n", "GET", "/", "", 1, HTTP_BODY_NONE, 0, true,
-	  false, false, false, true),
-	A("Host with OWS and percent-encoding", "GET / HTTP/1.1\r\nHost:  a%2Db \r\n\r\n", "GET", "/",
-	  "a%2Db", 1, HTTP_BODY_NONE, 0, true, false, false, false, true),
+	A("empty Host", "GET / HTTP/1.1\r\nHost:\r\n\r\n", "GET", "/", "", 1, HTTP_BODY_NONE, 0,
+	  true, false, false, false, true),
+	A("Host with OWS and percent-encoding", "GET / HTTP/1.1\r\nHost:  a%2Db \r\n\r\n", "GET",
+	  "/", "a%2Db", 1, HTTP_BODY_NONE, 0, true, false, false, false, true),
 	A("DELETE", "DELETE /r HTTP/1.1\r\nHost: a\r\n\r\n", "DELETE", "/r", "a", 1, HTTP_BODY_NONE,
 	  0, true, false, false, false, true),
 	A("TRACE", "TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", "TRACE", "/", "a", 1, HTTP_BODY_NONE, 0,
@@ -401,13 +417,15 @@ Test(http, parses_valid_requests_into_the_documented_fields)
 		cr_expect_eq(p.r.is_idempotent, c->idem, "%s: idempotent", c->name);
 		/* every proper prefix is "need more" */
 		for (size_t n = 0; n < (size_t)ret; n++)
-			CHECK(req_parse(&p, c->s, n, &lim_std) == -EAGAIN, "%s: prefix %zu", c->name, n);
+			CHECK(req_parse(&p, c->s, n, &lim_std) == -EAGAIN, "%s: prefix %zu",
+			      c->name, n);
 	}
 }
 
 Test(http, field_spans_are_trimmed_of_ows_and_keep_order)
 {
-	static const char s[] = "GET / HTTP/1.1\r\nHost: a\r\nX-A:  one two \t\r\nx-b:\r\nX-C:3\r\n\r\n";
+	static const char s[] =
+		"GET / HTTP/1.1\r\nHost: a\r\nX-A:  one two \t\r\nx-b:\r\nX-C:3\r\n\r\n";
 	struct preq p;
 
 	cr_assert_gt(req_parse(&p, s, sizeof(s) - 1, &lim_std), 0);
@@ -419,13 +437,14 @@ Test(http, field_spans_are_trimmed_of_ows_and_keep_order)
 
 Test(http, accepts_every_method_llhttp_knows_except_connect)
 {
-	static const char *const ok[] = { "DELETE", "GET", "HEAD", "POST", "PUT", "OPTIONS",
-					   "TRACE", "COPY", "LOCK", "MKCOL", "MOVE", "PROPFIND",
-					   "PROPPATCH", "SEARCH", "UNLOCK", "BIND", "REBIND",
-					   "UNBIND", "ACL", "REPORT", "MKACTIVITY", "CHECKOUT",
-					   "MERGE", "M-SEARCH", "NOTIFY", "SUBSCRIBE",
-					   "UNSUBSCRIBE", "PATCH", "PURGE", "MKCALENDAR", "LINK",
-					   "UNLINK", "SOURCE" };
+	static const char *const ok[] = {
+		"DELETE",    "GET",	  "HEAD",	 "POST",     "PUT",    "OPTIONS",
+		"TRACE",     "COPY",	  "LOCK",	 "MKCOL",    "MOVE",   "PROPFIND",
+		"PROPPATCH", "SEARCH",	  "UNLOCK",	 "BIND",     "REBIND", "UNBIND",
+		"ACL",	     "REPORT",	  "MKACTIVITY",	 "CHECKOUT", "MERGE",  "M-SEARCH",
+		"NOTIFY",    "SUBSCRIBE", "UNSUBSCRIBE", "PATCH",    "PURGE",  "MKCALENDAR",
+		"LINK",	     "UNLINK",	  "SOURCE"
+	};
 	char buf[128];
 
 	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
@@ -439,7 +458,8 @@ Test(http, accepts_every_method_llhttp_knows_except_connect)
 
 Test(http, trailing_bytes_after_the_head_are_not_part_of_it)
 {
-	static const char s[] = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\n";
+	static const char s[] =
+		"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\n";
 	struct preq p;
 
 	cr_expect_eq(req_parse(&p, s, sizeof(s) - 1, &lim_std), (int)(strstr(s, "hello") - s));
@@ -474,7 +494,9 @@ static size_t build(char *out, size_t target_len, unsigned nfields, size_t total
 Test(http, header_bytes_limit_is_inclusive)
 {
 	static char buf[4096];
-	struct http_limits lim = { .header_bytes_max = 1000, .headers_max = 32, .uri_bytes_max = 1000 };
+	struct http_limits lim = { .header_bytes_max = 1000,
+				   .headers_max = 32,
+				   .uri_bytes_max = 1000 };
 	struct preq p;
 	size_t n;
 
@@ -497,7 +519,9 @@ Test(http, header_bytes_limit_is_inclusive)
 Test(http, header_count_limit_is_inclusive)
 {
 	static char buf[4096];
-	struct http_limits lim = { .header_bytes_max = 4096, .headers_max = 10, .uri_bytes_max = 100 };
+	struct http_limits lim = { .header_bytes_max = 4096,
+				   .headers_max = 10,
+				   .uri_bytes_max = 100 };
 	struct preq p;
 	size_t n;
 
@@ -516,7 +540,9 @@ Test(http, header_count_limit_is_inclusive)
 Test(http, header_count_is_also_bounded_by_the_callers_array)
 {
 	static char buf[4096];
-	struct http_limits lim = { .header_bytes_max = 4096, .headers_max = 100, .uri_bytes_max = 100 };
+	struct http_limits lim = { .header_bytes_max = 4096,
+				   .headers_max = 100,
+				   .uri_bytes_max = 100 };
 	struct http_header h[4];
 	struct http_req r = { .hdr = h, .hdr_cap = 4 };
 	size_t n;
@@ -533,7 +559,9 @@ Test(http, header_count_is_also_bounded_by_the_callers_array)
 Test(http, uri_limit_is_inclusive_and_answers_414)
 {
 	static char buf[4096];
-	struct http_limits lim = { .header_bytes_max = 4096, .headers_max = 10, .uri_bytes_max = 100 };
+	struct http_limits lim = { .header_bytes_max = 4096,
+				   .headers_max = 10,
+				   .uri_bytes_max = 100 };
 	struct preq p;
 	size_t n;
 
@@ -552,7 +580,9 @@ Test(http, uri_limit_is_inclusive_and_answers_414)
 Test(http, uri_over_its_limit_answers_414_even_when_the_head_is_also_too_large)
 {
 	static char buf[4096];
-	struct http_limits lim = { .header_bytes_max = 200, .headers_max = 10, .uri_bytes_max = 100 };
+	struct http_limits lim = { .header_bytes_max = 200,
+				   .headers_max = 10,
+				   .uri_bytes_max = 100 };
 	struct preq p;
 	size_t n = build(buf, 150, 0, 300);
 
@@ -566,7 +596,9 @@ Test(http, uri_over_its_limit_answers_414_even_when_the_head_is_also_too_large)
 
 Test(http, body_limit_is_inclusive_for_declared_lengths)
 {
-	struct http_limits lim = { .header_bytes_max = 4096, .headers_max = 10, .uri_bytes_max = 100,
+	struct http_limits lim = { .header_bytes_max = 4096,
+				   .headers_max = 10,
+				   .uri_bytes_max = 100,
 				   .body_bytes_max = 10 };
 	static const char at[] = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n";
 	static const char past[] = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n";
@@ -602,16 +634,17 @@ static void expect_req_serialization(const char *in, const char *want)
 
 Test(http, serializes_a_simple_get_canonically)
 {
-	expect_req_serialization("GET /a?b HTTP/1.1\r\nUser-Agent: t\r\nHost: example.com\r\nAccept: */*\r\n\r\n",
-				 "GET /a?b HTTP/1.1\r\n"
-				 "Host: example.com\r\n"
-				 "User-Agent: t\r\n"
-				 "Accept: */*\r\n"
-				 "X-Forwarded-For: 192.0.2.7\r\n"
-				 "X-Forwarded-Proto: http\r\n"
-				 "Via: 1.1 corral\r\n"
-				 "Connection: keep-alive\r\n"
-				 "\r\n");
+	expect_req_serialization(
+		"GET /a?b HTTP/1.1\r\nUser-Agent: t\r\nHost: example.com\r\nAccept: */*\r\n\r\n",
+		"GET /a?b HTTP/1.1\r\n"
+		"Host: example.com\r\n"
+		"User-Agent: t\r\n"
+		"Accept: */*\r\n"
+		"X-Forwarded-For: 192.0.2.7\r\n"
+		"X-Forwarded-Proto: http\r\n"
+		"Via: 1.1 corral\r\n"
+		"Connection: keep-alive\r\n"
+		"\r\n");
 }
 
 Test(http, serialization_drops_hop_by_hop_and_connection_named_fields)
@@ -665,20 +698,21 @@ Test(http, serialization_appends_to_forwarded_for_and_via)
 
 Test(http, serialization_never_drops_framing_or_corrals_own_fields_named_in_connection)
 {
-	expect_req_serialization("PUT /u HTTP/1.1\r\n"
-				 "Host: a\r\n"
-				 "Connection: Host, Transfer-Encoding, X-Forwarded-For, Via, X-Forwarded-Proto\r\n"
-				 "Transfer-Encoding: chunked\r\n"
-				 "X-Forwarded-For: 10.0.0.1\r\n"
-				 "\r\n",
-				 "PUT /u HTTP/1.1\r\n"
-				 "Host: a\r\n"
-				 "Transfer-Encoding: chunked\r\n"
-				 "X-Forwarded-For: 10.0.0.1, 192.0.2.7\r\n"
-				 "X-Forwarded-Proto: http\r\n"
-				 "Via: 1.1 corral\r\n"
-				 "Connection: keep-alive\r\n"
-				 "\r\n");
+	expect_req_serialization(
+		"PUT /u HTTP/1.1\r\n"
+		"Host: a\r\n"
+		"Connection: Host, Transfer-Encoding, X-Forwarded-For, Via, X-Forwarded-Proto\r\n"
+		"Transfer-Encoding: chunked\r\n"
+		"X-Forwarded-For: 10.0.0.1\r\n"
+		"\r\n",
+		"PUT /u HTTP/1.1\r\n"
+		"Host: a\r\n"
+		"Transfer-Encoding: chunked\r\n"
+		"X-Forwarded-For: 10.0.0.1, 192.0.2.7\r\n"
+		"X-Forwarded-Proto: http\r\n"
+		"Via: 1.1 corral\r\n"
+		"Connection: keep-alive\r\n"
+		"\r\n");
 }
 
 Test(http, serialization_of_absolute_form_uses_origin_form_and_the_targets_host)
@@ -775,7 +809,10 @@ struct resp_case {
 	bool keep_alive;
 };
 
-#define P(name, lit, head, code, fr, cl, ka) { name, S(lit), head, code, fr, cl, ka }
+#define P(name, lit, head, code, fr, cl, ka)                                                       \
+	{                                                                                          \
+		name, S(lit), head, code, fr, cl, ka                                               \
+	}
 
 static const struct resp_case resps[] = {
 	P("200 with CL", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", false, 200,
@@ -784,24 +821,27 @@ static const struct resp_case resps[] = {
 	  HTTP_BODY_CHUNKED, 0, true),
 	P("200 close-delimited", "HTTP/1.1 200 OK\r\nServer: x\r\n\r\nabc", false, 200,
 	  HTTP_BODY_CLOSE, 0, false),
-	P("200 with Connection: close", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-	  false, 200, HTTP_BODY_LENGTH, 0, false),
-	P("1.0 response defaults to close", "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx", false, 200,
-	  HTTP_BODY_LENGTH, 1, false),
+	P("200 with Connection: close",
+	  "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", false, 200,
+	  HTTP_BODY_LENGTH, 0, false),
+	P("1.0 response defaults to close", "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx", false,
+	  200, HTTP_BODY_LENGTH, 1, false),
 	P("1.0 response with keep-alive",
 	  "HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: keep-alive\r\n\r\nx", false, 200,
 	  HTTP_BODY_LENGTH, 1, true),
-	P("response to HEAD has no body", "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", true, 200,
-	  HTTP_BODY_NONE, 1234, true),
+	P("response to HEAD has no body", "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", true,
+	  200, HTTP_BODY_NONE, 1234, true),
 	P("chunked response to HEAD has no body",
-	  "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", true, 200, HTTP_BODY_NONE, 0, true),
+	  "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", true, 200, HTTP_BODY_NONE, 0,
+	  true),
 	P("204", "HTTP/1.1 204 No Content\r\n\r\n", false, 204, HTTP_BODY_NONE, 0, true),
 	P("304 with CL", "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", false, 304,
 	  HTTP_BODY_NONE, 10, true),
 	P("100 Continue", "HTTP/1.1 100 Continue\r\n\r\n", false, 100, HTTP_BODY_NONE, 0, true),
-	P("103 Early Hints", "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n", false,
-	  103, HTTP_BODY_NONE, 0, true),
-	P("101", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+	P("103 Early Hints", "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n",
+	  false, 103, HTTP_BODY_NONE, 0, true),
+	P("101",
+	  "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
 	  false, 101, HTTP_BODY_NONE, 0, false),
 	P("no reason phrase", "HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n", false, 200,
 	  HTTP_BODY_LENGTH, 0, true),
@@ -810,16 +850,18 @@ static const struct resp_case resps[] = {
 	P("599", "HTTP/1.1 599 Whatever\r\nContent-Length: 0\r\n\r\n", false, 599, HTTP_BODY_LENGTH,
 	  0, true),
 	/* refused: the client gets a 502 and the upstream connection is not reused */
-	P("CL with TE", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-	  false, 0, 0, 0, false),
-	P("CL with TE on HEAD", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-	  true, 0, 0, 0, false),
-	P("two CLs", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", false, 0, 0,
+	P("CL with TE",
+	  "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", false, 0, 0,
 	  0, false),
+	P("CL with TE on HEAD",
+	  "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", true, 0, 0,
+	  0, false),
+	P("two CLs", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", false, 0,
+	  0, 0, false),
 	P("bad CL", "HTTP/1.1 200 OK\r\nContent-Length: 3a\r\n\r\n", false, 0, 0, 0, false),
 	P("TE gzip", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false, 0, 0, 0, false),
-	P("TE gzip, chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false, 0,
-	  0, 0, false),
+	P("TE gzip, chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false,
+	  0, 0, 0, false),
 	P("TE in HTTP/1.0", "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, 0, 0, 0,
 	  false),
 	P("HTTP/2.0 status line", "HTTP/2.0 200 OK\r\n\r\n", false, 0, 0, 0, false),
@@ -830,10 +872,12 @@ static const struct resp_case resps[] = {
 	P("status glued to reason", "HTTP/1.1 200OK\r\n\r\n", false, 0, 0, 0, false),
 	P("control char in reason", "HTTP/1.1 200 O\x01K\r\n\r\n", false, 0, 0, 0, false),
 	P("bare LF", "HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n", false, 0, 0, 0, false),
-	P("bare CR", "HTTP/1.1 200 OK\r\nX: a\rb\r\nContent-Length: 0\r\n\r\n", false, 0, 0, 0, false),
+	P("bare CR", "HTTP/1.1 200 OK\r\nX: a\rb\r\nContent-Length: 0\r\n\r\n", false, 0, 0, 0,
+	  false),
 	P("obs-fold", "HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 0\r\n\r\n", false, 0, 0, 0,
 	  false),
-	P("space before colon", "HTTP/1.1 200 OK\r\nContent-Length : 0\r\n\r\n", false, 0, 0, 0, false),
+	P("space before colon", "HTTP/1.1 200 OK\r\nContent-Length : 0\r\n\r\n", false, 0, 0, 0,
+	  false),
 	P("NUL in a value", "HTTP/1.1 200 OK\r\nX: \0\r\nContent-Length: 0\r\n\r\n", false, 0, 0, 0,
 	  false),
 	P("garbage", "FOO\r\n\r\n", false, 0, 0, 0, false),
@@ -851,15 +895,15 @@ Test(http, parses_responses_with_framing_per_rfc9112_section_6_3)
 			cr_expect_not_null(p.r.reason, "%s", c->name);
 			continue;
 		}
-		cr_expect_eq(ret, strstr(c->s, "\r\n\r\n") + 4 - c->s, "%s: returned %d (%s)", c->name,
-			     ret, p.r.reason ? p.r.reason : "");
+		cr_expect_eq(ret, strstr(c->s, "\r\n\r\n") + 4 - c->s, "%s: returned %d (%s)",
+			     c->name, ret, p.r.reason ? p.r.reason : "");
 		cr_expect_eq(p.r.code, c->code, "%s: code", c->name);
 		cr_expect_eq(p.r.framing, c->framing, "%s: framing %d", c->name, p.r.framing);
 		cr_expect_eq(p.r.content_length, c->cl, "%s: content_length", c->name);
 		cr_expect_eq(p.r.keep_alive, c->keep_alive, "%s: keep_alive", c->name);
 		for (size_t n = 0; n < (size_t)ret; n++)
-			CHECK(resp_parse(&p, c->s, n, c->is_head) == -EAGAIN, "%s: prefix %zu", c->name,
-			      n);
+			CHECK(resp_parse(&p, c->s, n, c->is_head) == -EAGAIN, "%s: prefix %zu",
+			      c->name, n);
 	}
 }
 
@@ -918,7 +962,8 @@ Test(http, response_serialization_keeps_length_framing)
 
 Test(http, response_serialization_closes_when_asked)
 {
-	expect_resp_serialization("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", false, 1, false,
+	expect_resp_serialization("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", false, 1,
+				  false,
 				  "HTTP/1.1 404 Not Found\r\n"
 				  "Content-Length: 0\r\n"
 				  "Via: 1.1 corral\r\n"
@@ -940,13 +985,14 @@ Test(http, response_serialization_tells_http10_clients_about_keep_alive)
 
 Test(http, response_serialization_rechunks_for_http11_clients)
 {
-	expect_resp_serialization("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X\r\n\r\n",
-				  false, 1, true,
-				  "HTTP/1.1 200 OK\r\n"
-				  "Transfer-Encoding: chunked\r\n"
-				  "Via: 1.1 corral\r\n"
-				  "\r\n",
-				  HTTP_BODY_CHUNKED);
+	expect_resp_serialization(
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X\r\n\r\n", false, 1,
+		true,
+		"HTTP/1.1 200 OK\r\n"
+		"Transfer-Encoding: chunked\r\n"
+		"Via: 1.1 corral\r\n"
+		"\r\n",
+		HTTP_BODY_CHUNKED);
 	expect_resp_serialization("HTTP/1.0 200 OK\r\nX: y\r\n\r\n", false, 1, true,
 				  "HTTP/1.1 200 OK\r\n"
 				  "X: y\r\n"
@@ -958,7 +1004,8 @@ Test(http, response_serialization_rechunks_for_http11_clients)
 
 Test(http, response_serialization_is_close_delimited_for_http10_clients)
 {
-	expect_resp_serialization("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, 0, true,
+	expect_resp_serialization("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, 0,
+				  true,
 				  "HTTP/1.1 200 OK\r\n"
 				  "Via: 1.1 corral\r\n"
 				  "Connection: close\r\n"
@@ -974,20 +1021,22 @@ Test(http, response_serialization_of_head_304_204_keeps_only_meaningful_lengths)
 				  "Via: 1.1 corral\r\n"
 				  "\r\n",
 				  HTTP_BODY_NONE);
-	expect_resp_serialization("HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 10\r\n\r\n",
-				  false, 1, true,
-				  "HTTP/1.1 304 Not Modified\r\n"
-				  "ETag: \"x\"\r\n"
-				  "Content-Length: 10\r\n"
-				  "Via: 1.1 corral\r\n"
-				  "\r\n",
-				  HTTP_BODY_NONE);
+	expect_resp_serialization(
+		"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 10\r\n\r\n", false, 1,
+		true,
+		"HTTP/1.1 304 Not Modified\r\n"
+		"ETag: \"x\"\r\n"
+		"Content-Length: 10\r\n"
+		"Via: 1.1 corral\r\n"
+		"\r\n",
+		HTTP_BODY_NONE);
 	expect_resp_serialization("HTTP/1.1 204 No Content\r\n\r\n", false, 1, true,
 				  "HTTP/1.1 204 No Content\r\n"
 				  "Via: 1.1 corral\r\n"
 				  "\r\n",
 				  HTTP_BODY_NONE);
-	expect_resp_serialization("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", true, 1, true,
+	expect_resp_serialization("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", true, 1,
+				  true,
 				  "HTTP/1.1 200 OK\r\n"
 				  "Via: 1.1 corral\r\n"
 				  "\r\n",
@@ -1001,8 +1050,8 @@ Test(http, response_serialization_of_interim_and_switching_heads_has_no_framing)
 				  "Via: 1.1 corral\r\n"
 				  "\r\n",
 				  HTTP_BODY_NONE);
-	expect_resp_serialization("HTTP/1.1 103 Early Hints\r\nLink: </s>; rel=preload\r\n\r\n", false,
-				  1, true,
+	expect_resp_serialization("HTTP/1.1 103 Early Hints\r\nLink: </s>; rel=preload\r\n\r\n",
+				  false, 1, true,
 				  "HTTP/1.1 103 Early Hints\r\n"
 				  "Link: </s>; rel=preload\r\n"
 				  "Via: 1.1 corral\r\n"
@@ -1089,7 +1138,10 @@ struct chunk_case {
 	uint64_t max;
 };
 
-#define C(name, lit, ret, pay, max) { name, S(lit), ret, pay, max }
+#define C(name, lit, ret, pay, max)                                                                \
+	{                                                                                          \
+		name, S(lit), ret, pay, max                                                        \
+	}
 #define OK_ALL -1000 /* sentinel: consumes the whole input and ends */
 
 static const struct chunk_case chunks[] = {
@@ -1099,8 +1151,8 @@ static const struct chunk_case chunks[] = {
 	C("leading zeros", "0005\r\nhello\r\n0000\r\n\r\n", OK_ALL, "hello", 0),
 	C("16 hex digits", "0000000000000005\r\nhello\r\n0\r\n\r\n", OK_ALL, "hello", 0),
 	C("empty body", "0\r\n\r\n", OK_ALL, "", 0),
-	C("extensions", "5;a=b;c;d=\"x y\";e=\"q\\\"p\"\r\nhello\r\n0;last\r\n\r\n", OK_ALL, "hello",
-	  0),
+	C("extensions", "5;a=b;c;d=\"x y\";e=\"q\\\"p\"\r\nhello\r\n0;last\r\n\r\n", OK_ALL,
+	  "hello", 0),
 	C("trailers", "2\r\nhi\r\n0\r\nX-A: 1\r\nX-B:\r\nX-C: a b\r\n\r\n", OK_ALL, "hi", 0),
 	C("CRLF inside data", "4\r\n\r\n\r\n\r\n0\r\n\r\n", OK_ALL, "\r\n\r\n", 0),
 	C("NUL inside data", "3\r\na\0b\r\n0\r\n\r\n", OK_ALL, "a\0b", 0),
@@ -1153,7 +1205,8 @@ Test(http, decodes_chunked_bodies_strictly)
 			cr_expect_eq(d.ret, (ssize_t)c->n, "%s: %zd", c->name, d.ret);
 			cr_expect(!d.done, "%s: done", c->name);
 		} else {
-			cr_expect_eq(d.ret, want, "%s: returned %zd, want %zd", c->name, d.ret, want);
+			cr_expect_eq(d.ret, want, "%s: returned %zd, want %zd", c->name, d.ret,
+				     want);
 			cr_expect_eq(d.done, want > 0, "%s: done", c->name);
 		}
 		if (want >= 0)
@@ -1176,30 +1229,33 @@ Test(http, chunked_decoding_is_the_same_at_every_split)
 			cuts[0] = a;
 			decode_pieces(&part, HTTP_BODY_CHUNKED, 0, c->max, c->s, c->n, cuts, 1);
 			CHECK(part.ret == whole.ret, "%s: split at %zu: %zd vs %zd", c->name, a,
-				     part.ret, whole.ret);
+			      part.ret, whole.ret);
 			CHECK(part.done == whole.done, "%s: split at %zu", c->name, a);
 			if (whole.ret >= 0)
 				CHECK(part.npay == whole.npay &&
-						  memcmp(part.pay, whole.pay, whole.npay) == 0,
-					  "%s: split at %zu", c->name, a);
+					      memcmp(part.pay, whole.pay, whole.npay) == 0,
+				      "%s: split at %zu", c->name, a);
 			for (size_t b = a + 1; b < c->n; b++) {
 				cuts[1] = b;
-				decode_pieces(&part, HTTP_BODY_CHUNKED, 0, c->max, c->s, c->n, cuts, 2);
+				decode_pieces(&part, HTTP_BODY_CHUNKED, 0, c->max, c->s, c->n, cuts,
+					      2);
 				CHECK(part.ret == whole.ret, "%s: split at %zu,%zu", c->name, a, b);
 				if (whole.ret >= 0)
 					CHECK(part.npay == whole.npay &&
-							  memcmp(part.pay, whole.pay, whole.npay) == 0,
-						  "%s: split at %zu,%zu", c->name, a, b);
+						      memcmp(part.pay, whole.pay, whole.npay) == 0,
+					      "%s: split at %zu,%zu", c->name, a, b);
 			}
 		}
 		for (size_t k = 0; k + 1 < c->n; k++)
 			cuts[k] = k + 1;
-		decode_pieces(&part, HTTP_BODY_CHUNKED, 0, c->max, c->s, c->n, cuts, c->n ? c->n - 1 : 0);
+		decode_pieces(&part, HTTP_BODY_CHUNKED, 0, c->max, c->s, c->n, cuts,
+			      c->n ? c->n - 1 : 0);
 		CHECK(part.ret == whole.ret, "%s: byte by byte", c->name);
 		CHECK(part.done == whole.done, "%s: byte by byte", c->name);
 		if (whole.ret >= 0)
-			CHECK(part.npay == whole.npay && memcmp(part.pay, whole.pay, whole.npay) == 0,
-				  "%s: byte by byte", c->name);
+			CHECK(part.npay == whole.npay &&
+				      memcmp(part.pay, whole.pay, whole.npay) == 0,
+			      "%s: byte by byte", c->name);
 	}
 }
 
@@ -1326,13 +1382,17 @@ Test(http, chunk_header_writes_lower_case_hex)
 	static const struct {
 		size_t n;
 		const char *want;
-	} cases[] = { { 0, "0\r\n" }, { 1, "1\r\n" }, { 255, "ff\r\n" }, { 4096, "1000\r\n" },
+	} cases[] = { { 0, "0\r\n" },
+		      { 1, "1\r\n" },
+		      { 255, "ff\r\n" },
+		      { 4096, "1000\r\n" },
 		      { SIZE_MAX, "ffffffffffffffff\r\n" } };
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		int n = http_chunk_header(out, cases[i].n);
 
-		cr_expect(n == (int)strlen(cases[i].want) && memcmp(out, cases[i].want, (size_t)n) == 0,
+		cr_expect(n == (int)strlen(cases[i].want) &&
+				  memcmp(out, cases[i].want, (size_t)n) == 0,
 			  "%zu: %.*s", cases[i].n, n, out);
 	}
 }
@@ -1377,7 +1437,8 @@ Test(http, error_responses_are_complete_and_small)
 		cr_assert_gt(n, 0);
 		cr_expect_neq(strcmp(http_status_text(codes[i]), "Unknown"), 0, "%d", codes[i]);
 		/* it parses as a response whose Content-Length covers exactly the body */
-		cr_assert_gt(resp_parse(&p, out, (size_t)n, false), 0, "%d: %.*s", codes[i], n, out);
+		cr_assert_gt(resp_parse(&p, out, (size_t)n, false), 0, "%d: %.*s", codes[i], n,
+			     out);
 		cr_expect_eq(p.r.code, codes[i]);
 		cr_expect_eq(p.r.framing, HTTP_BODY_LENGTH);
 		cr_expect_eq(p.r.head_len + p.r.content_length, (uint64_t)n);
