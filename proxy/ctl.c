@@ -528,18 +528,17 @@ static void ctl_client_process(struct ctl *c, struct ctl_client *cl)
 		line_len = (size_t)(nl - cl->in);
 		if (line_len && cl->in[line_len - 1] == '\r')
 			line_len--;
-		if (line_len == 0) {
-			req = NULL;
-		} else {
-			req = json_loadb(cl->in, line_len, 0, &jerr);
-			if (!req)
-				ctl_client_reply(c, cl, ctl_error("bad JSON: %s", jerr.text));
-			else
-				ctl_client_reply(c, cl, ctl_dispatch(c, req));
-			json_decref(req);
-		}
+		req = line_len ? json_loadb(cl->in, line_len, 0, &jerr) : NULL;
+		/* Consume the line before answering: a failed reply may close (and reset) cl. */
 		cl->in_len -= (size_t)(nl + 1 - cl->in);
 		memmove(cl->in, nl + 1, cl->in_len);
+		if (line_len == 0)
+			continue;
+		if (!req)
+			ctl_client_reply(c, cl, ctl_error("bad JSON: %s", jerr.text));
+		else
+			ctl_client_reply(c, cl, ctl_dispatch(c, req));
+		json_decref(req);
 		if (cl->out && !ctl_client_flush(c, cl))
 			return;
 	}
