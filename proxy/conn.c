@@ -1,6 +1,8 @@
 /* The per-connection task: read a request, run its upstream exchange, stream the response, tear down. */
 #include <errno.h>
 #include <string.h>
+#include <strings.h>
+#include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -408,6 +410,73 @@ static void linger_recv(struct worker *w, struct conn *c, int res, int32_t bid)
 	conn_abort(w, c);
 }
 
+/* --- access log ------------------------------------------------------------------------------- */
+
+/* Finds header name (lower case) in a canonical head; the value span or an empty one. */
+static struct alog_str head_field(const char *h, size_t n, const char *name)
+{
+	size_t nl = strlen(name);
+	const char *p = memchr(h, '\n', n), *end = h + n;
+	struct alog_str r = { NULL, 0 };
+
+	while (p && p + 1 < end) {
+		const char *line = p + 1, *eol = memchr(line, '\n', (size_t)(end - line));
+
+		if (!eol || eol - line <= 1)
+			break;
+		if ((size_t)(eol - line) > nl + 1 && line[nl] == ':' &&
+		    strncasecmp(line, name, nl) == 0) {
+			const char *v = line + nl + 1;
+
+			while (v < eol && *v == ' ')
+				v++;
+			r.p = v;
+			r.len = (uint32_t)(eol - v - (eol[-1] == '\r'));
+			return r;
+		}
+		p = eol;
+	}
+	return r;
+}
+
+/* One access-log line for the exchange that just ended with status. */
+static void conn_log(struct worker *w, struct conn *c, int status)
+{
+	struct alog_entry e;
+	struct timespec ts;
+
+	if (w->alog_fd < 0)
+		return;
+	memset(&e, 0, sizeof(e));
+	clock_gettime(CLOCK_REALTIME, &ts);
+	e.time_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+	e.core = w->id;
+	e.client = c->peer_ip;
+	if (c->hbuf_req != NIL) {
+		const char *h = hbuf_addr(w, c->hbuf_req), *sp1, *sp2;
+		size_t n = c->req_head_len;
+
+		sp1 = memchr(h, ' ', n);
+		sp2 = sp1 ? memchr(sp1 + 1, ' ', n - (size_t)(sp1 + 1 - h)) : NULL;
+		if (sp1 && sp2) {
+			e.method = (struct alog_str){ h, (uint32_t)(sp1 - h) };
+			e.target = (struct alog_str){ sp1 + 1, (uint32_t)(sp2 - sp1 - 1) };
+		}
+		e.host = head_field(h, n, "host");
+		e.referer = head_field(h, n, "referer");
+		e.user_agent = head_field(h, n, "user-agent");
+		if (c->attempts)
+			e.upstream = w->d->backends[c->backend].addr;
+	}
+	e.version_minor = c->client_minor;
+	e.status = (uint16_t)status;
+	e.bytes_in = c->req_in_head_len + c->req_body.total;
+	e.bytes_out = c->x_bytes_out;
+	e.duration_us = c->req_start_ns ? (now_ns() - c->req_start_ns) / 1000 : 0;
+	if (alog_append(&w->alog, &e) == 1)
+		worker_log_flush(w);
+}
+
 /* --- errors ---------------------------------------------------------------------------------- */
 
 static void send_error(struct worker *w, struct conn *c, int status)
@@ -439,6 +508,8 @@ static void send_error(struct worker *w, struct conn *c, int status)
 	c->resp_started = true;
 	c->resp_code = (uint16_t)status;
 	count_status(w, status);
+	c->x_bytes_out += (uint64_t)n;
+	conn_log(w, c, status);
 	sendq_reset(&c->to_client);
 	sendq_add(&c->to_client, hbuf_addr(w, hb), (size_t)n);
 	c_send(w, c);
@@ -484,6 +555,8 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 
 	c->requests++;
 	c->req_start_ns = now_ns();
+	c->req_in_head_len = req->head_len;
+	c->x_bytes_out = 0;
 	STAT_ADD(w->stats->requests, 1);
 	steer_req_started(w->sc);
 	c->client_minor = req->version_minor;
@@ -1157,6 +1230,7 @@ static void exchange_end(struct worker *w, struct conn *c)
 	}
 	c->end_pending = false;
 	record_latency(w, c);
+	conn_log(w, c, c->resp_code);
 	steer_req_ended(w->sc);
 	if (u) {
 		be_active_dec(w, c->backend);
@@ -1317,6 +1391,8 @@ static void c_on_send(struct worker *w, struct conn *c, int res)
 		return;
 	}
 	STAT_ADD(w->stats->bytes_out, (uint64_t)res);
+	if (!c->pending_status && c->resp_code)
+		c->x_bytes_out += (uint64_t)res;
 	if (!sendq_advance(q, (size_t)res)) {
 		c_send(w, c);
 		return;

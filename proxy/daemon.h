@@ -58,6 +58,7 @@ struct daemon {
 	int listen_fds[CFG_CORES_MAX][CFG_LISTEN_MAX];
 	uint16_t listen_port[CFG_LISTEN_MAX];
 	uint64_t start_ms;
+	int alog_fd; /* access log, shared O_APPEND fd; -1 = off */
 	volatile int stopping;
 };
 

@@ -14,6 +14,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <urcu-qsbr.h>
+#include "accesslog.h"
 #include "admin.h"
 #include "config.h"
 #include "daemon.h"
@@ -579,6 +580,14 @@ int main(int argc, char **argv)
 	}
 	raise_nofile();
 	D.start_ms = now_ms();
+	D.alog_fd = -1;
+	if (cfg->access_log.on) {
+		D.alog_fd = alog_open(cfg->access_log.path);
+		if (D.alog_fd < 0) {
+			log_err("access log %s: %s", cfg->access_log.path, strerror(-D.alog_fd));
+			return 1;
+		}
+	}
 
 	/* CORRAL_NO_BPF=1: an operator's (and a test's) switch to run on the kernel hash. */
 	if (getenv("CORRAL_NO_BPF") && strcmp(getenv("CORRAL_NO_BPF"), "1") == 0) {
@@ -687,5 +696,7 @@ out_steer:
 	free(D.snap);
 	free(cfg);
 	close(sfd);
+	if (D.alog_fd >= 0)
+		close(D.alog_fd);
 	return rc;
 }

@@ -161,6 +161,9 @@ struct conn {
 	char chunk_hdr_c[24]; /* chunk-size line for the client direction */
 	char chunk_hdr_u[24]; /* chunk-size line for the upstream direction */
 	uint32_t linger_bytes;
+	uint64_t x_bytes_in;  /* this exchange's bytes from the client (access log) */
+	uint64_t x_bytes_out; /* this exchange's bytes to the client (access log) */
+	uint32_t req_in_head_len; /* bytes of the client's request head */
 	union {
 		struct sockaddr_in6 v6;
 		struct sockaddr_in v4;

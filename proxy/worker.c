@@ -93,6 +93,9 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	if (w->evfd < 0)
 		return -errno;
 	w->sc = steer_core(d->steer, id);
+	w->alog_fd = d->alog_fd;
+	if (w->alog_fd >= 0 && alog_init(&w->alog, cfg->access_log.format, 0) < 0)
+		return -ENOMEM;
 	return 0;
 }
 
@@ -113,6 +116,8 @@ void worker_free(struct worker *w)
 	free(w->hdr_scratch);
 	free(w->stats);
 	free(w->bstats);
+	if (w->alog_fd >= 0)
+		alog_free(&w->alog);
 	if (w->evfd >= 0)
 		close(w->evfd);
 	for (uint32_t i = 0; i < w->listen_n; i++)
@@ -343,6 +348,24 @@ static void on_control(struct worker *w)
 		apply_drain(w, drain != 0);
 }
 
+void worker_log_flush(struct worker *w)
+{
+	struct io_uring_sqe *sqe;
+	const void *data;
+	size_t len;
+
+	if (w->alog_fd < 0)
+		return;
+	len = alog_flush_begin(&w->alog, &data);
+	if (!len)
+		return;
+	sqe = worker_sqe(w);
+	/* Offset -1: the file position, i.e. the end for an O_APPEND fd. */
+	io_uring_prep_write(sqe, w->alog_fd, data, (unsigned)len, (uint64_t)-1);
+	sqe->user_data = ud_pack(OP_LOG_WRITE, 0, 0);
+	w->log_inflight = true;
+}
+
 static void on_tick(struct worker *w)
 {
 	struct timespec ts;
@@ -350,6 +373,8 @@ static void on_tick(struct worker *w)
 
 	timers_run(w);
 	ups_pool_expire(w);
+	if (w->alog_fd >= 0 && alog_pending(&w->alog))
+		worker_log_flush(w);
 	if (w->now_ms - w->last_tick_ms >= 100) {
 		uint64_t interval = (w->now_ms - w->last_tick_ms) * 1000000ULL;
 
@@ -401,12 +426,17 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 		break;
 	case OP_TICK:
 		on_tick(w);
-		if (!(w->stopping && w->conns_active == 0 && w->ups_open == 0))
+		if (!(w->stopping && w->conns_active == 0 && w->ups_open == 0 && !w->log_inflight))
 			arm_tick(w);
 		break;
 	case OP_EVENT:
 		on_control(w);
 		arm_event(w);
+		break;
+	case OP_LOG_WRITE:
+		w->log_inflight = false;
+		if (alog_flush_done(&w->alog, cqe->res) == 1)
+			worker_log_flush(w);
 		break;
 	case OP_C_RECV:
 	case OP_C_SEND:
@@ -511,10 +541,12 @@ static void *worker_main(void *arg)
 		if (io_uring_cq_has_overflow(&w->ring))
 			log_warn("worker %u: completion queue overflow", w->id);
 		w->busy_ns += now_ns() - t0;
-		if (w->stopping && w->conns_active == 0 && w->ups_open == 0)
+		if (w->stopping && w->conns_active == 0 && w->ups_open == 0 && !w->log_inflight)
 			break;
 	}
 	io_uring_queue_exit(&w->ring);
+	if (w->alog_fd >= 0)
+		alog_flush_sync(&w->alog, w->alog_fd);
 	rcu_unregister_thread();
 	return NULL;
 }

@@ -3,6 +3,7 @@
 #define CORRAL_WORKER_H
 
 #include <pthread.h>
+#include "accesslog.h"
 #include "worker-t.h"
 
 struct steer_core;
@@ -75,7 +76,15 @@ struct worker {
 	struct stats_backend *bstats; /* [CFG_BACKENDS_MAX] */
 	struct steer_core *sc;
 	uint64_t now_ms;
+
+	/* access log: this worker's buffer, the shared O_APPEND fd (-1 = off) */
+	struct alog_buf alog;
+	int alog_fd;
+	bool log_inflight;
 };
+
+/* Access log (worker.c): start a write of buffered lines if one is due. */
+void worker_log_flush(struct worker *w);
 
 /* Creates worker id's state (not its ring: that is made in its own thread). 0 or -errno. */
 int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct config *cfg);
