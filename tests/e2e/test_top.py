@@ -25,7 +25,8 @@ class Tmux:
         # Keep the pane after the command exits, to read what it left on the screen; the shell
         # itself survives Ctrl-C (trap), only corralctl gets to handle it.
         self.run("new-session", "-d", "-s", "t", "-x", str(width), "-y", str(height),
-                 "sh -c 'trap : INT; %s; echo EXIT=$?; sleep 60'" % cmd)
+                 "sh -c 'trap : INT; %s; echo EXIT=$?; stty -a | tr \" ;\" \"\\\\n\\\\n\" | "
+                 "grep -x -e echo -e icanon | tr \"\\\\n\" +; echo; sleep 60'" % cmd)
 
     def run(self, *args):
         return subprocess.run(["tmux", "-L", self.name, "-f", "/dev/null"] + list(args),
@@ -82,6 +83,8 @@ def test_top_shows_a_row_per_core_with_a_bar_and_quits_on_q(proxied, width):
         s = t.wait_for(lambda s: "EXIT=" in s)
         assert s and "EXIT=0" in s, s
         assert not rows(s), "the screen was not restored after q:\n%s" % s
+        # The terminal modes are back: echo and canonical input on again.
+        assert t.wait_for(lambda s: "icanon+echo+" in s or "echo+icanon+" in s), t.screen()
     finally:
         t.close()
 
