@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -210,6 +211,20 @@ size_t alog_format(char *out, enum cfg_log_format format, const struct alog_entr
 	w_json(&w, e->user_agent.p, e->user_agent.p ? e->user_agent.len : 0, ALOG_MAX_UA);
 	w_lit(&w, "\"}\n");
 	return w.len;
+}
+
+struct alog_str alog_req_header(const char *buf, const struct http_req *req, const char *name)
+{
+	size_t n = strlen(name);
+	uint32_t i;
+
+	for (i = 0; i < req->nhdr; i++) {
+		const struct http_header *h = &req->hdr[i];
+
+		if (h->name.len == n && !strncasecmp(buf + h->name.off, name, n))
+			return alog_span(buf, h->value);
+	}
+	return (struct alog_str){ NULL, 0 };
 }
 
 int alog_open(const char *path)

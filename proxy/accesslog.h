@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "config-t.h"
+#include "http-t.h"
 
 /*
  * One formatted line is at most this long. Long fields are cut to fixed budgets (URI 2048
@@ -39,6 +40,18 @@ struct alog_entry {
 	uint64_t duration_us;  /* request head parsed -> response end */
 	const char *upstream;  /* backend address text; NULL when corral answered itself */
 };
+
+/* A span of a parsed buffer as an alog_str (for method, target, host). */
+static inline struct alog_str alog_span(const char *buf, struct http_span s)
+{
+	return (struct alog_str){ s.len ? buf + s.off : NULL, s.len };
+}
+
+/*
+ * The value of the first header called name (case-insensitive) in a parsed request, e.g.
+ * "Referer" or "User-Agent"; an empty alog_str when absent. buf is the parsed buffer.
+ */
+struct alog_str alog_req_header(const char *buf, const struct http_req *req, const char *name);
 
 /*
  * A worker's access-log buffer: two halves. Lines are appended to the "fill" half while the

@@ -328,3 +328,26 @@ Test(accesslog, flush_sync_writes_everything_to_an_append_file)
 	cr_assert_eq(alog_open("/nonexistent-dir/x.log"), -ENOENT);
 	alog_free(&b);
 }
+
+Test(accesslog, fields_come_straight_from_a_parsed_request)
+{
+	static const char buf[] = "GET /x HTTP/1.1\r\nHost: h\r\nuser-agent: UA/1\r\n\r\n";
+	struct http_header hdr[2] = {
+		{ .name = { 17, 4 }, .value = { 23, 1 } },
+		{ .name = { 26, 10 }, .value = { 38, 4 } },
+	};
+	struct http_req req = { .method = { 0, 3 }, .target = { 4, 2 }, .nhdr = 2, .hdr = hdr };
+	struct alog_str s;
+
+	s = alog_span(buf, req.target);
+	cr_assert_eq(s.len, 2);
+	cr_assert_eq(memcmp(s.p, "/x", 2), 0);
+	s = alog_req_header(buf, &req, "User-Agent");
+	cr_assert_eq(s.len, 4);
+	cr_assert_eq(memcmp(s.p, "UA/1", 4), 0);
+	s = alog_req_header(buf, &req, "Referer");
+	cr_assert_null(s.p);
+	cr_assert_eq(s.len, 0);
+	s = alog_span(buf, (struct http_span){ 0, 0 });
+	cr_assert_null(s.p);
+}
