@@ -19,8 +19,8 @@ LLHTTP_INC := /usr/share/include/llhttp
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-unused-parameter \
             -Wmissing-prototypes -Wstrict-prototypes -Wpointer-arith -Wvla
-CFLAGS   ?= -O2 -g
-CFLAGS   += -std=gnu11 -pthread -D_GNU_SOURCE -fno-strict-aliasing $(WARN) $(SAN) \
+OPT      ?= -O2 -g
+CFLAGS   := $(OPT) -std=gnu11 -pthread -D_GNU_SOURCE -fno-strict-aliasing $(WARN) $(SAN) \
             -Iproxy -Ibpf -I$(B)/bpf -I$(LLHTTP_INC) -MMD -MP
 LDFLAGS  += -pthread $(SAN)
 LIBS     := -luring -lbpf -lelf -lz -lyaml -ljansson -lurcu-qsbr -lxxhash -lm
@@ -41,6 +41,7 @@ LLHTTP_LIB  := $(B)/libllhttp.a
 
 BINS := $(B)/corral $(B)/corral-backend $(if $(CTL_SRC),$(B)/corralctl)
 
+.SECONDARY: $(BPF_OBJ) $(BPF_SKEL)
 .PHONY: all deps run test unit e2e asan bench fuzz fuzz-smoke fmt lint clean
 .DEFAULT_GOAL := all
 
@@ -98,12 +99,11 @@ test: deps
 	$(MAKE) e2e
 
 # The same tests, built with AddressSanitizer + UBSan into build/asan.
+ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 asan: deps
-	$(MAKE) B=build/asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-		CFLAGS="-O1 -g" all
+	$(MAKE) B=build/asan SAN="$(ASAN_FLAGS)" OPT="-O1 -g" all
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-		$(MAKE) B=build/asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-		CFLAGS="-O1 -g" unit e2e
+		$(MAKE) B=build/asan SAN="$(ASAN_FLAGS)" OPT="-O1 -g" unit e2e
 
 # --- fuzzing (clang libFuzzer) ----------------------------------------------------
 FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE -Iproxy -Ibpf -I$(LLHTTP_INC)

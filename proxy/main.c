@@ -614,7 +614,7 @@ int main(int argc, char **argv)
 	D.workers_n = cfg->cores_n;
 	D.workers = calloc(D.workers_n, sizeof(*D.workers));
 	for (uint32_t i = 0; i < D.workers_n; i++) {
-		D.workers[i] = aligned_alloc(64, sizeof(struct worker));
+		D.workers[i] = aligned_alloc(64, (sizeof(struct worker) + 63) & ~(size_t)63);
 		r = D.workers[i] ? worker_init(D.workers[i], &D, i, cfg) : -ENOMEM;
 		if (r < 0) {
 			log_err("worker %u: init: %s", i, strerror(-r));
