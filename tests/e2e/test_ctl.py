@@ -135,10 +135,13 @@ def test_stats_table_has_a_row_per_core_and_a_total(proxied):
         simple_get(proxied.port, "/")
     out = ctl_ok(proxied, "stats")
     rows = [ln.split() for ln in out.splitlines()]
-    assert any(r[:2] == ["CORE", "STATE"] for r in rows)
-    assert [r[0] for r in rows if r and r[0] in ("0", "1")] == ["0", "1"]
-    total = [r for r in rows if r and r[0] == "total"]
-    assert len(total) == 1
+    # Two tables (traffic, then responses and latency), each a row per core and a total row.
+    assert [r[:3] for r in rows if r and r[0] == "CORE"] == [["CORE", "STATE", "CONNS"],
+                                                          ["CORE", "1xx", "2xx"]]
+    assert [r[0] for r in rows if r and r[0] in ("0", "1", "total")] == ["0", "1", "total"] * 2
+    assert all(len(ln) <= 100 for ln in out.splitlines()), "stats must fit a normal terminal"
+    traffic = {r[0]: r for r in rows if r and r[0] in ("0", "1") and r[1] == "active"}
+    assert sum(int(traffic[c][6]) for c in ("0", "1")) == 5  # the REQS column
     assert "imbalance" in out
 
 

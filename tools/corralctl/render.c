@@ -89,10 +89,10 @@ void render_status(FILE *f, json_t *r)
 			str(c, "state", "?"), num(c, "weight"));
 }
 
-static void render_stats_row(FILE *f, const char *name, const char *state, json_t *c)
+/* Connections, traffic and CPU of one core (or of the total). */
+static void render_traffic_row(FILE *f, const char *name, const char *state, json_t *c)
 {
-	char acc[16], st[16], req[16], rps[16], in[16], out[16], r1[16], r2[16], r3[16], r4[16],
-		r5[16], ue[16], p50[16], p99[16], p999[16], pool[40], ph[16], pm[16];
+	char acc[16], st[16], req[16], rps[16], in[16], out[16];
 
 	render_count(acc, sizeof(acc), num(c, "conns_accepted"));
 	render_count(st, sizeof(st), num(c, "steered"));
@@ -100,11 +100,20 @@ static void render_stats_row(FILE *f, const char *name, const char *state, json_
 	render_count(rps, sizeof(rps), num(c, "rps"));
 	render_bytes(in, sizeof(in), num(c, "bytes_in"));
 	render_bytes(out, sizeof(out), num(c, "bytes_out"));
-	render_count(r1, sizeof(r1), num(c, "responses.1xx"));
-	render_count(r2, sizeof(r2), num(c, "responses.2xx"));
-	render_count(r3, sizeof(r3), num(c, "responses.3xx"));
-	render_count(r4, sizeof(r4), num(c, "responses.4xx"));
-	render_count(r5, sizeof(r5), num(c, "responses.5xx"));
+	fprintf(f, "%-5s %-8s %6.0f %8s %8s %5.0f %8s %7s %7s %7s %6.1f\n", name, state,
+		num(c, "conns_active"), acc, st, num(c, "accept_queue"), req, rps, in, out,
+		num(c, "cpu_pct"));
+}
+
+/* Responses, upstream errors, latency and the upstream pool of one core (or the total). */
+static void render_results_row(FILE *f, const char *name, json_t *c)
+{
+	char r[5][16], ue[16], p50[16], p99[16], p999[16], pool[48], ph[16], pm[16];
+	static const char *const cls[5] = { "responses.1xx", "responses.2xx", "responses.3xx",
+					    "responses.4xx", "responses.5xx" };
+
+	for (int i = 0; i < 5; i++)
+		render_count(r[i], sizeof(r[i]), num(c, cls[i]));
 	render_count(ue, sizeof(ue), num(c, "upstream_errors"));
 	render_us(p50, sizeof(p50), num(c, "latency_us.p50"));
 	render_us(p99, sizeof(p99), num(c, "latency_us.p99"));
@@ -112,34 +121,43 @@ static void render_stats_row(FILE *f, const char *name, const char *state, json_
 	render_count(ph, sizeof(ph), num(c, "pool.hits"));
 	render_count(pm, sizeof(pm), num(c, "pool.misses"));
 	snprintf(pool, sizeof(pool), "%.0f/%s/%s", num(c, "pool.idle"), ph, pm);
-	fprintf(f,
-		"%-5s %-8s %6.0f %7s %7s %7s %7s %6s %6s %5s %5s %5s %5s %5s %6s %7s %7s %7s %14s "
-		"%5.0f %5.1f\n",
-		name, state, num(c, "conns_active"), acc, st, req, rps, in, out, r1, r2, r3, r4, r5,
-		ue, p50, p99, p999, pool, num(c, "accept_queue"), num(c, "cpu_pct"));
+	fprintf(f, "%-5s %6s %6s %6s %6s %6s %6s %8s %8s %8s %14s\n", name, r[0], r[1], r[2], r[3],
+		r[4], ue, p50, p99, p999, pool);
 }
 
+/*
+ * Two tables of about 80 columns rather than one of 170, each with a row per core and a
+ * total row: connections and traffic, then responses and latency.
+ */
 void render_stats(FILE *f, json_t *r)
 {
 	json_t *steer = json_object_get(r, "steering"), *cores = json_object_get(r, "cores"), *c;
+	json_t *tot = json_object_get(r, "total");
 	size_t i;
 
-	fprintf(f, "steering: %s, policy %s\n", str(steer, "mode", "?"), str(steer, "policy", "?"));
-	fprintf(f,
-		"%-5s %-8s %6s %7s %7s %7s %7s %6s %6s %5s %5s %5s %5s %5s %6s %7s %7s %7s %14s "
-		"%5s %5s\n",
-		"CORE", "STATE", "CONNS", "ACCEPT", "STEERED", "REQS", "REQ/S", "IN", "OUT", "1xx",
-		"2xx", "3xx", "4xx", "5xx", "UPERR", "P50", "P99", "P999", "POOL i/hit/miss",
-		"QUEUE", "CPU%");
+	fprintf(f, "steering: %s, policy %s\n\n", str(steer, "mode", "?"),
+		str(steer, "policy", "?"));
+	fprintf(f, "%-5s %-8s %6s %8s %8s %5s %8s %7s %7s %7s %6s\n", "CORE", "STATE", "CONNS",
+		"ACCEPTED", "STEERED", "QUEUE", "REQS", "REQ/S", "IN", "OUT", "CPU%");
 	json_array_foreach(cores, i, c)
 	{
 		char name[16];
 
 		snprintf(name, sizeof(name), "%.0f", num(c, "core"));
-		render_stats_row(f, name, str(c, "state", "?"), c);
+		render_traffic_row(f, name, str(c, "state", "?"), c);
 	}
-	render_stats_row(f, "total", "", json_object_get(r, "total"));
-	fprintf(f, "imbalance (max/mean over active cores): conns %.2f, cpu %.2f\n",
+	render_traffic_row(f, "total", "", tot);
+	fprintf(f, "\n%-5s %6s %6s %6s %6s %6s %6s %8s %8s %8s %14s\n", "CORE", "1xx", "2xx", "3xx",
+		"4xx", "5xx", "UPERR", "P50", "P99", "P999", "POOL idle/h/m");
+	json_array_foreach(cores, i, c)
+	{
+		char name[16];
+
+		snprintf(name, sizeof(name), "%.0f", num(c, "core"));
+		render_results_row(f, name, c);
+	}
+	render_results_row(f, "total", tot);
+	fprintf(f, "\nimbalance (max/mean over active cores): conns %.2f, cpu %.2f\n",
 		num(r, "imbalance.conns"), num(r, "imbalance.cpu"));
 }
 
