@@ -60,6 +60,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Remembers each phase's outcome on the item, so fixtures can dump logs when the test failed."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
 class DeadlineExceeded(Exception):
     """A test ran past its wall-clock deadline."""
 
@@ -334,7 +342,7 @@ http {{
 
 
 @pytest.fixture
-def corral(tmp_path):
+def corral(tmp_path, request):
     """Factory: corral(backends, timeouts={..}, limits={..}, workers={..}, **other_top_level_keys) -> Proxy.
 
     backends: list of "ip:port" strings or Backend objects. The proxy is stopped on teardown with
@@ -364,9 +372,13 @@ def corral(tmp_path):
 
     yield start
     errors = []
+    rep = getattr(request.node, "rep_call", None)
     for p in started:
         if p.proc is None:
             continue
+        if rep is not None and rep.failed:
+            # Shown in the failure report (captured stdout of the teardown).
+            print("---- %s log (%s) ----\n%s" % (p.kind, p.cfg_path, p.log()[-6000:]))
         try:
             p.check_exit()
         except AssertionError as e:
