@@ -560,10 +560,12 @@ int main(int argc, char **argv)
 	err[0] = 0;
 	if (config_load(cfg, config_path, err, sizeof(err)) < 0) {
 		fprintf(stderr, "corral: %s\n", err);
+		free(cfg);
 		return 1;
 	}
 	if (check) {
 		printf("corral: %s: configuration OK\n", config_path);
+		free(cfg);
 		return 0;
 	}
 
