@@ -1,0 +1,1082 @@
+"""Issue 5, HTTP hardening: table-driven end-to-end cases (framing, head syntax, hop-by-hop, pipelining,
+Expect/Upgrade, slow and abusive clients, upstream faults, retries, half-close) against the real corral
+with the recording fake backend (tests/e2e/recorder.py), which checks the exact bytes forwarded.
+tests/e2e/differential.py runs the raw request tables below through NGINX and HAProxy as well."""
+import os
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import SLOW  # noqa: E402
+from recorder import OK, Recorder, default_handler  # noqa: E402
+from util import Client, Closed, ProtocolError, dead_address, rss_bytes  # noqa: E402
+
+pytestmark = pytest.mark.corral_only
+
+# Small timeouts keep every case well under a second or two.
+TIMEOUTS = {
+    "client_header_ms": 800,
+    "client_idle_ms": 5000,
+    "client_body_ms": 600,
+    "upstream_connect_ms": 300,
+    "upstream_response_ms": 700,
+    "upstream_idle_ms": 5000,
+    "tunnel_idle_ms": 1000,  # the config's minimum
+    "shutdown_grace_ms": 1000,
+}
+
+
+def _merge(base, over):
+    out = dict(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+@pytest.fixture
+def hard(corral):
+    """Factory: hard(handler=..., on_accept=..., timeouts={..}, limits={..}) -> (proxy, recorder).
+    One worker, so that a client connection and the upstream pool it uses are on the same core."""
+    recs = []
+
+    def start(handler=default_handler, on_accept=None, **over):
+        rec = Recorder(handler, on_accept)
+        recs.append(rec)
+        cfg = _merge({"workers": {"cores": [0]}, "timeouts": TIMEOUTS}, over)
+        return corral([rec.address], **cfg), rec
+
+    yield start
+    for r in recs:
+        r.close()
+    errors = [e for r in recs for e in r.errors if "timed out" not in e]
+    assert not errors, "recorder handler errors: %r" % errors
+
+
+def send_read(port, wire, method="GET", timeout=3.0):
+    """Sends raw bytes on a new connection and reads one response strictly; (client, response)."""
+    c = Client(port, timeout=timeout * SLOW)
+    c.send(wire)
+    return c, c.read_response(method)
+
+
+def no_request_forwarded(p, rec, complete_only=False):
+    """Nothing of the rejected request reached the backend. A canary request on a fresh connection
+    through the same (single) worker flushes anything the proxy might still have been sending."""
+    before = len(rec.conns)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        r = c.request("GET", "/__canary")
+        assert r.status == 200, r
+    rec.settle(quiet=0.03, timeout=0.5)
+    reqs = [q for q in rec.requests if q.target != "/__canary"]
+    assert reqs == [], "forwarded: %r" % [q.raw for q in reqs]
+    if not complete_only:
+        leaked = [bytes(c.data) for c in rec.conns[:before] if c.data]
+        leaked += [bytes(c.data) for c in rec.conns[before:] if b"/__canary" not in bytes(c.data)]
+        assert not leaked, "bytes reached the backend: %r" % leaked
+
+
+# --- the raw request tables -------------------------------------------------------------------------
+
+H = b"Host: e2e.test\r\n"
+
+
+def req(line, *hdrs, body=b"", host=True):
+    out = line + b"\r\n" + (H if host else b"")
+    for h in hdrs:
+        out += h + b"\r\n"
+    return out + b"\r\n" + body
+
+
+def post_chunked(body, *hdrs):
+    return req(b"POST /up HTTP/1.1", b"Transfer-Encoding: chunked", *hdrs, body=body)
+
+
+class Case:
+    """A raw request case. status: the statuses the RFC (and the issue) allow. forwarded: "none" (no byte
+    of it may reach the backend), "incomplete" (the head may have been streamed but never a complete
+    request), or a check(req) on the one request the backend must receive."""
+
+    def __init__(self, cid, cls, wire, status, forwarded="none", why="", xfail=None):
+        self.id, self.cls, self.wire, self.status = cid, cls, wire, status
+        self.forwarded, self.why, self.xfail = forwarded, why, xfail
+
+    @property
+    def method(self):
+        return self.wire.split(b" ", 1)[0].decode("latin-1")
+
+
+B400 = {400}
+CODINGS = {400, 501}  # a coding other than chunked: 400 (chunked not final) or 501 (not implemented)
+
+REJECT = [
+    # -- framing: Content-Length / Transfer-Encoding --
+    Case("cl-and-te", "framing", req(b"POST / HTTP/1.1", b"Content-Length: 5", b"Transfer-Encoding: chunked",
+                                     body=b"0\r\n\r\nGET /smuggled HTTP/1.1\r\n" + H + b"\r\n"), B400,
+         why="RFC 9112 6.3: both present is a smuggling vector; a proxy must reject or drop CL (issue: reject)"),
+    Case("te-and-cl", "framing", req(b"POST / HTTP/1.1", b"Transfer-Encoding: chunked", b"Content-Length: 5",
+                                     body=b"0\r\n\r\n"), B400),
+    Case("cl-conflict-headers", "framing", req(b"POST / HTTP/1.1", b"Content-Length: 5", b"Content-Length: 6",
+                                               body=b"hello!"), B400, why="RFC 9112 6.3 (5): differing values"),
+    Case("cl-conflict-list", "framing", req(b"POST / HTTP/1.1", b"Content-Length: 5, 6", body=b"hello!"), B400),
+    Case("cl-negative", "framing", req(b"POST / HTTP/1.1", b"Content-Length: -1", body=b"x"), B400),
+    Case("cl-plus-sign", "framing", req(b"POST / HTTP/1.1", b"Content-Length: +5", body=b"hello"), B400),
+    Case("cl-hex", "framing", req(b"POST / HTTP/1.1", b"Content-Length: 0x5", body=b"hello"), B400),
+    Case("cl-inner-space", "framing", req(b"POST / HTTP/1.1", b"Content-Length: 1 2", body=b"x" * 12), B400),
+    Case("cl-empty", "framing", req(b"POST / HTTP/1.1", b"Content-Length: ", body=b""), B400),
+    Case("cl-overflow", "framing", req(b"POST / HTTP/1.1", b"Content-Length: 184467440737095516170",
+                                       body=b"x"), {400, 413}),
+    Case("te-gzip", "framing", req(b"POST / HTTP/1.1", b"Transfer-Encoding: gzip", body=b"x"), CODINGS,
+         why="RFC 9112 6.3 (4): chunked is not the final coding of a request -> 400"),
+    Case("te-chunked-gzip", "framing", req(b"POST / HTTP/1.1", b"Transfer-Encoding: chunked, gzip",
+                                           body=b"0\r\n\r\n"), CODINGS),
+    Case("te-gzip-chunked", "framing", req(b"POST / HTTP/1.1", b"Transfer-Encoding: gzip, chunked",
+                                           body=b"0\r\n\r\n"), CODINGS,
+         why="RFC 9112 6.1: a coding the proxy does not implement -> 501 (issue: anything but chunked -> 400)"),
+    Case("te-chunked-twice", "framing", req(b"POST / HTTP/1.1", b"Transfer-Encoding: chunked, chunked",
+                                            body=b"0\r\n\r\n"), B400, why="RFC 9112 6.1: chunked MUST NOT repeat"),
+    Case("te-two-headers", "framing", req(b"POST / HTTP/1.1", b"Transfer-Encoding: chunked",
+                                          b"Transfer-Encoding: identity", body=b"0\r\n\r\n"), CODINGS),
+    Case("te-identity", "framing", req(b"POST / HTTP/1.1", b"Transfer-Encoding: identity", body=b"x"), CODINGS),
+    Case("te-xchunked", "framing", req(b"POST / HTTP/1.1", b"Transfer-Encoding: xchunked", body=b"0\r\n\r\n"),
+         CODINGS),
+    Case("te-empty", "framing", req(b"POST / HTTP/1.1", b"Transfer-Encoding: ", body=b"0\r\n\r\n"), CODINGS),
+    Case("te-space-before-colon", "framing", req(b"POST / HTTP/1.1", b"Transfer-Encoding : chunked",
+                                                 body=b"0\r\n\r\n"), B400),
+    Case("te-vtab", "framing", req(b"POST / HTTP/1.1", b"Transfer-Encoding:\x0bchunked", body=b"0\r\n\r\n"),
+         CODINGS),
+    Case("http10-te", "framing", req(b"POST / HTTP/1.0", b"Transfer-Encoding: chunked",
+                                     body=b"5\r\nhello\r\n0\r\n\r\n"), B400,
+         why="RFC 9112 6.1: HTTP/1.0 with Transfer-Encoding: the framing is faulty -> reject and close"),
+    Case("http10-te-and-cl", "framing", req(b"POST / HTTP/1.0", b"Transfer-Encoding: chunked",
+                                            b"Content-Length: 5", body=b"hello"), B400),
+    # -- chunked body syntax (the head may already be on its way; the request must never complete) --
+    Case("chunk-size-nonhex", "chunks", post_chunked(b"zz\r\nhello\r\n0\r\n\r\n"), B400, "incomplete"),
+    Case("chunk-size-negative", "chunks", post_chunked(b"-5\r\nhello\r\n0\r\n\r\n"), B400, "incomplete"),
+    Case("chunk-size-0x", "chunks", post_chunked(b"0x5\r\nhello\r\n0\r\n\r\n"), B400, "incomplete"),
+    Case("chunk-size-empty", "chunks", post_chunked(b"\r\nhello\r\n0\r\n\r\n"), B400, "incomplete"),
+    Case("chunk-size-overflow", "chunks", post_chunked(b"10000000000000005\r\nhello\r\n0\r\n\r\n"),
+         {400, 413}, "incomplete"),
+    Case("chunk-size-trailing-space", "chunks", post_chunked(b"5 \r\nhello\r\n0\r\n\r\n"), B400, "incomplete",
+         why="RFC 9112 7.1: BWS is only allowed before ';' of an extension"),
+    Case("chunk-data-overrun", "chunks", post_chunked(b"3\r\nhello\r\n0\r\n\r\n"), B400, "incomplete"),
+    Case("chunk-missing-crlf", "chunks", post_chunked(b"5\r\nhello0\r\n\r\n"), B400, "incomplete"),
+    Case("chunk-ext-no-name", "chunks", post_chunked(b"5;\r\nhello\r\n0\r\n\r\n"), B400, "incomplete"),
+    Case("chunk-ext-ctl", "chunks", post_chunked(b"5;a\x01b\r\nhello\r\n0\r\n\r\n"), B400, "incomplete"),
+    Case("chunk-ext-open-quote", "chunks", post_chunked(b'5;a="b\r\nhello\r\n0\r\n\r\n'), B400, "incomplete"),
+    Case("chunk-size-bare-lf", "chunks", post_chunked(b"5\nhello\r\n0\r\n\r\n"), B400, "incomplete"),
+    Case("chunk-data-bare-lf", "chunks", post_chunked(b"5\r\nhello\n0\r\n\r\n"), B400, "incomplete"),
+    Case("chunk-last-bare-lf", "chunks", post_chunked(b"5\r\nhello\r\n0\n\n"), B400, "incomplete"),
+    Case("chunk-data-bare-cr", "chunks", post_chunked(b"5\r\nhello\r0\r\n\r\n"), B400, "incomplete"),
+    Case("trailer-no-colon", "chunks", post_chunked(b"5\r\nhello\r\n0\r\nbad trailer\r\n\r\n"), B400,
+         "incomplete"),
+    # -- line ends --
+    Case("bare-lf-request-line", "line-ends", b"GET / HTTP/1.1\n" + H + b"\r\n", B400,
+         why="RFC 9112 2.2 lets a recipient accept a bare LF; corral (per the issue) does not"),
+    Case("bare-lf-header", "line-ends", b"GET / HTTP/1.1\r\nHost: e2e.test\nX-A: 1\r\n\r\n", B400),
+    Case("bare-lf-head-end", "line-ends", b"GET / HTTP/1.1\r\nHost: e2e.test\n\n", B400),
+    Case("bare-lf-everywhere", "line-ends", b"GET / HTTP/1.1\nHost: e2e.test\n\n", B400),
+    Case("bare-cr-in-value", "line-ends", req(b"GET / HTTP/1.1", b"X-A: a\rb"), B400,
+         why="RFC 9112 2.2: a bare CR must be rejected or replaced by SP"),
+    Case("bare-cr-line-end", "line-ends", b"GET / HTTP/1.1\rHost: e2e.test\r\n\r\n", B400),
+    # -- header syntax --
+    Case("space-before-colon", "head", req(b"GET / HTTP/1.1", b"X-A : 1"), B400,
+         why="RFC 9112 5.1: a server MUST reject whitespace between field name and colon"),
+    Case("tab-before-colon", "head", req(b"GET / HTTP/1.1", b"X-A\t: 1"), B400),
+    Case("host-space-before-colon", "head", b"GET / HTTP/1.1\r\nHost : e2e.test\r\n\r\n", B400),
+    Case("obs-fold", "head", req(b"GET / HTTP/1.1", b"X-A: 1", b" 2"), B400,
+         why="RFC 9112 5.2: obs-fold outside message/http -> 400 (or replace with SP)"),
+    Case("obs-fold-tab", "head", req(b"GET / HTTP/1.1", b"X-A: 1", b"\t2"), B400),
+    Case("ws-line-after-request-line", "head", b"GET / HTTP/1.1\r\n X-A: 1\r\n" + H + b"\r\n", B400,
+         why="RFC 9112 2.2: whitespace-preceded line before the first field -> reject"),
+    Case("nul-in-value", "head", req(b"GET / HTTP/1.1", b"X-A: a\x00b"), B400),
+    Case("ctl-in-value", "head", req(b"GET / HTTP/1.1", b"X-A: a\x01b"), B400),
+    Case("del-in-value", "head", req(b"GET / HTTP/1.1", b"X-A: a\x7fb"), B400),
+    Case("esc-in-value", "head", req(b"GET / HTTP/1.1", b"X-A: \x1b[31mred"), B400),
+    Case("nul-in-name", "head", req(b"GET / HTTP/1.1", b"X-\x00A: 1"), B400),
+    Case("paren-in-name", "head", req(b"GET / HTTP/1.1", b"X(A): 1"), B400),
+    Case("space-in-name", "head", req(b"GET / HTTP/1.1", b"X A: 1"), B400),
+    Case("empty-name", "head", req(b"GET / HTTP/1.1", b": 1"), B400),
+    Case("non-ascii-name", "head", req(b"GET / HTTP/1.1", b"X\xe9: 1"), B400),
+    Case("no-colon", "head", req(b"GET / HTTP/1.1", b"X-A 1"), B400),
+    # -- Host --
+    Case("host-missing", "host", req(b"GET / HTTP/1.1", host=False), B400,
+         why="RFC 9112 3.2: an HTTP/1.1 request without Host -> 400"),
+    Case("host-duplicate", "host", req(b"GET / HTTP/1.1", b"Host: e2e.test"), B400),
+    Case("host-duplicate-differs", "host", req(b"GET / HTTP/1.1", b"Host: evil.test"), B400),
+    Case("host-list", "host", b"GET / HTTP/1.1\r\nHost: a.test, b.test\r\n\r\n", B400),
+    Case("host-space", "host", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", B400),
+    Case("host-slash", "host", b"GET / HTTP/1.1\r\nHost: a.test/x\r\n\r\n", B400),
+    Case("host-userinfo", "host", b"GET / HTTP/1.1\r\nHost: u@a.test\r\n\r\n", B400),
+    Case("host-open-bracket", "host", b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", B400),
+    Case("host-bad-port", "host", b"GET / HTTP/1.1\r\nHost: a.test:8x\r\n\r\n", B400),
+    Case("host-empty", "host", b"GET / HTTP/1.1\r\nHost: \r\n\r\n", B400,
+         why="RFC 9110 4.2.1: an http URI with an empty host is invalid"),
+    # -- request line --
+    Case("version-2.0", "request-line", req(b"GET / HTTP/2.0"), {505}),
+    Case("version-3.0", "request-line", req(b"GET / HTTP/3.0"), {505}),
+    Case("version-0.9", "request-line", req(b"GET / HTTP/0.9"), {400, 505}),
+    Case("version-no-minor", "request-line", req(b"GET / HTTP/1"), B400),
+    Case("version-lowercase", "request-line", req(b"GET / http/1.1"), B400),
+    Case("version-two-digit", "request-line", req(b"GET / HTTP/11.1"), {400, 505}),
+    Case("http09-request", "request-line", b"GET /\r\n\r\n", B400,
+         why="HTTP/0.9 is not supported; the answer is an HTTP/1.1 400"),
+    Case("trailing-space", "request-line", req(b"GET / HTTP/1.1 "), B400),
+    Case("double-space", "request-line", req(b"GET  / HTTP/1.1"), B400),
+    Case("tab-separator", "request-line", req(b"GET\t/\tHTTP/1.1"), B400),
+    Case("empty-method", "request-line", req(b" / HTTP/1.1"), B400),
+    Case("method-bad-char", "request-line", req(b"G@T / HTTP/1.1"), B400),
+    Case("method-connect", "request-line", req(b"CONNECT e2e.test:443 HTTP/1.1"), {405, 501},
+         why="a reverse proxy does not implement CONNECT"),
+    Case("target-asterisk-get", "target", req(b"GET * HTTP/1.1"), B400),
+    Case("target-authority-get", "target", req(b"GET e2e.test:80 HTTP/1.1"), B400),
+    Case("target-relative", "target", req(b"GET foo HTTP/1.1"), B400),
+    Case("target-ctl", "target", req(b"GET /a\x01b HTTP/1.1"), B400),
+    Case("target-del", "target", req(b"GET /a\x7fb HTTP/1.1"), B400),
+    Case("target-non-ascii", "target", req(b"GET /\xe9 HTTP/1.1"), B400,
+         why="RFC 3986: non-ASCII octets must be percent-encoded"),
+    Case("absolute-ftp", "target", req(b"GET ftp://a.test/ HTTP/1.1"), B400),
+    Case("absolute-userinfo", "target", req(b"GET http://u@a.test/ HTTP/1.1"), B400,
+         why="RFC 9110 4.2.4: userinfo in an http URI is an error"),
+    Case("absolute-no-host-header", "target", b"GET http://a.test/ HTTP/1.1\r\n\r\n", B400,
+         why="RFC 9112 3.2: Host is required in HTTP/1.1 even with an absolute-form target"),
+    Case("absolute-empty-authority", "target", req(b"GET http:///x HTTP/1.1"), B400),
+]
+
+
+def chk(**kw):
+    """A forwarded-request check: line=, body=, body_raw=, headers={name: [values]} exact, absent=[names]."""
+    def check(r):
+        if "line" in kw:
+            assert r.line == kw["line"], r.raw
+        if "body" in kw:
+            assert r.body == kw["body"], r.raw
+        if "body_raw" in kw:
+            assert r.body_raw == kw["body_raw"], r.raw
+        for name, vals in kw.get("headers", {}).items():
+            assert r.header_all(name) == vals, (name, r.raw)
+        for name in kw.get("absent", []):
+            assert name.lower() not in r.names(), (name, r.raw)
+        for s in kw.get("not_in_raw", []):
+            assert s not in r.raw, (s, r.raw)
+        assert b"\r\n\r\n" in r.head and b"\n" not in r.head.replace(b"\r\n", b""), r.head
+    return check
+
+
+ACCEPT = [
+    Case("te-chunked-any-case", "framing", req(b"POST /up HTTP/1.1", b"Transfer-Encoding: ChUnKeD",
+                                               body=b"5\r\nhello\r\n0\r\n\r\n"), {200},
+         chk(line="POST /up HTTP/1.1", body=b"hello", headers={"transfer-encoding": ["chunked"]},
+             absent=["content-length"])),
+    Case("te-ows", "framing", req(b"POST /up HTTP/1.1", b"Transfer-Encoding: \t chunked \t",
+                                  body=b"5\r\nhello\r\n0\r\n\r\n"), {200}, chk(body=b"hello")),
+    Case("cl-repeated-identical", "framing", req(b"POST /up HTTP/1.1", b"Content-Length: 5",
+                                                 b"Content-Length: 5", body=b"hello"), {200},
+         chk(body=b"hello", headers={"content-length": ["5"]}),
+         why="RFC 9112 6.3 (5): identical values may be merged into one"),
+    Case("cl-list-identical", "framing", req(b"POST /up HTTP/1.1", b"Content-Length: 5, 5", body=b"hello"),
+         {200}, chk(body=b"hello", headers={"content-length": ["5"]})),
+    Case("cl-leading-zeros", "framing", req(b"POST /up HTTP/1.1", b"Content-Length: 005", body=b"hello"),
+         {200}, chk(body=b"hello", headers={"content-length": ["5"]})),
+    Case("chunk-ext-dropped", "chunks", post_chunked(b'5;name=value\r\nhello\r\n6 ; q="x;y"\r\n world\r\n'
+                                                     b"0;last\r\n\r\n"), {200},
+         chk(body=b"hello world", not_in_raw=[b";", b"name=value"]),
+         why="RFC 9112 7.1.1: extensions are hop-by-hop; corral drops them"),
+    Case("trailers-dropped", "chunks", post_chunked(b"5\r\nhello\r\n0\r\nX-Trailer: evil\r\n"
+                                                    b"Content-Length: 99\r\n\r\n"), {200},
+         chk(body=b"hello", absent=["x-trailer"], not_in_raw=[b"evil", b"99"])),
+    Case("value-ows-trimmed", "head", req(b"GET / HTTP/1.1", b"X-A: \t v 1 \t"), {200},
+         chk(headers={"x-a": ["v 1"]})),
+    Case("host-port", "host", b"GET / HTTP/1.1\r\nHost: e2e.test:8080\r\n\r\n", {200},
+         chk(headers={"host": ["e2e.test:8080"]})),
+    Case("host-ipv6", "host", b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", {200},
+         chk(headers={"host": ["[::1]:8080"]})),
+    Case("http10-no-host", "host", b"GET /ten HTTP/1.0\r\n\r\n", {200},
+         chk(line="GET /ten HTTP/1.1"),
+         why="HTTP/1.0 may omit Host; corral forwards HTTP/1.1 with a (possibly empty) Host"),
+    Case("target-percent-query", "target", req(b"GET /a%20b/c?x=%2F&y=&z HTTP/1.1"), {200},
+         chk(line="GET /a%20b/c?x=%2F&y=&z HTTP/1.1")),
+    Case("absolute-form-host-wins", "target", req(b"GET http://other.test/p?q=1 HTTP/1.1"), {200},
+         chk(line="GET /p?q=1 HTTP/1.1", headers={"host": ["other.test"]}),
+         why="RFC 9112 3.2.2: the target's authority replaces Host"),
+    Case("absolute-form-empty-path", "target", b"GET http://other.test HTTP/1.1\r\nHost: other.test\r\n\r\n",
+         {200}, chk(line="GET / HTTP/1.1", headers={"host": ["other.test"]})),
+    Case("absolute-form-port", "target", req(b"GET http://other.test:8080/x HTTP/1.1"), {200},
+         chk(line="GET /x HTTP/1.1", headers={"host": ["other.test:8080"]})),
+    Case("absolute-form-scheme-case", "target", req(b"GET HTTP://other.test/x HTTP/1.1"), {200},
+         chk(line="GET /x HTTP/1.1", headers={"host": ["other.test"]}),
+         why="RFC 3986 3.1: schemes are case-insensitive"),
+    Case("options-asterisk", "target", req(b"OPTIONS * HTTP/1.1"), {200}, chk(line="OPTIONS * HTTP/1.1"),
+         why="RFC 9112 3.2.4: asterisk-form is forwarded as '*', not as '/'",
+         xfail="corral bug: OPTIONS * is forwarded as 'OPTIONS / HTTP/1.1' (a request for the root resource)"),
+    Case("options-absolute-no-path", "target", req(b"OPTIONS http://e2e.test HTTP/1.1"), {200},
+         chk(line="OPTIONS * HTTP/1.1"),
+         why="RFC 9112 3.2.4: a proxy forwarding OPTIONS with an empty path must send '*'",
+         xfail="corral bug: OPTIONS http://host (empty path) is forwarded as 'OPTIONS / HTTP/1.1'"),
+    Case("extension-method", "request-line", req(b"PURGE /x HTTP/1.1"), {200}, chk(line="PURGE /x HTTP/1.1"),
+         why="RFC 9110 9.1: methods are extensible; a proxy forwards a valid token"),
+    # -- hop-by-hop: what Connection names goes, except the framing headers and what corral adds --
+    Case("conn-names-custom", "hop-by-hop", req(b"GET / HTTP/1.1", b"Connection: X-Drop, keep-alive",
+                                                b"X-Drop: 1", b"X-Keep: 2"), {200},
+         chk(absent=["x-drop"], headers={"x-keep": ["2"]})),
+    Case("conn-names-content-length", "hop-by-hop", req(b"POST /up HTTP/1.1", b"Connection: Content-Length",
+                                                        b"Content-Length: 5", body=b"hello"), {200},
+         chk(body=b"hello", headers={"content-length": ["5"]})),
+    Case("conn-names-transfer-encoding", "hop-by-hop",
+         post_chunked(b"5\r\nhello\r\n0\r\n\r\n", b"Connection: Transfer-Encoding"), {200},
+         chk(body=b"hello", headers={"transfer-encoding": ["chunked"]})),
+    Case("conn-names-host", "hop-by-hop", req(b"GET / HTTP/1.1", b"Connection: Host"), {200},
+         chk(headers={"host": ["e2e.test"]})),
+    Case("conn-names-added-headers", "hop-by-hop",
+         req(b"GET / HTTP/1.1", b"Connection: X-Forwarded-For, Via, X-Forwarded-Proto",
+             b"X-Forwarded-For: 10.0.0.1"), {200},
+         chk(headers={"x-forwarded-for": ["10.0.0.1, 127.0.0.1"], "x-forwarded-proto": ["http"],
+                      "via": ["1.1 corral"]}),
+         why="corral's own headers are added after hop-by-hop removal"),
+    Case("conn-names-many", "hop-by-hop", req(b"GET / HTTP/1.1", b"Connection: a, b", b"Connection: c",
+                                              b"A: 1", b"B: 2", b"C: 3", b"D: 4", b"Keep-Alive: timeout=5",
+                                              b"TE: trailers"), {200},
+         chk(absent=["a", "b", "c", "keep-alive", "te"], headers={"d": ["4"]})),
+]
+
+for _c in ACCEPT:
+    _c.check = _c.forwarded
+
+
+def _params(cases):
+    out = []
+    for c in cases:
+        marks = [pytest.mark.xfail(reason=c.xfail, strict=True)] if c.xfail else []
+        out.append(pytest.param(c, id="%s/%s" % (c.cls, c.id), marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("case", _params(REJECT))
+def test_rejected_and_closed_nothing_forwarded(hard, case):
+    p, rec = hard()
+    c, r = send_read(p.port, case.wire, case.method)
+    with c:
+        assert r.status in case.status, "%s: got %s for %r" % (case.id, r.status, case.wire)
+        assert "close" in r.conn_tokens(), r.head_raw
+        assert c.wait_closed(2 * SLOW), "connection not closed after %d" % r.status
+    no_request_forwarded(p, rec, complete_only=(case.forwarded == "incomplete"))
+
+
+@pytest.mark.parametrize("case", _params(ACCEPT))
+def test_accepted_and_forwarded_canonically(hard, case):
+    p, rec = hard()
+    c, r = send_read(p.port, case.wire, case.method)
+    with c:
+        assert r.status in case.status, "%s: got %s for %r" % (case.id, r.status, case.wire)
+        assert r.body == b"ok"
+    assert rec.wait_requests(1)
+    got = rec.requests
+    assert len(got) == 1, got
+    case.check(got[0])
+
+
+# --- pipelining with errors ---------------------------------------------------------------------------
+
+
+def _read_all(c, n, method="GET"):
+    out = []
+    for _ in range(n):
+        out.append(c.read_response(method))
+    return out
+
+
+@pytest.mark.parametrize("bad", [
+    req(b"GET /bad HTTP/1.1", b"X-A: 1", b" folded"),
+    req(b"POST /bad HTTP/1.1", b"Content-Length: 3", b"Transfer-Encoding: chunked", body=b"0\r\n\r\n"),
+    post_chunked(b"zz\r\nhello\r\n0\r\n\r\n"),
+    req(b"GET /bad HTTP/1.1", b"Content-Length: 1, 2"),
+], ids=["obs-fold", "cl-te", "bad-chunk", "cl-list"])
+def test_pipeline_stops_at_the_rejected_request(hard, bad):
+    """Good, good, bad, good in one write: two answers, a 400, a close; the fourth never reaches the backend."""
+    p, rec = hard()
+    good = [req(b"GET /one HTTP/1.1"), req(b"POST /two HTTP/1.1", b"Content-Length: 3", body=b"abc")]
+    after = req(b"GET /smuggled HTTP/1.1")
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(b"".join(good) + bad + after)
+        r1, r2 = _read_all(c, 2)
+        assert (r1.status, r2.status) == (200, 200)
+        r3 = c.read_response()
+        assert r3.status == 400 and "close" in r3.conn_tokens(), r3.head_raw
+        assert c.wait_closed(2 * SLOW)
+    rec.settle(quiet=0.05)
+    assert [q.target for q in rec.requests] == ["/one", "/two"], [q.raw for q in rec.requests]
+    assert rec.requests[1].body == b"abc"
+    assert b"/smuggled" not in b"".join(bytes(x.data) for x in rec.conns)
+
+
+def test_pipeline_rejected_first_request_hides_the_rest(hard):
+    p, rec = hard()
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(b"GET / HTTP/1.1\r\nHost: e2e.test\r\nX A: 1\r\n\r\n" + req(b"GET /after HTTP/1.1") * 3)
+        r = c.read_response()
+        assert r.status == 400
+        assert c.wait_closed(2 * SLOW)
+    no_request_forwarded(p, rec)
+
+
+def test_cl_body_that_looks_like_a_request_is_a_body(hard):
+    """A Content-Length body holding a request line is payload, never a second request."""
+    p, rec = hard()
+    inner = req(b"GET /inner HTTP/1.1")
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(req(b"POST /outer HTTP/1.1", b"Content-Length: %d" % len(inner), body=inner))
+        assert c.read_response().status == 200
+    assert rec.wait_requests(1)
+    rec.settle(quiet=0.05)
+    assert [q.target for q in rec.requests] == ["/outer"]
+    assert rec.requests[0].body == inner
+
+
+# --- Expect: 100-continue and Upgrade ------------------------------------------------------------------
+
+
+def test_expect_100_continue_then_body(hard):
+    """The client waits for 100 before sending its body; the body reaches the backend once. The 100
+    may be corral's own or the backend's relayed one (the recorder sends one when Expect is forwarded)."""
+    def on_accept(up):
+        while b"\r\n\r\n" not in up.buf:
+            up._fill()
+        if b"expect: 100-continue" in bytes(up.buf).lower():
+            up.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
+
+    p, rec = hard(on_accept=on_accept)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(req(b"POST /up HTTP/1.1", b"Content-Length: 5", b"Expect: 100-continue"))
+        deadline = time.monotonic() + 2 * SLOW
+        c.sock.settimeout(2 * SLOW)
+        while b"\r\n\r\n" not in c.buf and time.monotonic() < deadline:
+            try:
+                c._fill()
+            except socket.timeout:
+                break
+        assert c.buf.startswith(b"HTTP/1.1 100"), "no 100 Continue before the body: %r" % bytes(c.buf)
+        c.send(b"hello")
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"ok"
+    assert rec.wait_requests(1)
+    assert len(rec.requests) == 1 and rec.requests[0].body == b"hello"
+
+
+def test_expect_100_backend_answers_final_without_reading(hard):
+    """A backend that refuses (417/401) before the body: the client gets that final answer, no 100."""
+    def on_accept(up):
+        # Read only the head, answer at once, never read the body.
+        while b"\r\n\r\n" not in up.buf:
+            up._fill()
+        up.send(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nnope")
+        up.drain()
+        return "close"
+
+    p, rec = hard(on_accept=on_accept)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(req(b"POST /up HTTP/1.1", b"Content-Length: 5", b"Expect: 100-continue"))
+        r = c.read_response()
+        assert r.status == 401 and r.body == b"nope", r
+        assert not r.interim, "100 Continue sent although the backend answered with a final status"
+
+
+def _read_head(sock_client, timeout):
+    c = sock_client
+    c.sock.settimeout(timeout)
+    while b"\r\n\r\n" not in c.buf:
+        c._fill()
+    i = c.buf.find(b"\r\n\r\n") + 4
+    head = bytes(c.buf[:i])
+    del c.buf[:i]
+    return head
+
+
+def ws_handler(answer=b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+               echo=True):
+    def handler(up, r):
+        up.send(answer)
+        if not answer.startswith(b"HTTP/1.1 101"):
+            return "keep"
+        if not echo:
+            up.drain()
+            return "done"
+        # Tunnel: echo every byte back, upper-cased so the test knows it went through the backend.
+        up.tunnel_in = bytearray(up.buf)
+        if up.buf:
+            up.send(bytes(up.buf).upper())
+            up.buf.clear()
+        while True:
+            try:
+                d = up.sock.recv(65536)
+            except OSError:
+                d = b""
+            if not d:
+                up.eof = True
+                up.closed_at = time.monotonic()
+                return "done"
+            up.tunnel_in += d
+            up.send(d.upper())
+    return handler
+
+
+UPGRADE = req(b"GET /ws HTTP/1.1", b"Connection: Upgrade", b"Upgrade: websocket", b"Sec-WebSocket-Version: 13",
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
+
+
+def test_upgrade_101_tunnels_both_ways(hard):
+    p, rec = hard(ws_handler(), timeouts={"tunnel_idle_ms": 2000})
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(UPGRADE)
+        r = c.read_response()
+        assert r.status == 101, r
+        fwd = rec.conns[0].requests[0]
+        assert fwd.header_all("upgrade") == ["websocket"]
+        assert "upgrade" in fwd.header("connection").lower()
+        for msg in (b"hello", b"\x00\x01binary\xff", b"GET / HTTP/1.1\r\n\r\n"):
+            c.send(msg)
+            got = b""
+            while len(got) < len(msg):
+                if not c.buf:
+                    c._fill()
+                got += bytes(c.buf)
+                c.buf.clear()
+            assert got == msg.upper()
+    time.sleep(0.1)
+    assert bytes(rec.conns[0].tunnel_in) == b"hello\x00\x01binary\xffGET / HTTP/1.1\r\n\r\n"
+
+
+def test_upgrade_refused_keeps_http_mode(hard):
+    """Backend answers 200 to an Upgrade request: no tunnel; the next bytes are parsed as HTTP requests."""
+    p, rec = hard(ws_handler(answer=OK))
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(UPGRADE)
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"ok"
+        c.send(req(b"GET /next HTTP/1.1"))
+        r = c.read_response()
+        assert r.status == 200
+        c.send(b"NOT HTTP AT ALL\r\n\r\n")
+        assert c.read_response().status == 400
+    assert [q.target for q in rec.requests] == ["/ws", "/next"]
+
+
+def test_101_without_upgrade_request_is_502(hard):
+    """A 101 the client never asked for must not open a tunnel."""
+    p, rec = hard(ws_handler())
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(req(b"GET /plain HTTP/1.1"))
+        r = c.read_response()
+        assert r.status == 502, r
+
+
+def test_tunnel_idle_timeout_closes_both_sides(hard):
+    p, rec = hard(ws_handler(), timeouts={"tunnel_idle_ms": 1000})
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(UPGRADE)
+        assert c.read_response().status == 101
+        t0 = time.monotonic()
+        assert c.wait_closed(3 * SLOW), "tunnel not closed after tunnel_idle_ms"
+        took = time.monotonic() - t0
+        assert 0.9 <= took < 2.0 * SLOW, "tunnel closed after %.2f s (tunnel_idle_ms 1000)" % took
+    deadline = time.monotonic() + 1
+    while not rec.conns[0].eof and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert rec.conns[0].eof, "upstream side of the tunnel not closed"
+
+
+def test_tunnel_traffic_keeps_it_open(hard):
+    p, rec = hard(ws_handler(), timeouts={"tunnel_idle_ms": 1000})
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(UPGRADE)
+        assert c.read_response().status == 101
+        for i in range(6):  # 6 x 300 ms = 1.8 s, longer than the idle timeout
+            c.send(b"p%d" % i)
+            got = b""
+            while len(got) < 2:
+                if not c.buf:
+                    c._fill()
+                got += bytes(c.buf)
+                c.buf.clear()
+            assert got == b"P%d" % i
+            time.sleep(0.3)
+
+
+def test_tunnel_obeys_backpressure(hard):
+    """A tunnel client that does not read: the backend's writes block; corral's memory stays flat."""
+    sent = {"n": 0, "blocked": False}
+
+    def handler(up, r):
+        up.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        up.sock.settimeout(0.5)
+        block = b"x" * 65536
+        while sent["n"] < (256 << 20):
+            try:
+                n = up.sock.send(block)
+            except socket.timeout:
+                sent["blocked"] = True
+                break
+            except OSError:
+                break
+            sent["n"] += n
+        return "done"
+
+    p, rec = hard(handler, timeouts={"tunnel_idle_ms": 3000})
+    base = rss_bytes(p.proc.pid)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.send(UPGRADE)
+        assert c.read_response().status == 101
+        deadline = time.monotonic() + 5 * SLOW
+        while not sent["blocked"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sent["blocked"], "backend wrote %d bytes without blocking" % sent["n"]
+        assert sent["n"] < (48 << 20), "%d bytes buffered for a client that reads nothing" % sent["n"]
+        grow = rss_bytes(p.proc.pid) - base
+        assert grow < (24 << 20), "corral grew by %d bytes" % grow
+
+
+# --- slow and abusive clients ----------------------------------------------------------------------------
+
+
+def test_partial_head_gets_408_at_header_deadline(hard):
+    p, rec = hard(timeouts={"client_header_ms": 500})
+    with Client(p.port, timeout=3 * SLOW) as c:
+        t0 = time.monotonic()
+        c.send(b"GET / HTTP/1.1\r\nHost: e2e.test\r\nX-A: 1\r\n")
+        r = c.read_response()
+        took = time.monotonic() - t0
+        assert r.status == 408, r
+        assert 0.4 <= took < 1.5 * SLOW, took
+        assert c.wait_closed(2 * SLOW)
+    no_request_forwarded(p, rec)
+
+
+def test_head_in_slow_pieces_still_408_at_absolute_deadline(hard):
+    """Each piece within the timeout, the whole head not: the deadline is absolute, not per read."""
+    p, rec = hard(timeouts={"client_header_ms": 600})
+    with Client(p.port, timeout=3 * SLOW) as c:
+        t0 = time.monotonic()
+        pieces = [b"GET / HT", b"TP/1.1\r\nHo", b"st: e2e.test\r\nX-A", b": 1\r\nX-B: 2\r\n", b"X-C: 3\r\n"]
+        status = None
+        for piece in pieces:
+            try:
+                c.send(piece)
+            except OSError:
+                break
+            time.sleep(0.25)
+        r = c.read_response()
+        status = r.status
+        took = time.monotonic() - t0
+        assert status == 408 and took < 1.8 * SLOW, (status, took)
+    no_request_forwarded(p, rec)
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_stalled_body_gets_408_before_the_response(hard, framing):
+    p, rec = hard(timeouts={"client_body_ms": 500})
+    if framing == "length":
+        wire = req(b"POST /up HTTP/1.1", b"Content-Length: 100", body=b"x" * 10)
+    else:
+        wire = post_chunked(b"64\r\n" + b"x" * 10)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        t0 = time.monotonic()
+        c.send(wire)
+        r = c.read_response("POST")
+        took = time.monotonic() - t0
+        assert r.status == 408, r
+        assert 0.4 <= took < 1.5 * SLOW, took
+        assert c.wait_closed(2 * SLOW)
+    rec.settle(quiet=0.05)
+    assert rec.requests == [], "an incomplete body was forwarded as complete"
+
+
+def test_slow_body_that_keeps_moving_is_not_cut(hard):
+    """client_body_ms is an inactivity timeout for bodies: a body trickling faster than it succeeds."""
+    p, rec = hard(timeouts={"client_body_ms": 400})
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(req(b"POST /up HTTP/1.1", b"Content-Length: 8"))
+        for i in range(8):
+            time.sleep(0.12)
+            c.send(b"%d" % i)
+        r = c.read_response("POST")
+        assert r.status == 200
+    assert rec.requests[0].body == b"01234567"
+
+
+def test_slow_reader_memory_stays_flat(hard):
+    """A client that reads nothing of a large response: bounded buffering, then everything arrives intact."""
+    total = 64 << 20
+    state = {"sent": 0, "blocked": False}
+    block = bytes(range(256)) * 256  # 64 KiB
+
+    def handler(up, r):
+        up.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
+        up.sock.settimeout(0.5)
+        while state["sent"] < total:
+            try:
+                n = up.sock.send(block[: min(len(block), total - state["sent"])])
+            except socket.timeout:
+                state["blocked"] = True
+                up.sock.settimeout(10)
+                continue
+            except OSError:
+                break
+            state["sent"] += n
+        return "keep"
+
+    p, rec = hard(handler)
+    base = rss_bytes(p.proc.pid)
+    with Client(p.port, timeout=5 * SLOW) as c:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.send(req(b"GET /big HTTP/1.1"))
+        deadline = time.monotonic() + 5 * SLOW
+        while not state["blocked"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert state["blocked"], "backend sent %d bytes to a client that reads nothing" % state["sent"]
+        assert state["sent"] < (32 << 20), state["sent"]
+        peak = rss_bytes(p.proc.pid) - base
+        assert peak < (24 << 20), "corral grew %d bytes for a slow reader" % peak
+        got = {"n": 0, "ok": True}
+
+        def sink(piece):
+            if got["ok"]:
+                exp = (block * 2)[got["n"] % 65536:got["n"] % 65536 + len(piece)]
+                got["ok"] = len(piece) <= 65536 and piece == exp
+            got["n"] += len(piece)
+
+        r = c.read_response(sink=sink)
+        assert r.status == 200 and got["n"] == total and got["ok"]
+
+
+def test_requests_per_connection_caps_pipelined_flood(hard):
+    p, rec = hard(limits={"requests_per_connection": 5})
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(b"".join(req(b"GET /%d HTTP/1.1" % i) for i in range(12)))
+        rs = _read_all(c, 5)
+        assert [r.status for r in rs] == [200] * 5
+        assert all("close" not in r.conn_tokens() for r in rs[:4])
+        assert "close" in rs[4].conn_tokens(), rs[4].head_raw
+        assert c.wait_closed(2 * SLOW)
+    rec.settle(quiet=0.05)
+    assert [q.target for q in rec.requests] == ["/%d" % i for i in range(5)]
+
+
+def test_requests_per_connection_sequential(hard):
+    p, rec = hard(limits={"requests_per_connection": 3})
+    with Client(p.port, timeout=3 * SLOW) as c:
+        for i in range(3):
+            r = c.request("GET", "/%d" % i)
+            assert r.status == 200
+        assert "close" in r.conn_tokens()
+        assert c.wait_closed(2 * SLOW)
+    # A new connection gets a fresh budget.
+    with Client(p.port, timeout=3 * SLOW) as c:
+        r = c.request("GET", "/again")
+        assert r.status == 200 and "close" not in r.conn_tokens()
+
+
+def test_connection_flood_existing_connections_keep_working(hard):
+    """Fill the table with idle connections: a new one gets 503; the established ones still work."""
+    p, rec = hard(limits={"connections_per_core": 8})
+    live = [Client(p.port, timeout=3 * SLOW) for _ in range(4)]
+    for c in live:
+        assert c.request("GET", "/live").status == 200
+    flood = []
+    refused = 0
+    try:
+        for _ in range(12):
+            f = Client(p.port, timeout=1)
+            f.send(b"GET / HTTP/1.1\r\n")
+            flood.append(f)
+        time.sleep(0.2 * SLOW)
+        for f in flood:
+            f.sock.settimeout(0.2)
+            try:
+                r = f.read_response()
+            except socket.timeout:
+                continue
+            assert r.status == 503, r
+            refused += 1
+        assert refused >= 8, "%d of 12 flood connections got 503" % refused
+        for c in live:
+            assert c.request("GET", "/still").status == 200
+    finally:
+        for c in live + flood:
+            c.close()
+
+
+# --- upstream faults --------------------------------------------------------------------------------------
+
+
+def test_refused_upstream_502_fast(corral):
+    p = corral([dead_address()], workers={"cores": [0]}, timeouts=TIMEOUTS)
+    t0 = time.monotonic()
+    with Client(p.port, timeout=3 * SLOW) as c:
+        r = c.request("GET", "/")
+    assert r.status == 502 and time.monotonic() - t0 < 0.25 * SLOW + 0.2
+
+
+@pytest.mark.parametrize("when", ["on-accept", "after-request"])
+def test_reset_upstream_502_fast(hard, when):
+    if when == "on-accept":
+        p, rec = hard(on_accept=lambda up: "reset")
+    else:
+        p, rec = hard(lambda up, r: "reset")
+    t0 = time.monotonic()
+    with Client(p.port, timeout=3 * SLOW) as c:
+        r = c.request("POST", "/", body=b"data")
+    assert r.status == 502, r
+    assert time.monotonic() - t0 < 0.5 * SLOW
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_silent_upstream_504_and_request_sent_once(hard, method):
+    p, rec = hard(lambda up, r: "hold", timeouts={"upstream_response_ms": 500})
+    t0 = time.monotonic()
+    with Client(p.port, timeout=3 * SLOW) as c:
+        r = c.request(method, "/slow", body=b"abc" if method == "POST" else None)
+    took = time.monotonic() - t0
+    assert r.status == 504, r
+    assert 0.45 <= took < 1.2 * SLOW, took
+    time.sleep(0.2)
+    assert len(rec.requests) == 1, "the request reached the backend %d times" % len(rec.requests)
+
+
+def test_backend_closes_mid_length_body_client_sees_abort(hard):
+    def handler(up, r):
+        up.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"a" * 40)
+        time.sleep(0.05)
+        return "close"
+
+    p, rec = hard(handler)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(req(b"GET / HTTP/1.1"))
+        got = bytearray()
+        with pytest.raises(Closed):
+            c.read_response(sink=got.extend)
+        assert bytes(got) == b"a" * 40, "client got %d of the 40 bytes sent" % len(got)
+
+
+def test_backend_closes_mid_chunked_body_client_sees_abort(hard):
+    def handler(up, r):
+        up.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n")
+        time.sleep(0.05)
+        return "close"
+
+    p, rec = hard(handler)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(req(b"GET / HTTP/1.1"))
+        got = bytearray()
+        with pytest.raises(Closed):
+            c.read_response(sink=got.extend)
+        assert bytes(got) == b"hello world"
+
+
+def test_backend_resets_mid_body_http10_client_sees_short_body(hard):
+    """For an HTTP/1.0 client (no chunked), a truncated Content-Length body plus a close is the abort."""
+    def handler(up, r):
+        up.send(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n" + b"b" * 20)
+        time.sleep(0.05)
+        return "reset"
+
+    p, rec = hard(handler)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(b"GET / HTTP/1.0\r\n\r\n")
+        got = bytearray()
+        with pytest.raises(Closed):
+            r = c.read_response(sink=got.extend)
+            raise AssertionError("complete-looking response: %r" % r.head_raw)
+        assert bytes(got) == b"b" * 20
+
+
+MALFORMED_RESPONSES = [
+    ("status-4-digits", b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ("status-missing", b"HTTP/1.1 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ("status-version-2", b"HTTP/2 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ("status-garbage", b"garbage\r\n\r\n"),
+    ("cl-and-te", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+    ("cl-conflict", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!"),
+    ("cl-bad", b"HTTP/1.1 200 OK\r\nContent-Length: 2x\r\n\r\nok"),
+    ("ctl-in-value", b"HTTP/1.1 200 OK\r\nX-A: a\x01b\r\nContent-Length: 2\r\n\r\nok"),
+    ("nul-in-value", b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nok"),
+    ("space-in-name", b"HTTP/1.1 200 OK\r\nX A: 1\r\nContent-Length: 2\r\n\r\nok"),
+    ("bad-chunk-size-first", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n"),
+]
+
+
+@pytest.mark.parametrize("name,resp", MALFORMED_RESPONSES, ids=[m[0] for m in MALFORMED_RESPONSES])
+def test_malformed_response_502_and_upstream_not_reused(hard, name, resp):
+    """A broken response: the client gets 502 (or, for body errors after the head went out, a detectable
+    abort); the next request goes over a new upstream connection."""
+    n = {"i": 0}
+
+    def handler(up, r):
+        n["i"] += 1
+        up.send(resp if n["i"] == 1 else OK)
+        return "keep"
+
+    p, rec = hard(handler)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(req(b"GET /first HTTP/1.1"))
+        try:
+            r = c.read_response()
+            assert r.status == 502, "%s: got %s %r" % (name, r.status, r.body[:80])
+        except Closed:
+            assert name.startswith("bad-chunk"), "client connection closed without a 502"
+    with Client(p.port, timeout=3 * SLOW) as c:
+        r = c.request("GET", "/second")
+        assert r.status == 200 and r.body == b"ok"
+    assert len(rec.conns) == 2, "the broken upstream connection was reused"
+    assert [q.target for q in rec.conns[1].requests] == ["/second"]
+
+
+@pytest.mark.parametrize("case", ["extra-after-cl", "body-on-head", "body-on-204", "body-on-304"])
+def test_bytes_past_the_response_discarded_with_the_connection(hard, case):
+    extra = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nSMUGGLE"
+    first = {
+        "extra-after-cl": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + extra,
+        "body-on-head": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        "body-on-204": b"HTTP/1.1 204 No Content\r\n\r\n" + extra,
+        "body-on-304": b"HTTP/1.1 304 Not Modified\r\n\r\n" + extra,
+    }[case]
+    n = {"i": 0}
+
+    def handler(up, r):
+        n["i"] += 1
+        up.send(first if n["i"] == 1 else OK)
+        return "keep"
+
+    p, rec = hard(handler)
+    method = "HEAD" if case == "body-on-head" else "GET"
+    with Client(p.port, timeout=3 * SLOW) as c:
+        r = c.request(method, "/first")
+        assert r.status in (200, 204, 304), r
+        r2 = c.request("GET", "/second")
+        assert r2.status == 200 and r2.body == b"ok", (r2, r2.body)
+        c.sock.settimeout(0.1)
+        try:
+            stray = c.sock.recv(100)
+        except socket.timeout:
+            stray = b""
+        assert b"SMUGGLE" not in stray and b"hello" not in stray
+    assert len(rec.conns) == 2, "upstream connection with stray bytes was reused"
+
+
+# --- retries --------------------------------------------------------------------------------------------
+
+
+def _close_on_second_request_handler(partial=b""):
+    """Connection 0 answers its first request, then closes when the second arrives (optionally after a
+    partial response); later connections answer normally."""
+    def handler(up, r):
+        if up.index == 0 and len(up.requests) >= 2:
+            if partial:
+                up.send(partial)
+            return "close"
+        up.send(OK)
+        return "keep"
+    return handler
+
+
+def test_get_on_stale_pooled_connection_is_retried(hard):
+    p, rec = hard(_close_on_second_request_handler())
+    with Client(p.port, timeout=3 * SLOW) as c:
+        assert c.request("GET", "/one").status == 200
+        r = c.request("GET", "/two")
+        assert r.status == 200 and r.body == b"ok", r
+    assert len(rec.conns) == 2
+    assert [q.target for q in rec.conns[1].requests] == ["/two"]
+
+
+def test_post_on_stale_pooled_connection_is_not_retried(hard):
+    p, rec = hard(_close_on_second_request_handler())
+    with Client(p.port, timeout=3 * SLOW) as c:
+        assert c.request("GET", "/one").status == 200
+        r = c.request("POST", "/two", body=b"payload")
+        assert r.status == 502, r
+    time.sleep(0.1)
+    posts = [q for q in rec.requests if q.method == "POST"]
+    assert len(posts) == 1, "the POST reached the backend %d times" % len(posts)
+
+
+def test_get_not_retried_after_a_response_byte(hard):
+    p, rec = hard(_close_on_second_request_handler(partial=b"HTTP/1.1 200 OK\r\nContent-"))
+    with Client(p.port, timeout=3 * SLOW) as c:
+        assert c.request("GET", "/one").status == 200
+        r = c.request("GET", "/two")
+        assert r.status == 502, r
+    time.sleep(0.1)
+    assert [q.target for q in rec.requests].count("/two") == 1
+
+
+def test_reset_on_fresh_connection_post_sent_once(hard):
+    p, rec = hard(lambda up, r: "reset")
+    with Client(p.port, timeout=3 * SLOW) as c:
+        r = c.request("POST", "/p", body=b"x" * 100)
+        assert r.status == 502
+    time.sleep(0.1)
+    assert len(rec.requests) == 1
+
+
+# --- half-close -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["get", "post", "large"])
+def test_half_closed_client_gets_full_response(hard, kind):
+    size = {"get": 2, "post": 2, "large": 2 << 20}[kind]
+    body = b"z" * size
+
+    def handler(up, r):
+        time.sleep(0.05)  # the FIN reaches corral before the response does
+        up.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + body)
+        return "keep"
+
+    p, rec = hard(handler)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        if kind == "post":
+            c.send(req(b"POST /p HTTP/1.1", b"Content-Length: 5", body=b"hello"))
+        else:
+            c.send(req(b"GET /g HTTP/1.1"))
+        c.sock.shutdown(socket.SHUT_WR)
+        r = c.read_response()
+        assert r.status == 200 and r.body == body
+    if kind == "post":
+        assert rec.requests[0].body == b"hello"
+
+
+# --- response hop-by-hop ------------------------------------------------------------------------------------
+
+
+def test_response_headers_named_in_connection_removed(hard):
+    def handler(up, r):
+        up.send(b"HTTP/1.1 200 OK\r\nConnection: X-Secret, Keep-Alive\r\nX-Secret: 1\r\nKeep-Alive: timeout=9\r\n"
+                b"X-Public: 2\r\nContent-Length: 2\r\n\r\nok")
+        return "keep"
+
+    p, rec = hard(handler)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        r = c.request("GET", "/")
+        names = [k.lower() for k, _ in r.headers]
+        assert r.status == 200 and "x-public" in names
+        assert "x-secret" not in names and "keep-alive" not in names, r.head_raw
+
+
+def test_response_trailers_not_merged_into_head(hard):
+    def handler(up, r):
+        up.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
+                b"2\r\nok\r\n0\r\nX-T: evil\r\n\r\n")
+        return "keep"
+
+    p, rec = hard(handler)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        r = c.request("GET", "/")
+        assert r.status == 200 and r.body == b"ok"
+        assert "x-t" not in [k.lower() for k, _ in r.headers]
+        assert c.request("GET", "/again").status == 200
