@@ -1568,15 +1568,12 @@ void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int r
 		return;
 	}
 	if (c->closing || u->closing) {
+		/* Aborted: the connection finishes (and frees u) once every op has completed. */
 		buf_put(w, bid);
 		if (op == OP_U_SEND)
 			c->to_ups.busy = false;
 		if (c->closing)
 			conn_try_finish(w, c);
-		else if (c->to_client.busy == false && c->pending_status == 0 &&
-			 c->close_after && u->inflight == 0 && c->rs_state == RS_DONE &&
-			 !c->resp_started)
-			conn_close_graceful(w, c);
 		return;
 	}
 	switch (op) {
