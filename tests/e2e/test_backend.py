@@ -1,0 +1,104 @@
+"""Tests of corral-backend itself (no proxy): the routes the other end-to-end tests rely on."""
+import json
+import threading
+import time
+
+from util import Client, build_request, chunked, pattern, simple_get
+
+
+def test_stats_count_connections_and_requests(backend):
+    """/__stats counts accepted connections and requests (not itself)."""
+    s0 = backend.stats()
+    with Client(backend.port) as c:
+        for _ in range(5):
+            assert c.get("/").status == 200
+    s1 = backend.stats()
+    assert s1["requests"] - s0["requests"] == 5
+    # This client's connection plus the stats() connection in between.
+    assert s1["connections"] - s0["connections"] == 2
+
+
+def test_routes(backend):
+    with Client(backend.port) as c:
+        r = c.get("/")
+        assert (r.status, r.body, r.header("content-length")) == (200, b"Hello, world!", "13")
+        assert c.get("/bytes/1000").body == pattern(0, 1000)
+        r = c.get("/bytes/70000?chunked=1")
+        assert r.framing == "chunked" and r.body == pattern(0, 70000)
+        assert c.get("/work").status == 200
+        assert c.get("/status/418").status == 418
+        assert c.get("/status/204").body == b""
+        assert c.get("/nope").status == 404
+        r = c.request("GET", "/headers", [("X-A", "1")])
+        assert r.body.startswith(b"GET /headers HTTP/1.1\r\n") and b"\r\nX-A: 1\r\n" in r.body
+        assert r.body.endswith(b"\r\n\r\n")
+        c.send(build_request("POST", "/echo", [("Transfer-Encoding", "chunked")]) + chunked([b"ab", b"cde"]))
+        r = c.read_response("POST")
+        assert r.framing == "chunked" and r.body == b"abcde"
+        assert c.request("POST", "/echo", body=b"xyz").body == b"xyz"
+        r = c.request("HEAD", "/bytes/10")
+        assert r.header("content-length") == "10" and r.body == b""
+        r = c.get("/close")
+        assert r.will_close and c.wait_closed(2)
+    st = json.loads(simple_get(backend.port, "/__stats").body)
+    assert set(st) >= {"connections", "requests"}
+
+
+def test_pipelined_in_order(backend):
+    reqs = [build_request("GET", "/bytes/%d" % n) for n in (5, 100000, 0, 3)] + [build_request("GET", "/delay/20"),
+                                                                                 build_request("GET", "/")]
+    with Client(backend.port) as c:
+        c.send(b"".join(reqs))
+        for n in (5, 100000, 0, 3):
+            assert c.read_response().body == pattern(0, n)
+        assert c.read_response().body == b"ok\n"
+        assert c.read_response().body == b"Hello, world!"
+
+
+def test_delay_does_not_block_other_connections(backend):
+    """/delay is timer-based: 20 concurrent /delay/300 finish together, not one after another."""
+    results = []
+
+    def one():
+        with Client(backend.port) as c:
+            results.append(c.get("/delay/300").status)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    elapsed = time.monotonic() - t0
+    assert results == [200] * 20
+    assert 0.29 <= elapsed < 1.5, elapsed
+
+
+def test_http10_keepalive_and_close(backend):
+    with Client(backend.port) as c:
+        c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 200 and not r.will_close
+        c.send(b"GET / HTTP/1.0\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 200 and r.will_close
+        assert c.wait_closed(2)
+
+
+def test_rejects_garbage(backend):
+    for wire in (b"\x00\x01garbage\r\n\r\n", b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                 b"GET / HTTP/1.1\r\nX: " + b"a" * 40000 + b"\r\n\r\n"):
+        with Client(backend.port) as c:
+            c.send(wire)
+            r = c.read_response()
+            assert r.status in (400, 431), r
+            assert c.wait_closed(2)
+    assert backend.proc.poll() is None
+    assert simple_get(backend.port).status == 200
+
+
+def test_threads_share_one_port(backend_factory):
+    b = backend_factory(threads=2, ident="b2")
+    for _ in range(20):
+        r = simple_get(b.port, "/")
+        assert r.status == 200 and r.header("x-backend-id") == "b2"
