@@ -6,7 +6,7 @@ import time
 import pytest
 
 from conftest import SLOW
-from util import Client, Closed, SilentServer, build_request, dead_address, simple_get
+from util import BlackholeServer, Client, Closed, SilentServer, build_request, dead_address, simple_get
 
 
 def timed_get(port, target="/", headers=None, timeout=10):
@@ -40,8 +40,21 @@ def test_silent_backend_gives_504_within_response_timeout(corral):
         silent.close()
 
 
-def test_backend_dies_mid_response(corral, backend):
-    """A backend that goes away: next requests get a 502 instead of hanging."""
+def test_unreachable_backend_fails_at_connect_timeout(corral):
+    """A backend whose SYNs go unanswered: the proxy gives up after upstream_connect_ms (502/504),
+    not after the much longer response timeout or the kernel's SYN retries."""
+    hole = BlackholeServer()
+    try:
+        p = corral([hole.address], timeouts={"upstream_connect_ms": 300, "upstream_response_ms": 5000})
+        r, elapsed = timed_get(p.port)
+        assert r.status in (502, 504), r
+        assert 0.25 <= elapsed < 1.5 * SLOW, "gave up after %.2f s with upstream_connect_ms 300" % elapsed
+    finally:
+        hole.close()
+
+
+def test_backend_gone_gives_502(corral, backend):
+    """A backend that goes away (its pooled connections die with it): the next request gets a 502, not a hang."""
     p = corral([backend], timeouts={"upstream_connect_ms": 300, "upstream_response_ms": 1000})
     assert simple_get(p.port).status == 200
     backend.stop()

@@ -541,3 +541,39 @@ def connect_refused(port, timeout=1.0):
     finally:
         s.close()
     return False
+
+
+class BlackholeServer:
+    """A listener whose accept queue is full and never drained: new SYNs are dropped, so a
+    connect to it hangs until the connector's own timeout (an unreachable backend)."""
+
+    def __init__(self):
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(0)
+        self.port = self.lsock.getsockname()[1]
+        self.address = "127.0.0.1:%d" % self.port
+        self.fill = []
+        for _ in range(3):
+            s = socket.socket()
+            s.setblocking(False)
+            try:
+                s.connect(("127.0.0.1", self.port))
+            except BlockingIOError:
+                pass
+            self.fill.append(s)
+        time.sleep(0.05)
+        probe = socket.socket()
+        probe.settimeout(0.2)
+        try:
+            probe.connect(("127.0.0.1", self.port))
+            raise RuntimeError("blackhole listener still completes handshakes")
+        except (socket.timeout, TimeoutError):
+            pass
+        finally:
+            probe.close()
+
+    def close(self):
+        for s in self.fill:
+            s.close()
+        self.lsock.close()
