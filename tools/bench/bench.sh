@@ -175,25 +175,26 @@ render() {
 cpu_ticks() {
 	local pid total=0 t
 	for pid in "$@"; do
-		t=$(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')
+		t=$(sed 's/^.*) //' "/proc/$pid/stat" | awk '{printf "%.0f\n", $12 + $13}')
 		total=$((total + t))
 	done
 	echo "$total"
 }
 
-# Nanoseconds on CPU (the scheduler's exact count) of every thread of the given pids. A cross-check
-# for the tick-sampled utime+stime; it also holds softirq work done in the thread's context.
+# Nanoseconds on CPU (the scheduler's count) of every live thread of the given pids: a cross-check of
+# utime+stime, which the kernel scales to the same runtime but reports in 10 ms units. (mawk's %d
+# stops at 2^31, hence %.0f everywhere.)
 sched_ns() {
 	local pid
 	for pid in "$@"; do
 		cat /proc/"$pid"/task/*/schedstat 2>/dev/null
-	done | awk '{s += $1} END {printf "%d\n", s}'
+	done | awk '{s += $1} END {printf "%.0f\n", s}'
 }
 
 # "busy total steal" clock ticks of CPU $1 from /proc/stat.
 core_ticks() {
 	awk -v c="cpu$1" '$1 == c {
-		busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6, $9 }' /proc/stat
+		busy = $2 + $3 + $4 + $7 + $8 + $9; printf "%.0f %.0f %.0f\n", busy, busy + $5 + $6, $9 }' /proc/stat
 }
 
 # Before a measurement, waits (0.5 s steps, at most QUIET_BUDGET s over the whole run) until both

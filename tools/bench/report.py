@@ -143,8 +143,8 @@ def main():
 		      f"{fmt(e.get('backend_cpu_us_per_req'), 2):>14s} {fmt(e.get('errors')):>6s} "
 		      f"{fmt(e.get('idle_rss_bytes_per_conn'), 0):>11s} {fmt(e.get('idle_rss_total_mib'), 1):>7s}")
 	print()
-	print("cpu us/req: utime+stime (tick-sampled) / requests; sched us/req: the same from the "
-	      "scheduler's exact per-thread runtime (cross-check)")
+	print("cpu us/req: utime+stime / requests; sched us/req: the same from the scheduler's "
+	      "per-thread runtime in ns (cross-check)")
 	print("busy%: proxy CPU / proxy core's time; noise%: the rest of that core's busy time "
 	      "(other processes, softirq) - high means a disturbed run")
 	print(f"idle B/conn: (VmRSS with {meta.get('idle_conns', '?')} idle keep-alive clients - VmRSS "
