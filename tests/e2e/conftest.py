@@ -214,6 +214,7 @@ class Proxy:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+            self.checked = True  # reported here; teardown need not report it again
             raise AssertionError("%s did not exit within %.1f s of SIGTERM; log:\n%s"
                                  % (self.kind, timeout, self.log()[-4000:]))
         self.err.join()
