@@ -434,6 +434,7 @@ def test_drain_under_a_storm_of_new_connections(corral, backend, n):
         storm.wait_done(total // 2)
         ctl_ok(p, "drain", 1)
         at_drain = stats(p)  # right after drain returned
+        t_drain = time.monotonic()
         done_at_drain = storm.done
         time.sleep(0.3)
         settled = stats(p)  # the worker has shut its listener: queued connections moved
@@ -456,6 +457,8 @@ def test_drain_under_a_storm_of_new_connections(corral, backend, n):
     assert acc[3][1] - acc[1][1] <= threads, "core 1 accepted after the drain: %s -> %s" % (acc[1], acc[3])
     assert acc[3][1] == acc[2][1], "core 1 still accepting: %s -> %s" % (acc[2], acc[3])
     assert end["cores"][1]["state"] == "draining"
+    assert at_drain["cores"][1]["conns_active"] >= len(longs), at_drain["cores"][1]
+    assert t_drain - t_long < 1.5, "the slow requests were not in flight at the drain"
     assert end["steering"]["fallbacks"] == 0
     for c in longs:  # in flight through the drain, on the drained core: they complete
         r = c.read_response()
