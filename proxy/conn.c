@@ -1123,12 +1123,21 @@ static void resp_process(struct worker *w, struct conn *c)
 		if (k < 0) {
 			log_warn("worker %u: bad response body framing from %s", w->id,
 				 w->d->backends[c->backend].addr);
-			STAT_ADD(w->stats->upstream_errors, 1);
 			c->ups_reusable = false;
-			if (!c->resp_started || q->iov_n)
+			if (c->resp_started && q->iov_n && q->iov[0].iov_base ==
+								 hbuf_addr(w, c->hbuf_resp)) {
+				/* The head is only queued, not sent: the client can still get a 502. */
+				STAT_ADD(w->stats->responses[c->resp_code / 100 - 1], -1);
+				c->resp_started = false;
+				sendq_reset(q);
+			}
+			if (!c->resp_started) {
 				upstream_fail(w, c, 502);
-			else
+			} else {
+				/* Valid data already went out: end with an abort the client can see. */
+				STAT_ADD(w->stats->upstream_errors, 1);
 				conn_abort(w, c);
+			}
 			return;
 		}
 		u->in.off += (uint32_t)k;
