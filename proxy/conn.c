@@ -942,9 +942,8 @@ static void exchange_retry(struct worker *w, struct conn *c, int err_class)
 	STAT_ADD(w->bstats[b].errors, 1);
 	be_active_dec(w, b);
 	if (u && !u->reused) {
-		/* Passive health: a failed connect parks the backend for a second. */
-		__atomic_store_n(&w->d->backends[b].down_until_ms, w->now_ms + 1000,
-				 __ATOMIC_RELAXED);
+		/* Passive health: reported here, decided by the main thread (health_scan). */
+		STAT_SET(w->bstats[b].connect_fail_ms, w->now_ms);
 	}
 	exchange_detach_ups(w, c);
 	c->req_head_sent = false;

@@ -24,7 +24,7 @@ struct backend_rt {
 	uint32_t enabled;  /* 0 = disabled by the operator */
 	uint32_t healthy;  /* 0 = failing connects (passive, see ups.c) */
 	uint32_t in_config; /* 1 when the current snapshot lists it */
-	uint64_t down_until_ms; /* passive health: skip until then (CLOCK_MONOTONIC ms) */
+	uint64_t down_until_ms; /* passive health, set by the main thread: skip until then */
 	char addr[64];
 } __attribute__((aligned(64)));
 
@@ -46,6 +46,7 @@ struct stats_backend {
 	uint64_t errors;
 	uint64_t active; /* gauge: exchanges in flight to it from this worker */
 	uint64_t lat_sum_us;
+	uint64_t connect_fail_ms; /* when this worker last failed to connect to it (0 = never) */
 } __attribute__((aligned(64)));
 
 struct daemon {

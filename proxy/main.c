@@ -286,6 +286,34 @@ static int do_reload(char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * Passive health (main thread, the only writer of backend health): a backend that any worker
+ * failed to connect to is parked for HEALTH_PARK_MS after the failure, so that every core
+ * skips it instead of each paying its own connect timeouts. Connections already in flight
+ * are not touched, and a parked backend is still tried when every backend is parked.
+ */
+#define HEALTH_PARK_MS 1000
+
+static void health_scan(void)
+{
+	for (uint32_t b = 0; b < CFG_BACKENDS_MAX; b++) {
+		uint64_t last = 0;
+
+		if (!D.backends[b].addr[0])
+			continue;
+		for (uint32_t i = 0; i < D.workers_n; i++) {
+			uint64_t t = STAT_GET(D.workers[i]->bstats[b].connect_fail_ms);
+
+			if (t > last)
+				last = t;
+		}
+		if (last && last + HEALTH_PARK_MS > __atomic_load_n(&D.backends[b].down_until_ms,
+								     __ATOMIC_RELAXED))
+			__atomic_store_n(&D.backends[b].down_until_ms, last + HEALTH_PARK_MS,
+					 __ATOMIC_RELAXED);
+	}
+}
+
 /* --- admin ops (main thread only) ------------------------------------------------------------------- */
 
 static uint32_t op_cores_n(void *ctx)
@@ -659,8 +687,10 @@ int main(int argc, char **argv)
 					{ .fd = met ? metrics_fd(met) : -1, .events = POLLIN } };
 		struct signalfd_siginfo si;
 
-		if (poll(pf, 3, 1000) < 0 && errno != EINTR)
+		/* 100 ms: the passive-health scan's period. */
+		if (poll(pf, 3, 100) < 0 && errno != EINTR)
 			break;
+		health_scan();
 		if (pf[1].revents)
 			ctl_service(ctl);
 		if (pf[2].revents)
