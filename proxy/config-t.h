@@ -8,11 +8,11 @@
 #include <sys/socket.h>
 
 /* Hard upper bounds on list sizes, so that config structs are fixed-size. */
-#define CFG_LISTEN_MAX 16	/* more listen addresses than this is a config mistake */
-#define CFG_CORES_MAX 256	/* also the size of the BPF per-core map */
-#define CFG_BACKENDS_MAX 256	/* a front proxy with more backends wants service discovery */
-#define CFG_PATH_MAX 256
-#define CFG_ERR_MAX 256
+#define CFG_LISTEN_MAX	 16  /* more listen addresses than this is a config mistake */
+#define CFG_CORES_MAX	 256 /* also the size of the BPF per-core map */
+#define CFG_BACKENDS_MAX 256 /* a front proxy with more backends wants service discovery */
+#define CFG_PATH_MAX	 256
+#define CFG_ERR_MAX	 256
 
 /* Defaults. Each number says why. */
 /* Apache/NGINX-like: a client that cannot send a head in 10 s is broken or hostile. */
@@ -54,7 +54,7 @@
  * connections per core; the rest wait for a buffer instead of growing memory.
  */
 #define CFG_DEF_BUFFERS_PER_CORE 1024
-#define CFG_DEF_BUFFER_BYTES 16384
+#define CFG_DEF_BUFFER_BYTES	 16384
 
 enum cfg_balance {
 	CFG_BALANCE_ROUND_ROBIN = 0, /* smooth weighted round-robin */
@@ -103,14 +103,14 @@ struct cfg_limits {
 };
 
 struct cfg_steering {
-	char policy[32];		  /* "hash", "round-robin", ...; validated by steer */
-	uint32_t weights[CFG_CORES_MAX];  /* per worker index; default 1 */
-	uint32_t weights_n;		  /* how many were given */
+	char policy[32];		 /* "hash", "round-robin", ...; validated by steer */
+	uint32_t weights[CFG_CORES_MAX]; /* per worker index; default 1 */
+	uint32_t weights_n;		 /* how many were given */
 };
 
 struct cfg_admin {
-	char socket[CFG_PATH_MAX];	/* default /run/corral/corral.sock; "" = off */
-	struct cfg_addr metrics;	/* admin HTTP listener; metrics_on false = off */
+	char socket[CFG_PATH_MAX]; /* default /run/corral/corral.sock; "" = off */
+	struct cfg_addr metrics;   /* admin HTTP listener; metrics_on false = off */
 	bool metrics_on;
 };
 

@@ -17,7 +17,7 @@
 
 /* Bytes a lingering close reads and discards before giving up, and for how long. */
 #define LINGER_BYTES_MAX (256 * 1024)
-#define LINGER_MS 2000
+#define LINGER_MS	 2000
 /* Connect attempts per request (each to a different backend when there are several). */
 #define ATTEMPTS_MAX 3
 
@@ -593,8 +593,7 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 	}
 	c->hbuf_req = hb;
 	c->req_head_len = (uint32_t)n;
-	http_body_init(&c->req_body, req->framing, req->content_length,
-		       cfg->limits.body_bytes_max);
+	http_body_init(&c->req_body, req->framing, req->content_length, cfg->limits.body_bytes_max);
 	/* Content-Length: 0 is forwarded as such, but there is no body to wait for. */
 	if (req->framing == HTTP_BODY_NONE ||
 	    (req->framing == HTTP_BODY_LENGTH && req->content_length == 0)) {
@@ -1009,7 +1008,8 @@ static void resp_process(struct worker *w, struct conn *c)
 		resp.hdr_cap = w->hdr_cap;
 		if (c->accum.hbuf != NIL) {
 			if (u->in.len) {
-				if (!accum_append(w, &c->accum, u->in.base + u->in.off, u->in.len)) {
+				if (!accum_append(w, &c->accum, u->in.base + u->in.off,
+						  u->in.len)) {
 					u->closing = true;
 					upstream_fail(w, c, 502);
 					return;
@@ -1028,7 +1028,8 @@ static void resp_process(struct worker *w, struct conn *c)
 		r = http_resp_parse(&resp, src->base + src->off, src->len, &lim, c->req_is_head);
 		if (r == -EAGAIN) {
 			if (src == &u->in) {
-				if (!accum_append(w, &c->accum, u->in.base + u->in.off, u->in.len)) {
+				if (!accum_append(w, &c->accum, u->in.base + u->in.off,
+						  u->in.len)) {
 					upstream_fail(w, c, 502);
 					return;
 				}
@@ -1123,8 +1124,8 @@ static void resp_process(struct worker *w, struct conn *c)
 			log_warn("worker %u: bad response body framing from %s", w->id,
 				 w->d->backends[c->backend].addr);
 			c->ups_reusable = false;
-			if (c->resp_started && q->iov_n && q->iov[0].iov_base ==
-								 hbuf_addr(w, c->hbuf_resp)) {
+			if (c->resp_started && q->iov_n &&
+			    q->iov[0].iov_base == hbuf_addr(w, c->hbuf_resp)) {
 				/* The head is only queued, not sent: the client can still get a 502. */
 				STAT_ADD(w->stats->responses[c->resp_code / 100 - 1], -1);
 				c->resp_started = false;

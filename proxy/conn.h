@@ -7,7 +7,8 @@
 /* A new client socket from accept: takes a slot or answers 503 and closes. */
 void conn_accept(struct worker *w, int fd);
 /* Completion dispatch for client-side ops. */
-void conn_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int res, uint32_t flags);
+void conn_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int res,
+		 uint32_t flags);
 /* Completion dispatch for upstream-side ops. */
 void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int res, uint32_t flags);
 /* A timer of class cls expired for connection idx. */

@@ -20,10 +20,10 @@ struct steer;
  * workers' per-backend pools and stats stay valid.
  */
 struct backend_rt {
-	uint32_t weight;   /* effective weight (config weight, or corralctl's override) */
-	uint32_t enabled;  /* 0 = disabled by the operator */
-	uint32_t healthy;  /* 0 = failing connects (passive, see ups.c) */
-	uint32_t in_config; /* 1 when the current snapshot lists it */
+	uint32_t weight;	/* effective weight (config weight, or corralctl's override) */
+	uint32_t enabled;	/* 0 = disabled by the operator */
+	uint32_t healthy;	/* 0 = failing connects (passive, see ups.c) */
+	uint32_t in_config;	/* 1 when the current snapshot lists it */
 	uint64_t down_until_ms; /* passive health, set by the main thread: skip until then */
 	char addr[64];
 } __attribute__((aligned(64)));
@@ -54,8 +54,8 @@ struct daemon {
 	struct backend_rt backends[CFG_BACKENDS_MAX];
 	struct worker **workers;
 	uint32_t workers_n;
-	struct steer *steer;	 /* NULL: kernel-hash fallback */
-	char steer_err[256];	 /* why steering is off, when it is */
+	struct steer *steer; /* NULL: kernel-hash fallback */
+	char steer_err[256]; /* why steering is off, when it is */
 	int listen_fds[CFG_CORES_MAX][CFG_LISTEN_MAX];
 	uint16_t listen_port[CFG_LISTEN_MAX];
 	uint64_t start_ms;
@@ -71,19 +71,19 @@ uint64_t now_ns(void);
 void log_msg(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 #define log_info(...) log_msg("info", __VA_ARGS__)
 #define log_warn(...) log_msg("warn", __VA_ARGS__)
-#define log_err(...) log_msg("error", __VA_ARGS__)
+#define log_err(...)  log_msg("error", __VA_ARGS__)
 
 /* Always-on assertion (TigerBeetle/HAProxy BUG_ON style): a broken invariant aborts. */
-#define BUG_ON(cond)                                                                        \
-	do {                                                                                \
-		if (__builtin_expect(!!(cond), 0))                                          \
-			bug_fail(#cond, __FILE__, __LINE__);                                \
+#define BUG_ON(cond)                                                                               \
+	do {                                                                                       \
+		if (__builtin_expect(!!(cond), 0))                                                 \
+			bug_fail(#cond, __FILE__, __LINE__);                                       \
 	} while (0)
 void bug_fail(const char *what, const char *file, int line) __attribute__((noreturn));
 
 /* Relaxed single-writer counter helpers for stats blocks. */
 #define STAT_ADD(field, n) __atomic_store_n(&(field), (field) + (n), __ATOMIC_RELAXED)
 #define STAT_SET(field, v) __atomic_store_n(&(field), (v), __ATOMIC_RELAXED)
-#define STAT_GET(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+#define STAT_GET(field)	   __atomic_load_n(&(field), __ATOMIC_RELAXED)
 
 #endif

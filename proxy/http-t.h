@@ -37,14 +37,16 @@ struct http_limits {
  */
 struct http_req {
 	struct http_span method;
-	struct http_span target; /* origin-form path+query sent upstream ("/" for "*" only with OPTIONS) */
-	struct http_span host;	 /* authority to forward as Host (from Host or an absolute-form target) */
-	uint8_t version_minor;	 /* 0 or 1; major is always 1 */
-	bool is_head;		 /* HEAD: the response has no body */
-	bool is_idempotent;	 /* GET HEAD PUT DELETE OPTIONS TRACE */
-	bool keep_alive;	 /* the client allows reuse after this exchange */
-	bool expect_continue;	 /* Expect: 100-continue */
-	bool upgrade;		 /* Connection: upgrade with an Upgrade header: may become a tunnel */
+	struct http_span
+		target; /* origin-form path+query sent upstream ("/" for "*" only with OPTIONS) */
+	struct http_span
+		host; /* authority to forward as Host (from Host or an absolute-form target) */
+	uint8_t version_minor; /* 0 or 1; major is always 1 */
+	bool is_head;	       /* HEAD: the response has no body */
+	bool is_idempotent;    /* GET HEAD PUT DELETE OPTIONS TRACE */
+	bool keep_alive;       /* the client allows reuse after this exchange */
+	bool expect_continue;  /* Expect: 100-continue */
+	bool upgrade;	       /* Connection: upgrade with an Upgrade header: may become a tunnel */
 	enum http_framing framing; /* NONE, LENGTH or CHUNKED */
 	uint64_t content_length;   /* when framing == LENGTH */
 	uint32_t head_len;	   /* bytes of the head including the final CRLF CRLF */
@@ -57,9 +59,9 @@ struct http_req {
 
 /* A parsed response head; same conventions as struct http_req. */
 struct http_resp {
-	uint16_t code;		/* 100..599 */
+	uint16_t code; /* 100..599 */
 	uint8_t version_minor;
-	bool keep_alive;	/* the upstream allows reuse after this response */
+	bool keep_alive;	   /* the upstream allows reuse after this response */
 	enum http_framing framing; /* given the request method: HEAD/1xx/204/304 -> NONE */
 	uint64_t content_length;
 	struct http_span reason_phrase;

@@ -15,7 +15,8 @@
  * must be closed once the error is answered.
  * req->hdr and req->hdr_cap must be set by the caller. Pure function: no allocation.
  */
-int http_req_parse(struct http_req *req, const char *buf, size_t len, const struct http_limits *lim);
+int http_req_parse(struct http_req *req, const char *buf, size_t len,
+		   const struct http_limits *lim);
 
 /*
  * Writes the canonical request head to upstream into out[0..cap): request line with the
@@ -53,7 +54,8 @@ int http_resp_serialize(const struct http_resp *resp, const char *buf, uint8_t c
 /* Body decoding ------------------------------------------------------------------------ */
 
 /* Starts decoding a body of the given framing. max: payload limit, 0 = none. */
-void http_body_init(struct http_body *b, enum http_framing f, uint64_t content_length, uint64_t max);
+void http_body_init(struct http_body *b, enum http_framing f, uint64_t content_length,
+		    uint64_t max);
 
 /*
  * Decodes framing in place: consumes bytes from buf[0..len), moves the payload bytes it finds

@@ -32,12 +32,11 @@ static uint64_t snap_version;
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"usage: corral [-c FILE] [--check] [--version] [--help]\n"
-		"  -c, --config FILE  configuration file (default " DEFAULT_CONFIG ")\n"
-		"  -t, --check        validate the configuration and exit (0 = valid)\n"
-		"  -V, --version      print the version and exit\n"
-		"  -h, --help         this text\n");
+	fprintf(f, "usage: corral [-c FILE] [--check] [--version] [--help]\n"
+		   "  -c, --config FILE  configuration file (default " DEFAULT_CONFIG ")\n"
+		   "  -t, --check        validate the configuration and exit (0 = valid)\n"
+		   "  -V, --version      print the version and exit\n"
+		   "  -h, --help         this text\n");
 }
 
 /* --- listeners ------------------------------------------------------------------------------- */
@@ -71,13 +70,12 @@ static int listener_open(const struct cfg_addr *a, uint16_t port, uint16_t *boun
 	*bound = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
 					       : ((struct sockaddr_in6 *)&ss)->sin6_port);
 	return fd;
-fail:
-	{
-		int e = -errno;
+fail : {
+	int e = -errno;
 
-		close(fd);
-		return e;
-	}
+	close(fd);
+	return e;
+}
 }
 
 static void addr_with_port(const struct cfg_addr *a, uint16_t port, char *out, size_t n)
@@ -88,7 +86,8 @@ static void addr_with_port(const struct cfg_addr *a, uint16_t port, char *out, s
 		inet_ntop(AF_INET, &((const struct sockaddr_in *)&a->ss)->sin_addr, ip, sizeof(ip));
 		snprintf(out, n, "%s:%u", ip, port);
 	} else {
-		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&a->ss)->sin6_addr, ip, sizeof(ip));
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&a->ss)->sin6_addr, ip,
+			  sizeof(ip));
 		snprintf(out, n, "[%s]:%u", ip, port);
 	}
 }
@@ -132,8 +131,9 @@ static int listeners_create(const struct config *cfg)
 		uint16_t port, bound = 0;
 		int holder = -1;
 
-		port = ntohs(a->ss.ss_family == AF_INET ? ((const struct sockaddr_in *)&a->ss)->sin_port
-							: ((const struct sockaddr_in6 *)&a->ss)->sin6_port);
+		port = ntohs(a->ss.ss_family == AF_INET
+				     ? ((const struct sockaddr_in *)&a->ss)->sin_port
+				     : ((const struct sockaddr_in6 *)&a->ss)->sin6_port);
 		if (port == 0) {
 			int r = port_reserve(a, &port, &holder);
 
@@ -234,7 +234,8 @@ static void steering_apply(const struct config *cfg)
 	if (cfg->steering.policy[0] && steer_set_policy(D.steer, cfg->steering.policy) < 0)
 		log_warn("steering: policy %s rejected", cfg->steering.policy);
 	for (uint32_t i = 0; i < cfg->cores_n; i++)
-		steer_set_weight(D.steer, i, i < cfg->steering.weights_n ? cfg->steering.weights[i] : 1);
+		steer_set_weight(D.steer, i,
+				 i < cfg->steering.weights_n ? cfg->steering.weights[i] : 1);
 }
 
 static bool same_listen(const struct config *a, const struct config *b)
@@ -266,7 +267,8 @@ static int do_reload(char *err, size_t errlen)
 	}
 	if (!same_listen(&D.snap->cfg, cfg)) {
 		snprintf(err, errlen,
-			 "listen addresses and worker cores cannot change on reload (restart corral)");
+			 "listen addresses and worker cores cannot change on reload (restart "
+			 "corral)");
 		log_err("reload rejected, old configuration kept: %s", err);
 		free(cfg);
 		return -EINVAL;
@@ -307,8 +309,8 @@ static void health_scan(void)
 			if (t > last)
 				last = t;
 		}
-		if (last && last + HEALTH_PARK_MS > __atomic_load_n(&D.backends[b].down_until_ms,
-								     __ATOMIC_RELAXED))
+		if (last && last + HEALTH_PARK_MS >
+				    __atomic_load_n(&D.backends[b].down_until_ms, __ATOMIC_RELAXED))
 			__atomic_store_n(&D.backends[b].down_until_ms, last + HEALTH_PARK_MS,
 					 __ATOMIC_RELAXED);
 	}
@@ -491,8 +493,7 @@ static int op_backend_enable(void *ctx, const char *addr, bool enabled, char *er
 	return 0;
 }
 
-static int op_backend_weight(void *ctx, const char *addr, uint32_t weight, char *err,
-			     size_t errlen)
+static int op_backend_weight(void *ctx, const char *addr, uint32_t weight, char *err, size_t errlen)
 {
 	int id = backend_find(addr);
 
@@ -547,8 +548,10 @@ static void raise_nofile(void)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "config", required_argument, NULL, 'c' }, { "check", no_argument, NULL, 't' },
-		{ "version", no_argument, NULL, 'V' },	    { "help", no_argument, NULL, 'h' },
+		{ "config", required_argument, NULL, 'c' },
+		{ "check", no_argument, NULL, 't' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct ctl *ctl = NULL;

@@ -11,7 +11,14 @@
  */
 #define STATS_LAT_BUCKETS 128
 
-enum stats_class { STATS_1XX, STATS_2XX, STATS_3XX, STATS_4XX, STATS_5XX, STATS_CLASSES };
+enum stats_class {
+	STATS_1XX,
+	STATS_2XX,
+	STATS_3XX,
+	STATS_4XX,
+	STATS_5XX,
+	STATS_CLASSES
+};
 
 /*
  * CROSS-THREAD: written only by the owning worker with relaxed atomic stores
@@ -21,15 +28,15 @@ enum stats_class { STATS_1XX, STATS_2XX, STATS_3XX, STATS_4XX, STATS_5XX, STATS_
  */
 struct stats_worker {
 	uint64_t conns_accepted;
-	uint64_t conns_active;	 /* gauge */
-	uint64_t conns_rejected; /* table full (answered 503) */
-	uint64_t requests;	 /* requests whose head was parsed */
+	uint64_t conns_active;		   /* gauge */
+	uint64_t conns_rejected;	   /* table full (answered 503) */
+	uint64_t requests;		   /* requests whose head was parsed */
 	uint64_t responses[STATS_CLASSES]; /* by class of status sent to the client */
-	uint64_t bytes_in;	 /* from clients */
-	uint64_t bytes_out;	 /* to clients */
-	uint64_t upstream_errors; /* connect failures, resets, timeouts, bad responses */
+	uint64_t bytes_in;		   /* from clients */
+	uint64_t bytes_out;		   /* to clients */
+	uint64_t upstream_errors;	   /* connect failures, resets, timeouts, bad responses */
 	uint64_t upstream_retries;
-	uint64_t pool_idle;	 /* gauge: idle upstream connections in this worker's pools */
+	uint64_t pool_idle; /* gauge: idle upstream connections in this worker's pools */
 	uint64_t pool_hits;
 	uint64_t pool_misses;
 	uint64_t parse_errors; /* client requests rejected with 4xx by corral's parser */

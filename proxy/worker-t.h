@@ -20,12 +20,12 @@
  */
 enum wop {
 	OP_NONE = 0,
-	OP_ACCEPT,	/* idx = listen index */
-	OP_TICK,	/* the worker's timer tick */
-	OP_EVENT,	/* control eventfd read */
-	OP_C_RECV,	/* client recv (buffer select) */
-	OP_C_SEND,	/* client sendmsg */
-	OP_C_CANCEL,	/* cancel of client ops */
+	OP_ACCEPT,   /* idx = listen index */
+	OP_TICK,     /* the worker's timer tick */
+	OP_EVENT,    /* control eventfd read */
+	OP_C_RECV,   /* client recv (buffer select) */
+	OP_C_SEND,   /* client sendmsg */
+	OP_C_CANCEL, /* cancel of client ops */
 	OP_U_CONNECT,
 	OP_U_RECV,
 	OP_U_SEND,
@@ -36,13 +36,13 @@ enum wop {
 /* Timer classes: each has one fixed duration, so each list is FIFO-ordered by deadline. */
 enum tclass {
 	T_NONE = 0,
-	T_HEADER,	/* absolute deadline for a request head */
-	T_IDLE,		/* keep-alive idle */
-	T_BODY,		/* client body progress / slow reader */
-	T_CONNECT,	/* upstream connect */
-	T_UPSTREAM,	/* upstream response progress */
-	T_TUNNEL,	/* upgraded tunnel idle */
-	T_LINGER,	/* lingering close */
+	T_HEADER,   /* absolute deadline for a request head */
+	T_IDLE,	    /* keep-alive idle */
+	T_BODY,	    /* client body progress / slow reader */
+	T_CONNECT,  /* upstream connect */
+	T_UPSTREAM, /* upstream response progress */
+	T_TUNNEL,   /* upgraded tunnel idle */
+	T_LINGER,   /* lingering close */
 	T_CLASSES,
 };
 
@@ -54,11 +54,11 @@ struct tlink {
 
 /* A byte range held in either a provided buffer or a head buffer. */
 struct inbuf {
-	char *base;	 /* start of the holding buffer */
-	uint32_t off;	 /* unconsumed bytes start here */
-	uint32_t len;	 /* unconsumed byte count */
-	int32_t bid;	 /* provided-buffer id, or -1 */
-	uint32_t hbuf;	 /* head-buffer index, or NIL */
+	char *base;    /* start of the holding buffer */
+	uint32_t off;  /* unconsumed bytes start here */
+	uint32_t len;  /* unconsumed byte count */
+	int32_t bid;   /* provided-buffer id, or -1 */
+	uint32_t hbuf; /* head-buffer index, or NIL */
 };
 
 /* One direction's send: up to 4 iovecs in flight, progress tracked across short sends. */
@@ -66,36 +66,36 @@ struct sendq {
 	struct msghdr msg;
 	struct iovec iov[4];
 	uint8_t iov_n;
-	bool busy;	 /* a sendmsg is in flight */
+	bool busy; /* a sendmsg is in flight */
 };
 
 enum req_state {
-	RQ_HEAD = 0,	/* reading/parsing a request head */
-	RQ_BODY,	/* streaming the request body upstream */
-	RQ_DONE,	/* request fully read; waiting for the response to end */
+	RQ_HEAD = 0, /* reading/parsing a request head */
+	RQ_BODY,     /* streaming the request body upstream */
+	RQ_DONE,     /* request fully read; waiting for the response to end */
 };
 
 enum rs_state {
-	RS_NONE = 0,	/* no exchange */
-	RS_CONNECT,	/* picking/connecting an upstream */
-	RS_HEAD,	/* waiting for the response head */
-	RS_BODY,	/* streaming the response body */
+	RS_NONE = 0, /* no exchange */
+	RS_CONNECT,  /* picking/connecting an upstream */
+	RS_HEAD,     /* waiting for the response head */
+	RS_BODY,     /* streaming the response body */
 	RS_DONE,
-	RS_TUNNEL,	/* after 101: raw bytes both ways */
+	RS_TUNNEL, /* after 101: raw bytes both ways */
 };
 
 /* Upstream connection. Owned by one conn while in use, else by its backend's idle pool. */
 struct ups {
 	int fd;
 	uint32_t gen;
-	uint32_t owner;	    /* conn index, or NIL when pooled/closing */
+	uint32_t owner; /* conn index, or NIL when pooled/closing */
 	uint32_t owner_gen;
-	uint16_t backend;   /* backend id */
+	uint16_t backend; /* backend id */
 	uint8_t inflight;
 	bool connected;
 	bool recv_armed;
 	bool closing;
-	bool reused;	    /* taken from the pool for the current exchange */
+	bool reused; /* taken from the pool for the current exchange */
 	union {
 		struct sockaddr_in6 v6;
 		struct sockaddr_in v4;
@@ -103,24 +103,24 @@ struct ups {
 	socklen_t addr_len;
 	uint32_t pool_prev, pool_next; /* idle pool list (per backend) or free list */
 	uint64_t idle_since_ms;
-	struct inbuf in;    /* response bytes not yet processed */
+	struct inbuf in; /* response bytes not yet processed */
 };
 
 /* A client connection: a scoped task. Everything it owns is released in conn_finish(). */
 struct conn {
 	int fd;
 	uint32_t gen;
-	uint8_t inflight;    /* SQEs in flight on fd */
-	bool active;	     /* slot in use */
-	bool closing;	     /* teardown started: no new work */
+	uint8_t inflight; /* SQEs in flight on fd */
+	bool active;	  /* slot in use */
+	bool closing;	  /* teardown started: no new work */
 	bool recv_armed;
-	bool recv_wanted;    /* waiting in the no-buffer queue */
-	bool keep_alive;     /* this exchange ends with the connection reusable */
+	bool recv_wanted; /* waiting in the no-buffer queue */
+	bool keep_alive;  /* this exchange ends with the connection reusable */
 	bool lingering;
-	bool cancel_sent;    /* a cancel of every op on fd was submitted */
-	bool eof;	     /* client shut its write side */
-	uint8_t req_state;   /* enum req_state */
-	uint8_t rs_state;    /* enum rs_state */
+	bool cancel_sent;  /* a cancel of every op on fd was submitted */
+	bool eof;	   /* client shut its write side */
+	uint8_t req_state; /* enum req_state */
+	uint8_t rs_state;  /* enum rs_state */
 	uint8_t client_minor;
 	bool req_is_head;
 	bool req_idempotent;
@@ -134,35 +134,35 @@ struct conn {
 	uint8_t last_err;    /* 0, or 2 = refused/reset, 4 = timeout */
 	bool ups_reusable;   /* the upstream may be pooled when the exchange ends */
 	bool req_head_sent;
-	bool end_pending;    /* response ended while the last request send was in flight */
-	bool ups_recv_wanted;/* waiting in the no-buffer queue for an upstream recv */
+	bool end_pending;     /* response ended while the last request send was in flight */
+	bool ups_recv_wanted; /* waiting in the no-buffer queue for an upstream recv */
 	uint32_t req_head_len;
-	uint64_t tried;	     /* backend ids tried for this request (bit = id % 64) */
-	uint64_t hkey;	     /* hash key for hash-uri / hash-client */
+	uint64_t tried;		 /* backend ids tried for this request (bit = id % 64) */
+	uint64_t hkey;		 /* hash key for hash-uri / hash-client */
 	uint16_t pending_status; /* error response to send, 0 = none */
-	uint32_t requests;   /* served on this connection */
-	uint32_t ups;	     /* upstream index or NIL */
-	uint32_t hbuf_req;   /* head buffer: serialised request head / accumulated head */
-	uint32_t hbuf_resp;  /* head buffer: serialised response head */
-	uint32_t next_wait;  /* no-buffer wait queue */
+	uint32_t requests;	 /* served on this connection */
+	uint32_t ups;		 /* upstream index or NIL */
+	uint32_t hbuf_req;	 /* head buffer: serialised request head / accumulated head */
+	uint32_t hbuf_resp;	 /* head buffer: serialised response head */
+	uint32_t next_wait;	 /* no-buffer wait queue */
 	struct tlink t;
-	struct inbuf in;     /* client bytes not yet processed */
-	struct inbuf accum;  /* partial request head being accumulated */
+	struct inbuf in;    /* client bytes not yet processed */
+	struct inbuf accum; /* partial request head being accumulated */
 	struct http_body req_body;
 	struct http_body resp_body;
 	struct sendq to_ups;
 	struct sendq to_client;
-	int32_t ups_send_bid;	/* provided buffer held by the send upstream, or -1 */
+	int32_t ups_send_bid;	 /* provided buffer held by the send upstream, or -1 */
 	int32_t client_send_bid; /* provided buffer held by the send to the client, or -1 */
-	uint32_t ups_send_hbuf;	/* head buffer held by the send upstream */
+	uint32_t ups_send_hbuf;	 /* head buffer held by the send upstream */
 	uint64_t req_start_ns;
 	uint16_t backend;
 	uint16_t resp_code;
 	char chunk_hdr_c[24]; /* chunk-size line for the client direction */
 	char chunk_hdr_u[24]; /* chunk-size line for the upstream direction */
 	uint32_t linger_bytes;
-	uint64_t x_bytes_in;  /* this exchange's bytes from the client (access log) */
-	uint64_t x_bytes_out; /* this exchange's bytes to the client (access log) */
+	uint64_t x_bytes_in;	  /* this exchange's bytes from the client (access log) */
+	uint64_t x_bytes_out;	  /* this exchange's bytes to the client (access log) */
 	uint32_t req_in_head_len; /* bytes of the client's request head */
 	union {
 		struct sockaddr_in6 v6;

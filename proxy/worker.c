@@ -67,8 +67,8 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->hdr_scratch = calloc(w->hdr_cap, sizeof(struct http_header));
 	w->stats = aligned_alloc(64, sizeof(struct stats_worker));
 	w->bstats = aligned_alloc(64, sizeof(struct stats_backend) * CFG_BACKENDS_MAX);
-	if (!w->conns || !w->conn_next_free || !w->ups || !w->bufs || !w->hbufs ||
-	    !w->hbuf_next || !w->hdr_scratch || !w->stats || !w->bstats)
+	if (!w->conns || !w->conn_next_free || !w->ups || !w->bufs || !w->hbufs || !w->hbuf_next ||
+	    !w->hdr_scratch || !w->stats || !w->bstats)
 		return -ENOMEM;
 	memset(w->stats, 0, sizeof(*w->stats));
 	memset(w->bstats, 0, sizeof(struct stats_backend) * CFG_BACKENDS_MAX);
@@ -532,7 +532,8 @@ static void *worker_main(void *arg)
 		w->now_ms = t0 / 1000000ULL;
 		w->snap = rcu_dereference(w->d->snap);
 		n = 0;
-		io_uring_for_each_cqe(&w->ring, head, cqe) {
+		io_uring_for_each_cqe(&w->ring, head, cqe)
+		{
 			dispatch(w, cqe);
 			n++;
 		}

@@ -14,15 +14,15 @@ struct worker {
 	uint32_t cpu; /* core it is pinned to */
 	pthread_t thread;
 	struct io_uring ring;
-	int start_err;	/* set before ready: negative errno if start-up failed */
-	int ready;	/* 1 once accepting (release store) */
+	int start_err; /* set before ready: negative errno if start-up failed */
+	int ready;     /* 1 once accepting (release store) */
 
 	/* control: main -> worker (shared-only pool 5) */
 	int evfd;
 	uint64_t evval;
-	int stop_req;	/* 1 = graceful stop requested (atomic) */
-	int drain_req;	/* desired drained state (atomic); applied by the worker */
-	bool drained;	/* applied drained state (worker-local) */
+	int stop_req;  /* 1 = graceful stop requested (atomic) */
+	int drain_req; /* desired drained state (atomic); applied by the worker */
+	bool drained;  /* applied drained state (worker-local) */
 	bool stopping;
 	uint64_t stop_deadline_ms;
 
