@@ -433,11 +433,21 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 		on_control(w);
 		arm_event(w);
 		break;
-	case OP_LOG_WRITE:
+	case OP_LOG_WRITE: {
+		int r;
+
 		w->log_inflight = false;
-		if (alog_flush_done(&w->alog, cqe->res) == 1)
+		r = alog_flush_done(&w->alog, cqe->res);
+		if (r == 1)
 			worker_log_flush(w);
+		/* A failing log (full disk) is said once per 10 s per core, not per line. */
+		if (r < 0 && w->now_ms - w->log_warned_ms >= 10000) {
+			w->log_warned_ms = w->now_ms;
+			log_warn("worker %u: access log write: %s (%llu lines dropped so far)", w->id,
+				 strerror(-r), (unsigned long long)w->alog.lines_dropped);
+		}
 		break;
+	}
 	case OP_C_RECV:
 	case OP_C_SEND:
 	case OP_C_CANCEL:

@@ -81,6 +81,7 @@ struct worker {
 	struct alog_buf alog;
 	int alog_fd;
 	bool log_inflight;
+	uint64_t log_warned_ms; /* last access-log failure warning (rate limit) */
 };
 
 /* Access log (worker.c): start a write of buffered lines if one is due. */
