@@ -231,6 +231,17 @@ vmrss_kb() {
 	awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
 }
 
+# The first child of $1 (NGINX's worker), waiting up to 2.5 s for the master to fork it; "" if none.
+wait_child() {
+	local i w
+	for i in $(seq 1 50); do
+		w=$(children "$1" | head -n 1)
+		[ -n "$w" ] && break
+		sleep 0.05
+	done
+	echo "$w"
+}
+
 note() {
 	echo "bench: $*" >&2
 	"$PY" -c 'import json,sys; print(json.dumps({"note": sys.argv[1]}))' "$*" >>"$NOTES"
@@ -265,6 +276,11 @@ start_backend() {
 	esac
 	BACKEND_PID=$SPAWNED_PID
 	wait_port "$port" 5 || { echo "bench: backend did not start:"; cat "$dir/log" "$dir/error.log" 2>/dev/null; exit 1; } >&2
+	# The stand-in's work is done by its worker process: account both.
+	BACKEND_PIDS=$BACKEND_PID
+	if [ "$BACKEND_KIND" = nginx ]; then
+		BACKEND_PIDS="$BACKEND_PID $(wait_child "$BACKEND_PID")"
+	fi
 }
 
 # nginx's worker_cpu_affinity wants a bit mask, lowest CPU rightmost.
@@ -327,12 +343,8 @@ start_proxy() {
 		return 1
 	fi
 	if [ "$name" = nginx ]; then
-		local w=""
-		for i in $(seq 1 50); do
-			w=$(children "$PROXY_PID" | head -n 1)
-			[ -n "$w" ] && break
-			sleep 0.05
-		done
+		local w
+		w=$(wait_child "$PROXY_PID")
 		if [ -z "$w" ]; then
 			note "nginx: no worker process"
 			stop_group "$PROXY_PID"
@@ -389,12 +401,12 @@ measure() {
 	cbefore=$(core_ticks "$PCPU")
 	before=$(cpu_ticks ${PIDS[$p]})
 	sbefore=$(sched_ns ${PIDS[$p]})
-	bbefore=$(cpu_ticks "$BACKEND_PID")
+	bbefore=$(cpu_ticks $BACKEND_PIDS)
 	run_fg timeout $((SECS + 30)) taskset -c "$LCPU" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency \
 		-s "$HERE/wrk-report.lua" "$(URLFOR "$p")" >"$log" 2>&1 || true
 	after=$(cpu_ticks ${PIDS[$p]})
 	safter=$(sched_ns ${PIDS[$p]})
-	bafter=$(cpu_ticks "$BACKEND_PID")
+	bafter=$(cpu_ticks $BACKEND_PIDS)
 	cafter=$(core_ticks "$PCPU")
 	wjson=$(sed -n 's/^WRKJSON //p' "$log")
 	if [ -z "$wjson" ]; then
