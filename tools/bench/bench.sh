@@ -79,7 +79,9 @@ cleanup() {
 	local pg i
 	trap - EXIT INT TERM
 	# timeout(1) leads its own process group; killing the group stops it and wrk/the client.
-	[ -n "$FG_PID" ] && kill -TERM -- "-$FG_PID" 2>/dev/null
+	if [ -n "$FG_PID" ]; then
+		kill -TERM -- "-$FG_PID" 2>/dev/null || kill -TERM "$FG_PID" 2>/dev/null || true
+	fi
 	for pg in "${PGIDS[@]}"; do
 		kill -TERM -- "-$pg" 2>/dev/null || true
 	done
