@@ -102,3 +102,53 @@ def test_threads_share_one_port(backend_factory):
     for _ in range(20):
         r = simple_get(b.port, "/")
         assert r.status == 200 and r.header("x-backend-id") == "b2"
+
+
+def test_headers_with_body_answers_after_the_body(backend):
+    """/headers answers only once the request body has been read (like an ordinary server), and a
+    malformed body then gets a 400 instead of the held answer."""
+    import socket
+    with Client(backend.port) as c:
+        head = build_request("POST", "/headers", [("Content-Length", "5")])
+        c.send(head)
+        c.settimeout(0.2)
+        try:
+            early = c.sock.recv(100)
+        except socket.timeout:
+            early = b""
+        assert early == b"", "answered before the body: %r" % early
+        c.settimeout(5)
+        c.send(b"hello")
+        r = c.read_response()
+        assert r.status == 200 and r.body == head
+        head = build_request("POST", "/headers", [("Transfer-Encoding", "chunked")])
+        c.send(head + chunked([b"abc"]))
+        assert c.read_response().body == head
+        c.send(build_request("POST", "/headers", [("Transfer-Encoding", "chunked")]) + b"zz\r\n")
+        r = c.read_response()
+        assert r.status == 400
+        assert c.wait_closed(2)
+
+
+def test_clients_gone_mid_request_are_closed(backend):
+    """A client that closes during a request body (or a held answer) leaves no connection behind."""
+    import time
+    base = backend.stats()["active"]
+    wires = [build_request("POST", "/echo", [("Content-Length", "5000")]) + b"x" * 100,
+             build_request("POST", "/headers", [("Content-Length", "5000")]) + b"x" * 100,
+             build_request("PUT", "/echo", [("Transfer-Encoding", "chunked")]) + b"10\r\nabc",
+             build_request("GET", "/delay/50"),
+             b"GET / HTTP/1.1\r\nHost: x"]
+    for half in (False, True):
+        for w in wires:
+            c = Client(backend.port)
+            c.send(w)
+            if half:
+                import socket
+                c.sock.shutdown(socket.SHUT_WR)
+            time.sleep(0.02)
+            c.close()
+    deadline = time.monotonic() + 2
+    while backend.stats()["active"] != base and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backend.stats()["active"] == base

@@ -124,6 +124,7 @@ struct conn {
 	bool echo_chunked; /* echo body sent chunked */
 	bool echo_raw;	   /* echo body close-delimited (HTTP/1.0 client, chunked upload) */
 	bool gen_chunked;
+	bool hold; /* an early answer waits in out[hold_at..] until the request body is consumed */
 	uint8_t state;
 	uint8_t route;
 	uint8_t body;	/* BODY_* framing of the request */
@@ -135,6 +136,7 @@ struct conn {
 	uint64_t gen_pos;
 	uint32_t in_r, in_w;
 	uint32_t out_r, out_w;
+	uint32_t hold_at;
 	char in[BE_IN_BYTES];
 	char out[BE_OUT_BYTES];
 };
@@ -167,6 +169,12 @@ static uint64_t rng_next(struct worker *w)
 	return w->rng;
 }
 
+/* True when there are output bytes that may be written now. */
+static bool out_pending(const struct conn *c)
+{
+	return (c->hold ? c->hold_at : c->out_w) > c->out_r;
+}
+
 static void conn_set_mask(struct conn *c)
 {
 	uint32_t m = 0;
@@ -174,7 +182,7 @@ static void conn_set_mask(struct conn *c)
 
 	if (c->dead)
 		return;
-	if (c->out_w > c->out_r)
+	if (out_pending(c))
 		m |= EPOLLOUT;
 	if (c->state == ST_LINGER) {
 		m |= EPOLLIN;
@@ -197,10 +205,11 @@ static void conn_set_mask(struct conn *c)
 static uint32_t out_room(struct conn *c)
 {
 	if (c->out_r == c->out_w) {
-		c->out_r = c->out_w = 0;
+		c->out_r = c->out_w = c->hold_at = 0;
 	} else if (c->out_r > 0 && BE_OUT_BYTES - c->out_w < BE_OUT_BYTES / 2) {
 		memmove(c->out, c->out + c->out_r, c->out_w - c->out_r);
 		c->out_w -= c->out_r;
+		c->hold_at = c->hold_at > c->out_r ? c->hold_at - c->out_r : 0;
 		c->out_r = 0;
 	}
 	return BE_OUT_BYTES - c->out_w;
@@ -645,7 +654,8 @@ static void body_done(struct conn *c)
 		return;
 	}
 	if (c->route == R_HEADERS) {
-		/* answered at head time */
+		/* answered at head time; the answer may go out now */
+		c->hold = false;
 		c->state = c->keep_alive ? ST_HEAD : ST_CLOSING;
 		return;
 	}
@@ -792,6 +802,11 @@ static bool step_body(struct conn *c)
 	}
 	return progress;
 bad:
+	if (c->hold) {
+		/* The held answer is for a request that turned out malformed: drop it. */
+		c->out_w = c->hold_at;
+		c->hold = false;
+	}
 	if (c->echo) {
 		/* A response is already under way: the only honest signal left is a close. */
 		c->keep_alive = false;
@@ -840,8 +855,16 @@ static bool step_head(struct conn *c)
 		atomic_fetch_add_explicit(&stat_requests, 1, memory_order_relaxed);
 	if (expect && c->body != BODY_NONE && !c->http10)
 		out_put(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+	/*
+	 * An answer that is written before the body is read (the head is still in the buffer) is
+	 * held back until the body has been consumed, as an ordinary server would answer.
+	 */
+	if ((c->route == R_HEADERS || (c->route == R_ECHO && c->head_only)) &&
+	    c->body != BODY_NONE) {
+		c->hold = true;
+		c->hold_at = c->out_w;
+	}
 	if (c->route == R_HEADERS) {
-		/* Answer now, while the head is still in the buffer; the body is then dropped. */
 		resp_head(c, 200, (int64_t)len, "text/plain");
 		if (!c->head_only)
 			out_put(c, h, len);
@@ -941,8 +964,9 @@ static ssize_t conn_flush(struct conn *c)
 {
 	ssize_t total = 0;
 
-	while (c->out_r < c->out_w) {
-		ssize_t n = send(c->fd, c->out + c->out_r, c->out_w - c->out_r, MSG_NOSIGNAL);
+	while (out_pending(c)) {
+		uint32_t end = c->hold ? c->hold_at : c->out_w;
+		ssize_t n = send(c->fd, c->out + c->out_r, end - c->out_r, MSG_NOSIGNAL);
 
 		if (n < 0) {
 			if (errno == EINTR)
@@ -954,7 +978,8 @@ static ssize_t conn_flush(struct conn *c)
 		c->out_r += (uint32_t)n;
 		total += n;
 	}
-	c->out_r = c->out_w = 0;
+	if (c->out_r == c->out_w)
+		c->out_r = c->out_w = c->hold_at = 0;
 	return total;
 }
 
@@ -977,7 +1002,7 @@ static void conn_run(struct conn *c)
 			conn_close(c);
 			return;
 		}
-		if (c->out_w > c->out_r)
+		if (out_pending(c))
 			break; /* socket full: EPOLLOUT brings us back */
 		if (c->state == ST_CLOSING) {
 			conn_linger(c);
@@ -990,7 +1015,7 @@ static void conn_run(struct conn *c)
 			break;
 	}
 	/* The client went away and nothing buffered can complete: done. */
-	if (c->eof && c->out_w == c->out_r && c->state != ST_DELAY && c->state != ST_LINGER &&
+	if (c->eof && !out_pending(c) && c->state != ST_DELAY && c->state != ST_LINGER &&
 	    c->state != ST_GEN) {
 		conn_close(c);
 		return;
