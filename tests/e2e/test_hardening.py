@@ -530,6 +530,23 @@ def test_expect_100_backend_answers_final_without_reading(hard):
         assert not r.interim, "100 Continue sent although the backend answered with a final status"
 
 
+def test_expect_100_from_http10_client_is_ignored(hard):
+    """RFC 9110 10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored: no 1xx to that client."""
+    def on_accept(up):
+        while b"\r\n\r\n" not in up.buf:
+            up._fill()
+        if b"expect: 100-continue" in bytes(up.buf).lower():
+            up.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
+
+    p, rec = hard(on_accept=on_accept)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(b"POST /up HTTP/1.0\r\nHost: e2e.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello")
+        r = c.read_response()
+        assert r.status == 200 and not r.interim, "an HTTP/1.0 client got %r" % [i.status for i in r.interim]
+    assert rec.requests[0].body == b"hello"
+
+
 def _read_head(sock_client, timeout):
     c = sock_client
     c.sock.settimeout(timeout)
@@ -593,6 +610,24 @@ def test_upgrade_101_tunnels_both_ways(hard):
             assert got == msg.upper()
     time.sleep(0.1)
     assert bytes(rec.conns[0].tunnel_in) == b"hello\x00\x01binary\xffGET / HTTP/1.1\r\n\r\n"
+
+
+def test_bytes_sent_right_after_the_upgrade_request_go_into_the_tunnel(hard):
+    """Data the client sends behind the Upgrade head (before the 101) is tunnel data, not a next request."""
+    p, rec = hard(ws_handler(), timeouts={"tunnel_idle_ms": 2000})
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(UPGRADE + b"early GET / HTTP/1.1\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 101, r
+        want = b"EARLY GET / HTTP/1.1\r\n\r\n"
+        got = bytes(c.buf)
+        c.buf.clear()
+        while len(got) < len(want):
+            c._fill()
+            got += bytes(c.buf)
+            c.buf.clear()
+        assert got == want
+    assert len(rec.requests) == 1
 
 
 def test_upgrade_refused_keeps_http_mode(hard):
@@ -695,7 +730,7 @@ def test_partial_head_gets_408_at_header_deadline(hard):
         r = c.read_response()
         took = time.monotonic() - t0
         assert r.status == 408, r
-        assert 0.4 <= took < 1.5 * SLOW, took
+        assert 0.4 <= took < 2.0 * SLOW, took
         assert c.wait_closed(2 * SLOW)
     no_request_forwarded(p, rec)
 
@@ -733,7 +768,7 @@ def test_stalled_body_gets_408_before_the_response(hard, framing):
         r = c.read_response("POST")
         took = time.monotonic() - t0
         assert r.status == 408, r
-        assert 0.4 <= took < 1.5 * SLOW, took
+        assert 0.4 <= took < 2.0 * SLOW, took
         assert c.wait_closed(2 * SLOW)
     rec.settle(quiet=0.05)
     assert rec.requests == [], "an incomplete body was forwarded as complete"
@@ -773,7 +808,8 @@ def test_slow_reader_memory_stays_flat(hard):
             state["sent"] += n
         return "keep"
 
-    p, rec = hard(handler)
+    # client_body_ms also bounds how long a client may read nothing: keep it above this test's pause.
+    p, rec = hard(handler, timeouts={"client_body_ms": 5000})
     base = rss_bytes(p.proc.pid)
     with Client(p.port, timeout=5 * SLOW) as c:
         c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
@@ -796,6 +832,36 @@ def test_slow_reader_memory_stays_flat(hard):
 
         r = c.read_response(sink=sink)
         assert r.status == 200 and got["n"] == total and got["ok"]
+
+
+def test_reader_that_stops_reading_is_cut_after_client_body_ms(hard):
+    """A client that reads no response byte for client_body_ms is stalled: corral closes it (the client sees a
+    short body, never a complete-looking one) and frees the exchange."""
+    total = 32 << 20
+
+    def handler(up, r):
+        if r.target != "/big":
+            return default_handler(up, r)
+        up.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
+        block = b"s" * 65536
+        sent = 0
+        while sent < total:
+            if not up.send(block):
+                break
+            sent += len(block)
+        return "close"
+
+    p, rec = hard(handler, timeouts={"client_body_ms": 400})
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.send(req(b"GET /big HTTP/1.1"))
+        time.sleep(1.2)
+        got = {"n": 0}
+        with pytest.raises(Closed):
+            c.read_response(sink=lambda piece: got.__setitem__("n", got["n"] + len(piece)))
+        assert got["n"] < total
+    with Client(p.port, timeout=3 * SLOW) as c:
+        assert c.request("GET", "/after").status == 200
 
 
 def test_requests_per_connection_caps_pipelined_flood(hard):
