@@ -129,11 +129,20 @@ class Backend:
         self.proc.wait(5)
 
 
+    def check(self):
+        """Teardown assertion: under ASan, the backend printed no sanitizer report."""
+        self.stop()
+        self.err.join()
+        if UNDER_ASAN:
+            rep = util.sanitizer_report(self.err.text())
+            assert rep is None, "sanitizer report in corral-backend's stderr:\n%s" % rep
+
+
 @pytest.fixture
 def backend():
     b = Backend()
     yield b
-    b.stop()
+    b.check()
 
 
 @pytest.fixture
@@ -147,7 +156,7 @@ def backend_factory():
 
     yield start
     for b in started:
-        b.stop()
+        b.check()
 
 
 # --- the proxy under test ------------------------------------------------------------------
