@@ -572,6 +572,7 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 	c->req_head_sent = false;
 	c->end_pending = false;
 	c->attempts = 0;
+	c->no_pool = false;
 	c->last_err = 0;
 	c->tried = 0;
 	c->resp_code = 0;
@@ -883,7 +884,7 @@ static void exchange_connect(struct worker *w, struct conn *c)
 	be_active_inc(w, id);
 
 	/* A pooled connection, unless this is a retry after a pooled one failed. */
-	if (w->pool_head[id] != NIL && c->attempts == 1) {
+	if (w->pool_head[id] != NIL && !c->no_pool) {
 		u = &w->ups[w->pool_head[id]];
 		pool_unlink(w, u);
 		u->owner = cidx(w, c);
@@ -1178,14 +1179,16 @@ static void resp_upstream_eof(struct worker *w, struct conn *c, int res)
 	if (c->rs_state == RS_HEAD && !c->ups_byte_seen && c->accum.hbuf == NIL) {
 		/* A pooled connection the backend had closed: safe to retry when idempotent. */
 		if (u->reused && c->req_idempotent && c->req_state == RQ_DONE &&
-		    c->req_body.framing == HTTP_BODY_NONE && !c->to_ups.busy) {
+		    c->req_body.framing == HTTP_BODY_NONE && !c->to_ups.busy && !c->no_pool) {
 			be_active_dec(w, c->backend);
 			exchange_detach_ups(w, c);
 			c->req_head_sent = false;
 			c->rs_state = RS_NONE;
-			c->attempts = 1; /* forces a fresh connect below */
+			/* Not a failed attempt: the same backend, on a fresh connection. */
+			c->attempts--;
+			c->tried &= ~(1ULL << (c->backend & 63));
+			c->no_pool = true;
 			STAT_ADD(w->stats->upstream_retries, 1);
-			c->attempts = 1;
 			exchange_connect(w, c);
 			return;
 		}
@@ -1259,6 +1262,7 @@ static void exchange_end(struct worker *w, struct conn *c)
 	}
 	inbuf_release(w, &c->accum);
 	c->rs_state = RS_NONE;
+	c->resp_started = false; /* the next exchange may still answer with an error */
 	if (!c->keep_alive || c->close_after || w->stopping) {
 		c->req_state = RQ_HEAD;
 		conn_close_graceful(w, c);
@@ -1648,7 +1652,8 @@ void conn_on_timeout(struct worker *w, uint32_t idx, enum tclass cls)
 		break;
 	case T_BODY:
 		STAT_ADD(w->stats->timeouts, 1);
-		if (!c->resp_started)
+		/* Discarding a body whose response is out: an unasked-for 408 would be misread. */
+		if (!c->resp_started && c->rs_state != RS_NONE)
 			send_error(w, c, 408);
 		else
 			conn_abort(w, c);

@@ -134,6 +134,7 @@ struct conn {
 	uint8_t last_err;    /* 0, or 2 = refused/reset, 4 = timeout */
 	bool ups_reusable;   /* the upstream may be pooled when the exchange ends */
 	bool req_head_sent;
+	bool no_pool;	     /* the next connect must be fresh (stale pooled one failed) */
 	bool end_pending;     /* response ended while the last request send was in flight */
 	bool ups_recv_wanted; /* waiting in the no-buffer queue for an upstream recv */
 	uint32_t req_head_len;
