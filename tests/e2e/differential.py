@@ -26,6 +26,7 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.path.abspath(os.environ.get("CORRAL_BUILD") or os.path.join(REPO, "build"))
 STATUS_LINE_RE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})[^\r\n]*\r?\n")
 QUIET_S = 0.3  # a connection silent this long after its answer counts as left open
+DIFFERS = {}  # (proxy, case id) -> what the backend got, where it differs from what corral's suite wants
 
 
 def free_port():
@@ -233,11 +234,14 @@ def run_case(proxy, rec, case):
     if new:
         fwd = "fwd%s" % (len(new) if len(new) > 1 else "")
         check = getattr(case, "check", None)
+        if not check:
+            DIFFERS[(proxy.name, case.id)] = b"".join(q.raw for q in new)
         if check and len(new) == 1:
             try:
                 check(new[0])
             except AssertionError:
                 fwd += "(differs)"
+                DIFFERS[(proxy.name, case.id)] = new[0].raw
     elif len(rec.partial) > before_partial:
         fwd = "head-only"
     return statuses, end, fwd, (cell + (" " + fwd if fwd else ""))
@@ -391,6 +395,7 @@ def main():
     ap.add_argument("--only", default="corral,nginx,haproxy")
     ap.add_argument("-k", default="")
     ap.add_argument("--no-responses", action="store_true", help="skip the upstream-response cases")
+    ap.add_argument("--show", action="store_true", help="print what was forwarded where it differs")
     args = ap.parse_args()
     kinds = {"corral": Corral, "nginx": Nginx, "haproxy": Haproxy}
     names = [n for n in args.only.split(",") if n]
@@ -454,6 +459,12 @@ def main():
     print()
     for n in names:
         print("- %s: %s" % (n, ", ".join("%s %d" % kv for kv in sorted(tally[n].items()))))
+    if args.show and DIFFERS:
+        print()
+        print("What the backend received where a proxy forwarded a case differently (or at all, for a reject case):")
+        print()
+        for (n, cid), raw in sorted(DIFFERS.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            print("- `%s` via %s: `%r`" % (cid, n, raw[:400]))
     if rcases and not args.no_responses:
         print()
         print("| upstream response | issue asks for | " + " | ".join(names) + " |")
