@@ -97,6 +97,7 @@ struct evh {
 	struct conn *c;
 };
 
+/* One per thread; touched only by its own thread. */
 struct worker {
 	int epfd;
 	int lfd;
@@ -107,6 +108,7 @@ struct worker {
 	struct conn *dead; /* closed during this epoll batch; recycled after it */
 };
 
+/* One client connection; owned by the worker that accepted it. */
 struct conn {
 	struct worker *w;
 	struct conn *next; /* free or dead list */
@@ -127,9 +129,8 @@ struct conn {
 	bool hold; /* an early answer waits in out[hold_at..] until the request body is consumed */
 	uint8_t state;
 	uint8_t route;
-	uint8_t body;	/* BODY_* framing of the request */
-	uint8_t cstate; /* chunked decoder */
-	uint32_t status;
+	uint8_t body;	    /* BODY_* framing of the request */
+	uint8_t cstate;	    /* chunked decoder */
 	uint64_t arg;	    /* route argument: /bytes N, /delay MS, /status N */
 	uint64_t body_left; /* LENGTH: bytes left; CHUNKED: bytes left in this chunk */
 	uint64_t gen_left;
@@ -141,6 +142,10 @@ struct conn {
 	char out[BE_OUT_BYTES];
 };
 
+/*
+ * The only state shared between threads: counters for /__stats, updated and read with relaxed
+ * atomics (they order nothing; tests read them after their own requests have completed).
+ */
 static _Atomic uint64_t stat_connections;
 static _Atomic uint64_t stat_requests;
 static _Atomic int64_t stat_active;
