@@ -318,3 +318,16 @@ def test_concurrent_mixed_traffic(proxied, backend):
         t.join(30)
     assert not errors, errors[:5]
     assert all(not t.is_alive() for t in threads)
+
+
+def test_expect_100_continue(proxied):
+    """A client that waits for 100 Continue before its body gets it promptly, then the echo."""
+    body = b"e" * 50000
+    with Client(proxied.port, timeout=3) as c:
+        c.send(build_request("POST", "/echo", [("Content-Length", str(len(body))), ("Expect", "100-continue")]))
+        interim = c.read_response("POST", interim=True)
+        assert interim.status == 100, interim
+        c.send(body)
+        r = c.read_response("POST")
+        assert r.status == 200 and r.body == body
+        assert c.get("/").status == 200

@@ -193,14 +193,15 @@ class Client:
                 raise ProtocolError("too many response headers")
         resp.head_raw = b"\r\n".join(raw) + b"\r\n"
 
-    def read_response(self, method="GET", sink=None, max_body=256 << 20):
-        """Reads one complete response strictly (RFC 9112). 1xx responses are collected in .interim.
-        With sink, body bytes go to sink(piece) and .body is None. Raises Closed or ProtocolError."""
+    def read_response(self, method="GET", sink=None, max_body=256 << 20, interim=False):
+        """Reads one complete response strictly (RFC 9112). 1xx responses are collected in .interim
+        (or, with interim=True, the first one is returned). With sink, body bytes go to sink(piece)
+        and .body is None. Raises Closed or ProtocolError."""
         resp = Response()
         while True:
             self._head(resp)
             if 100 <= resp.status < 200:
-                if resp.status == 101:
+                if resp.status == 101 or interim:
                     resp.framing = "none"
                     return resp
                 interim = Response()
