@@ -219,3 +219,28 @@ def test_full_connection_table_answers_503(corral, backend):
     time.sleep(0.2 * SLOW)
     for _ in range(10):
         assert simple_get(p.port, "/", timeout=5).status == 200
+
+
+def test_chunked_body_over_limit_is_cut_off(corral, backend):
+    """A chunked upload that grows past body_bytes_max never completes as a 200: the client gets a
+    413, or (once the response has begun) an aborted response it can detect."""
+    p = corral([backend], limits={"body_bytes_max": 1024 * 1024})
+    piece = b"c" * 65536
+    with Client(p.port, timeout=5) as c:
+        c.send(build_request("POST", "/echo", [("Transfer-Encoding", "chunked")]))
+        outcome = None
+        try:
+            for _ in range(40):  # 2.5 MiB
+                c.send(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            c.send(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            outcome = "closed while sending"
+        if outcome is None:
+            try:
+                r = c.read_response("POST")
+                assert r.status == 413, r
+                outcome = "413"
+            except Closed:
+                outcome = "aborted"
+    assert outcome in ("413", "aborted", "closed while sending")
+    assert simple_get(p.port).status == 200
