@@ -331,3 +331,20 @@ def test_expect_100_continue(proxied):
         r = c.read_response("POST")
         assert r.status == 200 and r.body == body
         assert c.get("/").status == 200
+
+
+def test_pipelined_large_responses_unread_for_a_while(proxied):
+    """20 pipelined 1 MB downloads that the client does not read for half a second: all arrive in
+    order and intact, and the proxy does not buffer them all (RSS growth stays small)."""
+    import time
+    from util import tree_rss
+    sizes = [1000000 + i for i in range(20)]
+    with Client(proxied.port) as c:
+        base = tree_rss(proxied.proc.pid)
+        c.send(b"".join(build_request("GET", "/bytes/%d" % n) for n in sizes))
+        time.sleep(0.5)
+        grown = tree_rss(proxied.proc.pid) - base
+        for n in sizes:
+            r = c.read_response()
+            assert r.status == 200 and r.body == pattern(0, n)
+    assert grown < 16 * 1024 * 1024, "proxy RSS grew %.1f MiB holding unread responses" % (grown / 2**20)
