@@ -1056,6 +1056,16 @@ static void resp_process(struct worker *w, struct conn *c)
 			upstream_fail(w, c, 502);
 			return;
 		}
+		if (resp.code >= 100 && resp.code < 200 && resp.code != 101 &&
+		    c->client_minor == 0) {
+			/* RFC 9110 15.2: no 1xx to an HTTP/1.0 client; drop it, wait for the final. */
+			src->off += (uint32_t)r;
+			src->len -= (uint32_t)r;
+			if (src == &c->accum && src->len == 0)
+				inbuf_release(w, &c->accum);
+			resp_process(w, c);
+			return;
+		}
 		if (resp.code >= 100 && resp.code < 200 && resp.code != 101) {
 			/* Interim response: relay it, then keep waiting for the final one. */
 			n = http_resp_serialize(&resp, p, c->client_minor, true, c->req_is_head,

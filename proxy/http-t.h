@@ -42,6 +42,9 @@ struct http_req {
 	struct http_span
 		host; /* authority to forward as Host (from Host or an absolute-form target) */
 	uint8_t version_minor; /* 0 or 1; major is always 1 */
+	/* OPTIONS about the server itself ("*", or absolute-form with an empty path): forwarded
+	 * as "OPTIONS *" (RFC 9112 3.2.4); target then reads "/" for hashing and logs. */
+	bool target_asterisk;
 	bool is_head;	       /* HEAD: the response has no body */
 	bool is_idempotent;    /* GET HEAD PUT DELETE OPTIONS TRACE */
 	bool keep_alive;       /* the client allows reuse after this exchange */

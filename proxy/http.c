@@ -667,6 +667,7 @@ static int req_target(struct http_req *req, const char *buf, int method_id, size
 		if (method_id != HTTP_OPTIONS)
 			return fail(e, 400, "asterisk-form is only for OPTIONS");
 		req->target = slash;
+		req->target_asterisk = true;
 		return 0;
 	}
 	/* absolute-form: scheme ":" "//" authority path-abempty [ "?" query ] */
@@ -690,6 +691,8 @@ static int req_target(struct http_req *req, const char *buf, int method_id, size
 	*is_abs = true;
 	if (i == n) {
 		req->target = slash;
+		/* RFC 9112 3.2.4: the last proxy sends "*" for OPTIONS with an empty path. */
+		req->target_asterisk = method_id == HTTP_OPTIONS;
 	} else if (t[i] == '?') {
 		/* "/?q" cannot be spelled as one span of the buffer; such targets are very rare. */
 		return fail(e, 400, "absolute-form target with a query but no path");
@@ -1096,7 +1099,10 @@ int http_req_serialize(const struct http_req *req, const char *buf, const struct
 
 	w_span(&w, buf, req->method);
 	w_str(&w, " ");
-	w_span(&w, buf, req->target);
+	if (req->target_asterisk)
+		w_str(&w, "*");
+	else
+		w_span(&w, buf, req->target);
 	w_str(&w, " HTTP/1.1\r\nHost: ");
 	w_span(&w, buf, req->host);
 	w_str(&w, "\r\n");

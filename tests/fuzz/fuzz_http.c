@@ -343,6 +343,7 @@ static void fuzz_request(const uint8_t *data, size_t size, const struct http_lim
 	CHECK(ret2 == n);
 	CHECK(span_eq(buf, r1.method, out, r2.method));
 	CHECK(span_eq(buf, r1.target, out, r2.target));
+	CHECK(r1.target_asterisk == r2.target_asterisk);
 	CHECK(span_eq(buf, r1.host, out, r2.host));
 	CHECK(r2.version_minor == 1);
 	CHECK(r1.framing == r2.framing);

@@ -726,7 +726,7 @@ Test(http, serialization_of_absolute_form_uses_origin_form_and_the_targets_host)
 				 "Connection: keep-alive\r\n"
 				 "\r\n");
 	expect_req_serialization("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
-				 "OPTIONS / HTTP/1.1\r\n"
+				 "OPTIONS * HTTP/1.1\r\n"
 				 "Host: a\r\n"
 				 "X-Forwarded-For: 192.0.2.7\r\n"
 				 "X-Forwarded-Proto: http\r\n"
