@@ -400,7 +400,7 @@ def main():
     kinds = {"corral": Corral, "nginx": Nginx, "haproxy": Haproxy}
     names = [n for n in args.only.split(",") if n]
     cases = [("reject", c) for c in REJECT] + [("accept", c) for c in ACCEPT]
-    cases += [("pipe", PipeCase(i, b)) for i, b, _ in PIPE_BAD]
+    cases += [("pipe", PipeCase(i, b)) for i, b in PIPE_BAD]
     cases = [(k, c) for k, c in cases if args.k in c.id]
     rcases = [rc for rc in RESPONSE_CASES if args.k in rc[0]]
 

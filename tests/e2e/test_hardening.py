@@ -323,12 +323,10 @@ ACCEPT = [
          chk(line="GET /x HTTP/1.1", headers={"host": ["other.test"]}),
          why="RFC 3986 3.1: schemes are case-insensitive"),
     Case("options-asterisk", "target", req(b"OPTIONS * HTTP/1.1"), {200}, chk(line="OPTIONS * HTTP/1.1"),
-         why="RFC 9112 3.2.4: asterisk-form is forwarded as '*', not as '/'",
-         xfail="corral bug: OPTIONS * is forwarded as 'OPTIONS / HTTP/1.1' (a request for the root resource)"),
+         why="RFC 9112 3.2.4: asterisk-form is forwarded as '*', not as '/'"),
     Case("options-absolute-no-path", "target", req(b"OPTIONS http://e2e.test HTTP/1.1"), {200},
          chk(line="OPTIONS * HTTP/1.1"),
-         why="RFC 9112 3.2.4: a proxy forwarding OPTIONS with an empty path must send '*'",
-         xfail="corral bug: OPTIONS http://host (empty path) is forwarded as 'OPTIONS / HTTP/1.1'"),
+         why="RFC 9112 3.2.4: a proxy forwarding OPTIONS with an empty path must send '*'"),
     Case("extension-method", "request-line", req(b"PURGE /x HTTP/1.1"), {200}, chk(line="PURGE /x HTTP/1.1"),
          why="RFC 9110 9.1: methods are extensible; a proxy forwards a valid token"),
     # -- hop-by-hop: what Connection names goes, except the framing headers and what corral adds --
@@ -406,18 +404,13 @@ def _read_all(c, n, method="GET"):
 
 
 PIPE_BAD = [
-    ("obs-fold", req(b"GET /bad HTTP/1.1", b"X-A: 1", b" folded"), True),
-    ("cl-te", req(b"POST /bad HTTP/1.1", b"Content-Length: 3", b"Transfer-Encoding: chunked", body=b"0\r\n\r\n"),
-     True),
-    ("bad-chunk", post_chunked(b"zz\r\nhello\r\n0\r\n\r\n"), False),
-    ("cl-list", req(b"GET /bad HTTP/1.1", b"Content-Length: 1, 2"), True),
-    ("version", req(b"GET /bad HTTP/2.0"), True),
+    ("obs-fold", req(b"GET /bad HTTP/1.1", b"X-A: 1", b" folded")),
+    ("cl-te", req(b"POST /bad HTTP/1.1", b"Content-Length: 3", b"Transfer-Encoding: chunked", body=b"0\r\n\r\n")),
+    ("bad-chunk", post_chunked(b"zz\r\nhello\r\n0\r\n\r\n")),
+    ("cl-list", req(b"GET /bad HTTP/1.1", b"Content-Length: 1, 2")),
+    ("version", req(b"GET /bad HTTP/2.0")),
 ]
-NO_400_BUG = ("corral bug: a head error on a request after the first one on a keep-alive connection gets no "
-              "400 (the connection is just closed); the first request of a connection does get its 400")
-
-
-@pytest.mark.parametrize("bad", [b for _, b, _ in PIPE_BAD], ids=[i for i, _, _ in PIPE_BAD])
+@pytest.mark.parametrize("bad", [b for _, b in PIPE_BAD], ids=[i for i, _ in PIPE_BAD])
 def test_pipeline_nothing_after_a_rejected_request_is_processed(hard, bad):
     """Good, good, bad, good in one write: two answers, then (a 400 and) a close; the fourth request never
     reaches the backend."""
@@ -428,11 +421,8 @@ def test_pipeline_nothing_after_a_rejected_request_is_processed(hard, bad):
         c.send(b"".join(good) + bad + after)
         r1, r2 = _read_all(c, 2)
         assert (r1.status, r2.status) == (200, 200)
-        try:
-            r3 = c.read_response()
-            assert r3.status in (400, 505) and "close" in r3.conn_tokens(), r3.head_raw
-        except Closed:
-            pass  # the missing 400 is test_rejected_request_after_a_served_one_gets_its_status
+        r3 = c.read_response()
+        assert r3.status in (400, 505) and "close" in r3.conn_tokens(), r3.head_raw
         assert c.wait_closed(2 * SLOW)
     rec.settle(quiet=0.05)
     assert [q.target for q in rec.requests] == ["/one", "/two"], [q.raw for q in rec.requests]
@@ -441,8 +431,7 @@ def test_pipeline_nothing_after_a_rejected_request_is_processed(hard, bad):
 
 
 @pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "sequential"])
-@pytest.mark.parametrize("bad", [pytest.param(b, marks=[pytest.mark.xfail(reason=NO_400_BUG, strict=True)]
-                                              if bug else [], id=i) for i, b, bug in PIPE_BAD])
+@pytest.mark.parametrize("bad", [b for _, b in PIPE_BAD], ids=[i for i, _ in PIPE_BAD])
 def test_rejected_request_after_a_served_one_gets_its_status(hard, bad, pipelined):
     """The client must learn why its connection ends: the rejected request gets its 4xx/5xx before the close."""
     p, rec = hard()
@@ -1116,9 +1105,6 @@ def _close_on_second_request_handler(partial=b""):
     return handler
 
 
-@pytest.mark.xfail(strict=True, reason="corral bug: with one backend a GET whose pooled upstream connection the "
-                   "backend closed on reuse (no response byte) is not retried on a new connection: 502 (the stale "
-                   "pooled try uses up max_attempts = backends_n in exchange_connect)")
 def test_get_on_stale_pooled_connection_is_retried(hard):
     p, rec = hard(_close_on_second_request_handler())
     with Client(p.port, timeout=3 * SLOW) as c:
