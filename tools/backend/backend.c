@@ -1270,8 +1270,22 @@ static void usage(void)
 {
 	fprintf(stderr,
 		"usage: corral-backend [--listen ADDR:PORT] [--threads N] [--id NAME]\n"
-		"  routes: GET / | /echo | /bytes/N[?chunked=1] | /delay/MS | /work | /status/N |\n"
-		"          /headers | /close | /__stats\n");
+		"  --listen   address to listen on (default 127.0.0.1:9000; port 0: the kernel "
+		"picks;\n"
+		"             \"listening on ADDR:PORT\" is printed on stdout either way)\n"
+		"  --threads  epoll threads sharing the port with SO_REUSEPORT (default 1)\n"
+		"  --id       adds an X-Backend-Id: NAME header to every response\n"
+		"routes:\n"
+		"  GET /              200 \"Hello, world!\"\n"
+		"  /echo              the request body back (chunked if it came chunked)\n"
+		"  /bytes/N           N bytes, byte i = i %% 251 (?chunked=1: chunked)\n"
+		"  /delay/MS          200 after MS milliseconds (timer; other connections go on)\n"
+		"  /work              200 after 0-10 x 10 us of CPU\n"
+		"  /status/N          status N (200-599)\n"
+		"  /headers           the request head as received, as the body\n"
+		"  /close             200 with Connection: close, then closes\n"
+		"  /__stats           {\"connections\", \"requests\", \"active\"} (not itself "
+		"counted)\n");
 }
 
 int main(int argc, char **argv)
@@ -1291,6 +1305,9 @@ int main(int argc, char **argv)
 			threads = strtol(argv[++i], NULL, 10);
 		} else if (!strcmp(argv[i], "--id") && i + 1 < argc) {
 			backend_id = argv[++i];
+		} else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			usage();
+			return 0;
 		} else {
 			usage();
 			return 2;
