@@ -203,13 +203,13 @@ core_ticks() {
 # cores are nearly idle, so that another job on the machine does not land inside a measured window.
 QUIET_LEFT=$QUIET_BUDGET
 wait_quiet() {
-	local pb0 pt0 lb0 lt0 pb1 pt1 lb1 lt1 x start=$SECONDS
+	local pb0 pt0 lb0 lt0 pb1 pt1 lb1 lt1 start=$SECONDS
 	while [ "$QUIET_LEFT" -gt 0 ]; do
-		read -r pb0 pt0 x <<<"$(core_ticks "$PCPU")"
-		read -r lb0 lt0 x <<<"$(core_ticks "$LCPU")"
+		read -r pb0 pt0 _ <<<"$(core_ticks "$PCPU")"
+		read -r lb0 lt0 _ <<<"$(core_ticks "$LCPU")"
 		sleep 0.5
-		read -r pb1 pt1 x <<<"$(core_ticks "$PCPU")"
-		read -r lb1 lt1 x <<<"$(core_ticks "$LCPU")"
+		read -r pb1 pt1 _ <<<"$(core_ticks "$PCPU")"
+		read -r lb1 lt1 _ <<<"$(core_ticks "$LCPU")"
 		if [ $(((pb1 - pb0) * 100)) -le $((QUIET_PCT * (pt1 - pt0))) ] &&
 			[ $(((lb1 - lb0) * 100)) -le $((QUIET_PCT * (lt1 - lt0))) ]; then
 			break
@@ -392,7 +392,7 @@ URLFOR() { echo "http://127.0.0.1:${PORT[$1]}$REQ_PATH"; }
 # Runs one wrk measurement against proxy $1 in round $2 and appends a sample.
 measure() {
 	local p=$1 round=$2 log=$RUN/wrk-$1-$2.log before after bbefore bafter cbefore cafter wjson sample
-	local sbefore safter
+	local sbefore safter ppids bpids
 	local cb0 ct0 cs0 cb1 ct1 cs1
 	wait_quiet
 	# Unmeasured warm-up: fills the proxy's upstream pool and the caches.
@@ -401,14 +401,16 @@ measure() {
 			>/dev/null 2>&1 || true
 	fi
 	cbefore=$(core_ticks "$PCPU")
-	before=$(cpu_ticks ${PIDS[$p]})
-	sbefore=$(sched_ns ${PIDS[$p]})
-	bbefore=$(cpu_ticks $BACKEND_PIDS)
+	read -r -a ppids <<<"${PIDS[$p]}"
+	read -r -a bpids <<<"$BACKEND_PIDS"
+	before=$(cpu_ticks "${ppids[@]}")
+	sbefore=$(sched_ns "${ppids[@]}")
+	bbefore=$(cpu_ticks "${bpids[@]}")
 	run_fg timeout $((SECS + 30)) taskset -c "$LCPU" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency \
 		-s "$HERE/wrk-report.lua" "$(URLFOR "$p")" >"$log" 2>&1 || true
-	after=$(cpu_ticks ${PIDS[$p]})
-	safter=$(sched_ns ${PIDS[$p]})
-	bafter=$(cpu_ticks $BACKEND_PIDS)
+	after=$(cpu_ticks "${ppids[@]}")
+	safter=$(sched_ns "${ppids[@]}")
+	bafter=$(cpu_ticks "${bpids[@]}")
 	cafter=$(core_ticks "$PCPU")
 	wjson=$(sed -n 's/^WRKJSON //p' "$log")
 	if [ -z "$wjson" ]; then
