@@ -56,7 +56,7 @@ class Corral:
     def __init__(self, tmp, upstream):
         cfg = {"listen": ["127.0.0.1:0"], "workers": {"cores": [0]},
                "backends": [{"address": upstream, "weight": 1}], "timeouts": dict(TIMEOUTS),
-               "admin": {"socket": os.path.join(tmp, "corral.sock")}}
+               "admin": {"socket": os.path.join(tmp, "corral.sock")}, "instance": "diff-%d" % os.getpid()}
         path = os.path.join(tmp, "corral.yaml")
         with open(path, "w") as f:
             yaml.safe_dump(cfg, f)
@@ -73,9 +73,18 @@ class Corral:
                 self.port = int(m.group(1))
             if re.search(r"\bready\b", line):
                 break
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        self.log = []
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        for line in iter(self.proc.stdout.readline, b""):
+            self.log.append(line.decode(errors="replace").rstrip())
 
     def stop(self):
+        if self.proc.poll() is not None:
+            sys.stderr.write("corral died (exit %s) during the run; log tail:\n%s\n"
+                             % (self.proc.returncode, "\n".join(self.log[-40:])))
+            return
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(10)
 
@@ -417,6 +426,10 @@ def main():
 
         def run_all(n, p, rec):
             for kind, c in cases:
+                if p.proc.poll() is not None:
+                    sys.stderr.write("%s exited (%s) before case %s\n" % (n, p.proc.returncode, c.id))
+                    results[(n, c.id)] = ("proxy died", "proxy died")
+                    continue
                 statuses, end, fwd, cell = run_case(p, rec, c)
                 results[(n, c.id)] = (cell, verdict(c, kind, statuses, fwd))
             if not args.no_responses:

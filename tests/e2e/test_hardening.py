@@ -49,7 +49,8 @@ def hard(corral):
     def start(handler=default_handler, on_accept=None, **over):
         rec = Recorder(handler, on_accept)
         recs.append(rec)
-        cfg = _merge({"workers": {"cores": [0]}, "timeouts": TIMEOUTS}, over)
+        # Its own BPF instance: no pin sharing with a concurrent run of another suite.
+        cfg = _merge({"workers": {"cores": [0]}, "timeouts": TIMEOUTS, "instance": "hard-%d" % os.getpid()}, over)
         return corral([rec.address], **cfg), rec
 
     yield start
