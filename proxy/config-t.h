@@ -29,6 +29,11 @@
 #define CFG_DEF_SHUTDOWN_GRACE_MS 10000
 /* Idle upstream keep-alive connections are closed after this (below typical backend 60-75 s). */
 #define CFG_DEF_UPSTREAM_IDLE_MS 30000
+/* Lingering close: how long corral reads and drops a client's late bytes after its final
+ * response, so that they do not make the kernel reset the response away (NGINX: 5 s). */
+#define CFG_DEF_LINGER_MS 2000
+/* A backend any core failed to connect to is skipped by every core for this long. */
+#define CFG_DEF_BACKEND_PARK_MS 1000
 /* A WebSocket/Upgrade tunnel with no traffic either way for this long is closed. */
 #define CFG_DEF_TUNNEL_IDLE_MS 300000
 
@@ -46,6 +51,11 @@
 #define CFG_DEF_REQUESTS_PER_CONNECTION 10000
 /* Idle upstream connections kept per backend per core. */
 #define CFG_DEF_UPSTREAM_IDLE_PER_BACKEND 64
+/* Bytes a lingering close reads and drops before it gives up (bounds the work per client). */
+#define CFG_DEF_LINGER_BYTES_MAX (256 * 1024)
+/* Connect attempts per request, each to another backend when there are several: enough to
+ * step over a dead backend or two, few enough that a request does not wander for long. */
+#define CFG_DEF_UPSTREAM_ATTEMPTS_MAX 3
 /*
  * Receive buffers per core and their size: 16 KiB holds a full default head. The provided-
  * buffer ring hands buffers out in FIFO order, so under load every buffer gets touched: the
@@ -88,6 +98,8 @@ struct cfg_timeouts {
 	uint32_t upstream_idle_ms;
 	uint32_t tunnel_idle_ms;
 	uint32_t shutdown_grace_ms;
+	uint32_t linger_ms;
+	uint32_t backend_park_ms;
 };
 
 struct cfg_limits {
@@ -98,6 +110,8 @@ struct cfg_limits {
 	uint32_t connections_per_core;
 	uint32_t requests_per_connection;
 	uint32_t upstream_idle_per_backend;
+	uint32_t upstream_attempts_max;
+	uint32_t linger_bytes_max;
 	uint32_t buffers_per_core;
 	uint32_t buffer_bytes;
 };

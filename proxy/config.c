@@ -56,6 +56,8 @@ static const struct cfg_num_key cfg_timeout_keys[] = {
 	NUM32(cfg_timeouts, upstream_idle_ms, 100, 3600000, false),
 	NUM32(cfg_timeouts, tunnel_idle_ms, 1000, 86400000, false),
 	NUM32(cfg_timeouts, shutdown_grace_ms, 0, 600000, false),
+	NUM32(cfg_timeouts, linger_ms, 0, 60000, false),
+	NUM32(cfg_timeouts, backend_park_ms, 0, 600000, false),
 };
 
 static const struct cfg_num_key cfg_limit_keys[] = {
@@ -67,6 +69,8 @@ static const struct cfg_num_key cfg_limit_keys[] = {
 	NUM32(cfg_limits, connections_per_core, 1, 1048576, false),
 	NUM32(cfg_limits, requests_per_connection, 1, 1000000, false),
 	NUM32(cfg_limits, upstream_idle_per_backend, 0, 65536, false),
+	NUM32(cfg_limits, upstream_attempts_max, 1, 16, false),
+	NUM32(cfg_limits, linger_bytes_max, 0, 16777216, false),
 	/* An io_uring provided-buffer ring holds a power of two entries, at most 32768. */
 	NUM32(cfg_limits, buffers_per_core, 16, 32768, true),
 	NUM32(cfg_limits, buffer_bytes, 4096, 1048576, true),
@@ -964,6 +968,8 @@ void config_defaults(struct config *cfg)
 	cfg->timeouts.upstream_idle_ms = CFG_DEF_UPSTREAM_IDLE_MS;
 	cfg->timeouts.tunnel_idle_ms = CFG_DEF_TUNNEL_IDLE_MS;
 	cfg->timeouts.shutdown_grace_ms = CFG_DEF_SHUTDOWN_GRACE_MS;
+	cfg->timeouts.linger_ms = CFG_DEF_LINGER_MS;
+	cfg->timeouts.backend_park_ms = CFG_DEF_BACKEND_PARK_MS;
 
 	cfg->limits.header_bytes_max = CFG_DEF_HEADER_BYTES_MAX;
 	cfg->limits.headers_max = CFG_DEF_HEADERS_MAX;
@@ -972,6 +978,8 @@ void config_defaults(struct config *cfg)
 	cfg->limits.connections_per_core = CFG_DEF_CONNECTIONS_PER_CORE;
 	cfg->limits.requests_per_connection = CFG_DEF_REQUESTS_PER_CONNECTION;
 	cfg->limits.upstream_idle_per_backend = CFG_DEF_UPSTREAM_IDLE_PER_BACKEND;
+	cfg->limits.upstream_attempts_max = CFG_DEF_UPSTREAM_ATTEMPTS_MAX;
+	cfg->limits.linger_bytes_max = CFG_DEF_LINGER_BYTES_MAX;
 	cfg->limits.buffers_per_core = CFG_DEF_BUFFERS_PER_CORE;
 	cfg->limits.buffer_bytes = CFG_DEF_BUFFER_BYTES;
 

@@ -15,12 +15,6 @@
 #include "steer.h"
 #include "stats.h"
 
-/* Bytes a lingering close reads and discards before giving up, and for how long. */
-#define LINGER_BYTES_MAX (256 * 1024)
-#define LINGER_MS	 2000
-/* Connect attempts per request (each to a different backend when there are several). */
-#define ATTEMPTS_MAX 3
-
 static const char S_CRLF[] = "\r\n";
 static const char S_LAST[] = "0\r\n\r\n";
 static const char S_CRLF_LAST[] = "\r\n0\r\n\r\n";
@@ -83,7 +77,7 @@ static void conn_timer_update(struct worker *w, struct conn *c)
 		return;
 	if (c->lingering) {
 		cls = T_LINGER;
-		ms = LINGER_MS;
+		ms = t->linger_ms;
 	} else if (c->rs_state == RS_TUNNEL) {
 		cls = T_TUNNEL;
 		ms = t->tunnel_idle_ms;
@@ -401,7 +395,8 @@ static void conn_close_graceful(struct worker *w, struct conn *c)
 static void linger_recv(struct worker *w, struct conn *c, int res, int32_t bid)
 {
 	buf_put(w, bid);
-	if (res > 0 && c->linger_bytes + (uint32_t)res < LINGER_BYTES_MAX && c->lingering) {
+	if (res > 0 && c->lingering &&
+	    c->linger_bytes + (uint32_t)res < w->snap->cfg.limits.linger_bytes_max) {
 		c->linger_bytes += (uint32_t)res;
 		c_arm_recv(w, c);
 		return;
@@ -860,7 +855,8 @@ static void exchange_connect(struct worker *w, struct conn *c)
 {
 	const struct snapshot *s = w->snap;
 	uint32_t n_be = s->cfg.backends_n;
-	uint32_t max_attempts = n_be < ATTEMPTS_MAX ? (n_be ? n_be : 1) : ATTEMPTS_MAX;
+	uint32_t tries = s->cfg.limits.upstream_attempts_max;
+	uint32_t max_attempts = n_be < tries ? (n_be ? n_be : 1) : tries;
 	const struct cfg_backend *be;
 	struct io_uring_sqe *sqe;
 	struct ups *u;

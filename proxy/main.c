@@ -290,16 +290,14 @@ static int do_reload(char *err, size_t errlen)
 
 /*
  * Passive health (main thread, the only writer of backend health): a backend that any worker
- * failed to connect to is parked for HEALTH_PARK_MS after the failure, so that every core
+ * failed to connect to is parked for timeouts.backend_park_ms after the failure, so that every core
  * skips it instead of each paying its own connect timeouts. Connections already in flight
  * are not touched, and a parked backend is still tried when every backend is parked.
  */
-#define HEALTH_PARK_MS 1000
-
 static void health_scan(void)
 {
 	for (uint32_t b = 0; b < CFG_BACKENDS_MAX; b++) {
-		uint64_t last = 0;
+		uint64_t last = 0, park;
 
 		if (!D.backends[b].addr[0])
 			continue;
@@ -309,9 +307,10 @@ static void health_scan(void)
 			if (t > last)
 				last = t;
 		}
-		if (last && last + HEALTH_PARK_MS >
-				    __atomic_load_n(&D.backends[b].down_until_ms, __ATOMIC_RELAXED))
-			__atomic_store_n(&D.backends[b].down_until_ms, last + HEALTH_PARK_MS,
+		park = D.snap->cfg.timeouts.backend_park_ms;
+		if (last &&
+		    last + park > __atomic_load_n(&D.backends[b].down_until_ms, __ATOMIC_RELAXED))
+			__atomic_store_n(&D.backends[b].down_until_ms, last + park,
 					 __ATOMIC_RELAXED);
 	}
 }

@@ -77,6 +77,8 @@ Test(config, defaults_are_the_documented_numbers)
 	cr_expect_eq(c.timeouts.upstream_idle_ms, 30000);
 	cr_expect_eq(c.timeouts.tunnel_idle_ms, 300000);
 	cr_expect_eq(c.timeouts.shutdown_grace_ms, 10000);
+	cr_expect_eq(c.timeouts.linger_ms, 2000);
+	cr_expect_eq(c.timeouts.backend_park_ms, 1000);
 	cr_expect_eq(c.limits.header_bytes_max, 16384);
 	cr_expect_eq(c.limits.headers_max, 100);
 	cr_expect_eq(c.limits.uri_bytes_max, 8192);
@@ -84,6 +86,8 @@ Test(config, defaults_are_the_documented_numbers)
 	cr_expect_eq(c.limits.connections_per_core, 16384);
 	cr_expect_eq(c.limits.requests_per_connection, 10000);
 	cr_expect_eq(c.limits.upstream_idle_per_backend, 64);
+	cr_expect_eq(c.limits.upstream_attempts_max, 3);
+	cr_expect_eq(c.limits.linger_bytes_max, 262144);
 	cr_expect_eq(c.limits.buffers_per_core, 1024);
 	cr_expect_eq(c.limits.buffer_bytes, 16384);
 	cr_expect_str_eq(c.steering.policy, "hash");
@@ -482,6 +486,8 @@ static const struct bound_case bound_cases[] = {
 	T32(upstream_idle_ms, 100, 3600000),
 	T32(tunnel_idle_ms, 1000, 86400000),
 	T32(shutdown_grace_ms, 0, 600000),
+	T32(linger_ms, 0, 60000),
+	T32(backend_park_ms, 0, 600000),
 	L32(header_bytes_max, 1024, 1048576, false, ""),
 	L32(headers_max, 8, 1000, false, ""),
 	L32(uri_bytes_max, 256, 1048576, false, ""),
@@ -490,6 +496,8 @@ static const struct bound_case bound_cases[] = {
 	L32(connections_per_core, 1, 1048576, false, ""),
 	L32(requests_per_connection, 1, 1000000, false, ""),
 	L32(upstream_idle_per_backend, 0, 65536, false, ""),
+	L32(upstream_attempts_max, 1, 16, false, ""),
+	L32(linger_bytes_max, 0, 16777216, false, ""),
 	L32(buffers_per_core, 16, 32768, true, ""),
 	/* 1 MiB buffers need few of them to stay under 1 GiB per core. */
 	L32(buffer_bytes, 4096, 1048576, true, "  buffers_per_core: 16\n"),
