@@ -620,6 +620,45 @@ def test_bytes_sent_right_after_the_upgrade_request_go_into_the_tunnel(hard):
     assert len(rec.requests) == 1
 
 
+@pytest.mark.parametrize("closer", ["backend", "client"])
+def test_tunnel_close_propagates(hard, closer):
+    """One side of a tunnel closing ends the other side too (after the bytes in flight)."""
+    def handler(up, r):
+        up.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        if closer == "backend":
+            up.send(b"bye")
+            time.sleep(0.05)
+            return "done"
+        up.drain()
+        return "done"
+
+    p, rec = hard(handler, timeouts={"tunnel_idle_ms": 5000})
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(UPGRADE)
+        assert c.read_response().status == 101
+        if closer == "backend":
+            got = bytes(c.buf)
+            c.buf.clear()
+            c.sock.settimeout(2 * SLOW)
+            while True:
+                try:
+                    d = c.sock.recv(100)
+                except ConnectionResetError:
+                    break
+                if not d:
+                    break
+                got += d
+            assert got == b"bye"
+        else:
+            c.send(b"last words")
+            c.sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + 2 * SLOW
+            while not rec.conns[0].eof and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert rec.conns[0].eof, "backend side still open after the client closed"
+            assert bytes(rec.conns[0].data).endswith(b"last words")
+
+
 def test_upgrade_refused_keeps_http_mode(hard):
     """Backend answers 200 to an Upgrade request: no tunnel; the next bytes are parsed as HTTP requests."""
     p, rec = hard(ws_handler(answer=OK))
@@ -1106,14 +1145,35 @@ def _close_on_second_request_handler(partial=b""):
     return handler
 
 
-def test_get_on_stale_pooled_connection_is_retried(hard):
+@pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE", "OPTIONS"])
+def test_idempotent_request_on_stale_pooled_connection_is_retried(hard, method):
+    """Idempotent, no body, no response byte: retried once on a new upstream connection."""
     p, rec = hard(_close_on_second_request_handler())
     with Client(p.port, timeout=3 * SLOW) as c:
         assert c.request("GET", "/one").status == 200
-        r = c.request("GET", "/two")
-        assert r.status == 200 and r.body == b"ok", r
+        r = c.request(method, "/two")
+        assert r.status == 200 and r.body == (b"" if method == "HEAD" else b"ok"), r
     assert len(rec.conns) == 2
-    assert [q.target for q in rec.conns[1].requests if q.complete] == ["/two"]
+    assert [(q.method, q.target) for q in rec.conns[1].requests if q.complete] == [(method, "/two")]
+    assert [q.target for q in rec.requests].count("/two") == 2  # once on the stale connection, once retried
+
+
+def test_put_with_body_on_stale_pooled_connection_replayed_exactly_or_502(hard):
+    """PUT is idempotent; its body may be replayed only if corral still has all of it. Either a retry that
+    carries the identical body, or a 502 with the request sent once; never a retry with a different body."""
+    p, rec = hard(_close_on_second_request_handler())
+    body = bytes(range(256)) * 4
+    with Client(p.port, timeout=3 * SLOW) as c:
+        assert c.request("GET", "/one").status == 200
+        r = c.request("PUT", "/two", body=body)
+    time.sleep(0.05)
+    puts = [q for q in rec.requests if q.method == "PUT"]
+    print("PUT on a stale connection: %s, sent %d times" % (r.status, len(puts)))
+    assert all(q.body == body for q in puts), [len(q.body) for q in puts]
+    if r.status == 200:
+        assert len(puts) == 2 and rec.conns[1].requests[0].method == "PUT"
+    else:
+        assert r.status == 502 and len(puts) == 1, (r, len(puts))
 
 
 def test_post_on_stale_pooled_connection_is_not_retried(hard):
