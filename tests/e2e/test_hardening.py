@@ -1034,6 +1034,59 @@ def test_backend_resets_mid_body_http10_client_sees_short_body(hard):
         assert bytes(got) == b"b" * 20
 
 
+@pytest.mark.xfail(strict=True, reason="corral bug: for an HTTP/1.0 client (close-delimited framing) a chunked "
+                   "upstream response cut mid-body ends with a clean FIN: the truncated body looks complete. "
+                   "Only an abortive close (RST) lets that client detect the abort")
+def test_cut_chunked_response_to_http10_client_ends_in_reset(hard):
+    """The HTTP/1.0 client gets the response close-delimited, so a clean close would say 'complete': when the
+    upstream body is cut, corral must end the client connection with an RST after the bytes it has."""
+    def handler(up, r):
+        up.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        time.sleep(0.05)
+        return "close"
+
+    p, rec = hard(handler)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(b"GET / HTTP/1.0\r\n\r\n")
+        got = bytearray()
+        end = None
+        while end is None:
+            try:
+                d = c.sock.recv(65536)
+            except ConnectionResetError:
+                end = "reset"
+                break
+            if not d:
+                end = "clean close"
+            got += d
+        i = got.find(b"\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200") and got[i + 4:] == b"hello", bytes(got)
+        assert end == "reset", "a cut body ended with a %s: it looks complete to an HTTP/1.0 client" % end
+
+
+@pytest.mark.parametrize("end", ["fin", "rst"])
+def test_close_delimited_response_complete_on_fin_aborted_on_rst(hard, end):
+    """An upstream body delimited by the close: a FIN ends it (the HTTP/1.1 client gets a complete chunked
+    response), an RST aborts it (the client gets the data, no last chunk, a close)."""
+    def handler(up, r):
+        up.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial")
+        time.sleep(0.05)
+        return "close" if end == "fin" else "reset"
+
+    p, rec = hard(handler)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(req(b"GET / HTTP/1.1"))
+        if end == "fin":
+            r = c.read_response()
+            assert r.status == 200 and r.body == b"partial", r
+        else:
+            got = bytearray()
+            with pytest.raises(Closed):
+                r = c.read_response(sink=got.extend)
+                raise AssertionError("an aborted body looked complete: %r" % r.head_raw)
+            assert bytes(got) == b"partial"
+
+
 MALFORMED_RESPONSES = [
     ("status-4-digits", b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok"),
     ("status-missing", b"HTTP/1.1 OK\r\nContent-Length: 2\r\n\r\nok"),
