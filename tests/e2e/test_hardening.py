@@ -471,6 +471,100 @@ def test_cl_body_that_looks_like_a_request_is_a_body(hard):
     assert rec.requests[0].body == inner
 
 
+# --- split framing: state carried across reads -----------------------------------------------------------
+
+
+def _drip(c, data, delay=0.003):
+    for i in range(len(data)):
+        c.send(data[i:i + 1])
+        time.sleep(delay)
+
+
+def test_chunked_upload_one_byte_per_segment(hard):
+    """Every chunk-size line, extension, CRLF and trailer split at every byte: the body arrives exact."""
+    p, rec = hard(timeouts={"client_body_ms": 2000})
+    body = b"5;ext=1\r\nhello\r\n1;q=\"a b\"\r\n \r\nA\r\n0123456789\r\n0\r\nX-T: t\r\n\r\n"
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(req(b"POST /drip HTTP/1.1", b"Transfer-Encoding: chunked"))
+        _drip(c, body)
+        r = c.read_response()
+        assert r.status == 200
+    q = rec.requests[0]
+    assert q.body == b"hello 0123456789" and b";" not in q.body_raw and b"X-T" not in q.raw, q.raw
+
+
+def test_chunk_error_split_across_segments_still_400(hard):
+    p, rec = hard(timeouts={"client_body_ms": 2000})
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(req(b"POST /drip HTTP/1.1", b"Transfer-Encoding: chunked"))
+        _drip(c, b"5\r\nhello\r\n1x\r\n")
+        r = c.read_response()
+        assert r.status == 400, r
+        assert c.wait_closed(2 * SLOW)
+    no_request_forwarded(p, rec, complete_only=True)
+
+
+@pytest.mark.parametrize("framing", ["chunked", "length"])
+def test_response_one_byte_per_segment(hard, framing):
+    """A backend that writes its response a byte at a time: head and body parsed across reads, exact bytes."""
+    body = b"0123456789abcdef"
+    if framing == "chunked":
+        resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n6;e=x\r\n012345\r\na\r\n6789abcdef\r\n0\r\n\r\n"
+    else:
+        resp = b"HTTP/1.1 200 OK\r\nContent-Length: 16\r\nX-A: 1\r\n\r\n" + body
+
+    def handler(up, r):
+        for i in range(len(resp)):
+            up.send(resp[i:i + 1])
+            time.sleep(0.002)
+        return "keep"
+
+    p, rec = hard(handler)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        r = c.request("GET", "/drip")
+        assert r.status == 200 and r.body == body and r.header("x-a") == "1", (r, r.body)
+        assert c.request("GET", "/again").status == 200
+    assert len(rec.conns) == 1, "a cleanly ended response should leave its upstream connection reusable"
+
+
+def _interim_handler(up, r):
+    up.send(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+            b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
+    return "keep"
+
+
+def _read_final(c, method="GET"):
+    """(final response, [1xx statuses before it]), reading one head at a time."""
+    interims = []
+    while True:
+        r = c.read_response(method, interim=True)
+        if 100 <= r.status < 200 and r.status != 101:
+            interims.append(r.status)
+            continue
+        return r, interims
+
+
+def test_interim_responses_then_final(hard):
+    """1xx responses before the final one: relayed (or dropped) as complete heads; the final one is intact."""
+    p, rec = hard(_interim_handler)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(req(b"GET /hints HTTP/1.1"))
+        r, interims = _read_final(c)
+        assert r.status == 200 and r.body == b"ok", r
+        assert set(interims) <= {100, 103}, interims
+        c.send(req(b"GET /again HTTP/1.1"))
+        assert _read_final(c)[0].status == 200
+
+
+def test_no_interim_response_to_http10_client(hard):
+    """RFC 9110 15.2: a server must not send a 1xx response to an HTTP/1.0 client."""
+    p, rec = hard(_interim_handler)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(b"GET /hints HTTP/1.0\r\n\r\n")
+        r, interims = _read_final(c)
+        assert r.status == 200 and r.body == b"ok" and not interims, interims
+
+
 # --- Expect: 100-continue and Upgrade ------------------------------------------------------------------
 
 
@@ -496,7 +590,7 @@ def test_expect_100_continue_then_body(hard):
                 break
         assert c.buf.startswith(b"HTTP/1.1 100"), "no 100 Continue before the body: %r" % bytes(c.buf)
         c.send(b"hello")
-        r = c.read_response()
+        r, _ = _read_final(c)
         assert r.status == 200 and r.body == b"ok"
     assert rec.wait_requests(1)
     assert len(rec.requests) == 1 and rec.requests[0].body == b"hello"
