@@ -448,6 +448,21 @@ def test_rejected_request_after_a_served_one_gets_its_status(hard, bad, pipeline
         assert c.wait_closed(2 * SLOW)
 
 
+@pytest.mark.parametrize("first", [req(b"GET /a HTTP/1.1", b"Connection: close"), b"GET /a HTTP/1.0\r\n\r\n"],
+                         ids=["connection-close", "http10"])
+def test_nothing_processed_after_a_closing_request(hard, first):
+    """A request that ends the connection (Connection: close, HTTP/1.0 without keep-alive): what the client
+    pipelined behind it is never forwarded."""
+    p, rec = hard()
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(first + req(b"GET /smuggled HTTP/1.1"))
+        r = c.read_response()
+        assert r.status == 200 and r.will_close, r.head_raw
+        assert c.wait_closed(2 * SLOW)
+    rec.settle(quiet=0.05)
+    assert [q.target for q in rec.requests] == ["/a"]
+
+
 def test_pipeline_rejected_first_request_hides_the_rest(hard):
     p, rec = hard()
     with Client(p.port, timeout=3 * SLOW) as c:
@@ -1193,6 +1208,12 @@ MALFORMED_RESPONSES = [
     ("nul-in-value", b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nok"),
     ("space-in-name", b"HTTP/1.1 200 OK\r\nX A: 1\r\nContent-Length: 2\r\n\r\nok"),
     ("bad-chunk-size-first", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n"),
+    # RFC 9112 5.2: a proxy either answers 502 or unfolds; corral answers 502.
+    ("obs-fold", b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 2\r\n\r\nok"),
+    ("bare-lf", b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok"),
+    ("status-999", b"HTTP/1.1 999 Weird\r\nContent-Length: 2\r\n\r\nok"),
+    # RFC 9112 6.1: HTTP/1.0 with Transfer-Encoding: the framing is faulty.
+    ("http10-te", b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
 ]
 
 
