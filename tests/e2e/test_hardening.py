@@ -893,6 +893,23 @@ def test_head_in_slow_pieces_still_408_at_absolute_deadline(hard):
     no_request_forwarded(p, rec)
 
 
+@pytest.mark.parametrize("stall", ["head", "body"])
+def test_stall_on_a_keepalive_connection_uses_the_request_deadline(hard, stall):
+    """A second request that stalls: the header/body deadline applies, not the (long) idle timeout."""
+    p, rec = hard(timeouts={"client_header_ms": 600, "client_body_ms": 500, "client_idle_ms": 5000})
+    with Client(p.port, timeout=4 * SLOW) as c:
+        assert c.request("GET", "/first").status == 200
+        t0 = time.monotonic()
+        c.send(b"GET /second HTTP/1.1\r\nHost: e2e.test\r\n" if stall == "head"
+               else req(b"POST /second HTTP/1.1", b"Content-Length: 10", body=b"ab"))
+        r = c.read_response()
+        took = time.monotonic() - t0
+        assert r.status == 408 and 0.4 <= took < 2.0 * SLOW, (r, took)
+        assert c.wait_closed(2 * SLOW)
+    rec.settle(quiet=0.05)
+    assert [q.target for q in rec.requests] == ["/first"]
+
+
 @pytest.mark.parametrize("framing", ["length", "chunked"])
 def test_stalled_body_gets_408_before_the_response(hard, framing):
     p, rec = hard(timeouts={"client_body_ms": 500})
