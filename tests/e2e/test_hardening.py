@@ -1113,6 +1113,38 @@ def test_silent_upstream_504_and_request_sent_once(hard, method):
     assert len(rec.requests) == 1, "the request reached the backend %d times" % len(rec.requests)
 
 
+@pytest.mark.parametrize("part", ["half-head", "length-body", "chunked-body"])
+def test_backend_stalls_mid_response(hard, part):
+    """A backend that goes silent part-way: mid head -> 504 at upstream_response_ms (sent once); mid body ->
+    the client gets what was sent and then a close it can detect, after upstream_response_ms."""
+    first = {
+        "half-head": b"HTTP/1.1 200 OK\r\nContent-",
+        "length-body": b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+        "chunked-body": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+    }[part]
+
+    def handler(up, r):
+        up.send(first)
+        return "hold"
+
+    p, rec = hard(handler, timeouts={"upstream_response_ms": 500})
+    with Client(p.port, timeout=3 * SLOW) as c:
+        t0 = time.monotonic()
+        c.send(req(b"GET /stall HTTP/1.1"))
+        got = bytearray()
+        if part == "half-head":
+            r = c.read_response()
+            assert r.status == 504, r
+        else:
+            with pytest.raises(Closed):
+                r = c.read_response(sink=got.extend)
+                raise AssertionError("a stalled body looked complete: %r" % r.head_raw)
+            assert bytes(got) == b"abc"
+        took = time.monotonic() - t0
+        assert 0.45 <= took < 1.5 * SLOW, took
+    assert len(rec.requests) == 1
+
+
 def test_backend_closes_mid_length_body_client_sees_abort(hard):
     def handler(up, r):
         up.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"a" * 40)
