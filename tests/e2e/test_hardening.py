@@ -5,7 +5,6 @@ tests/e2e/differential.py runs the raw request tables below through NGINX and HA
 import os
 import socket
 import sys
-import threading
 import time
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import SLOW  # noqa: E402
 from recorder import OK, Recorder, default_handler  # noqa: E402
-from util import Client, Closed, ProtocolError, dead_address, rss_bytes  # noqa: E402
+from util import Client, Closed, rss_bytes  # noqa: E402
 
 pytestmark = pytest.mark.corral_only
 
@@ -1080,11 +1079,21 @@ def test_connection_flood_existing_connections_keep_working(hard):
 
 
 def test_refused_upstream_502_fast(corral):
-    p = corral([dead_address()], workers={"cores": [0]}, timeouts=TIMEOUTS)
-    t0 = time.monotonic()
-    with Client(p.port, timeout=3 * SLOW) as c:
-        r = c.request("GET", "/")
-    assert r.status == 502 and time.monotonic() - t0 < 0.25 * SLOW + 0.2
+    # A bound socket that never listens refuses connections, and, unlike a released port (dead_address()),
+    # it cannot be taken by another process on this shared machine while the test runs.
+    hold = socket.socket()
+    hold.bind(("127.0.0.1", 0))
+    try:
+        p = corral(["127.0.0.1:%d" % hold.getsockname()[1]], workers={"cores": [0]}, timeouts=TIMEOUTS,
+                   instance="hard-%d" % os.getpid())
+        for _ in range(3):
+            t0 = time.monotonic()
+            with Client(p.port, timeout=3 * SLOW) as c:
+                r = c.request("GET", "/")
+            assert r.status == 502, r
+            assert time.monotonic() - t0 < 0.25 * SLOW + 0.2
+    finally:
+        hold.close()
 
 
 @pytest.mark.parametrize("when", ["on-accept", "after-request"])
