@@ -611,6 +611,19 @@ def test_expect_100_continue_then_body(hard):
     assert len(rec.requests) == 1 and rec.requests[0].body == b"hello"
 
 
+def test_expect_100_with_the_body_sent_at_once(hard):
+    """A client that does not wait for the 100 (curl after its timeout): the body is forwarded once, as body."""
+    p, rec = hard()
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(req(b"POST /up HTTP/1.1", b"Content-Length: 5", b"Expect: 100-continue", body=b"hello")
+               + req(b"GET /next HTTP/1.1"))
+        r, _ = _read_final(c)
+        assert r.status == 200 and r.body == b"ok"
+        r, _ = _read_final(c)
+        assert r.status == 200
+    assert [(q.target, q.body) for q in rec.requests] == [("/up", b"hello"), ("/next", b"")]
+
+
 def test_expect_100_backend_answers_final_without_reading(hard):
     """A backend that refuses (417/401) before the body: the client gets that final answer, no 100."""
     def on_accept(up):
@@ -1311,6 +1324,30 @@ def test_bad_chunk_after_valid_data_502_or_detectable_abort(hard):
     with Client(p.port, timeout=3 * SLOW) as c:
         assert c.request("GET", "/second").status == 200
     assert len(rec.conns) == 2
+
+
+@pytest.mark.parametrize("method,head", [("HEAD", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+                                         ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"),
+                                         ("GET", b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n"),
+                                         ("GET", b"HTTP/1.1 204 No Content\r\n\r\n")],
+                         ids=["head-chunked", "head-length", "304-chunked", "204"])
+def test_bodiless_responses_get_no_body_bytes(hard, method, head):
+    """HEAD/204/304 responses end at their head whatever their framing headers say: no chunk terminator or
+    other body byte reaches the client, and the next response on the connection is intact."""
+    n = {"i": 0}
+
+    def handler(up, r):
+        n["i"] += 1
+        up.send(head if n["i"] == 1 else OK)
+        return "keep"
+
+    p, rec = hard(handler)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(req(method.encode() + b" /first HTTP/1.1"))
+        r = c.read_response(method)
+        assert r.body == b"" and c.buf == b"", (r, bytes(c.buf))
+        r2 = c.request("GET", "/second")
+        assert r2.status == 200 and r2.body == b"ok"
 
 
 @pytest.mark.parametrize("case", ["extra-after-cl", "body-on-head", "body-on-204", "body-on-304"])
