@@ -5,6 +5,7 @@ tests/e2e/differential.py runs the raw request tables below through NGINX and HA
 import os
 import socket
 import sys
+import threading
 import time
 
 import pytest
@@ -857,6 +858,80 @@ def test_tunnel_obeys_backpressure(hard):
         assert sent["n"] < (48 << 20), "%d bytes buffered for a client that reads nothing" % sent["n"]
         grow = rss_bytes(p.proc.pid) - base
         assert grow < (24 << 20), "corral grew by %d bytes" % grow
+
+
+def _flood_until_blocked(sock, limit, block_s=0.5):
+    """Writes until a write blocks for block_s (True) or limit bytes went out (False); (blocked, bytes)."""
+    sock.settimeout(block_s)
+    block = b"u" * 65536
+    n = 0
+    while n < limit:
+        try:
+            n += sock.send(block)
+        except socket.timeout:
+            return True, n
+        except OSError:
+            break
+    return False, n
+
+
+def test_tunnel_backpressure_towards_the_backend(hard):
+    """A tunnel backend that does not read: the client's writes block; corral's memory stays flat."""
+    def handler(up, r):
+        up.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        up.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        time.sleep(4 * SLOW)  # reads nothing
+        return "done"
+
+    p, rec = hard(handler, timeouts={"tunnel_idle_ms": 3000})
+    base = rss_bytes(p.proc.pid)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(UPGRADE)
+        assert c.read_response().status == 101
+        blocked, n = _flood_until_blocked(c.sock, 256 << 20)
+        assert blocked and n < (48 << 20), "client wrote %d bytes into a tunnel nobody reads" % n
+        grow = rss_bytes(p.proc.pid) - base
+        assert grow < (24 << 20), "corral grew by %d bytes" % grow
+
+
+def test_request_body_backpressure(hard):
+    """A backend that does not read a large upload: the client's writes block; corral buffers a bounded
+    amount; once the backend reads, the whole body arrives intact."""
+    total = 64 << 20
+    state = {"go": threading.Event(), "got": 0}
+
+    def on_accept(up):
+        while b"\r\n\r\n" not in up.buf:
+            up._fill()
+        state["go"].wait(10)
+        n = len(up.buf) - (up.buf.find(b"\r\n\r\n") + 4)
+        while n < total:
+            d = up.sock.recv(1 << 20)
+            if not d:
+                break
+            n += len(d)
+        state["got"] = n
+        up.send(OK)
+        return "close"
+
+    p, rec = hard(on_accept=on_accept, timeouts={"client_body_ms": 5000, "upstream_response_ms": 10000})
+    base = rss_bytes(p.proc.pid)
+    with Client(p.port, timeout=10 * SLOW) as c:
+        c.send(req(b"POST /upload HTTP/1.1", b"Content-Length: %d" % total))
+        blocked, n = _flood_until_blocked(c.sock, total)
+        assert blocked and n < (48 << 20), "client wrote %d bytes to a backend that reads nothing" % n
+        grow = rss_bytes(p.proc.pid) - base
+        assert grow < (24 << 20), "corral grew by %d bytes" % grow
+        state["go"].set()
+        c.sock.settimeout(10 * SLOW)
+        block = b"u" * 65536
+        while n < total:
+            k = min(len(block), total - n)
+            c.sock.sendall(block[:k])
+            n += k
+        r = c.read_response("POST")
+        assert r.status == 200
+    assert state["got"] == total
 
 
 # --- slow and abusive clients ----------------------------------------------------------------------------
