@@ -333,6 +333,11 @@ static void conn_try_finish(struct worker *w, struct conn *c)
 		hbuf_put(w, c->hbuf_req);
 	if (c->hbuf_resp != NIL)
 		hbuf_put(w, c->hbuf_resp);
+	if (c->reset_close) {
+		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+
+		setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	}
 	close(c->fd);
 	if (c->req_state != RQ_HEAD || c->rs_state != RS_NONE)
 		steer_req_ended(w->sc);
@@ -358,6 +363,16 @@ static void conn_abort(struct worker *w, struct conn *c)
 		c->inflight++;
 	}
 	conn_try_finish(w, c);
+}
+
+/*
+ * Abort a response that is cut short, with an RST: for a close-delimited body (HTTP/1.0
+ * client) a FIN would make the truncated body look complete.
+ */
+static void conn_abort_reset(struct worker *w, struct conn *c)
+{
+	c->reset_close = true;
+	conn_abort(w, c);
 }
 
 /*
@@ -1143,7 +1158,7 @@ static void resp_process(struct worker *w, struct conn *c)
 			} else {
 				/* Valid data already went out: end with an abort the client can see. */
 				STAT_ADD(w->stats->upstream_errors, 1);
-				conn_abort(w, c);
+				conn_abort_reset(w, c);
 			}
 			return;
 		}
@@ -1226,7 +1241,7 @@ static void resp_upstream_eof(struct worker *w, struct conn *c, int res)
 	}
 	/* Mid-body: the client must be able to tell the response is incomplete. */
 	STAT_ADD(w->stats->upstream_errors, 1);
-	conn_abort(w, c);
+	conn_abort_reset(w, c);
 }
 
 static void record_latency(struct worker *w, struct conn *c)

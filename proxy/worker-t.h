@@ -117,7 +117,8 @@ struct conn {
 	bool recv_wanted; /* waiting in the no-buffer queue */
 	bool keep_alive;  /* this exchange ends with the connection reusable */
 	bool lingering;
-	bool cancel_sent;  /* a cancel of every op on fd was submitted */
+	bool cancel_sent;
+	bool reset_close;    /* close with RST: the response is cut short */  /* a cancel of every op on fd was submitted */
 	bool eof;	   /* client shut its write side */
 	uint8_t req_state; /* enum req_state */
 	uint8_t rs_state;  /* enum rs_state */
