@@ -365,6 +365,8 @@ def corral(tmp_path, request):
         os.makedirs(tmp, exist_ok=True)
         addrs = [b.address if isinstance(b, Backend) else b for b in backends]
         cfg = {
+            # Own BPF pin folder per proxy: concurrent runs never share steering maps.
+            "instance": "e2e-%d-%d" % (os.getpid(), n),
             "listen": ["127.0.0.1:0"],
             "workers": {"cores": [0, 1]},
             "backends": [{"address": a, "weight": 1} for a in addrs],

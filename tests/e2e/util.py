@@ -204,10 +204,10 @@ class Client:
                 if resp.status == 101 or interim:
                     resp.framing = "none"
                     return resp
-                interim = Response()
-                interim.__dict__.update(resp.__dict__)
+                one = Response()
+                one.__dict__.update(resp.__dict__)
                 resp = Response()
-                resp.interim = interim.interim + [interim]
+                resp.interim = one.interim + [one]
                 continue
             break
         te = resp.header_all("transfer-encoding")
@@ -483,13 +483,16 @@ class RssSampler:
 # --- misbehaving upstreams ----------------------------------------------------------------
 
 
+_held_dead = []
+
+
 def dead_address():
-    """A loopback address that refuses connections: a port that was just bound and released."""
+    """A loopback address that refuses connections: a bound socket that never listens. It stays
+    bound for the life of the test process, so no other process can take the port meanwhile."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return "127.0.0.1:%d" % port
+    _held_dead.append(s)
+    return "127.0.0.1:%d" % s.getsockname()[1]
 
 
 class SilentServer:
