@@ -555,6 +555,51 @@ static bool accum_append(struct worker *w, struct inbuf *acc, const char *src, u
 	return true;
 }
 
+/*
+ * Where the next head is parsed from. While a head is being assembled (acc holds its start)
+ * the new bytes of in are appended to acc, and acc is the source; otherwise in itself. NULL
+ * when the bytes do not fit (the head is over any limit).
+ */
+static struct inbuf *head_src(struct worker *w, struct inbuf *acc, struct inbuf *in)
+{
+	if (acc->hbuf == NIL)
+		return in;
+	if (in->len) {
+		if (!accum_append(w, acc, in->base + in->off, in->len))
+			return NULL;
+		inbuf_release(w, in);
+	}
+	return acc;
+}
+
+/* An incomplete head in src: its bytes wait in acc for the next read. false: no buffer. */
+static bool head_keep(struct worker *w, struct inbuf *acc, struct inbuf *in, struct inbuf *src)
+{
+	if (src != in)
+		return true;
+	if (!accum_append(w, acc, in->base + in->off, in->len))
+		return false;
+	inbuf_release(w, in);
+	return true;
+}
+
+/* A head of n bytes was parsed from src: the bytes after it become in. */
+static void head_consume(struct worker *w, struct inbuf *acc, struct inbuf *in, struct inbuf *src,
+			 uint32_t n)
+{
+	src->off += n;
+	src->len -= n;
+	if (src == acc) {
+		BUG_ON(in->len != 0);
+		inbuf_release(w, in);
+		*in = *acc;
+		acc->hbuf = NIL;
+		acc->bid = -1;
+		acc->base = NULL;
+		acc->len = acc->off = 0;
+	}
+}
+
 /* Sets up the exchange for a parsed head at base; false if it was answered with an error. */
 static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, const char *base)
 {
@@ -630,17 +675,10 @@ static void req_process(struct worker *w, struct conn *c)
 	req.hdr = w->hdr_scratch;
 	req.hdr_cap = w->hdr_cap;
 
-	if (c->accum.hbuf != NIL) {
-		if (c->in.len) {
-			if (!accum_append(w, &c->accum, c->in.base + c->in.off, c->in.len)) {
-				send_error(w, c, 431);
-				return;
-			}
-			inbuf_release(w, &c->in);
-		}
-		src = &c->accum;
-	} else {
-		src = &c->in;
+	src = head_src(w, &c->accum, &c->in);
+	if (!src) {
+		send_error(w, c, 431);
+		return;
 	}
 	if (src->len == 0) {
 		inbuf_release(w, &c->in);
@@ -650,12 +688,9 @@ static void req_process(struct worker *w, struct conn *c)
 	}
 	r = http_req_parse(&req, src->base + src->off, src->len, &lim);
 	if (r == -EAGAIN) {
-		if (src == &c->in) {
-			if (!accum_append(w, &c->accum, c->in.base + c->in.off, c->in.len)) {
-				send_error(w, c, 503);
-				return;
-			}
-			inbuf_release(w, &c->in);
+		if (!head_keep(w, &c->accum, &c->in, src)) {
+			send_error(w, c, 503);
+			return;
 		}
 		c_arm_recv(w, c);
 		conn_timer_update(w, c);
@@ -669,16 +704,7 @@ static void req_process(struct worker *w, struct conn *c)
 	/* The head is parsed; what follows it is body or the next request. */
 	if (!req_begin(w, c, &req, src->base + src->off))
 		return;
-	src->off += (uint32_t)r;
-	src->len -= (uint32_t)r;
-	if (src == &c->accum) {
-		/* The accumulation buffer becomes the input buffer for the rest. */
-		BUG_ON(c->in.len != 0 || c->in.hbuf != NIL || c->in.bid >= 0);
-		c->in = c->accum;
-		c->accum.hbuf = NIL;
-		c->accum.len = 0;
-		c->accum.off = 0;
-	}
+	head_consume(w, &c->accum, &c->in, src, (uint32_t)r);
 	exchange_connect(w, c);
 }
 
@@ -1018,19 +1044,10 @@ static void resp_process(struct worker *w, struct conn *c)
 		memset(&resp, 0, sizeof(resp));
 		resp.hdr = w->hdr_scratch;
 		resp.hdr_cap = w->hdr_cap;
-		if (c->accum.hbuf != NIL) {
-			if (u->in.len) {
-				if (!accum_append(w, &c->accum, u->in.base + u->in.off,
-						  u->in.len)) {
-					u->closing = true;
-					upstream_fail(w, c, 502);
-					return;
-				}
-				inbuf_release(w, &u->in);
-			}
-			src = &c->accum;
-		} else {
-			src = &u->in;
+		src = head_src(w, &c->accum, &u->in);
+		if (!src) {
+			upstream_fail(w, c, 502);
+			return;
 		}
 		if (src->len == 0) {
 			inbuf_release(w, &u->in);
@@ -1039,13 +1056,9 @@ static void resp_process(struct worker *w, struct conn *c)
 		}
 		r = http_resp_parse(&resp, src->base + src->off, src->len, &lim, c->req_is_head);
 		if (r == -EAGAIN) {
-			if (src == &u->in) {
-				if (!accum_append(w, &c->accum, u->in.base + u->in.off,
-						  u->in.len)) {
-					upstream_fail(w, c, 502);
-					return;
-				}
-				inbuf_release(w, &u->in);
+			if (!head_keep(w, &c->accum, &u->in, src)) {
+				upstream_fail(w, c, 502);
+				return;
 			}
 			u_arm_recv(w, u);
 			return;
@@ -1109,16 +1122,7 @@ static void resp_process(struct worker *w, struct conn *c)
 		c->out_framing = (uint8_t)of;
 		c->ups_reusable = resp.keep_alive && resp.framing != HTTP_BODY_CLOSE;
 		count_status(w, resp.code);
-		src->off += (uint32_t)r;
-		src->len -= (uint32_t)r;
-		if (src == &c->accum) {
-			/* The rest of the accumulated bytes become the upstream input. */
-			BUG_ON(u->in.len != 0);
-			inbuf_release(w, &u->in);
-			u->in = c->accum;
-			c->accum.hbuf = NIL;
-			c->accum.len = c->accum.off = 0;
-		}
+		head_consume(w, &c->accum, &u->in, src, (uint32_t)r);
 		sendq_add(q, hbuf_addr(w, c->hbuf_resp), (size_t)n);
 		if (resp.code == 101) {
 			c_send(w, c);
