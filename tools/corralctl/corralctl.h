@@ -34,6 +34,9 @@ void render_count(char *out, size_t len, double v);
 void render_bytes(char *out, size_t len, double v);
 void render_us(char *out, size_t len, double us);
 
+/* The number at a dotted path of o ("total.responses.2xx"); 0 when absent or not a number. */
+double json_num(json_t *o, const char *path);
+
 /* Tables for people, from the daemon's replies. */
 void render_status(FILE *f, json_t *reply);
 void render_stats(FILE *f, json_t *reply);

@@ -46,7 +46,7 @@ void render_us(char *out, size_t len, double us)
 		snprintf(out, len, "%.2fs", us / 1e6);
 }
 
-static double num(json_t *o, const char *path)
+double json_num(json_t *o, const char *path)
 {
 	char key[64];
 	const char *dot;
@@ -71,22 +71,22 @@ static const char *str(json_t *o, const char *key, const char *def)
 void render_status(FILE *f, json_t *r)
 {
 	json_t *steer = json_object_get(r, "steering"), *cores = json_object_get(r, "cores"), *c;
-	double up = num(r, "uptime_s");
+	double up = json_num(r, "uptime_s");
 	size_t i;
 
 	fprintf(f, "corral %s (pid %.0f), up %dd %02d:%02d:%02d\n", str(r, "version", "?"),
-		num(r, "pid"), (int)(up / 86400), (int)fmod(up / 3600, 24), (int)fmod(up / 60, 60),
+		json_num(r, "pid"), (int)(up / 86400), (int)fmod(up / 3600, 24), (int)fmod(up / 60, 60),
 		(int)fmod(up, 60));
 	fprintf(f, "config:   %s", str(r, "config", "?"));
 	if (json_object_get(r, "config_version"))
-		fprintf(f, " (version %.0f)", num(r, "config_version"));
+		fprintf(f, " (version %.0f)", json_num(r, "config_version"));
 	fprintf(f, "\nsteering: %s, policy %s\n", str(steer, "mode", "?"),
 		str(steer, "policy", "?"));
 	fprintf(f, "cores:    %zu\n", json_array_size(cores));
 	fprintf(f, "%6s %6s %-9s %6s\n", "CORE", "CPU", "STATE", "WEIGHT");
 	json_array_foreach(cores, i, c)
-		fprintf(f, "%6.0f %6.0f %-9s %6.0f\n", num(c, "core"), num(c, "cpu"),
-			str(c, "state", "?"), num(c, "weight"));
+		fprintf(f, "%6.0f %6.0f %-9s %6.0f\n", json_num(c, "core"), json_num(c, "cpu"),
+			str(c, "state", "?"), json_num(c, "weight"));
 }
 
 /* Connections, traffic and CPU of one core (or of the total). */
@@ -94,15 +94,15 @@ static void render_traffic_row(FILE *f, const char *name, const char *state, jso
 {
 	char acc[16], st[16], req[16], rps[16], in[16], out[16];
 
-	render_count(acc, sizeof(acc), num(c, "conns_accepted"));
-	render_count(st, sizeof(st), num(c, "steered"));
-	render_count(req, sizeof(req), num(c, "requests"));
-	render_count(rps, sizeof(rps), num(c, "rps"));
-	render_bytes(in, sizeof(in), num(c, "bytes_in"));
-	render_bytes(out, sizeof(out), num(c, "bytes_out"));
+	render_count(acc, sizeof(acc), json_num(c, "conns_accepted"));
+	render_count(st, sizeof(st), json_num(c, "steered"));
+	render_count(req, sizeof(req), json_num(c, "requests"));
+	render_count(rps, sizeof(rps), json_num(c, "rps"));
+	render_bytes(in, sizeof(in), json_num(c, "bytes_in"));
+	render_bytes(out, sizeof(out), json_num(c, "bytes_out"));
 	fprintf(f, "%-5s %-8s %6.0f %8s %8s %5.0f %8s %7s %7s %7s %6.1f\n", name, state,
-		num(c, "conns_active"), acc, st, num(c, "accept_queue"), req, rps, in, out,
-		num(c, "cpu_pct"));
+		json_num(c, "conns_active"), acc, st, json_num(c, "accept_queue"), req, rps, in, out,
+		json_num(c, "cpu_pct"));
 }
 
 /* Responses, upstream errors, latency and the upstream pool of one core (or the total). */
@@ -113,14 +113,14 @@ static void render_results_row(FILE *f, const char *name, json_t *c)
 					    "responses.4xx", "responses.5xx" };
 
 	for (int i = 0; i < 5; i++)
-		render_count(r[i], sizeof(r[i]), num(c, cls[i]));
-	render_count(ue, sizeof(ue), num(c, "upstream_errors"));
-	render_us(p50, sizeof(p50), num(c, "latency_us.p50"));
-	render_us(p99, sizeof(p99), num(c, "latency_us.p99"));
-	render_us(p999, sizeof(p999), num(c, "latency_us.p999"));
-	render_count(ph, sizeof(ph), num(c, "pool.hits"));
-	render_count(pm, sizeof(pm), num(c, "pool.misses"));
-	snprintf(pool, sizeof(pool), "%.0f/%s/%s", num(c, "pool.idle"), ph, pm);
+		render_count(r[i], sizeof(r[i]), json_num(c, cls[i]));
+	render_count(ue, sizeof(ue), json_num(c, "upstream_errors"));
+	render_us(p50, sizeof(p50), json_num(c, "latency_us.p50"));
+	render_us(p99, sizeof(p99), json_num(c, "latency_us.p99"));
+	render_us(p999, sizeof(p999), json_num(c, "latency_us.p999"));
+	render_count(ph, sizeof(ph), json_num(c, "pool.hits"));
+	render_count(pm, sizeof(pm), json_num(c, "pool.misses"));
+	snprintf(pool, sizeof(pool), "%.0f/%s/%s", json_num(c, "pool.idle"), ph, pm);
 	fprintf(f, "%-5s %6s %6s %6s %6s %6s %6s %8s %8s %8s %14s\n", name, r[0], r[1], r[2], r[3],
 		r[4], ue, p50, p99, p999, pool);
 }
@@ -143,7 +143,7 @@ void render_stats(FILE *f, json_t *r)
 	{
 		char name[16];
 
-		snprintf(name, sizeof(name), "%.0f", num(c, "core"));
+		snprintf(name, sizeof(name), "%.0f", json_num(c, "core"));
 		render_traffic_row(f, name, str(c, "state", "?"), c);
 	}
 	render_traffic_row(f, "total", "", tot);
@@ -153,12 +153,12 @@ void render_stats(FILE *f, json_t *r)
 	{
 		char name[16];
 
-		snprintf(name, sizeof(name), "%.0f", num(c, "core"));
+		snprintf(name, sizeof(name), "%.0f", json_num(c, "core"));
 		render_results_row(f, name, c);
 	}
 	render_results_row(f, "total", tot);
 	fprintf(f, "\nimbalance (max/mean over active cores): conns %.2f, cpu %.2f\n",
-		num(r, "imbalance.conns"), num(r, "imbalance.cpu"));
+		json_num(r, "imbalance.conns"), json_num(r, "imbalance.cpu"));
 }
 
 void render_backends(FILE *f, json_t *r)
@@ -172,11 +172,11 @@ void render_backends(FILE *f, json_t *r)
 	{
 		char req[16], err[16], lat[16];
 
-		render_count(req, sizeof(req), num(b, "requests"));
-		render_count(err, sizeof(err), num(b, "errors"));
-		render_us(lat, sizeof(lat), num(b, "latency_us"));
+		render_count(req, sizeof(req), json_num(b, "requests"));
+		render_count(err, sizeof(err), json_num(b, "errors"));
+		render_us(lat, sizeof(lat), json_num(b, "latency_us"));
 		fprintf(f, "%-40s %6.0f %-8s %7.0f %9s %7s %8s\n", str(b, "addr", "?"),
-			num(b, "weight"), str(b, "state", "?"), num(b, "active"), req, err, lat);
+			json_num(b, "weight"), str(b, "state", "?"), json_num(b, "active"), req, err, lat);
 	}
 	if (json_array_size(arr) == 0)
 		fprintf(f, "(no backends)\n");

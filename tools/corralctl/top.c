@@ -126,21 +126,6 @@ static void tf_bar(struct top_frame *t, double frac, int w, bool colored)
 	tf_put(t, "%s]", colored ? "\033[0m" : "");
 }
 
-static double jnum(json_t *o, const char *path)
-{
-	char key[64];
-	const char *dot;
-	json_t *v = o;
-
-	while ((dot = strchr(path, '.'))) {
-		snprintf(key, sizeof(key), "%.*s", (int)(dot - path), path);
-		v = json_object_get(v, key);
-		path = dot + 1;
-	}
-	v = json_object_get(v, path);
-	return json_is_number(v) ? json_number_value(v) : 0;
-}
-
 static void top_draw(struct top_frame *t, json_t *r, const char *sock, const char *problem,
 		     int width)
 {
@@ -169,24 +154,24 @@ static void top_draw(struct top_frame *t, json_t *r, const char *sock, const cha
 	}
 	steer = json_object_get(r, "steering");
 	tot = json_object_get(r, "total");
-	render_count(rps, sizeof(rps), jnum(tot, "rps"));
-	render_count(conns, sizeof(conns), jnum(tot, "conns_active"));
-	render_us(p50, sizeof(p50), jnum(tot, "latency_us.p50"));
-	render_us(p99, sizeof(p99), jnum(tot, "latency_us.p99"));
+	render_count(rps, sizeof(rps), json_num(tot, "rps"));
+	render_count(conns, sizeof(conns), json_num(tot, "conns_active"));
+	render_us(p50, sizeof(p50), json_num(tot, "latency_us.p50"));
+	render_us(p99, sizeof(p99), json_num(tot, "latency_us.p99"));
 	tf_put(t,
 	       "steering %s/%s   cores %zu   conns %s   req/s %s   p50 %s   p99 %s   5xx %.0f   "
 	       "uperr %.0f",
 	       json_string_value(json_object_get(steer, "mode")) ?: "?",
 	       json_string_value(json_object_get(steer, "policy")) ?: "?", json_array_size(cores),
-	       conns, rps, p50, p99, jnum(tot, "responses.5xx"), jnum(tot, "upstream_errors"));
+	       conns, rps, p50, p99, json_num(tot, "responses.5xx"), json_num(tot, "upstream_errors"));
 	tf_eol(t);
 	tf_put(t, "imbalance (max/mean): conns %.2f  cpu %.2f   total cpu %.1f%%",
-	       jnum(r, "imbalance.conns"), jnum(r, "imbalance.cpu"), jnum(tot, "cpu_pct"));
+	       json_num(r, "imbalance.conns"), json_num(r, "imbalance.cpu"), json_num(tot, "cpu_pct"));
 	tf_eol(t);
 	tf_eol(t);
 
-	json_array_foreach(cores, i, c) if (jnum(c, "conns_active") > max_conns) max_conns =
-		jnum(c, "conns_active");
+	json_array_foreach(cores, i, c) if (json_num(c, "conns_active") > max_conns) max_conns =
+		json_num(c, "conns_active");
 	/*
 	 * The fixed columns take 72 cells. Wide terminals get two bars (CPU, and connections
 	 * relative to the busiest core), narrow ones the CPU bar only.
@@ -208,18 +193,18 @@ static void top_draw(struct top_frame *t, json_t *r, const char *sock, const cha
 
 		if (t->rows >= t->height - 1)
 			break;
-		render_count(r_rps, sizeof(r_rps), jnum(c, "rps"));
-		render_count(r_conns, sizeof(r_conns), jnum(c, "conns_active"));
-		render_us(r50, sizeof(r50), jnum(c, "latency_us.p50"));
-		render_us(r99, sizeof(r99), jnum(c, "latency_us.p99"));
+		render_count(r_rps, sizeof(r_rps), json_num(c, "rps"));
+		render_count(r_conns, sizeof(r_conns), json_num(c, "conns_active"));
+		render_us(r50, sizeof(r50), json_num(c, "latency_us.p50"));
+		render_us(r99, sizeof(r99), json_num(c, "latency_us.p99"));
 		tf_put(t, "%4.0f %s%-8s\033[0m %7s %7s %7.1f %6.0f %8s %8s %5.0f  ",
-		       jnum(c, "core"), draining ? "\033[33m" : "", state, r_conns, r_rps,
-		       jnum(c, "cpu_pct"), jnum(c, "accept_queue"), r50, r99,
-		       jnum(c, "responses.5xx"));
-		tf_bar(t, jnum(c, "cpu_pct") / 100.0, bar_w, true);
+		       json_num(c, "core"), draining ? "\033[33m" : "", state, r_conns, r_rps,
+		       json_num(c, "cpu_pct"), json_num(c, "accept_queue"), r50, r99,
+		       json_num(c, "responses.5xx"));
+		tf_bar(t, json_num(c, "cpu_pct") / 100.0, bar_w, true);
 		if (two_bars) {
 			tf_put(t, "  ");
-			tf_bar(t, jnum(c, "conns_active") / max_conns, bar_w, false);
+			tf_bar(t, json_num(c, "conns_active") / max_conns, bar_w, false);
 		}
 		tf_eol(t);
 	}
