@@ -67,6 +67,11 @@ static void count_status(struct worker *w, int status)
 
 /* --- timers ---------------------------------------------------------------------------- */
 
+/*
+ * Puts the connection on the timer list its state calls for. Called once per event, where
+ * events enter a connection (accept, its completions, its timer, a buffer-wait retry), never
+ * from inside the state machine: every completion is progress and re-arms a progress timer.
+ */
 static void conn_timer_update(struct worker *w, struct conn *c)
 {
 	const struct cfg_timeouts *t = &w->snap->cfg.timeouts;
@@ -404,7 +409,6 @@ static void conn_close_graceful(struct worker *w, struct conn *c)
 	inbuf_release(w, &c->in);
 	inbuf_release(w, &c->accum);
 	c_arm_recv(w, c);
-	conn_timer_update(w, c);
 }
 
 static void linger_recv(struct worker *w, struct conn *c, int res, int32_t bid)
@@ -523,7 +527,6 @@ static void send_error(struct worker *w, struct conn *c, int status)
 	sendq_reset(&c->to_client);
 	sendq_add(&c->to_client, hbuf_addr(w, hb), (size_t)n);
 	c_send(w, c);
-	conn_timer_update(w, c);
 }
 
 /* An upstream failure before any response byte reached the client. */
@@ -671,8 +674,7 @@ static void req_process(struct worker *w, struct conn *c)
 
 	BUG_ON(c->req_state != RQ_HEAD || c->rs_state != RS_NONE);
 	limits_of(w, &lim);
-	memset(&req, 0, sizeof(req));
-	req.hdr = w->hdr_scratch;
+	req.hdr = w->hdr_scratch; /* http_req_parse clears the rest */
 	req.hdr_cap = w->hdr_cap;
 
 	src = head_src(w, &c->accum, &c->in);
@@ -683,7 +685,6 @@ static void req_process(struct worker *w, struct conn *c)
 	if (src->len == 0) {
 		inbuf_release(w, &c->in);
 		c_arm_recv(w, c);
-		conn_timer_update(w, c);
 		return;
 	}
 	r = http_req_parse(&req, src->base + src->off, src->len, &lim);
@@ -693,7 +694,6 @@ static void req_process(struct worker *w, struct conn *c)
 			return;
 		}
 		c_arm_recv(w, c);
-		conn_timer_update(w, c);
 		return;
 	}
 	if (r < 0) {
@@ -932,7 +932,6 @@ static void exchange_connect(struct worker *w, struct conn *c)
 		c->rs_state = RS_HEAD;
 		u_arm_recv(w, u);
 		req_pump(w, c);
-		conn_timer_update(w, c);
 		return;
 	}
 	STAT_ADD(w->stats->pool_misses, 1);
@@ -965,7 +964,6 @@ static void exchange_connect(struct worker *w, struct conn *c)
 	io_uring_prep_connect(sqe, fd, (struct sockaddr *)&u->addr, u->addr_len);
 	sqe->user_data = ud_pack(OP_U_CONNECT, uidx(w, u), u->gen);
 	u->inflight++;
-	conn_timer_update(w, c);
 }
 
 /* The current upstream failed before any response byte: retry elsewhere or answer. */
@@ -1041,8 +1039,7 @@ static void resp_process(struct worker *w, struct conn *c)
 	}
 	if (c->rs_state == RS_HEAD) {
 		limits_of(w, &lim);
-		memset(&resp, 0, sizeof(resp));
-		resp.hdr = w->hdr_scratch;
+		resp.hdr = w->hdr_scratch; /* http_resp_parse clears the rest */
 		resp.hdr_cap = w->hdr_cap;
 		src = head_src(w, &c->accum, &u->in);
 		if (!src) {
@@ -1314,8 +1311,6 @@ static void req_next(struct worker *w, struct conn *c)
 		else
 			c_arm_recv(w, c);
 	}
-	if (c->active && !c->closing)
-		conn_timer_update(w, c);
 }
 
 /*
@@ -1346,7 +1341,6 @@ static void req_discard(struct worker *w, struct conn *c)
 		return;
 	}
 	c_arm_recv(w, c);
-	conn_timer_update(w, c);
 }
 
 /* --- completions ------------------------------------------------------------------------------ */
@@ -1410,8 +1404,6 @@ static void c_on_recv(struct worker *w, struct conn *c, int res, uint32_t flags)
 		req_pump(w, c);
 	else if (c->req_state == RQ_HEAD && c->rs_state == RS_NONE)
 		req_process(w, c);
-	if (c->active && !c->closing)
-		conn_timer_update(w, c);
 }
 
 static void c_on_send(struct worker *w, struct conn *c, int res)
@@ -1461,8 +1453,6 @@ static void c_on_send(struct worker *w, struct conn *c, int res)
 	default:
 		break;
 	}
-	if (c->active && !c->closing)
-		conn_timer_update(w, c);
 }
 
 void conn_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int res, uint32_t flags)
@@ -1497,6 +1487,7 @@ void conn_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int 
 	default:
 		BUG_ON(1);
 	}
+	conn_timer_update(w, c);
 }
 
 static void u_on_connect(struct worker *w, struct conn *c, struct ups *u, int res)
@@ -1509,7 +1500,6 @@ static void u_on_connect(struct worker *w, struct conn *c, struct ups *u, int re
 	c->rs_state = RS_HEAD;
 	u_arm_recv(w, u);
 	req_pump(w, c);
-	conn_timer_update(w, c);
 }
 
 static void u_on_send(struct worker *w, struct conn *c, struct ups *u, int res)
@@ -1536,7 +1526,6 @@ static void u_on_send(struct worker *w, struct conn *c, struct ups *u, int res)
 	}
 	if (c->rs_state == RS_TUNNEL || c->req_state == RQ_BODY)
 		req_pump(w, c);
-	conn_timer_update(w, c);
 }
 
 static void u_on_recv(struct worker *w, struct conn *c, struct ups *u, int res, uint32_t flags)
@@ -1564,8 +1553,6 @@ static void u_on_recv(struct worker *w, struct conn *c, struct ups *u, int res, 
 		c->ups_byte_seen = true;
 	}
 	resp_process(w, c);
-	if (c->active && !c->closing)
-		conn_timer_update(w, c);
 }
 
 void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int res, uint32_t flags)
@@ -1629,6 +1616,7 @@ void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int r
 	default:
 		BUG_ON(1);
 	}
+	conn_timer_update(w, c);
 }
 
 void conn_retry_recv(struct worker *w, uint32_t idx)
@@ -1651,6 +1639,7 @@ void conn_retry_recv(struct worker *w, uint32_t idx)
 		if (u && !c->closing && !u->closing)
 			u_arm_recv(w, u);
 	}
+	conn_timer_update(w, c);
 }
 
 void conn_on_timeout(struct worker *w, uint32_t idx, enum tclass cls)
@@ -1697,6 +1686,7 @@ void conn_on_timeout(struct worker *w, uint32_t idx, enum tclass cls)
 	default:
 		break;
 	}
+	conn_timer_update(w, c);
 }
 
 void conn_stop_all(struct worker *w, bool force)
