@@ -819,8 +819,9 @@ static void pool_put(struct worker *w, struct ups *u)
 
 	u->owner = NIL;
 	u->reused = false;
+	/* Pooled only while the snapshot still maps the id to the address it was opened to. */
 	if (u->closing || w->pool_n[b] >= w->snap->cfg.limits.upstream_idle_per_backend ||
-	    w->stopping || !__atomic_load_n(&w->d->backends[b].in_config, __ATOMIC_RELAXED)) {
+	    w->stopping || w->snap->id_gen[b] != u->be_gen) {
 		ups_close(w, u);
 		return;
 	}
@@ -843,12 +844,12 @@ void ups_pool_expire(struct worker *w)
 {
 	uint64_t idle_ms = w->snap->cfg.timeouts.upstream_idle_ms;
 
-	for (uint32_t b = 0; b < CFG_BACKENDS_MAX; b++) {
+	/* Expired, or opened to a backend a reload removed: closed. */
+	for (uint32_t b = 0; b < BACKEND_IDS_MAX; b++) {
 		while (w->pool_tail[b] != NIL) {
 			struct ups *u = &w->ups[w->pool_tail[b]];
 
-			if (u->idle_since_ms + idle_ms > w->now_ms &&
-			    __atomic_load_n(&w->d->backends[b].in_config, __ATOMIC_RELAXED))
+			if (u->idle_since_ms + idle_ms > w->now_ms && w->snap->id_gen[b] == u->be_gen)
 				break;
 			pool_unlink(w, u);
 			ups_close(w, u);
@@ -858,7 +859,7 @@ void ups_pool_expire(struct worker *w)
 
 void ups_pool_close_all(struct worker *w)
 {
-	for (uint32_t b = 0; b < CFG_BACKENDS_MAX; b++) {
+	for (uint32_t b = 0; b < BACKEND_IDS_MAX; b++) {
 		while (w->pool_head[b] != NIL) {
 			struct ups *u = &w->ups[w->pool_head[b]];
 
@@ -921,9 +922,15 @@ static void exchange_connect(struct worker *w, struct conn *c)
 	be_active_inc(w, id);
 
 	/* A pooled connection, unless this is a retry after a pooled one failed. */
-	if (w->pool_head[id] != NIL && !c->no_pool) {
+	while (w->pool_head[id] != NIL && !c->no_pool) {
 		u = &w->ups[w->pool_head[id]];
 		pool_unlink(w, u);
+		if (u->be_gen != s->id_gen[id]) {
+			/* Opened to an earlier address of this id: never reused for another. */
+			ups_close(w, u);
+			continue;
+		}
+		BUG_ON(u->addr_len != be->addr.len || memcmp(&u->addr, &be->addr.ss, u->addr_len));
 		u->owner = cidx(w, c);
 		u->owner_gen = c->gen;
 		u->reused = true;
@@ -954,6 +961,7 @@ static void exchange_connect(struct worker *w, struct conn *c)
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	u->fd = fd;
 	u->backend = id;
+	u->be_gen = s->id_gen[id];
 	u->owner = cidx(w, c);
 	u->owner_gen = c->gen;
 	memcpy(&u->addr, &be->addr.ss, be->addr.len);

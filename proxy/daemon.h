@@ -14,18 +14,33 @@ struct worker;
 struct steer;
 
 /*
+ * Backend ids index the backend table and every worker's per-backend pools and counters. Twice
+ * the config's limit: a reload that replaces every backend of a full config still finds ids
+ * that the live snapshot does not use, so an id is never reused while a snapshot naming it may
+ * still be read.
+ */
+#define BACKEND_IDS_MAX (2 * CFG_BACKENDS_MAX)
+
+/*
  * CROSS-THREAD (shared-only pool 2, backend health and weights): one entry per backend id.
  * Written by the main thread (corralctl, health, reload) with relaxed atomic stores, read by
- * workers with relaxed loads. Ids are stable across reloads for the same address, so the
- * workers' per-backend pools and stats stay valid.
+ * workers with relaxed loads. The same address keeps its id across reloads. A new address gets
+ * an id no published snapshot lists (addr is written only then), a removed address's id is
+ * freed only after the snapshot without it is published and every worker has passed a
+ * quiescent point, and free ids are reused oldest-retired first. Each assignment of an id to
+ * an address has its own never-reused generation (snapshot.id_gen), which keys the workers'
+ * idle upstream pools.
  */
 struct backend_rt {
 	uint32_t weight;	/* effective weight (config weight, or corralctl's override) */
 	uint32_t enabled;	/* 0 = disabled by the operator */
-	uint32_t healthy;	/* 0 = failing connects (passive, see ups.c) */
-	uint32_t in_config;	/* 1 when the current snapshot lists it */
 	uint64_t down_until_ms; /* passive health, set by the main thread: skip until then */
 	char addr[64];
+	/* main thread only */
+	uint32_t gen;		  /* generation of the current assignment; 0 = id free */
+	uint64_t retired_seq;	  /* when it was freed (reuse order) */
+	uint64_t since_ms;	  /* when it was assigned: older connect failures are not its own */
+	uint64_t base_requests, base_errors, base_lat_sum_us; /* counters of earlier assignments */
 } __attribute__((aligned(64)));
 
 /*
@@ -38,6 +53,8 @@ struct snapshot {
 	uint64_t version;
 	/* backend index in cfg.backends -> stable backend id (index into daemon.backends) */
 	uint32_t backend_id[CFG_BACKENDS_MAX];
+	/* backend id -> generation of its address in this snapshot; 0 = not listed */
+	uint32_t id_gen[BACKEND_IDS_MAX];
 };
 
 /* Per-backend per-worker counters (single writer: the worker). */
@@ -51,7 +68,7 @@ struct stats_backend {
 
 struct daemon {
 	struct snapshot *snap; /* RCU-protected */
-	struct backend_rt backends[CFG_BACKENDS_MAX];
+	struct backend_rt backends[BACKEND_IDS_MAX];
 	struct worker **workers;
 	uint32_t workers_n;
 	struct steer *steer; /* NULL: kernel-hash fallback */

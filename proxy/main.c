@@ -171,21 +171,48 @@ static int listeners_create(const struct config *cfg)
 
 /* --- snapshots and the backend table ------------------------------------------------------------ */
 
-/* Stable id for a backend address: the same address keeps its id across reloads. */
-static int backend_id_for(const char *addr)
-{
-	int free_id = -1;
+static uint32_t backend_gen_last;  /* generations are never reused */
+static uint64_t backend_retire_last; /* free ids are reused oldest-retired first */
 
-	for (int i = 0; i < CFG_BACKENDS_MAX; i++) {
-		if (D.backends[i].addr[0] && strcmp(D.backends[i].addr, addr) == 0)
-			return i;
-		if (free_id < 0 && (!D.backends[i].addr[0] ||
-				    !__atomic_load_n(&D.backends[i].in_config, __ATOMIC_RELAXED)))
-			free_id = i;
-	}
-	return free_id;
+/*
+ * The id for addr in a snapshot being built: the id the live snapshot gives it, else the free
+ * id retired longest ago. Ids of the live snapshot stay taken until it is replaced, and ids
+ * taken by this build are no longer free, so no id names two addresses at once.
+ */
+static int backend_id_for(const struct snapshot *live, const char *addr)
+{
+	int best = -1;
+
+	if (live)
+		for (uint32_t i = 0; i < live->cfg.backends_n; i++)
+			if (strcmp(D.backends[live->backend_id[i]].addr, addr) == 0)
+				return (int)live->backend_id[i];
+	for (int id = 0; id < BACKEND_IDS_MAX; id++)
+		if (!D.backends[id].gen &&
+		    (best < 0 || D.backends[id].retired_seq < D.backends[best].retired_seq))
+			best = id;
+	return best;
 }
 
+/* Main thread: the counters an id's earlier assignments left in the workers' blocks. */
+static void backend_base_take(uint32_t id)
+{
+	struct backend_rt *b = &D.backends[id];
+
+	b->base_requests = b->base_errors = b->base_lat_sum_us = 0;
+	for (uint32_t w = 0; w < D.workers_n; w++) {
+		const struct stats_backend *sb = &D.workers[w]->bstats[id];
+
+		b->base_requests += STAT_GET(sb->requests);
+		b->base_errors += STAT_GET(sb->errors);
+		b->base_lat_sum_us += STAT_GET(sb->lat_sum_us);
+	}
+}
+
+/*
+ * Builds the next snapshot and its id map. Touches only ids no published snapshot lists (a
+ * new address's) and the weights of kept ones; removed ids are freed by snapshot_publish.
+ */
 static struct snapshot *snapshot_build(const struct config *cfg)
 {
 	struct snapshot *s = calloc(1, sizeof(*s));
@@ -194,23 +221,24 @@ static struct snapshot *snapshot_build(const struct config *cfg)
 		return NULL;
 	s->cfg = *cfg;
 	s->version = ++snap_version;
-	for (uint32_t i = 0; i < CFG_BACKENDS_MAX; i++)
-		if (D.backends[i].addr[0])
-			__atomic_store_n(&D.backends[i].in_config, 0, __ATOMIC_RELAXED);
 	for (uint32_t i = 0; i < cfg->backends_n; i++) {
-		int id = backend_id_for(cfg->backends[i].addr.text);
-		struct backend_rt *b = &D.backends[id];
+		int id = backend_id_for(D.snap, cfg->backends[i].addr.text);
+		struct backend_rt *b;
 
 		BUG_ON(id < 0);
-		s->backend_id[i] = (uint32_t)id;
-		if (strcmp(b->addr, cfg->backends[i].addr.text) != 0) {
+		b = &D.backends[id];
+		if (!b->gen) {
 			snprintf(b->addr, sizeof(b->addr), "%s", cfg->backends[i].addr.text);
+			b->gen = ++backend_gen_last;
+			b->since_ms = now_ms();
+			backend_base_take((uint32_t)id);
 			__atomic_store_n(&b->enabled, 1, __ATOMIC_RELAXED);
 			__atomic_store_n(&b->down_until_ms, 0, __ATOMIC_RELAXED);
 		}
+		BUG_ON(s->id_gen[id] != 0);
+		s->backend_id[i] = (uint32_t)id;
+		s->id_gen[id] = b->gen;
 		__atomic_store_n(&b->weight, cfg->backends[i].weight, __ATOMIC_RELAXED);
-		__atomic_store_n(&b->healthy, 1, __ATOMIC_RELAXED);
-		__atomic_store_n(&b->in_config, 1, __ATOMIC_RELAXED);
 	}
 	return s;
 }
@@ -223,6 +251,15 @@ static void snapshot_publish(struct snapshot *s)
 	if (old) {
 		/* Every worker passes a quiescent point (or is offline) before old is freed. */
 		synchronize_rcu();
+		/* Now no worker reads old: the ids only it listed are free. */
+		for (uint32_t i = 0; i < old->cfg.backends_n; i++) {
+			uint32_t id = old->backend_id[i];
+
+			if (!s->id_gen[id]) {
+				D.backends[id].gen = 0;
+				D.backends[id].retired_seq = ++backend_retire_last;
+			}
+		}
 		free(old);
 	}
 }
@@ -296,15 +333,15 @@ static int do_reload(char *err, size_t errlen)
  */
 static void health_scan(void)
 {
-	for (uint32_t b = 0; b < CFG_BACKENDS_MAX; b++) {
+	for (uint32_t b = 0; b < BACKEND_IDS_MAX; b++) {
 		uint64_t last = 0, park;
 
-		if (!D.backends[b].addr[0])
+		if (!D.backends[b].gen)
 			continue;
 		for (uint32_t i = 0; i < D.workers_n; i++) {
 			uint64_t t = STAT_GET(D.workers[i]->bstats[b].connect_fail_ms);
 
-			if (t > last)
+			if (t > last && t >= D.backends[b].since_ms)
 				last = t;
 		}
 		park = D.snap->cfg.timeouts.backend_park_ms;
@@ -395,6 +432,9 @@ static int op_backend(void *ctx, uint32_t i, struct admin_backend *out)
 		out->errors += STAT_GET(sb->errors);
 		out->lat_sum_us += STAT_GET(sb->lat_sum_us);
 	}
+	out->requests -= b->base_requests;
+	out->errors -= b->base_errors;
+	out->lat_sum_us -= b->base_lat_sum_us;
 	return 0;
 }
 

@@ -91,6 +91,7 @@ struct ups {
 	uint32_t owner; /* conn index, or NIL when pooled/closing */
 	uint32_t owner_gen;
 	uint16_t backend; /* backend id */
+	uint32_t be_gen;  /* the id's generation when connected: pooled only for that address */
 	uint8_t inflight;
 	bool connected;
 	bool recv_armed;

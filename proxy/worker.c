@@ -66,12 +66,12 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->hbuf_next = calloc(w->hbuf_n, sizeof(uint32_t));
 	w->hdr_scratch = calloc(w->hdr_cap, sizeof(struct http_header));
 	w->stats = aligned_alloc(64, sizeof(struct stats_worker));
-	w->bstats = aligned_alloc(64, sizeof(struct stats_backend) * CFG_BACKENDS_MAX);
+	w->bstats = aligned_alloc(64, sizeof(struct stats_backend) * BACKEND_IDS_MAX);
 	if (!w->conns || !w->conn_next_free || !w->ups || !w->bufs || !w->hbufs || !w->hbuf_next ||
 	    !w->hdr_scratch || !w->stats || !w->bstats)
 		return -ENOMEM;
 	memset(w->stats, 0, sizeof(*w->stats));
-	memset(w->bstats, 0, sizeof(struct stats_backend) * CFG_BACKENDS_MAX);
+	memset(w->bstats, 0, sizeof(struct stats_backend) * BACKEND_IDS_MAX);
 
 	for (i = 0; i < w->conn_cap; i++)
 		w->conn_next_free[i] = i + 1 < w->conn_cap ? i + 1 : NIL;
@@ -84,7 +84,7 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	for (i = 0; i < w->hbuf_n; i++)
 		w->hbuf_next[i] = i + 1 < w->hbuf_n ? i + 1 : NIL;
 	w->hbuf_free = 0;
-	for (i = 0; i < CFG_BACKENDS_MAX; i++)
+	for (i = 0; i < BACKEND_IDS_MAX; i++)
 		w->pool_head[i] = w->pool_tail[i] = NIL;
 	for (i = 0; i < T_CLASSES; i++)
 		w->thead[i] = w->ttail[i] = NIL;

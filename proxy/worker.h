@@ -51,8 +51,8 @@ struct worker {
 	/* upstream connections */
 	struct ups *ups;
 	uint32_t ups_cap, ups_free;
-	uint32_t pool_head[CFG_BACKENDS_MAX], pool_tail[CFG_BACKENDS_MAX];
-	uint32_t pool_n[CFG_BACKENDS_MAX];
+	uint32_t pool_head[BACKEND_IDS_MAX], pool_tail[BACKEND_IDS_MAX];
+	uint32_t pool_n[BACKEND_IDS_MAX];
 	uint32_t ups_open;
 
 	/* timers: FIFO lists per class */
@@ -64,8 +64,8 @@ struct worker {
 	uint32_t wait_head, wait_tail;
 
 	/* balancing state (worker-local) */
-	int64_t rr_cur[CFG_BACKENDS_MAX];
-	uint32_t be_active[CFG_BACKENDS_MAX];
+	int64_t rr_cur[BACKEND_IDS_MAX];
+	uint32_t be_active[BACKEND_IDS_MAX];
 	uint32_t lc_rot; /* least-conn tie breaker */
 
 	struct http_header *hdr_scratch;
@@ -73,7 +73,7 @@ struct worker {
 
 	struct snapshot *snap; /* valid during one loop iteration (RCU read side) */
 	struct stats_worker *stats;
-	struct stats_backend *bstats; /* [CFG_BACKENDS_MAX] */
+	struct stats_backend *bstats; /* [BACKEND_IDS_MAX] */
 	struct steer_core *sc;
 	uint64_t now_ms;
 
