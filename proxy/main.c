@@ -1,5 +1,6 @@
 /* corral's main thread: options, config, listeners, steering, workers, signals, reload, admin. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <poll.h>
 #include <signal.h>
@@ -352,6 +353,35 @@ static void health_scan(void)
 	}
 }
 
+/*
+ * SIGUSR1 (logrotate's postrotate, as for NGINX): reopens the access log at its configured
+ * path. dup2 swaps the file behind the shared fd number in one step, so the workers keep
+ * writing to the same fd and never see a closed one; writes already in flight finish on the
+ * old file.
+ */
+static void logs_reopen(void)
+{
+	const char *path = D.snap->cfg.access_log.path;
+	int fd;
+
+	if (D.alog_fd < 0) {
+		log_info("signal USR1: no log file to reopen");
+		return;
+	}
+	fd = alog_open(path);
+	if (fd < 0) {
+		log_err("access log %s: reopen: %s (still writing to the old file)", path,
+			strerror(-fd));
+		return;
+	}
+	if (dup3(fd, D.alog_fd, O_CLOEXEC) < 0)
+		log_err("access log %s: reopen: %s (still writing to the old file)", path,
+			strerror(errno));
+	else
+		log_info("access log %s reopened", path);
+	close(fd);
+}
+
 /* --- admin ops (main thread only) ------------------------------------------------------------------- */
 
 static uint32_t op_cores_n(void *ctx)
@@ -644,6 +674,8 @@ int main(int argc, char **argv)
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGHUP);
+	sigaddset(&sigs, SIGUSR1);
+	sigaddset(&sigs, SIGUSR2); /* no meaning yet: logged and ignored, never fatal */
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* workers inherit the mask */
 	sfd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (sfd < 0) {
@@ -744,6 +776,14 @@ int main(int argc, char **argv)
 		if (si.ssi_signo == SIGHUP) {
 			err[0] = 0;
 			do_reload(err, sizeof(err));
+			continue;
+		}
+		if (si.ssi_signo == SIGUSR1) {
+			logs_reopen();
+			continue;
+		}
+		if (si.ssi_signo == SIGUSR2) {
+			log_info("signal USR2 ignored");
 			continue;
 		}
 		log_info("signal %u: graceful shutdown (grace %u ms)", si.ssi_signo,
