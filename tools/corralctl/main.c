@@ -1,5 +1,6 @@
 /* corralctl: command-line client for corral's control socket. */
 #include <errno.h>
+#include <getopt.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -8,23 +9,64 @@
 #include <unistd.h>
 
 #include "corralctl.h"
+#include "daemon.h" /* CORRAL_VERSION: one version for the daemon and its tool */
 
-static const char usage_text[] =
-	"usage: corralctl [-s SOCKET] COMMAND [ARGS]\n"
+/* One entry per subcommand: its usage line and what it does (`corralctl CMD --help`). */
+static const struct cmd_help {
+	const char *name, *args, *what;
+} CMDS[] = {
+	{ "status", "[--json]", "version, uptime, config, steering, cores" },
+	{ "stats", "[--json] [--watch SECS]", "per-core counters, rates, latency, imbalance" },
+	{ "top", "[--interval SECS]", "live full-screen view (q or Ctrl-C quits)" },
+	{ "policy", "[set NAME]", "show or change the steering policy (hash, round-robin, ...)" },
+	{ "weight", "CORE N", "steering weight of a core" },
+	{ "drain", "CORE", "stop sending new connections to a core" },
+	{ "undrain", "CORE", "resume sending new connections to a core" },
+	{ "backends", "[--json]", "backend table" },
+	{ "backend", "enable|disable ADDR", "take a backend in or out of rotation" },
+	{ "backend", "weight ADDR N", "balancing weight of a backend" },
+	{ "reload", "", "re-read the config file (like SIGHUP)" },
+	{ "help", "[COMMAND]", "this text, or one command's" },
+};
+
+static const char usage_tail[] =
 	"\n"
-	"  status [--json]                 version, uptime, config, steering, cores\n"
-	"  stats [--json] [--watch SECS]   per-core counters, rates, latency, imbalance\n"
-	"  top [--interval SECS]           live full-screen view (q or Ctrl-C quits)\n"
-	"  policy                          show the steering policy\n"
-	"  policy set NAME                 change it (hash, round-robin, least-conn, ...)\n"
-	"  weight CORE N                   steering weight of a core\n"
-	"  drain CORE | undrain CORE       stop / resume sending new connections to a core\n"
-	"  backends [--json]               backend table\n"
-	"  backend enable|disable ADDR     take a backend in or out of rotation\n"
-	"  backend weight ADDR N           balancing weight of a backend\n"
-	"  reload                          re-read the config file (like SIGHUP)\n"
-	"\n"
-	"  -s SOCKET   control socket (default $CORRAL_SOCKET or " CORRALCTL_SOCKET_DEF ")\n";
+	"  -s, --socket SOCKET  control socket (default $CORRAL_SOCKET or " CORRALCTL_SOCKET_DEF
+	")\n"
+	"  -h, --help           this text (COMMAND --help: that command's)\n"
+	"  -V, --version        print the version and exit\n";
+
+static void usage_print(FILE *f)
+{
+	fputs("usage: corralctl [-s SOCKET] COMMAND [ARGS]\n\n", f);
+	for (size_t i = 0; i < sizeof(CMDS) / sizeof(CMDS[0]); i++) {
+		char line[96];
+
+		snprintf(line, sizeof(line), "%s %s", CMDS[i].name, CMDS[i].args);
+		fprintf(f, "  %-33s %s\n", line, CMDS[i].what);
+	}
+	fputs(usage_tail, f);
+}
+
+static int usage(const char *why);
+
+/* `corralctl CMD --help`: that command's usage on stdout, exit 0 (2 for an unknown command). */
+static int cmd_usage(const char *name)
+{
+	char msg[300];
+	bool found = false;
+
+	for (size_t i = 0; i < sizeof(CMDS) / sizeof(CMDS[0]); i++)
+		if (!strcmp(CMDS[i].name, name)) {
+			printf("%s corralctl [-s SOCKET] %s %s\n    %s\n", found ? "      " : "usage:",
+			       name, CMDS[i].args, CMDS[i].what);
+			found = true;
+		}
+	if (found)
+		return 0;
+	snprintf(msg, sizeof(msg), "unknown command '%s'", name);
+	return usage(msg);
+}
 
 /* A usage mistake is one line (like every other error); no command at all shows the help. */
 static int usage(const char *why)
@@ -32,8 +74,16 @@ static int usage(const char *why)
 	if (why)
 		fprintf(stderr, "corralctl: %s (corralctl -h for help)\n", why);
 	else
-		fputs(usage_text, stderr);
+		usage_print(stderr);
 	return CC_EXIT_USAGE;
+}
+
+static bool wants_help(int argc, char **argv)
+{
+	for (int i = 0; i < argc; i++)
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+			return true;
+	return false;
 }
 
 /* Strict non-negative integer parse: "7" yes; "", "7x", "-1", "99999999999" no. */
@@ -196,19 +246,35 @@ int main(int argc, char **argv)
 	const char *sock = getenv("CORRAL_SOCKET");
 	char msg[300];
 	uint32_t core, n;
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
 	const char *cmd;
 	bool json;
 	int opt;
 
 	if (!sock || !*sock)
 		sock = CORRALCTL_SOCKET_DEF;
-	while ((opt = getopt(argc, argv, "+s:h")) != -1) {
-		if (opt == 's')
+	/* "+": options end at the command; its own arguments are parsed below. */
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, "+s:hV", opts, NULL)) != -1) {
+		if (opt == 's') {
 			sock = optarg;
-		else if (opt == 'h')
-			return fputs(usage_text, stdout), 0;
-		else
-			return usage(NULL);
+		} else if (opt == 'h') {
+			usage_print(stdout);
+			return 0;
+		} else if (opt == 'V') {
+			printf("corralctl %s\n", CORRAL_VERSION);
+			return 0;
+		} else {
+			snprintf(msg, sizeof(msg), "%s '%s'",
+				 optopt == 's' ? "missing SOCKET after" : "unknown option",
+				 argv[optind - 1]);
+			return usage(msg);
+		}
 	}
 	argc -= optind;
 	argv += optind;
@@ -217,6 +283,15 @@ int main(int argc, char **argv)
 	cmd = argv[0];
 	argc--;
 	argv++;
+	if (!strcmp(cmd, "help")) {
+		if (wants_help(argc, argv))
+			return cmd_usage(cmd);
+		if (argc > 1)
+			return usage("help: expected [COMMAND]");
+		return argc ? cmd_usage(argv[0]) : (usage_print(stdout), 0);
+	}
+	if (wants_help(argc, argv))
+		return cmd_usage(cmd);
 
 	if (!strcmp(cmd, "status")) {
 		if (!only_json_flag(argc, argv, &json))
