@@ -42,13 +42,20 @@ LLHTTP_LIB  := $(B)/libllhttp.a
 BINS := $(B)/corral $(B)/corral-backend $(if $(CTL_SRC),$(B)/corralctl)
 
 .SECONDARY: $(BPF_OBJ) $(BPF_SKEL)
-.PHONY: all deps run test unit e2e asan bench fuzz fuzz-smoke fmt lint clean
+.PHONY: all deps deps-run deps-test deps-bench run test unit e2e asan bench fuzz fuzz-smoke fmt lint clean
 .DEFAULT_GOAL := all
 
 all: $(BINS) $(UNIT_BIN)
 
+# Debian packages by purpose (deploy/install-deps.sh): `make run` needs only the run set.
 deps:
-	@bash deploy/install-deps.sh
+	@bash deploy/install-deps.sh run test bench
+deps-run:
+	@bash deploy/install-deps.sh run
+deps-test:
+	@bash deploy/install-deps.sh test
+deps-bench:
+	@bash deploy/install-deps.sh bench
 
 # --- llhttp, compiled from Debian's node-llhttp sources ----------------------
 $(B)/llhttp/%.o: $(LLHTTP_SRC)/%.c
@@ -92,7 +99,7 @@ unit: $(UNIT_BIN)
 e2e: $(BINS)
 	CORRAL_BUILD=$(abspath $(B)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
 
-test: deps
+test: deps-test
 	$(MAKE) all
 	$(MAKE) unit
 	$(MAKE) fuzz-smoke
@@ -100,7 +107,7 @@ test: deps
 
 # The same tests, built with AddressSanitizer + UBSan into build/asan.
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-asan: deps
+asan: deps-test
 	$(MAKE) B=build/asan SAN="$(ASAN_FLAGS)" OPT="-O1 -g" all
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		$(MAKE) B=build/asan SAN="$(ASAN_FLAGS)" OPT="-O1 -g" unit e2e
@@ -123,12 +130,13 @@ fuzz-smoke:
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
 
 # --- run, bench -----------------------------------------------------------------------
-run: deps
-	$(MAKE) all
+# The binaries only: the unit tests (all) would need the test set's Criterion.
+run: deps-run
+	$(MAKE) $(BINS)
 	@bash deploy/run-demo.sh $(B)
 
-bench: deps
-	$(MAKE) all
+bench: deps-bench
+	$(MAKE) $(BINS)
 	@bash tools/bench/bench.sh $(B)
 
 # --- style ------------------------------------------------------------------------------
