@@ -65,6 +65,12 @@
  */
 #define CFG_DEF_BUFFERS_PER_CORE 1024
 #define CFG_DEF_BUFFER_BYTES	 16384
+/*
+ * Listen backlog: 0 = net.core.somaxconn, read at start-up. The kernel caps listen()'s
+ * backlog at somaxconn anyway, so the host's setting is the one an operator tunes
+ * (deploy/sysctl-corral.conf); the key is for a smaller queue than that.
+ */
+#define CFG_DEF_LISTEN_BACKLOG 0
 
 enum cfg_balance {
 	CFG_BALANCE_ROUND_ROBIN = 0, /* smooth weighted round-robin */
@@ -114,6 +120,7 @@ struct cfg_limits {
 	uint32_t linger_bytes_max;
 	uint32_t buffers_per_core;
 	uint32_t buffer_bytes;
+	uint32_t listen_backlog; /* 0 = net.core.somaxconn */
 };
 
 struct cfg_steering {

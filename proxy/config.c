@@ -74,6 +74,8 @@ static const struct cfg_num_key cfg_limit_keys[] = {
 	/* An io_uring provided-buffer ring holds a power of two entries, at most 32768. */
 	NUM32(cfg_limits, buffers_per_core, 16, 32768, true),
 	NUM32(cfg_limits, buffer_bytes, 4096, 1048576, true),
+	/* Up to the somaxconn deploy/sysctl-corral.conf sets: a deeper queue only hides overload. */
+	NUM32(cfg_limits, listen_backlog, 1, 65535, false),
 };
 
 static const char *const cfg_balance_names[] = {
@@ -982,6 +984,7 @@ void config_defaults(struct config *cfg)
 	cfg->limits.linger_bytes_max = CFG_DEF_LINGER_BYTES_MAX;
 	cfg->limits.buffers_per_core = CFG_DEF_BUFFERS_PER_CORE;
 	cfg->limits.buffer_bytes = CFG_DEF_BUFFER_BYTES;
+	cfg->limits.listen_backlog = CFG_DEF_LISTEN_BACKLOG;
 
 	/*
 	 * "hash" is what the kernel does without a program: stateless, so it cannot herd a

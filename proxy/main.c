@@ -24,8 +24,8 @@
 #include "worker.h"
 
 #define DEFAULT_CONFIG "/etc/corral/corral.yaml"
-/* Listen backlog: bursts of new connections queue here while a worker is busy. */
-#define LISTEN_BACKLOG 4096
+/* Listen backlog when net.core.somaxconn cannot be read (the kernel's default since 5.4). */
+#define LISTEN_BACKLOG_FALLBACK 4096
 
 static struct daemon D;
 static char config_path[CFG_PATH_MAX] = DEFAULT_CONFIG;
@@ -42,7 +42,27 @@ static void usage(FILE *f)
 
 /* --- listeners ------------------------------------------------------------------------------- */
 
-static int listener_open(const struct cfg_addr *a, uint16_t port, uint16_t *bound)
+/*
+ * Bursts of new connections queue in the backlog while a worker is busy: limits.listen_backlog,
+ * else net.core.somaxconn (the kernel's cap on any backlog, so the host's sysctl decides).
+ */
+static int listen_backlog(const struct config *cfg)
+{
+	FILE *f;
+	int v = 0;
+
+	if (cfg->limits.listen_backlog)
+		return (int)cfg->limits.listen_backlog;
+	f = fopen("/proc/sys/net/core/somaxconn", "re");
+	if (f) {
+		if (fscanf(f, "%d", &v) != 1)
+			v = 0;
+		fclose(f);
+	}
+	return v > 0 ? v : LISTEN_BACKLOG_FALLBACK;
+}
+
+static int listener_open(const struct cfg_addr *a, uint16_t port, int backlog, uint16_t *bound)
 {
 	struct sockaddr_storage ss;
 	socklen_t sl = a->len;
@@ -63,7 +83,7 @@ static int listener_open(const struct cfg_addr *a, uint16_t port, uint16_t *boun
 	if (ss.ss_family == AF_INET6 &&
 	    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
 		goto fail;
-	if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, LISTEN_BACKLOG) < 0)
+	if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, backlog) < 0)
 		goto fail;
 	sl = sizeof(ss);
 	if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
@@ -125,8 +145,11 @@ static int port_reserve(const struct cfg_addr *a, uint16_t *port, int *holder)
 
 static int listeners_create(const struct config *cfg)
 {
+	int backlog = listen_backlog(cfg);
 	char text[80];
 
+	log_info("listen backlog %d (%s)", backlog,
+		 cfg->limits.listen_backlog ? "limits.listen_backlog" : "net.core.somaxconn");
 	for (uint32_t i = 0; i < cfg->listen_n; i++) {
 		const struct cfg_addr *a = &cfg->listen[i];
 		uint16_t port, bound = 0;
@@ -144,7 +167,7 @@ static int listeners_create(const struct config *cfg)
 			}
 		}
 		for (uint32_t w = 0; w < cfg->cores_n; w++) {
-			int fd = listener_open(a, port, &bound);
+			int fd = listener_open(a, port, backlog, &bound);
 
 			if (fd < 0) {
 				log_err("listen %s: %s", a->text, strerror(-fd));
