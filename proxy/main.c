@@ -28,6 +28,12 @@
 #define LISTEN_BACKLOG_FALLBACK 4096
 
 static struct daemon D;
+/*
+ * Internal: join a reuseport group that another process already listens in. Only the
+ * binary-upgrade path (not built yet) may set it; a plain start refuses a live address, since
+ * joining would silently take over the other process's traffic.
+ */
+static bool join_live_group;
 static char config_path[CFG_PATH_MAX] = DEFAULT_CONFIG;
 static uint64_t snap_version;
 
@@ -140,6 +146,48 @@ static int port_reserve(const struct cfg_addr *a, uint16_t *port, int *holder)
 	*port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
 					      : ((struct sockaddr_in6 *)&ss)->sin6_port);
 	*holder = fd;
+	return 0;
+}
+
+/*
+ * True when another socket listens on a's address and port: a bind without SO_REUSEPORT
+ * fails with EADDRINUSE then (SO_REUSEADDR keeps TIME_WAIT leftovers from counting).
+ */
+static bool listen_addr_live(const struct cfg_addr *a)
+{
+	int fd, one = 1;
+	bool live;
+
+	fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return false;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (a->ss.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	live = bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 && errno == EADDRINUSE;
+	close(fd);
+	return live;
+}
+
+/*
+ * A plain start on an address another process listens on fails, before anything shared with
+ * that process (BPF pins, the control socket) is touched. Port 0 is always a fresh port.
+ */
+static int listen_addrs_check(const struct config *cfg)
+{
+	for (uint32_t i = 0; i < cfg->listen_n && !join_live_group; i++) {
+		const struct cfg_addr *a = &cfg->listen[i];
+		uint16_t port = ntohs(a->ss.ss_family == AF_INET
+					      ? ((const struct sockaddr_in *)&a->ss)->sin_port
+					      : ((const struct sockaddr_in6 *)&a->ss)->sin6_port);
+
+		if (port != 0 && listen_addr_live(a)) {
+			log_err("listen %s: another process already listens on this address (is "
+				"another corral running with this config?); refusing to start",
+				a->text);
+			return -EADDRINUSE;
+		}
+	}
 	return 0;
 }
 
@@ -716,6 +764,13 @@ int main(int argc, char **argv)
 		}
 	}
 
+	if (listen_addrs_check(cfg) < 0) {
+		if (D.alog_fd >= 0)
+			close(D.alog_fd);
+		close(sfd);
+		free(cfg);
+		return 1;
+	}
 	/* CORRAL_NO_BPF=1: an operator's (and a test's) switch to run on the kernel hash. */
 	if (getenv("CORRAL_NO_BPF") && strcmp(getenv("CORRAL_NO_BPF"), "1") == 0) {
 		snprintf(D.steer_err, sizeof(D.steer_err), "disabled by CORRAL_NO_BPF=1");
