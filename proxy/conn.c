@@ -519,6 +519,13 @@ static void send_error(struct worker *w, struct conn *c, int status)
 	c->hbuf_resp = hb;
 	n = http_error_response(hbuf_addr(w, hb), w->hbuf_size, status, true);
 	BUG_ON(n <= 0);
+	if (c->req_is_head) {
+		/* RFC 9110 9.3.2: a response to HEAD ends at its head (Content-Length stays). */
+		const char *h = hbuf_addr(w, hb), *e = memmem(h, (size_t)n, "\r\n\r\n", 4);
+
+		BUG_ON(!e);
+		n = (int)(e + 4 - h);
+	}
 	c->resp_started = true;
 	c->resp_code = (uint16_t)status;
 	count_status(w, status);
@@ -687,6 +694,8 @@ static void req_process(struct worker *w, struct conn *c)
 		c_arm_recv(w, c);
 		return;
 	}
+	/* Known before the head is complete, so that an error answer to a HEAD has no body. */
+	c->req_is_head = src->len >= 5 && memcmp(src->base + src->off, "HEAD ", 5) == 0;
 	r = http_req_parse(&req, src->base + src->off, src->len, &lim);
 	if (r == -EAGAIN) {
 		if (!head_keep(w, &c->accum, &c->in, src)) {
