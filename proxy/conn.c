@@ -919,8 +919,17 @@ static void exchange_connect(struct worker *w, struct conn *c)
 	}
 	c->attempts++;
 	bi = ups_pick(w, c, c->hkey, c->tried);
+	if (bi < 0 && c->attempts > 1) {
+		/* A retry found no other backend: the last one's failure (already counted) stands. */
+		c->attempts--;
+		send_error(w, c, c->last_err == 4 ? 504 : 502);
+		return;
+	}
 	if (bi < 0) {
-		upstream_fail(w, c, 503);
+		/* No backend is eligible: no backend's error, and none in the log (upstream: null). */
+		c->attempts = 0;
+		STAT_ADD(w->stats->no_backend, 1);
+		send_error(w, c, 503);
 		return;
 	}
 	be = &s->cfg.backends[bi];
