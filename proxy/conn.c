@@ -1345,7 +1345,9 @@ static void exchange_end(struct worker *w, struct conn *c)
 	if (u) {
 		be_active_dec(w, c->backend);
 		c->ups = NIL;
-		if (c->ups_reusable && c->req_state == RQ_DONE && u->in.len == 0 && !u->closing)
+		/* Idle ones never outnumber the clients: bounds pool fds by the connection table. */
+		if (c->ups_reusable && c->req_state == RQ_DONE && u->in.len == 0 && !u->closing &&
+		    w->stats->pool_idle < w->conns_active)
 			pool_put(w, u);
 		else
 			ups_close(w, u);
