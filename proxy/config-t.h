@@ -49,8 +49,14 @@
 #define CFG_DEF_CONNECTIONS_PER_CORE 16384
 /* Requests on one client connection before corral closes it (NGINX keepalive_requests). */
 #define CFG_DEF_REQUESTS_PER_CONNECTION 10000
-/* Idle upstream connections kept per backend per core. */
-#define CFG_DEF_UPSTREAM_IDLE_PER_BACKEND 64
+/*
+ * Idle upstream connections kept per backend per core: by default no per-backend cap (the
+ * maximum). A core's idle pool never holds more connections than that core has clients open
+ * (conn.c), so a steady keep-alive load reuses one upstream connection per client and never
+ * churns, and idle ones expire after upstream_idle_ms. A cap of 64 made every request past
+ * the 64th concurrent one per core close and reopen an upstream connection.
+ */
+#define CFG_DEF_UPSTREAM_IDLE_PER_BACKEND 65536
 /* Bytes a lingering close reads and drops before it gives up (bounds the work per client). */
 #define CFG_DEF_LINGER_BYTES_MAX (256 * 1024)
 /* Connect attempts per request, each to another backend when there are several: enough to

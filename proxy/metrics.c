@@ -154,6 +154,8 @@ static const struct metrics_field metrics_fields[] = {
 	   "Upstream connect failures, resets, timeouts and bad responses.", upstream_errors),
 	MF("corral_upstream_retries_total", "counter", "Requests retried on another upstream.",
 	   upstream_retries),
+	MF("corral_no_backend_total", "counter",
+	   "Requests answered 503 because no backend was eligible.", no_backend),
 	MF("corral_upstream_pool_idle", "gauge", "Idle keep-alive upstream connections.",
 	   pool_idle),
 	MF("corral_upstream_pool_hits_total", "counter",

@@ -167,6 +167,9 @@ struct conn {
 	uint64_t x_bytes_in;	  /* this exchange's bytes from the client (access log) */
 	uint64_t x_bytes_out;	  /* this exchange's bytes to the client (access log) */
 	uint32_t req_in_head_len; /* bytes of the client's request head */
+	const char *rej_line;	  /* a rejected head's bytes, while its error is logged */
+	uint32_t rej_len;
+	const char *rej_reason; /* why the request is rejected (a static string), or NULL */
 	union {
 		struct sockaddr_in6 v6;
 		struct sockaddr_in v4;
