@@ -315,8 +315,8 @@ static void ups_abort_attached(struct worker *w, struct conn *c)
 		u->inflight++;
 	}
 	if (c->rs_state != RS_NONE && c->rs_state != RS_DONE) {
-		STAT_SET(w->bstats[c->backend].active, w->be_active[c->backend] - 1);
-		w->be_active[c->backend]--;
+		balance_inflight_dec(&w->bal, c->backend);
+		STAT_SET(w->bstats[c->backend].active, w->bal.inflight[c->backend]);
 	}
 }
 
@@ -632,7 +632,7 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 	c->attempts = 0;
 	c->no_pool = false;
 	c->last_err = 0;
-	c->tried = 0;
+	tried_clear(&c->tried);
 	c->resp_code = 0;
 	if (cfg->balance == CFG_BALANCE_HASH_URI)
 		c->hkey = XXH3_64bits(base + req->target.off, req->target.len);
@@ -880,15 +880,15 @@ static void exchange_detach_ups(struct worker *w, struct conn *c)
 
 static void be_active_inc(struct worker *w, uint16_t b)
 {
-	w->be_active[b]++;
-	STAT_SET(w->bstats[b].active, w->be_active[b]);
+	balance_inflight_inc(&w->bal, b);
+	STAT_SET(w->bstats[b].active, w->bal.inflight[b]);
 	STAT_ADD(w->bstats[b].requests, 1);
 }
 
 static void be_active_dec(struct worker *w, uint16_t b)
 {
-	w->be_active[b]--;
-	STAT_SET(w->bstats[b].active, w->be_active[b]);
+	balance_inflight_dec(&w->bal, b);
+	STAT_SET(w->bstats[b].active, w->bal.inflight[b]);
 }
 
 /* Picks a backend and gets a connection to it: pooled, or a new connect. */
@@ -909,7 +909,7 @@ static void exchange_connect(struct worker *w, struct conn *c)
 		return;
 	}
 	c->attempts++;
-	bi = ups_pick(w, c, c->hkey, c->tried);
+	bi = balance_pick(s, w->d->backends, &w->bal, w->now_ms, c->hkey, &c->tried);
 	if (bi < 0) {
 		upstream_fail(w, c, 503);
 		return;
@@ -917,7 +917,7 @@ static void exchange_connect(struct worker *w, struct conn *c)
 	be = &s->cfg.backends[bi];
 	id = (uint16_t)s->backend_id[bi];
 	c->backend = id;
-	c->tried |= 1ULL << (id & 63);
+	tried_add(&c->tried, id);
 	be_active_inc(w, id);
 
 	/* A pooled connection, unless this is a retry after a pooled one failed. */
@@ -1208,7 +1208,7 @@ static void resp_upstream_eof(struct worker *w, struct conn *c, int res)
 			c->rs_state = RS_NONE;
 			/* Not a failed attempt: the same backend, on a fresh connection. */
 			c->attempts--;
-			c->tried &= ~(1ULL << (c->backend & 63));
+			tried_del(&c->tried, c->backend);
 			c->no_pool = true;
 			STAT_ADD(w->stats->upstream_retries, 1);
 			exchange_connect(w, c);

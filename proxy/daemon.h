@@ -22,7 +22,7 @@ struct steer;
 struct backend_rt {
 	uint32_t weight;	/* effective weight (config weight, or corralctl's override) */
 	uint32_t enabled;	/* 0 = disabled by the operator */
-	uint32_t healthy;	/* 0 = failing connects (passive, see ups.c) */
+	uint32_t healthy;	/* 0 = failing connects (passive; written, never read) */
 	uint32_t in_config;	/* 1 when the current snapshot lists it */
 	uint64_t down_until_ms; /* passive health, set by the main thread: skip until then */
 	char addr[64];

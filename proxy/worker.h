@@ -63,10 +63,7 @@ struct worker {
 	/* connections waiting for a free receive buffer */
 	uint32_t wait_head, wait_tail;
 
-	/* balancing state (worker-local) */
-	int64_t rr_cur[CFG_BACKENDS_MAX];
-	uint32_t be_active[CFG_BACKENDS_MAX];
-	uint32_t lc_rot; /* least-conn tie breaker */
+	struct balance_state bal; /* worker-local */
 
 	struct http_header *hdr_scratch;
 	uint32_t hdr_cap;

@@ -1,0 +1,31 @@
+/* Balancing types: the per-core balancing state and the set of backends a request has tried. */
+#ifndef CORRAL_BALANCE_T_H
+#define CORRAL_BALANCE_T_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include "config-t.h"
+
+/* balance_pick's answer when no backend is usable. */
+#define BALANCE_NONE (-1)
+
+/*
+ * Backend ids one request has already been sent to (so a retry goes elsewhere). Indexed by
+ * stable backend id (daemon.backends), not by position in the snapshot.
+ */
+#define TRIED_WORDS 1
+struct tried_set {
+	uint64_t w[TRIED_WORDS];
+};
+
+/*
+ * Per-core balancing state. Worker-local: only its worker reads or writes it, so no atomics.
+ * Indexed by stable backend id, so it survives reloads that keep a backend's address.
+ */
+struct balance_state {
+	int64_t rr_cur[CFG_BACKENDS_MAX];    /* smooth WRR current weights */
+	uint32_t inflight[CFG_BACKENDS_MAX]; /* exchanges in flight from this core (least-conn) */
+	uint32_t lc_rot;		     /* least-conn tie breaker: rotates the scan start */
+};
+
+#endif
