@@ -10,13 +10,16 @@
 #define BALANCE_NONE (-1)
 
 /*
- * Backend ids one request has already been sent to (so a retry goes elsewhere). Indexed by
- * stable backend id (daemon.backends), not by position in the snapshot.
+ * Backend ids one request has already been sent to (so a retry goes elsewhere): one bit per
+ * stable backend id (daemon.backends), not per position in the snapshot. 32 bytes per
+ * connection; a 64-bit mask made ids 3 and 67 the same backend.
  */
-#define TRIED_WORDS 1
+#define TRIED_WORD_BITS 64
+#define TRIED_WORDS	((CFG_BACKENDS_MAX + TRIED_WORD_BITS - 1) / TRIED_WORD_BITS)
 struct tried_set {
 	uint64_t w[TRIED_WORDS];
 };
+_Static_assert(CFG_BACKENDS_MAX <= TRIED_WORDS * TRIED_WORD_BITS, "one tried bit per backend id");
 
 /*
  * Per-core balancing state. Worker-local: only its worker reads or writes it, so no atomics.

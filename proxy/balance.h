@@ -37,17 +37,20 @@ static inline void tried_clear(struct tried_set *t)
 
 static inline void tried_add(struct tried_set *t, uint16_t id)
 {
-	t->w[0] |= 1ULL << (id & 63);
+	BUG_ON(id >= CFG_BACKENDS_MAX);
+	t->w[id / TRIED_WORD_BITS] |= 1ULL << (id % TRIED_WORD_BITS);
 }
 
 static inline void tried_del(struct tried_set *t, uint16_t id)
 {
-	t->w[0] &= ~(1ULL << (id & 63));
+	BUG_ON(id >= CFG_BACKENDS_MAX);
+	t->w[id / TRIED_WORD_BITS] &= ~(1ULL << (id % TRIED_WORD_BITS));
 }
 
 static inline bool tried_has(const struct tried_set *t, uint16_t id)
 {
-	return (t->w[0] >> (id & 63)) & 1;
+	BUG_ON(id >= CFG_BACKENDS_MAX);
+	return (t->w[id / TRIED_WORD_BITS] >> (id % TRIED_WORD_BITS)) & 1;
 }
 
 #endif

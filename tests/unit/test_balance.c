@@ -337,3 +337,32 @@ Test(balance, disabling_a_backend_moves_only_its_hash_keys)
 			cr_assert_neq(after[k], id_of(1));
 	free(m);
 }
+
+Test(balance, tried_backend_ids_never_alias)
+{
+	struct tried_set t;
+
+	tried_clear(&t);
+	tried_add(&t, 3);
+	tried_add(&t, CFG_BACKENDS_MAX - 1);
+	for (uint32_t id = 0; id < CFG_BACKENDS_MAX; id++)
+		cr_assert_eq(tried_has(&t, (uint16_t)id), id == 3 || id == CFG_BACKENDS_MAX - 1,
+			     "id %u", id);
+	tried_del(&t, 3);
+	cr_assert(!tried_has(&t, 3));
+	cr_assert(tried_has(&t, CFG_BACKENDS_MAX - 1));
+}
+
+Test(balance, a_retry_after_backend_3_may_go_to_backend_67)
+{
+	/* Ids 3 and 67 are 64 apart: a 64-bit mask took 67 as tried once 3 was. */
+	for (size_t p = 0; p < POLICIES_N; p++) {
+		struct model *m = model_new(all_policies[p], 0, NULL);
+
+		add_backend(m, 3, 1);
+		add_backend(m, 67, 1);
+		tried_add(&m->tried, 3);
+		cr_assert_eq(pick(m, 42), 1, "policy %d", all_policies[p]);
+		free(m);
+	}
+}
