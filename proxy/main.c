@@ -18,13 +18,13 @@
 #include "admin.h"
 #include "config.h"
 #include "daemon.h"
+#include "constants.h"
 #include "stats.h"
 #include "steer.h"
 #include "worker.h"
 
 #define DEFAULT_CONFIG "/etc/corral/corral.yaml"
 /* Listen backlog: bursts of new connections queue here while a worker is busy. */
-#define LISTEN_BACKLOG 4096
 
 static struct daemon D;
 static char config_path[CFG_PATH_MAX] = DEFAULT_CONFIG;
@@ -500,8 +500,8 @@ static int op_backend_weight(void *ctx, const char *addr, uint32_t weight, char 
 		snprintf(err, errlen, "unknown backend %s", addr);
 		return -ENOENT;
 	}
-	if (weight > 1000) {
-		snprintf(err, errlen, "weight must be 0..1000");
+	if (weight > CFG_WEIGHT_MAX) {
+		snprintf(err, errlen, "weight must be 0..%u", CFG_WEIGHT_MAX);
 		return -EINVAL;
 	}
 	__atomic_store_n(&D.backends[id].weight, weight, __ATOMIC_RELAXED);
