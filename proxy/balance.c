@@ -36,7 +36,7 @@ static uint32_t usable_weight(const struct pick *p, uint16_t id)
 
 static uint16_t backend_id(const struct snapshot *s, uint32_t i)
 {
-	BUG_ON(s->backend_id[i] >= CFG_BACKENDS_MAX);
+	BUG_ON_HOT(s->backend_id[i] >= CFG_BACKENDS_MAX);
 	return (uint16_t)s->backend_id[i];
 }
 

@@ -1461,15 +1461,14 @@ void conn_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int 
 
 	BUG_ON(idx >= w->conn_cap);
 	c = &w->conns[idx];
-	if (!c->active || c->gen != gen) {
-		/* Cannot happen: a slot is freed only when nothing is in flight. */
+	/* Cannot happen: a slot is freed only when nothing is in flight. */
+	if (CHECK_IF(!c->active || c->gen != gen)) {
 		int32_t bid = cqe_bid(res, flags);
 
 		if (bid >= 0) {
 			w->bufs_out++;
 			buf_put(w, bid);
 		}
-		log_err("worker %u: stale completion op %d for slot %u", w->id, op, idx);
 		return;
 	}
 	BUG_ON(c->inflight == 0);
@@ -1565,9 +1564,9 @@ void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int r
 	u = &w->ups[idx];
 	if (bid >= 0)
 		w->bufs_out++;
-	if (u->gen != gen || u->fd < 0) {
+	/* Cannot happen: an upstream slot is freed only when nothing is in flight. */
+	if (CHECK_IF(u->gen != gen || u->fd < 0)) {
 		buf_put(w, bid);
-		log_err("worker %u: stale upstream completion op %d for %u", w->id, op, idx);
 		return;
 	}
 	BUG_ON(u->inflight == 0);

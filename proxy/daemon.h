@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <pthread.h>
+#include "bug.h"
 #include "config-t.h"
 #include "stats-t.h"
 
@@ -72,14 +73,6 @@ void log_msg(const char *level, const char *fmt, ...) __attribute__((format(prin
 #define log_info(...) log_msg("info", __VA_ARGS__)
 #define log_warn(...) log_msg("warn", __VA_ARGS__)
 #define log_err(...)  log_msg("error", __VA_ARGS__)
-
-/* Always-on assertion (TigerBeetle/HAProxy BUG_ON style): a broken invariant aborts. */
-#define BUG_ON(cond)                                                                               \
-	do {                                                                                       \
-		if (__builtin_expect(!!(cond), 0))                                                 \
-			bug_fail(#cond, __FILE__, __LINE__);                                       \
-	} while (0)
-void bug_fail(const char *what, const char *file, int line) __attribute__((noreturn));
 
 /* Relaxed single-writer counter helpers for stats blocks. */
 #define STAT_ADD(field, n) __atomic_store_n(&(field), (field) + (n), __ATOMIC_RELAXED)

@@ -410,14 +410,11 @@ static void on_accept(struct worker *w, uint32_t li, int res, uint32_t flags)
 
 static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 {
-	uint64_t ud = cqe->user_data;
-	enum wop op = (enum wop)(ud & 0xff);
-	uint32_t idx = (uint32_t)(ud >> 8) & 0xffffff;
-	uint32_t gen = (uint32_t)(ud >> 32);
+	struct ud ud = ud_unpack(cqe->user_data);
 
-	switch (op) {
+	switch (ud.op) {
 	case OP_ACCEPT:
-		on_accept(w, idx, cqe->res, cqe->flags);
+		on_accept(w, ud.idx, cqe->res, cqe->flags);
 		break;
 	case OP_TICK:
 		on_tick(w);
@@ -446,13 +443,13 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_C_RECV:
 	case OP_C_SEND:
 	case OP_C_CANCEL:
-		conn_on_cqe(w, op, idx, gen, cqe->res, cqe->flags);
+		conn_on_cqe(w, ud.op, ud.idx, ud.gen, cqe->res, cqe->flags);
 		break;
 	case OP_U_CONNECT:
 	case OP_U_RECV:
 	case OP_U_SEND:
 	case OP_U_CANCEL:
-		ups_on_cqe(w, op, idx, gen, cqe->res, cqe->flags);
+		ups_on_cqe(w, ud.op, ud.idx, ud.gen, cqe->res, cqe->flags);
 		break;
 	default:
 		break;
@@ -548,6 +545,11 @@ static void *worker_main(void *arg)
 		w->busy_ns += now_ns() - t0;
 		if (w->stopping && w->conns_active == 0 && w->ups_open == 0 && !w->log_inflight)
 			break;
+	}
+	/* A clean stop: every connection and upstream is gone, so everything they held is back. */
+	if (w->stopping && w->conns_active == 0 && w->ups_open == 0) {
+		CHECK_IF(w->bufs_out != 0);
+		CHECK_IF(w->hbuf_used != 0);
 	}
 	io_uring_queue_exit(&w->ring);
 	if (w->alog_fd >= 0)
