@@ -14,13 +14,12 @@
 #include <yaml.h>
 
 #include "config.h"
+#include "constants.h"
 
 /* A config file larger than this is not a config file; refuse it rather than parse it. */
 #define CFG_FILE_BYTES_MAX (1024 * 1024)
 /* Longest key path in a message, e.g. "limits.upstream_idle_per_backend". */
 #define CFG_KEY_PATH_MAX 96
-/* Backend and steering weights: 0 = no traffic; 1000 gives 0.1% resolution, plenty. */
-#define CFG_WEIGHT_MAX 1000
 /*
  * Receive buffer memory per core (buffers_per_core x buffer_bytes) above this is almost
  * certainly a unit mistake; the default is 64 MiB per core.
@@ -61,19 +60,19 @@ static const struct cfg_num_key cfg_timeout_keys[] = {
 };
 
 static const struct cfg_num_key cfg_limit_keys[] = {
-	NUM32(cfg_limits, header_bytes_max, 1024, 1048576, false),
+	NUM32(cfg_limits, header_bytes_max, 1024, CFG_HEADER_BYTES_CEIL, false),
 	NUM32(cfg_limits, headers_max, 8, 1000, false),
 	NUM32(cfg_limits, uri_bytes_max, 256, 1048576, false),
 	/* At least 1: the HTTP layer reads 0 as "no limit", and every limit here is bounded. */
 	NUM64(cfg_limits, body_bytes_max, 1, 1ULL << 40, false),
-	NUM32(cfg_limits, connections_per_core, 1, 1048576, false),
+	NUM32(cfg_limits, connections_per_core, 1, CFG_CONNECTIONS_PER_CORE_MAX, false),
 	NUM32(cfg_limits, requests_per_connection, 1, 1000000, false),
 	NUM32(cfg_limits, upstream_idle_per_backend, 0, 65536, false),
 	NUM32(cfg_limits, upstream_attempts_max, 1, 16, false),
 	NUM32(cfg_limits, linger_bytes_max, 0, 16777216, false),
-	/* An io_uring provided-buffer ring holds a power of two entries, at most 32768. */
-	NUM32(cfg_limits, buffers_per_core, 16, 32768, true),
-	NUM32(cfg_limits, buffer_bytes, 4096, 1048576, true),
+	/* An io_uring provided-buffer ring holds a power of two entries (constants.h). */
+	NUM32(cfg_limits, buffers_per_core, 16, CFG_BUFFERS_PER_CORE_MAX, true),
+	NUM32(cfg_limits, buffer_bytes, 4096, CFG_BUFFER_BYTES_MAX, true),
 	/* Up to the somaxconn deploy/sysctl-corral.conf sets: a deeper queue only hides overload. */
 	NUM32(cfg_limits, listen_backlog, 1, 65535, false),
 };

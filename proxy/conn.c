@@ -315,8 +315,8 @@ static void ups_abort_attached(struct worker *w, struct conn *c)
 		u->inflight++;
 	}
 	if (c->rs_state != RS_NONE && c->rs_state != RS_DONE) {
-		STAT_SET(w->bstats[c->backend].active, w->be_active[c->backend] - 1);
-		w->be_active[c->backend]--;
+		balance_inflight_dec(&w->bal, c->backend);
+		STAT_SET(w->bstats[c->backend].active, w->bal.inflight[c->backend]);
 	}
 }
 
@@ -696,7 +696,7 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 	c->attempts = 0;
 	c->no_pool = false;
 	c->last_err = 0;
-	c->tried = 0;
+	tried_clear(&c->tried);
 	c->resp_code = 0;
 	if (cfg->balance == CFG_BALANCE_HASH_URI)
 		c->hkey = XXH3_64bits(base + req->target.off, req->target.len);
@@ -948,15 +948,15 @@ static void exchange_detach_ups(struct worker *w, struct conn *c)
 
 static void be_active_inc(struct worker *w, uint16_t b)
 {
-	w->be_active[b]++;
-	STAT_SET(w->bstats[b].active, w->be_active[b]);
+	balance_inflight_inc(&w->bal, b);
+	STAT_SET(w->bstats[b].active, w->bal.inflight[b]);
 	STAT_ADD(w->bstats[b].requests, 1);
 }
 
 static void be_active_dec(struct worker *w, uint16_t b)
 {
-	w->be_active[b]--;
-	STAT_SET(w->bstats[b].active, w->be_active[b]);
+	balance_inflight_dec(&w->bal, b);
+	STAT_SET(w->bstats[b].active, w->bal.inflight[b]);
 }
 
 /* Picks a backend and gets a connection to it: pooled, or a new connect. */
@@ -977,7 +977,7 @@ static void exchange_connect(struct worker *w, struct conn *c)
 		return;
 	}
 	c->attempts++;
-	bi = ups_pick(w, c, c->hkey, c->tried);
+	bi = balance_pick(s, w->d->backends, &w->bal, w->now_ms, c->hkey, &c->tried);
 	if (bi < 0 && c->attempts > 1) {
 		/* A retry found no other backend: the last one's failure (already counted) stands. */
 		c->attempts--;
@@ -994,7 +994,7 @@ static void exchange_connect(struct worker *w, struct conn *c)
 	be = &s->cfg.backends[bi];
 	id = (uint16_t)s->backend_id[bi];
 	c->backend = id;
-	c->tried |= 1ULL << (id & 63);
+	tried_add(&c->tried, id);
 	be_active_inc(w, id);
 
 	/* A pooled connection, unless this is a retry after a pooled one failed. */
@@ -1292,7 +1292,7 @@ static void resp_upstream_eof(struct worker *w, struct conn *c, int res)
 			c->rs_state = RS_NONE;
 			/* Not a failed attempt: the same backend, on a fresh connection. */
 			c->attempts--;
-			c->tried &= ~(1ULL << (c->backend & 63));
+			tried_del(&c->tried, c->backend);
 			c->no_pool = true;
 			STAT_ADD(w->stats->upstream_retries, 1);
 			exchange_connect(w, c);
@@ -1547,15 +1547,14 @@ void conn_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int 
 
 	BUG_ON(idx >= w->conn_cap);
 	c = &w->conns[idx];
-	if (!c->active || c->gen != gen) {
-		/* Cannot happen: a slot is freed only when nothing is in flight. */
+	/* Cannot happen: a slot is freed only when nothing is in flight. */
+	if (CHECK_IF(!c->active || c->gen != gen)) {
 		int32_t bid = cqe_bid(res, flags);
 
 		if (bid >= 0) {
 			w->bufs_out++;
 			buf_put(w, bid);
 		}
-		log_err("worker %u: stale completion op %d for slot %u", w->id, op, idx);
 		return;
 	}
 	BUG_ON(c->inflight == 0);
@@ -1651,9 +1650,9 @@ void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int r
 	u = &w->ups[idx];
 	if (bid >= 0)
 		w->bufs_out++;
-	if (u->gen != gen || u->fd < 0) {
+	/* Cannot happen: an upstream slot is freed only when nothing is in flight. */
+	if (CHECK_IF(u->gen != gen || u->fd < 0)) {
 		buf_put(w, bid);
-		log_err("worker %u: stale upstream completion op %d for %u", w->id, op, idx);
 		return;
 	}
 	BUG_ON(u->inflight == 0);

@@ -19,13 +19,12 @@
 #include "admin.h"
 #include "config.h"
 #include "daemon.h"
+#include "constants.h"
 #include "stats.h"
 #include "steer.h"
 #include "worker.h"
 
 #define DEFAULT_CONFIG "/etc/corral/corral.yaml"
-/* Listen backlog when net.core.somaxconn cannot be read (the kernel's default since 5.4). */
-#define LISTEN_BACKLOG_FALLBACK 4096
 
 static struct daemon D;
 /*
@@ -194,6 +193,8 @@ static int listen_addrs_check(const struct config *cfg)
 static int listeners_create(const struct config *cfg)
 {
 	int backlog = listen_backlog(cfg);
+
+	D.listen_backlog = backlog;
 	char text[80];
 
 	log_info("listen backlog %d (%s)", backlog,
@@ -641,8 +642,8 @@ static int op_backend_weight(void *ctx, const char *addr, uint32_t weight, char 
 		snprintf(err, errlen, "unknown backend %s", addr);
 		return -ENOENT;
 	}
-	if (weight > 1000) {
-		snprintf(err, errlen, "weight must be 0..1000");
+	if (weight > CFG_WEIGHT_MAX) {
+		snprintf(err, errlen, "weight must be 0..%u", CFG_WEIGHT_MAX);
 		return -EINVAL;
 	}
 	__atomic_store_n(&D.backends[id].weight, weight, __ATOMIC_RELAXED);

@@ -229,6 +229,9 @@ static void metrics_render(struct metrics *m, struct metrics_buf *b)
 		mb_printf(b, "corral_steering_fallbacks_total %llu\n",
 			  (unsigned long long)ops->steer_fallbacks(ops->ctx));
 	}
+	metrics_head(b, "corral_internal_checks_total", "counter",
+		     "Cannot-happen conditions corral detected and recovered from (CHECK_IF).");
+	mb_printf(b, "corral_internal_checks_total %llu\n", (unsigned long long)bug_checks_total());
 
 	metrics_head(b, "corral_core_draining", "gauge", "1 while the core is drained.");
 	for (i = 0; i < n; i++)

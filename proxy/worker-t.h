@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <liburing.h>
+#include "balance-t.h"
 #include "config-t.h"
 #include "daemon.h"
 #include "http-t.h"
@@ -140,7 +141,7 @@ struct conn {
 	bool end_pending;     /* response ended while the last request send was in flight */
 	bool ups_recv_wanted; /* waiting in the no-buffer queue for an upstream recv */
 	uint32_t req_head_len;
-	uint64_t tried;		 /* backend ids tried for this request (bit = id % 64) */
+	struct tried_set tried;	 /* backend ids tried for this request */
 	uint64_t hkey;		 /* hash key for hash-uri / hash-client */
 	uint16_t pending_status; /* error response to send, 0 = none */
 	uint32_t requests;	 /* served on this connection */

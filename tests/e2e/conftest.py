@@ -236,6 +236,9 @@ class Proxy:
         self.checked = True
         code = self.stop()
         assert code == 0, "%s exited with %s; log:\n%s" % (self.kind, code, self.log()[-4000:])
+        if self.kind == "corral":
+            # A CHECK_IF (bug.h) that fired is a bug even though corral carried on.
+            assert "check failed:" not in self.log(), "%s:\n%s" % (self.kind, self.log()[-4000:])
         if UNDER_ASAN:
             rep = util.sanitizer_report(self.log())
             assert rep is None, "sanitizer report in %s's stderr:\n%s" % (self.kind, rep)
