@@ -25,6 +25,7 @@ struct backend_rt {
 	uint32_t healthy;	/* 0 = failing connects (passive, see ups.c) */
 	uint32_t in_config;	/* 1 when the current snapshot lists it */
 	uint64_t down_until_ms; /* passive health, set by the main thread: skip until then */
+	uint32_t down;		/* 1 = marked down by proxy/health.c: no new requests */
 	char addr[64];
 } __attribute__((aligned(64)));
 

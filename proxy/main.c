@@ -18,6 +18,7 @@
 #include "admin.h"
 #include "config.h"
 #include "daemon.h"
+#include "health.h"
 #include "stats.h"
 #include "steer.h"
 #include "worker.h"
@@ -29,6 +30,7 @@
 static struct daemon D;
 static char config_path[CFG_PATH_MAX] = DEFAULT_CONFIG;
 static uint64_t snap_version;
+static struct health *HC; /* active health checks; NULL if it could not be set up */
 
 static void usage(FILE *f)
 {
@@ -283,6 +285,7 @@ static int do_reload(char *err, size_t errlen)
 		return -ENOMEM;
 	steering_apply(&s->cfg);
 	snapshot_publish(s);
+	health_sync(HC, s);
 	log_info("configuration reloaded (version %llu, %u backends)",
 		 (unsigned long long)s->version, s->cfg.backends_n);
 	return 0;
@@ -375,7 +378,9 @@ static uint32_t op_backends_n(void *ctx)
 static int op_backend(void *ctx, uint32_t i, struct admin_backend *out)
 {
 	const struct snapshot *s = D.snap;
+	struct health_view hv;
 	struct backend_rt *b;
+	uint64_t now = now_ms();
 	uint32_t id;
 
 	if (i >= s->cfg.backends_n)
@@ -386,7 +391,18 @@ static int op_backend(void *ctx, uint32_t i, struct admin_backend *out)
 	snprintf(out->addr, sizeof(out->addr), "%s", b->addr);
 	out->weight = __atomic_load_n(&b->weight, __ATOMIC_RELAXED);
 	out->enabled = __atomic_load_n(&b->enabled, __ATOMIC_RELAXED);
-	out->healthy = __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED) <= now_ms();
+	out->healthy = !__atomic_load_n(&b->down, __ATOMIC_RELAXED) &&
+		       __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED) <= now;
+	health_view(HC, id, &hv);
+	out->checks_on = hv.checks_on;
+	out->checked = hv.checked;
+	out->check_ok = hv.last_ok;
+	out->check_age_ms = hv.checked ? now - hv.last_ms : 0;
+	snprintf(out->check_result, sizeof(out->check_result), "%s", hv.last_result);
+	snprintf(out->reason, sizeof(out->reason), "%s", hv.reason);
+	out->checks = hv.checks;
+	out->checks_failed = hv.checks_failed;
+	out->transitions = hv.transitions;
 	for (uint32_t w = 0; w < D.workers_n; w++) {
 		const struct stats_backend *sb = &D.workers[w]->bstats[id];
 
@@ -680,19 +696,27 @@ int main(int argc, char **argv)
 			met = NULL;
 		}
 	}
+	r = health_open(&HC, &D);
+	if (r < 0) {
+		log_err("health checks: %s", strerror(-r));
+		HC = NULL;
+	}
+	health_sync(HC, D.snap);
 	log_info("ready: %u workers, %u backends, balance %s", D.workers_n, cfg->backends_n,
 		 config_balance_name(cfg->balance));
 
 	for (;;) {
-		struct pollfd pf[3] = { { .fd = sfd, .events = POLLIN },
+		struct pollfd pf[4] = { { .fd = sfd, .events = POLLIN },
 					{ .fd = ctl ? ctl_fd(ctl) : -1, .events = POLLIN },
-					{ .fd = met ? metrics_fd(met) : -1, .events = POLLIN } };
+					{ .fd = met ? metrics_fd(met) : -1, .events = POLLIN },
+					{ .fd = health_fd(HC), .events = POLLIN } };
 		struct signalfd_siginfo si;
 
 		/* 100 ms: the passive-health scan's period. */
-		if (poll(pf, 3, 100) < 0 && errno != EINTR)
+		if (poll(pf, 4, 100) < 0 && errno != EINTR)
 			break;
 		health_scan();
+		health_service(HC);
 		if (pf[1].revents)
 			ctl_service(ctl);
 		if (pf[2].revents)
@@ -717,6 +741,8 @@ int main(int argc, char **argv)
 		worker_join(D.workers[i]);
 	log_info("stopped");
 out_workers:
+	health_close(HC);
+	HC = NULL;
 	ctl_close(ctl);
 	metrics_close(met);
 	for (uint32_t i = 0; i < D.workers_n; i++)

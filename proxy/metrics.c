@@ -321,6 +321,10 @@ static void metrics_render(struct metrics *m, struct metrics_buf *b)
 			  "Connect failures, resets, timeouts and bad responses." },
 			{ "corral_backend_latency_seconds_total", "counter",
 			  "Sum of request latencies through the backend." },
+			{ "corral_backend_health_checks_total", "counter",
+			  "Active health checks finished (result=ok|failed)." },
+			{ "corral_backend_state_changes_total", "counter",
+			  "Changes between up and down (checks or traffic)." },
 		};
 		struct admin_backend *be = calloc(nb, sizeof(*be));
 		bool *bok = calloc(nb, sizeof(*bok));
@@ -342,6 +346,18 @@ static void metrics_render(struct metrics *m, struct metrics_buf *b)
 
 				if (!bok[i])
 					continue;
+				if (f == 6) {
+					/* Two series each: ok and failed checks. */
+					mb_printf(b, "%s{backend=\"", bf[f].name);
+					mb_label(b, x->addr);
+					mb_printf(b, "\",result=\"ok\"} %llu\n",
+						  (unsigned long long)(x->checks - x->checks_failed));
+					mb_printf(b, "%s{backend=\"", bf[f].name);
+					mb_label(b, x->addr);
+					mb_printf(b, "\",result=\"failed\"} %llu\n",
+						  (unsigned long long)x->checks_failed);
+					continue;
+				}
 				mb_printf(b, "%s{backend=\"", bf[f].name);
 				mb_label(b, x->addr);
 				mb_printf(b, "\"} ");
@@ -360,6 +376,9 @@ static void metrics_render(struct metrics *m, struct metrics_buf *b)
 					break;
 				case 4:
 					mb_printf(b, "%llu\n", (unsigned long long)x->errors);
+					break;
+				case 7:
+					mb_printf(b, "%llu\n", (unsigned long long)x->transitions);
 					break;
 				default:
 					mb_printf(b, "%llu.%06llu\n",

@@ -13,6 +13,9 @@ static bool usable(struct worker *w, uint16_t id, uint64_t tried, bool check_hea
 	if (__atomic_load_n(&b->weight, __ATOMIC_RELAXED) == 0 ||
 	    !__atomic_load_n(&b->enabled, __ATOMIC_RELAXED))
 		return false;
+	/* Down by health checks (or by traffic until a check passes): not even as a last try. */
+	if (__atomic_load_n(&b->down, __ATOMIC_RELAXED))
+		return false;
 	if (check_health && __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED) > w->now_ms)
 		return false;
 	return true;
