@@ -19,6 +19,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "health.h"
+#include "sdnotify.h"
 #include "stats.h"
 #include "steer.h"
 #include "worker.h"
@@ -253,7 +254,28 @@ static bool same_listen(const struct config *a, const struct config *b)
 	return true;
 }
 
+static int do_reload_cfg(char *err, size_t errlen);
+
+/*
+ * systemd: RELOADING=1 with the monotonic time (systemd >= 253 wants it to tell this reload
+ * from an older one), then READY=1 whether the new file was taken or refused, since the old
+ * configuration goes on serving either way.
+ */
 static int do_reload(char *err, size_t errlen)
+{
+	char msg[96];
+	int r;
+
+	snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
+		 (unsigned long long)(now_ns() / 1000));
+	sdnotify_send(msg);
+	r = do_reload_cfg(err, errlen);
+	sdnotify_send(r == 0 ? "READY=1\nSTATUS=serving (configuration reloaded)"
+			     : "READY=1\nSTATUS=serving (reload refused, old configuration kept)");
+	return r;
+}
+
+static int do_reload_cfg(char *err, size_t errlen)
 {
 	struct config *cfg = malloc(sizeof(*cfg));
 	struct snapshot *s;
@@ -575,6 +597,7 @@ int main(int argc, char **argv)
 	char err[512];
 	bool check = false;
 	sigset_t sigs;
+	uint64_t wd_ms = 0, wd_last = 0;
 	int sfd, opt, r, rc = 0;
 
 	while ((opt = getopt_long(argc, argv, "c:tVh", opts, NULL)) != -1) {
@@ -627,6 +650,10 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	raise_nofile();
+	r = sdnotify_open();
+	if (r < 0)
+		log_warn("systemd notify socket $NOTIFY_SOCKET: %s (running without notify)",
+			 strerror(-r));
 	D.start_ms = now_ms();
 	D.alog_fd = -1;
 	if (cfg->access_log.on) {
@@ -704,6 +731,12 @@ int main(int argc, char **argv)
 	health_sync(HC, D.snap);
 	log_info("ready: %u workers, %u backends, balance %s", D.workers_n, cfg->backends_n,
 		 config_balance_name(cfg->balance));
+	/* Every worker has armed its accepts (worker_start waited for each): ready for real. */
+	snprintf(err, sizeof(err), "READY=1\nSTATUS=serving, %u workers\nMAINPID=%d", D.workers_n,
+		 (int)getpid());
+	sdnotify_send(err);
+	wd_ms = sdnotify_watchdog_ms();
+	wd_last = now_ms();
 
 	for (;;) {
 		struct pollfd pf[4] = { { .fd = sfd, .events = POLLIN },
@@ -717,6 +750,10 @@ int main(int argc, char **argv)
 			break;
 		health_scan();
 		health_service(HC);
+		if (wd_ms && now_ms() - wd_last >= wd_ms) {
+			wd_last = now_ms();
+			sdnotify_send("WATCHDOG=1");
+		}
 		if (pf[1].revents)
 			ctl_service(ctl);
 		if (pf[2].revents)
@@ -735,6 +772,7 @@ int main(int argc, char **argv)
 		break;
 	}
 	D.stopping = 1;
+	sdnotify_send("STOPPING=1\nSTATUS=draining connections");
 	for (uint32_t i = 0; i < D.workers_n; i++)
 		worker_request_stop(D.workers[i]);
 	for (uint32_t i = 0; i < D.workers_n; i++)
@@ -756,6 +794,7 @@ out_steer:
 	free(D.snap);
 	free(cfg);
 	close(sfd);
+	sdnotify_close();
 	if (D.alog_fd >= 0)
 		close(D.alog_fd);
 	return rc;
