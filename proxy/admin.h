@@ -79,6 +79,11 @@ struct admin_ops {
 	uint64_t (*steer_fallbacks)(void *ctx); /* SYNs the program left to the kernel hash */
 	uint64_t (*config_version)(void *ctx);	/* snapshot version, bumped by every reload */
 
+	/* Readiness and liveness (optional): GET /ready and /healthz on the metrics listener. */
+	bool (*accepting)(void *ctx); /* false once draining for shutdown: /ready answers 503 */
+	/* 0 when the process and every worker are alive; else -1 and a one-line reason in why. */
+	int (*alive)(void *ctx, char *why, size_t whylen);
+
 	/* --- actions (optional: NULL answers "not supported") --- */
 	int (*set_policy)(void *ctx, const char *name, char *err, size_t errlen);
 	int (*set_weight)(void *ctx, uint32_t core, uint32_t weight, char *err, size_t errlen);
@@ -114,8 +119,9 @@ void ctl_service(struct ctl *c);
 void ctl_close(struct ctl *c);
 
 /*
- * Metrics listener (proxy/metrics.c): Prometheus text exposition on GET /metrics.
- * Binds addr (port 0 allowed), logs "metrics on ADDR:PORT" to stderr.
+ * Metrics listener (proxy/metrics.c): Prometheus text exposition on GET /metrics, readiness
+ * on GET /ready (200 "ready", or 503 "draining" once ops->accepting says false) and liveness on
+ * GET /healthz (200 "ok", or 503 with ops->alive's reason). Binds addr (port 0 allowed), logs "metrics on ADDR:PORT" to stderr.
  */
 struct metrics;
 

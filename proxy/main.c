@@ -551,6 +551,37 @@ static int op_reload(void *ctx, char *err, size_t errlen)
 	return do_reload(err, errlen);
 }
 
+static bool op_accepting(void *ctx)
+{
+	return !D.stopping;
+}
+
+/*
+ * A worker ticks every 10 ms and stamps each tick; one whose stamp is this old is stuck (or
+ * gone). Generous, because a liveness failure gets the process killed.
+ */
+#define HEARTBEAT_STALE_MS 5000
+/* Workers that finished their graceful stop (joined): no heartbeat expected from them. */
+static bool worker_done[CFG_CORES_MAX];
+
+static int op_alive(void *ctx, char *why, size_t whylen)
+{
+	uint64_t now = now_ms();
+
+	for (uint32_t i = 0; i < D.workers_n; i++) {
+		uint64_t hb = STAT_GET(D.workers[i]->stats->heartbeat_ms);
+
+		if (worker_done[i])
+			continue;
+		if (hb + HEARTBEAT_STALE_MS < now) {
+			snprintf(why, whylen, "worker %u: no heartbeat for %llu ms", i,
+				 (unsigned long long)(now - hb));
+			return -1;
+		}
+	}
+	return 0;
+}
+
 static const struct admin_ops ADMIN_OPS = {
 	.version = CORRAL_VERSION,
 	.cores_n = op_cores_n,
@@ -568,6 +599,8 @@ static const struct admin_ops ADMIN_OPS = {
 	.backend_enable = op_backend_enable,
 	.backend_weight = op_backend_weight,
 	.reload = op_reload,
+	.accepting = op_accepting,
+	.alive = op_alive,
 };
 
 /* --- main ----------------------------------------------------------------------------------------- */
@@ -750,7 +783,7 @@ int main(int argc, char **argv)
 			break;
 		health_scan();
 		health_service(HC);
-		if (wd_ms && now_ms() - wd_last >= wd_ms) {
+		if (wd_ms && now_ms() - wd_last >= wd_ms && op_alive(NULL, err, sizeof(err)) == 0) {
 			wd_last = now_ms();
 			sdnotify_send("WATCHDOG=1");
 		}
@@ -775,8 +808,23 @@ int main(int argc, char **argv)
 	sdnotify_send("STOPPING=1\nSTATUS=draining connections");
 	for (uint32_t i = 0; i < D.workers_n; i++)
 		worker_request_stop(D.workers[i]);
-	for (uint32_t i = 0; i < D.workers_n; i++)
-		worker_join(D.workers[i]);
+	/* While requests finish, /ready answers 503, /healthz and the control socket still work. */
+	for (uint32_t left = D.workers_n; left;) {
+		struct pollfd pf[2] = { { .fd = ctl ? ctl_fd(ctl) : -1, .events = POLLIN },
+					{ .fd = met ? metrics_fd(met) : -1, .events = POLLIN } };
+		if (poll(pf, 2, 20) > 0) {
+			if (pf[0].revents)
+				ctl_service(ctl);
+			if (pf[1].revents)
+				metrics_service(met);
+		}
+		left = 0;
+		for (uint32_t i = 0; i < D.workers_n; i++) {
+			if (!worker_done[i] && pthread_tryjoin_np(D.workers[i]->thread, NULL) == 0)
+				worker_done[i] = true;
+			left += !worker_done[i];
+		}
+	}
 	log_info("stopped");
 out_workers:
 	health_close(HC);

@@ -420,10 +420,27 @@ static void metrics_answer(struct metrics *m, struct metrics_conn *mc)
 		mb_printf(&body, "only GET and HEAD\n");
 		goto send;
 	}
+	if ((tlen == 6 && !memcmp(sp1 + 1, "/ready", 6)) ||
+	    (tlen > 6 && !memcmp(sp1 + 1, "/ready?", 7))) {
+		bool ok = !m->ops->accepting || m->ops->accepting(m->ops->ctx);
+
+		status = ok ? "200 OK" : "503 Service Unavailable";
+		mb_printf(&body, ok ? "ready\n" : "draining\n");
+		goto send;
+	}
+	if ((tlen == 8 && !memcmp(sp1 + 1, "/healthz", 8)) ||
+	    (tlen > 8 && !memcmp(sp1 + 1, "/healthz?", 9))) {
+		char why[ADMIN_ERR_MAX] = "";
+		bool ok = !m->ops->alive || m->ops->alive(m->ops->ctx, why, sizeof(why)) == 0;
+
+		status = ok ? "200 OK" : "503 Service Unavailable";
+		mb_printf(&body, "%s\n", ok ? "ok" : why);
+		goto send;
+	}
 	if (!((tlen == 8 && !memcmp(sp1 + 1, "/metrics", 8)) ||
 	      (tlen > 8 && !memcmp(sp1 + 1, "/metrics?", 9)))) {
 		status = "404 Not Found";
-		mb_printf(&body, "see /metrics\n");
+		mb_printf(&body, "see /metrics, /ready or /healthz\n");
 		goto send;
 	}
 	metrics_render(m, &body);
