@@ -29,6 +29,9 @@ static uint32_t usable_weight(const struct pick *p, uint16_t id)
 
 	if (wt == 0 || tried_has(p->tried, id) || !__atomic_load_n(&b->enabled, __ATOMIC_RELAXED))
 		return 0;
+	/* Down by health checks (or by traffic until a check passes): not even as a last try. */
+	if (__atomic_load_n(&b->down, __ATOMIC_RELAXED))
+		return 0;
 	if (p->skip_parked && __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED) > p->now_ms)
 		return 0;
 	return wt;

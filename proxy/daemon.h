@@ -29,6 +29,7 @@ struct backend_rt {
 	uint32_t weight;	/* effective weight (config weight, or corralctl's override) */
 	uint32_t enabled;	/* 0 = disabled by the operator */
 	uint64_t down_until_ms; /* passive health, set by the main thread: skip until then */
+	uint32_t down;		/* 1 = marked down by proxy/health.c: no new requests */
 	char addr[64];
 	/* main thread only */
 	uint32_t gen;		  /* generation of the current assignment; 0 = id free */

@@ -1,6 +1,7 @@
 /* The per-core worker: its io_uring loop, listeners, buffer ring, slot tables, timers and control. */
 #include <errno.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -366,6 +367,7 @@ static void on_tick(struct worker *w)
 	struct timespec ts;
 	uint64_t now = now_ns();
 
+	STAT_SET(w->stats->heartbeat_ms, w->now_ms);
 	timers_run(w);
 	ups_pool_expire(w);
 	if (w->alog_fd >= 0 && alog_pending(&w->alog))
@@ -503,6 +505,12 @@ static void *worker_main(void *arg)
 	CPU_SET(w->cpu, &set);
 	if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0)
 		log_warn("worker %u: cannot pin to core %u", w->id, w->cpu);
+	{
+		char name[16]; /* "corral-wN" in top -H, ps -L and /proc/PID/task/TID/comm */
+
+		snprintf(name, sizeof(name), "corral-w%u", w->id);
+		pthread_setname_np(pthread_self(), name);
+	}
 	rcu_register_thread();
 	r = ring_setup(w);
 	if (r < 0) {
@@ -519,6 +527,7 @@ static void *worker_main(void *arg)
 	arm_event(w);
 	arm_tick(w);
 	io_uring_submit(&w->ring);
+	STAT_SET(w->stats->heartbeat_ms, w->now_ms);
 	__atomic_store_n(&w->ready, 1, __ATOMIC_RELEASE);
 
 	for (;;) {
