@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from conftest import IN_CI, SLOW, binary
+from conftest import SLOW, binary, need
 from util import simple_get
 
 pytestmark = pytest.mark.corral_only
@@ -50,10 +50,7 @@ def need_bpf(proxy):
     """Steering commands need the BPF program; without it, skip locally and fail under CI."""
     mode = ctl_json(proxy, "status")["steering"]["mode"]
     if mode != "bpf":
-        msg = "steering is not loaded (mode %s); log:\n%s" % (mode, proxy.log()[-2000:])
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+        need(False, "steering is not loaded (mode %s); log:\n%s" % (mode, proxy.log()[-2000:]))
 
 
 def wait_until(pred, timeout=5.0, step=0.05):
@@ -287,10 +284,7 @@ def test_daemon_not_running(tmp_path):
 
 
 def test_permission_denied_for_another_user(proxied):
-    if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("this test needs root to switch to an unprivileged user")
-        pytest.skip("needs root")
+    need(os.geteuid() == 0, "needs root to switch to an unprivileged user")
     sock = proxied.cfg["admin"]["socket"]
     r = subprocess.run([binary("corralctl"), "-s", sock, "status"], capture_output=True, text=True,
                        timeout=10, preexec_fn=lambda: (os.setgid(65534), os.setuid(65534)))

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import IN_CI, SLOW, binary
+from conftest import SLOW, binary, need
 from util import Client, simple_get
 
 pytestmark = pytest.mark.corral_only
@@ -76,10 +76,7 @@ def need_bpf(p):
     assert len(s["cores"]) == len(p.cfg["workers"]["cores"]), s["cores"]
     mode = s["steering"]["mode"]
     if mode != "bpf":
-        msg = "steering is not loaded (mode %s); log:\n%s" % (mode, p.log()[-2000:])
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+        need(False, "steering is not loaded (mode %s); log:\n%s" % (mode, p.log()[-2000:]))
 
 
 def connections(p, n):
@@ -265,11 +262,7 @@ def on_cpu(p, cpu, n):
 
 @WORKERS
 def test_cpu_local_serves_each_connection_on_the_clients_cpu(corral, backend, n):
-    if len(os.sched_getaffinity(0)) < 2:
-        msg = "needs two CPUs"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+    need(len(os.sched_getaffinity(0)) >= 2, "needs two CPUs")
     # Worker i on CPU 1 - i % 2 (1, 0[, 1, 0]), so that core == cpu cannot pass by accident.
     cores = [1 - i % 2 for i in range(n)]
     p = start(corral, backend, "cpu-local", cores=cores)
