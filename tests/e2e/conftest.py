@@ -260,6 +260,11 @@ class Proxy:
         self.err.join()
         return self.exit_code
 
+    def wait_idle(self, timeout=5.0):
+        """Waits until the proxy holds no client connection. NGINX has no counter to poll: a
+        short sleep there (E2E_PROXY=nginx only checks the tests themselves)."""
+        time.sleep(0.2 * SLOW)
+
     def check_exit(self):
         """Teardown assertions: exit code 0 and, under ASan, no sanitizer report."""
         if self.checked:
@@ -274,6 +279,26 @@ class Proxy:
 
 class CorralProxy(Proxy):
     kind = "corral"
+
+    def stats(self):
+        """`corralctl stats --json`."""
+        import json
+        out = subprocess.run([binary("corralctl"), "-s", self.cfg["admin"]["socket"], "stats", "--json"],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10 * SLOW)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def wait_idle(self, timeout=5.0):
+        """Polls until conns_active is 0 on every core (every client slot given back); fails
+        the test after timeout * SLOW seconds. Returns the last stats."""
+        deadline = time.monotonic() + timeout * SLOW
+        while True:
+            s = self.stats()
+            if s["total"]["conns_active"] == 0:
+                return s
+            assert time.monotonic() < deadline, \
+                "conns_active still %d after %.1f s: %s" % (s["total"]["conns_active"], timeout * SLOW, s["total"])
+            time.sleep(0.05)
 
     def start(self):
         self.cfg_path = os.path.join(self.tmp, "corral.yaml")
