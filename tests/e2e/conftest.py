@@ -280,13 +280,17 @@ class Proxy:
 class CorralProxy(Proxy):
     kind = "corral"
 
-    def stats(self):
-        """`corralctl stats --json`."""
+    def ctl_json(self, *args):
+        """`corralctl ARGS --json` against this proxy's control socket, parsed."""
         import json
-        out = subprocess.run([binary("corralctl"), "-s", self.cfg["admin"]["socket"], "stats", "--json"],
+        out = subprocess.run([binary("corralctl"), "-s", self.cfg["admin"]["socket"], *args, "--json"],
                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10 * SLOW)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
+
+    def stats(self):
+        """`corralctl stats --json`."""
+        return self.ctl_json("stats")
 
     def wait_idle(self, timeout=5.0):
         """Polls until conns_active is 0 on every core (every client slot given back); fails
