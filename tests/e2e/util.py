@@ -337,6 +337,17 @@ def simple_get(port, target="/", headers=None, timeout=IO_TIMEOUT):
         return c.get(target, headers)
 
 
+def counted_get(port, target="/", timeout=IO_TIMEOUT):
+    """One GET on a new connection: (response, bytes the client sent, bytes it received). The
+    client sends nothing else and closes after the response, so these are the connection's
+    totals, what the proxy's bytes_in / bytes_out must count for it."""
+    wire = build_request("GET", target)
+    with Client(port, timeout=timeout) as c:
+        c.send(wire)
+        r = c.read_response()
+        return r, len(wire), len(r.head_raw) + len(r.body)
+
+
 def parse_head_lines(raw):
     """Splits a raw request head (as /headers returns it) into (request line, [(name, value)])."""
     text = raw.decode("latin-1")
