@@ -173,8 +173,9 @@ class SynCounter:
     sees them: a refused connect leaves no trace in userspace, so this is how a test knows how
     often corral tried a dead backend. Needs CAP_NET_RAW (the suite runs as root)."""
 
-    def __init__(self, ports):
+    def __init__(self, ports, ignore_src=()):
         self.ports = [int(p) for p in ports]
+        self.ignore_src = set(ignore_src)  # source ports whose SYNs are not corral's
         self.counts = {p: 0 for p in self.ports}
         self.lock = threading.Lock()
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
@@ -207,7 +208,9 @@ class SynCounter:
             if len(data) < 38:
                 continue
             ihl = (data[14] & 15) * 4
-            port = struct.unpack("!H", data[14 + ihl + 2:14 + ihl + 4])[0]
+            sport, port = struct.unpack("!HH", data[14 + ihl:14 + ihl + 4])
+            if sport in self.ignore_src:
+                continue
             with self.lock:
                 if port in self.counts:
                     self.counts[port] += 1
