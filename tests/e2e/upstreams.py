@@ -315,3 +315,25 @@ def wproxy(tmp_path, request):
             errors.append(str(e))
     if errors:
         pytest.fail("\n\n".join(errors))
+
+
+class BackendProbe:
+    """Reads a corral-backend's /__stats over one keep-alive connection of its own, and reports
+    the connections that are not that one: what corral opened (conns) and holds open (active)."""
+
+    def __init__(self, backend):
+        self.c = Client(backend.port, timeout=10 * SLOW)
+
+    def _stats(self):
+        r = self.c.get("/__stats")
+        assert r.status == 200, r
+        return json.loads(r.body)
+
+    def conns(self):
+        return self._stats()["connections"] - 1
+
+    def active(self):
+        return self._stats()["active"] - 1
+
+    def close(self):
+        self.c.close()
