@@ -131,6 +131,11 @@ bench: deps
 	$(MAKE) all
 	@bash tools/bench/bench.sh $(B)
 
+# --- mutation check (slow, not in CI): planted bugs the tests must catch --------------------
+.PHONY: mutate
+mutate:
+	$(PYTHON) tools/mutate/mutate.py $(MUTATE_ARGS)
+
 # --- style ------------------------------------------------------------------------------
 FMT_SRC := $(wildcard proxy/*.[ch] bpf/*.[ch] tools/*/*.[ch] tests/unit/*.c tests/fuzz/*.c)
 fmt:
