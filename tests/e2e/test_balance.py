@@ -64,6 +64,16 @@ def test_weight_zero_from_the_start_gets_nothing(wproxy, backend_factory):
     assert bs["A"].stats()["requests"] == 0
 
 
+@pytest.mark.parametrize("balance", ["round-robin", "least-conn", "hash-uri", "hash-client"])
+def test_weight_zero_gets_nothing_under_every_balance(wproxy, backend_factory, balance):
+    bs = start_backends(backend_factory, ["Z", "B", "C"])
+    p = wproxy(be_cfg(bs, {"Z": 0}), balance=balance)
+    got = collections.Counter(ids_of(p.port, hash_uris(20)))
+    got.update(ids_of(p.port, hash_uris(10), keep_alive=False))
+    assert got["Z"] == 0 and sum(got.values()) == 30, got
+    assert bs["Z"].stats()["requests"] == 0
+
+
 def test_least_conn_follows_in_flight_requests(wproxy, backend_factory):
     bs = start_backends(backend_factory, ["A", "B", "C"])
     # One worker: least-conn counts the exchanges in flight from this core.

@@ -67,6 +67,37 @@ def test_400_is_logged_without_upstream_and_counted_as_a_parse_error(wproxy, bac
     assert backend.stats()["requests"] == before + 1  # only the good one
 
 
+def test_413_is_logged_without_upstream_and_nothing_is_forwarded(wproxy, backend, tmp_path):
+    log = str(tmp_path / "access.log")
+    p = wproxy([backend], limits={"body_bytes_max": 1000}, access_log={"path": log, "format": "json"})
+    before = backend.stats()["requests"]
+    with Client(p.port) as c:
+        c.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n")
+        r = c.read_response("POST")
+    assert r.status == 413
+    line = log_lines(log, 1)[0]
+    assert line["status"] == 413, line
+    assert line["upstream"] is None, line
+    assert backend.stats()["requests"] == before
+
+
+def test_access_log_names_the_backend_that_answered(wproxy, backend_factory, tmp_path):
+    bs = {n: backend_factory(ident=n) for n in "AB"}
+    log = str(tmp_path / "access.log")
+    p = wproxy(list(bs.values()), access_log={"path": log, "format": "json"})
+    ids = []
+    with Client(p.port) as c:
+        for i in range(10):
+            r = c.get("/?n=%d" % i)
+            assert r.status == 200
+            ids.append(r.header("x-backend-id"))
+    assert set(ids) == {"A", "B"}
+    lines = {ln["uri"]: ln for ln in log_lines(log, 10)}
+    key = "/?n=%d"
+    for i, who in enumerate(ids):
+        assert lines[key % i]["upstream"] == bs[who].address, (i, who, lines[key % i])
+
+
 def test_408_on_a_slow_head_counts_a_timeout(wproxy, backend):
     p = wproxy([backend], timeouts={"client_header_ms": ms(300)})
     t0 = totals(p)

@@ -48,7 +48,8 @@ MUTATIONS = [
          search="if (__atomic_load_n(&b->weight, __ATOMIC_RELAXED) == 0 ||",
          replace="if (__atomic_load_n(&b->weight, __ATOMIC_RELAXED) == 1000000 ||",
          tests=[B + "test_weight_zero_from_the_start_gets_nothing",
-                B + "test_weight_zero_drains_a_backend_by_reload"]),
+                B + "test_weight_zero_drains_a_backend_by_reload",
+                B + "test_weight_zero_gets_nothing_under_every_balance"]),
     dict(name="hash-client-keys-on-uri", file="proxy/conn.c",
          search="c->hkey = XXH3_64bits(c->peer_ip, strlen(c->peer_ip));",
          replace="c->hkey = XXH3_64bits(base + req->target.off, req->target.len);",
@@ -59,6 +60,10 @@ MUTATIONS = [
          tests=[B + "test_least_conn_follows_in_flight_requests"]),
 
     # --- failover and passive health ---
+    dict(name="tried-backends-not-skipped", file="proxy/ups.c",
+         search="if (tried & (1ULL << (id & 63)))",
+         replace="if (0 && (tried & (1ULL << (id & 63))))",
+         tests=[F + "test_hash_key_whose_backend_is_dead_fails_over_to_another"]),
     dict(name="attempts-off-by-one", file="proxy/conn.c",
          search="if (c->attempts >= max_attempts) {",
          replace="if (c->attempts > max_attempts) {",
@@ -107,10 +112,10 @@ MUTATIONS = [
          tests=[L + "test_linger_bytes_max_bounds_what_a_lingering_close_reads"]),
 
     # --- responses corral makes itself, and their counters ---
-    dict(name="log-upstream-always-set", file="proxy/conn.c",
-         search="\t\tif (c->attempts)\n\t\t\te.upstream = w->d->backends[c->backend].addr;",
-         replace="\t\te.upstream = w->d->backends[c->backend].addr;",
-         tests=[S + "test_400_is_logged_without_upstream_and_counted_as_a_parse_error"]),
+    dict(name="log-upstream-wrong-backend", file="proxy/conn.c",
+         search="\t\t\te.upstream = w->d->backends[c->backend].addr;",
+         replace="\t\t\te.upstream = w->d->backends[0].addr;",
+         tests=[S + "test_access_log_names_the_backend_that_answered"]),
     dict(name="parse-errors-not-counted", file="proxy/conn.c",
          search="\tif (r < 0) {\n\t\tSTAT_ADD(w->stats->parse_errors, 1);",
          replace="\tif (r < 0) {",
