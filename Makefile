@@ -139,6 +139,11 @@ bench: deps-bench
 	$(MAKE) $(BINS)
 	@bash tools/bench/bench.sh $(B)
 
+# --- mutation check (slow, not in CI): planted bugs the tests must catch --------------------
+.PHONY: mutate
+mutate:
+	$(PYTHON) tools/mutate/mutate.py $(MUTATE_ARGS)
+
 # --- style ------------------------------------------------------------------------------
 FMT_SRC := $(wildcard proxy/*.[ch] bpf/*.[ch] tools/*/*.[ch] tests/unit/*.c tests/fuzz/*.c)
 fmt:
