@@ -173,9 +173,6 @@ def test_hash_key_whose_backend_is_dead_fails_over_to_another(wproxy, backend_fa
     assert 1 <= tried <= 30
 
 
-@pytest.mark.xfail(strict=True, reason="defect: the mask of tried backends uses id & 63 (ups.c usable(), "
-                   "conn.c exchange_connect), so after backend 0 fails, backend 64 counts as tried and the "
-                   "request gets a 503 instead of failing over (tests-4f81db5.md finding 1)")
 def test_failover_past_a_dead_backend_with_more_than_64_backends(wproxy, backend_factory):
     live = backend_factory(ident="live")
     dead = dead_address()

@@ -143,8 +143,6 @@ def test_502_from_a_dead_backend_is_logged_with_the_backend_it_tried(wproxy, tmp
     assert t1["responses"]["5xx"] - t0["responses"]["5xx"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a 503 because every backend is disabled is logged with "
-                   "the upstream of backend 0 although none was tried (503 attribution, fixed on branch datapath)")
 def test_503_with_every_backend_disabled_is_logged_without_upstream(wproxy, backend, tmp_path):
     log = str(tmp_path / "access.log")
     p = wproxy([backend], access_log={"path": log, "format": "json"})
