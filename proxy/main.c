@@ -151,14 +151,40 @@ static int port_reserve(const struct cfg_addr *a, uint16_t *port, int *holder)
 	return 0;
 }
 
+/* True when /proc/net/FILE lists a socket in LISTEN state (st 0A) on local port `port`. */
+static bool proc_net_listens(const char *file, uint16_t port)
+{
+	char path[64], line[512];
+	bool found = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/net/%s", file);
+	f = fopen(path, "re");
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		unsigned int lport, st;
+		char laddr[64];
+
+		/* "  sl  local_address rem_address   st ..."; the header line does not scan. */
+		if (sscanf(line, " %*u: %63[0-9A-Fa-f]:%x %*[0-9A-Fa-f]:%*x %x", laddr, &lport, &st) ==
+		    3)
+			found = lport == port && st == 0x0A;
+	}
+	fclose(f);
+	return found;
+}
+
 /*
- * True when another socket listens on a's address and port: a bind without SO_REUSEPORT
- * fails with EADDRINUSE then (SO_REUSEADDR keeps TIME_WAIT leftovers from counting).
+ * True when another socket listens on a's address and port: a bind without SO_REUSEPORT fails
+ * with EADDRINUSE (SO_REUSEADDR keeps TIME_WAIT leftovers from counting), and the kernel lists a
+ * listening socket on that port. The second look keeps a socket that is only bound (a port
+ * reservation, an outgoing connection's local port) from counting as a live listener.
  */
-static bool listen_addr_live(const struct cfg_addr *a)
+static bool listen_addr_live(const struct cfg_addr *a, uint16_t port)
 {
 	int fd, one = 1;
-	bool live;
+	bool busy;
 
 	fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
@@ -166,9 +192,9 @@ static bool listen_addr_live(const struct cfg_addr *a)
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	if (a->ss.ss_family == AF_INET6)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-	live = bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 && errno == EADDRINUSE;
+	busy = bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 && errno == EADDRINUSE;
 	close(fd);
-	return live;
+	return busy && (proc_net_listens("tcp", port) || proc_net_listens("tcp6", port));
 }
 
 /*
@@ -183,7 +209,7 @@ static int listen_addrs_check(const struct config *cfg)
 					      ? ((const struct sockaddr_in *)&a->ss)->sin_port
 					      : ((const struct sockaddr_in6 *)&a->ss)->sin6_port);
 
-		if (port != 0 && listen_addr_live(a)) {
+		if (port != 0 && listen_addr_live(a, port)) {
 			log_err("listen %s: another process already listens on this address (is "
 				"another corral running with this config?); refusing to start",
 				a->text);
