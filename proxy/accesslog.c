@@ -9,6 +9,9 @@
 #include <unistd.h>
 
 #include "accesslog.h"
+#include "bug.h"
+
+_Static_assert(ALOG_CHUNKS >= 2, "one chunk is written while another fills");
 
 /*
  * Output budgets per field, escapes included. Their sum plus the fixed text stays well
@@ -304,11 +307,13 @@ int alog_init(struct alog_buf *b, enum cfg_log_format format, size_t cap)
 		cap = ALOG_BUF_BYTES_DEF;
 	if (cap < 2 * ALOG_LINE_MAX)
 		cap = 2 * ALOG_LINE_MAX;
-	b->half[0] = malloc(cap);
-	b->half[1] = malloc(cap);
-	if (!b->half[0] || !b->half[1]) {
-		alog_free(b);
-		return -ENOMEM;
+	/* Address space only: a chunk's pages become resident when a backlog first reaches it. */
+	for (uint32_t i = 0; i < ALOG_CHUNKS; i++) {
+		b->chunk[i] = malloc(cap);
+		if (!b->chunk[i]) {
+			alog_free(b);
+			return -ENOMEM;
+		}
 	}
 	b->cap = cap;
 	b->format = format;
@@ -318,63 +323,70 @@ int alog_init(struct alog_buf *b, enum cfg_log_format format, size_t cap)
 
 void alog_free(struct alog_buf *b)
 {
-	free(b->half[0]);
-	free(b->half[1]);
-	b->half[0] = b->half[1] = NULL;
+	for (uint32_t i = 0; i < ALOG_CHUNKS; i++) {
+		free(b->chunk[i]);
+		b->chunk[i] = NULL;
+	}
 }
 
-/* Bytes of the other half not yet handed out or written. */
-static size_t alog_other_left(const struct alog_buf *b)
+static uint32_t alog_next(uint32_t i)
 {
-	return b->len[!b->fill] - b->woff;
+	return (i + 1) % ALOG_CHUNKS;
+}
+
+/* Worth a write now: a sealed chunk waits, or the fill chunk is half full. */
+static bool alog_write_due(const struct alog_buf *b)
+{
+	return !b->in_flight && (b->head != b->fill || b->len[b->fill] >= b->cap / 2);
 }
 
 bool alog_pending(const struct alog_buf *b)
 {
-	return !b->in_flight && (alog_other_left(b) || b->len[b->fill]);
+	return !b->in_flight && (b->head != b->fill || b->len[b->fill]);
 }
 
 int alog_append(struct alog_buf *b, const struct alog_entry *e)
 {
-	uint32_t f = b->fill;
-
-	if (b->cap - b->len[f] < ALOG_LINE_MAX) {
-		/* The fill half is full: switch halves if the other one has been written out. */
-		if (b->len[!f] != 0) {
+	if (b->cap - b->len[b->fill] < ALOG_LINE_MAX) {
+		/* The fill chunk is full: seal it and fill the next, unless that one still waits. */
+		if (alog_next(b->fill) == b->head) {
 			b->lines_dropped++;
 			return -ENOBUFS;
 		}
-		b->fill = f = !f;
-		b->woff = 0;
+		b->fill = alog_next(b->fill);
+		BUG_ON(b->len[b->fill] != 0);
 	}
-	b->len[f] += alog_format(b->half[f] + b->len[f], b->format, e, b);
+	b->len[b->fill] += alog_format(b->chunk[b->fill] + b->len[b->fill], b->format, e, b);
 	b->lines++;
-	/* Write early (half full) so the other half is free again before this one fills. */
-	return !b->in_flight && (alog_other_left(b) || b->len[f] >= b->cap / 2);
+	return alog_write_due(b);
 }
 
 size_t alog_flush_begin(struct alog_buf *b, const void **data)
 {
 	if (b->in_flight)
 		return 0;
-	if (!alog_other_left(b)) {
+	if (b->head == b->fill) {
 		if (!b->len[b->fill])
 			return 0;
-		/* The other half is empty: it becomes the fill half, this one goes to the kernel. */
-		b->len[!b->fill] = 0;
-		b->fill = !b->fill;
-		b->woff = 0;
+		/* Only the fill chunk holds lines: it goes to the kernel, the next one fills. */
+		b->fill = alog_next(b->fill);
 	}
 	b->in_flight = true;
-	b->wlen = alog_other_left(b);
-	*data = b->half[!b->fill] + b->woff;
+	b->wlen = b->len[b->head] - b->woff;
+	*data = b->chunk[b->head] + b->woff;
 	return b->wlen;
+}
+
+/* chunk[head] is done with (written, or dropped after an error): the next one is oldest. */
+static void alog_retire_head(struct alog_buf *b)
+{
+	b->len[b->head] = 0;
+	b->woff = 0;
+	b->head = alog_next(b->head);
 }
 
 int alog_flush_done(struct alog_buf *b, int res)
 {
-	uint32_t o = !b->fill;
-
 	if (!b->in_flight)
 		return 0;
 	b->in_flight = false;
@@ -382,17 +394,15 @@ int alog_flush_done(struct alog_buf *b, int res)
 		res = -EIO; /* a write of 0 bytes would loop forever */
 	if (res < 0) {
 		b->write_errors++;
-		b->bytes_dropped += b->len[o] - b->woff;
-		b->len[o] = 0;
-		b->woff = 0;
+		b->bytes_dropped += b->len[b->head] - b->woff;
+		alog_retire_head(b);
 		return res;
 	}
 	b->woff += (size_t)res < b->wlen ? (size_t)res : b->wlen;
-	if (b->woff < b->len[o])
+	if (b->woff < b->len[b->head])
 		return 1; /* short write: the rest goes next */
-	b->len[o] = 0;
-	b->woff = 0;
-	return b->len[b->fill] >= b->cap / 2;
+	alog_retire_head(b);
+	return alog_write_due(b);
 }
 
 int alog_flush_sync(struct alog_buf *b, int fd)

@@ -1,4 +1,4 @@
-/* Access log: per-worker line formatting into double buffers, flushed by io_uring writes. */
+/* Access log: per-worker line formatting into a FIFO of chunks, flushed by io_uring writes. */
 #ifndef CORRAL_ACCESSLOG_H
 #define CORRAL_ACCESSLOG_H
 
@@ -14,8 +14,16 @@
  * hostile request cannot make the log line unbounded.
  */
 #define ALOG_LINE_MAX 4096
-/* Bytes per half buffer: ~300 typical lines per write, 128 KiB per worker in all. */
+/* Bytes per chunk: ~300 typical lines per write. */
 #define ALOG_BUF_BYTES_DEF (64 * 1024)
+/*
+ * Chunks per worker: one being filled, one being written, and the rest to ride out a slow
+ * write (io_uring hands regular-file writes to its worker threads, which a busy machine can
+ * hold back for a while): 16 x 64 KiB is about 5,000 lines a core can log while one write is
+ * late. Only chunks that ever filled are resident. Past that, lines are dropped and counted
+ * (stats log_lines_dropped), never waited for on the data path.
+ */
+#define ALOG_CHUNKS 16
 
 /* A byte string that need not be NUL-terminated (e.g. a span of the request buffer). */
 struct alog_str {
@@ -83,16 +91,17 @@ struct alog_str alog_req_header(const char *buf, const struct http_req *req, con
  */
 struct alog_buf {
 	enum cfg_log_format format;
-	char *half[2];
-	size_t cap;		/* bytes per half */
-	size_t len[2];		/* bytes held by each half */
-	uint32_t fill;		/* index of the half being appended to */
-	bool in_flight;		/* half[!fill] from woff on is owned by the kernel */
-	size_t woff;		/* bytes of half[!fill] already written */
-	size_t wlen;		/* bytes handed to the kernel in the write in flight */
-	uint64_t lines;		/* lines appended */
-	uint64_t lines_dropped; /* lines lost: both halves full (the disk is too slow) */
-	uint64_t bytes_dropped; /* bytes lost to write errors */
+	char *chunk[ALOG_CHUNKS];
+	size_t cap;		  /* bytes per chunk */
+	size_t len[ALOG_CHUNKS];  /* bytes held by each chunk */
+	uint32_t head;		  /* oldest chunk holding unwritten bytes (written next) */
+	uint32_t fill;		  /* the chunk being appended to; head == fill: only one in use */
+	bool in_flight;		  /* chunk[head] from woff on is owned by the kernel */
+	size_t woff;		  /* bytes of chunk[head] already written */
+	size_t wlen;		  /* bytes handed to the kernel in the write in flight */
+	uint64_t lines;		  /* lines appended */
+	uint64_t lines_dropped;	  /* lines lost: every chunk full (the disk is too slow) */
+	uint64_t bytes_dropped;	  /* bytes lost to write errors */
 	uint64_t write_errors;
 	int64_t ts_sec;	 /* the second the cached time stamps are for */
 	char ts_iso[24]; /* "2026-11-27T14:45:00" */
@@ -106,7 +115,7 @@ struct alog_buf {
  */
 int alog_open(const char *path);
 
-/* Allocates both halves of cap bytes (0: ALOG_BUF_BYTES_DEF; at least 2 * ALOG_LINE_MAX). */
+/* Allocates ALOG_CHUNKS chunks of cap bytes (0: ALOG_BUF_BYTES_DEF; at least 2 * ALOG_LINE_MAX). */
 int alog_init(struct alog_buf *b, enum cfg_log_format format, size_t cap);
 void alog_free(struct alog_buf *b);
 
@@ -119,7 +128,7 @@ size_t alog_format(char *out, enum cfg_log_format format, const struct alog_entr
 
 /*
  * Appends one line. Returns 1 when the worker should start a flush now, 0 when not, or
- * -ENOBUFS when the line was dropped because both halves are full (counted in lines_dropped).
+ * -ENOBUFS when the line was dropped because every chunk is full (counted in lines_dropped).
  */
 int alog_append(struct alog_buf *b, const struct alog_entry *e);
 
@@ -134,7 +143,7 @@ size_t alog_flush_begin(struct alog_buf *b, const void **data);
 
 /*
  * The write from alog_flush_begin() completed with res (bytes written, or -errno). Returns 1
- * when another flush should start at once (remainder of a short write, or a half that filled
+ * when another flush should start at once (remainder of a short write, or a chunk that filled
  * up meanwhile), 0 when not, or res < 0 after an error (those bytes are dropped and counted).
  */
 int alog_flush_done(struct alog_buf *b, int res);

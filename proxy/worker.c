@@ -368,6 +368,7 @@ static void on_tick(struct worker *w)
 	uint64_t now = now_ns();
 
 	STAT_SET(w->stats->heartbeat_ms, w->now_ms);
+	STAT_SET(w->stats->log_lines_dropped, w->alog.lines_dropped);
 	timers_run(w);
 	ups_pool_expire(w);
 	if (w->alog_fd >= 0 && alog_pending(&w->alog))
