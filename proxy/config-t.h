@@ -13,6 +13,8 @@
 #define CFG_BACKENDS_MAX 256 /* a front proxy with more backends wants service discovery */
 #define CFG_PATH_MAX	 256
 #define CFG_ERR_MAX	 256
+/* Backend and steering weights: 0 = no traffic; 1000 gives 0.1% resolution, plenty. */
+#define CFG_WEIGHT_MAX 1000
 
 /* Defaults. Each number says why. */
 /* Apache/NGINX-like: a client that cannot send a head in 10 s is broken or hostile. */

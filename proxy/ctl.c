@@ -398,7 +398,9 @@ static json_t *ctl_dispatch(struct ctl *c, json_t *req)
 		} else {
 			if (!ops->backend_enable)
 				return ctl_error("%s: not supported by this daemon", cmd);
-			rc = ops->backend_enable(ops->ctx, s, cmd[8] == 'e', err, sizeof(err));
+			rc = ops->backend_enable(ops->ctx, s, cmd[8] == 'e',
+						 json_is_true(json_object_get(req, "force")), err,
+						 sizeof(err));
 		}
 		if (rc == -ENOENT && !err[0])
 			snprintf(err, sizeof(err), "unknown backend '%s'", s);

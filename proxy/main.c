@@ -574,8 +574,11 @@ static int op_set_policy(void *ctx, const char *name, char *err, size_t errlen)
 	return r;
 }
 
+/* The same checks as steering.weights in the file: each 0..1000, not all 0. */
 static int op_set_weight(void *ctx, uint32_t core, uint32_t weight, char *err, size_t errlen)
 {
+	uint32_t w[CFG_CORES_MAX];
+	char key[40];
 	int r = need_steer(err, errlen);
 
 	if (r)
@@ -584,7 +587,18 @@ static int op_set_weight(void *ctx, uint32_t core, uint32_t weight, char *err, s
 		snprintf(err, errlen, "unknown core %u (workers: 0..%u)", core, D.workers_n - 1);
 		return -EINVAL;
 	}
-	return steer_set_weight(D.steer, core, weight);
+	snprintf(key, sizeof(key), "steering.weights[%u]", core);
+	r = config_check_weight(key, weight, err, errlen);
+	for (uint32_t i = 0; r == 0 && i < D.workers_n; i++)
+		w[i] = i == core ? weight
+				 : __atomic_load_n(&steer_core(D.steer, i)->weight, __ATOMIC_RELAXED);
+	if (r == 0)
+		r = config_check_core_weights(w, D.workers_n, err, errlen);
+	if (r == 0)
+		r = steer_set_weight(D.steer, core, weight);
+	if (r == 0)
+		log_info("core %u: steering weight %u", core, weight);
+	return r;
 }
 
 static int op_set_drained(void *ctx, uint32_t core, bool drained, char *err, size_t errlen)
@@ -610,42 +624,72 @@ static int op_set_drained(void *ctx, uint32_t core, bool drained, char *err, siz
 	return 0;
 }
 
+/* The config index of the backend at addr in the live snapshot, or -1. */
 static int backend_find(const char *addr)
 {
 	const struct snapshot *s = D.snap;
 
 	for (uint32_t i = 0; i < s->cfg.backends_n; i++)
 		if (strcmp(D.backends[s->backend_id[i]].addr, addr) == 0)
-			return (int)s->backend_id[i];
+			return (int)i;
 	return -1;
 }
 
-static int op_backend_enable(void *ctx, const char *addr, bool enabled, char *err, size_t errlen)
+static int op_backend_enable(void *ctx, const char *addr, bool enabled, bool force, char *err,
+			     size_t errlen)
 {
-	int id = backend_find(addr);
+	const struct snapshot *s = D.snap;
+	int bi = backend_find(addr);
+	uint32_t others = 0;
 
-	if (id < 0) {
+	if (bi < 0) {
 		snprintf(err, errlen, "unknown backend %s", addr);
 		return -ENOENT;
 	}
-	__atomic_store_n(&D.backends[id].enabled, enabled ? 1 : 0, __ATOMIC_RELAXED);
-	log_info("backend %s %s", addr, enabled ? "enabled" : "disabled");
+	for (uint32_t i = 0; i < s->cfg.backends_n; i++)
+		if ((int)i != bi && __atomic_load_n(&D.backends[s->backend_id[i]].enabled,
+						    __ATOMIC_RELAXED))
+			others++;
+	/* Like draining the last core: every request would get 503. */
+	if (!enabled && others == 0 && !force) {
+		snprintf(err, errlen,
+			 "refusing to disable the last enabled backend (every request would get "
+			 "503; --force does it anyway)");
+		return -EBUSY;
+	}
+	__atomic_store_n(&D.backends[s->backend_id[bi]].enabled, enabled ? 1 : 0,
+			 __ATOMIC_RELAXED);
+	log_info("backend %s %s%s", addr, enabled ? "enabled" : "disabled",
+		 !enabled && others == 0 ? " (forced: no backend is enabled now)" : "");
 	return 0;
 }
 
+/* The same checks as backends[i].weight in the file: 0..1000, not every backend 0. */
 static int op_backend_weight(void *ctx, const char *addr, uint32_t weight, char *err, size_t errlen)
 {
-	int id = backend_find(addr);
+	const struct snapshot *s = D.snap;
+	uint32_t w[CFG_BACKENDS_MAX];
+	int bi = backend_find(addr);
+	char key[40];
+	int r;
 
-	if (id < 0) {
+	if (bi < 0) {
 		snprintf(err, errlen, "unknown backend %s", addr);
 		return -ENOENT;
 	}
-	if (weight > 1000) {
-		snprintf(err, errlen, "weight must be 0..1000");
-		return -EINVAL;
-	}
-	__atomic_store_n(&D.backends[id].weight, weight, __ATOMIC_RELAXED);
+	snprintf(key, sizeof(key), "backends[%d].weight", bi);
+	r = config_check_weight(key, weight, err, errlen);
+	if (r)
+		return r;
+	for (uint32_t i = 0; i < s->cfg.backends_n; i++)
+		w[i] = (int)i == bi ? weight
+				    : __atomic_load_n(&D.backends[s->backend_id[i]].weight,
+						      __ATOMIC_RELAXED);
+	r = config_check_backend_weights(w, s->cfg.backends_n, err, errlen);
+	if (r)
+		return r;
+	__atomic_store_n(&D.backends[s->backend_id[bi]].weight, weight, __ATOMIC_RELAXED);
+	log_info("backend %s: weight %u", addr, weight);
 	return 0;
 }
 
