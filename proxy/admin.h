@@ -84,6 +84,8 @@ struct admin_ops {
 			      size_t errlen);
 	/* Re-read the config file like SIGHUP; a bad file is -EINVAL with the parser's message. */
 	int (*reload)(void *ctx, char *err, size_t errlen);
+	/* After a successful reload: the changed restart-only keys it did not apply, "" = none. */
+	const char *(*reload_restart_keys)(void *ctx);
 };
 
 /*

@@ -347,17 +347,99 @@ static void steering_apply(const struct config *cfg)
 				 i < cfg->steering.weights_n ? cfg->steering.weights[i] : 1);
 }
 
-static bool same_listen(const struct config *a, const struct config *b)
+/* The start-up configuration: restart-only keys keep these values over every reload. */
+static const struct config *startup_cfg;
+/* Restart-only keys the last reload found changed and did not apply ("" = none). */
+static char reload_restart_keys[512];
+
+static void restart_key(const char *key)
 {
-	if (a->listen_n != b->listen_n || a->cores_n != b->cores_n)
+	size_t n = strlen(reload_restart_keys);
+
+	snprintf(reload_restart_keys + n, sizeof(reload_restart_keys) - n, "%s%s", n ? ", " : "",
+		 key);
+}
+
+static bool same_addr_list(const struct cfg_addr *a, uint32_t an, const struct cfg_addr *b,
+			   uint32_t bn)
+{
+	if (an != bn)
 		return false;
-	for (uint32_t i = 0; i < a->listen_n; i++)
-		if (strcmp(a->listen[i].text, b->listen[i].text) != 0)
-			return false;
-	for (uint32_t i = 0; i < a->cores_n; i++)
-		if (a->cores[i] != b->cores[i])
+	for (uint32_t i = 0; i < an; i++)
+		if (strcmp(a[i].text, b[i].text) != 0)
 			return false;
 	return true;
+}
+
+/*
+ * Keys fixed at start-up (listeners, worker threads, tables and buffer rings, the access log
+ * and admin listeners are set up once): a new value is not applied, the running one stays in
+ * cfg, and the key is named in reload_restart_keys for the reply and the log.
+ */
+static void restart_only_keep(struct config *cfg)
+{
+	const struct config *run = startup_cfg;
+	struct cfg_limits *l = &cfg->limits;
+	const struct cfg_limits *rl = &run->limits;
+
+	reload_restart_keys[0] = 0;
+	if (!same_addr_list(cfg->listen, cfg->listen_n, run->listen, run->listen_n)) {
+		restart_key("listen");
+		memcpy(cfg->listen, run->listen, sizeof(cfg->listen));
+		cfg->listen_n = run->listen_n;
+	}
+	if (cfg->cores_n != run->cores_n ||
+	    memcmp(cfg->cores, run->cores, run->cores_n * sizeof(run->cores[0])) != 0) {
+		restart_key("workers.cores");
+		memcpy(cfg->cores, run->cores, sizeof(cfg->cores));
+		if (cfg->steering.weights_n && cfg->steering.weights_n != run->cores_n) {
+			/* One weight per running core: weights for other cores cannot apply. */
+			restart_key("steering.weights");
+			cfg->steering = (struct cfg_steering){ .weights_n = 0 };
+			memcpy(cfg->steering.policy, D.snap->cfg.steering.policy,
+			       sizeof(cfg->steering.policy));
+			memcpy(cfg->steering.weights, D.snap->cfg.steering.weights,
+			       sizeof(cfg->steering.weights));
+			cfg->steering.weights_n = D.snap->cfg.steering.weights_n;
+		}
+		cfg->cores_n = run->cores_n;
+	}
+	if (strcmp(cfg->instance, run->instance) != 0) {
+		restart_key("instance");
+		memcpy(cfg->instance, run->instance, sizeof(cfg->instance));
+	}
+	if (strcmp(cfg->admin.socket, run->admin.socket) != 0)
+		restart_key("admin.socket");
+	if (cfg->admin.metrics_on != run->admin.metrics_on ||
+	    (run->admin.metrics_on && strcmp(cfg->admin.metrics.text, run->admin.metrics.text)))
+		restart_key("admin.metrics");
+	cfg->admin = run->admin;
+	if (cfg->access_log.on != run->access_log.on ||
+	    (run->access_log.on && strcmp(cfg->access_log.path, run->access_log.path)))
+		restart_key("access_log.path");
+	else if (run->access_log.on && cfg->access_log.format != run->access_log.format)
+		restart_key("access_log.format");
+	cfg->access_log = run->access_log;
+#define KEEP(field)                                                                                \
+	do {                                                                                       \
+		if (l->field != rl->field)                                                         \
+			restart_key("limits." #field);                                             \
+		l->field = rl->field;                                                              \
+	} while (0)
+	KEEP(connections_per_core);
+	KEEP(buffers_per_core);
+	KEEP(buffer_bytes);
+	KEEP(listen_backlog);
+#undef KEEP
+	/* Head buffers and the header table are sized at start-up: lowering applies. */
+	if (l->header_bytes_max > rl->header_bytes_max) {
+		restart_key("limits.header_bytes_max (above its start-up value)");
+		l->header_bytes_max = rl->header_bytes_max;
+	}
+	if (l->headers_max > rl->headers_max) {
+		restart_key("limits.headers_max (above its start-up value)");
+		l->headers_max = rl->headers_max;
+	}
 }
 
 static int do_reload(char *err, size_t errlen)
@@ -374,26 +456,20 @@ static int do_reload(char *err, size_t errlen)
 		free(cfg);
 		return -EINVAL;
 	}
-	if (!same_listen(&D.snap->cfg, cfg)) {
-		snprintf(err, errlen,
-			 "listen addresses and worker cores cannot change on reload (restart "
-			 "corral)");
-		log_err("reload rejected, old configuration kept: %s", err);
-		free(cfg);
-		return -EINVAL;
-	}
-	/* Sizes fixed at start-up keep their start-up values. */
-	cfg->limits.connections_per_core = D.snap->cfg.limits.connections_per_core;
-	cfg->limits.buffers_per_core = D.snap->cfg.limits.buffers_per_core;
-	cfg->limits.buffer_bytes = D.snap->cfg.limits.buffer_bytes;
+	restart_only_keep(cfg);
 	s = snapshot_build(cfg);
 	free(cfg);
 	if (!s)
 		return -ENOMEM;
 	steering_apply(&s->cfg);
 	snapshot_publish(s);
-	log_info("configuration reloaded (version %llu, %u backends)",
-		 (unsigned long long)s->version, s->cfg.backends_n);
+	if (reload_restart_keys[0])
+		log_warn("configuration reloaded (version %llu, %u backends); changed but not "
+			 "applied until a restart: %s",
+			 (unsigned long long)s->version, s->cfg.backends_n, reload_restart_keys);
+	else
+		log_info("configuration reloaded (version %llu, %u backends)",
+			 (unsigned long long)s->version, s->cfg.backends_n);
 	return 0;
 }
 
@@ -698,6 +774,11 @@ static int op_reload(void *ctx, char *err, size_t errlen)
 	return do_reload(err, errlen);
 }
 
+static const char *op_reload_restart_keys(void *ctx)
+{
+	return reload_restart_keys;
+}
+
 static const struct admin_ops ADMIN_OPS = {
 	.version = CORRAL_VERSION,
 	.cores_n = op_cores_n,
@@ -715,6 +796,7 @@ static const struct admin_ops ADMIN_OPS = {
 	.backend_enable = op_backend_enable,
 	.backend_weight = op_backend_weight,
 	.reload = op_reload,
+	.reload_restart_keys = op_reload_restart_keys,
 };
 
 /* --- main ----------------------------------------------------------------------------------------- */
@@ -834,6 +916,7 @@ int main(int argc, char **argv)
 		rc = 1;
 		goto out_steer;
 	}
+	startup_cfg = cfg;
 	snapshot_publish(snapshot_build(cfg));
 	steering_apply(cfg);
 

@@ -26,7 +26,7 @@ static const struct cmd_help {
 	{ "backend", "enable|disable [--force] ADDR",
 	  "take a backend in or out of rotation (--force: even the last enabled one)" },
 	{ "backend", "weight ADDR N", "balancing weight of a backend" },
-	{ "reload", "", "re-read the config file (like SIGHUP)" },
+	{ "reload", "", "re-read the config file (like SIGHUP); names changed keys that need a restart" },
 	{ "help", "[COMMAND]", "this text, or one command's" },
 };
 
@@ -230,6 +230,21 @@ static int cmd_simple(const char *sock, json_t *req, void (*render)(FILE *, json
 	return 0;
 }
 
+/* "reloaded", then the changed keys that only a restart applies (they were not applied). */
+static void render_reload(FILE *f, json_t *reply)
+{
+	json_t *keys = json_object_get(reply, "restart_needed"), *k;
+	size_t i;
+
+	fputs("reloaded", f);
+	if (json_array_size(keys)) {
+		fputs("; changed but not applied until a restart: ", f);
+		json_array_foreach(keys, i, k)
+			fprintf(f, "%s%s", i ? ", " : "", json_string_value(k) ?: "?");
+	}
+	fputc('\n', f);
+}
+
 static bool only_json_flag(int argc, char **argv, bool *json)
 {
 	*json = false;
@@ -390,8 +405,8 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "reload")) {
 		if (argc != 0)
 			return usage("reload: no arguments");
-		return cmd_simple(sock, json_pack("{s:s}", "cmd", "reload"), NULL, false,
-				  "reloaded");
+		return cmd_simple(sock, json_pack("{s:s}", "cmd", "reload"), render_reload, false,
+				  NULL);
 	}
 	snprintf(msg, sizeof(msg), "unknown command '%s'", cmd);
 	return usage(msg);
