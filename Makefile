@@ -97,7 +97,7 @@ unit: $(UNIT_BIN)
 	@bash tests/run-unit.sh $(UNIT_BIN)
 
 e2e: $(BINS)
-	CORRAL_BUILD=$(abspath $(B)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
+	CORRAL_BUILD=$(abspath $(B)) $(PYTHON) -m pytest -q -rs -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
 
 test: deps-test
 	$(MAKE) all
@@ -138,6 +138,11 @@ run: deps-run
 bench: deps-bench
 	$(MAKE) $(BINS)
 	@bash tools/bench/bench.sh $(B)
+
+# --- mutation check (slow, not in CI): planted bugs the tests must catch --------------------
+.PHONY: mutate
+mutate:
+	$(PYTHON) tools/mutate/mutate.py $(MUTATE_ARGS)
 
 # --- style ------------------------------------------------------------------------------
 FMT_SRC := $(wildcard proxy/*.[ch] bpf/*.[ch] tools/*/*.[ch] tests/unit/*.c tests/fuzz/*.c)

@@ -20,9 +20,13 @@
 #define ALOG_MAX_REFERER 512
 #define ALOG_MAX_UA	 512
 #define ALOG_MAX_ADDR	 64 /* client and upstream addresses */
+#define ALOG_MAX_PROTO	 16 /* a rejected request's version as received */
+#define ALOG_MAX_REASON	 96
+/* The fixed text of a JSON line (keys, quotes, time, five numbers) is under 384 bytes. */
+#define ALOG_FIXED_MAX	 384
 
 _Static_assert(ALOG_MAX_METHOD + ALOG_MAX_TARGET + ALOG_MAX_HOST + ALOG_MAX_REFERER + ALOG_MAX_UA +
-			       2 * ALOG_MAX_ADDR + 512 <
+			       2 * ALOG_MAX_ADDR + ALOG_MAX_PROTO + ALOG_MAX_REASON + ALOG_FIXED_MAX <
 		       ALOG_LINE_MAX,
 	       "access log field budgets must fit in one line");
 
@@ -59,9 +63,44 @@ static void w_u64(struct alog_w *w, uint64_t v)
 static const char alog_hex[] = "0123456789abcdef";
 
 /*
- * JSON string body: '"' and '\\' escaped, control bytes, DEL and every byte >= 0x80 as
- * \u00XX, so the line is pure ASCII and always valid JSON whatever the client sent.
- * Writes at most max bytes and never cuts an escape in half.
+ * Length of the well-formed UTF-8 sequence (RFC 3629: no overlong forms, no surrogates,
+ * nothing above U+10FFFF) starting at s[0] >= 0x80, or 0 when it is not one.
+ */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+	unsigned char c = s[0], lo = 0x80, hi = 0xbf;
+	size_t len, i;
+
+	if (c >= 0xc2 && c <= 0xdf)
+		len = 2;
+	else if (c >= 0xe0 && c <= 0xef)
+		len = 3;
+	else if (c >= 0xf0 && c <= 0xf4)
+		len = 4;
+	else
+		return 0;
+	if (c == 0xe0)
+		lo = 0xa0;
+	else if (c == 0xed)
+		hi = 0x9f;
+	else if (c == 0xf0)
+		lo = 0x90;
+	else if (c == 0xf4)
+		hi = 0x8f;
+	if (n < len || s[1] < lo || s[1] > hi)
+		return 0;
+	for (i = 2; i < len; i++)
+		if (s[i] < 0x80 || s[i] > 0xbf)
+			return 0;
+	return len;
+}
+
+/*
+ * JSON string body: '"' and '\\' escaped, control bytes and DEL as \u00XX; well-formed
+ * UTF-8 is kept as it is; every byte that is not part of a well-formed UTF-8 sequence is
+ * written as \u00XX (the code point of that byte value, as if Latin-1), so the line is
+ * always valid UTF-8 and valid JSON whatever the client sent.
+ * Writes at most max bytes and never cuts an escape or a UTF-8 sequence in half.
  */
 static void w_json(struct alog_w *w, const char *s, size_t n, size_t max)
 {
@@ -69,11 +108,17 @@ static void w_json(struct alog_w *w, const char *s, size_t n, size_t max)
 
 	for (i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
-		size_t need = (c == '"' || c == '\\') ? 2 : (c < 0x20 || c >= 0x7f) ? 6 : 1;
+		size_t need = (c == '"' || c == '\\') ? 2 : (c < 0x20 || c == 0x7f) ? 6 : 1;
+		size_t u = c >= 0x80 ? utf8_seq((const unsigned char *)s + i, n - i) : 0;
 
+		if (c >= 0x80)
+			need = u ? u : 6;
 		if (w->len - start + need > max)
 			break;
-		if (need == 1) {
+		if (u) {
+			w_mem(w, s + i, u);
+			i += u - 1;
+		} else if (need == 1) {
 			w->p[w->len++] = (char)c;
 		} else if (need == 2) {
 			w->p[w->len++] = '\\';
@@ -155,7 +200,13 @@ size_t alog_format(char *out, enum cfg_log_format format, const struct alog_entr
 		w_clf_or_dash(&w, e->method, ALOG_MAX_METHOD);
 		w_lit(&w, " ");
 		w_clf_or_dash(&w, e->target, ALOG_MAX_TARGET);
-		w_lit(&w, e->version_minor ? " HTTP/1.1\" " : " HTTP/1.0\" ");
+		if (e->protocol.p || e->protocol_unknown) {
+			w_lit(&w, " ");
+			w_clf_or_dash(&w, e->protocol, ALOG_MAX_PROTO);
+			w_lit(&w, "\" ");
+		} else {
+			w_lit(&w, e->version_minor ? " HTTP/1.1\" " : " HTTP/1.0\" ");
+		}
 		w_u64(&w, e->status);
 		w_lit(&w, " ");
 		if (e->bytes_out)
@@ -187,8 +238,16 @@ size_t alog_format(char *out, enum cfg_log_format format, const struct alog_entr
 	w_json(&w, e->method.p, e->method.p ? e->method.len : 0, ALOG_MAX_METHOD);
 	w_lit(&w, "\",\"uri\":\"");
 	w_json(&w, e->target.p, e->target.p ? e->target.len : 0, ALOG_MAX_TARGET);
-	w_lit(&w, e->version_minor ? "\",\"protocol\":\"HTTP/1.1\",\"host\":\""
-				   : "\",\"protocol\":\"HTTP/1.0\",\"host\":\"");
+	if (e->protocol.p) {
+		w_lit(&w, "\",\"protocol\":\"");
+		w_json(&w, e->protocol.p, e->protocol.len, ALOG_MAX_PROTO);
+		w_lit(&w, "\",\"host\":\"");
+	} else if (e->protocol_unknown) {
+		w_lit(&w, "\",\"protocol\":null,\"host\":\"");
+	} else {
+		w_lit(&w, e->version_minor ? "\",\"protocol\":\"HTTP/1.1\",\"host\":\""
+					   : "\",\"protocol\":\"HTTP/1.0\",\"host\":\"");
+	}
 	w_json(&w, e->host.p, e->host.p ? e->host.len : 0, ALOG_MAX_HOST);
 	w_lit(&w, "\",\"status\":");
 	w_u64(&w, e->status);
@@ -209,6 +268,10 @@ size_t alog_format(char *out, enum cfg_log_format format, const struct alog_entr
 	w_json(&w, e->referer.p, e->referer.p ? e->referer.len : 0, ALOG_MAX_REFERER);
 	w_lit(&w, "\",\"user_agent\":\"");
 	w_json(&w, e->user_agent.p, e->user_agent.p ? e->user_agent.len : 0, ALOG_MAX_UA);
+	if (e->reason) {
+		w_lit(&w, "\",\"reason\":\"");
+		w_json(&w, e->reason, strlen(e->reason), ALOG_MAX_REASON);
+	}
 	w_lit(&w, "\"}\n");
 	return w.len;
 }

@@ -48,6 +48,16 @@ struct admin_backend {
 	uint64_t requests;   /* requests sent to it */
 	uint64_t errors;     /* connect failures, resets, timeouts, bad responses */
 	uint64_t lat_sum_us; /* sum of request latencies; mean = lat_sum_us / requests */
+	/* health (proxy/health.c) */
+	bool checks_on;		/* active health checks configured for it */
+	bool checked;		/* a check has finished at least once */
+	bool check_ok;		/* the last check passed */
+	uint64_t check_age_ms;	/* since the last check ended */
+	char check_result[64];	/* e.g. "200", "timeout after 1000 ms" */
+	char reason[160];	/* why it is in its state */
+	uint64_t checks;	/* checks finished */
+	uint64_t checks_failed;
+	uint64_t transitions;	/* up <-> down changes */
 };
 
 struct admin_ops {
@@ -68,6 +78,11 @@ struct admin_ops {
 	int (*backend)(void *ctx, uint32_t i, struct admin_backend *out);
 	uint64_t (*steer_fallbacks)(void *ctx); /* SYNs the program left to the kernel hash */
 	uint64_t (*config_version)(void *ctx);	/* snapshot version, bumped by every reload */
+
+	/* Readiness and liveness (optional): GET /ready and /healthz on the metrics listener. */
+	bool (*accepting)(void *ctx); /* false once draining for shutdown: /ready answers 503 */
+	/* 0 when the process and every worker are alive; else -1 and a one-line reason in why. */
+	int (*alive)(void *ctx, char *why, size_t whylen);
 
 	/* --- actions (optional: NULL answers "not supported") --- */
 	int (*set_policy)(void *ctx, const char *name, char *err, size_t errlen);
@@ -110,8 +125,9 @@ void ctl_service(struct ctl *c);
 void ctl_close(struct ctl *c);
 
 /*
- * Metrics listener (proxy/metrics.c): Prometheus text exposition on GET /metrics.
- * Binds addr (port 0 allowed), logs "metrics on ADDR:PORT" to stderr.
+ * Metrics listener (proxy/metrics.c): Prometheus text exposition on GET /metrics, readiness
+ * on GET /ready (200 "ready", or 503 "draining" once ops->accepting says false) and liveness on
+ * GET /healthz (200 "ok", or 503 with ops->alive's reason). Binds addr (port 0 allowed), logs "metrics on ADDR:PORT" to stderr.
  */
 struct metrics;
 

@@ -13,8 +13,6 @@
 #define CFG_BACKENDS_MAX 256 /* a front proxy with more backends wants service discovery */
 #define CFG_PATH_MAX	 256
 #define CFG_ERR_MAX	 256
-/* Backend and steering weights: 0 = no traffic; 1000 gives 0.1% resolution, plenty. */
-#define CFG_WEIGHT_MAX 1000
 
 /* Defaults. Each number says why. */
 /* Apache/NGINX-like: a client that cannot send a head in 10 s is broken or hostile. */
@@ -39,6 +37,19 @@
 /* A WebSocket/Upgrade tunnel with no traffic either way for this long is closed. */
 #define CFG_DEF_TUNNEL_IDLE_MS 300000
 
+/*
+ * Active health checks (HAProxy's defaults): a check every 2 s, 1 s to answer, 3 failures
+ * in a row mark a backend down, 2 successes bring it back. Statuses 200-399 pass.
+ */
+#define CFG_DEF_HEALTH_INTERVAL_MS 2000
+#define CFG_DEF_HEALTH_TIMEOUT_MS  1000
+#define CFG_DEF_HEALTH_RISE	   2
+#define CFG_DEF_HEALTH_FALL	   3
+#define CFG_DEF_HEALTH_EXPECT_LO   200
+#define CFG_DEF_HEALTH_EXPECT_HI   399
+#define CFG_HEALTH_PATH_MAX	   128 /* a health path is short; bounded so configs stay small */
+#define CFG_HEALTH_HOST_MAX	   64
+
 /* 16 KiB head: HAProxy's default bufsize; NGINX allows 4x8 KiB large headers. */
 #define CFG_DEF_HEADER_BYTES_MAX 16384
 /* 100 headers: HAProxy's and Go's default order of magnitude; real clients send < 40. */
@@ -51,8 +62,14 @@
 #define CFG_DEF_CONNECTIONS_PER_CORE 16384
 /* Requests on one client connection before corral closes it (NGINX keepalive_requests). */
 #define CFG_DEF_REQUESTS_PER_CONNECTION 10000
-/* Idle upstream connections kept per backend per core. */
-#define CFG_DEF_UPSTREAM_IDLE_PER_BACKEND 64
+/*
+ * Idle upstream connections kept per backend per core: by default no per-backend cap (the
+ * maximum). A core's idle pool never holds more connections than that core has clients open
+ * (conn.c), so a steady keep-alive load reuses one upstream connection per client and never
+ * churns, and idle ones expire after upstream_idle_ms. A cap of 64 made every request past
+ * the 64th concurrent one per core close and reopen an upstream connection.
+ */
+#define CFG_DEF_UPSTREAM_IDLE_PER_BACKEND 65536
 /* Bytes a lingering close reads and drops before it gives up (bounds the work per client). */
 #define CFG_DEF_LINGER_BYTES_MAX (256 * 1024)
 /* Connect attempts per request, each to another backend when there are several: enough to
@@ -92,9 +109,36 @@ struct cfg_addr {
 	char text[64]; /* as written in the config, e.g. "127.0.0.1:8080" or "[::1]:80" */
 };
 
+/* Which health keys were written (a backend's keys override the top-level defaults). */
+enum cfg_health_key {
+	CFG_HK_PATH = 1 << 0,
+	CFG_HK_INTERVAL = 1 << 1,
+	CFG_HK_TIMEOUT = 1 << 2,
+	CFG_HK_RISE = 1 << 3,
+	CFG_HK_FALL = 1 << 4,
+	CFG_HK_EXPECT = 1 << 5,
+	CFG_HK_HOST = 1 << 6,
+	CFG_HK_SLOW_START = 1 << 7,
+};
+
+/* Active health check of a backend: GET path every interval_ms (see proxy/health.c). */
+struct cfg_health {
+	bool on;		     /* checks run (a health: mapping at top level or in the entry) */
+	uint32_t set;		     /* enum cfg_health_key bits given in the file */
+	char path[CFG_HEALTH_PATH_MAX]; /* request target, default "/" */
+	char host[CFG_HEALTH_HOST_MAX]; /* Host header; "" = the backend's address */
+	uint32_t interval_ms;
+	uint32_t timeout_ms; /* connect + answer; at most interval_ms */
+	uint32_t rise;	     /* successes in a row that bring a down backend back */
+	uint32_t fall;	     /* failures in a row that mark an up backend down */
+	uint32_t slow_start_ms; /* weight ramps from 1 to its full value over this; 0 = at once */
+	uint16_t expect_lo, expect_hi; /* passing statuses, inclusive */
+};
+
 struct cfg_backend {
 	struct cfg_addr addr;
 	uint32_t weight; /* 0 = configured but takes no traffic */
+	struct cfg_health health; /* top-level health merged with this entry's own keys */
 };
 
 struct cfg_timeouts {
@@ -164,6 +208,7 @@ struct config {
 	struct cfg_steering steering;
 	struct cfg_admin admin;
 	struct cfg_access_log access_log;
+	struct cfg_health health; /* top-level default for every backend */
 };
 
 #endif

@@ -14,6 +14,7 @@
 #include <yaml.h>
 
 #include "config.h"
+#include "constants.h"
 
 /* A config file larger than this is not a config file; refuse it rather than parse it. */
 #define CFG_FILE_BYTES_MAX (1024 * 1024)
@@ -62,19 +63,19 @@ static const struct cfg_num_key cfg_timeout_keys[] = {
 };
 
 static const struct cfg_num_key cfg_limit_keys[] = {
-	NUM32(cfg_limits, header_bytes_max, 1024, 1048576, false),
+	NUM32(cfg_limits, header_bytes_max, 1024, CFG_HEADER_BYTES_CEIL, false),
 	NUM32(cfg_limits, headers_max, 8, 1000, false),
 	NUM32(cfg_limits, uri_bytes_max, 256, 1048576, false),
 	/* At least 1: the HTTP layer reads 0 as "no limit", and every limit here is bounded. */
 	NUM64(cfg_limits, body_bytes_max, 1, 1ULL << 40, false),
-	NUM32(cfg_limits, connections_per_core, 1, 1048576, false),
+	NUM32(cfg_limits, connections_per_core, 1, CFG_CONNECTIONS_PER_CORE_MAX, false),
 	NUM32(cfg_limits, requests_per_connection, 1, 1000000, false),
 	NUM32(cfg_limits, upstream_idle_per_backend, 0, 65536, false),
 	NUM32(cfg_limits, upstream_attempts_max, 1, 16, false),
 	NUM32(cfg_limits, linger_bytes_max, 0, 16777216, false),
-	/* An io_uring provided-buffer ring holds a power of two entries, at most 32768. */
-	NUM32(cfg_limits, buffers_per_core, 16, 32768, true),
-	NUM32(cfg_limits, buffer_bytes, 4096, 1048576, true),
+	/* An io_uring provided-buffer ring holds a power of two entries (constants.h). */
+	NUM32(cfg_limits, buffers_per_core, 16, CFG_BUFFERS_PER_CORE_MAX, true),
+	NUM32(cfg_limits, buffer_bytes, 4096, CFG_BUFFER_BYTES_MAX, true),
 	/* Up to the somaxconn deploy/sysctl-corral.conf sets: a deeper queue only hides overload. */
 	NUM32(cfg_limits, listen_backlog, 1, 65535, false),
 };
@@ -109,6 +110,8 @@ struct cfg_parse {
 	size_t line_metrics;
 	size_t line_weights;	  /* 0: steering.weights not given */
 	size_t line_buffers;	  /* line of the later of the two buffer keys, 0 if neither */
+	size_t line_health;	  /* line of the top-level health mapping, 0 if absent */
+	size_t line_backend_health[CFG_BACKENDS_MAX]; /* a backend's own health, 0 if absent */
 	const char *key_buffers;  /* and its name */
 };
 
@@ -669,6 +672,133 @@ static int workers_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, co
 	return CFG_UNKNOWN;
 }
 
+/* "200-399", "200" or 200: the statuses that pass a health check. */
+static int get_expect(struct cfg_parse *p, yaml_node_t *n, const char *path, struct cfg_health *h)
+{
+	unsigned lo, hi;
+	char tail;
+	const char *s;
+
+	if (n->type != YAML_SCALAR_NODE || node_is_null(n))
+		goto bad;
+	s = scalar(n);
+	if (sscanf(s, "%3u-%3u%c", &lo, &hi, &tail) == 2 && strlen(s) == 7) {
+		/* a range */
+	} else if (sscanf(s, "%3u%c", &lo, &tail) == 1 && strlen(s) == 3) {
+		hi = lo;
+	} else {
+		goto bad;
+	}
+	if (lo < 100 || hi > 599 || lo > hi)
+		goto bad;
+	h->expect_lo = (uint16_t)lo;
+	h->expect_hi = (uint16_t)hi;
+	return 0;
+bad:
+	return cfg_err(p, node_line(n), path,
+		       "must be a status or a range of statuses between 100 and 599, e.g. "
+		       "\"200-399\" or 204");
+}
+
+static int health_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, const char *path,
+		       void *arg)
+{
+	static const struct {
+		const char *name;
+		size_t off;
+		uint64_t min, max;
+		uint32_t bit;
+	} nums[] = {
+		/* 100 ms: faster than that is load on the backend, not health checking. */
+		{ "interval_ms", offsetof(struct cfg_health, interval_ms), 100, 3600000,
+		  CFG_HK_INTERVAL },
+		{ "timeout_ms", offsetof(struct cfg_health, timeout_ms), 10, 600000, CFG_HK_TIMEOUT },
+		{ "rise", offsetof(struct cfg_health, rise), 1, 100, CFG_HK_RISE },
+		{ "fall", offsetof(struct cfg_health, fall), 1, 100, CFG_HK_FALL },
+		{ "slow_start_ms", offsetof(struct cfg_health, slow_start_ms), 0, 3600000,
+		  CFG_HK_SLOW_START },
+	};
+	struct cfg_health *h = arg;
+	uint64_t val;
+	size_t i;
+	int r;
+
+	if (!strcmp(key, "path")) {
+		r = get_str(p, v, path, h->path, sizeof(h->path), false);
+		if (r == 0 && h->path[0] != '/')
+			return cfg_err(p, node_line(v), path, "must start with '/'");
+		for (i = 0; r == 0 && h->path[i]; i++)
+			if ((unsigned char)h->path[i] <= ' ' || h->path[i] == 0x7f)
+				return cfg_err(p, node_line(v), path,
+					       "must not contain spaces or control characters");
+		h->set |= CFG_HK_PATH;
+		return r;
+	}
+	if (!strcmp(key, "host")) {
+		r = get_str(p, v, path, h->host, sizeof(h->host), false);
+		for (i = 0; r == 0 && h->host[i]; i++)
+			if ((unsigned char)h->host[i] <= ' ' || h->host[i] == 0x7f)
+				return cfg_err(p, node_line(v), path,
+					       "must not contain spaces or control characters");
+		h->set |= CFG_HK_HOST;
+		return r;
+	}
+	if (!strcmp(key, "expect")) {
+		r = get_expect(p, v, path, h);
+		h->set |= CFG_HK_EXPECT;
+		return r;
+	}
+	for (i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+		if (strcmp(key, nums[i].name))
+			continue;
+		r = get_uint(p, v, path, nums[i].min, nums[i].max, false, &val);
+		if (r == 0) {
+			*(uint32_t *)((char *)h + nums[i].off) = (uint32_t)val;
+			h->set |= nums[i].bit;
+		}
+		return r;
+	}
+	return CFG_UNKNOWN;
+}
+
+static int parse_health(struct cfg_parse *p, yaml_node_t *v, const char *path,
+			struct cfg_health *h)
+{
+	if (v->type != YAML_MAPPING_NODE && !node_is_null(v))
+		return cfg_err(p, node_line(v), path,
+			       "must be a mapping such as { path: /healthz, interval_ms: 2000 }");
+	h->on = true;
+	return walk_map(p, v, path, health_pair, h);
+}
+
+/* A backend's health: its own keys, then the top-level ones, then the defaults. */
+static void health_merge(struct cfg_health *b, const struct cfg_health *top)
+{
+	struct cfg_health out = *top;
+
+	out.on = b->on || top->on;
+	if (b->set & CFG_HK_PATH)
+		memcpy(out.path, b->path, sizeof(out.path));
+	if (b->set & CFG_HK_HOST)
+		memcpy(out.host, b->host, sizeof(out.host));
+	if (b->set & CFG_HK_INTERVAL)
+		out.interval_ms = b->interval_ms;
+	if (b->set & CFG_HK_TIMEOUT)
+		out.timeout_ms = b->timeout_ms;
+	if (b->set & CFG_HK_RISE)
+		out.rise = b->rise;
+	if (b->set & CFG_HK_FALL)
+		out.fall = b->fall;
+	if (b->set & CFG_HK_SLOW_START)
+		out.slow_start_ms = b->slow_start_ms;
+	if (b->set & CFG_HK_EXPECT) {
+		out.expect_lo = b->expect_lo;
+		out.expect_hi = b->expect_hi;
+	}
+	out.set = b->set | top->set;
+	*b = out;
+}
+
 static int backend_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, const char *path,
 			void *arg)
 {
@@ -683,6 +813,10 @@ static int backend_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, co
 		if (r == 0)
 			b->weight = (uint32_t)w;
 		return r;
+	}
+	if (!strcmp(key, "health")) {
+		p->line_backend_health[b - p->cfg->backends] = node_line(v);
+		return parse_health(p, v, path, &b->health);
 	}
 	return CFG_UNKNOWN;
 }
@@ -701,6 +835,7 @@ static int add_backend(struct cfg_parse *p, yaml_node_t *n, const char *path)
 	b = &cfg->backends[cfg->backends_n];
 	memset(b, 0, sizeof(*b));
 	b->weight = 1;
+	p->line_backend_health[cfg->backends_n] = 0;
 	if (n->type == YAML_SCALAR_NODE && !node_is_null(n)) {
 		/* Shorthand: "- 127.0.0.1:9000" is { address: 127.0.0.1:9000, weight: 1 }. */
 		r = get_addr(p, n, path, &b->addr);
@@ -937,6 +1072,10 @@ static int top_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, const 
 		return walk_map(p, v, path, admin_pair, NULL);
 	if (!strcmp(key, "access_log"))
 		return parse_access_log(p, v, path);
+	if (!strcmp(key, "health")) {
+		p->line_health = node_line(v);
+		return parse_health(p, v, path, &p->cfg->health);
+	}
 	return CFG_UNKNOWN;
 }
 
@@ -971,6 +1110,23 @@ static int check_whole(struct cfg_parse *p)
 				return cfg_err(p, p->line_metrics, "admin.metrics",
 					       "%s is also a listen address (line %zu)",
 					       cfg->admin.metrics.text, p->line_listen[i]);
+	}
+	for (i = 0; i < cfg->backends_n; i++) {
+		struct cfg_health *h = &cfg->backends[i].health;
+		size_t line = p->line_backend_health[i] ? p->line_backend_health[i]
+							 : p->line_health;
+		char key[CFG_KEY_PATH_MAX];
+
+		health_merge(h, &cfg->health);
+		if (p->line_backend_health[i])
+			snprintf(key, sizeof(key), "backends[%u].health.timeout_ms", i);
+		else
+			snprintf(key, sizeof(key), "health.timeout_ms");
+		if (h->on && h->timeout_ms > h->interval_ms)
+			return cfg_err(p, line, key,
+				       "%u ms is longer than interval_ms (%u ms); one check runs at "
+				       "a time per backend",
+				       h->timeout_ms, h->interval_ms);
 	}
 	if (cfg->steering.weights_n && cfg->steering.weights_n != cfg->cores_n)
 		return cfg_err(p, p->line_weights, "steering.weights",
@@ -1030,6 +1186,14 @@ void config_defaults(struct config *cfg)
 
 	snprintf(cfg->admin.socket, sizeof(cfg->admin.socket), "/run/corral/corral.sock");
 	cfg->access_log.format = CFG_LOG_JSON;
+
+	snprintf(cfg->health.path, sizeof(cfg->health.path), "/");
+	cfg->health.interval_ms = CFG_DEF_HEALTH_INTERVAL_MS;
+	cfg->health.timeout_ms = CFG_DEF_HEALTH_TIMEOUT_MS;
+	cfg->health.rise = CFG_DEF_HEALTH_RISE;
+	cfg->health.fall = CFG_DEF_HEALTH_FALL;
+	cfg->health.expect_lo = CFG_DEF_HEALTH_EXPECT_LO;
+	cfg->health.expect_hi = CFG_DEF_HEALTH_EXPECT_HI;
 }
 
 static void yaml_error(struct cfg_parse *p, const yaml_parser_t *parser)

@@ -315,8 +315,8 @@ static void ups_abort_attached(struct worker *w, struct conn *c)
 		u->inflight++;
 	}
 	if (c->rs_state != RS_NONE && c->rs_state != RS_DONE) {
-		STAT_SET(w->bstats[c->backend].active, w->be_active[c->backend] - 1);
-		w->be_active[c->backend]--;
+		balance_inflight_dec(&w->bal, c->backend);
+		STAT_SET(w->bstats[c->backend].active, w->bal.inflight[c->backend]);
 	}
 }
 
@@ -453,6 +453,30 @@ static struct alog_str head_field(const char *h, size_t n, const char *name)
 	return r;
 }
 
+/*
+ * What can be read of a rejected request line in p[0..n): method, target and version, split
+ * at single spaces; a missing piece stays absent (NULL).
+ */
+static void rejected_line(const char *p, uint32_t n, struct alog_entry *e)
+{
+	const char *eol = p ? memchr(p, '\n', n) : NULL, *sp1, *sp2, *end;
+
+	e->protocol_unknown = true;
+	if (!p || n == 0)
+		return;
+	end = eol ? eol - (eol > p && eol[-1] == '\r') : p + n;
+	sp1 = memchr(p, ' ', (size_t)(end - p));
+	e->method = (struct alog_str){ p, (uint32_t)((sp1 ? sp1 : end) - p) };
+	if (!sp1)
+		return;
+	sp2 = memchr(sp1 + 1, ' ', (size_t)(end - sp1 - 1));
+	e->target = (struct alog_str){ sp1 + 1, (uint32_t)((sp2 ? sp2 : end) - sp1 - 1) };
+	if (eol && sp2 && sp2 + 1 < end) { /* a version only on a complete line */
+		e->protocol = (struct alog_str){ sp2 + 1, (uint32_t)(end - sp2 - 1) };
+		e->protocol_unknown = false;
+	}
+}
+
 /* One access-log line for the exchange that just ended with status. */
 static void conn_log(struct worker *w, struct conn *c, int status)
 {
@@ -481,12 +505,20 @@ static void conn_log(struct worker *w, struct conn *c, int status)
 		e.user_agent = head_field(h, n, "user-agent");
 		if (c->attempts)
 			e.upstream = w->d->backends[c->backend].addr;
+	} else if (c->rej_reason) {
+		rejected_line(c->rej_line, c->rej_len, &e);
 	}
+	e.reason = c->rej_reason;
 	e.version_minor = c->client_minor;
 	e.status = (uint16_t)status;
 	e.bytes_in = c->req_in_head_len + c->req_body.total;
 	e.bytes_out = c->x_bytes_out;
 	e.duration_us = c->req_start_ns ? (now_ns() - c->req_start_ns) / 1000 : 0;
+	if (c->hbuf_req == NIL && c->rej_reason) {
+		/* Rejected before an exchange began: nothing of a previous one applies. */
+		e.bytes_in = c->rej_len;
+		e.duration_us = 0;
+	}
 	if (alog_append(&w->alog, &e) == 1)
 		worker_log_flush(w);
 }
@@ -519,6 +551,13 @@ static void send_error(struct worker *w, struct conn *c, int status)
 	c->hbuf_resp = hb;
 	n = http_error_response(hbuf_addr(w, hb), w->hbuf_size, status, true);
 	BUG_ON(n <= 0);
+	if (c->req_is_head) {
+		/* RFC 9110 9.3.2: a response to HEAD ends at its head (Content-Length stays). */
+		const char *h = hbuf_addr(w, hb), *e = memmem(h, (size_t)n, "\r\n\r\n", 4);
+
+		BUG_ON(!e);
+		n = (int)(e + 4 - h);
+	}
 	c->resp_started = true;
 	c->resp_code = (uint16_t)status;
 	count_status(w, status);
@@ -535,6 +574,31 @@ static void upstream_fail(struct worker *w, struct conn *c, int status)
 	STAT_ADD(w->stats->upstream_errors, 1);
 	STAT_ADD(w->bstats[c->backend].errors, 1);
 	send_error(w, c, status);
+}
+
+/*
+ * Answers a request corral rejects (a bad or over-limit head, a bad body): its access-log
+ * line says what was read of it (head[0..n), when no exchange has begun) and why.
+ */
+static void req_reject(struct worker *w, struct conn *c, const char *head, uint32_t n, int status,
+		       const char *reason)
+{
+	c->rej_line = head;
+	c->rej_len = n;
+	c->rej_reason = reason ? reason : http_status_text(status);
+	if (c->hbuf_req == NIL)
+		c->x_bytes_out = 0;
+	send_error(w, c, status);
+	c->rej_line = NULL;
+	c->rej_len = 0;
+	c->rej_reason = NULL;
+}
+
+static void req_reject_src(struct worker *w, struct conn *c, const struct inbuf *src, int status,
+			   const char *reason)
+{
+	req_reject(w, c, src && src->len ? src->base + src->off : NULL, src ? src->len : 0, status,
+		   reason);
 }
 
 /* --- request side ------------------------------------------------------------------------------ */
@@ -632,7 +696,7 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 	c->attempts = 0;
 	c->no_pool = false;
 	c->last_err = 0;
-	c->tried = 0;
+	tried_clear(&c->tried);
 	c->resp_code = 0;
 	if (cfg->balance == CFG_BALANCE_HASH_URI)
 		c->hkey = XXH3_64bits(base + req->target.off, req->target.len);
@@ -641,13 +705,13 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 
 	hb = hbuf_get(w);
 	if (hb == NIL) {
-		send_error(w, c, 503);
+		req_reject(w, c, base, req->head_len, 503, "no head buffer free");
 		return false;
 	}
 	n = http_req_serialize(req, base, &fwd, hbuf_addr(w, hb), w->hbuf_size);
 	if (n < 0) {
 		hbuf_put(w, hb);
-		send_error(w, c, 431);
+		req_reject(w, c, base, req->head_len, 431, "head too large to forward");
 		return false;
 	}
 	c->hbuf_req = hb;
@@ -679,7 +743,7 @@ static void req_process(struct worker *w, struct conn *c)
 
 	src = head_src(w, &c->accum, &c->in);
 	if (!src) {
-		send_error(w, c, 431);
+		req_reject_src(w, c, &c->accum, 431, "request head over the buffer");
 		return;
 	}
 	if (src->len == 0) {
@@ -687,6 +751,8 @@ static void req_process(struct worker *w, struct conn *c)
 		c_arm_recv(w, c);
 		return;
 	}
+	/* Known before the head is complete, so that an error answer to a HEAD has no body. */
+	c->req_is_head = src->len >= 5 && memcmp(src->base + src->off, "HEAD ", 5) == 0;
 	r = http_req_parse(&req, src->base + src->off, src->len, &lim);
 	if (r == -EAGAIN) {
 		if (!head_keep(w, &c->accum, &c->in, src)) {
@@ -698,7 +764,7 @@ static void req_process(struct worker *w, struct conn *c)
 	}
 	if (r < 0) {
 		STAT_ADD(w->stats->parse_errors, 1);
-		send_error(w, c, req.status ? req.status : 400);
+		req_reject_src(w, c, src, req.status ? req.status : 400, req.reason);
 		return;
 	}
 	/* The head is parsed; what follows it is body or the next request. */
@@ -735,7 +801,8 @@ static void req_pump(struct worker *w, struct conn *c)
 		k = http_body_decode(&c->req_body, p, c->in.len, &payload);
 		if (k < 0) {
 			STAT_ADD(w->stats->parse_errors, 1);
-			send_error(w, c, k == -EFBIG ? 413 : 400);
+			req_reject(w, c, NULL, 0, k == -EFBIG ? 413 : 400,
+				   k == -EFBIG ? "body over the limit" : "invalid body framing");
 			return;
 		}
 		c->in.off += (uint32_t)k;
@@ -881,15 +948,15 @@ static void exchange_detach_ups(struct worker *w, struct conn *c)
 
 static void be_active_inc(struct worker *w, uint16_t b)
 {
-	w->be_active[b]++;
-	STAT_SET(w->bstats[b].active, w->be_active[b]);
+	balance_inflight_inc(&w->bal, b);
+	STAT_SET(w->bstats[b].active, w->bal.inflight[b]);
 	STAT_ADD(w->bstats[b].requests, 1);
 }
 
 static void be_active_dec(struct worker *w, uint16_t b)
 {
-	w->be_active[b]--;
-	STAT_SET(w->bstats[b].active, w->be_active[b]);
+	balance_inflight_dec(&w->bal, b);
+	STAT_SET(w->bstats[b].active, w->bal.inflight[b]);
 }
 
 /* Picks a backend and gets a connection to it: pooled, or a new connect. */
@@ -910,15 +977,24 @@ static void exchange_connect(struct worker *w, struct conn *c)
 		return;
 	}
 	c->attempts++;
-	bi = ups_pick(w, c, c->hkey, c->tried);
+	bi = balance_pick(s, w->d->backends, &w->bal, w->now_ms, c->hkey, &c->tried);
+	if (bi < 0 && c->attempts > 1) {
+		/* A retry found no other backend: the last one's failure (already counted) stands. */
+		c->attempts--;
+		send_error(w, c, c->last_err == 4 ? 504 : 502);
+		return;
+	}
 	if (bi < 0) {
-		upstream_fail(w, c, 503);
+		/* No backend is eligible: no backend's error, and none in the log (upstream: null). */
+		c->attempts = 0;
+		STAT_ADD(w->stats->no_backend, 1);
+		send_error(w, c, 503);
 		return;
 	}
 	be = &s->cfg.backends[bi];
 	id = (uint16_t)s->backend_id[bi];
 	c->backend = id;
-	c->tried |= 1ULL << (id & 63);
+	tried_add(&c->tried, id);
 	be_active_inc(w, id);
 
 	/* A pooled connection, unless this is a retry after a pooled one failed. */
@@ -1216,7 +1292,7 @@ static void resp_upstream_eof(struct worker *w, struct conn *c, int res)
 			c->rs_state = RS_NONE;
 			/* Not a failed attempt: the same backend, on a fresh connection. */
 			c->attempts--;
-			c->tried &= ~(1ULL << (c->backend & 63));
+			tried_del(&c->tried, c->backend);
 			c->no_pool = true;
 			STAT_ADD(w->stats->upstream_retries, 1);
 			exchange_connect(w, c);
@@ -1277,7 +1353,13 @@ static void exchange_end(struct worker *w, struct conn *c)
 	if (u) {
 		be_active_dec(w, c->backend);
 		c->ups = NIL;
-		if (c->ups_reusable && c->req_state == RQ_DONE && u->in.len == 0 && !u->closing)
+		/*
+		 * Idle ones never outnumber the connection table: bounds the upstream table (UPS_CAP)
+		 * and the pool's fds. Bounding them by the clients open right now instead made one
+		 * client balanced over two backends close and reopen every other connection.
+		 */
+		if (c->ups_reusable && c->req_state == RQ_DONE && u->in.len == 0 && !u->closing &&
+		    w->stats->pool_idle < w->conn_cap)
 			pool_put(w, u);
 		else
 			ups_close(w, u);
@@ -1469,15 +1551,14 @@ void conn_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int 
 
 	BUG_ON(idx >= w->conn_cap);
 	c = &w->conns[idx];
-	if (!c->active || c->gen != gen) {
-		/* Cannot happen: a slot is freed only when nothing is in flight. */
+	/* Cannot happen: a slot is freed only when nothing is in flight. */
+	if (CHECK_IF(!c->active || c->gen != gen)) {
 		int32_t bid = cqe_bid(res, flags);
 
 		if (bid >= 0) {
 			w->bufs_out++;
 			buf_put(w, bid);
 		}
-		log_err("worker %u: stale completion op %d for slot %u", w->id, op, idx);
 		return;
 	}
 	BUG_ON(c->inflight == 0);
@@ -1573,9 +1654,9 @@ void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int r
 	u = &w->ups[idx];
 	if (bid >= 0)
 		w->bufs_out++;
-	if (u->gen != gen || u->fd < 0) {
+	/* Cannot happen: an upstream slot is freed only when nothing is in flight. */
+	if (CHECK_IF(u->gen != gen || u->fd < 0)) {
 		buf_put(w, bid);
-		log_err("worker %u: stale upstream completion op %d for %u", w->id, op, idx);
 		return;
 	}
 	BUG_ON(u->inflight == 0);
@@ -1662,7 +1743,8 @@ void conn_on_timeout(struct worker *w, uint32_t idx, enum tclass cls)
 		partial = c->accum.hbuf != NIL || c->in.len > 0;
 		STAT_ADD(w->stats->timeouts, 1);
 		if (partial)
-			send_error(w, c, 408);
+			req_reject_src(w, c, c->accum.hbuf != NIL ? &c->accum : &c->in, 408,
+				       "request head timeout");
 		else
 			conn_abort(w, c);
 		break;

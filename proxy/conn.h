@@ -2,6 +2,7 @@
 #ifndef CORRAL_CONN_H
 #define CORRAL_CONN_H
 
+#include "balance.h"
 #include "worker.h"
 
 /* A new client socket from accept: takes a slot or answers 503 and closes. */
@@ -20,12 +21,5 @@ void conn_stop_all(struct worker *w, bool force);
 /* Upstream pool maintenance on each tick: close idle connections past upstream_idle_ms. */
 void ups_pool_expire(struct worker *w);
 void ups_pool_close_all(struct worker *w);
-
-/*
- * Backend choice (ups.c) by the snapshot's balance policy among usable backends (weight > 0,
- * enabled, not parked by passive health, not in tried: bit id % 64). hkey is the hash key for
- * hash-uri / hash-client. Returns a backend index in the snapshot, or -1 if none is usable.
- */
-int ups_pick(struct worker *w, struct conn *c, uint64_t hkey, uint64_t tried);
 
 #endif

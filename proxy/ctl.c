@@ -127,7 +127,7 @@ static json_t *ctl_counters_json(const struct stats_worker *s, uint64_t steered,
 	return json_pack(
 		"{s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:I,"
 		" s:{s:I, s:I, s:I, s:I, s:I}, s:I, s:I, s:I, s:I,"
-		" s:{s:I, s:I, s:I}, s:{s:I, s:I, s:I}, s:I, s:f, s:I}",
+		" s:{s:I, s:I, s:I}, s:{s:I, s:I, s:I}, s:I, s:f, s:I, s:I}",
 		"conns_active", (json_int_t)s->conns_active, "conns_accepted",
 		(json_int_t)s->conns_accepted, "conns_rejected", (json_int_t)s->conns_rejected,
 		"steered", (json_int_t)steered, "requests", (json_int_t)s->requests, "rps",
@@ -143,7 +143,8 @@ static json_t *ctl_counters_json(const struct stats_worker *s, uint64_t steered,
 		(json_int_t)stats_percentile(s->lat_us, 0.999), "pool", "idle",
 		(json_int_t)s->pool_idle, "hits", (json_int_t)s->pool_hits, "misses",
 		(json_int_t)s->pool_misses, "accept_queue", (json_int_t)accept_queue, "cpu_pct",
-		ctl_round(cpu_pct, 0.1), "latency_count", (json_int_t)stats_lat_count(s));
+		ctl_round(cpu_pct, 0.1), "latency_count", (json_int_t)stats_lat_count(s),
+		"no_backend", (json_int_t)s->no_backend);
 }
 
 static json_t *ctl_steering_json(const struct ctl *c)
@@ -273,13 +274,29 @@ static json_t *ctl_backends(struct ctl *c)
 		if (c->ops->backend(c->ops->ctx, i, &b) < 0)
 			continue;
 		b.addr[sizeof(b.addr) - 1] = '\0';
-		json_array_append_new(
-			arr,
-			json_pack("{s:s, s:I, s:s, s:I, s:I, s:I, s:I}", "addr", b.addr, "weight",
-				  (json_int_t)b.weight, "state", ctl_backend_state(&b), "active",
-				  (json_int_t)b.active, "requests", (json_int_t)b.requests,
-				  "errors", (json_int_t)b.errors, "latency_us",
-				  (json_int_t)(b.requests ? b.lat_sum_us / b.requests : 0)));
+		json_t *o = json_pack("{s:s, s:I, s:s, s:I, s:I, s:I, s:I}", "addr", b.addr,
+				      "weight", (json_int_t)b.weight, "state",
+				      ctl_backend_state(&b), "active", (json_int_t)b.active,
+				      "requests", (json_int_t)b.requests, "errors",
+				      (json_int_t)b.errors, "latency_us",
+				      (json_int_t)(b.requests ? b.lat_sum_us / b.requests : 0));
+
+		if (!o)
+			continue;
+		b.reason[sizeof(b.reason) - 1] = '\0';
+		b.check_result[sizeof(b.check_result) - 1] = '\0';
+		json_object_set_new(o, "reason", json_string(b.reason));
+		json_object_set_new(o, "checks_on", json_boolean(b.checks_on));
+		json_object_set_new(o, "checks", json_integer((json_int_t)b.checks));
+		json_object_set_new(o, "checks_failed", json_integer((json_int_t)b.checks_failed));
+		json_object_set_new(o, "transitions", json_integer((json_int_t)b.transitions));
+		/* The last check: null until one has finished. */
+		json_object_set_new(o, "last_check",
+				    b.checked ? json_pack("{s:b, s:s, s:I}", "ok", b.check_ok,
+							  "result", b.check_result, "age_ms",
+							  (json_int_t)b.check_age_ms)
+					      : json_null());
+		json_array_append_new(arr, o);
 	}
 	return json_pack("{s:b, s:o}", "ok", 1, "backends", arr);
 }

@@ -5,6 +5,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <pthread.h>
+#include "bug.h"
+#include "balance-t.h"
 #include "config-t.h"
 #include "stats-t.h"
 
@@ -12,14 +14,6 @@
 
 struct worker;
 struct steer;
-
-/*
- * Backend ids index the backend table and every worker's per-backend pools and counters. Twice
- * the config's limit: a reload that replaces every backend of a full config still finds ids
- * that the live snapshot does not use, so an id is never reused while a snapshot naming it may
- * still be read.
- */
-#define BACKEND_IDS_MAX (2 * CFG_BACKENDS_MAX)
 
 /*
  * CROSS-THREAD (shared-only pool 2, backend health and weights): one entry per backend id.
@@ -35,6 +29,7 @@ struct backend_rt {
 	uint32_t weight;	/* effective weight (config weight, or corralctl's override) */
 	uint32_t enabled;	/* 0 = disabled by the operator */
 	uint64_t down_until_ms; /* passive health, set by the main thread: skip until then */
+	uint32_t down;		/* 1 = marked down by proxy/health.c: no new requests */
 	char addr[64];
 	/* main thread only */
 	uint32_t gen;		  /* generation of the current assignment; 0 = id free */
@@ -75,6 +70,7 @@ struct daemon {
 	char steer_err[256]; /* why steering is off, when it is */
 	int listen_fds[CFG_CORES_MAX][CFG_LISTEN_MAX];
 	uint16_t listen_port[CFG_LISTEN_MAX];
+	int listen_backlog; /* for every listen(), the re-listen after an undrain too */
 	uint64_t start_ms;
 	int alog_fd; /* access log, shared O_APPEND fd; -1 = off */
 	volatile int stopping;
@@ -89,14 +85,6 @@ void log_msg(const char *level, const char *fmt, ...) __attribute__((format(prin
 #define log_info(...) log_msg("info", __VA_ARGS__)
 #define log_warn(...) log_msg("warn", __VA_ARGS__)
 #define log_err(...)  log_msg("error", __VA_ARGS__)
-
-/* Always-on assertion (TigerBeetle/HAProxy BUG_ON style): a broken invariant aborts. */
-#define BUG_ON(cond)                                                                               \
-	do {                                                                                       \
-		if (__builtin_expect(!!(cond), 0))                                                 \
-			bug_fail(#cond, __FILE__, __LINE__);                                       \
-	} while (0)
-void bug_fail(const char *what, const char *file, int line) __attribute__((noreturn));
 
 /* Relaxed single-writer counter helpers for stats blocks. */
 #define STAT_ADD(field, n) __atomic_store_n(&(field), (field) + (n), __ATOMIC_RELAXED)

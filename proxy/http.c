@@ -352,10 +352,13 @@ static bool host_valid(const char *s, size_t n)
 /* Methods ---------------------------------------------------------------------------- */
 
 /*
- * The methods corral forwards: llhttp's HTTP method table (so that both parsers agree),
- * minus CONNECT (corral is not a forward proxy: 501). Unknown methods that are valid tokens
- * (including lower-case spellings: methods are case-sensitive) get 501 Not Implemented,
- * which is what RFC 9110 9.1 asks for; a method that is not even a token is a 400.
+ * Any token is a method (RFC 9110 9.1: methods are extensible) and is forwarded, except
+ * CONNECT (corral is not a forward proxy) and PRI (the HTTP/2 preface): 501. A method that
+ * is not a token is a 400. llhttp 8.1 only knows the methods of its own table, so this table
+ * is used only to give a known method its llhttp id (HEAD, idempotence, and the gate's
+ * agreement check); a method outside it is METHOD_EXT and is shown to the llhttp gate as
+ * POST, which frames a request exactly like any other method (Content-Length or chunked, or
+ * no body). Methods are case-sensitive: "get" is an extension method, not GET.
  */
 static const struct {
 	const char *name;
@@ -366,12 +369,15 @@ static const struct {
 #undef XX
 };
 
+/* An extension method: one outside llhttp's table. Non-idempotent, never HEAD. */
+#define METHOD_EXT (-1)
+
 static int method_lookup(const char *s, size_t n)
 {
 	for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
 		if (strlen(methods[i].name) == n && memcmp(methods[i].name, s, n) == 0)
 			return methods[i].id;
-	return -1;
+	return METHOD_EXT;
 }
 
 /* Head framing ------------------------------------------------------------------------ */
@@ -562,14 +568,17 @@ static const llhttp_settings_t gate_settings = {
  * upgrade. Returns 0 when llhttp accepted the head and agrees on the fields counted.
  */
 static int gate_run(llhttp_t *p, enum llhttp_type type, const char *buf, size_t head_len,
-		    uint32_t nfields)
+		    uint32_t nfields, size_t ext_method_len)
 {
 	struct gate g = { 0 };
 	llhttp_errno_t err;
 
 	llhttp_init(p, type, &gate_settings);
 	p->data = &g;
-	err = llhttp_execute(p, buf, head_len);
+	/* An extension method (ext_method_len > 0) is fed to llhttp as POST, the rest as is. */
+	err = ext_method_len ? llhttp_execute(p, "POST", 4) : HPE_OK;
+	if (err == HPE_OK)
+		err = llhttp_execute(p, buf + ext_method_len, head_len - ext_method_len);
 	if (err != HPE_OK && err != HPE_PAUSED_UPGRADE)
 		return -1;
 	if (!g.headers_done || g.nfields != nfields)
@@ -634,8 +643,8 @@ static int req_line(struct http_req *req, const char *buf, size_t le, int *metho
 		return fail(e, 400, "malformed HTTP version");
 	}
 	*method_id = method_lookup(buf + moff, mlen);
-	if (*method_id < 0)
-		return fail(e, 501, "unknown method");
+	if (mlen == 3 && memcmp(buf + moff, "PRI", 3) == 0)
+		return fail(e, 501, "PRI is the HTTP/2 connection preface");
 	if (*method_id == HTTP_CONNECT)
 		return fail(e, 501, "CONNECT is not supported (not a forward proxy)");
 	if (!all_of(buf + toff, tlen, C_TARGET))
@@ -824,7 +833,9 @@ int http_req_parse(struct http_req *req, const char *buf, size_t len, const stru
 		req->framing = HTTP_BODY_LENGTH;
 	}
 
-	if (gate_run(&lp, HTTP_REQUEST, buf, (size_t)hl, req->nhdr) || lp.method != method_id ||
+	if (gate_run(&lp, HTTP_REQUEST, buf, (size_t)hl, req->nhdr,
+		     method_id == METHOD_EXT ? req->method.len : 0) ||
+	    lp.method != (method_id == METHOD_EXT ? HTTP_POST : method_id) ||
 	    lp.http_major != 1 || lp.http_minor != req->version_minor ||
 	    !gate_framing_agrees(&lp, nte > 0, ncl > 0, req->content_length)) {
 		ret = fail(&e, 400, "rejected by llhttp");
@@ -939,7 +950,7 @@ int http_resp_parse(struct http_resp *resp, const char *buf, size_t len,
 		goto err;
 	}
 
-	if (gate_run(&lp, HTTP_RESPONSE, buf, (size_t)hl, resp->nhdr) ||
+	if (gate_run(&lp, HTTP_RESPONSE, buf, (size_t)hl, resp->nhdr, 0) ||
 	    lp.status_code != resp->code || lp.http_major != 1 ||
 	    lp.http_minor != resp->version_minor ||
 	    !gate_framing_agrees(&lp, nte > 0, ncl > 0, resp->content_length)) {

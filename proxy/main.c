@@ -19,13 +19,14 @@
 #include "admin.h"
 #include "config.h"
 #include "daemon.h"
+#include "constants.h"
+#include "health.h"
+#include "sdnotify.h"
 #include "stats.h"
 #include "steer.h"
 #include "worker.h"
 
 #define DEFAULT_CONFIG "/etc/corral/corral.yaml"
-/* Listen backlog when net.core.somaxconn cannot be read (the kernel's default since 5.4). */
-#define LISTEN_BACKLOG_FALLBACK 4096
 
 static struct daemon D;
 /*
@@ -36,6 +37,7 @@ static struct daemon D;
 static bool join_live_group;
 static char config_path[CFG_PATH_MAX] = DEFAULT_CONFIG;
 static uint64_t snap_version;
+static struct health *HC; /* active health checks; NULL if it could not be set up */
 
 static void usage(FILE *f)
 {
@@ -194,6 +196,8 @@ static int listen_addrs_check(const struct config *cfg)
 static int listeners_create(const struct config *cfg)
 {
 	int backlog = listen_backlog(cfg);
+
+	D.listen_backlog = backlog;
 	char text[80];
 
 	log_info("listen backlog %d (%s)", backlog,
@@ -442,7 +446,28 @@ static void restart_only_keep(struct config *cfg)
 	}
 }
 
+static int do_reload_cfg(char *err, size_t errlen);
+
+/*
+ * systemd: RELOADING=1 with the monotonic time (systemd >= 253 wants it to tell this reload
+ * from an older one), then READY=1 whether the new file was taken or refused, since the old
+ * configuration goes on serving either way.
+ */
 static int do_reload(char *err, size_t errlen)
+{
+	char msg[96];
+	int r;
+
+	snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
+		 (unsigned long long)(now_ns() / 1000));
+	sdnotify_send(msg);
+	r = do_reload_cfg(err, errlen);
+	sdnotify_send(r == 0 ? "READY=1\nSTATUS=serving (configuration reloaded)"
+			     : "READY=1\nSTATUS=serving (reload refused, old configuration kept)");
+	return r;
+}
+
+static int do_reload_cfg(char *err, size_t errlen)
 {
 	struct config *cfg = malloc(sizeof(*cfg));
 	struct snapshot *s;
@@ -463,6 +488,7 @@ static int do_reload(char *err, size_t errlen)
 		return -ENOMEM;
 	steering_apply(&s->cfg);
 	snapshot_publish(s);
+	health_sync(HC, s);
 	if (reload_restart_keys[0])
 		log_warn("configuration reloaded (version %llu, %u backends); changed but not "
 			 "applied until a restart: %s",
@@ -589,7 +615,9 @@ static uint32_t op_backends_n(void *ctx)
 static int op_backend(void *ctx, uint32_t i, struct admin_backend *out)
 {
 	const struct snapshot *s = D.snap;
+	struct health_view hv;
 	struct backend_rt *b;
+	uint64_t now = now_ms();
 	uint32_t id;
 
 	if (i >= s->cfg.backends_n)
@@ -600,7 +628,18 @@ static int op_backend(void *ctx, uint32_t i, struct admin_backend *out)
 	snprintf(out->addr, sizeof(out->addr), "%s", b->addr);
 	out->weight = __atomic_load_n(&b->weight, __ATOMIC_RELAXED);
 	out->enabled = __atomic_load_n(&b->enabled, __ATOMIC_RELAXED);
-	out->healthy = __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED) <= now_ms();
+	out->healthy = !__atomic_load_n(&b->down, __ATOMIC_RELAXED) &&
+		       __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED) <= now;
+	health_view(HC, id, &hv);
+	out->checks_on = hv.checks_on;
+	out->checked = hv.checked;
+	out->check_ok = hv.last_ok;
+	out->check_age_ms = hv.checked ? now - hv.last_ms : 0;
+	snprintf(out->check_result, sizeof(out->check_result), "%s", hv.last_result);
+	snprintf(out->reason, sizeof(out->reason), "%s", hv.reason);
+	out->checks = hv.checks;
+	out->checks_failed = hv.checks_failed;
+	out->transitions = hv.transitions;
 	for (uint32_t w = 0; w < D.workers_n; w++) {
 		const struct stats_backend *sb = &D.workers[w]->bstats[id];
 
@@ -779,6 +818,37 @@ static const char *op_reload_restart_keys(void *ctx)
 	return reload_restart_keys;
 }
 
+static bool op_accepting(void *ctx)
+{
+	return !D.stopping;
+}
+
+/*
+ * A worker ticks every 10 ms and stamps each tick; one whose stamp is this old is stuck (or
+ * gone). Generous, because a liveness failure gets the process killed.
+ */
+#define HEARTBEAT_STALE_MS 5000
+/* Workers that finished their graceful stop (joined): no heartbeat expected from them. */
+static bool worker_done[CFG_CORES_MAX];
+
+static int op_alive(void *ctx, char *why, size_t whylen)
+{
+	uint64_t now = now_ms();
+
+	for (uint32_t i = 0; i < D.workers_n; i++) {
+		uint64_t hb = STAT_GET(D.workers[i]->stats->heartbeat_ms);
+
+		if (worker_done[i])
+			continue;
+		if (hb + HEARTBEAT_STALE_MS < now) {
+			snprintf(why, whylen, "worker %u: no heartbeat for %llu ms", i,
+				 (unsigned long long)(now - hb));
+			return -1;
+		}
+	}
+	return 0;
+}
+
 static const struct admin_ops ADMIN_OPS = {
 	.version = CORRAL_VERSION,
 	.cores_n = op_cores_n,
@@ -797,6 +867,8 @@ static const struct admin_ops ADMIN_OPS = {
 	.backend_weight = op_backend_weight,
 	.reload = op_reload,
 	.reload_restart_keys = op_reload_restart_keys,
+	.accepting = op_accepting,
+	.alive = op_alive,
 };
 
 /* --- main ----------------------------------------------------------------------------------------- */
@@ -826,6 +898,7 @@ int main(int argc, char **argv)
 	char err[512];
 	bool check = false;
 	sigset_t sigs;
+	uint64_t wd_ms = 0, wd_last = 0;
 	int sfd, opt, r, rc = 0;
 
 	while ((opt = getopt_long(argc, argv, "c:tVh", opts, NULL)) != -1) {
@@ -880,6 +953,10 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	raise_nofile();
+	r = sdnotify_open();
+	if (r < 0)
+		log_warn("systemd notify socket $NOTIFY_SOCKET: %s (running without notify)",
+			 strerror(-r));
 	D.start_ms = now_ms();
 	D.alog_fd = -1;
 	if (cfg->access_log.on) {
@@ -957,19 +1034,37 @@ int main(int argc, char **argv)
 			met = NULL;
 		}
 	}
+	r = health_open(&HC, &D);
+	if (r < 0) {
+		log_err("health checks: %s", strerror(-r));
+		HC = NULL;
+	}
+	health_sync(HC, D.snap);
 	log_info("ready: %u workers, %u backends, balance %s", D.workers_n, cfg->backends_n,
 		 config_balance_name(cfg->balance));
+	/* Every worker has armed its accepts (worker_start waited for each): ready for real. */
+	snprintf(err, sizeof(err), "READY=1\nSTATUS=serving, %u workers\nMAINPID=%d", D.workers_n,
+		 (int)getpid());
+	sdnotify_send(err);
+	wd_ms = sdnotify_watchdog_ms();
+	wd_last = now_ms();
 
 	for (;;) {
-		struct pollfd pf[3] = { { .fd = sfd, .events = POLLIN },
+		struct pollfd pf[4] = { { .fd = sfd, .events = POLLIN },
 					{ .fd = ctl ? ctl_fd(ctl) : -1, .events = POLLIN },
-					{ .fd = met ? metrics_fd(met) : -1, .events = POLLIN } };
+					{ .fd = met ? metrics_fd(met) : -1, .events = POLLIN },
+					{ .fd = health_fd(HC), .events = POLLIN } };
 		struct signalfd_siginfo si;
 
 		/* 100 ms: the passive-health scan's period. */
-		if (poll(pf, 3, 100) < 0 && errno != EINTR)
+		if (poll(pf, 4, 100) < 0 && errno != EINTR)
 			break;
 		health_scan();
+		health_service(HC);
+		if (wd_ms && now_ms() - wd_last >= wd_ms && op_alive(NULL, err, sizeof(err)) == 0) {
+			wd_last = now_ms();
+			sdnotify_send("WATCHDOG=1");
+		}
 		if (pf[1].revents)
 			ctl_service(ctl);
 		if (pf[2].revents)
@@ -996,12 +1091,30 @@ int main(int argc, char **argv)
 		break;
 	}
 	D.stopping = 1;
+	sdnotify_send("STOPPING=1\nSTATUS=draining connections");
 	for (uint32_t i = 0; i < D.workers_n; i++)
 		worker_request_stop(D.workers[i]);
-	for (uint32_t i = 0; i < D.workers_n; i++)
-		worker_join(D.workers[i]);
+	/* While requests finish, /ready answers 503, /healthz and the control socket still work. */
+	for (uint32_t left = D.workers_n; left;) {
+		struct pollfd pf[2] = { { .fd = ctl ? ctl_fd(ctl) : -1, .events = POLLIN },
+					{ .fd = met ? metrics_fd(met) : -1, .events = POLLIN } };
+		if (poll(pf, 2, 20) > 0) {
+			if (pf[0].revents)
+				ctl_service(ctl);
+			if (pf[1].revents)
+				metrics_service(met);
+		}
+		left = 0;
+		for (uint32_t i = 0; i < D.workers_n; i++) {
+			if (!worker_done[i] && pthread_tryjoin_np(D.workers[i]->thread, NULL) == 0)
+				worker_done[i] = true;
+			left += !worker_done[i];
+		}
+	}
 	log_info("stopped");
 out_workers:
+	health_close(HC);
+	HC = NULL;
 	ctl_close(ctl);
 	metrics_close(met);
 	for (uint32_t i = 0; i < D.workers_n; i++)
@@ -1015,6 +1128,7 @@ out_steer:
 	free(D.snap);
 	free(cfg);
 	close(sfd);
+	sdnotify_close();
 	if (D.alog_fd >= 0)
 		close(D.alog_fd);
 	return rc;

@@ -154,6 +154,8 @@ static const struct metrics_field metrics_fields[] = {
 	   "Upstream connect failures, resets, timeouts and bad responses.", upstream_errors),
 	MF("corral_upstream_retries_total", "counter", "Requests retried on another upstream.",
 	   upstream_retries),
+	MF("corral_no_backend_total", "counter",
+	   "Requests answered 503 because no backend was eligible.", no_backend),
 	MF("corral_upstream_pool_idle", "gauge", "Idle keep-alive upstream connections.",
 	   pool_idle),
 	MF("corral_upstream_pool_hits_total", "counter",
@@ -227,6 +229,9 @@ static void metrics_render(struct metrics *m, struct metrics_buf *b)
 		mb_printf(b, "corral_steering_fallbacks_total %llu\n",
 			  (unsigned long long)ops->steer_fallbacks(ops->ctx));
 	}
+	metrics_head(b, "corral_internal_checks_total", "counter",
+		     "Cannot-happen conditions corral detected and recovered from (CHECK_IF).");
+	mb_printf(b, "corral_internal_checks_total %llu\n", (unsigned long long)bug_checks_total());
 
 	metrics_head(b, "corral_core_draining", "gauge", "1 while the core is drained.");
 	for (i = 0; i < n; i++)
@@ -321,6 +326,10 @@ static void metrics_render(struct metrics *m, struct metrics_buf *b)
 			  "Connect failures, resets, timeouts and bad responses." },
 			{ "corral_backend_latency_seconds_total", "counter",
 			  "Sum of request latencies through the backend." },
+			{ "corral_backend_health_checks_total", "counter",
+			  "Active health checks finished (result=ok|failed)." },
+			{ "corral_backend_state_changes_total", "counter",
+			  "Changes between up and down (checks or traffic)." },
 		};
 		struct admin_backend *be = calloc(nb, sizeof(*be));
 		bool *bok = calloc(nb, sizeof(*bok));
@@ -342,6 +351,18 @@ static void metrics_render(struct metrics *m, struct metrics_buf *b)
 
 				if (!bok[i])
 					continue;
+				if (f == 6) {
+					/* Two series each: ok and failed checks. */
+					mb_printf(b, "%s{backend=\"", bf[f].name);
+					mb_label(b, x->addr);
+					mb_printf(b, "\",result=\"ok\"} %llu\n",
+						  (unsigned long long)(x->checks - x->checks_failed));
+					mb_printf(b, "%s{backend=\"", bf[f].name);
+					mb_label(b, x->addr);
+					mb_printf(b, "\",result=\"failed\"} %llu\n",
+						  (unsigned long long)x->checks_failed);
+					continue;
+				}
 				mb_printf(b, "%s{backend=\"", bf[f].name);
 				mb_label(b, x->addr);
 				mb_printf(b, "\"} ");
@@ -360,6 +381,9 @@ static void metrics_render(struct metrics *m, struct metrics_buf *b)
 					break;
 				case 4:
 					mb_printf(b, "%llu\n", (unsigned long long)x->errors);
+					break;
+				case 7:
+					mb_printf(b, "%llu\n", (unsigned long long)x->transitions);
 					break;
 				default:
 					mb_printf(b, "%llu.%06llu\n",
@@ -401,10 +425,27 @@ static void metrics_answer(struct metrics *m, struct metrics_conn *mc)
 		mb_printf(&body, "only GET and HEAD\n");
 		goto send;
 	}
+	if ((tlen == 6 && !memcmp(sp1 + 1, "/ready", 6)) ||
+	    (tlen > 6 && !memcmp(sp1 + 1, "/ready?", 7))) {
+		bool ok = !m->ops->accepting || m->ops->accepting(m->ops->ctx);
+
+		status = ok ? "200 OK" : "503 Service Unavailable";
+		mb_printf(&body, ok ? "ready\n" : "draining\n");
+		goto send;
+	}
+	if ((tlen == 8 && !memcmp(sp1 + 1, "/healthz", 8)) ||
+	    (tlen > 8 && !memcmp(sp1 + 1, "/healthz?", 9))) {
+		char why[ADMIN_ERR_MAX] = "";
+		bool ok = !m->ops->alive || m->ops->alive(m->ops->ctx, why, sizeof(why)) == 0;
+
+		status = ok ? "200 OK" : "503 Service Unavailable";
+		mb_printf(&body, "%s\n", ok ? "ok" : why);
+		goto send;
+	}
 	if (!((tlen == 8 && !memcmp(sp1 + 1, "/metrics", 8)) ||
 	      (tlen > 8 && !memcmp(sp1 + 1, "/metrics?", 9)))) {
 		status = "404 Not Found";
-		mb_printf(&body, "see /metrics\n");
+		mb_printf(&body, "see /metrics, /ready or /healthz\n");
 		goto send;
 	}
 	metrics_render(m, &body);

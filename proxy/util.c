@@ -1,4 +1,4 @@
-/* Small process-wide helpers: clocks, logging, the always-on assertion. */
+/* Small process-wide helpers: clocks, logging, the assertion tiers of bug.h. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,4 +48,22 @@ void bug_fail(const char *what, const char *file, int line)
 {
 	log_msg("BUG", "%s:%d: assertion failed: %s", file, line, what);
 	abort();
+}
+
+/* CROSS-THREAD: any thread adds (relaxed RMW: hits are rare), the metrics thread reads. */
+static uint64_t bug_checks;
+
+void bug_check_hit(int *logged, const char *what, const char *file, int line)
+{
+	__atomic_add_fetch(&bug_checks, 1, __ATOMIC_RELAXED);
+	if (__atomic_exchange_n(logged, 1, __ATOMIC_RELAXED) == 0)
+		log_msg("error",
+			"%s:%d: check failed: %s (logged once; counted in "
+			"corral_internal_checks_total; please report)",
+			file, line, what);
+}
+
+uint64_t bug_checks_total(void)
+{
+	return __atomic_load_n(&bug_checks, __ATOMIC_RELAXED);
 }

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <liburing.h>
+#include "balance-t.h"
 #include "config-t.h"
 #include "daemon.h"
 #include "http-t.h"
@@ -140,7 +141,7 @@ struct conn {
 	bool end_pending;     /* response ended while the last request send was in flight */
 	bool ups_recv_wanted; /* waiting in the no-buffer queue for an upstream recv */
 	uint32_t req_head_len;
-	uint64_t tried;		 /* backend ids tried for this request (bit = id % 64) */
+	struct tried_set tried;	 /* backend ids tried for this request */
 	uint64_t hkey;		 /* hash key for hash-uri / hash-client */
 	uint16_t pending_status; /* error response to send, 0 = none */
 	uint32_t requests;	 /* served on this connection */
@@ -167,6 +168,9 @@ struct conn {
 	uint64_t x_bytes_in;	  /* this exchange's bytes from the client (access log) */
 	uint64_t x_bytes_out;	  /* this exchange's bytes to the client (access log) */
 	uint32_t req_in_head_len; /* bytes of the client's request head */
+	const char *rej_line;	  /* a rejected head's bytes, while its error is logged */
+	uint32_t rej_len;
+	const char *rej_reason; /* why the request is rejected (a static string), or NULL */
 	union {
 		struct sockaddr_in6 v6;
 		struct sockaddr_in v4;

@@ -1,6 +1,7 @@
 /* The per-core worker: its io_uring loop, listeners, buffer ring, slot tables, timers and control. */
 #include <errno.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -10,14 +11,9 @@
 #include <sys/socket.h>
 #include <urcu-qsbr.h>
 #include "conn.h"
+#include "constants.h"
 #include "steer.h"
 #include "worker.h"
-
-/* Timer tick: the resolution of every timeout (and of the header deadline). */
-#define TICK_MS 10
-/* Free receive buffers kept back from the no-buffer wait queue, so accepts and upstream
- * reads of running exchanges are not starved by a wave of new reads. */
-#define BUF_RESERVE 8
 
 static void *map_zero(size_t bytes)
 {
@@ -51,12 +47,12 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 		w->listen_fd[i] = d->listen_fds[id][i];
 
 	w->conn_cap = l->connections_per_core;
-	w->nbufs = pow2_floor(l->buffers_per_core > 32768 ? 32768 : l->buffers_per_core);
+	w->nbufs = pow2_floor(l->buffers_per_core);
 	w->buf_size = l->buffer_bytes;
-	w->hbuf_size = (l->header_bytes_max + w->buf_size + 1024 + 4095) & ~4095u;
-	w->hbuf_n = 2 * w->conn_cap + 64;
-	w->ups_cap = w->conn_cap + 1024;
-	w->hdr_cap = l->headers_max + 1;
+	w->hbuf_size = HBUF_SIZE(l->header_bytes_max, w->buf_size);
+	w->hbuf_n = HBUF_COUNT(w->conn_cap);
+	w->ups_cap = UPS_CAP(w->conn_cap);
+	w->hdr_cap = HDR_SCRATCH(l->headers_max);
 
 	w->conns = map_zero((size_t)w->conn_cap * sizeof(struct conn));
 	w->conn_next_free = calloc(w->conn_cap, sizeof(uint32_t));
@@ -315,7 +311,7 @@ static void apply_drain(struct worker *w, bool drained)
 		listeners_shutdown(w);
 	} else {
 		for (uint32_t i = 0; i < w->listen_n; i++) {
-			if (listen(w->listen_fd[i], SOMAXCONN) < 0) {
+			if (listen(w->listen_fd[i], w->d->listen_backlog) < 0) {
 				log_err("worker %u: re-listen: %s", w->id, strerror(errno));
 				continue;
 			}
@@ -371,11 +367,12 @@ static void on_tick(struct worker *w)
 	struct timespec ts;
 	uint64_t now = now_ns();
 
+	STAT_SET(w->stats->heartbeat_ms, w->now_ms);
 	timers_run(w);
 	ups_pool_expire(w);
 	if (w->alog_fd >= 0 && alog_pending(&w->alog))
 		worker_log_flush(w);
-	if (w->now_ms - w->last_tick_ms >= 100) {
+	if (w->now_ms - w->last_tick_ms >= HOUSEKEEP_MS) {
 		uint64_t interval = (w->now_ms - w->last_tick_ms) * 1000000ULL;
 
 		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -415,14 +412,11 @@ static void on_accept(struct worker *w, uint32_t li, int res, uint32_t flags)
 
 static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 {
-	uint64_t ud = cqe->user_data;
-	enum wop op = (enum wop)(ud & 0xff);
-	uint32_t idx = (uint32_t)(ud >> 8) & 0xffffff;
-	uint32_t gen = (uint32_t)(ud >> 32);
+	struct ud ud = ud_unpack(cqe->user_data);
 
-	switch (op) {
+	switch (ud.op) {
 	case OP_ACCEPT:
-		on_accept(w, idx, cqe->res, cqe->flags);
+		on_accept(w, ud.idx, cqe->res, cqe->flags);
 		break;
 	case OP_TICK:
 		on_tick(w);
@@ -441,7 +435,7 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 		if (r == 1)
 			worker_log_flush(w);
 		/* A failing log (full disk) is said once per 10 s per core, not per line. */
-		if (r < 0 && w->now_ms - w->log_warned_ms >= 10000) {
+		if (r < 0 && w->now_ms - w->log_warned_ms >= LOG_WARN_INTERVAL_MS) {
 			w->log_warned_ms = w->now_ms;
 			log_warn("worker %u: access log write: %s (%llu lines dropped so far)", w->id,
 				 strerror(-r), (unsigned long long)w->alog.lines_dropped);
@@ -451,13 +445,13 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_C_RECV:
 	case OP_C_SEND:
 	case OP_C_CANCEL:
-		conn_on_cqe(w, op, idx, gen, cqe->res, cqe->flags);
+		conn_on_cqe(w, ud.op, ud.idx, ud.gen, cqe->res, cqe->flags);
 		break;
 	case OP_U_CONNECT:
 	case OP_U_RECV:
 	case OP_U_SEND:
 	case OP_U_CANCEL:
-		ups_on_cqe(w, op, idx, gen, cqe->res, cqe->flags);
+		ups_on_cqe(w, ud.op, ud.idx, ud.gen, cqe->res, cqe->flags);
 		break;
 	default:
 		break;
@@ -468,14 +462,13 @@ static int ring_setup(struct worker *w)
 {
 	struct io_uring_params p;
 	struct io_uring_buf_reg reg;
-	uint32_t entries = 4096;
 	int r;
 
 	memset(&p, 0, sizeof(p));
 	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
 		  IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE;
-	p.cq_entries = entries * 8;
-	r = io_uring_queue_init_params(entries, &w->ring, &p);
+	p.cq_entries = RING_CQ_ENTRIES;
+	r = io_uring_queue_init_params(RING_SQ_ENTRIES, &w->ring, &p);
 	if (r < 0)
 		return r;
 	w->br = mmap(NULL, (size_t)w->nbufs * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE,
@@ -512,6 +505,12 @@ static void *worker_main(void *arg)
 	CPU_SET(w->cpu, &set);
 	if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0)
 		log_warn("worker %u: cannot pin to core %u", w->id, w->cpu);
+	{
+		char name[16]; /* "corral-wN" in top -H, ps -L and /proc/PID/task/TID/comm */
+
+		snprintf(name, sizeof(name), "corral-w%u", w->id);
+		pthread_setname_np(pthread_self(), name);
+	}
 	rcu_register_thread();
 	r = ring_setup(w);
 	if (r < 0) {
@@ -528,6 +527,7 @@ static void *worker_main(void *arg)
 	arm_event(w);
 	arm_tick(w);
 	io_uring_submit(&w->ring);
+	STAT_SET(w->stats->heartbeat_ms, w->now_ms);
 	__atomic_store_n(&w->ready, 1, __ATOMIC_RELEASE);
 
 	for (;;) {
@@ -554,6 +554,11 @@ static void *worker_main(void *arg)
 		w->busy_ns += now_ns() - t0;
 		if (w->stopping && w->conns_active == 0 && w->ups_open == 0 && !w->log_inflight)
 			break;
+	}
+	/* A clean stop: every connection and upstream is gone, so everything they held is back. */
+	if (w->stopping && w->conns_active == 0 && w->ups_open == 0) {
+		CHECK_IF(w->bufs_out != 0);
+		CHECK_IF(w->hbuf_used != 0);
 	}
 	io_uring_queue_exit(&w->ring);
 	if (w->alog_fd >= 0)

@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 #include "accesslog.h"
+#include "constants.h"
 #include "worker-t.h"
 
 struct steer_core;
@@ -63,10 +64,7 @@ struct worker {
 	/* connections waiting for a free receive buffer */
 	uint32_t wait_head, wait_tail;
 
-	/* balancing state (worker-local) */
-	int64_t rr_cur[BACKEND_IDS_MAX];
-	uint32_t be_active[BACKEND_IDS_MAX];
-	uint32_t lc_rot; /* least-conn tie breaker */
+	struct balance_state bal; /* worker-local */
 
 	struct http_header *hdr_scratch;
 	uint32_t hdr_cap;
@@ -97,16 +95,42 @@ void worker_request_drain(struct worker *w, bool drained);
 void worker_join(struct worker *w);
 void worker_free(struct worker *w);
 
-/* Used by conn.c and ups.c (same thread). */
+/* Used by conn.c (same thread). */
 struct io_uring_sqe *worker_sqe(struct worker *w);
+
+/*
+ * The user_data tag of an SQE and its completion, in one place: op | index | generation (see
+ * enum wop; field widths in constants.h). ud_unpack(ud_pack(op, idx, gen)) gives them back.
+ */
+struct ud {
+	enum wop op;
+	uint32_t idx;
+	uint32_t gen;
+};
+_Static_assert(OP_LOG_WRITE < (1 << UD_OP_BITS), "every op fits user_data");
+
 static inline uint64_t ud_pack(enum wop op, uint32_t idx, uint32_t gen)
 {
-	return (uint64_t)op | ((uint64_t)(idx & 0xffffff) << 8) | ((uint64_t)gen << 32);
+	BUG_ON_HOT(idx > UD_IDX_MASK || (uint32_t)op >= (1u << UD_OP_BITS));
+	return (uint64_t)op | ((uint64_t)(idx & UD_IDX_MASK) << UD_OP_BITS) |
+	       ((uint64_t)gen << (UD_OP_BITS + UD_IDX_BITS));
+}
+
+static inline struct ud ud_unpack(uint64_t ud)
+{
+	struct ud u = {
+		.op = (enum wop)(ud & ((1u << UD_OP_BITS) - 1)),
+		.idx = (uint32_t)(ud >> UD_OP_BITS) & UD_IDX_MASK,
+		.gen = (uint32_t)(ud >> (UD_OP_BITS + UD_IDX_BITS)),
+	};
+
+	return u;
 }
 
 /* provided buffers */
 static inline char *buf_addr(struct worker *w, uint32_t bid)
 {
+	BUG_ON_HOT(bid >= w->nbufs);
 	return w->bufs + (size_t)bid * w->buf_size;
 }
 void buf_put(struct worker *w, int32_t bid);
@@ -116,6 +140,7 @@ uint32_t hbuf_get(struct worker *w);
 void hbuf_put(struct worker *w, uint32_t idx);
 static inline char *hbuf_addr(struct worker *w, uint32_t idx)
 {
+	BUG_ON_HOT(idx >= w->hbuf_n);
 	return w->hbufs + (size_t)idx * w->hbuf_size;
 }
 void inbuf_release(struct worker *w, struct inbuf *b);

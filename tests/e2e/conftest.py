@@ -5,6 +5,9 @@ Environment:
   E2E_PROXY     "corral" (default) or "nginx": run the same data-plane tests against NGINX, to check
                 the tests themselves; tests marked corral_only are skipped there.
   ASAN_OPTIONS  when set, corral's stderr must hold no sanitizer report, and deadlines are longer.
+  CORRAL_SLOW   a factor (default 1) that stretches every deadline and every timeout the tests
+                configure, on top of ASan's 3: e.g. CORRAL_SLOW=2 on a loaded machine.
+  CI            "true" or "1": a test that cannot run here fails instead of being skipped (need()).
 """
 import copy
 import os
@@ -23,10 +26,25 @@ import util  # noqa: E402
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.path.abspath(os.environ.get("CORRAL_BUILD") or os.path.join(REPO, "build"))
 PROXY_KIND = os.environ.get("E2E_PROXY", "corral")
-IN_CI = os.environ.get("CI") == "true"
+# The same rule as tests/unit/need.h: CI=true and CI=1 both mean "a skip is a failure".
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
 UNDER_ASAN = bool(os.environ.get("ASAN_OPTIONS"))
-# Sanitized binaries are slower; every deadline the harness owns is stretched by this.
-SLOW = 3.0 if UNDER_ASAN else 1.0
+
+
+def _slow_factor():
+    v = os.environ.get("CORRAL_SLOW") or "1"
+    try:
+        f = float(v)
+    except ValueError:
+        raise RuntimeError("CORRAL_SLOW=%r is not a number" % v)
+    if not 1.0 <= f <= 20.0:
+        raise RuntimeError("CORRAL_SLOW=%r: expected a factor from 1 to 20" % v)
+    return f
+
+
+# Sanitized binaries are slower; every deadline the harness owns, and every timeout a test
+# configures (ms() below), is stretched by this. CORRAL_SLOW raises it on a loaded machine.
+SLOW = (3.0 if UNDER_ASAN else 1.0) * _slow_factor()
 TEST_DEADLINE_S = 60
 
 # Test-friendly defaults: short enough to keep the suite fast, long enough not to flake.
@@ -46,18 +64,31 @@ DEFAULT_LIMITS = {
 }
 
 
+def ms(v):
+    """A timeout a test configures, in ms, stretched by SLOW: ms(500) is 500 on an idle machine."""
+    return int(round(v * SLOW))
+
+
+def need(cond, why):
+    """A precondition of a test: skips it on a developer's machine, fails it under CI (where a
+    skip would hide a broken setup). Returns only when cond holds."""
+    if cond:
+        return
+    if IN_CI:
+        pytest.fail("%s (CI=%s: a skip is a failure)" % (why, os.environ.get("CI")))
+    pytest.skip(why)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "corral_only: corral behaviour that NGINX legitimately does differently")
     config.addinivalue_line("markers", "deadline(seconds): wall-clock limit for the test (default 60 s)")
 
 
-def pytest_collection_modifyitems(config, items):
-    if PROXY_KIND == "corral":
-        return
-    skip = pytest.mark.skip(reason="corral-specific behaviour; E2E_PROXY=%s" % PROXY_KIND)
-    for item in items:
-        if item.get_closest_marker("corral_only"):
-            item.add_marker(skip)
+def pytest_runtest_setup(item):
+    # Against another proxy, corral_only tests are skipped; under CI they fail (need()), so that
+    # a stray E2E_PROXY cannot silently skip them.
+    if PROXY_KIND != "corral" and item.get_closest_marker("corral_only"):
+        need(False, "corral-specific behaviour; E2E_PROXY=%s" % PROXY_KIND)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -229,6 +260,11 @@ class Proxy:
         self.err.join()
         return self.exit_code
 
+    def wait_idle(self, timeout=5.0):
+        """Waits until the proxy holds no client connection. NGINX has no counter to poll: a
+        short sleep there (E2E_PROXY=nginx only checks the tests themselves)."""
+        time.sleep(0.2 * SLOW)
+
     def check_exit(self):
         """Teardown assertions: exit code 0 and, under ASan, no sanitizer report."""
         if self.checked:
@@ -236,6 +272,9 @@ class Proxy:
         self.checked = True
         code = self.stop()
         assert code == 0, "%s exited with %s; log:\n%s" % (self.kind, code, self.log()[-4000:])
+        if self.kind == "corral":
+            # A CHECK_IF (bug.h) that fired is a bug even though corral carried on.
+            assert "check failed:" not in self.log(), "%s:\n%s" % (self.kind, self.log()[-4000:])
         if UNDER_ASAN:
             rep = util.sanitizer_report(self.log())
             assert rep is None, "sanitizer report in %s's stderr:\n%s" % (self.kind, rep)
@@ -243,6 +282,30 @@ class Proxy:
 
 class CorralProxy(Proxy):
     kind = "corral"
+
+    def ctl_json(self, *args):
+        """`corralctl ARGS --json` against this proxy's control socket, parsed."""
+        import json
+        out = subprocess.run([binary("corralctl"), "-s", self.cfg["admin"]["socket"], *args, "--json"],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10 * SLOW)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def stats(self):
+        """`corralctl stats --json`."""
+        return self.ctl_json("stats")
+
+    def wait_idle(self, timeout=5.0):
+        """Polls until conns_active is 0 on every core (every client slot given back); fails
+        the test after timeout * SLOW seconds. Returns the last stats."""
+        deadline = time.monotonic() + timeout * SLOW
+        while True:
+            s = self.stats()
+            if s["total"]["conns_active"] == 0:
+                return s
+            assert time.monotonic() < deadline, \
+                "conns_active still %d after %.1f s: %s" % (s["total"]["conns_active"], timeout * SLOW, s["total"])
+            time.sleep(0.05)
 
     def start(self):
         self.cfg_path = os.path.join(self.tmp, "corral.yaml")

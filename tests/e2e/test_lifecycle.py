@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import SLOW, binary
+from conftest import SLOW, binary, ms
 from util import Client, Closed, build_request, connect_refused, simple_get
 
 
@@ -78,10 +78,14 @@ def test_graceful_shutdown_closes_idle_keepalive_connections(corral, backend):
 @pytest.mark.corral_only
 def test_shutdown_grace_expires(corral, backend):
     """A request still running when shutdown_grace_ms ends is cut off, and corral still exits 0."""
-    p = corral([backend], timeouts={"shutdown_grace_ms": 500})
+    grace = ms(500)
+    p = corral([backend], timeouts={"shutdown_grace_ms": grace})
     with Client(p.port) as c:
         c.send(build_request("GET", "/delay/5000"))
-        time.sleep(0.2)
+        deadline = time.monotonic() + 5 * SLOW  # until the request is in flight to the backend
+        while sum(b["active"] for b in p.ctl_json("backends")["backends"]) != 1:
+            assert time.monotonic() < deadline, "the request never reached the backend"
+            time.sleep(0.02)
         t0 = time.monotonic()
         p.signal_graceful()
         try:
@@ -92,11 +96,14 @@ def test_shutdown_grace_expires(corral, backend):
         code = p.stop(timeout=5)
         elapsed = time.monotonic() - t0
     assert code == 0
-    assert 0.4 <= elapsed < 2.5 * SLOW, "exit %.2f s after SIGTERM with shutdown_grace_ms 500" % elapsed
+    assert grace / 1000 - 0.1 <= elapsed < grace / 1000 + 2.0 * SLOW, \
+        "exit %.2f s after SIGTERM with shutdown_grace_ms %d" % (elapsed, grace)
 
 
 def test_restart_on_same_backend(corral, backend):
-    """Two proxies in turn (and at once) on kernel-chosen ports serve the same backend."""
+    """Two proxies at once on kernel-chosen ports serve the same backend; one of them is then
+    restarted: stopped, and started again from the same config (same instance, so the same BPF
+    pins, and the same control socket path) while the other keeps serving."""
     p1 = corral([backend])
     p2 = corral([backend])
     assert p1.port != p2.port
@@ -104,6 +111,16 @@ def test_restart_on_same_backend(corral, backend):
     assert simple_get(p2.port).status == 200
     assert p1.stop() == 0
     assert simple_get(p2.port).status == 200
+    again = type(p1)(p1.tmp, p1.cfg)
+    try:
+        again.start()
+        assert simple_get(again.port).status == 200
+        assert simple_get(p2.port).status == 200
+        if again.kind == "corral":  # its control socket answers: the old one did not get in the way
+            assert again.stats()["total"]["requests"] == 1
+    finally:
+        if again.proc is not None:
+            again.check_exit()
 
 
 @pytest.mark.corral_only

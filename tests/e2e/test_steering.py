@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import IN_CI, SLOW, binary
+from conftest import SLOW, binary, ms, need
 from util import Client, simple_get
 
 pytestmark = pytest.mark.corral_only
@@ -76,10 +77,7 @@ def need_bpf(p):
     assert len(s["cores"]) == len(p.cfg["workers"]["cores"]), s["cores"]
     mode = s["steering"]["mode"]
     if mode != "bpf":
-        msg = "steering is not loaded (mode %s); log:\n%s" % (mode, p.log()[-2000:])
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+        need(False, "steering is not loaded (mode %s); log:\n%s" % (mode, p.log()[-2000:]))
 
 
 def connections(p, n):
@@ -227,19 +225,23 @@ def test_least_conn_sends_each_connection_to_a_core_with_fewest_held(corral, bac
 def test_load_policies_avoid_a_core_with_heavy_requests_in_flight(corral, backend, policy, n):
     p = start(corral, backend, "weighted", cores=cores_for(n), weights=[1] + [0] * (n - 1))
     slow = []
-    for _ in range(3):  # three slow requests in flight on core 0
+    for _ in range(3):  # three slow requests in flight on core 0, for far longer than the test
         c = Client(p.port)
-        c.send(b"GET /delay/1500 HTTP/1.1\r\nHost: e2e.test\r\n\r\n")
+        c.send(b"GET /delay/30000 HTTP/1.1\r\nHost: e2e.test\r\n\r\n")
         slow.append(c)
-    assert wait_until(lambda: backend.stats()["active"] >= 3, 2), "slow requests did not reach the backend"
+    assert wait_until(lambda: sum(b["active"] for b in p.ctl_json("backends")["backends"]) == 3), \
+        "slow requests did not reach the backend"
     assert accepted(p) == all_but(n, 0, 0) | {0: 3}
     ctl_ok(p, "policy", "set", policy)
     d = connections(p, 12)
+    # The condition the test is about: the slow requests were still in flight all along.
+    unanswered = not select.select([c.sock for c in slow], [], [], 0)[0]
+    inflight = sum(b["active"] for b in p.ctl_json("backends")["backends"])
     print("%s, %d workers, core 0 busy: %s" % (policy, n, d))
+    assert unanswered and inflight == 3, "the slow requests ended during the test (%d in flight)" % inflight
     assert d[0] == 0 and sum(d.values()) == 12, "%s sent new connections to the busy core: %s" % (policy, d)
     for c in slow:
-        assert c.read_response().status == 200
-        c.close()
+        c.abort()
     assert stats(p)["steering"]["fallbacks"] == 0
 
 
@@ -265,11 +267,7 @@ def on_cpu(p, cpu, n):
 
 @WORKERS
 def test_cpu_local_serves_each_connection_on_the_clients_cpu(corral, backend, n):
-    if len(os.sched_getaffinity(0)) < 2:
-        msg = "needs two CPUs"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+    need(len(os.sched_getaffinity(0)) >= 2, "needs two CPUs")
     # Worker i on CPU 1 - i % 2 (1, 0[, 1, 0]), so that core == cpu cannot pass by accident.
     cores = [1 - i % 2 for i in range(n)]
     p = start(corral, backend, "cpu-local", cores=cores)
@@ -328,13 +326,22 @@ def test_hash_picks_what_the_kernel_picks_without_a_program(corral, backend, mon
     assert per_core(s, "steered") == {w: bpf.count(w) + again.count(w) for w in range(n)}
     assert again == bpf, "hash is not a function of the 4-tuple"
     assert all(bpf.count(w) for w in range(n)), "hash did not spread: %s" % bpf
-    assert p.stop() == 0
-    p.checked = True
-    # The same daemon and 4-tuples, the same port, no program: the kernel's reuseport hash.
-    monkeypatch.setenv("CORRAL_NO_BPF", "1")
-    q = corral([backend], instance=instance(), listen=["127.0.0.1:%d" % port],
-               workers={"cores": cores_for(n)}, steering={"policy": "hash"})
-    monkeypatch.delenv("CORRAL_NO_BPF")
+    # The port is needed again: keep it from being taken between the two daemons. A bound (not
+    # listening) SO_REUSEPORT socket of the same user holds it; corral's listeners share it, and
+    # it is in no listening group, so it takes no connection.
+    hold = socket.socket()
+    hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    hold.bind(("127.0.0.1", port))
+    try:
+        assert p.stop() == 0
+        p.checked = True
+        # The same daemon and 4-tuples, the same port, no program: the kernel's reuseport hash.
+        monkeypatch.setenv("CORRAL_NO_BPF", "1")
+        q = corral([backend], instance=instance(), listen=["127.0.0.1:%d" % port],
+                   workers={"cores": cores_for(n)}, steering={"policy": "hash"})
+        monkeypatch.delenv("CORRAL_NO_BPF")
+    finally:
+        hold.close()
     assert q.port == port
     assert stats(q)["steering"]["mode"] != "bpf"
     kernel = hash_choices(q, tuples)
@@ -419,6 +426,9 @@ class Storm:
                 self.progress.notify_all()
 
 
+LONG_MS = ms(2000)  # the slow requests of the drain storm
+
+
 @WORKERS
 @pytest.mark.deadline(60)
 def test_drain_under_a_storm_of_new_connections(corral, backend, n):
@@ -430,13 +440,14 @@ def test_drain_under_a_storm_of_new_connections(corral, backend, n):
         storm.wait_done(total * 2 // 5)
         t_long = time.monotonic()
         for c in longs:
-            c.send(b"GET /delay/1500 HTTP/1.1\r\nHost: e2e.test\r\n\r\n")
+            c.send(b"GET /delay/%d HTTP/1.1\r\nHost: e2e.test\r\n\r\n" % LONG_MS)
         storm.wait_done(total // 2)
         ctl_ok(p, "drain", 1)
         at_drain = stats(p)  # right after drain returned
-        t_drain = time.monotonic()
         done_at_drain = storm.done
-        time.sleep(0.3)
+        # Sent before the drain and not answered after it: in flight at the drain.
+        answered_at_drain = select.select([c.sock for c in longs], [], [], 0)[0]
+        time.sleep(0.3 * SLOW)
         settled = stats(p)  # the worker has shut its listener: queued connections moved
     end = stats(p)
     acc = [per_core(s, "conns_accepted") for s in (base, at_drain, settled, end)]
@@ -448,7 +459,9 @@ def test_drain_under_a_storm_of_new_connections(corral, backend, n):
              acc[0], acc[1], acc[2], acc[3], steered[1], steered[3]))
     assert not storm.errors, "%d of %d storm connections failed, e.g. %s" % (len(storm.errors), total,
                                                                            storm.errors[:5])
-    assert rate_seen >= 300 / SLOW, "storm too slow to be one: %.0f/s" % rate_seen
+    # A storm through the drain, whatever the machine's speed: a good part of it came after.
+    assert total - done_at_drain >= total // 4, "the storm was nearly over at the drain: %d of %d" % (
+        done_at_drain, total)
     assert sum(delta(acc[0], acc[3]).values()) == total, "accepted %s for %d" % (delta(acc[0], acc[3]), total)
     assert acc[1][1] > acc[0][1], "core 1 accepted nothing before the drain: %s" % acc[:2]
     # No SYN is steered to core 1 once drain returned; at most the connections already in its
@@ -458,13 +471,13 @@ def test_drain_under_a_storm_of_new_connections(corral, backend, n):
     assert acc[3][1] == acc[2][1], "core 1 still accepting: %s -> %s" % (acc[2], acc[3])
     assert end["cores"][1]["state"] == "draining"
     assert at_drain["cores"][1]["conns_active"] >= len(longs), at_drain["cores"][1]
-    assert t_drain - t_long < 1.5, "the slow requests were not in flight at the drain"
+    assert not answered_at_drain, "the slow requests were not in flight at the drain"
     assert end["steering"]["fallbacks"] == 0
     for c in longs:  # in flight through the drain, on the drained core: they complete
         r = c.read_response()
         assert r.status == 200, r
         c.close()
-    assert time.monotonic() - t_long >= 1.4
+    assert time.monotonic() - t_long >= LONG_MS / 1000 - 0.1
     ctl_ok(p, "undrain", 1)
     assert wait_until(lambda: stats(p)["cores"][1]["state"] == "active")
     d = connections(p, 5 * n)

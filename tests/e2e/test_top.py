@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from conftest import IN_CI, SLOW, binary
+from conftest import SLOW, binary, need
 from util import Client
 
 pytestmark = pytest.mark.corral_only
@@ -17,10 +17,7 @@ class Tmux:
     """A private tmux server (its own socket) running one command in a fixed-size window."""
 
     def __init__(self, cmd, width=160, height=30):
-        if not shutil.which("tmux"):
-            if IN_CI:
-                pytest.fail("tmux is not installed (deploy/install-deps.sh installs it)")
-            pytest.skip("tmux is not installed")
+        need(shutil.which("tmux"), "tmux is not installed (deploy/install-deps.sh installs it)")
         self.name = "corral-top-%s" % uuid.uuid4().hex[:8]
         # Keep the pane after the command exits, to read what it left on the screen; the shell
         # itself survives Ctrl-C (trap), only corralctl gets to handle it.

@@ -337,6 +337,17 @@ def simple_get(port, target="/", headers=None, timeout=IO_TIMEOUT):
         return c.get(target, headers)
 
 
+def counted_get(port, target="/", timeout=IO_TIMEOUT):
+    """One GET on a new connection: (response, bytes the client sent, bytes it received). The
+    client sends nothing else and closes after the response, so these are the connection's
+    totals, what the proxy's bytes_in / bytes_out must count for it."""
+    wire = build_request("GET", target)
+    with Client(port, timeout=timeout) as c:
+        c.send(wire)
+        r = c.read_response()
+        return r, len(wire), len(r.head_raw) + len(r.body)
+
+
 def parse_head_lines(raw):
     """Splits a raw request head (as /headers returns it) into (request line, [(name, value)])."""
     text = raw.decode("latin-1")
@@ -581,3 +592,38 @@ class BlackholeServer:
         for s in self.fill:
             s.close()
         self.lsock.close()
+
+
+# --- load generation ------------------------------------------------------------------------
+
+
+class WrkResult:
+    """What wrk reported: .requests (completed requests), .socket_errors (the "Socket errors:"
+    line or None), .non_2xx_3xx (count), .stdout."""
+
+    def __init__(self, stdout):
+        self.stdout = stdout
+        m = re.search(r"^\s*(\d+) requests in ", stdout, re.M)
+        if not m:
+            raise AssertionError("no request count in wrk's output:\n%s" % stdout)
+        self.requests = int(m.group(1))
+        m = re.search(r"^\s*Socket errors:.*$", stdout, re.M)
+        self.socket_errors = m.group(0).strip() if m else None
+        m = re.search(r"Non-2xx or 3xx responses: (\d+)", stdout)
+        self.non_2xx_3xx = int(m.group(1)) if m else 0
+
+    def assert_clean(self):
+        """No transport error and no error response: wrk prints those lines only when non-zero."""
+        assert self.socket_errors is None, "wrk: %s\n%s" % (self.socket_errors, self.stdout)
+        assert self.non_2xx_3xx == 0, "wrk: %d non-2xx/3xx responses\n%s" % (self.non_2xx_3xx, self.stdout)
+
+
+def wrk(url, seconds, connections=32, threads=2, headers=()):
+    """Runs wrk for seconds (bounded by a timeout) and returns its WrkResult."""
+    import subprocess
+    args = ["wrk", "-t%d" % threads, "-c%d" % connections, "-d%ds" % seconds]
+    for h in headers:
+        args += ["-H", h]
+    out = subprocess.run(args + [url], capture_output=True, text=True, timeout=seconds + 30)
+    assert out.returncode == 0, out.stderr
+    return WrkResult(out.stdout)

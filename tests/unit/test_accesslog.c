@@ -98,6 +98,100 @@ Test(accesslog, json_escapes_quotes_controls_and_high_bytes)
 	json_decref(j);
 }
 
+/* Issue 8 defect 10: valid UTF-8 is kept; only bytes outside a well-formed sequence are \u00XX. */
+Test(accesslog, json_keeps_valid_utf8_and_escapes_only_invalid_bytes)
+{
+	static const struct {
+		const char *in, *out; /* out: the decoded JSON string */
+	} cases[] = {
+		{ "caf\xc3\xa9", "caf\xc3\xa9" },			  /* é kept, not \u00c3\u00a9 */
+		{ "\xe2\x82\xac \xf0\x9f\x90\x84", "\xe2\x82\xac \xf0\x9f\x90\x84" }, /* € and U+1F404 */
+		{ "\xed\x9f\xbf\xf4\x8f\xbf\xbf", "\xed\x9f\xbf\xf4\x8f\xbf\xbf" }, /* U+D7FF, U+10FFFF */
+		{ "a\xc3", "a\xc3\x83" },		  /* a cut sequence: the lead byte as U+00C3 */
+		{ "\xc3(", "\xc3\x83(" },		  /* a lead byte without continuation */
+		{ "\xc0\xaf", "\xc3\x80\xc2\xaf" },	  /* overlong '/' */
+		{ "\xe0\x80\xaf", "\xc3\xa0\xc2\x80\xc2\xaf" }, /* overlong, 3 bytes */
+		{ "\xed\xa0\x80", "\xc3\xad\xc2\xa0\xc2\x80" }, /* a UTF-16 surrogate */
+		{ "\xf4\x90\x80\x80", "\xc3\xb4\xc2\x90\xc2\x80\xc2\x80" }, /* above U+10FFFF */
+		{ "\x80z", "\xc2\x80z" },		  /* a lone continuation byte */
+		{ "\xff\xfe", "\xc3\xbf\xc3\xbe" },
+		{ "x\x7f\x01", "x\x7f\x01" },		  /* DEL and controls escaped, decode back */
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char line[ALOG_LINE_MAX];
+		struct alog_entry e = entry();
+		size_t n;
+		json_t *j;
+
+		e.user_agent = (struct alog_str){ cases[i].in, (uint32_t)strlen(cases[i].in) };
+		n = alog_format(line, CFG_LOG_JSON, &e, NULL);
+		j = json_loadb(line, n, 0, NULL); /* jansson refuses invalid UTF-8 */
+		cr_assert_not_null(j, "case %zu: %.*s", i, (int)n, line);
+		cr_expect_str_eq(json_string_value(json_object_get(j, "user_agent")), cases[i].out,
+				 "case %zu", i);
+		json_decref(j);
+	}
+}
+
+Test(accesslog, utf8_is_never_cut_inside_a_sequence)
+{
+	static char big[3000];
+	char line[ALOG_LINE_MAX];
+	struct alog_entry e = entry();
+	size_t n;
+	json_t *j;
+
+	for (size_t i = 0; i + 3 <= sizeof(big); i += 3)
+		memcpy(big + i, "\xe2\x82\xac", 3);
+	for (size_t k = 0; k < 3; k++) {
+		e.target = (struct alog_str){ big + k, (uint32_t)(sizeof(big) - k) };
+		n = alog_format(line, CFG_LOG_JSON, &e, NULL);
+		j = json_loadb(line, n, 0, NULL);
+		cr_assert_not_null(j, "offset %zu", k);
+		json_decref(j);
+	}
+}
+
+/* A rejected request: what was read of it and why; a missing version is null / "-". */
+Test(accesslog, rejected_request_logs_its_line_and_the_reason)
+{
+	char line[ALOG_LINE_MAX];
+	struct alog_entry e = entry();
+	size_t n;
+	json_t *j;
+
+	e.status = 400;
+	e.upstream = NULL;
+	e.version_minor = 0;
+	e.protocol = S("HTTP/1.1");
+	e.reason = "invalid character in field value";
+	n = alog_format(line, CFG_LOG_JSON, &e, NULL);
+	j = json_loadb(line, n, 0, NULL);
+	cr_assert_not_null(j, "%.*s", (int)n, line);
+	cr_assert_str_eq(json_string_value(json_object_get(j, "protocol")), "HTTP/1.1");
+	cr_assert_str_eq(json_string_value(json_object_get(j, "reason")),
+			 "invalid character in field value");
+	json_decref(j);
+	e.protocol = (struct alog_str){ 0 };
+	e.protocol_unknown = true;
+	n = alog_format(line, CFG_LOG_JSON, &e, NULL);
+	j = json_loadb(line, n, 0, NULL);
+	cr_assert_not_null(j);
+	cr_assert(json_is_null(json_object_get(j, "protocol")));
+	json_decref(j);
+	n = alog_format(line, CFG_LOG_COMBINED, &e, NULL);
+	line[n] = '\0';
+	cr_assert_str_eq(line, "127.0.0.1 - - [27/Nov/2026:14:05:09 +0000] \"GET /a?b=c -\" 400 "
+			       "1234 \"http://r.test/\" \"curl/8.0\"\n");
+	/* A line without a reason has no reason key. */
+	e = entry();
+	n = alog_format(line, CFG_LOG_JSON, &e, NULL);
+	j = json_loadb(line, n, 0, NULL);
+	cr_assert_null(json_object_get(j, "reason"));
+	json_decref(j);
+}
+
 Test(accesslog, combined_line_is_the_apache_format)
 {
 	char line[ALOG_LINE_MAX];
@@ -120,25 +214,27 @@ Test(accesslog, combined_line_is_the_apache_format)
 
 Test(accesslog, huge_fields_are_cut_and_the_line_stays_bounded_and_valid)
 {
-	static char big[100000];
+	static char big[100001];
 	char line[ALOG_LINE_MAX];
 	struct alog_entry e = entry();
 	size_t n;
 	json_t *j;
 
-	memset(big, '"', sizeof(big)); /* worst case: every byte escaped */
+	memset(big, '"', sizeof(big) - 1); /* worst case: every byte escaped */
 	e.target = (struct alog_str){ big, sizeof(big) };
 	e.host = (struct alog_str){ big, sizeof(big) };
 	e.referer = (struct alog_str){ big, sizeof(big) };
 	e.user_agent = (struct alog_str){ big, sizeof(big) };
 	e.method = (struct alog_str){ big, sizeof(big) };
+	e.protocol = (struct alog_str){ big, sizeof(big) };
+	e.reason = big + sizeof(big) - 1000; /* NUL-terminated: big is static, one byte longer */
 	n = alog_format(line, CFG_LOG_JSON, &e, NULL);
 	cr_assert_leq(n, ALOG_LINE_MAX);
 	j = json_loadb(line, n, 0, NULL);
 	cr_assert_not_null(j, "a cut line must still be valid JSON");
 	cr_assert_eq(strlen(json_string_value(json_object_get(j, "uri"))), 1024);
 	json_decref(j);
-	memset(big, 0x01, sizeof(big)); /* 6-byte escapes: must not be cut in half */
+	memset(big, 0x01, sizeof(big) - 1); /* 6-byte escapes: must not be cut in half */
 	n = alog_format(line, CFG_LOG_JSON, &e, NULL);
 	cr_assert_leq(n, ALOG_LINE_MAX);
 	j = json_loadb(line, n, 0, NULL);

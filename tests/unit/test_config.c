@@ -85,7 +85,7 @@ Test(config, defaults_are_the_documented_numbers)
 	cr_expect_eq(c.limits.body_bytes_max, 100ULL * 1024 * 1024);
 	cr_expect_eq(c.limits.connections_per_core, 16384);
 	cr_expect_eq(c.limits.requests_per_connection, 10000);
-	cr_expect_eq(c.limits.upstream_idle_per_backend, 64);
+	cr_expect_eq(c.limits.upstream_idle_per_backend, 65536);
 	cr_expect_eq(c.limits.upstream_attempts_max, 3);
 	cr_expect_eq(c.limits.linger_bytes_max, 262144);
 	cr_expect_eq(c.limits.buffers_per_core, 1024);

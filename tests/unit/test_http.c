@@ -173,11 +173,12 @@ static const struct reject_case rejects[] = {
 	R(505, "HTTP/3.0", "GET / HTTP/3.0\r\nHost: a\r\n\r\n"),
 	R(505, "HTTP/0.9 spelled out", "GET / HTTP/0.9\r\nHost: a\r\n\r\n"),
 	R(505, "HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
-	/* methods: 501 for tokens we do not implement, 400 for non-tokens */
-	R(501, "unknown token method", "FOO / HTTP/1.1\r\nHost: a\r\n\r\n"),
-	R(501, "lower-case get", "get / HTTP/1.1\r\nHost: a\r\n\r\n"),
+	/* methods: any token is forwarded (see below), except PRI (501); 400 for non-tokens */
 	R(501, "PRI with HTTP/1.1", "PRI * HTTP/1.1\r\nHost: a\r\n\r\n"),
-	R(501, "RTSP method", "DESCRIBE / HTTP/1.1\r\nHost: a\r\n\r\n"),
+	R(501, "PRI with a path", "PRI / HTTP/1.1\r\nHost: a\r\n\r\n"),
+	R(400, "extension method with asterisk", "FOO * HTTP/1.1\r\nHost: a\r\n\r\n"),
+	R(400, "extension method, CL with TE",
+	  "QUERY / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
 	R(400, "method with a slash", "GE/T / HTTP/1.1\r\nHost: a\r\n\r\n"),
 	R(400, "method with obs-text", "G\xc9T / HTTP/1.1\r\nHost: a\r\n\r\n"),
 	R(400, "method with NUL", "GE\0T / HTTP/1.1\r\nHost: a\r\n\r\n"),
@@ -453,6 +454,44 @@ Test(http, accepts_every_method_llhttp_knows_except_connect)
 
 		cr_expect_eq(req_parse(&p, buf, (size_t)n, &lim_std), n, "%s: %u %s", ok[i],
 			     p.r.status, p.r.reason ? p.r.reason : "");
+	}
+}
+
+/*
+ * Issue 8 defect 15: any RFC 9110 token is a method (registered ones outside llhttp's table,
+ * extension ones, lower-case spellings); an unknown method is not idempotent; the body is
+ * framed by Content-Length or chunked as for any method.
+ */
+Test(http, forwards_any_token_method_with_and_without_a_body)
+{
+	static const char *const ext[] = {
+		"QUERY",	   "BAN",	   "X-CUSTOM", "VERSION-CONTROL", "MKWORKSPACE",
+		"UPDATEREDIRECTREF", "BASELINE-CONTROL", "ORDERPATCH", "get", "DESCRIBE",
+		"!#$%&'*+-.^_`|~09az",
+	};
+	char buf[256];
+
+	for (size_t i = 0; i < sizeof(ext) / sizeof(ext[0]); i++) {
+		struct preq p;
+		int n = snprintf(buf, sizeof(buf), "%s /x HTTP/1.1\r\nHost: a\r\n\r\n", ext[i]);
+
+		cr_expect_eq(req_parse(&p, buf, (size_t)n, &lim_std), n, "%s: %u %s", ext[i],
+			     p.r.status, p.r.reason ? p.r.reason : "");
+		cr_expect(span_is(buf, p.r.method, ext[i]), "%s", ext[i]);
+		cr_expect(!p.r.is_idempotent && !p.r.is_head, "%s", ext[i]);
+		cr_expect_eq(p.r.framing, HTTP_BODY_NONE, "%s", ext[i]);
+
+		n = snprintf(buf, sizeof(buf),
+			     "%s /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello", ext[i]);
+		cr_expect_eq(req_parse(&p, buf, (size_t)n, &lim_std), n - 5, "%s + CL", ext[i]);
+		cr_expect_eq(p.r.framing, HTTP_BODY_LENGTH, "%s", ext[i]);
+		cr_expect_eq(p.r.content_length, 5, "%s", ext[i]);
+
+		n = snprintf(buf, sizeof(buf),
+			     "%s /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+			     ext[i]);
+		cr_expect_eq(req_parse(&p, buf, (size_t)n, &lim_std), n, "%s + TE", ext[i]);
+		cr_expect_eq(p.r.framing, HTTP_BODY_CHUNKED, "%s", ext[i]);
 	}
 }
 

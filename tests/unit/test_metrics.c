@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 
 #include "admin.h"
+#include "bug.h"
 #include "config.h"
 #include "stats.h"
 
@@ -191,6 +192,8 @@ Test(metrics, get_metrics_is_text_exposition_with_help_type_and_core_labels)
 	cr_assert_float_eq(sample(body, "corral_core_weight{core=\"1\"}"), 2, 0);
 	cr_assert_float_eq(sample(body, "corral_connections_steered_total{core=\"1\"}"), 6, 0);
 	cr_assert_float_eq(sample(body, "corral_cores"), 2, 0);
+	cr_assert_float_eq(sample(body, "corral_internal_checks_total"), (double)bug_checks_total(),
+			   0);
 	cr_assert(
 		strstr(body,
 		       "corral_info{version=\"1.2.3 \\\"quoted\\\"\",steering_mode=\"kernel-hash\","

@@ -166,17 +166,26 @@ void render_backends(FILE *f, json_t *r)
 	json_t *arr = json_object_get(r, "backends"), *b;
 	size_t i;
 
-	fprintf(f, "%-40s %6s %-8s %7s %9s %7s %8s\n", "ADDRESS", "WEIGHT", "STATE", "ACTIVE",
-		"REQUESTS", "ERRORS", "LATENCY");
+	fprintf(f, "%-40s %6s %-8s %7s %9s %7s %8s  %-28s %s\n", "ADDRESS", "WEIGHT", "STATE",
+		"ACTIVE", "REQUESTS", "ERRORS", "LATENCY", "LAST CHECK", "REASON");
 	json_array_foreach(arr, i, b)
 	{
-		char req[16], err[16], lat[16];
+		char req[16], err[16], lat[16], chk[96];
+		json_t *lc = json_object_get(b, "last_check");
 
 		render_count(req, sizeof(req), json_num(b, "requests"));
 		render_count(err, sizeof(err), json_num(b, "errors"));
 		render_us(lat, sizeof(lat), json_num(b, "latency_us"));
-		fprintf(f, "%-40s %6.0f %-8s %7.0f %9s %7s %8s\n", str(b, "addr", "?"),
-			json_num(b, "weight"), str(b, "state", "?"), json_num(b, "active"), req, err, lat);
+		if (json_is_object(lc))
+			snprintf(chk, sizeof(chk), "%s %s %.1fs ago",
+				 json_is_true(json_object_get(lc, "ok")) ? "ok" : "FAIL",
+				 str(lc, "result", "?"), json_num(lc, "age_ms") / 1000.0);
+		else
+			snprintf(chk, sizeof(chk), "%s",
+				 json_is_true(json_object_get(b, "checks_on")) ? "(pending)" : "-");
+		fprintf(f, "%-40s %6.0f %-8s %7.0f %9s %7s %8s  %-28s %s\n", str(b, "addr", "?"),
+			json_num(b, "weight"), str(b, "state", "?"), json_num(b, "active"), req, err,
+			lat, chk, str(b, "reason", ""));
 	}
 	if (json_array_size(arr) == 0)
 		fprintf(f, "(no backends)\n");

@@ -1,0 +1,120 @@
+/*
+ * Every fixed limit and derived size of the daemon in one place: each with why it is that
+ * number, and compile-time checks of the relationships the code relies on (TigerBeetle's
+ * constants.zig is the model). Configurable defaults live in config-t.h; the bounds a config
+ * value must keep are here when code depends on them, and in config.c's tables otherwise.
+ * (Not "limits.h": with -Iproxy on the include path that name would shadow the C library's.)
+ */
+#ifndef CORRAL_CONSTANTS_H
+#define CORRAL_CONSTANTS_H
+
+#include <stdint.h>
+#include "balance-t.h"
+#include "config-t.h"
+
+/* --- config bounds the data path depends on ----------------------------------------------- */
+
+/* Connection slots per core: 2^20 keeps a slot index (and the upstream table beyond it) inside
+ * user_data's index field with room to spare; more per core wants more cores. */
+#define CFG_CONNECTIONS_PER_CORE_MAX 1048576
+/* An io_uring provided-buffer ring holds a power of two entries, at most 32768 (kernel
+ * limit), and buffer ids are 16 bits. */
+#define CFG_BUFFERS_PER_CORE_MAX 32768
+/* 1 MiB receive buffers and heads: beyond that a single client pins too much memory. */
+#define CFG_BUFFER_BYTES_MAX  1048576
+#define CFG_HEADER_BYTES_CEIL 1048576
+/* Backend and steering weights: 0 = no traffic; 1000 gives 0.1% resolution, plenty. */
+#define CFG_WEIGHT_MAX 1000
+
+/* --- the worker loop ------------------------------------------------------------------------ */
+
+/* Timer tick: the resolution of every timeout (and of the header deadline). 10 ms is below
+ * the smallest timeout a config may set (upstream_connect_ms >= 10) and costs ~100 wakeups/s. */
+#define TICK_MS 10
+/* Slower housekeeping (CPU-time sample for steering, re-arming accepts that hit EMFILE or
+ * ENOMEM): ten ticks, often enough for steering to react within a second. */
+#define HOUSEKEEP_MS 100
+/* A failing access log (full disk) is reported once per this long per core, not per line. */
+#define LOG_WARN_INTERVAL_MS 10000
+
+/* Submission queue entries: one loop iteration arms at most a few SQEs per completion it
+ * handles, and worker_sqe() submits early when the SQ fills, so 4096 only bounds batching. */
+#define RING_SQ_ENTRIES 4096
+/* Completion queue: multishot accepts and receives post many CQEs per SQE, and everything in
+ * flight (a recv, a send, a connect per connection) can complete in one iteration. Eight CQEs
+ * per SQE slot keeps a full batch from overflowing (which the loop logs). */
+#define RING_CQ_PER_SQ	8
+#define RING_CQ_ENTRIES (RING_SQ_ENTRIES * RING_CQ_PER_SQ)
+
+/* Listen backlog when limits.listen_backlog is unset and net.core.somaxconn cannot be read
+ * (somaxconn's default since Linux 5.4). The first listen() and the re-listen after an undrain
+ * use the same value (daemon.listen_backlog); the kernel clamps it to somaxconn. */
+#define LISTEN_BACKLOG_FALLBACK 4096
+
+/* --- buffers ------------------------------------------------------------------------------ */
+
+/* Free receive buffers kept back from the no-buffer wait queue, so accepts and upstream
+ * reads of running exchanges are not starved by a wave of new reads. */
+#define BUF_RESERVE 8
+
+/*
+ * Head buffers. A head is assembled from whole receives: up to header_bytes_max - 1 bytes
+ * kept, plus one receive of up to buffer_bytes appended before the parser can say the head is
+ * too long. A serialised request head is the client's head plus the fields corral adds
+ * (X-Forwarded-For, X-Forwarded-Proto, Via; a client address is at most 46 bytes): 1 KiB. Page
+ * rounded, so a head buffer never shares a page with another.
+ */
+#define HBUF_ADDED_BYTES 1024
+#define HBUF_ALIGN	 4096
+#define HBUF_SIZE(header_bytes_max, buffer_bytes)                                                  \
+	(((header_bytes_max) + (buffer_bytes) + HBUF_ADDED_BYTES + HBUF_ALIGN - 1) &               \
+	 ~(uint32_t)(HBUF_ALIGN - 1))
+/*
+ * Head buffers one client connection can hold at the same time (conn.c), so that a head
+ * buffer is never the resource a request runs out of:
+ *   1. c->in: the rest of an assembled request head's buffer (body or pipelined bytes);
+ *   2. c->hbuf_req: the serialised request head, until the exchange ends;
+ *   3. c->accum, later u->in: the response head being assembled, then its remainder;
+ *   4. c->hbuf_resp: the serialised response head (or corral's error response).
+ * The table is mapped with MAP_NORESERVE and handed out LIFO: untouched ones cost no memory.
+ */
+#define HBUF_PER_CONN	     4
+#define HBUF_COUNT(conn_cap) (HBUF_PER_CONN * (conn_cap))
+
+/* Header array for the parser: one more than headers_max, so "too many" is seen. */
+#define HDR_SCRATCH(headers_max) ((headers_max) + 1)
+
+/* Upstream connection slots: one in use per client connection, idle pooled ones no more than
+ * the core's client connections (conn.c), and spares for ones still closing after their client
+ * left. When they run out a request gets a 503. */
+#define UPS_SPARE_SLOTS	  1024
+#define UPS_CAP(conn_cap) (2 * (conn_cap) + UPS_SPARE_SLOTS)
+
+/* --- user_data: op | object index | generation ------------------------------------------ */
+
+#define UD_OP_BITS  8
+#define UD_IDX_BITS 24
+#define UD_GEN_BITS 32
+#define UD_IDX_MASK ((1u << UD_IDX_BITS) - 1)
+
+/* --- checks --------------------------------------------------------------------------------- */
+
+_Static_assert(UD_OP_BITS + UD_IDX_BITS + UD_GEN_BITS == 64, "user_data is 64 bits");
+_Static_assert(UPS_CAP(CFG_CONNECTIONS_PER_CORE_MAX) <= UD_IDX_MASK,
+	       "every connection and upstream slot index fits user_data");
+_Static_assert(CFG_LISTEN_MAX <= UD_IDX_MASK, "listener index fits user_data");
+_Static_assert(HBUF_COUNT((uint64_t)CFG_CONNECTIONS_PER_CORE_MAX) < UINT32_MAX,
+	       "head-buffer indices are 32 bits, UINT32_MAX is NIL");
+_Static_assert((uint64_t)HBUF_SIZE(CFG_HEADER_BYTES_CEIL, CFG_BUFFER_BYTES_MAX) < UINT32_MAX,
+	       "head-buffer size is 32 bits");
+_Static_assert(CFG_BUFFERS_PER_CORE_MAX <= 32768, "io_uring buffer rings hold at most 32768");
+_Static_assert(CFG_BUFFERS_PER_CORE_MAX > BUF_RESERVE, "the wait queue can be served");
+_Static_assert(BACKEND_IDS_MAX <= TRIED_WORDS * TRIED_WORD_BITS, "one tried bit per backend id");
+_Static_assert(BACKEND_IDS_MAX <= UINT16_MAX, "backend ids are 16 bits");
+_Static_assert(RING_CQ_ENTRIES >= 2 * RING_SQ_ENTRIES, "CQ at least the kernel's default 2 x SQ");
+_Static_assert((RING_SQ_ENTRIES & (RING_SQ_ENTRIES - 1)) == 0, "SQ size is a power of two");
+_Static_assert((RING_CQ_ENTRIES & (RING_CQ_ENTRIES - 1)) == 0, "CQ size is a power of two");
+_Static_assert(HOUSEKEEP_MS % TICK_MS == 0 && LOG_WARN_INTERVAL_MS % TICK_MS == 0,
+	       "periodic work runs on ticks");
+
+#endif

@@ -1,0 +1,339 @@
+"""Helpers for the upstream-side end-to-end tests (balancing, failover, passive health, pools):
+corralctl in JSON, counters, polling with a deadline, and a kernel-side counter of connection
+attempts to ports that refuse them."""
+import ctypes
+import json
+import os
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import yaml
+
+from conftest import SLOW, binary
+from util import Client
+
+
+def ctl(proxy, *args, timeout=10):
+    """Runs corralctl against proxy's control socket; the CompletedProcess (text)."""
+    return subprocess.run([binary("corralctl"), "-s", proxy.cfg["admin"]["socket"]] + [str(a) for a in args],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout * SLOW)
+
+
+def ctl_json(proxy, *args):
+    r = ctl(proxy, *args, "--json")
+    assert r.returncode == 0, "corralctl %s: %s" % (" ".join(map(str, args)), r.stderr)
+    return json.loads(r.stdout)
+
+
+def totals(proxy):
+    """The `stats --json` total row."""
+    return ctl_json(proxy, "stats")["total"]
+
+
+def backends(proxy):
+    """{addr: {weight, state, active, requests, errors, ...}} from `corralctl backends --json`."""
+    out = ctl_json(proxy, "backends")
+    rows = out["backends"] if isinstance(out, dict) else out
+    return {b["addr"]: b for b in rows}
+
+
+def wait_until(pred, timeout, step=0.02, what="condition"):
+    """Polls pred() until it returns a true value or timeout*SLOW seconds pass; returns its last value."""
+    deadline = time.monotonic() + timeout * SLOW
+    while True:
+        v = pred()
+        if v or time.monotonic() > deadline:
+            return v
+        time.sleep(step)
+
+
+def ms(v):
+    """A configured duration in ms, stretched by the suite's SLOW factor."""
+    return int(v * SLOW)
+
+
+def reload_with(proxy, **changes):
+    """Rewrites proxy's config file with the top-level changes, runs `corralctl reload` and waits
+    for the new snapshot version."""
+    before = ctl_json(proxy, "status")["config_version"]
+    cfg = dict(proxy.cfg)
+    cfg.update(changes)
+    with open(proxy.cfg_path, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False, default_flow_style=None)
+    proxy.cfg = cfg
+    r = ctl(proxy, "reload")
+    assert r.returncode == 0, r.stderr
+    assert ctl_json(proxy, "status")["config_version"] == before + 1
+
+
+def backend_id(resp):
+    v = resp.header("x-backend-id")
+    assert v, "response without X-Backend-Id: %r" % resp.head_raw
+    return v
+
+
+def get_from(port, target="/", src=None, host="127.0.0.1"):
+    """One GET on a new connection, optionally from source address src; the response."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.settimeout(10 * SLOW)
+    if src:
+        s.bind((src, 0))
+    s.connect((host, port))
+    c = Client.__new__(Client)
+    c.sock, c.buf, c.port = s, bytearray(), port
+    with c:
+        return c.get(target)
+
+
+def ids_of(port, targets, keep_alive=True):
+    """X-Backend-Id for each target, on one keep-alive connection (or one connection each)."""
+    out = []
+    if keep_alive:
+        with Client(port, timeout=10 * SLOW) as c:
+            for t in targets:
+                r = c.get(t)
+                assert r.status == 200, (t, r, r.body[:200])
+                out.append(backend_id(r))
+    else:
+        for t in targets:
+            r = get_from(port, t)
+            assert r.status == 200, (t, r, r.body[:200])
+            out.append(backend_id(r))
+    return out
+
+
+def listen_ports(proxy):
+    """Every "listening on ADDR" line of corral's log, as [(host, port)]."""
+    out = []
+    for line in proxy.log().splitlines():
+        i = line.find("listening on ")
+        if i < 0:
+            continue
+        addr = line[i + len("listening on "):].split()[0]
+        host, _, port = addr.rpartition(":")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+# --- counting connection attempts in the kernel ------------------------------------------------
+
+_ETH_P_ALL = 3
+_SO_ATTACH_FILTER = 26
+_PACKET_OUTGOING = 4
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def _syn_filter(ports):
+    """Classic BPF: outgoing IPv4 TCP segments with SYN and without ACK to one of ports."""
+    ld_w, ld_h, ld_b, ldx_msh = 0x20, 0x28, 0x30, 0xb1
+    ld_h_ind, ld_b_ind = 0x48, 0x50
+    jeq, jset, ret = 0x15, 0x45, 0x06
+    ports = list(ports)
+    n = len(ports)
+    # Layout: 0..10 header checks, then one jeq per port, then flag checks, accept, reject.
+    prog = []
+    prog.append([ld_w, 0, 0, 0xfffff004])          # 0: pkttype
+    prog.append([jeq, 0, "R", _PACKET_OUTGOING])   # 1
+    prog.append([ld_h, 0, 0, 12])                  # 2: ethertype
+    prog.append([jeq, 0, "R", 0x0800])             # 3
+    prog.append([ld_b, 0, 0, 23])                  # 4: IP protocol
+    prog.append([jeq, 0, "R", 6])                  # 5
+    prog.append([ldx_msh, 0, 0, 14])               # 6: x = IP header length
+    prog.append([ld_h_ind, 0, 0, 16])              # 7: TCP destination port
+    for i, p in enumerate(ports):                  # 8 .. 8+n-1
+        left = n - 1 - i
+        prog.append([jeq, left, "R" if i == n - 1 else 0, p])
+    prog.append([ld_b_ind, 0, 0, 27])              # TCP flags
+    prog.append([jset, "R", 0, 0x10])              # ACK set: not a connect attempt
+    prog.append([jset, 0, "R", 0x02])              # SYN clear: not a connect attempt
+    prog.append([ret, 0, 0, 0xffff])               # accept
+    prog.append([ret, 0, 0, 0])                    # reject
+    reject = len(prog) - 1
+    out = (_SockFilter * len(prog))()
+    for i, (code, jt, jf, k) in enumerate(prog):
+        jt = reject - i - 1 if jt == "R" else jt
+        jf = reject - i - 1 if jf == "R" else jf
+        out[i] = _SockFilter(code, jt, jf, k)
+    return out
+
+
+class SynCounter:
+    """Counts TCP connection attempts (SYNs sent on loopback) to the given ports, as the kernel
+    sees them: a refused connect leaves no trace in userspace, so this is how a test knows how
+    often corral tried a dead backend. Needs CAP_NET_RAW (the suite runs as root)."""
+
+    def __init__(self, ports, ignore_src=()):
+        self.ports = [int(p) for p in ports]
+        self.ignore_src = set(ignore_src)  # source ports whose SYNs are not corral's
+        self.counts = {p: 0 for p in self.ports}
+        self.lock = threading.Lock()
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
+        self._filt = _syn_filter(self.ports)
+        prog = _SockFprog(len(self._filt), self._filt)
+        self.sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER,
+                             bytes(ctypes.string_at(ctypes.addressof(prog), ctypes.sizeof(prog))))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.bind(("lo", 0))
+        # Packets that matched before the filter was attached: drop them.
+        self.sock.setblocking(False)
+        try:
+            while True:
+                self.sock.recv(128)
+        except BlockingIOError:
+            pass
+        self.sock.settimeout(0.05)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="syn-counter", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(128)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if len(data) < 38:
+                continue
+            ihl = (data[14] & 15) * 4
+            sport, port = struct.unpack("!HH", data[14 + ihl:14 + ihl + 4])
+            if sport in self.ignore_src:
+                continue
+            with self.lock:
+                if port in self.counts:
+                    self.counts[port] += 1
+
+    def count(self, port=None):
+        with self.lock:
+            return sum(self.counts.values()) if port is None else self.counts[int(port)]
+
+    def reset(self):
+        with self.lock:
+            for p in self.counts:
+                self.counts[p] = 0
+
+    def settle(self, quiet=0.1):
+        """Waits until no attempt has been counted for quiet seconds (bounded)."""
+        deadline = time.monotonic() + 2 * SLOW
+        last = -1
+        while time.monotonic() < deadline:
+            n = self.count()
+            if n == last:
+                return n
+            last = n
+            time.sleep(quiet)
+        return self.count()
+
+    def close(self):
+        self._stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def port_of(addr):
+    return int(addr.rpartition(":")[2])
+
+
+def need_root(what):
+    if os.geteuid() != 0:
+        from conftest import IN_CI
+        import pytest
+        msg = "%s needs root" % what
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+# --- a proxy whose backends carry weights -------------------------------------------------------
+
+import pytest  # noqa: E402
+
+import conftest  # noqa: E402
+
+
+@pytest.fixture
+def wproxy(tmp_path, request):
+    """Factory like conftest's corral fixture, but backends is a list of Backend objects or
+    {"address", "weight"} mappings (corral's own config form), so weights are set at start-up."""
+    started = []
+
+    def start(bes, **over):
+        n = len(started)
+        tmp = str(tmp_path / ("wproxy%d" % n))
+        os.makedirs(tmp, exist_ok=True)
+        rows = []
+        for b in bes:
+            if isinstance(b, dict):
+                rows.append(dict(b))
+            else:
+                rows.append({"address": b if isinstance(b, str) else b.address, "weight": 1})
+        cfg = {
+            "instance": "e2e-%d-w%d" % (os.getpid(), n),
+            "listen": ["127.0.0.1:0"],
+            "workers": {"cores": [0, 1]},
+            "backends": rows,
+            "balance": "round-robin",
+            "timeouts": dict(conftest.DEFAULT_TIMEOUTS),
+            "limits": dict(conftest.DEFAULT_LIMITS),
+            "admin": {"socket": os.path.join(tmp, "corral.sock"), "metrics": "127.0.0.1:0"},
+        }
+        cfg = conftest._merge(cfg, over)
+        p = conftest.CorralProxy(tmp, cfg)
+        started.append(p)
+        p.start()
+        return p
+
+    yield start
+    errors = []
+    rep = getattr(request.node, "rep_call", None)
+    for p in started:
+        if p.proc is None:
+            continue
+        if rep is not None and rep.failed:
+            print("---- corral log (%s) ----\n%s" % (p.cfg_path, p.log()[-6000:]))
+        try:
+            p.check_exit()
+        except AssertionError as e:
+            errors.append(str(e))
+    if errors:
+        pytest.fail("\n\n".join(errors))
+
+
+class BackendProbe:
+    """Reads a corral-backend's /__stats over one keep-alive connection of its own, and reports
+    the connections that are not that one: what corral opened (conns) and holds open (active)."""
+
+    def __init__(self, backend):
+        self.c = Client(backend.port, timeout=10 * SLOW)
+
+    def _stats(self):
+        r = self.c.get("/__stats")
+        assert r.status == 200, r
+        return json.loads(r.body)
+
+    def conns(self):
+        return self._stats()["connections"] - 1
+
+    def active(self):
+        return self._stats()["active"] - 1
+
+    def close(self):
+        self.c.close()

@@ -1,0 +1,131 @@
+"""The planted bugs `make mutate` applies, one at a time, to a scratch copy of the tree.
+
+Each entry: name, file (relative to the repository), search (exact text, which must occur
+exactly once in that file: a mutation whose text is gone is STALE and fails the run, so this
+list stays in step with the code), replace, and tests (pytest arguments, relative to the
+repository, that must fail with the bug in place; keep them few: each mutation runs them -x).
+
+A mutation that SURVIVES its tests is a missing test: write the test, do not drop the mutation.
+"""
+
+B = "tests/e2e/test_balance.py::"
+F = "tests/e2e/test_failover.py::"
+P = "tests/e2e/test_upstream_pool.py::"
+L = "tests/e2e/test_linger.py::"
+S = "tests/e2e/test_selfmade.py::"
+
+MUTATIONS = [
+    # --- the audit's five (tests-4f81db5.md finding 1) ---
+    dict(name="hash-ignores-key", file="proxy/ups.c",
+         search="h = XXH3_64bits_withSeed(addr, strlen(addr), key);",
+         replace="h = XXH3_64bits_withSeed(addr, strlen(addr), 0);",
+         tests=[B + "test_hash_uri_sticks_and_moves_only_the_removed_backends_keys",
+                B + "test_hash_client_sticks_and_moves_only_the_removed_backends_keys"]),
+    dict(name="least-conn-ignores-in-flight", file="proxy/ups.c",
+         search="a = w->be_active[id];",
+         replace="a = 0;",
+         tests=[B + "test_least_conn_follows_in_flight_requests"]),
+    dict(name="parking-ignored", file="proxy/ups.c",
+         search="if (check_health && __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED) > w->now_ms)",
+         replace="if (0 && check_health && __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED) > w->now_ms)",
+         tests=[F + "test_parked_backend_is_skipped_for_backend_park_ms_then_tried_again",
+                F + "test_unreachable_backend_costs_each_core_one_connect_timeout_at_most"]),
+    dict(name="no-failover", file="proxy/conn.c",
+         search="if (c->attempts >= max_attempts) {",
+         replace="if (c->attempts >= max_attempts || c->attempts >= 1) {",
+         tests=[F + "test_failover_answers_every_request_and_marks_the_dead_backend_down"]),
+    dict(name="peercred-check-removed", file="proxy/ctl.c",
+         search="(cred.uid != 0 && cred.uid != geteuid())",
+         replace="(0 && cred.uid != 0 && cred.uid != geteuid())",
+         tests=["tests/e2e/test_peercred.py"]),
+
+    # --- balancing ---
+    dict(name="rr-weights-ignored", file="proxy/ups.c",
+         search="wt = __atomic_load_n(&w->d->backends[id].weight, __ATOMIC_RELAXED);\n\t\tw->rr_cur[id] += wt;",
+         replace="wt = 1;\n\t\tw->rr_cur[id] += wt;",
+         tests=[B + "test_weighted_round_robin_3_to_1"]),
+    dict(name="weight-zero-still-usable", file="proxy/ups.c",
+         search="if (__atomic_load_n(&b->weight, __ATOMIC_RELAXED) == 0 ||",
+         replace="if (__atomic_load_n(&b->weight, __ATOMIC_RELAXED) == 1000000 ||",
+         tests=[B + "test_weight_zero_from_the_start_gets_nothing",
+                B + "test_weight_zero_drains_a_backend_by_reload",
+                B + "test_weight_zero_gets_nothing_under_every_balance"]),
+    dict(name="hash-client-keys-on-uri", file="proxy/conn.c",
+         search="c->hkey = XXH3_64bits(c->peer_ip, strlen(c->peer_ip));",
+         replace="c->hkey = XXH3_64bits(base + req->target.off, req->target.len);",
+         tests=[B + "test_hash_client_sticks_and_moves_only_the_removed_backends_keys"]),
+    dict(name="in-flight-count-not-decremented", file="proxy/conn.c",
+         search="static void be_active_dec(struct worker *w, uint16_t b)\n{\n\tw->be_active[b]--;",
+         replace="static void be_active_dec(struct worker *w, uint16_t b)\n{\n\t(void)0;",
+         tests=[B + "test_least_conn_follows_in_flight_requests"]),
+
+    # --- failover and passive health ---
+    dict(name="tried-backends-not-skipped", file="proxy/ups.c",
+         search="if (tried & (1ULL << (id & 63)))",
+         replace="if (0 && (tried & (1ULL << (id & 63))))",
+         tests=[F + "test_hash_key_whose_backend_is_dead_fails_over_to_another"]),
+    dict(name="attempts-off-by-one", file="proxy/conn.c",
+         search="if (c->attempts >= max_attempts) {",
+         replace="if (c->attempts > max_attempts) {",
+         tests=[F + "test_attempts_max_one_means_no_failover",
+                F + "test_attempts_never_exceed_the_number_of_backends"]),
+    dict(name="park-time-ignored", file="proxy/main.c",
+         search="park = D.snap->cfg.timeouts.backend_park_ms;",
+         replace="park = D.snap->cfg.timeouts.backend_park_ms ? 150 : 0;",
+         tests=[F + "test_parked_backend_is_skipped_for_backend_park_ms_then_tried_again"]),
+    dict(name="park-zero-still-parks", file="proxy/main.c",
+         search="if (last &&\n",
+         replace="if (last && (park = park ? park : 1000) &&\n",
+         tests=[F + "test_park_zero_turns_passive_health_off"]),
+    dict(name="retries-not-counted", file="proxy/conn.c",
+         search="\tSTAT_ADD(w->stats->upstream_retries, 1);\n\texchange_connect(w, c);\n}",
+         replace="\texchange_connect(w, c);\n}",
+         tests=[F + "test_failover_answers_every_request_and_marks_the_dead_backend_down"]),
+    dict(name="connect-timeout-not-counted", file="proxy/conn.c",
+         search="\tcase T_CONNECT:\n\t\tSTAT_ADD(w->stats->timeouts, 1);",
+         replace="\tcase T_CONNECT:",
+         tests=[F + "test_unreachable_backend_costs_each_core_one_connect_timeout_at_most"]),
+
+    # --- upstream pool ---
+    dict(name="idle-expiry-never-runs", file="proxy/worker.c",
+         search="\tups_pool_expire(w);\n",
+         replace="\t(void)ups_pool_expire;\n",
+         tests=[P + "test_pooled_connection_is_reused_then_closed_after_upstream_idle_ms"]),
+    dict(name="idle-expiry-ignores-idle-time", file="proxy/conn.c",
+         search="if (u->idle_since_ms + idle_ms > w->now_ms &&",
+         replace="if (u->idle_since_ms + idle_ms > w->now_ms + idle_ms &&",
+         tests=[P + "test_idle_connection_survives_shorter_than_upstream_idle_ms"]),
+    dict(name="idle-per-backend-off-by-one", file="proxy/conn.c",
+         search="w->pool_n[b] >= w->snap->cfg.limits.upstream_idle_per_backend",
+         replace="w->pool_n[b] > w->snap->cfg.limits.upstream_idle_per_backend",
+         tests=[P + "test_upstream_idle_per_backend_zero_turns_keep_alive_off",
+                P + "test_upstream_idle_per_backend_bounds_the_pool"]),
+
+    # --- lingering close ---
+    dict(name="linger-timer-never-armed", file="proxy/conn.c",
+         search="if (!c->active || (c->closing && !c->lingering))\n\t\treturn;\n\tif (c->lingering) {",
+         replace="if (!c->active || c->closing)\n\t\treturn;\n\tif (c->lingering) {",
+         tests=[L + "test_linger_ms_bounds_a_lingering_close_of_a_client_that_keeps_sending"]),
+    dict(name="linger-bytes-unbounded", file="proxy/conn.c",
+         search="c->linger_bytes + (uint32_t)res < w->snap->cfg.limits.linger_bytes_max",
+         replace="c->linger_bytes + (uint32_t)res < UINT32_MAX",
+         tests=[L + "test_linger_bytes_max_bounds_what_a_lingering_close_reads"]),
+
+    # --- responses corral makes itself, and their counters ---
+    dict(name="log-upstream-wrong-backend", file="proxy/conn.c",
+         search="\t\t\te.upstream = w->d->backends[c->backend].addr;",
+         replace="\t\t\te.upstream = w->d->backends[0].addr;",
+         tests=[S + "test_access_log_names_the_backend_that_answered"]),
+    dict(name="parse-errors-not-counted", file="proxy/conn.c",
+         search="\tif (r < 0) {\n\t\tSTAT_ADD(w->stats->parse_errors, 1);",
+         replace="\tif (r < 0) {",
+         tests=[S + "test_400_is_logged_without_upstream_and_counted_as_a_parse_error"]),
+    dict(name="rejected-conn-not-counted", file="proxy/conn.c",
+         search="\tSTAT_ADD(w->stats->conns_rejected, 1);\n\tclose(fd);",
+         replace="\tclose(fd);",
+         tests=[S + "test_full_connection_table_rejects_with_503_and_counts_it"]),
+    dict(name="header-timeout-not-counted", file="proxy/conn.c",
+         search="\t\tpartial = c->accum.hbuf != NIL || c->in.len > 0;\n\t\tSTAT_ADD(w->stats->timeouts, 1);",
+         replace="\t\tpartial = c->accum.hbuf != NIL || c->in.len > 0;",
+         tests=[S + "test_408_on_a_slow_head_counts_a_timeout"]),
+]
