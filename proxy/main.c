@@ -462,8 +462,19 @@ static int do_reload(char *err, size_t errlen)
 		 (unsigned long long)(now_ns() / 1000));
 	sdnotify_send(msg);
 	r = do_reload_cfg(err, errlen);
-	sdnotify_send(r == 0 ? "READY=1\nSTATUS=serving (configuration reloaded)"
-			     : "READY=1\nSTATUS=serving (reload refused, old configuration kept)");
+	if (r == 0 && reload_restart_keys[0]) {
+		char st[sizeof(reload_restart_keys) + 96];
+
+		snprintf(st, sizeof(st),
+			 "READY=1\nSTATUS=serving (configuration reloaded; not applied until a "
+			 "restart: %s)",
+			 reload_restart_keys);
+		sdnotify_send(st);
+	} else {
+		sdnotify_send(r == 0 ? "READY=1\nSTATUS=serving (configuration reloaded)"
+				     : "READY=1\nSTATUS=serving (reload refused, old configuration "
+				       "kept)");
+	}
 	return r;
 }
 
