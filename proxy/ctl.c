@@ -433,8 +433,9 @@ static json_t *ctl_dispatch(struct ctl *c, json_t *req)
 			return ctl_action_reply(rc, err, "reload");
 		reply = json_pack("{s:b}", "ok", 1);
 		if (ops->config_version)
-			json_object_set_new(reply, "config_version",
-					    json_integer((json_int_t)ops->config_version(ops->ctx)));
+			json_object_set_new(
+				reply, "config_version",
+				json_integer((json_int_t)ops->config_version(ops->ctx)));
 		/* "restart_needed": the changed keys that only a restart applies. */
 		if (ops->reload_restart_keys) {
 			const char *k = ops->reload_restart_keys(ops->ctx);

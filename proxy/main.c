@@ -247,7 +247,7 @@ static int listeners_create(const struct config *cfg)
 
 /* --- snapshots and the backend table ------------------------------------------------------------ */
 
-static uint32_t backend_gen_last;  /* generations are never reused */
+static uint32_t backend_gen_last;    /* generations are never reused */
 static uint64_t backend_retire_last; /* free ids are reused oldest-retired first */
 
 /*
@@ -716,8 +716,9 @@ static int op_set_weight(void *ctx, uint32_t core, uint32_t weight, char *err, s
 	snprintf(key, sizeof(key), "steering.weights[%u]", core);
 	r = config_check_weight(key, weight, err, errlen);
 	for (uint32_t i = 0; r == 0 && i < D.workers_n; i++)
-		w[i] = i == core ? weight
-				 : __atomic_load_n(&steer_core(D.steer, i)->weight, __ATOMIC_RELAXED);
+		w[i] = i == core
+			       ? weight
+			       : __atomic_load_n(&steer_core(D.steer, i)->weight, __ATOMIC_RELAXED);
 	if (r == 0)
 		r = config_check_core_weights(w, D.workers_n, err, errlen);
 	if (r == 0)
@@ -773,8 +774,8 @@ static int op_backend_enable(void *ctx, const char *addr, bool enabled, bool for
 		return -ENOENT;
 	}
 	for (uint32_t i = 0; i < s->cfg.backends_n; i++)
-		if ((int)i != bi && __atomic_load_n(&D.backends[s->backend_id[i]].enabled,
-						    __ATOMIC_RELAXED))
+		if ((int)i != bi &&
+		    __atomic_load_n(&D.backends[s->backend_id[i]].enabled, __ATOMIC_RELAXED))
 			others++;
 	/* Like draining the last core: every request would get 503. */
 	if (!enabled && others == 0 && !force) {
@@ -783,8 +784,7 @@ static int op_backend_enable(void *ctx, const char *addr, bool enabled, bool for
 			 "503; --force does it anyway)");
 		return -EBUSY;
 	}
-	__atomic_store_n(&D.backends[s->backend_id[bi]].enabled, enabled ? 1 : 0,
-			 __ATOMIC_RELAXED);
+	__atomic_store_n(&D.backends[s->backend_id[bi]].enabled, enabled ? 1 : 0, __ATOMIC_RELAXED);
 	log_info("backend %s %s%s", addr, enabled ? "enabled" : "disabled",
 		 !enabled && others == 0 ? " (forced: no backend is enabled now)" : "");
 	return 0;

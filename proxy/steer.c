@@ -234,8 +234,8 @@ static const char *steer_hint(int err)
 			strcat(hint, ", CAP_NET_ADMIN");
 		if (!hint[0])
 			return " (with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN: check "
-			       "kernel.unprivileged_bpf_disabled and the LSM policy; CORRAL_DEBUG=1 "
-			       "shows the verifier log)";
+			       "kernel.unprivileged_bpf_disabled and the LSM policy; "
+			       "CORRAL_DEBUG=1 shows the verifier log)";
 		memmove(hint + 10, hint + 2, strlen(hint + 2) + 1);
 		memcpy(hint, " (missing ", 10);
 		strcat(hint, "; CORRAL_DEBUG=1 shows the verifier log)");

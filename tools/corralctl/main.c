@@ -26,7 +26,8 @@ static const struct cmd_help {
 	{ "backend", "enable|disable [--force] ADDR",
 	  "take a backend in or out of rotation (--force: even the last enabled one)" },
 	{ "backend", "weight ADDR N", "balancing weight of a backend" },
-	{ "reload", "", "re-read the config file (like SIGHUP); names changed keys that need a restart" },
+	{ "reload", "",
+	  "re-read the config file (like SIGHUP); names changed keys that need a restart" },
 	{ "help", "[COMMAND]", "this text, or one command's" },
 };
 
@@ -399,8 +400,9 @@ int main(int argc, char **argv)
 						    "addr", argv[1], "weight", (json_int_t)n),
 					  NULL, false, msg);
 		}
-		return usage("backend: expected enable|disable ADDR, disable --force ADDR, or weight "
-			     "ADDR N");
+		return usage(
+			"backend: expected enable|disable ADDR, disable --force ADDR, or weight "
+			"ADDR N");
 	}
 	if (!strcmp(cmd, "reload")) {
 		if (argc != 0)
