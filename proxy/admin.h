@@ -89,12 +89,18 @@ struct admin_ops {
 	int (*set_weight)(void *ctx, uint32_t core, uint32_t weight, char *err, size_t errlen);
 	/* drained true: drain (skip it in steering, shut its listener, let conns finish). */
 	int (*set_drained)(void *ctx, uint32_t core, bool drained, char *err, size_t errlen);
-	/* addr is matched against admin_backend.addr; unknown address: -ENOENT. */
-	int (*backend_enable)(void *ctx, const char *addr, bool enabled, char *err, size_t errlen);
+	/*
+	 * addr is matched against admin_backend.addr; unknown address: -ENOENT. Disabling the
+	 * last enabled backend (every request would get 503) needs force, else -EBUSY.
+	 */
+	int (*backend_enable)(void *ctx, const char *addr, bool enabled, bool force, char *err,
+			      size_t errlen);
 	int (*backend_weight)(void *ctx, const char *addr, uint32_t weight, char *err,
 			      size_t errlen);
 	/* Re-read the config file like SIGHUP; a bad file is -EINVAL with the parser's message. */
 	int (*reload)(void *ctx, char *err, size_t errlen);
+	/* After a successful reload: the changed restart-only keys it did not apply, "" = none. */
+	const char *(*reload_restart_keys)(void *ctx);
 };
 
 /*

@@ -20,6 +20,9 @@
 #define CFG_FILE_BYTES_MAX (1024 * 1024)
 /* Longest key path in a message, e.g. "limits.upstream_idle_per_backend". */
 #define CFG_KEY_PATH_MAX 96
+/* The words of the checks the file and the control commands share (config_check_*). */
+#define CFG_MSG_CORE_WEIGHTS_ZERO    "at least one weight must be above 0"
+#define CFG_MSG_BACKEND_WEIGHTS_ZERO "every backend has weight 0, so no request could be served"
 /*
  * Receive buffer memory per core (buffers_per_core x buffer_bytes) above this is almost
  * certainly a unit mistake; the default is 64 MiB per core.
@@ -259,6 +262,40 @@ static int get_uint(struct cfg_parse *p, yaml_node_t *n, const char *path, uint6
 bad:
 	return cfg_err(p, node_line(n), path, "must be %s between %" PRIu64 " and %" PRIu64,
 		       pow2 ? "a power of two" : "an integer", min, max);
+}
+
+/* --- checks shared with the control commands (the same bounds and the same words) -------- */
+
+int config_check_weight(const char *key, uint64_t w, char *err, size_t errlen)
+{
+	if (w <= CFG_WEIGHT_MAX)
+		return 0;
+	snprintf(err, errlen, "%s: must be an integer between 0 and %d", key, CFG_WEIGHT_MAX);
+	return -EINVAL;
+}
+
+static bool cfg_all_zero(const uint32_t *w, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++)
+		if (w[i])
+			return false;
+	return true;
+}
+
+int config_check_core_weights(const uint32_t *w, uint32_t n, char *err, size_t errlen)
+{
+	if (!cfg_all_zero(w, n))
+		return 0;
+	snprintf(err, errlen, "steering.weights: " CFG_MSG_CORE_WEIGHTS_ZERO);
+	return -EINVAL;
+}
+
+int config_check_backend_weights(const uint32_t *w, uint32_t n, char *err, size_t errlen)
+{
+	if (!cfg_all_zero(w, n))
+		return 0;
+	snprintf(err, errlen, "backends: " CFG_MSG_BACKEND_WEIGHTS_ZERO);
+	return -EINVAL;
 }
 
 /*
@@ -911,7 +948,7 @@ static int parse_weights(struct cfg_parse *p, yaml_node_t *v, const char *path)
 		sum += w;
 	}
 	if (sum == 0)
-		return cfg_err(p, node_line(v), path, "at least one weight must be above 0");
+		return cfg_err(p, node_line(v), path, CFG_MSG_CORE_WEIGHTS_ZERO);
 	st->weights_n = (uint32_t)seq_len(v);
 	p->line_weights = node_line(v);
 	return 0;
@@ -1057,8 +1094,7 @@ static int check_whole(struct cfg_parse *p)
 	for (i = 0; i < cfg->backends_n; i++)
 		sum += cfg->backends[i].weight;
 	if (sum == 0)
-		return cfg_err(p, p->line_backend[0], "backends",
-			       "every backend has weight 0, so no request could be served");
+		return cfg_err(p, p->line_backend[0], "backends", CFG_MSG_BACKEND_WEIGHTS_ZERO);
 	for (i = 0; i < cfg->backends_n; i++) {
 		uint32_t j;
 

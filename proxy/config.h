@@ -26,4 +26,15 @@ int config_parse_addr(struct cfg_addr *a, const char *text);
 
 const char *config_balance_name(enum cfg_balance b);
 
+/*
+ * The checks the config file and the control commands share, so that the runtime accepts
+ * exactly what the file does, with the file's words: 0, or -EINVAL with "KEY: reason" in
+ * err, e.g. "steering.weights[1]: must be an integer between 0 and 1000",
+ * "steering.weights: at least one weight must be above 0",
+ * "backends: every backend has weight 0, so no request could be served".
+ */
+int config_check_weight(const char *key, uint64_t w, char *err, size_t errlen);
+int config_check_core_weights(const uint32_t *w, uint32_t n, char *err, size_t errlen);
+int config_check_backend_weights(const uint32_t *w, uint32_t n, char *err, size_t errlen);
+
 #endif

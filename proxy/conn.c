@@ -916,7 +916,8 @@ void ups_pool_expire(struct worker *w)
 		while (w->pool_tail[b] != NIL) {
 			struct ups *u = &w->ups[w->pool_tail[b]];
 
-			if (u->idle_since_ms + idle_ms > w->now_ms && w->snap->id_gen[b] == u->be_gen)
+			if (u->idle_since_ms + idle_ms > w->now_ms &&
+			    w->snap->id_gen[b] == u->be_gen)
 				break;
 			pool_unlink(w, u);
 			ups_close(w, u);

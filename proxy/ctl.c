@@ -416,22 +416,42 @@ static json_t *ctl_dispatch(struct ctl *c, json_t *req)
 		} else {
 			if (!ops->backend_enable)
 				return ctl_error("%s: not supported by this daemon", cmd);
-			rc = ops->backend_enable(ops->ctx, s, cmd[8] == 'e', err, sizeof(err));
+			rc = ops->backend_enable(ops->ctx, s, cmd[8] == 'e',
+						 json_is_true(json_object_get(req, "force")), err,
+						 sizeof(err));
 		}
 		if (rc == -ENOENT && !err[0])
 			snprintf(err, sizeof(err), "unknown backend '%s'", s);
 		return ctl_action_reply(rc, err, cmd);
 	}
 	if (!strcmp(cmd, "reload")) {
+		json_t *reply;
+
 		if (!ops->reload)
 			return ctl_error("reload: not supported by this daemon");
 		rc = ops->reload(ops->ctx, err, sizeof(err));
 		if (rc < 0)
 			return ctl_action_reply(rc, err, "reload");
+		reply = json_pack("{s:b}", "ok", 1);
 		if (ops->config_version)
-			return json_pack("{s:b, s:I}", "ok", 1, "config_version",
-					 (json_int_t)ops->config_version(ops->ctx));
-		return json_pack("{s:b}", "ok", 1);
+			json_object_set_new(
+				reply, "config_version",
+				json_integer((json_int_t)ops->config_version(ops->ctx)));
+		/* "restart_needed": the changed keys that only a restart applies. */
+		if (ops->reload_restart_keys) {
+			const char *k = ops->reload_restart_keys(ops->ctx);
+			json_t *list = json_array();
+
+			while (k && *k) {
+				size_t n = strcspn(k, ",");
+
+				json_array_append_new(list, json_stringn(k, n));
+				k += n;
+				k += strspn(k, ", ");
+			}
+			json_object_set_new(reply, "restart_needed", list);
+		}
+		return reply;
 	}
 	return ctl_error("unknown command '%s'", cmd);
 }

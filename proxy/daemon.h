@@ -32,9 +32,9 @@ struct backend_rt {
 	uint32_t down;		/* 1 = marked down by proxy/health.c: no new requests */
 	char addr[64];
 	/* main thread only */
-	uint32_t gen;		  /* generation of the current assignment; 0 = id free */
-	uint64_t retired_seq;	  /* when it was freed (reuse order) */
-	uint64_t since_ms;	  /* when it was assigned: older connect failures are not its own */
+	uint32_t gen;	      /* generation of the current assignment; 0 = id free */
+	uint64_t retired_seq; /* when it was freed (reuse order) */
+	uint64_t since_ms;    /* when it was assigned: older connect failures are not its own */
 	uint64_t base_requests, base_errors, base_lat_sum_us; /* counters of earlier assignments */
 } __attribute__((aligned(64)));
 

@@ -273,7 +273,7 @@ static int listeners_create(const struct config *cfg)
 
 /* --- snapshots and the backend table ------------------------------------------------------------ */
 
-static uint32_t backend_gen_last;  /* generations are never reused */
+static uint32_t backend_gen_last;    /* generations are never reused */
 static uint64_t backend_retire_last; /* free ids are reused oldest-retired first */
 
 /*
@@ -377,17 +377,99 @@ static void steering_apply(const struct config *cfg)
 				 i < cfg->steering.weights_n ? cfg->steering.weights[i] : 1);
 }
 
-static bool same_listen(const struct config *a, const struct config *b)
+/* The start-up configuration: restart-only keys keep these values over every reload. */
+static const struct config *startup_cfg;
+/* Restart-only keys the last reload found changed and did not apply ("" = none). */
+static char reload_restart_keys[512];
+
+static void restart_key(const char *key)
 {
-	if (a->listen_n != b->listen_n || a->cores_n != b->cores_n)
+	size_t n = strlen(reload_restart_keys);
+
+	snprintf(reload_restart_keys + n, sizeof(reload_restart_keys) - n, "%s%s", n ? ", " : "",
+		 key);
+}
+
+static bool same_addr_list(const struct cfg_addr *a, uint32_t an, const struct cfg_addr *b,
+			   uint32_t bn)
+{
+	if (an != bn)
 		return false;
-	for (uint32_t i = 0; i < a->listen_n; i++)
-		if (strcmp(a->listen[i].text, b->listen[i].text) != 0)
-			return false;
-	for (uint32_t i = 0; i < a->cores_n; i++)
-		if (a->cores[i] != b->cores[i])
+	for (uint32_t i = 0; i < an; i++)
+		if (strcmp(a[i].text, b[i].text) != 0)
 			return false;
 	return true;
+}
+
+/*
+ * Keys fixed at start-up (listeners, worker threads, tables and buffer rings, the access log
+ * and admin listeners are set up once): a new value is not applied, the running one stays in
+ * cfg, and the key is named in reload_restart_keys for the reply and the log.
+ */
+static void restart_only_keep(struct config *cfg)
+{
+	const struct config *run = startup_cfg;
+	struct cfg_limits *l = &cfg->limits;
+	const struct cfg_limits *rl = &run->limits;
+
+	reload_restart_keys[0] = 0;
+	if (!same_addr_list(cfg->listen, cfg->listen_n, run->listen, run->listen_n)) {
+		restart_key("listen");
+		memcpy(cfg->listen, run->listen, sizeof(cfg->listen));
+		cfg->listen_n = run->listen_n;
+	}
+	if (cfg->cores_n != run->cores_n ||
+	    memcmp(cfg->cores, run->cores, run->cores_n * sizeof(run->cores[0])) != 0) {
+		restart_key("workers.cores");
+		memcpy(cfg->cores, run->cores, sizeof(cfg->cores));
+		if (cfg->steering.weights_n && cfg->steering.weights_n != run->cores_n) {
+			/* One weight per running core: weights for other cores cannot apply. */
+			restart_key("steering.weights");
+			cfg->steering = (struct cfg_steering){ .weights_n = 0 };
+			memcpy(cfg->steering.policy, D.snap->cfg.steering.policy,
+			       sizeof(cfg->steering.policy));
+			memcpy(cfg->steering.weights, D.snap->cfg.steering.weights,
+			       sizeof(cfg->steering.weights));
+			cfg->steering.weights_n = D.snap->cfg.steering.weights_n;
+		}
+		cfg->cores_n = run->cores_n;
+	}
+	if (strcmp(cfg->instance, run->instance) != 0) {
+		restart_key("instance");
+		memcpy(cfg->instance, run->instance, sizeof(cfg->instance));
+	}
+	if (strcmp(cfg->admin.socket, run->admin.socket) != 0)
+		restart_key("admin.socket");
+	if (cfg->admin.metrics_on != run->admin.metrics_on ||
+	    (run->admin.metrics_on && strcmp(cfg->admin.metrics.text, run->admin.metrics.text)))
+		restart_key("admin.metrics");
+	cfg->admin = run->admin;
+	if (cfg->access_log.on != run->access_log.on ||
+	    (run->access_log.on && strcmp(cfg->access_log.path, run->access_log.path)))
+		restart_key("access_log.path");
+	else if (run->access_log.on && cfg->access_log.format != run->access_log.format)
+		restart_key("access_log.format");
+	cfg->access_log = run->access_log;
+#define KEEP(field)                                                                                \
+	do {                                                                                       \
+		if (l->field != rl->field)                                                         \
+			restart_key("limits." #field);                                             \
+		l->field = rl->field;                                                              \
+	} while (0)
+	KEEP(connections_per_core);
+	KEEP(buffers_per_core);
+	KEEP(buffer_bytes);
+	KEEP(listen_backlog);
+#undef KEEP
+	/* Head buffers and the header table are sized at start-up: lowering applies. */
+	if (l->header_bytes_max > rl->header_bytes_max) {
+		restart_key("limits.header_bytes_max (above its start-up value)");
+		l->header_bytes_max = rl->header_bytes_max;
+	}
+	if (l->headers_max > rl->headers_max) {
+		restart_key("limits.headers_max (above its start-up value)");
+		l->headers_max = rl->headers_max;
+	}
 }
 
 static int do_reload_cfg(char *err, size_t errlen);
@@ -406,8 +488,19 @@ static int do_reload(char *err, size_t errlen)
 		 (unsigned long long)(now_ns() / 1000));
 	sdnotify_send(msg);
 	r = do_reload_cfg(err, errlen);
-	sdnotify_send(r == 0 ? "READY=1\nSTATUS=serving (configuration reloaded)"
-			     : "READY=1\nSTATUS=serving (reload refused, old configuration kept)");
+	if (r == 0 && reload_restart_keys[0]) {
+		char st[sizeof(reload_restart_keys) + 96];
+
+		snprintf(st, sizeof(st),
+			 "READY=1\nSTATUS=serving (configuration reloaded; not applied until a "
+			 "restart: %s)",
+			 reload_restart_keys);
+		sdnotify_send(st);
+	} else {
+		sdnotify_send(r == 0 ? "READY=1\nSTATUS=serving (configuration reloaded)"
+				     : "READY=1\nSTATUS=serving (reload refused, old configuration "
+				       "kept)");
+	}
 	return r;
 }
 
@@ -425,18 +518,7 @@ static int do_reload_cfg(char *err, size_t errlen)
 		free(cfg);
 		return -EINVAL;
 	}
-	if (!same_listen(&D.snap->cfg, cfg)) {
-		snprintf(err, errlen,
-			 "listen addresses and worker cores cannot change on reload (restart "
-			 "corral)");
-		log_err("reload rejected, old configuration kept: %s", err);
-		free(cfg);
-		return -EINVAL;
-	}
-	/* Sizes fixed at start-up keep their start-up values. */
-	cfg->limits.connections_per_core = D.snap->cfg.limits.connections_per_core;
-	cfg->limits.buffers_per_core = D.snap->cfg.limits.buffers_per_core;
-	cfg->limits.buffer_bytes = D.snap->cfg.limits.buffer_bytes;
+	restart_only_keep(cfg);
 	s = snapshot_build(cfg);
 	free(cfg);
 	if (!s)
@@ -444,8 +526,13 @@ static int do_reload_cfg(char *err, size_t errlen)
 	steering_apply(&s->cfg);
 	snapshot_publish(s);
 	health_sync(HC, s);
-	log_info("configuration reloaded (version %llu, %u backends)",
-		 (unsigned long long)s->version, s->cfg.backends_n);
+	if (reload_restart_keys[0])
+		log_warn("configuration reloaded (version %llu, %u backends); changed but not "
+			 "applied until a restart: %s",
+			 (unsigned long long)s->version, s->cfg.backends_n, reload_restart_keys);
+	else
+		log_info("configuration reloaded (version %llu, %u backends)",
+			 (unsigned long long)s->version, s->cfg.backends_n);
 	return 0;
 }
 
@@ -639,8 +726,11 @@ static int op_set_policy(void *ctx, const char *name, char *err, size_t errlen)
 	return r;
 }
 
+/* The same checks as steering.weights in the file: each 0..1000, not all 0. */
 static int op_set_weight(void *ctx, uint32_t core, uint32_t weight, char *err, size_t errlen)
 {
+	uint32_t w[CFG_CORES_MAX];
+	char key[40];
 	int r = need_steer(err, errlen);
 
 	if (r)
@@ -649,7 +739,19 @@ static int op_set_weight(void *ctx, uint32_t core, uint32_t weight, char *err, s
 		snprintf(err, errlen, "unknown core %u (workers: 0..%u)", core, D.workers_n - 1);
 		return -EINVAL;
 	}
-	return steer_set_weight(D.steer, core, weight);
+	snprintf(key, sizeof(key), "steering.weights[%u]", core);
+	r = config_check_weight(key, weight, err, errlen);
+	for (uint32_t i = 0; r == 0 && i < D.workers_n; i++)
+		w[i] = i == core
+			       ? weight
+			       : __atomic_load_n(&steer_core(D.steer, i)->weight, __ATOMIC_RELAXED);
+	if (r == 0)
+		r = config_check_core_weights(w, D.workers_n, err, errlen);
+	if (r == 0)
+		r = steer_set_weight(D.steer, core, weight);
+	if (r == 0)
+		log_info("core %u: steering weight %u", core, weight);
+	return r;
 }
 
 static int op_set_drained(void *ctx, uint32_t core, bool drained, char *err, size_t errlen)
@@ -675,48 +777,82 @@ static int op_set_drained(void *ctx, uint32_t core, bool drained, char *err, siz
 	return 0;
 }
 
+/* The config index of the backend at addr in the live snapshot, or -1. */
 static int backend_find(const char *addr)
 {
 	const struct snapshot *s = D.snap;
 
 	for (uint32_t i = 0; i < s->cfg.backends_n; i++)
 		if (strcmp(D.backends[s->backend_id[i]].addr, addr) == 0)
-			return (int)s->backend_id[i];
+			return (int)i;
 	return -1;
 }
 
-static int op_backend_enable(void *ctx, const char *addr, bool enabled, char *err, size_t errlen)
+static int op_backend_enable(void *ctx, const char *addr, bool enabled, bool force, char *err,
+			     size_t errlen)
 {
-	int id = backend_find(addr);
+	const struct snapshot *s = D.snap;
+	int bi = backend_find(addr);
+	uint32_t others = 0;
 
-	if (id < 0) {
+	if (bi < 0) {
 		snprintf(err, errlen, "unknown backend %s", addr);
 		return -ENOENT;
 	}
-	__atomic_store_n(&D.backends[id].enabled, enabled ? 1 : 0, __ATOMIC_RELAXED);
-	log_info("backend %s %s", addr, enabled ? "enabled" : "disabled");
+	for (uint32_t i = 0; i < s->cfg.backends_n; i++)
+		if ((int)i != bi &&
+		    __atomic_load_n(&D.backends[s->backend_id[i]].enabled, __ATOMIC_RELAXED))
+			others++;
+	/* Like draining the last core: every request would get 503. */
+	if (!enabled && others == 0 && !force) {
+		snprintf(err, errlen,
+			 "refusing to disable the last enabled backend (every request would get "
+			 "503; --force does it anyway)");
+		return -EBUSY;
+	}
+	__atomic_store_n(&D.backends[s->backend_id[bi]].enabled, enabled ? 1 : 0, __ATOMIC_RELAXED);
+	log_info("backend %s %s%s", addr, enabled ? "enabled" : "disabled",
+		 !enabled && others == 0 ? " (forced: no backend is enabled now)" : "");
 	return 0;
 }
 
+/* The same checks as backends[i].weight in the file: 0..1000, not every backend 0. */
 static int op_backend_weight(void *ctx, const char *addr, uint32_t weight, char *err, size_t errlen)
 {
-	int id = backend_find(addr);
+	const struct snapshot *s = D.snap;
+	uint32_t w[CFG_BACKENDS_MAX];
+	int bi = backend_find(addr);
+	char key[40];
+	int r;
 
-	if (id < 0) {
+	if (bi < 0) {
 		snprintf(err, errlen, "unknown backend %s", addr);
 		return -ENOENT;
 	}
-	if (weight > CFG_WEIGHT_MAX) {
-		snprintf(err, errlen, "weight must be 0..%u", CFG_WEIGHT_MAX);
-		return -EINVAL;
-	}
-	__atomic_store_n(&D.backends[id].weight, weight, __ATOMIC_RELAXED);
+	snprintf(key, sizeof(key), "backends[%d].weight", bi);
+	r = config_check_weight(key, weight, err, errlen);
+	if (r)
+		return r;
+	for (uint32_t i = 0; i < s->cfg.backends_n; i++)
+		w[i] = (int)i == bi ? weight
+				    : __atomic_load_n(&D.backends[s->backend_id[i]].weight,
+						      __ATOMIC_RELAXED);
+	r = config_check_backend_weights(w, s->cfg.backends_n, err, errlen);
+	if (r)
+		return r;
+	__atomic_store_n(&D.backends[s->backend_id[bi]].weight, weight, __ATOMIC_RELAXED);
+	log_info("backend %s: weight %u", addr, weight);
 	return 0;
 }
 
 static int op_reload(void *ctx, char *err, size_t errlen)
 {
 	return do_reload(err, errlen);
+}
+
+static const char *op_reload_restart_keys(void *ctx)
+{
+	return reload_restart_keys;
 }
 
 static bool op_accepting(void *ctx)
@@ -767,6 +903,7 @@ static const struct admin_ops ADMIN_OPS = {
 	.backend_enable = op_backend_enable,
 	.backend_weight = op_backend_weight,
 	.reload = op_reload,
+	.reload_restart_keys = op_reload_restart_keys,
 	.accepting = op_accepting,
 	.alive = op_alive,
 };
@@ -893,6 +1030,7 @@ int main(int argc, char **argv)
 		rc = 1;
 		goto out_steer;
 	}
+	startup_cfg = cfg;
 	snapshot_publish(snapshot_build(cfg));
 	steering_apply(cfg);
 

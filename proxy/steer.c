@@ -13,7 +13,9 @@
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/vfs.h>
+#include <linux/capability.h>
 #include <linux/magic.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -192,12 +194,52 @@ static int steer_reset_stats(struct steer *s)
 	return ret;
 }
 
+#ifndef CAP_PERFMON
+#define CAP_PERFMON 38
+#endif
+#ifndef CAP_BPF
+#define CAP_BPF 39
+#endif
+
+/* Whether this thread has cap in its effective set (true when it cannot tell). */
+static bool steer_cap_have(int cap)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct d[2];
+
+	if (syscall(SYS_capget, &h, d) != 0)
+		return true;
+	return d[cap / 32].effective & (1u << (cap % 32));
+}
+
+/*
+ * The capabilities loading the program needs: CAP_BPF, CAP_PERFMON (the verifier allows the
+ * program's pointer arithmetic only then) and CAP_NET_ADMIN (a networking program type).
+ * CAP_SYS_ADMIN stands in for the first two.
+ */
 static const char *steer_hint(int err)
 {
+	static char hint[160];
+	bool admin = steer_cap_have(CAP_SYS_ADMIN);
+
 	switch (-err) {
 	case EPERM:
 	case EACCES:
-		return " (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_SYS_ADMIN for bpffs)";
+		hint[0] = 0;
+		if (!admin && !steer_cap_have(CAP_BPF))
+			strcat(hint, ", CAP_BPF");
+		if (!admin && !steer_cap_have(CAP_PERFMON))
+			strcat(hint, ", CAP_PERFMON");
+		if (!steer_cap_have(CAP_NET_ADMIN))
+			strcat(hint, ", CAP_NET_ADMIN");
+		if (!hint[0])
+			return " (with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN: check "
+			       "kernel.unprivileged_bpf_disabled and the LSM policy; "
+			       "CORRAL_DEBUG=1 shows the verifier log)";
+		memmove(hint + 10, hint + 2, strlen(hint + 2) + 1);
+		memcpy(hint, " (missing ", 10);
+		strcat(hint, "; CORRAL_DEBUG=1 shows the verifier log)");
+		return hint;
 	case ENOSYS:
 	case EOPNOTSUPP:
 		return " (kernel without BPF support)";
@@ -307,6 +349,22 @@ static int steer_load(struct steer *s, const struct config *cfg, int policy, cha
 	return 0;
 }
 
+/*
+ * libbpf's own messages, the verifier's log among them (hundreds of lines), are debug output:
+ * printed only with CORRAL_DEBUG=1. The reason a load failed reaches the log as one line.
+ */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+static int steer_libbpf_print(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+	const char *dbg = getenv("CORRAL_DEBUG");
+
+	if (!dbg || strcmp(dbg, "1") != 0)
+		return 0;
+	return vfprintf(stderr, fmt, ap);
+}
+#pragma GCC diagnostic pop
+
 int steer_open(struct steer **out, const struct config *cfg, char *err, size_t errlen)
 {
 	const char *pname = cfg->steering.policy[0] ? cfg->steering.policy : "hash";
@@ -338,6 +396,7 @@ int steer_open(struct steer **out, const struct config *cfg, char *err, size_t e
 		}
 	}
 
+	libbpf_set_print(steer_libbpf_print);
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
@@ -560,7 +619,6 @@ static bool steer_pinned_is_ours(const struct steer *s, struct bpf_map *m)
 void steer_close(struct steer *s)
 {
 	struct bpf_map *m;
-	bool replaced = false;
 	int i, lock;
 
 	if (!s)
@@ -570,13 +628,14 @@ void steer_close(struct steer *s)
 	 * binary upgrade taking over) may have replaced the pins, and keeps using its own.
 	 */
 	lock = steer_lock(s->dir);
-	for (i = 0; s->skel && (m = steer_map_at(s->skel, i)); i++) {
+	for (i = 0; s->skel && (m = steer_map_at(s->skel, i)); i++)
 		if (steer_pinned_is_ours(s, m))
 			bpf_map__unpin(m, NULL);
-		else
-			replaced = true;
-	}
-	if (s->skel && !replaced) {
+	/*
+	 * rmdir fails while the folder holds another process's pins, as it should; an empty one
+	 * (a load that failed before pinning) does not stay behind.
+	 */
+	if (s->dir[0]) {
 		rmdir(s->dir);
 		rmdir(STEER_PIN_ROOT); /* fails while other instances exist, as it should */
 	}

@@ -99,6 +99,6 @@ def test_504_to_head_has_no_body(corral):
 def test_503_to_head_has_no_body(corral, backend):
     p = corral([backend], limits=LIMITS, timeouts=TIMEOUTS, workers={"cores": [0]})
     out = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], "backend", "disable",
-                          backend.address], capture_output=True, text=True, timeout=10)
+                          "--force", backend.address], capture_output=True, text=True, timeout=10)
     assert out.returncode == 0, out.stderr
     assert_head_only(raw_exchange(p.port, head_line()), 503)

@@ -41,7 +41,7 @@ def test_no_eligible_backend_is_not_blamed_on_backend_0(corral, backend_factory,
     with Client(p.port) as c:
         assert c.get("/").status == 200  # a normal request first: it names its upstream
     ctl(p, "backend", "disable", a.address)
-    ctl(p, "backend", "disable", b.address)
+    ctl(p, "backend", "disable", "--force", b.address)  # the last one: needs --force
     for _ in range(3):
         with Client(p.port) as c:
             assert c.get("/").status == 503

@@ -80,7 +80,7 @@ def test_another_uid_is_refused_by_the_credential_check_not_by_file_permissions(
     # What an attacker would find after an operator's mistake: everything open to everyone.
     os.chmod(sock, 0o666)
     os.chmod(open_folder, 0o755)
-    cmd = json.dumps({"cmd": "backend-disable", "addr": backend.address})
+    cmd = json.dumps({"cmd": "backend-disable", "addr": backend.address, "force": True})
     # Root (the daemon's own uid) is served on the same path.
     mine = as_user(os.geteuid(), sock, json.dumps({"cmd": "status"}))
     assert mine.get("connected") and json.loads(mine["reply"])["ok"] is True, mine

@@ -146,7 +146,7 @@ def test_502_from_a_dead_backend_is_logged_with_the_backend_it_tried(wproxy, tmp
 def test_503_with_every_backend_disabled_is_logged_without_upstream(wproxy, backend, tmp_path):
     log = str(tmp_path / "access.log")
     p = wproxy([backend], access_log={"path": log, "format": "json"})
-    r = ctl(p, "backend", "disable", backend.address)
+    r = ctl(p, "backend", "disable", "--force", backend.address)  # the last one: needs --force
     assert r.returncode == 0, r.stderr
     assert simple_get(p.port, "/").status == 503
     line = log_lines(log, 1)[0]

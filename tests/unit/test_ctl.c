@@ -96,7 +96,8 @@ static int fake_set_drained(void *ctx, uint32_t core, bool d, char *err, size_t 
 	return 0;
 }
 
-static int fake_backend_enable(void *ctx, const char *addr, bool on, char *err, size_t errlen)
+static int fake_backend_enable(void *ctx, const char *addr, bool on, bool force, char *err,
+			       size_t errlen)
 {
 	int i = fake_find_backend(addr);
 

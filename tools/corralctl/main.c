@@ -23,9 +23,11 @@ static const struct cmd_help {
 	{ "drain", "CORE", "stop sending new connections to a core" },
 	{ "undrain", "CORE", "resume sending new connections to a core" },
 	{ "backends", "[--json]", "backend table" },
-	{ "backend", "enable|disable ADDR", "take a backend in or out of rotation" },
+	{ "backend", "enable|disable [--force] ADDR",
+	  "take a backend in or out of rotation (--force: even the last enabled one)" },
 	{ "backend", "weight ADDR N", "balancing weight of a backend" },
-	{ "reload", "", "re-read the config file (like SIGHUP)" },
+	{ "reload", "",
+	  "re-read the config file (like SIGHUP); names changed keys that need a restart" },
 	{ "help", "[COMMAND]", "this text, or one command's" },
 };
 
@@ -229,6 +231,21 @@ static int cmd_simple(const char *sock, json_t *req, void (*render)(FILE *, json
 	return 0;
 }
 
+/* "reloaded", then the changed keys that only a restart applies (they were not applied). */
+static void render_reload(FILE *f, json_t *reply)
+{
+	json_t *keys = json_object_get(reply, "restart_needed"), *k;
+	size_t i;
+
+	fputs("reloaded", f);
+	if (json_array_size(keys)) {
+		fputs("; changed but not applied until a restart: ", f);
+		json_array_foreach(keys, i, k)
+			fprintf(f, "%s%s", i ? ", " : "", json_string_value(k) ?: "?");
+	}
+	fputc('\n', f);
+}
+
 static bool only_json_flag(int argc, char **argv, bool *json)
 {
 	*json = false;
@@ -358,12 +375,20 @@ int main(int argc, char **argv)
 				  json, NULL);
 	}
 	if (!strcmp(cmd, "backend")) {
-		if (argc == 2 && (!strcmp(argv[0], "enable") || !strcmp(argv[0], "disable"))) {
-			snprintf(msg, sizeof(msg), "backend %s: %sd", argv[1], argv[0]);
+		if (argc >= 2 && argc <= 3 &&
+		    (!strcmp(argv[0], "enable") || !strcmp(argv[0], "disable"))) {
+			bool force = argc == 3 && !strcmp(argv[1], "--force");
+			const char *addr = argv[argc - 1];
+
+			if (argc == 3 && (!force || argv[0][0] != 'd'))
+				return usage("backend: expected enable ADDR, or disable [--force] "
+					     "ADDR");
+			snprintf(msg, sizeof(msg), "backend %s: %sd", addr, argv[0]);
 			snprintf(msg + 200, 100, "backend-%s", argv[0]);
-			return cmd_simple(
-				sock, json_pack("{s:s, s:s}", "cmd", msg + 200, "addr", argv[1]),
-				NULL, false, msg);
+			return cmd_simple(sock,
+					  json_pack("{s:s, s:s, s:b}", "cmd", msg + 200, "addr",
+						    addr, "force", force),
+					  NULL, false, msg);
 		}
 		if (argc == 3 && !strcmp(argv[0], "weight")) {
 			if (!parse_u32(argv[2], &n))
@@ -375,13 +400,15 @@ int main(int argc, char **argv)
 						    "addr", argv[1], "weight", (json_int_t)n),
 					  NULL, false, msg);
 		}
-		return usage("backend: expected enable|disable ADDR, or weight ADDR N");
+		return usage(
+			"backend: expected enable|disable ADDR, disable --force ADDR, or weight "
+			"ADDR N");
 	}
 	if (!strcmp(cmd, "reload")) {
 		if (argc != 0)
 			return usage("reload: no arguments");
-		return cmd_simple(sock, json_pack("{s:s}", "cmd", "reload"), NULL, false,
-				  "reloaded");
+		return cmd_simple(sock, json_pack("{s:s}", "cmd", "reload"), render_reload, false,
+				  NULL);
 	}
 	snprintf(msg, sizeof(msg), "unknown command '%s'", cmd);
 	return usage(msg);
