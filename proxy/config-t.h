@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 /* Hard upper bounds on list sizes, so that config structs are fixed-size. */
 #define CFG_LISTEN_MAX	 16  /* more listen addresses than this is a config mistake */
@@ -196,6 +197,12 @@ struct config {
 	struct cfg_admin admin;
 	struct cfg_access_log access_log;
 	struct cfg_health health; /* top-level default for every backend */
+
+	/* Privilege drop after start-up (proxy/privdrop.c); user[0] == 0: stay as started. */
+	char user[64];
+	char group[64]; /* "" = the user's primary group */
+	uid_t uid;	/* resolved from user at load time */
+	gid_t gid;	/* resolved from group, or the user's primary group */
 };
 
 #endif

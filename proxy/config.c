@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <grp.h>
+#include <pwd.h>
 #include <arpa/inet.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -107,6 +109,7 @@ struct cfg_parse {
 	size_t line_weights;	  /* 0: steering.weights not given */
 	size_t line_buffers;	  /* line of the later of the two buffer keys, 0 if neither */
 	size_t line_health;	  /* line of the top-level health mapping, 0 if absent */
+	size_t line_user, line_group; /* 0 if absent */
 	size_t line_backend_health[CFG_BACKENDS_MAX]; /* a backend's own health, 0 if absent */
 	const char *key_buffers;  /* and its name */
 };
@@ -1038,7 +1041,43 @@ static int top_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, const 
 		p->line_health = node_line(v);
 		return parse_health(p, v, path, &p->cfg->health);
 	}
+	if (!strcmp(key, "user")) {
+		p->line_user = node_line(v);
+		return get_str(p, v, path, p->cfg->user, sizeof(p->cfg->user), false);
+	}
+	if (!strcmp(key, "group")) {
+		p->line_group = node_line(v);
+		return get_str(p, v, path, p->cfg->group, sizeof(p->cfg->group), false);
+	}
 	return CFG_UNKNOWN;
+}
+
+/* user: and group: name accounts of this machine (checked here so --check catches a typo). */
+static int check_user(struct cfg_parse *p)
+{
+	struct config *cfg = p->cfg;
+	struct passwd pw, *pwp = NULL;
+	struct group gr, *grp = NULL;
+	char buf[4096];
+
+	if (!cfg->user[0]) {
+		if (cfg->group[0])
+			return cfg_err(p, p->line_group, "group",
+				       "needs user: (the group alone is not dropped to)");
+		return 0;
+	}
+	if (getpwnam_r(cfg->user, &pw, buf, sizeof(buf), &pwp) != 0 || !pwp)
+		return cfg_err(p, p->line_user, "user", "no such user '%s' on this machine",
+			       cfg->user);
+	cfg->uid = pw.pw_uid;
+	cfg->gid = pw.pw_gid;
+	if (!cfg->group[0])
+		return 0;
+	if (getgrnam_r(cfg->group, &gr, buf, sizeof(buf), &grp) != 0 || !grp)
+		return cfg_err(p, p->line_group, "group", "no such group '%s' on this machine",
+			       cfg->group);
+	cfg->gid = gr.gr_gid;
+	return 0;
 }
 
 /* Rules that span keys, checked once the whole file has been read. */
@@ -1048,6 +1087,8 @@ static int check_whole(struct cfg_parse *p)
 	uint64_t sum = 0;
 	uint32_t i;
 
+	if (check_user(p) < 0)
+		return -EINVAL;
 	if (cfg->listen_n == 0)
 		return cfg_err(p, p->line_root, "listen",
 			       "at least one listen address is required");
