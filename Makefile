@@ -108,6 +108,11 @@ asan: deps
 # --- fuzzing (clang libFuzzer) ----------------------------------------------------
 FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE -Iproxy -Ibpf -I$(LLHTTP_INC)
 FUZZ_SECONDS ?= 60
+# The PROXY header parser is pure: its target needs nothing else.
+$(B)/fuzz/fuzz_proxyproto: tests/fuzz/fuzz_proxyproto.c proxy/proxyproto.c proxy/proxyproto.h
+	@mkdir -p $(@D)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $< proxy/proxyproto.c
+
 $(B)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c proxy/http.c $(wildcard proxy/*.h) $(LLHTTP_SRC)/llhttp.c
 	@mkdir -p $(@D)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $< proxy/http.c $(LLHTTP_SRC)/llhttp.c $(LLHTTP_SRC)/api.c $(LLHTTP_SRC)/http.c
