@@ -106,12 +106,12 @@ struct cfg_parse {
 	size_t line_listen[CFG_LISTEN_MAX];
 	size_t line_backend[CFG_BACKENDS_MAX];
 	size_t line_metrics;
-	size_t line_weights;	  /* 0: steering.weights not given */
-	size_t line_buffers;	  /* line of the later of the two buffer keys, 0 if neither */
-	size_t line_health;	  /* line of the top-level health mapping, 0 if absent */
+	size_t line_weights;	      /* 0: steering.weights not given */
+	size_t line_buffers;	      /* line of the later of the two buffer keys, 0 if neither */
+	size_t line_health;	      /* line of the top-level health mapping, 0 if absent */
 	size_t line_user, line_group; /* 0 if absent */
 	size_t line_backend_health[CFG_BACKENDS_MAX]; /* a backend's own health, 0 if absent */
-	const char *key_buffers;  /* and its name */
+	const char *key_buffers;		      /* and its name */
 };
 
 /* Key handlers return this for a key they do not know; the walker turns it into the error. */
@@ -677,7 +677,8 @@ static int health_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, con
 		/* 100 ms: faster than that is load on the backend, not health checking. */
 		{ "interval_ms", offsetof(struct cfg_health, interval_ms), 100, 3600000,
 		  CFG_HK_INTERVAL },
-		{ "timeout_ms", offsetof(struct cfg_health, timeout_ms), 10, 600000, CFG_HK_TIMEOUT },
+		{ "timeout_ms", offsetof(struct cfg_health, timeout_ms), 10, 600000,
+		  CFG_HK_TIMEOUT },
 		{ "rise", offsetof(struct cfg_health, rise), 1, 100, CFG_HK_RISE },
 		{ "fall", offsetof(struct cfg_health, fall), 1, 100, CFG_HK_FALL },
 		{ "slow_start_ms", offsetof(struct cfg_health, slow_start_ms), 0, 3600000,
@@ -726,8 +727,7 @@ static int health_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, con
 	return CFG_UNKNOWN;
 }
 
-static int parse_health(struct cfg_parse *p, yaml_node_t *v, const char *path,
-			struct cfg_health *h)
+static int parse_health(struct cfg_parse *p, yaml_node_t *v, const char *path, struct cfg_health *h)
 {
 	if (v->type != YAML_MAPPING_NODE && !node_is_null(v))
 		return cfg_err(p, node_line(v), path,
@@ -1117,8 +1117,8 @@ static int check_whole(struct cfg_parse *p)
 	}
 	for (i = 0; i < cfg->backends_n; i++) {
 		struct cfg_health *h = &cfg->backends[i].health;
-		size_t line = p->line_backend_health[i] ? p->line_backend_health[i]
-							 : p->line_health;
+		size_t line =
+			p->line_backend_health[i] ? p->line_backend_health[i] : p->line_health;
 		char key[CFG_KEY_PATH_MAX];
 
 		health_merge(h, &cfg->health);
@@ -1127,10 +1127,11 @@ static int check_whole(struct cfg_parse *p)
 		else
 			snprintf(key, sizeof(key), "health.timeout_ms");
 		if (h->on && h->timeout_ms > h->interval_ms)
-			return cfg_err(p, line, key,
-				       "%u ms is longer than interval_ms (%u ms); one check runs at "
-				       "a time per backend",
-				       h->timeout_ms, h->interval_ms);
+			return cfg_err(
+				p, line, key,
+				"%u ms is longer than interval_ms (%u ms); one check runs at "
+				"a time per backend",
+				h->timeout_ms, h->interval_ms);
 	}
 	if (cfg->steering.weights_n && cfg->steering.weights_n != cfg->cores_n)
 		return cfg_err(p, p->line_weights, "steering.weights",

@@ -637,9 +637,9 @@ static int drop_privileges(const struct config *cfg, char *err, size_t errlen)
 			log_warn("user %s: access log %s: %s", cfg->user, cfg->access_log.path,
 				 strerror(errno));
 		if (privdrop_dir_writable(cfg->access_log.path, cfg->uid, cfg->gid) == 0)
-			log_warn("user %s cannot create files in the folder of %s: reopening the log "
-				 "after it was rotated away will fail (give the folder to %s, e.g. "
-				 "systemd's LogsDirectory=)",
+			log_warn("user %s cannot create files in the folder of %s: reopening the "
+				 "log after it was rotated away will fail (give the folder to %s, "
+				 "e.g. systemd's LogsDirectory=)",
 				 cfg->user, cfg->access_log.path, cfg->user);
 	}
 	r = privdrop_apply(cfg->uid, cfg->gid, err, errlen);

@@ -44,7 +44,7 @@ struct stats_worker {
 	uint64_t cpu_ns;       /* worker thread CPU time, sampled by the worker each tick */
 	uint64_t lat_us[STATS_LAT_BUCKETS]; /* request latency: head parsed to response end */
 	uint64_t lat_sum_us;
-	uint64_t draining; /* 0/1, set by the worker when its listener is shut down */
+	uint64_t draining;     /* 0/1, set by the worker when its listener is shut down */
 	uint64_t heartbeat_ms; /* now_ms() of the worker's last timer tick: liveness (/healthz) */
 } __attribute__((aligned(64)));
 
