@@ -23,6 +23,7 @@ class HealthBackend:
         self.health_status = 200
         self.requests = 0
         self.health_hits = 0
+        self.health_headers = None
         self.lock = threading.Lock()
         outer = self
 
@@ -36,6 +37,7 @@ class HealthBackend:
                 with outer.lock:
                     if self.path == "/health":
                         outer.health_hits += 1
+                        outer.health_headers = dict(self.headers)
                         status = outer.health_status
                     else:
                         outer.requests += 1
@@ -121,8 +123,10 @@ def test_failing_health_path_marks_down_within_fall_intervals_and_rise_brings_it
     interval, fall, rise = 200, 2, 2
     p = corral([a.address, backend.address],
                health={"path": "/health", "interval_ms": interval, "timeout_ms": 150, "rise": rise,
-                       "fall": fall})
+                       "fall": fall, "host": "health.e2e.test"})
     assert wait_for(lambda: backends(p)[a.address]["last_check"], 3), backends(p)
+    assert a.health_headers["Host"] == "health.e2e.test", a.health_headers
+    assert a.health_headers["User-Agent"].startswith("corral-health/"), a.health_headers
     st = backends(p)[a.address]
     assert st["state"] == "up" and st["last_check"]["ok"] and st["last_check"]["result"] == "200", st
 
