@@ -13,7 +13,9 @@ import time
 import pytest
 import yaml
 
-from conftest import IN_CI, SLOW, binary
+import util
+
+from conftest import IN_CI, UNDER_ASAN, SLOW, binary
 from util import simple_get
 
 pytestmark = pytest.mark.corral_only
@@ -98,6 +100,9 @@ class Daemon:
             self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(20 * SLOW)
         self.log.close()
+        if UNDER_ASAN:
+            rep = util.sanitizer_report(self.text())
+            assert rep is None, "sanitizer report in corral's log:\n%s" % rep
         return code
 
     def kill(self):

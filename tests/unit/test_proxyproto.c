@@ -153,8 +153,10 @@ static size_t v2(uint8_t *out, uint8_t ver_cmd, uint8_t fam, const uint8_t *addr
 	out[13] = fam;
 	out[14] = (uint8_t)((alen + tlen) >> 8);
 	out[15] = (uint8_t)(alen + tlen);
-	memcpy(out + 16, addr, alen);
-	memcpy(out + 16 + alen, tlvs, tlen);
+	if (alen)
+		memcpy(out + 16, addr, alen);
+	if (tlen)
+		memcpy(out + 16 + alen, tlvs, tlen);
 	return n;
 }
 
