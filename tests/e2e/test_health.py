@@ -135,6 +135,8 @@ def test_failing_health_path_marks_down_within_fall_intervals_and_rise_brings_it
     t0 = time.monotonic()
     assert wait_for(lambda: backends(p)[a.address]["state"] == "down", 3), backends(p)
     took = time.monotonic() - t0
+    print("health: marked down %.3f s after the health path began failing (fall %d x %d ms)"
+          % (took, fall, interval))
     # fall checks at interval_ms apart, plus one interval for the check in progress.
     assert took <= ((fall + 1) * interval / 1000.0 + 0.3) * SLOW, took
     st = backends(p)[a.address]
@@ -159,7 +161,9 @@ def test_failing_health_path_marks_down_within_fall_intervals_and_rise_brings_it
     a.health_status = 200
     t0 = time.monotonic()
     assert wait_for(lambda: backends(p)[a.address]["state"] == "up", 3), backends(p)
-    assert time.monotonic() - t0 <= ((rise + 1) * interval / 1000.0 + 0.3) * SLOW
+    took = time.monotonic() - t0
+    print("health: back up %.3f s after the health path recovered (rise %d x %d ms)" % (took, rise, interval))
+    assert took <= ((rise + 1) * interval / 1000.0 + 0.3) * SLOW
     assert "2 checks passed" in backends(p)[a.address]["reason"]
     for _ in range(20):
         assert simple_get(p.port, "/").status == 200
