@@ -330,6 +330,11 @@ static void hc_passive(struct health *h, uint32_t id, uint64_t now)
 		if (last > b->fail_seen_ms) {
 			b->fail_seen_ms = last;
 			b->ok_run = 0;
+			/* A check started before the failure must not be the one that passes. */
+			if (b->phase != HC_IDLE) {
+				hc_stop(h, b);
+				b->next_ms = b->started_ms + b->cfg.interval_ms;
+			}
 			if (!b->down)
 				hc_set_state(h, id, true,
 					     "connect failed on a request (passive); down until a "
