@@ -157,6 +157,14 @@ def test_failing_health_path_marks_down_within_fall_intervals_and_rise_brings_it
         r = simple_get(p.port, "/")
         assert r.status == 200, r
     assert a.count() == before, "a down backend got %d requests" % (a.count() - before)
+    # A reload keeps its state: still down, still no requests.
+    r = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], "reload"], capture_output=True,
+                       text=True, timeout=10 * SLOW)
+    assert r.returncode == 0, r.stderr
+    assert backends(p)[a.address]["state"] == "down"
+    for _ in range(10):
+        assert simple_get(p.port, "/").status == 200
+    assert a.count() == before
 
     # Healthy again: back after `rise` passed checks, and it takes traffic again.
     a.health_status = 200
