@@ -42,7 +42,7 @@ LLHTTP_LIB  := $(B)/libllhttp.a
 BINS := $(B)/corral $(B)/corral-backend $(if $(CTL_SRC),$(B)/corralctl)
 
 .SECONDARY: $(BPF_OBJ) $(BPF_SKEL)
-.PHONY: all deps deps-run deps-test deps-bench run test unit e2e asan bench fuzz fuzz-smoke fmt lint clean
+.PHONY: all deps deps-run deps-test deps-bench run test unit e2e asan bench fuzz fuzz-smoke fmt lint clean install uninstall
 .DEFAULT_GOAL := all
 
 all: $(BINS) $(UNIT_BIN)
@@ -115,6 +115,11 @@ asan: deps-test
 # --- fuzzing (clang libFuzzer) ----------------------------------------------------
 FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE -Iproxy -Ibpf -I$(LLHTTP_INC)
 FUZZ_SECONDS ?= 60
+# The PROXY header parser is pure: its target needs nothing else.
+$(B)/fuzz/fuzz_proxyproto: tests/fuzz/fuzz_proxyproto.c proxy/proxyproto.c proxy/proxyproto.h
+	@mkdir -p $(@D)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $< proxy/proxyproto.c
+
 $(B)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c proxy/http.c $(wildcard proxy/*.h) $(LLHTTP_SRC)/llhttp.c
 	@mkdir -p $(@D)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $< proxy/http.c $(LLHTTP_SRC)/llhttp.c $(LLHTTP_SRC)/api.c $(LLHTTP_SRC)/http.c
@@ -143,6 +148,35 @@ bench: deps-bench
 .PHONY: mutate
 mutate:
 	$(PYTHON) tools/mutate/mutate.py $(MUTATE_ARGS)
+
+# --- install (GNU conventions: PREFIX, DESTDIR for staging) ------------------------------
+# corral and corralctl in $(BINDIR); the unit in $(UNITDIR) with ExecStart/ExecReload pointing
+# at $(BINDIR); the sysctl file in $(SYSCTLDIR) (systemd reads /usr/lib and /usr/local/lib);
+# the sample config in $(SYSCONFDIR)/corral only when none is there (an edited one is kept).
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSCTLDIR  ?= $(PREFIX)/lib/sysctl.d
+DOCDIR     ?= $(PREFIX)/share/doc/corral
+
+install: $(B)/corral $(B)/corralctl
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCTLDIR) \
+		$(DESTDIR)$(SYSCONFDIR)/corral $(DESTDIR)$(DOCDIR)
+	install -m 0755 $(B)/corral $(B)/corralctl $(DESTDIR)$(BINDIR)/
+	sed -e 's#/usr/local/bin/#$(BINDIR)/#g' -e 's#/etc/corral/#$(SYSCONFDIR)/corral/#g' \
+		deploy/corral.service > $(DESTDIR)$(UNITDIR)/corral.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/corral.service
+	install -m 0644 deploy/sysctl-corral.conf $(DESTDIR)$(SYSCTLDIR)/60-corral.conf
+	[ -e $(DESTDIR)$(SYSCONFDIR)/corral/corral.yaml ] || \
+		install -m 0644 deploy/corral.yaml $(DESTDIR)$(SYSCONFDIR)/corral/corral.yaml
+	install -m 0644 README.md docs/config.md docs/operations.md $(DESTDIR)$(DOCDIR)/
+
+# Removes what install put there, except the config (it may hold local edits).
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/corral $(DESTDIR)$(BINDIR)/corralctl \
+		$(DESTDIR)$(UNITDIR)/corral.service $(DESTDIR)$(SYSCTLDIR)/60-corral.conf
+	rm -rf $(DESTDIR)$(DOCDIR)
 
 # --- style ------------------------------------------------------------------------------
 FMT_SRC := $(wildcard proxy/*.[ch] bpf/*.[ch] tools/*/*.[ch] tests/unit/*.c tests/fuzz/*.c)

@@ -49,15 +49,15 @@ struct admin_backend {
 	uint64_t errors;     /* connect failures, resets, timeouts, bad responses */
 	uint64_t lat_sum_us; /* sum of request latencies; mean = lat_sum_us / requests */
 	/* health (proxy/health.c) */
-	bool checks_on;		/* active health checks configured for it */
-	bool checked;		/* a check has finished at least once */
-	bool check_ok;		/* the last check passed */
-	uint64_t check_age_ms;	/* since the last check ended */
-	char check_result[64];	/* e.g. "200", "timeout after 1000 ms" */
-	char reason[160];	/* why it is in its state */
-	uint64_t checks;	/* checks finished */
+	bool checks_on;	       /* active health checks configured for it */
+	bool checked;	       /* a check has finished at least once */
+	bool check_ok;	       /* the last check passed */
+	uint64_t check_age_ms; /* since the last check ended */
+	char check_result[64]; /* e.g. "200", "timeout after 1000 ms" */
+	char reason[160];      /* why it is in its state */
+	uint64_t checks;       /* checks finished */
 	uint64_t checks_failed;
-	uint64_t transitions;	/* up <-> down changes */
+	uint64_t transitions; /* up <-> down changes */
 };
 
 struct admin_ops {

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 /* Hard upper bounds on list sizes, so that config structs are fixed-size. */
 #define CFG_LISTEN_MAX	 16  /* more listen addresses than this is a config mistake */
@@ -123,21 +124,21 @@ enum cfg_health_key {
 
 /* Active health check of a backend: GET path every interval_ms (see proxy/health.c). */
 struct cfg_health {
-	bool on;		     /* checks run (a health: mapping at top level or in the entry) */
-	uint32_t set;		     /* enum cfg_health_key bits given in the file */
+	bool on;      /* checks run (a health: mapping at top level or in the entry) */
+	uint32_t set; /* enum cfg_health_key bits given in the file */
 	char path[CFG_HEALTH_PATH_MAX]; /* request target, default "/" */
 	char host[CFG_HEALTH_HOST_MAX]; /* Host header; "" = the backend's address */
 	uint32_t interval_ms;
-	uint32_t timeout_ms; /* connect + answer; at most interval_ms */
-	uint32_t rise;	     /* successes in a row that bring a down backend back */
-	uint32_t fall;	     /* failures in a row that mark an up backend down */
+	uint32_t timeout_ms;	/* connect + answer; at most interval_ms */
+	uint32_t rise;		/* successes in a row that bring a down backend back */
+	uint32_t fall;		/* failures in a row that mark an up backend down */
 	uint32_t slow_start_ms; /* weight ramps from 1 to its full value over this; 0 = at once */
 	uint16_t expect_lo, expect_hi; /* passing statuses, inclusive */
 };
 
 struct cfg_backend {
 	struct cfg_addr addr;
-	uint32_t weight; /* 0 = configured but takes no traffic */
+	uint32_t weight;	  /* 0 = configured but takes no traffic */
 	struct cfg_health health; /* top-level health merged with this entry's own keys */
 };
 
@@ -209,6 +210,12 @@ struct config {
 	struct cfg_admin admin;
 	struct cfg_access_log access_log;
 	struct cfg_health health; /* top-level default for every backend */
+
+	/* Privilege drop after start-up (proxy/privdrop.c); user[0] == 0: stay as started. */
+	char user[64];
+	char group[64]; /* "" = the user's primary group */
+	uid_t uid;	/* resolved from user at load time */
+	gid_t gid;	/* resolved from group, or the user's primary group */
 };
 
 #endif

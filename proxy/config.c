@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <grp.h>
+#include <pwd.h>
 #include <arpa/inet.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -108,11 +110,12 @@ struct cfg_parse {
 	size_t line_listen[CFG_LISTEN_MAX];
 	size_t line_backend[CFG_BACKENDS_MAX];
 	size_t line_metrics;
-	size_t line_weights;	  /* 0: steering.weights not given */
-	size_t line_buffers;	  /* line of the later of the two buffer keys, 0 if neither */
-	size_t line_health;	  /* line of the top-level health mapping, 0 if absent */
+	size_t line_weights;	      /* 0: steering.weights not given */
+	size_t line_buffers;	      /* line of the later of the two buffer keys, 0 if neither */
+	size_t line_health;	      /* line of the top-level health mapping, 0 if absent */
+	size_t line_user, line_group; /* 0 if absent */
 	size_t line_backend_health[CFG_BACKENDS_MAX]; /* a backend's own health, 0 if absent */
-	const char *key_buffers;  /* and its name */
+	const char *key_buffers;		      /* and its name */
 };
 
 /* Key handlers return this for a key they do not know; the walker turns it into the error. */
@@ -712,7 +715,8 @@ static int health_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, con
 		/* 100 ms: faster than that is load on the backend, not health checking. */
 		{ "interval_ms", offsetof(struct cfg_health, interval_ms), 100, 3600000,
 		  CFG_HK_INTERVAL },
-		{ "timeout_ms", offsetof(struct cfg_health, timeout_ms), 10, 600000, CFG_HK_TIMEOUT },
+		{ "timeout_ms", offsetof(struct cfg_health, timeout_ms), 10, 600000,
+		  CFG_HK_TIMEOUT },
 		{ "rise", offsetof(struct cfg_health, rise), 1, 100, CFG_HK_RISE },
 		{ "fall", offsetof(struct cfg_health, fall), 1, 100, CFG_HK_FALL },
 		{ "slow_start_ms", offsetof(struct cfg_health, slow_start_ms), 0, 3600000,
@@ -761,8 +765,7 @@ static int health_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, con
 	return CFG_UNKNOWN;
 }
 
-static int parse_health(struct cfg_parse *p, yaml_node_t *v, const char *path,
-			struct cfg_health *h)
+static int parse_health(struct cfg_parse *p, yaml_node_t *v, const char *path, struct cfg_health *h)
 {
 	if (v->type != YAML_MAPPING_NODE && !node_is_null(v))
 		return cfg_err(p, node_line(v), path,
@@ -1076,7 +1079,43 @@ static int top_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, const 
 		p->line_health = node_line(v);
 		return parse_health(p, v, path, &p->cfg->health);
 	}
+	if (!strcmp(key, "user")) {
+		p->line_user = node_line(v);
+		return get_str(p, v, path, p->cfg->user, sizeof(p->cfg->user), false);
+	}
+	if (!strcmp(key, "group")) {
+		p->line_group = node_line(v);
+		return get_str(p, v, path, p->cfg->group, sizeof(p->cfg->group), false);
+	}
 	return CFG_UNKNOWN;
+}
+
+/* user: and group: name accounts of this machine (checked here so --check catches a typo). */
+static int check_user(struct cfg_parse *p)
+{
+	struct config *cfg = p->cfg;
+	struct passwd pw, *pwp = NULL;
+	struct group gr, *grp = NULL;
+	char buf[4096];
+
+	if (!cfg->user[0]) {
+		if (cfg->group[0])
+			return cfg_err(p, p->line_group, "group",
+				       "needs user: (the group alone is not dropped to)");
+		return 0;
+	}
+	if (getpwnam_r(cfg->user, &pw, buf, sizeof(buf), &pwp) != 0 || !pwp)
+		return cfg_err(p, p->line_user, "user", "no such user '%s' on this machine",
+			       cfg->user);
+	cfg->uid = pw.pw_uid;
+	cfg->gid = pw.pw_gid;
+	if (!cfg->group[0])
+		return 0;
+	if (getgrnam_r(cfg->group, &gr, buf, sizeof(buf), &grp) != 0 || !grp)
+		return cfg_err(p, p->line_group, "group", "no such group '%s' on this machine",
+			       cfg->group);
+	cfg->gid = gr.gr_gid;
+	return 0;
 }
 
 /* Rules that span keys, checked once the whole file has been read. */
@@ -1086,6 +1125,8 @@ static int check_whole(struct cfg_parse *p)
 	uint64_t sum = 0;
 	uint32_t i;
 
+	if (check_user(p) < 0)
+		return -EINVAL;
 	if (cfg->listen_n == 0)
 		return cfg_err(p, p->line_root, "listen",
 			       "at least one listen address is required");
@@ -1113,8 +1154,8 @@ static int check_whole(struct cfg_parse *p)
 	}
 	for (i = 0; i < cfg->backends_n; i++) {
 		struct cfg_health *h = &cfg->backends[i].health;
-		size_t line = p->line_backend_health[i] ? p->line_backend_health[i]
-							 : p->line_health;
+		size_t line =
+			p->line_backend_health[i] ? p->line_backend_health[i] : p->line_health;
 		char key[CFG_KEY_PATH_MAX];
 
 		health_merge(h, &cfg->health);
@@ -1123,10 +1164,11 @@ static int check_whole(struct cfg_parse *p)
 		else
 			snprintf(key, sizeof(key), "health.timeout_ms");
 		if (h->on && h->timeout_ms > h->interval_ms)
-			return cfg_err(p, line, key,
-				       "%u ms is longer than interval_ms (%u ms); one check runs at "
-				       "a time per backend",
-				       h->timeout_ms, h->interval_ms);
+			return cfg_err(
+				p, line, key,
+				"%u ms is longer than interval_ms (%u ms); one check runs at "
+				"a time per backend",
+				h->timeout_ms, h->interval_ms);
 	}
 	if (cfg->steering.weights_n && cfg->steering.weights_n != cfg->cores_n)
 		return cfg_err(p, p->line_weights, "steering.weights",

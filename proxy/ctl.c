@@ -275,12 +275,12 @@ static json_t *ctl_backends(struct ctl *c)
 		if (c->ops->backend(c->ops->ctx, i, &b) < 0)
 			continue;
 		b.addr[sizeof(b.addr) - 1] = '\0';
-		json_t *o = json_pack("{s:s, s:I, s:s, s:I, s:I, s:I, s:I}", "addr", b.addr,
-				      "weight", (json_int_t)b.weight, "state",
-				      ctl_backend_state(&b), "active", (json_int_t)b.active,
-				      "requests", (json_int_t)b.requests, "errors",
-				      (json_int_t)b.errors, "latency_us",
-				      (json_int_t)(b.requests ? b.lat_sum_us / b.requests : 0));
+		json_t *o =
+			json_pack("{s:s, s:I, s:s, s:I, s:I, s:I, s:I}", "addr", b.addr, "weight",
+				  (json_int_t)b.weight, "state", ctl_backend_state(&b), "active",
+				  (json_int_t)b.active, "requests", (json_int_t)b.requests,
+				  "errors", (json_int_t)b.errors, "latency_us",
+				  (json_int_t)(b.requests ? b.lat_sum_us / b.requests : 0));
 
 		if (!o)
 			continue;

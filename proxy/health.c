@@ -44,7 +44,8 @@ struct hc_be {
 	size_t in_len;
 
 	bool down;
-	bool parked; /* passive park (down_until_ms) seen, checks off */
+	bool passive; /* down because of a connect failure on a request, not a check */
+	bool parked;  /* passive park (down_until_ms) seen, checks off */
 	uint32_t ok_run, fail_run;
 	uint64_t fail_seen_ms; /* newest worker connect failure already acted on */
 
@@ -139,12 +140,22 @@ static void hc_done(struct health *h, uint32_t id, bool ok, const char *result)
 	b->view.checks++;
 	snprintf(b->view.last_result, sizeof(b->view.last_result), "%s", result);
 	if (ok) {
+		bool was_failing = b->fail_run > 0 || b->view.transitions == 0;
+
 		b->fail_run = 0;
 		b->ok_run++;
 		if (b->down && b->ok_run >= b->cfg.rise) {
 			snprintf(why, sizeof(why), "%u check%s passed (%s)", b->ok_run,
 				 b->ok_run == 1 ? "" : "s", result);
+			b->passive = false;
 			hc_set_state(h, id, false, why);
+		} else if (b->down) {
+			snprintf(b->view.reason, sizeof(b->view.reason),
+				 "%u of %u checks passed (%s); still down", b->ok_run, b->cfg.rise,
+				 result);
+		} else if (was_failing) {
+			snprintf(b->view.reason, sizeof(b->view.reason), "checks pass (%s)",
+				 result);
 		}
 		return;
 	}
@@ -155,9 +166,16 @@ static void hc_done(struct health *h, uint32_t id, bool ok, const char *result)
 		snprintf(why, sizeof(why), "%u check%s failed (%s)", b->fail_run,
 			 b->fail_run == 1 ? "" : "s", result);
 		hc_set_state(h, id, true, why);
-	} else if (b->down) {
-		snprintf(why, sizeof(why), "check failed (%s)", result);
-		snprintf(b->view.reason, sizeof(b->view.reason), "%s", why);
+	} else if (!b->down) {
+		snprintf(b->view.reason, sizeof(b->view.reason),
+			 "%u of %u checks failed (%s); still up", b->fail_run, b->cfg.fall, result);
+	} else if (b->passive) {
+		snprintf(b->view.reason, sizeof(b->view.reason),
+			 "connect failed on a request (passive), then %u check%s failed (%s)",
+			 b->fail_run, b->fail_run == 1 ? "" : "s", result);
+	} else {
+		snprintf(b->view.reason, sizeof(b->view.reason), "%u checks failed in a row (%s)",
+			 b->fail_run, result);
 	}
 }
 
@@ -330,10 +348,18 @@ static void hc_passive(struct health *h, uint32_t id, uint64_t now)
 		if (last > b->fail_seen_ms) {
 			b->fail_seen_ms = last;
 			b->ok_run = 0;
-			if (!b->down)
+			/* A check started before the failure must not be the one that passes. */
+			if (b->phase != HC_IDLE) {
+				hc_stop(h, b);
+				b->next_ms = b->started_ms + b->cfg.interval_ms;
+			}
+			if (!b->down) {
+				b->passive = true;
+				b->fail_run = 0;
 				hc_set_state(h, id, true,
 					     "connect failed on a request (passive); down until a "
 					     "check passes");
+			}
 		}
 		return;
 	}

@@ -21,6 +21,7 @@
 #include "daemon.h"
 #include "constants.h"
 #include "health.h"
+#include "privdrop.h"
 #include "sdnotify.h"
 #include "stats.h"
 #include "steer.h"
@@ -910,6 +911,49 @@ static const struct admin_ops ADMIN_OPS = {
 
 /* --- main ----------------------------------------------------------------------------------------- */
 
+/*
+ * user: in the config. Everything that needs root is open by now: listeners, the steering
+ * program and its maps (their fds and mmaps), the control socket, the metrics listener, the
+ * access log. What runs afterwards needs no capability: reload reads the config file (it must
+ * be readable by the user), drain/undrain calls listen() again on bound sockets and updates
+ * the socket map through its fd, policy and weights are writes into mmapped maps. The pins
+ * and the control socket are handed to the user so that shutdown can still remove them.
+ */
+static int drop_privileges(const struct config *cfg, char *err, size_t errlen)
+{
+	int r;
+
+	if (geteuid() != 0) {
+		if (geteuid() == cfg->uid && getegid() == cfg->gid)
+			return 0;
+		snprintf(err, errlen, "corral runs as uid %u, not as root: it cannot switch users",
+			 (unsigned)geteuid());
+		return -EPERM;
+	}
+	r = steer_chown(D.steer, cfg->uid, cfg->gid);
+	if (r < 0)
+		log_warn("user %s: handing the BPF pins over: %s (they stay after shutdown)",
+			 cfg->user, strerror(-r));
+	if (cfg->admin.socket[0] && chown(cfg->admin.socket, cfg->uid, cfg->gid) == -1)
+		log_warn("user %s: control socket %s: %s", cfg->user, cfg->admin.socket,
+			 strerror(errno));
+	if (D.alog_fd >= 0) {
+		if (fchown(D.alog_fd, cfg->uid, cfg->gid) == -1)
+			log_warn("user %s: access log %s: %s", cfg->user, cfg->access_log.path,
+				 strerror(errno));
+		if (privdrop_dir_writable(cfg->access_log.path, cfg->uid, cfg->gid) == 0)
+			log_warn("user %s cannot create files in the folder of %s: reopening the "
+				 "log after it was rotated away will fail (give the folder to %s, "
+				 "e.g. systemd's LogsDirectory=)",
+				 cfg->user, cfg->access_log.path, cfg->user);
+	}
+	r = privdrop_apply(cfg->uid, cfg->gid, err, errlen);
+	if (r == 0)
+		log_info("running as user %s (uid %u, gid %u) with no capabilities", cfg->user,
+			 (unsigned)cfg->uid, (unsigned)cfg->gid);
+	return r;
+}
+
 static void raise_nofile(void)
 {
 	struct rlimit rl;
@@ -1077,6 +1121,14 @@ int main(int argc, char **argv)
 		HC = NULL;
 	}
 	health_sync(HC, D.snap);
+	if (cfg->user[0]) {
+		r = drop_privileges(cfg, err, sizeof(err));
+		if (r < 0) {
+			log_err("user %s: %s", cfg->user, err);
+			rc = 1;
+			goto stop;
+		}
+	}
 	log_info("ready: %u workers, %u backends, balance %s", D.workers_n, cfg->backends_n,
 		 config_balance_name(cfg->balance));
 	/* Every worker has armed its accepts (worker_start waited for each): ready for real. */
@@ -1127,6 +1179,7 @@ int main(int argc, char **argv)
 			 D.snap->cfg.timeouts.shutdown_grace_ms);
 		break;
 	}
+stop:
 	D.stopping = 1;
 	sdnotify_send("STOPPING=1\nSTATUS=draining connections");
 	for (uint32_t i = 0; i < D.workers_n; i++)

@@ -358,8 +358,9 @@ static void metrics_render(struct metrics *m, struct metrics_buf *b)
 					/* Two series each: ok and failed checks. */
 					mb_printf(b, "%s{backend=\"", bf[f].name);
 					mb_label(b, x->addr);
-					mb_printf(b, "\",result=\"ok\"} %llu\n",
-						  (unsigned long long)(x->checks - x->checks_failed));
+					mb_printf(
+						b, "\",result=\"ok\"} %llu\n",
+						(unsigned long long)(x->checks - x->checks_failed));
 					mb_printf(b, "%s{backend=\"", bf[f].name);
 					mb_label(b, x->addr);
 					mb_printf(b, "\",result=\"failed\"} %llu\n",

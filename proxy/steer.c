@@ -1,4 +1,5 @@
 /* Steering: loads the sk_reuseport program, owns its pinned maps, exposes per-core counters. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -39,7 +40,21 @@ struct steer {
 	uint32_t cores_n;
 	int ncpus; /* possible CPUs: the per-CPU stats value is an array of these */
 	char dir[128];
+	/*
+	 * O_PATH fd of dir, opened by steer_chown (-1 before): after a privilege drop the pins
+	 * are reached through /proc/self/fd/N, which does not traverse the root-only parent.
+	 */
+	int dir_fd;
 };
+
+/* The folder holding the pins as a path this process can resolve now. */
+static void steer_base(const struct steer *s, char *out, size_t len)
+{
+	if (s->dir_fd >= 0)
+		snprintf(out, len, "/proc/self/fd/%d", s->dir_fd);
+	else
+		snprintf(out, len, "%s", s->dir);
+}
 
 static void steer_err(char *err, size_t errlen, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -400,6 +415,7 @@ int steer_open(struct steer **out, const struct config *cfg, char *err, size_t e
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
+	s->dir_fd = -1;
 	s->cores_n = cfg->cores_n;
 	s->ncpus = libbpf_num_possible_cpus();
 	if (s->ncpus <= 0) {
@@ -598,13 +614,14 @@ static bool steer_pinned_is_ours(const struct steer *s, struct bpf_map *m)
 {
 	struct bpf_map_info a, b;
 	__u32 la = sizeof(a), lb = sizeof(b);
-	char path[192];
+	char path[192], base[128];
 	bool same;
 	int fd;
 
 	if (bpf_map__fd(m) < 0)
 		return false;
-	snprintf(path, sizeof(path), "%s/%s", s->dir, bpf_map__name(m));
+	steer_base(s, base, sizeof(base));
+	snprintf(path, sizeof(path), "%s/%s", base, bpf_map__name(m));
 	fd = bpf_obj_get(path);
 	if (fd < 0)
 		return false;
@@ -616,9 +633,44 @@ static bool steer_pinned_is_ours(const struct steer *s, struct bpf_map *m)
 	return same;
 }
 
+/* Whether anything is pinned under m's name (ours, or a newer process's). */
+static bool steer_pin_exists(const struct steer *s, struct bpf_map *m)
+{
+	char path[192], base[128];
+
+	steer_base(s, base, sizeof(base));
+	snprintf(path, sizeof(path), "%s/%s", base, bpf_map__name(m));
+	return access(path, F_OK) == 0;
+}
+
+int steer_chown(struct steer *s, uid_t uid, gid_t gid)
+{
+	struct dirent *e;
+	DIR *d;
+	int r = 0;
+
+	if (!s)
+		return 0;
+	d = opendir(s->dir);
+	if (!d)
+		return -errno;
+	while ((e = readdir(d)))
+		if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
+		    fchownat(dirfd(d), e->d_name, uid, gid, AT_SYMLINK_NOFOLLOW) == -1)
+			r = -errno;
+	if (fchown(dirfd(d), uid, gid) == -1)
+		r = -errno;
+	closedir(d);
+	if (s->dir_fd < 0)
+		s->dir_fd = open(s->dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	return r;
+}
+
 void steer_close(struct steer *s)
 {
 	struct bpf_map *m;
+	bool replaced = false;
+	char base[128];
 	int i, lock;
 
 	if (!s)
@@ -627,19 +679,27 @@ void steer_close(struct steer *s)
 	 * Only the maps still pinned are unpinned: a newer process of the same instance (a
 	 * binary upgrade taking over) may have replaced the pins, and keeps using its own.
 	 */
-	lock = steer_lock(s->dir);
-	for (i = 0; s->skel && (m = steer_map_at(s->skel, i)); i++)
-		if (steer_pinned_is_ours(s, m))
+	steer_base(s, base, sizeof(base));
+	lock = steer_lock(base);
+	for (i = 0; s->skel && (m = steer_map_at(s->skel, i)); i++) {
+		if (!steer_pinned_is_ours(s, m))
+			replaced = replaced || steer_pin_exists(s, m); /* absent (never pinned): fine */
+		else if (s->dir_fd >= 0)
+			unlinkat(s->dir_fd, bpf_map__name(m), 0);
+		else
 			bpf_map__unpin(m, NULL);
-	/*
-	 * rmdir fails while the folder holds another process's pins, as it should; an empty one
-	 * (a load that failed before pinning) does not stay behind.
-	 */
-	if (s->dir[0]) {
+	}
+	if (s->dir[0] && !replaced) {
+		/*
+		 * An empty folder (a load that failed before pinning) does not stay behind. After a
+		 * privilege drop these fail (root owns the parent): the folder stays.
+		 */
 		rmdir(s->dir);
 		rmdir(STEER_PIN_ROOT); /* fails while other instances exist, as it should */
 	}
 	steer_unlock(lock);
+	if (s->dir_fd >= 0)
+		close(s->dir_fd);
 	if (s->ctl)
 		munmap(s->ctl, s->ctl_len);
 	if (s->cores)

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include "config-t.h"
 #include "steer_shared.h" /* bpf/steer_shared.h: map layouts, policy ids, pure policy function */
 
@@ -26,6 +27,12 @@ int steer_open(struct steer **out, const struct config *cfg, char *err, size_t e
  * different workers. Returns 0 or -errno.
  */
 int steer_register(struct steer *s, uint32_t listen_idx, uint32_t worker, int fd);
+
+/*
+ * Hands the pin folder and every pin in it to uid:gid, before a privilege drop, so that the
+ * unprivileged daemon can still open and unpin them at shutdown. NULL s: 0. 0 or -errno.
+ */
+int steer_chown(struct steer *s, uid_t uid, gid_t gid);
 
 /* The worker's per-core line in the mmapped per-core array (NULL when s is NULL). */
 struct steer_core *steer_core(struct steer *s, uint32_t worker);

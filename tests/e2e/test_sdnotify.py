@@ -11,7 +11,9 @@ import time
 import pytest
 import yaml
 
-from conftest import IN_CI, REPO, SLOW, binary
+import util
+
+from conftest import IN_CI, UNDER_ASAN, REPO, SLOW, binary
 
 pytestmark = pytest.mark.corral_only
 
@@ -80,6 +82,9 @@ class Daemon:
             self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(20 * SLOW)
         self.log.close()
+        if UNDER_ASAN:
+            rep = util.sanitizer_report(self.text())
+            assert rep is None, "sanitizer report in corral's log:\n%s" % rep
         return code
 
 

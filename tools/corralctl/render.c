@@ -184,8 +184,8 @@ void render_backends(FILE *f, json_t *r)
 			snprintf(chk, sizeof(chk), "%s",
 				 json_is_true(json_object_get(b, "checks_on")) ? "(pending)" : "-");
 		fprintf(f, "%-40s %6.0f %-8s %7.0f %9s %7s %8s  %-28s %s\n", str(b, "addr", "?"),
-			json_num(b, "weight"), str(b, "state", "?"), json_num(b, "active"), req, err,
-			lat, chk, str(b, "reason", ""));
+			json_num(b, "weight"), str(b, "state", "?"), json_num(b, "active"), req,
+			err, lat, chk, str(b, "reason", ""));
 	}
 	if (json_array_size(arr) == 0)
 		fprintf(f, "(no backends)\n");

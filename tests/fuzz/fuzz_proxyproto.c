@@ -1,0 +1,51 @@
+/* libFuzzer target for proxy/proxyproto.c: verdicts consistent with the bytes and across splits. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxyproto.h"
+
+#define CHECK(cond)                                                                                \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__,       \
+				#cond);                                                            \
+			abort();                                                                   \
+		}                                                                                  \
+	} while (0)
+
+/*
+ * Invariants, for any input:
+ *   - the verdict is one of: a length <= size and within the version's maximum, 0, -EPROTO,
+ *     -EINVAL, -E2BIG;
+ *   - a complete header's TLVs lie inside it;
+ *   - the verdict depends only on the header's own bytes: the same header with other bytes
+ *     after it gives the same length, and every shorter prefix of a complete header says
+ *     "need more" (0), as a reader growing its buffer will see it.
+ */
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct pp_info pi, pj;
+	int r = pp_parse(data, size, &pi);
+
+	CHECK(r == 0 || r == -EPROTO || r == -EINVAL || r == -E2BIG || r > 0);
+	if (r <= 0)
+		return 0;
+	CHECK((size_t)r <= size);
+	CHECK((uint32_t)r == pi.hdr_len);
+	CHECK(pi.version == 1 || pi.version == 2);
+	CHECK(r <= (pi.version == 1 ? PP_V1_MAX : PP_V2_MAX));
+	CHECK(pi.tlv_n <= PP_TLV_MAX);
+	for (uint32_t i = 0; i < pi.tlv_n; i++)
+		CHECK(pi.tlv[i].off >= 16 && pi.tlv[i].off + pi.tlv[i].len <= (uint32_t)r);
+	if (pi.has_addr)
+		CHECK(pi.src.ss_family == pi.dst.ss_family &&
+		      (pi.src.ss_family == AF_INET || pi.src.ss_family == AF_INET6));
+	CHECK(pp_parse(data, (size_t)r, &pj) == r);
+	CHECK(pj.has_addr == pi.has_addr && pj.tlv_n == pi.tlv_n);
+	for (size_t i = 0; i < (size_t)r; i++)
+		CHECK(pp_parse(data, i, &pj) == 0);
+	return 0;
+}
