@@ -24,7 +24,7 @@
 #define CFG_BUFFER_BYTES_MAX  1048576
 #define CFG_HEADER_BYTES_CEIL 1048576
 /* Backend and steering weights: 0 = no traffic; 1000 gives 0.1% resolution, plenty. */
-#define CFG_WEIGHT_MAX 1000
+#define CFG_WEIGHT_MAX 1000u
 
 /* --- the worker loop ------------------------------------------------------------------------ */
 
