@@ -689,8 +689,7 @@ int main(int argc, char **argv)
 					{ .fd = met ? metrics_fd(met) : -1, .events = POLLIN } };
 		struct signalfd_siginfo si;
 
-		/* 100 ms: the passive-health scan's period. */
-		if (poll(pf, 3, 100) < 0 && errno != EINTR)
+		if (poll(pf, 3, HEALTH_SCAN_MS) < 0 && errno != EINTR)
 			break;
 		health_scan();
 		if (pf[1].revents)
