@@ -183,8 +183,15 @@ FMT_SRC := $(wildcard proxy/*.[ch] bpf/*.[ch] tools/*/*.[ch] tests/unit/*.c test
 fmt:
 	clang-format -i $(FMT_SRC)
 
-lint:
+# lint tolerates nothing: a clang-format difference or a cppcheck finding fails it. Accepted
+# cppcheck findings are listed with their reason in tools/lint/cppcheck-suppressions.txt.
+CPPCHECK_FLAGS := --quiet --std=c11 --enable=warning,style,performance,portability \
+	--library=tools/lint/cppcheck.cfg --suppressions-list=tools/lint/cppcheck-suppressions.txt \
+	--inline-suppr --suppress=missingIncludeSystem --error-exitcode=1 -j2 \
+	-D_GNU_SOURCE -D__x86_64__ -Iproxy -Ibpf -I$(B)/bpf -I$(LLHTTP_INC)
+lint: deps $(BPF_SKEL)
 	clang-format --dry-run --Werror $(FMT_SRC)
+	cppcheck $(CPPCHECK_FLAGS) $(filter %.c,$(FMT_SRC))
 
 clean:
 	rm -rf build

@@ -15,15 +15,13 @@ extern int bpf_iter_num_new(struct bpf_iter_num *it, int start, int end) __weak 
 extern int *bpf_iter_num_next(struct bpf_iter_num *it) __weak __ksym;
 extern void bpf_iter_num_destroy(struct bpf_iter_num *it) __weak __ksym;
 
-#define steer_for(i, n)                                                                  \
-	for (struct bpf_iter_num ___it __attribute__((aligned(8),                         \
-						       cleanup(bpf_iter_num_destroy))),  \
-	     *___p __attribute__((unused)) =                                              \
-		     (bpf_iter_num_new(&___it, 0, (int)(n)), (void)bpf_iter_num_destroy,  \
-		      (void *)0);                                                         \
-	     ({                                                                           \
-		     int *___t = bpf_iter_num_next(&___it);                               \
-		     (___t && ((i) = *___t, (i) >= 0 && (i) < (int)(n)));                 \
+#define steer_for(i, n)                                                                            \
+	for (struct bpf_iter_num ___it __attribute__((aligned(8), cleanup(bpf_iter_num_destroy))), \
+	     *___p __attribute__((unused)) = (bpf_iter_num_new(&___it, 0, (int)(n)),               \
+					      (void)bpf_iter_num_destroy, (void *)0);              \
+	     ({                                                                                    \
+		     const int *___t = bpf_iter_num_next(&___it);                                  \
+		     (___t && ((i) = *___t, (i) >= 0 && (i) < (int)(n)));                          \
 	     });)
 
 #include "steer_shared.h"

@@ -34,7 +34,7 @@
 #endif
 
 /* Bounds. STEER_CORES_MAX must equal CFG_CORES_MAX (checked in proxy/steer.c). */
-#define STEER_CORES_MAX 256
+#define STEER_CORES_MAX	 256
 #define STEER_LISTEN_MAX 16 /* = CFG_LISTEN_MAX: one reuseport group per listen address */
 /* Socket array key: group * STEER_CORES_MAX + worker, so each group has a full row. */
 #define STEER_SOCKS_MAX (STEER_LISTEN_MAX * STEER_CORES_MAX)
@@ -126,7 +126,7 @@ struct steer_stats {
 	 * for the SYN and again for the ACK, so a connection can count twice there.
 	 */
 	__u64 steered[STEER_CORES_MAX];
-	__u64 migrated;			/* of which: queued connections moved off a listener */
+	__u64 migrated; /* of which: queued connections moved off a listener */
 	__u64 fallback[STEER_FB_N];
 };
 

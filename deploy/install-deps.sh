@@ -21,7 +21,7 @@ RUN_PKGS=(
 TEST_PKGS=(
 	libcriterion-dev libclang-rt-14-dev clang-format
 	python3 python3-pytest python3-yaml python3-prometheus-client tmux curl iproute2
-	systemd
+	systemd cppcheck
 )
 BENCH_PKGS=(nginx haproxy wrk curl python3 iproute2)
 

@@ -314,7 +314,8 @@ static void ups_abort_attached(struct worker *w, struct conn *c)
 		cancel_fd(w, u->fd, OP_U_CANCEL, uidx(w, u), u->gen);
 		u->inflight++;
 	}
-	if (c->rs_state != RS_NONE && c->rs_state != RS_DONE) {
+	/* Still attached and not closing: still counted (every other decrement detaches). */
+	if (c->rs_state != RS_NONE) {
 		balance_inflight_dec(&w->bal, c->backend);
 		STAT_SET(w->bstats[c->backend].active, w->bal.inflight[c->backend]);
 	}

@@ -24,7 +24,7 @@
 #define CFG_BUFFER_BYTES_MAX  1048576
 #define CFG_HEADER_BYTES_CEIL 1048576
 /* Backend and steering weights: 0 = no traffic; 1000 gives 0.1% resolution, plenty. */
-#define CFG_WEIGHT_MAX 1000
+#define CFG_WEIGHT_MAX 1000u
 
 /* --- the worker loop ------------------------------------------------------------------------ */
 
@@ -34,6 +34,10 @@
 /* Slower housekeeping (CPU-time sample for steering, re-arming accepts that hit EMFILE or
  * ENOMEM): ten ticks, often enough for steering to react within a second. */
 #define HOUSEKEEP_MS 100
+/* The main thread's loop period, and so the passive-health scan's: a backend one core failed
+ * to connect to is parked for every core within this long (other cores may meanwhile pay one
+ * connect failure each). */
+#define HEALTH_SCAN_MS 100
 /* A failing access log (full disk) is reported once per this long per core, not per line. */
 #define LOG_WARN_INTERVAL_MS 10000
 

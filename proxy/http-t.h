@@ -45,11 +45,11 @@ struct http_req {
 	/* OPTIONS about the server itself ("*", or absolute-form with an empty path): forwarded
 	 * as "OPTIONS *" (RFC 9112 3.2.4); target then reads "/" for hashing and logs. */
 	bool target_asterisk;
-	bool is_head;	       /* HEAD: the response has no body */
-	bool is_idempotent;    /* GET HEAD PUT DELETE OPTIONS TRACE */
-	bool keep_alive;       /* the client allows reuse after this exchange */
-	bool expect_continue;  /* Expect: 100-continue */
-	bool upgrade;	       /* Connection: upgrade with an Upgrade header: may become a tunnel */
+	bool is_head;	      /* HEAD: the response has no body */
+	bool is_idempotent;   /* GET HEAD PUT DELETE OPTIONS TRACE */
+	bool keep_alive;      /* the client allows reuse after this exchange */
+	bool expect_continue; /* Expect: 100-continue */
+	bool upgrade;	      /* Connection: upgrade with an Upgrade header: may become a tunnel */
 	enum http_framing framing; /* NONE, LENGTH or CHUNKED */
 	uint64_t content_length;   /* when framing == LENGTH */
 	uint32_t head_len;	   /* bytes of the head including the final CRLF CRLF */

@@ -1145,8 +1145,7 @@ int main(int argc, char **argv)
 					{ .fd = health_fd(HC), .events = POLLIN } };
 		struct signalfd_siginfo si;
 
-		/* 100 ms: the passive-health scan's period. */
-		if (poll(pf, 4, 100) < 0 && errno != EINTR)
+		if (poll(pf, 4, HEALTH_SCAN_MS) < 0 && errno != EINTR)
 			break;
 		health_scan();
 		health_service(HC);

@@ -27,7 +27,7 @@
 _Static_assert(STEER_CORES_MAX == CFG_CORES_MAX, "the per-core map is sized by CFG_CORES_MAX");
 _Static_assert(STEER_LISTEN_MAX == CFG_LISTEN_MAX, "one socket-array row per listen address");
 
-#define STEER_BPFFS "/sys/fs/bpf"
+#define STEER_BPFFS    "/sys/fs/bpf"
 #define STEER_PIN_ROOT STEER_BPFFS "/corral"
 
 /* Owned by the main thread; workers only touch their own line in *cores. */
@@ -399,7 +399,8 @@ int steer_open(struct steer **out, const struct config *cfg, char *err, size_t e
 		return -EINVAL;
 	}
 	if (!steer_instance_ok(cfg->instance)) {
-		steer_err(err, errlen, "instance \"%s\": use 1-48 of [A-Za-z0-9._-], not starting with '.'",
+		steer_err(err, errlen,
+			  "instance \"%s\": use 1-48 of [A-Za-z0-9._-], not starting with '.'",
 			  cfg->instance);
 		return -EINVAL;
 	}
@@ -435,7 +436,8 @@ int steer_open(struct steer **out, const struct config *cfg, char *err, size_t e
 	if (!ret)
 		ret = steer_mkdir(s->dir);
 	if (ret) {
-		steer_err(err, errlen, "creating %s: %s%s", s->dir, strerror(-ret), steer_hint(ret));
+		steer_err(err, errlen, "creating %s: %s%s", s->dir, strerror(-ret),
+			  steer_hint(ret));
 		goto fail;
 	}
 	lock = steer_lock(s->dir);

@@ -119,8 +119,8 @@ struct conn {
 	bool recv_wanted; /* waiting in the no-buffer queue */
 	bool keep_alive;  /* this exchange ends with the connection reusable */
 	bool lingering;
-	bool cancel_sent;
-	bool reset_close;    /* close with RST: the response is cut short */  /* a cancel of every op on fd was submitted */
+	bool cancel_sent;  /* a cancel of every op on fd was submitted */
+	bool reset_close;  /* close with RST: the response is cut short */
 	bool eof;	   /* client shut its write side */
 	uint8_t req_state; /* enum req_state */
 	uint8_t rs_state;  /* enum rs_state */
@@ -137,7 +137,7 @@ struct conn {
 	uint8_t last_err;    /* 0, or 2 = refused/reset, 4 = timeout */
 	bool ups_reusable;   /* the upstream may be pooled when the exchange ends */
 	bool req_head_sent;
-	bool no_pool;	     /* the next connect must be fresh (stale pooled one failed) */
+	bool no_pool;	      /* the next connect must be fresh (stale pooled one failed) */
 	bool end_pending;     /* response ended while the last request send was in flight */
 	bool ups_recv_wanted; /* waiting in the no-buffer queue for an upstream recv */
 	uint32_t req_head_len;

@@ -228,11 +228,11 @@ Test(config, shorthands_and_off_switches)
 {
 	struct config c;
 	char err[CFG_ERR_MAX];
-	static const char *const policies[] = { "hash",		"round-robin", "least-conn",
-						 "least-load",	"power-of-two", "weighted",
-						 "cpu-local" };
+	static const char *const policies[] = { "hash",	      "round-robin",  "least-conn",
+						"least-load", "power-of-two", "weighted",
+						"cpu-local" };
 	static const char *const balances[] = { "round-robin", "least-conn", "hash-uri",
-						 "hash-client" };
+						"hash-client" };
 	char yaml[512];
 	size_t i;
 
@@ -265,8 +265,9 @@ Test(config, shorthands_and_off_switches)
 	cr_expect_str_eq(config_balance_name((enum cfg_balance)99), "unknown");
 
 	/* Port 0 twice is two kernel-chosen ports, not a duplicate. */
-	cr_expect_eq(parse(&c, "listen: [\"127.0.0.1:0\", \"127.0.0.1:0\"]\n"
-			       "backends: [\"127.0.0.1:9000\"]\n",
+	cr_expect_eq(parse(&c,
+			   "listen: [\"127.0.0.1:0\", \"127.0.0.1:0\"]\n"
+			   "backends: [\"127.0.0.1:9000\"]\n",
 			   err),
 		     0, "%s", err);
 	cr_expect_eq(c.listen_n, 2);
@@ -365,9 +366,8 @@ static const struct err_case err_cases[] = {
 	  "corral.yaml:3: access_log.format: must be one of json, combined" },
 	{ BASE "access_log: { path: \"\" }\n",
 	  "corral.yaml:3: access_log.path: must not be empty" },
-	{ BASE "access_log: yes\n",
-	  "corral.yaml:3: access_log: must be a mapping such as { path: "
-	  "/var/log/corral/access.log, format: json }" },
+	{ BASE "access_log: yes\n", "corral.yaml:3: access_log: must be a mapping such as { path: "
+				    "/var/log/corral/access.log, format: json }" },
 	/* required keys */
 	{ "", "corral.yaml:1: listen: at least one listen address is required" },
 	{ "# nothing but a comment\n",
@@ -473,9 +473,14 @@ struct bound_case {
 	const char *extra; /* more lines for the same section, after the key */
 };
 
-#define T32(f, lo, hi) { "timeouts", #f, offsetof(struct config, timeouts.f), 4, lo, hi, false, "" }
-#define L32(f, lo, hi, p2, x)                                                                     \
-	{ "limits", #f, offsetof(struct config, limits.f), 4, lo, hi, p2, x }
+#define T32(f, lo, hi)                                                                             \
+	{                                                                                          \
+		"timeouts", #f, offsetof(struct config, timeouts.f), 4, lo, hi, false, ""          \
+	}
+#define L32(f, lo, hi, p2, x)                                                                      \
+	{                                                                                          \
+		"limits", #f, offsetof(struct config, limits.f), 4, lo, hi, p2, x                  \
+	}
 
 static const struct bound_case bound_cases[] = {
 	T32(client_header_ms, 100, 600000),
@@ -558,12 +563,12 @@ Test(config, buffer_memory_per_core_is_capped_at_one_gib)
 	struct config c;
 	char err[CFG_ERR_MAX];
 
-	cr_expect_eq(parse(&c, BASE "limits: { buffers_per_core: 1024, buffer_bytes: 1048576 }\n",
-			   err),
-		     0, "%s", err);
-	cr_expect_eq(parse(&c, BASE "limits: { buffers_per_core: 2048, buffer_bytes: 1048576 }\n",
-			   err),
-		     -EINVAL);
+	cr_expect_eq(
+		parse(&c, BASE "limits: { buffers_per_core: 1024, buffer_bytes: 1048576 }\n", err),
+		0, "%s", err);
+	cr_expect_eq(
+		parse(&c, BASE "limits: { buffers_per_core: 2048, buffer_bytes: 1048576 }\n", err),
+		-EINVAL);
 	cr_expect_str_eq(err, "corral.yaml:3: limits.buffer_bytes: buffers_per_core x "
 			      "buffer_bytes is 2147483648 bytes per core; at most 1073741824 "
 			      "(1 GiB) is allowed");
@@ -662,8 +667,9 @@ Test(config, steering_weights_need_one_per_core_in_any_key_order)
 	cr_assert_geq(in, 0);
 
 	/* weights come before workers in the file: checked once the whole file is read. */
-	snprintf(yaml, sizeof(yaml), BASE "steering: { policy: weighted, weights: [3] }\n"
-					  "workers: { cores: [%d] }\n",
+	snprintf(yaml, sizeof(yaml),
+		 BASE "steering: { policy: weighted, weights: [3] }\n"
+		      "workers: { cores: [%d] }\n",
 		 in);
 	cr_expect_eq(parse(&c, yaml, err), 0, "%s", err);
 	cr_expect_eq(c.steering.weights_n, 1);
@@ -683,8 +689,9 @@ Test(config, failed_parse_leaves_the_config_untouched)
 
 	cr_assert_eq(parse(&c, BASE "balance: hash-uri\n", err), 0, "%s", err);
 	memcpy(&saved, &c, sizeof(c));
-	cr_assert_eq(parse(&c, "listen: [\"127.0.0.1:7000\"]\nbackends: [\"127.0.0.1:9000\"]\n"
-			       "balance: nope\n",
+	cr_assert_eq(parse(&c,
+			   "listen: [\"127.0.0.1:7000\"]\nbackends: [\"127.0.0.1:9000\"]\n"
+			   "balance: nope\n",
 			   err),
 		     -EINVAL);
 	cr_expect_eq(memcmp(&c, &saved, sizeof(c)), 0);
@@ -750,8 +757,9 @@ Test(config, parse_addr_accepts_numeric_ipv4_and_bracketed_ipv6_only)
 		}
 		cr_expect_eq(r, 0, "\"%s\" should parse", t->text);
 		cr_expect_eq(a.ss.ss_family, t->family, "%s", t->text);
-		cr_expect_eq(a.len, t->family == AF_INET ? sizeof(struct sockaddr_in)
-							 : sizeof(struct sockaddr_in6),
+		cr_expect_eq(a.len,
+			     t->family == AF_INET ? sizeof(struct sockaddr_in)
+						  : sizeof(struct sockaddr_in6),
 			     "%s", t->text);
 		cr_expect_str_eq(ip_of(&a, ip, sizeof(ip)), t->ip, "%s", t->text);
 		cr_expect_eq(port_of(&a), t->port, "%s", t->text);

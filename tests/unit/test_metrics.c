@@ -213,7 +213,7 @@ Test(metrics, get_metrics_is_text_exposition_with_help_type_and_core_labels)
 		cr_assert_not_null(nl, "body must end with a newline");
 		if (line[0] != '#') {
 			snprintf(name, sizeof(name), "%.*s", (int)n, line);
-			for (const char *sfx = NULL; !sfx;) {
+			for (;;) {
 				char *u;
 				snprintf(type_line, sizeof(type_line), "# TYPE %s ", name);
 				if (strstr(body, type_line) && strstr(body, type_line) < line)

@@ -47,8 +47,8 @@ static void remove_pins(void)
 
 	for (i = 0; i < instances_n; i++) {
 		for (m = 0; m < sizeof(maps) / sizeof(maps[0]); m++) {
-			snprintf(path, sizeof(path), "/sys/fs/bpf/corral/test-%d-%d/%s", (int)getpid(),
-				 i, maps[m]);
+			snprintf(path, sizeof(path), "/sys/fs/bpf/corral/test-%d-%d/%s",
+				 (int)getpid(), i, maps[m]);
 			unlink(path);
 		}
 		snprintf(path, sizeof(path), "/sys/fs/bpf/corral/test-%d-%d", (int)getpid(), i);
@@ -176,8 +176,8 @@ static int client_from(const char *ip, uint16_t port, const char *src, uint16_t 
 	if (src) {
 		blen = sockaddr_of(&b, src, sport);
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-		cr_assert_eq(bind(fd, (struct sockaddr *)&b, blen), 0, "bind %s:%u: %s", src,
-			     sport, strerror(errno));
+		cr_assert_eq(bind(fd, (struct sockaddr *)&b, blen), 0, "bind %s:%u: %s", src, sport,
+			     strerror(errno));
 	}
 	cr_assert_eq(connect(fd, (struct sockaddr *)&a, alen), 0, "connect %s:%u: %s", ip, port,
 		     strerror(errno));
@@ -323,8 +323,8 @@ Test(steer_kernel, drained_core_gets_nothing)
 	int fds[3], hits[3];
 	uint16_t port;
 	size_t p;
-	const char *policies[] = { "hash",     "round-robin", "least-conn", "least-load",
-				   "power-of-two", "weighted", "cpu-local" };
+	const char *policies[] = { "hash",	   "round-robin", "least-conn", "least-load",
+				   "power-of-two", "weighted",	  "cpu-local" };
 
 	need_root();
 	test_config(&cfg, 3, "round-robin");
@@ -459,7 +459,10 @@ Test(steer_kernel, four_workers_on_two_cpus)
 
 Test(steer_kernel, hash_matches_the_kernel_without_a_program)
 {
-	enum { N = 3, M = 60 };
+	enum {
+		N = 3,
+		M = 60
+	};
 	struct config cfg;
 	struct steer *s;
 	int fds[N], got[M], c, i, zero = 0, hits[N] = { 0 };
@@ -489,10 +492,12 @@ Test(steer_kernel, hash_matches_the_kernel_without_a_program)
 		close_rst(c);
 	}
 	/* And the kernel alone, with the program detached, picks exactly the same ones. */
-	cr_assert_eq(setsockopt(fds[0], SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, &zero, sizeof(zero)), 0);
+	cr_assert_eq(setsockopt(fds[0], SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, &zero, sizeof(zero)),
+		     0);
 	for (i = 0; i < M; i++) {
 		c = client_from("127.0.0.1", port, src[i], sports[i]);
-		cr_assert_eq(which(fds, N), got[i], "kernel hash differs for %s:%u", src[i], sports[i]);
+		cr_assert_eq(which(fds, N), got[i], "kernel hash differs for %s:%u", src[i],
+			     sports[i]);
 		close_rst(c);
 	}
 	close_all(fds, N);
@@ -550,7 +555,9 @@ Test(steer_kernel, policy_change_takes_effect_on_the_next_connection)
 
 Test(steer_kernel, drain_migrates_queued_connections_without_reset)
 {
-	enum { Q = 16 };
+	enum {
+		Q = 16
+	};
 	struct steer_stats st;
 	struct config cfg;
 	struct steer *s;
@@ -617,7 +624,9 @@ Test(steer_kernel, drain_migrates_queued_connections_without_reset)
  */
 Test(steer_kernel, undrained_shutdown_still_migrates_everything)
 {
-	enum { Q = 12 };
+	enum {
+		Q = 12
+	};
 	struct steer_stats st;
 	struct config cfg;
 	struct steer *s;
@@ -652,8 +661,9 @@ Test(steer_kernel, undrained_shutdown_still_migrates_everything)
 	 * Q/3 were queued on the closed listener. Round-robin over 3 workers picks the closed
 	 * one for at least one of them: that one fell back to the hash, the rest were steered.
 	 */
-	cr_assert_eq(st.migrated + st.fallback[STEER_FB_SELECT], Q / 3, "migrated %llu, fell back %llu",
-		     (unsigned long long)st.migrated, (unsigned long long)st.fallback[STEER_FB_SELECT]);
+	cr_assert_eq(st.migrated + st.fallback[STEER_FB_SELECT], Q / 3,
+		     "migrated %llu, fell back %llu", (unsigned long long)st.migrated,
+		     (unsigned long long)st.fallback[STEER_FB_SELECT]);
 	cr_assert(st.fallback[STEER_FB_SELECT] >= 1);
 	for (i = 0; i < Q; i++)
 		close_rst(cli[i]);

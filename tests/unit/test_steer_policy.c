@@ -468,7 +468,8 @@ Test(steer_policy, cpu_local_picks_the_worker_pinned_to_the_cpu)
 	run(&m, 7, 1000, hits);
 	cr_assert(hits[0] > 400 && hits[1] > 400);
 	for (i = 0; i < 10; i++)
-		cr_assert_eq(pick(&m, (uint32_t)i << 28, 7, 0, 0), pick(&m, (uint32_t)i << 28, 9, 5, 5));
+		cr_assert_eq(pick(&m, (uint32_t)i << 28, 7, 0, 0),
+			     pick(&m, (uint32_t)i << 28, 9, 5, 5));
 }
 
 /* Worker-side helpers: counters on the worker's own line. */

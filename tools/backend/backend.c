@@ -392,7 +392,7 @@ static bool parse_u64(const char *p, size_t n, uint64_t *out)
 
 static void route_of(struct conn *c, const char *t, size_t n)
 {
-	size_t plen = n;
+	size_t plen;
 	const char *q = memchr(t, '?', n);
 
 	if (n > 7 && strncasecmp(t, "http://", 7) == 0) {

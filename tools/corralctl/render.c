@@ -75,8 +75,8 @@ void render_status(FILE *f, json_t *r)
 	size_t i;
 
 	fprintf(f, "corral %s (pid %.0f), up %dd %02d:%02d:%02d\n", str(r, "version", "?"),
-		json_num(r, "pid"), (int)(up / 86400), (int)fmod(up / 3600, 24), (int)fmod(up / 60, 60),
-		(int)fmod(up, 60));
+		json_num(r, "pid"), (int)(up / 86400), (int)fmod(up / 3600, 24),
+		(int)fmod(up / 60, 60), (int)fmod(up, 60));
 	fprintf(f, "config:   %s", str(r, "config", "?"));
 	if (json_object_get(r, "config_version"))
 		fprintf(f, " (version %.0f)", json_num(r, "config_version"));
@@ -101,8 +101,8 @@ static void render_traffic_row(FILE *f, const char *name, const char *state, jso
 	render_bytes(in, sizeof(in), json_num(c, "bytes_in"));
 	render_bytes(out, sizeof(out), json_num(c, "bytes_out"));
 	fprintf(f, "%-5s %-8s %6.0f %8s %8s %5.0f %8s %7s %7s %7s %6.1f\n", name, state,
-		json_num(c, "conns_active"), acc, st, json_num(c, "accept_queue"), req, rps, in, out,
-		json_num(c, "cpu_pct"));
+		json_num(c, "conns_active"), acc, st, json_num(c, "accept_queue"), req, rps, in,
+		out, json_num(c, "cpu_pct"));
 }
 
 /* Responses, upstream errors, latency and the upstream pool of one core (or the total). */
@@ -139,8 +139,7 @@ void render_stats(FILE *f, json_t *r)
 		str(steer, "policy", "?"));
 	fprintf(f, "%-5s %-8s %6s %8s %8s %5s %8s %7s %7s %7s %6s\n", "CORE", "STATE", "CONNS",
 		"ACCEPTED", "STEERED", "QUEUE", "REQS", "REQ/S", "IN", "OUT", "CPU%");
-	json_array_foreach(cores, i, c)
-	{
+	json_array_foreach(cores, i, c) {
 		char name[16];
 
 		snprintf(name, sizeof(name), "%.0f", json_num(c, "core"));
@@ -149,8 +148,7 @@ void render_stats(FILE *f, json_t *r)
 	render_traffic_row(f, "total", "", tot);
 	fprintf(f, "\n%-5s %6s %6s %6s %6s %6s %6s %8s %8s %8s %14s\n", "CORE", "1xx", "2xx", "3xx",
 		"4xx", "5xx", "UPERR", "P50", "P99", "P999", "POOL idle/h/m");
-	json_array_foreach(cores, i, c)
-	{
+	json_array_foreach(cores, i, c) {
 		char name[16];
 
 		snprintf(name, sizeof(name), "%.0f", json_num(c, "core"));
@@ -168,8 +166,7 @@ void render_backends(FILE *f, json_t *r)
 
 	fprintf(f, "%-40s %6s %-8s %7s %9s %7s %8s  %-28s %s\n", "ADDRESS", "WEIGHT", "STATE",
 		"ACTIVE", "REQUESTS", "ERRORS", "LATENCY", "LAST CHECK", "REASON");
-	json_array_foreach(arr, i, b)
-	{
+	json_array_foreach(arr, i, b) {
 		char req[16], err[16], lat[16], chk[96];
 		json_t *lc = json_object_get(b, "last_check");
 

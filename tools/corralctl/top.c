@@ -163,15 +163,18 @@ static void top_draw(struct top_frame *t, json_t *r, const char *sock, const cha
 	       "uperr %.0f",
 	       json_string_value(json_object_get(steer, "mode")) ?: "?",
 	       json_string_value(json_object_get(steer, "policy")) ?: "?", json_array_size(cores),
-	       conns, rps, p50, p99, json_num(tot, "responses.5xx"), json_num(tot, "upstream_errors"));
+	       conns, rps, p50, p99, json_num(tot, "responses.5xx"),
+	       json_num(tot, "upstream_errors"));
 	tf_eol(t);
 	tf_put(t, "imbalance (max/mean): conns %.2f  cpu %.2f   total cpu %.1f%%",
-	       json_num(r, "imbalance.conns"), json_num(r, "imbalance.cpu"), json_num(tot, "cpu_pct"));
+	       json_num(r, "imbalance.conns"), json_num(r, "imbalance.cpu"),
+	       json_num(tot, "cpu_pct"));
 	tf_eol(t);
 	tf_eol(t);
 
-	json_array_foreach(cores, i, c) if (json_num(c, "conns_active") > max_conns) max_conns =
-		json_num(c, "conns_active");
+	json_array_foreach(cores, i, c)
+		if (json_num(c, "conns_active") > max_conns)
+			max_conns = json_num(c, "conns_active");
 	/*
 	 * The fixed columns take 72 cells. Wide terminals get two bars (CPU, and connections
 	 * relative to the busiest core), narrow ones the CPU bar only.
@@ -185,8 +188,7 @@ static void top_draw(struct top_frame *t, json_t *r, const char *sock, const cha
 		tf_put(t, "  %-*s", bar_w + 2, "CONNS (vs busiest core)");
 	tf_put(t, "\033[0m");
 	tf_eol(t);
-	json_array_foreach(cores, i, c)
-	{
+	json_array_foreach(cores, i, c) {
 		const char *state = json_string_value(json_object_get(c, "state")) ?: "?";
 		bool draining = !strcmp(state, "draining");
 		char r_rps[16], r_conns[16], r50[16], r99[16];
