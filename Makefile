@@ -97,7 +97,7 @@ unit: $(UNIT_BIN)
 	@bash tests/run-unit.sh $(UNIT_BIN)
 
 e2e: $(BINS)
-	CORRAL_BUILD=$(abspath $(B)) $(PYTHON) -m pytest -q -rs -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
+	CORRAL_BUILD=$(abspath $(B)) $(PYTHON) -m pytest -q -rsx -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
 
 test: deps-test
 	$(MAKE) all

@@ -3,7 +3,7 @@
 Environment:
   CORRAL_BUILD  the build folder holding corral, corral-backend, corralctl (default: <repo>/build)
   E2E_PROXY     "corral" (default) or "nginx": run the same data-plane tests against NGINX, to check
-                the tests themselves; tests marked corral_only are skipped there.
+                the tests themselves; tests marked corral_only are skipped there (they fail under CI).
   ASAN_OPTIONS  when set, corral's stderr must hold no sanitizer report, and deadlines are longer.
   CORRAL_SLOW   a factor (default 1) that stretches every deadline and every timeout the tests
                 configure, on top of ASan's 3: e.g. CORRAL_SLOW=2 on a loaded machine.

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import yaml  # noqa: E402
 
 from recorder import Recorder  # noqa: E402
-from test_hardening import ACCEPT, MALFORMED_RESPONSES, PIPE_BAD, REJECT, TIMEOUTS, req  # noqa: E402
+from test_hardening import ACCEPT, MALFORMED_RESPONSES, PIPE_BAD, REJECT, req  # noqa: E402
 from util import Client, Closed, ProtocolError  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -48,6 +48,20 @@ def wait_listen(port, proc, what, timeout=10):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError("%s did not listen on %d" % (what, port))
+
+
+# Short, like the NGINX and HAProxy configs below (1 s), so every case ends within exchange()'s
+# 3 s window (test_hardening's own TIMEOUTS are long on purpose).
+TIMEOUTS = {
+    "client_header_ms": 800,
+    "client_idle_ms": 5000,
+    "client_body_ms": 600,
+    "upstream_connect_ms": 300,
+    "upstream_response_ms": 700,
+    "upstream_idle_ms": 5000,
+    "tunnel_idle_ms": 1000,
+    "shutdown_grace_ms": 1000,
+}
 
 
 class Corral:

@@ -90,3 +90,18 @@ def test_one_well_formed_line_per_request_under_load(corral, backend, tmp_path, 
     else:
         own = [CLF.match(x) for x in lines if CLF.match(x).group(6) == "413"]
         assert len(own) == 1 and own[0].group(7) == str(refusal_len), own[0].group(0)
+
+
+@pytest.mark.corral_only
+def test_503_corral_makes_itself_logs_no_upstream(corral, backend, tmp_path):
+    log = tmp_path / "access.log"
+    p = corral([backend], access_log={"path": str(log), "format": "json"}, workers={"cores": [0]})
+    r = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], "backend", "disable",
+                        "--force", backend.address], capture_output=True, text=True, timeout=10 * SLOW)
+    assert r.returncode == 0, r.stderr
+    with Client(p.port, timeout=5 * SLOW) as c:
+        assert c.get("/none-up").status == 503
+    p.stop(timeout=15)
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [(e["uri"], e["status"]) for e in lines] == [("/none-up", 503)], lines
+    assert lines[0]["upstream"] is None, lines[0]

@@ -178,11 +178,11 @@ def test_stats_table_has_a_row_per_core_and_a_total(proxied):
 def test_stats_watch_repeats_until_interrupted(proxied):
     args = [binary("corralctl"), "-s", proxied.cfg["admin"]["socket"], "stats", "--json", "--watch", "0.2"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0 * SLOW)
+    first = [proc.stdout.readline() for _ in range(3)]  # three frames (bounded by the test deadline)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=5)
+    out, err = proc.communicate(timeout=5 * SLOW)
     assert proc.returncode == 0, err
-    frames = [json.loads(ln) for ln in out.splitlines()]
+    frames = [json.loads(ln) for ln in "".join(first).splitlines() + out.splitlines()]
     assert len(frames) >= 3, out
     assert all(len(f["cores"]) == 2 for f in frames)
 
