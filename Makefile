@@ -23,7 +23,7 @@ OPT      ?= -O2 -g
 CFLAGS   := $(OPT) -std=gnu11 -pthread -D_GNU_SOURCE -fno-strict-aliasing $(WARN) $(SAN) \
             -Iproxy -Ibpf -I$(B)/bpf -I$(LLHTTP_INC) -MMD -MP
 LDFLAGS  += -pthread $(SAN)
-LIBS     := -luring -lbpf -lelf -lz -lyaml -ljansson -lurcu-qsbr -lxxhash -lm
+LIBS     := -luring -lbpf -lelf -lz -lyaml -ljansson -lurcu-qsbr -lxxhash -lssl -lcrypto -lm
 
 PROXY_SRC   := $(wildcard proxy/*.c)
 PROXY_OBJ   := $(PROXY_SRC:%.c=$(B)/obj/%.o)
@@ -126,6 +126,10 @@ fuzz-smoke:
 run: deps
 	$(MAKE) all
 	@bash deploy/run-demo.sh $(B)
+
+# TLS transport micro-benchmark: corral's BIO vs a memory BIO (tools/bench/tls_bio.c).
+$(B)/tls-bio-bench: tools/bench/tls_bio.c $(B)/obj/proxy/tls.o $(B)/obj/proxy/util.o
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ -lssl -lcrypto -lurcu-qsbr
 
 bench: deps
 	$(MAKE) all
