@@ -178,6 +178,9 @@ struct config {
 	struct cfg_steering steering;
 	struct cfg_admin admin;
 	struct cfg_access_log access_log;
+
+	/* Findings that do not refuse the file (an expired certificate): lines, "\n"-separated. */
+	char warnings[2 * CFG_ERR_MAX];
 };
 
 #endif

@@ -26,4 +26,7 @@ int config_parse_addr(struct cfg_addr *a, const char *text);
 
 const char *config_balance_name(enum cfg_balance b);
 
+/* Index of the first listen entry with tls:, or -1 when every listener is plaintext. */
+int config_tls_listener(const struct config *cfg);
+
 #endif

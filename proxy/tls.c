@@ -324,13 +324,19 @@ __attribute__((format(printf, 4, 5))) static int ctx_err(struct tls_ctx_err *e, 
 	return -EINVAL;
 }
 
-/* OpenSSL's reason for the last failure, for a message. */
+/* OpenSSL's reason for a failure (the first in its queue: the cause, not the wrapper). */
 static const char *ssl_reason(void)
 {
-	unsigned long e = ERR_peek_last_error();
+	unsigned long e = ERR_peek_error();
 	const char *s = e ? ERR_reason_error_string(e) : NULL;
 
 	return s ? s : "unknown OpenSSL error";
+}
+
+/* Encrypted private keys are refused: OpenSSL's default would prompt on the terminal. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+	return -1;
 }
 
 static int file_readable(struct tls_ctx_err *e, int cert, const char *key, const char *path)
@@ -400,9 +406,7 @@ static int check_suites(SSL_CTX *ctx, const char *list, struct tls_ctx_err *e)
 		bool found = false;
 		int i;
 
-		if (!SSL_CTX_set_ciphersuites(ctx, name))
-			return ctx_err(e, -1, "ciphersuites", "\"%s\": %s", name, ssl_reason());
-		sk = SSL_CTX_get_ciphers(ctx);
+		sk = SSL_CTX_set_ciphersuites(ctx, name) ? SSL_CTX_get_ciphers(ctx) : NULL;
 		for (i = 0; sk && i < sk_SSL_CIPHER_num(sk); i++)
 			if (!strcmp(SSL_CIPHER_get_name(sk_SSL_CIPHER_value(sk, i)), name))
 				found = true;
@@ -461,6 +465,7 @@ static int ctx_one(SSL_CTX **out, const struct cfg_tls *cfg, int i, struct tls_c
 	SSL_CTX_set_num_tickets(ctx, cfg->session_tickets ? TLS_TICKETS_PER_HANDSHAKE : 0);
 	SSL_CTX_set_timeout(ctx, (long)(TLS_TICKET_ROTATE_MS / 1000));
 	SSL_CTX_set_alpn_select_cb(ctx, tls_alpn_cb, NULL);
+	SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
 
 	if (!SSL_CTX_set_cipher_list(ctx, cfg->ciphers[0] ? cfg->ciphers : TLS_DEF_CIPHERS)) {
 		r = ctx_err(e, -1, "ciphers", "no TLS 1.2 cipher in \"%s\" is known to OpenSSL",
