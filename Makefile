@@ -112,6 +112,11 @@ $(B)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c proxy/http.c $(wildcard proxy/*.h) $(LLHTT
 	@mkdir -p $(@D)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $< proxy/http.c $(LLHTTP_SRC)/llhttp.c $(LLHTTP_SRC)/api.c $(LLHTTP_SRC)/http.c
 
+# The TLS target exercises proxy/tls.c (and util.c for BUG_ON) against OpenSSL.
+$(B)/fuzz/fuzz_tls: tests/fuzz/fuzz_tls.c proxy/tls.c proxy/util.c $(wildcard proxy/*.h)
+	@mkdir -p $(@D)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $< proxy/tls.c proxy/util.c -lssl -lcrypto -lurcu-qsbr
+
 fuzz: $(FUZZ_SRC:tests/fuzz/%.c=$(B)/fuzz/%)
 	@for f in $^; do n=$$(basename $$f); mkdir -p $(B)/fuzz/corpus-$$n; \
 		echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
