@@ -238,7 +238,7 @@ static void exchange(struct client *c, struct tls_conn *t)
 
 /* --- behaviour ---------------------------------------------------------------------------------- */
 
-Test(tls, handshake_and_exchange_over_tls13_and_tls12, .init = make_certs)
+Test(tls, handshake_and_exchange_over_tls13_and_tls12, .init = make_certs, .fini = cert_dir_remove)
 {
 	static const int versions[] = { TLS1_3_VERSION, TLS1_2_VERSION };
 	static const char *const names[] = { "TLSv1.3", "TLSv1.2" };
@@ -264,7 +264,8 @@ Test(tls, handshake_and_exchange_over_tls13_and_tls12, .init = make_certs)
 	tls_server_free(s);
 }
 
-Test(tls, sni_selects_exact_then_wildcard_else_the_first, .init = make_certs)
+Test(tls, sni_selects_exact_then_wildcard_else_the_first, .init = make_certs,
+     .fini = cert_dir_remove)
 {
 	static const struct {
 		const char *sni;
@@ -309,7 +310,7 @@ Test(tls, sni_selects_exact_then_wildcard_else_the_first, .init = make_certs)
 	tls_server_free(s);
 }
 
-Test(tls, old_versions_are_refused, .init = make_certs)
+Test(tls, old_versions_are_refused, .init = make_certs, .fini = cert_dir_remove)
 {
 	static const int old[] = { TLS1_VERSION, TLS1_1_VERSION };
 	struct tls_server *s = server_new(CFG_TLS_V12 | CFG_TLS_V13, NULL);
@@ -338,7 +339,7 @@ Test(tls, old_versions_are_refused, .init = make_certs)
 	tls_server_free(only13);
 }
 
-Test(tls, alpn_agrees_http11_only, .init = make_certs)
+Test(tls, alpn_agrees_http11_only, .init = make_certs, .fini = cert_dir_remove)
 {
 	static const struct {
 		const char *offer;
@@ -377,7 +378,7 @@ Test(tls, alpn_agrees_http11_only, .init = make_certs)
 	tls_server_free(s);
 }
 
-Test(tls, client_renegotiation_is_refused, .init = make_certs)
+Test(tls, client_renegotiation_is_refused, .init = make_certs, .fini = cert_dir_remove)
 {
 	struct tls_server *s = server_new(CFG_TLS_V12 | CFG_TLS_V13, NULL);
 	struct client c;
@@ -428,7 +429,8 @@ static SSL_SESSION *connect_once(struct tls_server *s, SSL_SESSION *sess, bool *
 	return out;
 }
 
-Test(tls, tickets_resume_across_workers_and_one_rotation, .init = make_certs)
+Test(tls, tickets_resume_across_workers_and_one_rotation, .init = make_certs,
+     .fini = cert_dir_remove)
 {
 	struct tls_keys *keys, *other_keys;
 	struct tls_server *w0, *w1, *w2;
@@ -490,7 +492,8 @@ Test(tls, ticket_keys_rotate_on_schedule)
 	tls_keys_free(k);
 }
 
-Test(tls, clean_close_sends_close_notify_and_abort_never_does, .init = make_certs)
+Test(tls, clean_close_sends_close_notify_and_abort_never_does, .init = make_certs,
+     .fini = cert_dir_remove)
 {
 	struct tls_server *s = server_new(CFG_TLS_V12 | CFG_TLS_V13, NULL);
 	struct client c;
@@ -549,7 +552,8 @@ Test(tls, clean_close_sends_close_notify_and_abort_never_does, .init = make_cert
 	tls_server_free(s);
 }
 
-Test(tls, garbage_fails_with_a_reason_and_releases_the_input, .init = make_certs)
+Test(tls, garbage_fails_with_a_reason_and_releases_the_input, .init = make_certs,
+     .fini = cert_dir_remove)
 {
 	struct tls_server *s = server_new(CFG_TLS_V12 | CFG_TLS_V13, NULL);
 	uint8_t junk[4096];
@@ -589,7 +593,7 @@ Test(tls, garbage_fails_with_a_reason_and_releases_the_input, .init = make_certs
 	tls_server_free(s);
 }
 
-Test(tls, garbage_after_the_handshake_is_a_bad_record, .init = make_certs)
+Test(tls, garbage_after_the_handshake_is_a_bad_record, .init = make_certs, .fini = cert_dir_remove)
 {
 	struct tls_server *s = server_new(CFG_TLS_V12 | CFG_TLS_V13, NULL);
 	/* An application-data record whose ciphertext is noise: the MAC cannot match. */
@@ -610,7 +614,7 @@ Test(tls, garbage_after_the_handshake_is_a_bad_record, .init = make_certs)
 	tls_server_free(s);
 }
 
-Test(tls, plaintext_http_is_classified, .init = make_certs)
+Test(tls, plaintext_http_is_classified, .init = make_certs, .fini = cert_dir_remove)
 {
 	static const char *const reqs[] = {
 		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -640,7 +644,7 @@ static uint64_t fnv(uint64_t h, const uint8_t *p, size_t n)
 	return h;
 }
 
-Test(tls, large_transfers_both_ways_keep_every_byte, .init = make_certs)
+Test(tls, large_transfers_both_ways_keep_every_byte, .init = make_certs, .fini = cert_dir_remove)
 {
 	const size_t up_len = 3u << 20, down_len = 8u << 20;
 	struct tls_server *s = server_new(CFG_TLS_V12 | CFG_TLS_V13, NULL);
@@ -737,7 +741,7 @@ static size_t heap_used(void)
 }
 #endif
 
-Test(tls, an_idle_session_holds_no_record_buffers, .init = make_certs)
+Test(tls, an_idle_session_holds_no_record_buffers, .init = make_certs, .fini = cert_dir_remove)
 {
 	struct tls_server *s = server_new(CFG_TLS_V12 | CFG_TLS_V13, NULL);
 	struct client c[2];
@@ -790,7 +794,8 @@ Test(tls, an_idle_session_holds_no_record_buffers, .init = make_certs)
 	tls_server_free(s);
 }
 
-Test(tls, a_session_outlives_the_contexts_it_started_on, .init = make_certs)
+Test(tls, a_session_outlives_the_contexts_it_started_on, .init = make_certs,
+     .fini = cert_dir_remove)
 {
 	struct tls_server *s = server_new(CFG_TLS_V12 | CFG_TLS_V13, NULL);
 	struct client c;

@@ -11,19 +11,36 @@
 
 static char *dir;
 
+/* A passphrase-protected copy of dir/a.key, as dir/enc.key. */
+static void encrypt_key(void)
+{
+	char path[512];
+	EVP_PKEY *k;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/a.key", dir);
+	f = fopen(path, "r");
+	cr_assert(f);
+	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+	fclose(f);
+	cr_assert(k);
+	snprintf(path, sizeof(path), "%s/enc.key", dir);
+	f = fopen(path, "w");
+	cr_assert(f);
+	cr_assert(PEM_write_PrivateKey(f, k, EVP_aes_256_cbc(), (unsigned char *)"secret", 6, NULL,
+				       NULL));
+	fclose(f);
+	EVP_PKEY_free(k);
+}
+
 static void make_certs(void)
 {
-	char cmd[512];
-
 	dir = cert_dir();
 	cr_assert(dir);
 	cr_assert_eq(cert_make(dir, "a", "a.test", "DNS:a.test", 0, 86400), 0);
 	cr_assert_eq(cert_make(dir, "b", "b.test", "DNS:b.test,DNS:*.b.test", 0, 86400), 0);
 	cr_assert_eq(cert_make(dir, "old", "old.test", "DNS:old.test", -7200, -3600), 0);
-	/* A passphrase-protected copy of a.key (the openssl CLI from libssl's openssl package). */
-	snprintf(cmd, sizeof(cmd),
-		 "openssl pkey -in %s/a.key -aes256 -passout pass:x -out %s/enc.key", dir, dir);
-	cr_assert_eq(system(cmd), 0);
+	encrypt_key();
 }
 
 static int parse(struct config *c, const char *yaml, char *err)
@@ -56,7 +73,7 @@ static void yaml_tls(char *out, size_t len, const char *cert, const char *key, c
 		 dir, cert, dir, key, extra);
 }
 
-Test(tls_config, string_and_object_listeners, .init = make_certs)
+Test(tls_config, string_and_object_listeners, .init = make_certs, .fini = cert_dir_remove)
 {
 	struct config c;
 	char err[CFG_ERR_MAX], yaml[2048];
@@ -84,7 +101,7 @@ Test(tls_config, string_and_object_listeners, .init = make_certs)
 	cr_assert_eq(config_tls_listener(&c), -1);
 }
 
-Test(tls_config, every_tls_key, .init = make_certs)
+Test(tls_config, every_tls_key, .init = make_certs, .fini = cert_dir_remove)
 {
 	struct config c;
 	char err[CFG_ERR_MAX], yaml[4096], extra[1024];
@@ -108,7 +125,7 @@ Test(tls_config, every_tls_key, .init = make_certs)
 	cr_assert(!t->session_tickets);
 }
 
-Test(tls_config, an_expired_certificate_is_a_warning, .init = make_certs)
+Test(tls_config, an_expired_certificate_is_a_warning, .init = make_certs, .fini = cert_dir_remove)
 {
 	struct config c;
 	char err[CFG_ERR_MAX], yaml[2048], want[512];
@@ -185,7 +202,7 @@ static const struct tls_err_case cases[] = {
 	  "OpenSSL knows (e.g. TLS_AES_128_GCM_SHA256)" },
 };
 
-Test(tls_config, every_error_names_file_line_and_key, .init = make_certs)
+Test(tls_config, every_error_names_file_line_and_key, .init = make_certs, .fini = cert_dir_remove)
 {
 	struct config c;
 	char err[CFG_ERR_MAX], yaml[2048], want[512];
@@ -205,7 +222,7 @@ Test(tls_config, every_error_names_file_line_and_key, .init = make_certs)
 	}
 }
 
-Test(tls_config, shape_errors, .init = make_certs)
+Test(tls_config, shape_errors, .init = make_certs, .fini = cert_dir_remove)
 {
 	static const struct {
 		const char *yaml, *want;
@@ -255,7 +272,7 @@ Test(tls_config, shape_errors, .init = make_certs)
 	}
 }
 
-Test(tls_config, too_many_certificates, .init = make_certs)
+Test(tls_config, too_many_certificates, .init = make_certs, .fini = cert_dir_remove)
 {
 	struct config c;
 	char err[CFG_ERR_MAX], yaml[8192], extra[4096] = "";
@@ -274,7 +291,8 @@ Test(tls_config, too_many_certificates, .init = make_certs)
 	cr_assert_eq(c.listen_tls[1].certs_n, CFG_TLS_CERTS_MAX);
 }
 
-Test(tls_config, an_unreadable_file_is_named_even_for_root, .init = make_certs)
+Test(tls_config, an_unreadable_file_is_named_even_for_root, .init = make_certs,
+     .fini = cert_dir_remove)
 {
 	struct config c;
 	char err[CFG_ERR_MAX], yaml[2048], sub[600];

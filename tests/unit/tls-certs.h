@@ -2,6 +2,7 @@
 #ifndef CORRAL_TEST_TLS_CERTS_H
 #define CORRAL_TEST_TLS_CERTS_H
 
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,13 +66,24 @@ out:
 	return r;
 }
 
-/* A fresh temporary folder for one test's files (left in /tmp for a post-mortem). */
+static char cert_dir_path[64];
+
+/* A fresh temporary folder for one test's files; cert_dir_remove() takes it away. */
 static char *cert_dir(void)
 {
-	static char dir[64];
+	snprintf(cert_dir_path, sizeof(cert_dir_path), "/tmp/corral-tls-XXXXXX");
+	return mkdtemp(cert_dir_path);
+}
 
-	snprintf(dir, sizeof(dir), "/tmp/corral-tls-XXXXXX");
-	return mkdtemp(dir);
+static int cert_rm(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+	return remove(path);
+}
+
+static void cert_dir_remove(void)
+{
+	if (cert_dir_path[0])
+		nftw(cert_dir_path, cert_rm, 8, FTW_DEPTH | FTW_PHYS);
 }
 
 #endif
