@@ -4,7 +4,7 @@ set -euo pipefail
 
 PKGS=(
 	build-essential pkg-config clang llvm libclang-rt-14-dev bpftool libbpf-dev libelf-dev zlib1g-dev
-	liburing-dev node-llhttp libyaml-dev libjansson-dev liburcu-dev libxxhash-dev libssl-dev
+	liburing-dev node-llhttp libyaml-dev libjansson-dev liburcu-dev libxxhash-dev libssl-dev openssl
 	libcriterion-dev python3 python3-pytest python3-yaml python3-prometheus-client tmux
 	nginx haproxy wrk iproute2 curl clang-format
 )
