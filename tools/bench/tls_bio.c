@@ -211,7 +211,7 @@ static void s2c(struct client *c, struct server *s, const uint8_t *p, size_t n)
 		BIO_write(c->rb, sendbuf, (int)len);
 }
 
-static double run(struct server *s, SSL_CTX *ctx, int version, size_t resp, int rounds)
+static double run(struct server *s, SSL_CTX *ctx, int version, size_t up, size_t resp, int rounds)
 {
 	static const char req[] = "GET /x HTTP/1.1\r\nHost: bench\r\nUser-Agent: b\r\n\r\n";
 	static uint8_t body[1 << 20];
@@ -230,7 +230,10 @@ static double run(struct server *s, SSL_CTX *ctx, int version, size_t resp, int 
 	srv_ns = 0;
 	for (int i = 0; i < rounds; i++) {
 		SSL_write_ex(c.ssl, req, sizeof(req) - 1, &k);
-		if (c2s(&c, s) != sizeof(req) - 1)
+		for (size_t off = 0; off < up; off += k)
+			if (SSL_write_ex(c.ssl, body, up - off, &k) != 1)
+				abort();
+		if (c2s(&c, s) != sizeof(req) - 1 + up)
 			abort();
 		s2c(&c, s, body, resp);
 		got = 0;
@@ -246,7 +249,11 @@ static double run(struct server *s, SSL_CTX *ctx, int version, size_t resp, int 
 
 int main(int argc, char **argv)
 {
-	static const size_t sizes[] = { 0, 1024, 16384, 65536, 262144 };
+	/* { request body, response } bytes: GETs of growing responses, then uploads. */
+	static const size_t sizes[][2] = {
+		{ 0, 0 },      { 0, 1024 },  { 0, 16384 },  { 0, 65536 },
+		{ 0, 262144 }, { 65536, 0 }, { 262144, 0 },
+	};
 	struct server corral = {
 		.name = "corral-bio", .init = t_init, .in = t_in, .out = t_out, .fini = t_fini
 	};
@@ -271,25 +278,25 @@ int main(int argc, char **argv)
 		fprintf(stderr, "tls: %s\n", e.msg);
 		return 1;
 	}
-	printf("%-8s %-10s %8s %12s %12s %8s\n", "version", "response", "rounds", "corral-bio",
-	       "mem-bio", "saving");
+	printf("%-8s %-8s %-8s %8s %12s %12s %8s\n", "version", "upload", "response", "rounds",
+	       "corral-bio", "mem-bio", "saving");
 	for (int v = 0; v < 2; v++) {
 		int version = v ? TLS1_2_VERSION : TLS1_3_VERSION;
 
 		for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
-			int n = sizes[i] > 65536 ? rounds / 10 : rounds;
-			double a, b;
+			size_t up = sizes[i][0], down = sizes[i][1];
+			int n = up + down > 65536 ? rounds / 10 : rounds;
+			double a, b, a2, b2;
 
 			/* Interleaved twice, best of each, so that a noisy neighbour hits both. */
-			a = run(&corral, tls_server_ctx(srv), version, sizes[i], n);
-			b = run(&mem, tls_server_ctx(srv), version, sizes[i], n);
-			double a2 = run(&corral, tls_server_ctx(srv), version, sizes[i], n);
-			double b2 = run(&mem, tls_server_ctx(srv), version, sizes[i], n);
-
+			a = run(&corral, tls_server_ctx(srv), version, up, down, n);
+			b = run(&mem, tls_server_ctx(srv), version, up, down, n);
+			a2 = run(&corral, tls_server_ctx(srv), version, up, down, n);
+			b2 = run(&mem, tls_server_ctx(srv), version, up, down, n);
 			a = a2 < a ? a2 : a;
 			b = b2 < b ? b2 : b;
-			printf("%-8s %-10zu %8d %9.2f us %9.2f us %7.1f%%\n",
-			       v ? "TLSv1.2" : "TLSv1.3", sizes[i], n, a, b, (b - a) / b * 100.0);
+			printf("%-8s %-8zu %-8zu %8d %9.2f us %9.2f us %7.1f%%\n",
+			       v ? "TLSv1.2" : "TLSv1.3", up, down, n, a, b, (b - a) / b * 100.0);
 		}
 	}
 	tls_server_free(srv);
