@@ -122,6 +122,9 @@ static void srv_send_once(struct tls_conn *t, struct client *c, size_t step)
 	tls_out_done(t, n);
 }
 
+/* How often the server's output was full when it had more to write. */
+static int out_full_seen;
+
 /* Plaintext the server decrypted, appended here by srv_take. */
 struct sink {
 	uint8_t *p;
@@ -162,12 +165,16 @@ static int client_to_srv(struct client *c, struct tls_conn *t, size_t chunk, str
 			return (int)r;
 		off += k;
 		for (;;) {
-			if (t->state == TLS_HANDSHAKE) {
+			if (t->state == TLS_HANDSHAKE)
 				r = tls_handshake(t);
-				if (r < 0)
-					break;
+			if (t->state != TLS_HANDSHAKE)
+				r = tls_read(t, plain, sizeof(plain));
+			if (r == -ENOBUFS) {
+				/* The output is full: the send completes, then the same call again. */
+				out_full_seen++;
+				srv_to_client(t, c, 1 << 20);
+				continue;
 			}
-			r = tls_read(t, plain, sizeof(plain));
 			if (r <= 0)
 				break;
 			if (got)
@@ -407,15 +414,16 @@ Test(tls, client_renegotiation_is_refused, .init = make_certs, .fini = cert_dir_
 	tls_server_free(s);
 }
 
-/* A full handshake on s; returns the client's session (a TLS 1.3 ticket) for resumption. */
-static SSL_SESSION *connect_once(struct tls_server *s, SSL_SESSION *sess, bool *resumed)
+/* A handshake on s (resuming sess if given); returns the client's session for resumption. */
+static SSL_SESSION *connect_once_v(struct tls_server *s, SSL_SESSION *sess, int version,
+				   bool *resumed)
 {
 	struct client c;
 	struct tls_conn t;
 	SSL_SESSION *out;
 
 	cr_assert_eq(tls_conn_init(&t, tls_server_ctx(s)), 0);
-	client_new(&c, TLS1_3_VERSION, TLS1_3_VERSION, NULL, NULL, sess);
+	client_new(&c, version, version, NULL, NULL, sess);
 	cr_assert_eq(handshake(&c, &t), 0);
 	exchange(&c, &t); /* the client reads its ticket on the way */
 	*resumed = tls_resumed(&t);
@@ -427,6 +435,11 @@ static SSL_SESSION *connect_once(struct tls_server *s, SSL_SESSION *sess, bool *
 	tls_conn_free(&t);
 	client_free(&c);
 	return out;
+}
+
+static SSL_SESSION *connect_once(struct tls_server *s, SSL_SESSION *sess, bool *resumed)
+{
+	return connect_once_v(s, sess, TLS1_3_VERSION, resumed);
 }
 
 Test(tls, tickets_resume_across_workers_and_one_rotation, .init = make_certs,
@@ -810,4 +823,76 @@ Test(tls, a_session_outlives_the_contexts_it_started_on, .init = make_certs,
 	exchange(&c, &t);
 	tls_conn_free(&t);
 	client_free(&c);
+}
+
+Test(tls, a_server_flight_larger_than_the_output_buffer_waits_for_sends, .init = make_certs,
+     .fini = cert_dir_remove)
+{
+	static const char *const names[] = { "big" };
+	static char san[80000];
+	struct tls_server *s;
+	struct tls_ctx_err e;
+	struct cfg_tls cfg;
+	struct client c;
+	struct tls_conn t;
+	size_t used = 0;
+
+	/* A certificate of about 50 KB: more than TLS_OUT_BYTES in one handshake flight. */
+	for (int i = 0; i < 2500; i++)
+		used += (size_t)snprintf(san + used, sizeof(san) - used, "%sDNS:n%d.big.test",
+					 i ? "," : "", i);
+	cr_assert_eq(cert_make(dir, "big", "big.test", san, 0, 86400), 0);
+	cfg_certs(&cfg, names, 1);
+	cr_assert_eq(tls_server_new(&s, &cfg, NULL, &e), 0, "%s", e.msg);
+	for (int v = 0; v < 2; v++) {
+		out_full_seen = 0;
+		cr_assert_eq(tls_conn_init(&t, tls_server_ctx(s)), 0);
+		client_new(&c, v ? TLS1_2_VERSION : TLS1_3_VERSION,
+			   v ? TLS1_2_VERSION : TLS1_3_VERSION, NULL, NULL, NULL);
+		SSL_set_max_cert_list(c.ssl, 1 << 20);
+		cr_assert_eq(handshake(&c, &t), 0);
+		cr_assert_gt(out_full_seen, 0, "the flight did not fill the output (%d)", v);
+		exchange(&c, &t);
+		tls_conn_free(&t);
+		client_free(&c);
+	}
+	tls_server_free(s);
+}
+
+Test(tls, tls12_tickets_resume_across_workers_and_none_when_off, .init = make_certs,
+     .fini = cert_dir_remove)
+{
+	static const char *const names[] = { "def" };
+	struct tls_server *w0, *w1, *off;
+	struct tls_ctx_err e;
+	struct tls_keys *keys;
+	struct cfg_tls cfg;
+	SSL_SESSION *s0, *s1;
+	bool resumed;
+
+	cr_assert_eq(tls_keys_new(&keys, 1), 0);
+	w0 = server_new(CFG_TLS_V12 | CFG_TLS_V13, keys);
+	w1 = server_new(CFG_TLS_V12 | CFG_TLS_V13, keys);
+	cfg_certs(&cfg, names, 1);
+	cfg.session_tickets = false;
+	cr_assert_eq(tls_server_new(&off, &cfg, keys, &e), 0, "%s", e.msg);
+
+	s0 = connect_once_v(w0, NULL, TLS1_2_VERSION, &resumed);
+	cr_assert(!resumed);
+	s1 = connect_once_v(w1, s0, TLS1_2_VERSION, &resumed);
+	cr_assert(resumed, "a TLS 1.2 ticket from worker 0 resumes on worker 1");
+	SSL_SESSION_free(s1);
+
+	/* session_tickets: false issues none, so nothing can resume. */
+	SSL_SESSION_free(s0);
+	s0 = connect_once_v(off, NULL, TLS1_3_VERSION, &resumed);
+	cr_assert(!SSL_SESSION_has_ticket(s0));
+	s1 = connect_once_v(off, s0, TLS1_3_VERSION, &resumed);
+	cr_assert(!resumed);
+	SSL_SESSION_free(s0);
+	SSL_SESSION_free(s1);
+	tls_server_free(w0);
+	tls_server_free(w1);
+	tls_server_free(off);
+	tls_keys_free(keys);
 }
