@@ -23,7 +23,7 @@ OPT      ?= -O2 -g
 CFLAGS   := $(OPT) -std=gnu11 -pthread -D_GNU_SOURCE -fno-strict-aliasing $(WARN) $(SAN) \
             -Iproxy -Ibpf -I$(B)/bpf -I$(LLHTTP_INC) -MMD -MP
 LDFLAGS  += -pthread $(SAN)
-LIBS     := -luring -lbpf -lelf -lz -lyaml -ljansson -lurcu-qsbr -lxxhash -lm
+LIBS     := -luring -lbpf -lelf -lz -lyaml -ljansson -lurcu-qsbr -lxxhash -lssl -lcrypto -lm
 
 PROXY_SRC   := $(wildcard proxy/*.c)
 PROXY_OBJ   := $(PROXY_SRC:%.c=$(B)/obj/%.o)
@@ -124,6 +124,11 @@ $(B)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c proxy/http.c $(wildcard proxy/*.h) $(LLHTT
 	@mkdir -p $(@D)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $< proxy/http.c $(LLHTTP_SRC)/llhttp.c $(LLHTTP_SRC)/api.c $(LLHTTP_SRC)/http.c
 
+# The TLS target exercises proxy/tls.c (and util.c for BUG_ON) against OpenSSL.
+$(B)/fuzz/fuzz_tls: tests/fuzz/fuzz_tls.c proxy/tls.c proxy/util.c $(wildcard proxy/*.h)
+	@mkdir -p $(@D)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $< proxy/tls.c proxy/util.c -lssl -lcrypto -lurcu-qsbr
+
 fuzz: $(FUZZ_SRC:tests/fuzz/%.c=$(B)/fuzz/%)
 	@for f in $^; do n=$$(basename $$f); mkdir -p $(B)/fuzz/corpus-$$n; \
 		echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
@@ -139,6 +144,10 @@ fuzz-smoke:
 run: deps-run
 	$(MAKE) $(BINS)
 	@bash deploy/run-demo.sh $(B)
+
+# TLS transport micro-benchmark: corral's BIO vs a memory BIO (tools/bench/tls_bio.c).
+$(B)/tls-bio-bench: tools/bench/tls_bio.c $(B)/obj/proxy/tls.o $(B)/obj/proxy/util.o
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ -lssl -lcrypto -lurcu-qsbr
 
 bench: deps-bench
 	$(MAKE) $(BINS)

@@ -16,12 +16,12 @@ set -euo pipefail
 
 RUN_PKGS=(
 	build-essential pkg-config clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev
-	liburing-dev node-llhttp libyaml-dev libjansson-dev liburcu-dev libxxhash-dev
+	liburing-dev node-llhttp libyaml-dev libjansson-dev liburcu-dev libxxhash-dev libssl-dev
 )
 TEST_PKGS=(
 	libcriterion-dev libclang-rt-14-dev clang-format
 	python3 python3-pytest python3-yaml python3-prometheus-client tmux curl iproute2
-	systemd cppcheck
+	systemd cppcheck openssl
 )
 BENCH_PKGS=(nginx haproxy wrk curl python3 iproute2)
 

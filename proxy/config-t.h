@@ -14,6 +14,8 @@
 #define CFG_BACKENDS_MAX 256 /* a front proxy with more backends wants service discovery */
 #define CFG_PATH_MAX	 256
 #define CFG_ERR_MAX	 256
+/* Certificates per TLS listener: SNI picks one; more than this wants a certificate store. */
+#define CFG_TLS_CERTS_MAX 8
 
 /* Defaults. Each number says why. */
 /* Apache/NGINX-like: a client that cannot send a head in 10 s is broken or hostile. */
@@ -136,6 +138,26 @@ struct cfg_health {
 	uint16_t expect_lo, expect_hi; /* passing statuses, inclusive */
 };
 
+/* TLS protocol versions a listener accepts (bit set); TLS 1.0 and 1.1 are never accepted. */
+#define CFG_TLS_V12 0x1
+#define CFG_TLS_V13 0x2
+
+struct cfg_tls_cert {
+	char cert[CFG_PATH_MAX]; /* PEM: the leaf certificate, then its chain */
+	char key[CFG_PATH_MAX];	 /* PEM private key of the leaf */
+};
+
+/* A listen entry's tls: mapping. on == false: a plaintext listener. */
+struct cfg_tls {
+	bool on;
+	bool session_tickets; /* default true: TLS 1.3 resumption by stateless tickets */
+	uint8_t protocols;    /* CFG_TLS_V12 | CFG_TLS_V13 by default */
+	uint32_t certs_n;     /* at least 1 when on; certs[0] is the default certificate */
+	struct cfg_tls_cert certs[CFG_TLS_CERTS_MAX];
+	char ciphers[512];	/* TLS 1.2 cipher list (OpenSSL syntax); "" = corral's default */
+	char ciphersuites[256]; /* TLS 1.3 suites (OpenSSL syntax); "" = OpenSSL's default */
+};
+
 struct cfg_backend {
 	struct cfg_addr addr;
 	uint32_t weight;	  /* 0 = configured but takes no traffic */
@@ -194,6 +216,7 @@ struct config {
 	char instance[64];	 /* BPF pin folder name; default "default" */
 
 	struct cfg_addr listen[CFG_LISTEN_MAX];
+	struct cfg_tls listen_tls[CFG_LISTEN_MAX]; /* per listen entry; .on false = plaintext */
 	uint32_t listen_n;
 
 	/* Worker cores: cores[i] is the CPU worker i is pinned to. */
@@ -216,6 +239,9 @@ struct config {
 	char group[64]; /* "" = the user's primary group */
 	uid_t uid;	/* resolved from user at load time */
 	gid_t gid;	/* resolved from group, or the user's primary group */
+
+	/* Findings that do not refuse the file (an expired certificate): lines, "\n"-separated. */
+	char warnings[2 * CFG_ERR_MAX];
 };
 
 #endif

@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "constants.h"
+#include "tls.h"
 
 /* A config file larger than this is not a config file; refuse it rather than parse it. */
 #define CFG_FILE_BYTES_MAX (1024 * 1024)
@@ -99,6 +100,13 @@ static const char *const cfg_log_formats[] = {
 	[CFG_LOG_COMBINED] = "combined",
 };
 
+/* Where a listen entry's tls: keys were written, for messages about files read after the walk. */
+struct cfg_tls_lines {
+	size_t tls;
+	size_t protocols, ciphers, ciphersuites;
+	size_t cert[CFG_TLS_CERTS_MAX], key[CFG_TLS_CERTS_MAX], entry[CFG_TLS_CERTS_MAX];
+};
+
 /* State of one parse: where messages go, and the lines that checks after the walk cite. */
 struct cfg_parse {
 	const char *name;
@@ -116,6 +124,7 @@ struct cfg_parse {
 	size_t line_user, line_group; /* 0 if absent */
 	size_t line_backend_health[CFG_BACKENDS_MAX]; /* a backend's own health, 0 if absent */
 	const char *key_buffers;		      /* and its name */
+	struct cfg_tls_lines tls_lines[CFG_LISTEN_MAX];
 };
 
 /* Key handlers return this for a key they do not know; the walker turns it into the error. */
@@ -523,9 +532,193 @@ static int parse_instance(struct cfg_parse *p, yaml_node_t *v, const char *path)
 	return 0;
 }
 
+static int get_bool(struct cfg_parse *p, yaml_node_t *n, const char *path, bool *out)
+{
+	if (n->type == YAML_SCALAR_NODE && n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE) {
+		if (!strcmp(scalar(n), "true")) {
+			*out = true;
+			return 0;
+		}
+		if (!strcmp(scalar(n), "false")) {
+			*out = false;
+			return 0;
+		}
+	}
+	return cfg_err(p, node_line(n), path, "must be true or false");
+}
+
+/* TLS protocol names as operators write them (OpenSSL's spelling). */
+static int parse_tls_protocols(struct cfg_parse *p, yaml_node_t *v, const char *path,
+			       struct cfg_tls *t)
+{
+	char item[CFG_KEY_PATH_MAX];
+	size_t i;
+
+	if (v->type != YAML_SEQUENCE_NODE || seq_len(v) == 0)
+		return cfg_err(p, node_line(v), path,
+			       "must be a list of one or more of TLSv1.2, TLSv1.3, e.g. "
+			       "[TLSv1.2, TLSv1.3]");
+	t->protocols = 0;
+	for (i = 0; i < seq_len(v); i++) {
+		yaml_node_t *n = seq_item(p, v, i);
+		const char *s = n->type == YAML_SCALAR_NODE ? scalar(n) : "";
+
+		path_index(item, path, i);
+		if (!strcmp(s, "TLSv1.2"))
+			t->protocols |= CFG_TLS_V12;
+		else if (!strcmp(s, "TLSv1.3"))
+			t->protocols |= CFG_TLS_V13;
+		else if (!strcmp(s, "TLSv1") || !strcmp(s, "TLSv1.0") || !strcmp(s, "TLSv1.1") ||
+			 !strcmp(s, "SSLv3") || !strcmp(s, "SSLv2"))
+			return cfg_err(p, node_line(n), item,
+				       "%s is refused (broken or deprecated by RFC 8996); use "
+				       "TLSv1.2 and/or TLSv1.3",
+				       s);
+		else
+			return cfg_err(p, node_line(n), item,
+				       "unknown protocol \"%s\" (must be TLSv1.2 or TLSv1.3)", s);
+	}
+	return 0;
+}
+
+struct tls_cert_arg {
+	struct cfg_tls_cert *c;
+	struct cfg_tls_lines *lines;
+	uint32_t idx;
+};
+
+static int tls_cert_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, const char *path,
+			 void *arg)
+{
+	struct tls_cert_arg *a = arg;
+
+	if (!strcmp(key, "cert")) {
+		a->lines->cert[a->idx] = node_line(v);
+		return get_str(p, v, path, a->c->cert, sizeof(a->c->cert), false);
+	}
+	if (!strcmp(key, "key")) {
+		a->lines->key[a->idx] = node_line(v);
+		return get_str(p, v, path, a->c->key, sizeof(a->c->key), false);
+	}
+	return CFG_UNKNOWN;
+}
+
+static int parse_tls_certs(struct cfg_parse *p, yaml_node_t *v, const char *path, struct cfg_tls *t,
+			   struct cfg_tls_lines *lines)
+{
+	char item[CFG_KEY_PATH_MAX], sub[CFG_KEY_PATH_MAX];
+	size_t i;
+	int r;
+
+	if (v->type != YAML_SEQUENCE_NODE || seq_len(v) == 0)
+		return cfg_err(p, node_line(v), path,
+			       "must be a list of one or more { cert: FILE, key: FILE } (the first "
+			       "is the default)");
+	if (seq_len(v) > CFG_TLS_CERTS_MAX)
+		return cfg_err(p, node_line(v), path, "at most %d certificates are allowed",
+			       CFG_TLS_CERTS_MAX);
+	for (i = 0; i < seq_len(v); i++) {
+		yaml_node_t *n = seq_item(p, v, i);
+		struct tls_cert_arg a = { &t->certs[i], lines, (uint32_t)i };
+
+		path_index(item, path, i);
+		if (n->type != YAML_MAPPING_NODE)
+			return cfg_err(p, node_line(n), item,
+				       "must be a mapping such as { cert: /etc/corral/a.pem, key: "
+				       "/etc/corral/a.key }");
+		lines->entry[i] = node_line(n);
+		r = walk_map(p, n, item, tls_cert_pair, &a);
+		if (r < 0)
+			return r;
+		if (!t->certs[i].cert[0] || !t->certs[i].key[0]) {
+			path_join(sub, item, t->certs[i].cert[0] ? "key" : "cert");
+			return cfg_err(p, node_line(n), sub, "is required");
+		}
+	}
+	t->certs_n = (uint32_t)seq_len(v);
+	return 0;
+}
+
+struct tls_arg {
+	struct cfg_tls *t;
+	struct cfg_tls_lines *lines;
+};
+
+static int tls_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, const char *path,
+		    void *arg)
+{
+	struct tls_arg *a = arg;
+
+	if (!strcmp(key, "certificates"))
+		return parse_tls_certs(p, v, path, a->t, a->lines);
+	if (!strcmp(key, "protocols")) {
+		a->lines->protocols = node_line(v);
+		return parse_tls_protocols(p, v, path, a->t);
+	}
+	if (!strcmp(key, "ciphers")) {
+		a->lines->ciphers = node_line(v);
+		return get_str(p, v, path, a->t->ciphers, sizeof(a->t->ciphers), false);
+	}
+	if (!strcmp(key, "ciphersuites")) {
+		a->lines->ciphersuites = node_line(v);
+		return get_str(p, v, path, a->t->ciphersuites, sizeof(a->t->ciphersuites), false);
+	}
+	if (!strcmp(key, "session_tickets"))
+		return get_bool(p, v, path, &a->t->session_tickets);
+	return CFG_UNKNOWN;
+}
+
+static int parse_tls(struct cfg_parse *p, yaml_node_t *v, const char *path, struct cfg_tls *t,
+		     struct cfg_tls_lines *lines)
+{
+	struct tls_arg a = { t, lines };
+	char sub[CFG_KEY_PATH_MAX];
+	int r;
+
+	if (v->type != YAML_MAPPING_NODE)
+		return cfg_err(p, node_line(v), path,
+			       "must be a mapping such as { certificates: [{ cert: FILE, key: "
+			       "FILE }] }");
+	t->on = true;
+	t->session_tickets = true;
+	t->protocols = CFG_TLS_V12 | CFG_TLS_V13;
+	lines->tls = node_line(v);
+	r = walk_map(p, v, path, tls_pair, &a);
+	if (r < 0)
+		return r;
+	if (t->certs_n == 0) {
+		path_join(sub, path, "certificates");
+		return cfg_err(p, node_line(v), sub, "is required when tls is given");
+	}
+	return 0;
+}
+
+/* One listen entry written as a mapping: the address and its per-listener options. */
+struct listen_arg {
+	struct cfg_addr *a;
+	struct cfg_tls *tls;
+	struct cfg_tls_lines *lines;
+	bool has_addr;
+};
+
+static int listen_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, const char *path,
+		       void *arg)
+{
+	struct listen_arg *la = arg;
+
+	if (!strcmp(key, "address")) {
+		la->has_addr = true;
+		return get_addr(p, v, path, la->a);
+	}
+	if (!strcmp(key, "tls"))
+		return parse_tls(p, v, path, la->tls, la->lines);
+	return CFG_UNKNOWN;
+}
+
 static int add_listen(struct cfg_parse *p, yaml_node_t *n, const char *path)
 {
 	struct config *cfg = p->cfg;
+	char sub[CFG_KEY_PATH_MAX];
 	struct cfg_addr *a;
 	uint32_t i;
 	int r;
@@ -534,7 +727,20 @@ static int add_listen(struct cfg_parse *p, yaml_node_t *n, const char *path)
 		return cfg_err(p, node_line(n), path, "at most %d listen addresses are allowed",
 			       CFG_LISTEN_MAX);
 	a = &cfg->listen[cfg->listen_n];
-	r = get_addr(p, n, path, a);
+	memset(&cfg->listen_tls[cfg->listen_n], 0, sizeof(cfg->listen_tls[0]));
+	if (n->type == YAML_MAPPING_NODE) {
+		/* { address: ..., tls: {...} }: a plain string stays a plaintext listener. */
+		struct listen_arg la = { a, &cfg->listen_tls[cfg->listen_n],
+					 &p->tls_lines[cfg->listen_n], false };
+
+		r = walk_map(p, n, path, listen_pair, &la);
+		if (r == 0 && !la.has_addr) {
+			path_join(sub, path, "address");
+			r = cfg_err(p, node_line(n), sub, "is required");
+		}
+	} else {
+		r = get_addr(p, n, path, a);
+	}
 	if (r < 0)
 		return r;
 	/* Port 0 twice is two different kernel-chosen ports, not a duplicate. */
@@ -1118,6 +1324,69 @@ static int check_user(struct cfg_parse *p)
 	return 0;
 }
 
+/* Where a message from tls_check() belongs: the line and key path of what it is about. */
+static int tls_report(struct cfg_parse *p, uint32_t l, const struct tls_ctx_err *e)
+{
+	const struct cfg_tls_lines *ln = &p->tls_lines[l];
+	char base[32], path[CFG_KEY_PATH_MAX];
+	size_t line = ln->tls;
+
+	snprintf(base, sizeof(base), "listen[%u].tls", l);
+	if (e->cert >= 0) {
+		snprintf(path, sizeof(path), "%s.certificates[%d].%.8s", base, e->cert, e->key);
+		line = !strcmp(e->key, "key") ? ln->key[e->cert] : ln->cert[e->cert];
+	} else {
+		path_join(path, base, e->key[0] ? e->key : "certificates");
+		if (!strcmp(e->key, "ciphers"))
+			line = ln->ciphers;
+		else if (!strcmp(e->key, "ciphersuites"))
+			line = ln->ciphersuites;
+		else if (!strcmp(e->key, "protocols"))
+			line = ln->protocols;
+	}
+	return cfg_err(p, line ? line : ln->tls, path, "%s", e->msg);
+}
+
+/*
+ * Every TLS listener is built once here, exactly as a worker would use it (files read,
+ * key matched, cipher lists parsed) and thrown away, so that --check and a reload refuse
+ * what start-up would refuse. Warnings (an expired certificate) go into cfg->warnings.
+ */
+static int check_tls(struct cfg_parse *p)
+{
+	struct config *cfg = p->cfg;
+	struct tls_ctx_err e;
+	uint32_t i;
+	size_t used;
+	int r;
+
+	for (i = 0; i < cfg->listen_n; i++) {
+		const struct cfg_tls_lines *ln = &p->tls_lines[i];
+
+		if (!cfg->listen_tls[i].on)
+			continue;
+		r = tls_check(&cfg->listen_tls[i], &e);
+		if (r < 0)
+			return tls_report(p, i, &e);
+		if (e.warn[0]) {
+			used = strlen(cfg->warnings);
+			snprintf(cfg->warnings + used, sizeof(cfg->warnings) - used,
+				 "%s%s:%zu: listen[%u].tls.certificates[%d].cert: %s",
+				 used ? "\n" : "", p->name, ln->cert[e.warn_cert], i, e.warn_cert,
+				 e.warn);
+		}
+	}
+	return 0;
+}
+
+int config_tls_listener(const struct config *cfg)
+{
+	for (uint32_t i = 0; i < cfg->listen_n; i++)
+		if (cfg->listen_tls[i].on)
+			return (int)i;
+	return -1;
+}
+
 /* Rules that span keys, checked once the whole file has been read. */
 static int check_whole(struct cfg_parse *p)
 {
@@ -1182,7 +1451,7 @@ static int check_whole(struct cfg_parse *p)
 			       " bytes per core; at most %llu (1 GiB) is allowed",
 			       (uint64_t)cfg->limits.buffers_per_core * cfg->limits.buffer_bytes,
 			       CFG_BUFFER_MEM_PER_CORE_MAX);
-	return 0;
+	return check_tls(p);
 }
 
 void config_defaults(struct config *cfg)

@@ -36,5 +36,7 @@ const char *config_balance_name(enum cfg_balance b);
 int config_check_weight(const char *key, uint64_t w, char *err, size_t errlen);
 int config_check_core_weights(const uint32_t *w, uint32_t n, char *err, size_t errlen);
 int config_check_backend_weights(const uint32_t *w, uint32_t n, char *err, size_t errlen);
+/* Index of the first listen entry with tls:, or -1 when every listener is plaintext. */
+int config_tls_listener(const struct config *cfg);
 
 #endif

@@ -402,6 +402,38 @@ static bool same_addr_list(const struct cfg_addr *a, uint32_t an, const struct c
 	return true;
 }
 
+/* Each line of a config's warnings, to stderr (--check) or the log. */
+static void config_warn(const char *w, bool to_log)
+{
+	while (*w) {
+		const char *nl = strchr(w, '\n');
+		int n = nl ? (int)(nl - w) : (int)strlen(w);
+
+		if (to_log)
+			log_warn("%.*s", n, w);
+		else
+			fprintf(stderr, "corral: warning: %.*s\n", n, w);
+		w += n + (nl ? 1 : 0);
+	}
+}
+
+/*
+ * TLS listeners are parsed and validated (certificates, keys, protocols) but the data path
+ * does not run TLS yet: a config with one must never be served in plaintext, so start-up and
+ * reload refuse it with this reason. 0, or -EOPNOTSUPP with the message in err.
+ */
+static int refuse_tls(const struct config *cfg, char *err, size_t errlen)
+{
+	int l = config_tls_listener(cfg);
+
+	if (l < 0)
+		return 0;
+	snprintf(err, errlen,
+		 "listen[%d] %s: TLS listeners are validated but not yet served by this build", l,
+		 cfg->listen[l].text);
+	return -EOPNOTSUPP;
+}
+
 /*
  * Keys fixed at start-up (listeners, worker threads, tables and buffer rings, the access log
  * and admin listeners are set up once): a new value is not applied, the running one stays in
@@ -519,6 +551,12 @@ static int do_reload_cfg(char *err, size_t errlen)
 		free(cfg);
 		return -EINVAL;
 	}
+	if (refuse_tls(cfg, err, errlen) < 0) {
+		log_err("reload rejected, old configuration kept: %s", err);
+		free(cfg);
+		return -EINVAL;
+	}
+	config_warn(cfg->warnings, true);
 	restart_only_keep(cfg);
 	s = snapshot_build(cfg);
 	free(cfg);
@@ -1014,10 +1052,19 @@ int main(int argc, char **argv)
 		free(cfg);
 		return 1;
 	}
+	config_warn(cfg->warnings, !check);
 	if (check) {
 		printf("corral: %s: configuration OK\n", config_path);
+		if (config_tls_listener(cfg) >= 0)
+			fprintf(stderr, "corral: note: TLS listeners are validated but not yet "
+					"served by this build (corral will not start with one)\n");
 		free(cfg);
 		return 0;
+	}
+	if (refuse_tls(cfg, err, sizeof(err)) < 0) {
+		log_err("%s", err);
+		free(cfg);
+		return 1;
 	}
 
 	signal(SIGPIPE, SIG_IGN);
