@@ -3,6 +3,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <poll.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -129,6 +130,31 @@ static void c_arm_recv(struct worker *w, struct conn *c)
 	sqe->buf_group = w->bgid;
 	sqe->user_data = ud_pack(OP_C_RECV, cidx(w, c), c->gen);
 	c->recv_armed = true;
+	c->inflight++;
+}
+
+/*
+ * Watches the client for EOF or a reset while an exchange is in flight. The design keeps one
+ * receive armed at a time (backpressure), so while a request waits for its response, or its
+ * body waits for the upstream to take the last piece, nothing would notice a client that
+ * went away until the response is written to it. A one-shot IORING_OP_POLL_ADD for POLLRDHUP
+ * (plus POLLERR and POLLHUP, always reported) costs no buffer and no syscall: it is armed at
+ * the first request of a connection and completes only when the client closes, so a
+ * keep-alive connection pays one SQE for its lifetime, and a close one cancel more (the cancel
+ * of every op on the fd that teardown submits anyway when something is in flight). A
+ * zero-length recv would complete on every byte the client pipelines, which is normal traffic.
+ * After a FIN the poll is armed again for POLLERR|POLLHUP only (a reset).
+ */
+static void c_arm_poll(struct worker *w, struct conn *c)
+{
+	struct io_uring_sqe *sqe;
+
+	if (c->poll_armed || c->closing)
+		return;
+	sqe = worker_sqe(w);
+	io_uring_prep_poll_add(sqe, c->fd, c->eof ? POLLERR | POLLHUP : POLLRDHUP | POLLERR | POLLHUP);
+	sqe->user_data = ud_pack(OP_C_POLL, cidx(w, c), c->gen);
+	c->poll_armed = true;
 	c->inflight++;
 }
 
@@ -364,8 +390,17 @@ static void conn_abort(struct worker *w, struct conn *c)
 	ups_abort_attached(w, c);
 	if (c->inflight && !c->cancel_sent) {
 		c->cancel_sent = true;
-		cancel_fd(w, c->fd, OP_C_CANCEL, cidx(w, c), c->gen);
-		c->inflight++;
+		if (c->inflight == 1 && c->poll_armed && !c->reset_close) {
+			/*
+			 * Only the EOF poll is left (the usual end of a connection): shutting both
+			 * directions completes it with POLLHUP. A cancel by fd would cost an SQE,
+			 * a CQE and a scan of the ring's whole poll table.
+			 */
+			shutdown(c->fd, SHUT_RDWR);
+		} else {
+			cancel_fd(w, c->fd, OP_C_CANCEL, cidx(w, c), c->gen);
+			c->inflight++;
+		}
 	}
 	conn_try_finish(w, c);
 }
@@ -378,6 +413,71 @@ static void conn_abort_reset(struct worker *w, struct conn *c)
 {
 	c->reset_close = true;
 	conn_abort(w, c);
+}
+
+static void conn_log(struct worker *w, struct conn *c, int status);
+
+/* The exchange's request head was parsed and its log line is not written yet. */
+static bool exchange_in_flight(const struct conn *c)
+{
+	return c->hbuf_req != NIL && !c->x_logged && c->rs_state != RS_TUNNEL;
+}
+
+/*
+ * The client closed or reset the connection while its exchange was in flight: close the
+ * upstream (never pooled: the response is unread) and log status 499 (NGINX's "client closed
+ * request") with the bytes actually sent. It counts as a 4xx response unless the response's
+ * own status was counted already.
+ */
+static void client_gone(struct worker *w, struct conn *c)
+{
+	if (exchange_in_flight(c)) {
+		if (!c->resp_started)
+			count_status(w, 499);
+		STAT_ADD(w->stats->client_aborts, 1);
+		conn_log(w, c, 499);
+	}
+	conn_abort(w, c);
+}
+
+/* The client's EOF/RST poll completed with res (revents, or -errno). */
+static void c_on_poll(struct worker *w, struct conn *c, int res)
+{
+	c->poll_armed = false;
+	if (c->closing) {
+		conn_try_finish(w, c);
+		return;
+	}
+	/* Between requests, or in a tunnel, the reads see the EOF or the reset themselves. */
+	if (res < 0 || !exchange_in_flight(c))
+		return;
+	c->eof = true; /* the client sends nothing more */
+	if (res & (POLLERR | POLLHUP)) {
+		client_gone(w, c); /* a reset: no byte will reach the client any more */
+		return;
+	}
+	if (c->req_state == RQ_BODY && !c->in.len && !c->to_ups.busy && !c->recv_armed) {
+		client_gone(w, c); /* the body can never be completed */
+		return;
+	}
+	/*
+	 * A FIN alone is a client that gave up, or one that half-closed and still reads
+	 * (shutdown(SHUT_WR) after its request). Ask: an interim 100 is harmless to an HTTP/1.1
+	 * client that still reads (RFC 9110 15.2: clients parse unexpected 1xx), and a client
+	 * that closed answers it with a reset, which the re-armed poll sees within a round trip.
+	 * Once the response has started its own bytes do the asking; an HTTP/1.0 client cannot
+	 * be sent a 1xx and is assumed to still read.
+	 */
+	if (!c->resp_started && !c->to_client.busy && c->client_minor == 1 &&
+	    c->req_state == RQ_DONE) {
+		static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
+
+		sendq_reset(&c->to_client);
+		sendq_add(&c->to_client, probe, sizeof(probe) - 1);
+		c->x_bytes_out += sizeof(probe) - 1;
+		c_send(w, c);
+	}
+	c_arm_poll(w, c);
 }
 
 /*
@@ -483,6 +583,7 @@ static void conn_log(struct worker *w, struct conn *c, int status)
 	struct alog_entry e;
 	struct timespec ts;
 
+	c->x_logged = true;
 	if (w->alog_fd < 0)
 		return;
 	memset(&e, 0, sizeof(e));
@@ -676,6 +777,7 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 	int n;
 
 	c->requests++;
+	c->x_logged = false;
 	c->req_start_ns = now_ns();
 	c->req_in_head_len = req->head_len;
 	c->x_bytes_out = 0;
@@ -771,6 +873,7 @@ static void req_process(struct worker *w, struct conn *c)
 	if (!req_begin(w, c, &req, src->base + src->off))
 		return;
 	head_consume(w, &c->accum, &c->in, src, (uint32_t)r);
+	c_arm_poll(w, c);
 	exchange_connect(w, c);
 }
 
@@ -836,6 +939,8 @@ static void req_pump(struct worker *w, struct conn *c)
 			inbuf_release(w, &c->in);
 			if (!c->eof)
 				c_arm_recv(w, c);
+			else if (c->req_state == RQ_BODY && c->rs_state != RS_TUNNEL)
+				client_gone(w, c); /* EOF inside the body */
 		}
 	}
 }
@@ -1465,7 +1570,7 @@ static void c_on_recv(struct worker *w, struct conn *c, int res, uint32_t flags)
 			conn_abort(w, c);
 			return;
 		}
-		conn_abort(w, c);
+		client_gone(w, c); /* logs 499 when an exchange was in flight */
 		return;
 	}
 	BUG_ON(bid < 0);
@@ -1495,7 +1600,7 @@ static void c_on_send(struct worker *w, struct conn *c, int res)
 		return;
 	}
 	if (res <= 0) {
-		conn_abort(w, c);
+		client_gone(w, c);
 		return;
 	}
 	STAT_ADD(w->stats->bytes_out, (uint64_t)res);
@@ -1561,6 +1666,9 @@ void conn_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int 
 		break;
 	case OP_C_CANCEL:
 		conn_try_finish(w, c);
+		break;
+	case OP_C_POLL:
+		c_on_poll(w, c, res);
 		break;
 	default:
 		BUG_ON(1);

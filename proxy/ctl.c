@@ -127,7 +127,7 @@ static json_t *ctl_counters_json(const struct stats_worker *s, uint64_t steered,
 	return json_pack(
 		"{s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:I,"
 		" s:{s:I, s:I, s:I, s:I, s:I}, s:I, s:I, s:I, s:I,"
-		" s:{s:I, s:I, s:I}, s:{s:I, s:I, s:I}, s:I, s:f, s:I, s:I}",
+		" s:{s:I, s:I, s:I}, s:{s:I, s:I, s:I}, s:I, s:f, s:I, s:I, s:I}",
 		"conns_active", (json_int_t)s->conns_active, "conns_accepted",
 		(json_int_t)s->conns_accepted, "conns_rejected", (json_int_t)s->conns_rejected,
 		"steered", (json_int_t)steered, "requests", (json_int_t)s->requests, "rps",
@@ -144,7 +144,8 @@ static json_t *ctl_counters_json(const struct stats_worker *s, uint64_t steered,
 		(json_int_t)s->pool_idle, "hits", (json_int_t)s->pool_hits, "misses",
 		(json_int_t)s->pool_misses, "accept_queue", (json_int_t)accept_queue, "cpu_pct",
 		ctl_round(cpu_pct, 0.1), "latency_count", (json_int_t)stats_lat_count(s),
-		"no_backend", (json_int_t)s->no_backend);
+		"no_backend", (json_int_t)s->no_backend, "client_aborts",
+		(json_int_t)s->client_aborts);
 }
 
 static json_t *ctl_steering_json(const struct ctl *c)

@@ -452,6 +452,7 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_C_RECV:
 	case OP_C_SEND:
 	case OP_C_CANCEL:
+	case OP_C_POLL:
 		conn_on_cqe(w, op, idx, gen, cqe->res, cqe->flags);
 		break;
 	case OP_U_CONNECT:
