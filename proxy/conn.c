@@ -1450,9 +1450,9 @@ static void exchange_end(struct worker *w, struct conn *c)
 	if (u) {
 		be_active_dec(w, c->backend);
 		c->ups = NIL;
-		/* Idle ones never outnumber the clients: bounds pool fds by the connection table. */
+		/* Idle ones are bounded by the connection table (and expire by upstream_idle_ms). */
 		if (c->ups_reusable && c->req_state == RQ_DONE && u->in.len == 0 && !u->closing &&
-		    w->stats->pool_idle < w->conns_active)
+		    w->stats->pool_idle < w->conn_cap)
 			pool_put(w, u);
 		else
 			ups_close(w, u);

@@ -55,7 +55,7 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->buf_size = l->buffer_bytes;
 	w->hbuf_size = (l->header_bytes_max + w->buf_size + 1024 + 4095) & ~4095u;
 	w->hbuf_n = 2 * w->conn_cap + 64;
-	/* One in use per client, and idle ones no more than the clients (conn.c), plus closing. */
+	/* One in use per client slot, idle ones up to the slot count (conn.c), plus closing. */
 	w->ups_cap = 2 * w->conn_cap + 1024;
 	w->hdr_cap = l->headers_max + 1;
 
