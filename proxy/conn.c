@@ -29,6 +29,7 @@ static void resp_process(struct worker *w, struct conn *c);
 static void exchange_connect(struct worker *w, struct conn *c);
 static void exchange_end(struct worker *w, struct conn *c);
 static void ups_close(struct worker *w, struct ups *u);
+static void pool_unlink(struct worker *w, struct ups *u);
 static void req_next(struct worker *w, struct conn *c);
 static void req_discard(struct worker *w, struct conn *c);
 
@@ -243,6 +244,8 @@ static void cancel_fd(struct worker *w, int fd, enum wop op, uint32_t idx, uint3
 
 /* --- accept -------------------------------------------------------------------------------- */
 
+static bool conn_reclaim(struct worker *w);
+
 static void reject_full(struct worker *w, int fd)
 {
 	char out[256];
@@ -255,7 +258,47 @@ static void reject_full(struct worker *w, int fd)
 	close(fd);
 }
 
+void conn_refuse(struct worker *w, int fd)
+{
+	reject_full(w, fd);
+}
+
+static void conn_accept_now(struct worker *w, int fd);
+
 void conn_accept(struct worker *w, int fd)
+{
+	/*
+	 * At the limit, room is made by closing an idle connection, but only once every
+	 * completion of this batch is handled: an "idle" connection may have a request in a
+	 * receive completion still queued behind this accept.
+	 */
+	if (!w->stopping && w->conns_active + w->accept_defer_n >= w->conn_limit &&
+	    w->accept_defer_n < ACCEPT_DEFER_MAX) {
+		w->accept_defer[w->accept_defer_n++] = fd;
+		return;
+	}
+	conn_accept_now(w, fd);
+}
+
+void conn_accept_deferred(struct worker *w)
+{
+	if (w->shed_want) {
+		conn_shed_idle(w, w->shed_want);
+		w->shed_want = 0;
+	}
+	for (uint32_t i = 0; i < w->accept_defer_n; i++) {
+		int fd = w->accept_defer[i];
+
+		/* The slot of the connection closed for it frees once its ops complete. */
+		if (w->conns_active >= w->conn_limit && (w->stopping || !conn_reclaim(w)))
+			reject_full(w, fd);
+		else
+			conn_accept_now(w, fd);
+	}
+	w->accept_defer_n = 0;
+}
+
+static void conn_accept_now(struct worker *w, int fd)
 {
 	struct conn *c;
 	uint32_t idx, gen;
@@ -294,6 +337,62 @@ void conn_accept(struct worker *w, int fd)
 	steer_conn_opened(w->sc);
 	c_arm_recv(w, c);
 	conn_timer_update(w, c);
+}
+
+/*
+ * Closes the longest-idle client connection that carries no request in flight: the head of
+ * the keep-alive idle timer list (FIFO: the longest idle first), else the oldest connection
+ * that has not sent a byte (on the head-deadline list; a few are looked at, not all).
+ */
+static bool reclaimable(const struct conn *c)
+{
+	int unread = 0;
+
+	/* Bytes in the socket not read yet are a request on its way: not idle after all. */
+	return !c->closing && c->accum.hbuf == NIL && c->in.len == 0 &&
+	       ioctl(c->fd, FIONREAD, &unread) == 0 && unread == 0;
+}
+
+static bool conn_reclaim(struct worker *w)
+{
+	uint32_t i, n = 0;
+
+	for (i = w->thead[T_IDLE]; i != NIL && n < 64; i = w->conns[i].t.next, n++)
+		if (reclaimable(&w->conns[i]))
+			break;
+	if (i == NIL || n == 64) {
+		n = 0;
+		for (i = w->thead[T_HEADER]; i != NIL && n < 64; i = w->conns[i].t.next, n++)
+			if (w->conns[i].requests == 0 && reclaimable(&w->conns[i]))
+				break;
+		if (n == 64)
+			i = NIL;
+	}
+	if (i == NIL)
+		return false;
+	STAT_ADD(w->stats->conns_reclaimed, 1);
+	w->conns[i].lingering = false;
+	conn_abort(w, &w->conns[i]);
+	return true;
+}
+
+uint32_t conn_shed_idle(struct worker *w, uint32_t n)
+{
+	uint32_t done = 0;
+
+	/* Idle upstream connections first: closing them costs no client anything. */
+	for (uint32_t b = 0; b < CFG_BACKENDS_MAX && done < n; b++) {
+		while (w->pool_tail[b] != NIL && done < n) {
+			struct ups *u = &w->ups[w->pool_tail[b]];
+
+			pool_unlink(w, u);
+			ups_close(w, u);
+			done++;
+		}
+	}
+	while (done < n && conn_reclaim(w))
+		done++;
+	return done;
 }
 
 /* --- teardown ------------------------------------------------------------------------------- */
@@ -1124,11 +1223,15 @@ static void exchange_connect(struct worker *w, struct conn *c)
 	}
 	fd = socket(be->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
+		int err = errno;
+
 		u->pool_next = w->ups_free;
 		w->ups_free = uidx(w, u);
 		w->ups_open--;
 		be_active_dec(w, id);
-		log_warn("worker %u: upstream socket: %s", w->id, strerror(errno));
+		if (err == EMFILE || err == ENFILE)
+			w->shed_want += 8; /* fds for the next ones, at the end of the batch */
+		worker_fd_warn(w, "upstream socket", err);
 		send_error(w, c, 503);
 		return;
 	}
@@ -1452,7 +1555,7 @@ static void exchange_end(struct worker *w, struct conn *c)
 		c->ups = NIL;
 		/* Idle ones are bounded by the connection table (and expire by upstream_idle_ms). */
 		if (c->ups_reusable && c->req_state == RQ_DONE && u->in.len == 0 && !u->closing &&
-		    w->stats->pool_idle < w->conn_cap)
+		    w->stats->pool_idle < w->conn_limit)
 			pool_put(w, u);
 		else
 			ups_close(w, u);

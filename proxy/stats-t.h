@@ -46,6 +46,8 @@ struct stats_worker {
 	uint64_t lat_sum_us;
 	uint64_t no_backend; /* 503s because no backend was eligible (not any backend's error) */
 	uint64_t client_aborts; /* exchanges the client closed or reset in flight (logged 499) */
+	uint64_t conns_reclaimed; /* idle client connections closed to make room at the limit */
+	uint64_t fd_exhausted;	  /* accepts and upstream sockets that failed with EMFILE/ENFILE */
 	uint64_t draining; /* 0/1, set by the worker when its listener is shut down (keep last) */
 } __attribute__((aligned(64)));
 
