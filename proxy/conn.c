@@ -153,7 +153,8 @@ static void c_arm_poll(struct worker *w, struct conn *c)
 	if (c->poll_armed || c->closing)
 		return;
 	sqe = worker_sqe(w);
-	io_uring_prep_poll_add(sqe, c->fd, c->eof ? POLLERR | POLLHUP : POLLRDHUP | POLLERR | POLLHUP);
+	io_uring_prep_poll_add(sqe, c->fd,
+			       c->eof ? POLLERR | POLLHUP : POLLRDHUP | POLLERR | POLLHUP);
 	sqe->user_data = ud_pack(OP_C_POLL, cidx(w, c), c->gen);
 	c->poll_armed = true;
 	c->inflight++;

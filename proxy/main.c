@@ -612,8 +612,8 @@ static uint32_t fd_budget(const struct config *cfg)
 	}
 	log_warn("file descriptors: limit %llu (hard %llu) holds about %llu client connections per "
 		 "core with their upstream connections, below limits.connections_per_core %u x %u "
-		 "workers (%llu fds wanted); at that count idle connections are closed to make room. "
-		 "Raise LimitNOFILE / ulimit -n, or lower connections_per_core",
+		 "workers (%llu fds wanted); at that count idle connections are closed to make "
+		 "room. Raise LimitNOFILE / ulimit -n, or lower connections_per_core",
 		 (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
 		 (unsigned long long)per_worker, want, n,
 		 (unsigned long long)fd_want(cfg, open_now));

@@ -53,8 +53,8 @@ struct worker {
 	uint32_t conn_limit; /* connections held before idle ones are closed to make room */
 	int accept_defer[ACCEPT_DEFER_MAX]; /* accepted at the limit, placed after the batch */
 	uint32_t accept_defer_n;
-	uint32_t shed_want;  /* idle connections to close after the batch (fd shortage) */
-	uint32_t fd_short;   /* listeners whose accept ran out of fds in this batch (bit mask) */
+	uint32_t shed_want; /* idle connections to close after the batch (fd shortage) */
+	uint32_t fd_short;  /* listeners whose accept ran out of fds in this batch (bit mask) */
 
 	/* file-descriptor exhaustion (EMFILE/ENFILE) */
 	int reserve_fd;		  /* given up to accept and refuse one connection, then re-taken */
