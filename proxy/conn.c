@@ -268,14 +268,18 @@ static void conn_accept_now(struct worker *w, int fd);
 
 void conn_accept(struct worker *w, int fd)
 {
-	/*
-	 * At the limit, room is made by closing an idle connection, but only once every
-	 * completion of this batch is handled: an "idle" connection may have a request in a
-	 * receive completion still queued behind this accept.
-	 */
-	if (!w->stopping && w->conns_active + w->accept_defer_n >= w->conn_limit &&
-	    w->accept_defer_n < ACCEPT_DEFER_MAX) {
-		w->accept_defer[w->accept_defer_n++] = fd;
+	if (!w->stopping && w->conns_active + w->accept_defer_n >= w->conn_limit) {
+		/*
+		 * connections_per_core is the operator's cap: beyond it, 503. A lower limit that
+		 * the fds set makes room by closing an idle connection, but only once every
+		 * completion of this batch is handled: an "idle" connection may have a request
+		 * in a receive completion still queued behind this accept.
+		 */
+		if (w->fd_limited && w->accept_defer_n < ACCEPT_DEFER_MAX) {
+			w->accept_defer[w->accept_defer_n++] = fd;
+			return;
+		}
+		reject_full(w, fd);
 		return;
 	}
 	conn_accept_now(w, fd);

@@ -5,9 +5,9 @@
 #include "worker.h"
 
 /*
- * A new client socket from accept: takes a slot. At the worker's connection limit (the table,
- * or what the fd limit holds) the longest-idle connection with no request in flight is closed
- * to make room; when there is none, the new one gets a 503 and is closed.
+ * A new client socket from accept: takes a slot. Beyond connections_per_core it gets a 503
+ * and is closed. At a lower limit that the fds set, the longest-idle connection with no
+ * request in flight is closed to make room; only when there is none, a 503.
  */
 void conn_accept(struct worker *w, int fd);
 /*

@@ -57,9 +57,8 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	 * the idle one closed for it finishes its teardown.
 	 */
 	w->conn_cap = l->connections_per_core + 64;
-	w->conn_limit = d->conn_fd_cap && d->conn_fd_cap < l->connections_per_core
-				? d->conn_fd_cap
-				: l->connections_per_core;
+	w->fd_limited = d->conn_fd_cap && d->conn_fd_cap < l->connections_per_core;
+	w->conn_limit = w->fd_limited ? d->conn_fd_cap : l->connections_per_core;
 	w->reserve_fd = -1;
 	w->nbufs = pow2_floor(l->buffers_per_core > 32768 ? 32768 : l->buffers_per_core);
 	w->buf_size = l->buffer_bytes;

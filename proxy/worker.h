@@ -50,7 +50,8 @@ struct worker {
 	struct conn *conns;
 	uint32_t *conn_next_free;
 	uint32_t conn_cap, conn_free, conns_active;
-	uint32_t conn_limit; /* connections held before idle ones are closed to make room */
+	uint32_t conn_limit; /* connections held: connections_per_core, or what the fds hold */
+	bool fd_limited;     /* conn_limit is the fds' (idle ones are closed to make room) */
 	int accept_defer[ACCEPT_DEFER_MAX]; /* accepted at the limit, placed after the batch */
 	uint32_t accept_defer_n;
 	uint32_t shed_want; /* idle connections to close after the batch (fd shortage) */
