@@ -53,13 +53,17 @@ def test_one_well_formed_line_per_request_under_load(corral, backend, tmp_path, 
             assert e["method"] == "GET" and e["protocol"] == "HTTP/1.1", line
             cores.add(e["core"])
             statuses[e["status"]] = statuses.get(e["status"], 0) + 1
-            assert e["bytes_out"] > 0 and e["duration_us"] >= 0, line
+            assert (e["bytes_out"] > 0 or e["status"] == 499) and e["duration_us"] >= 0, line
         else:
             m = CLF.match(line)
             assert m, "not a combined-format line: %r" % line
             statuses[int(m.group(6))] = statuses.get(int(m.group(6)), 0) + 1
-    # The backend has no /a... route: that one request is its 404, every other one a 200.
-    assert statuses == {200: len(lines) - 1, 404: 1}, statuses
+    # The backend has no /a... route: that one request is its 404, every other one a 200, but
+    # for the requests wrk still had in flight when it stopped and closed its connections: the
+    # client gave up on those, logged 499 (issue 8 defect 2), at most one per connection.
+    aborted = statuses.pop(499, 0)
+    assert aborted <= 2 * 40, aborted
+    assert statuses == {200: len(lines) - 1 - aborted, 404: 1}, statuses
     if fmt == "json":
         assert cores == {0, 1}, "both cores should have logged: %s" % cores
         odd = [json.loads(x) for x in lines if '"/a%22b' in x]
