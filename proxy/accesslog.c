@@ -26,10 +26,11 @@ _Static_assert(ALOG_CHUNKS >= 2, "one chunk is written while another fills");
 #define ALOG_MAX_PROTO	 16 /* a rejected request's version as received */
 #define ALOG_MAX_REASON	 96
 /* The fixed text of a JSON line (keys, quotes, time, five numbers) is under 384 bytes. */
-#define ALOG_FIXED_MAX	 384
+#define ALOG_FIXED_MAX 384
 
 _Static_assert(ALOG_MAX_METHOD + ALOG_MAX_TARGET + ALOG_MAX_HOST + ALOG_MAX_REFERER + ALOG_MAX_UA +
-			       2 * ALOG_MAX_ADDR + ALOG_MAX_PROTO + ALOG_MAX_REASON + ALOG_FIXED_MAX <
+			       2 * ALOG_MAX_ADDR + ALOG_MAX_PROTO + ALOG_MAX_REASON +
+			       ALOG_FIXED_MAX <
 		       ALOG_LINE_MAX,
 	       "access log field budgets must fit in one line");
 

@@ -47,9 +47,9 @@ struct alog_entry {
 	uint64_t bytes_out;    /* bytes sent to the client for this exchange */
 	uint64_t duration_us;  /* request head parsed -> response end */
 	const char *upstream;  /* backend address text; NULL when corral answered itself */
-	const char *reason;	   /* why corral rejected the request, or NULL */
+	const char *reason;    /* why corral rejected the request, or NULL */
 	struct alog_str protocol; /* the version as received, when it is not HTTP/1.x */
-	bool protocol_unknown;	   /* no version could be read (JSON null, combined "-") */
+	bool protocol_unknown;	  /* no version could be read (JSON null, combined "-") */
 };
 
 /* A span of a parsed buffer as an alog_str (for method, target, host). */

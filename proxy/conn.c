@@ -3,6 +3,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <poll.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -28,6 +29,7 @@ static void resp_process(struct worker *w, struct conn *c);
 static void exchange_connect(struct worker *w, struct conn *c);
 static void exchange_end(struct worker *w, struct conn *c);
 static void ups_close(struct worker *w, struct ups *u);
+static void pool_unlink(struct worker *w, struct ups *u);
 static void req_next(struct worker *w, struct conn *c);
 static void req_discard(struct worker *w, struct conn *c);
 
@@ -132,6 +134,32 @@ static void c_arm_recv(struct worker *w, struct conn *c)
 	c->inflight++;
 }
 
+/*
+ * Watches the client for EOF or a reset while an exchange is in flight. The design keeps one
+ * receive armed at a time (backpressure), so while a request waits for its response, or its
+ * body waits for the upstream to take the last piece, nothing would notice a client that
+ * went away until the response is written to it. A one-shot IORING_OP_POLL_ADD for POLLRDHUP
+ * (plus POLLERR and POLLHUP, always reported) costs no buffer and no syscall: it is armed at
+ * the first request of a connection and completes only when the client closes, so a
+ * keep-alive connection pays one SQE for its lifetime, and a close one cancel more (the cancel
+ * of every op on the fd that teardown submits anyway when something is in flight). A
+ * zero-length recv would complete on every byte the client pipelines, which is normal traffic.
+ * After a FIN the poll is armed again for POLLERR|POLLHUP only (a reset).
+ */
+static void c_arm_poll(struct worker *w, struct conn *c)
+{
+	struct io_uring_sqe *sqe;
+
+	if (c->poll_armed || c->closing)
+		return;
+	sqe = worker_sqe(w);
+	io_uring_prep_poll_add(sqe, c->fd,
+			       c->eof ? POLLERR | POLLHUP : POLLRDHUP | POLLERR | POLLHUP);
+	sqe->user_data = ud_pack(OP_C_POLL, cidx(w, c), c->gen);
+	c->poll_armed = true;
+	c->inflight++;
+}
+
 static void u_arm_recv(struct worker *w, struct ups *u)
 {
 	struct io_uring_sqe *sqe;
@@ -217,6 +245,8 @@ static void cancel_fd(struct worker *w, int fd, enum wop op, uint32_t idx, uint3
 
 /* --- accept -------------------------------------------------------------------------------- */
 
+static bool conn_reclaim(struct worker *w);
+
 static void reject_full(struct worker *w, int fd)
 {
 	char out[256];
@@ -229,7 +259,51 @@ static void reject_full(struct worker *w, int fd)
 	close(fd);
 }
 
+void conn_refuse(struct worker *w, int fd)
+{
+	reject_full(w, fd);
+}
+
+static void conn_accept_now(struct worker *w, int fd);
+
 void conn_accept(struct worker *w, int fd)
+{
+	if (!w->stopping && w->conns_active + w->accept_defer_n >= w->conn_limit) {
+		/*
+		 * connections_per_core is the operator's cap: beyond it, 503. A lower limit that
+		 * the fds set makes room by closing an idle connection, but only once every
+		 * completion of this batch is handled: an "idle" connection may have a request
+		 * in a receive completion still queued behind this accept.
+		 */
+		if (w->fd_limited && w->accept_defer_n < ACCEPT_DEFER_MAX) {
+			w->accept_defer[w->accept_defer_n++] = fd;
+			return;
+		}
+		reject_full(w, fd);
+		return;
+	}
+	conn_accept_now(w, fd);
+}
+
+void conn_accept_deferred(struct worker *w)
+{
+	if (w->shed_want) {
+		conn_shed_idle(w, w->shed_want);
+		w->shed_want = 0;
+	}
+	for (uint32_t i = 0; i < w->accept_defer_n; i++) {
+		int fd = w->accept_defer[i];
+
+		/* The slot of the connection closed for it frees once its ops complete. */
+		if (w->conns_active >= w->conn_limit && (w->stopping || !conn_reclaim(w)))
+			reject_full(w, fd);
+		else
+			conn_accept_now(w, fd);
+	}
+	w->accept_defer_n = 0;
+}
+
+static void conn_accept_now(struct worker *w, int fd)
 {
 	struct conn *c;
 	uint32_t idx, gen;
@@ -268,6 +342,62 @@ void conn_accept(struct worker *w, int fd)
 	steer_conn_opened(w->sc);
 	c_arm_recv(w, c);
 	conn_timer_update(w, c);
+}
+
+/*
+ * Closes the longest-idle client connection that carries no request in flight: the head of
+ * the keep-alive idle timer list (FIFO: the longest idle first), else the oldest connection
+ * that has not sent a byte (on the head-deadline list; a few are looked at, not all).
+ */
+static bool reclaimable(const struct conn *c)
+{
+	int unread = 0;
+
+	/* Bytes in the socket not read yet are a request on its way: not idle after all. */
+	return !c->closing && c->accum.hbuf == NIL && c->in.len == 0 &&
+	       ioctl(c->fd, FIONREAD, &unread) == 0 && unread == 0;
+}
+
+static bool conn_reclaim(struct worker *w)
+{
+	uint32_t i, n = 0;
+
+	for (i = w->thead[T_IDLE]; i != NIL && n < 64; i = w->conns[i].t.next, n++)
+		if (reclaimable(&w->conns[i]))
+			break;
+	if (i == NIL || n == 64) {
+		n = 0;
+		for (i = w->thead[T_HEADER]; i != NIL && n < 64; i = w->conns[i].t.next, n++)
+			if (w->conns[i].requests == 0 && reclaimable(&w->conns[i]))
+				break;
+		if (n == 64)
+			i = NIL;
+	}
+	if (i == NIL)
+		return false;
+	STAT_ADD(w->stats->conns_reclaimed, 1);
+	w->conns[i].lingering = false;
+	conn_abort(w, &w->conns[i]);
+	return true;
+}
+
+uint32_t conn_shed_idle(struct worker *w, uint32_t n)
+{
+	uint32_t done = 0;
+
+	/* Idle upstream connections first: closing them costs no client anything. */
+	for (uint32_t b = 0; b < CFG_BACKENDS_MAX && done < n; b++) {
+		while (w->pool_tail[b] != NIL && done < n) {
+			struct ups *u = &w->ups[w->pool_tail[b]];
+
+			pool_unlink(w, u);
+			ups_close(w, u);
+			done++;
+		}
+	}
+	while (done < n && conn_reclaim(w))
+		done++;
+	return done;
 }
 
 /* --- teardown ------------------------------------------------------------------------------- */
@@ -365,8 +495,17 @@ static void conn_abort(struct worker *w, struct conn *c)
 	ups_abort_attached(w, c);
 	if (c->inflight && !c->cancel_sent) {
 		c->cancel_sent = true;
-		cancel_fd(w, c->fd, OP_C_CANCEL, cidx(w, c), c->gen);
-		c->inflight++;
+		if (c->inflight == 1 && c->poll_armed && !c->reset_close) {
+			/*
+			 * Only the EOF poll is left (the usual end of a connection): shutting both
+			 * directions completes it with POLLHUP. A cancel by fd would cost an SQE,
+			 * a CQE and a scan of the ring's whole poll table.
+			 */
+			shutdown(c->fd, SHUT_RDWR);
+		} else {
+			cancel_fd(w, c->fd, OP_C_CANCEL, cidx(w, c), c->gen);
+			c->inflight++;
+		}
 	}
 	conn_try_finish(w, c);
 }
@@ -379,6 +518,71 @@ static void conn_abort_reset(struct worker *w, struct conn *c)
 {
 	c->reset_close = true;
 	conn_abort(w, c);
+}
+
+static void conn_log(struct worker *w, struct conn *c, int status);
+
+/* The exchange's request head was parsed and its log line is not written yet. */
+static bool exchange_in_flight(const struct conn *c)
+{
+	return c->hbuf_req != NIL && !c->x_logged && c->rs_state != RS_TUNNEL;
+}
+
+/*
+ * The client closed or reset the connection while its exchange was in flight: close the
+ * upstream (never pooled: the response is unread) and log status 499 (NGINX's "client closed
+ * request") with the bytes actually sent. It counts as a 4xx response unless the response's
+ * own status was counted already.
+ */
+static void client_gone(struct worker *w, struct conn *c)
+{
+	if (exchange_in_flight(c)) {
+		if (!c->resp_started)
+			count_status(w, 499);
+		STAT_ADD(w->stats->client_aborts, 1);
+		conn_log(w, c, 499);
+	}
+	conn_abort(w, c);
+}
+
+/* The client's EOF/RST poll completed with res (revents, or -errno). */
+static void c_on_poll(struct worker *w, struct conn *c, int res)
+{
+	c->poll_armed = false;
+	if (c->closing) {
+		conn_try_finish(w, c);
+		return;
+	}
+	/* Between requests, or in a tunnel, the reads see the EOF or the reset themselves. */
+	if (res < 0 || !exchange_in_flight(c))
+		return;
+	c->eof = true; /* the client sends nothing more */
+	if (res & (POLLERR | POLLHUP)) {
+		client_gone(w, c); /* a reset: no byte will reach the client any more */
+		return;
+	}
+	if (c->req_state == RQ_BODY && !c->in.len && !c->to_ups.busy && !c->recv_armed) {
+		client_gone(w, c); /* the body can never be completed */
+		return;
+	}
+	/*
+	 * A FIN alone is a client that gave up, or one that half-closed and still reads
+	 * (shutdown(SHUT_WR) after its request). Ask: an interim 100 is harmless to an HTTP/1.1
+	 * client that still reads (RFC 9110 15.2: clients parse unexpected 1xx), and a client
+	 * that closed answers it with a reset, which the re-armed poll sees within a round trip.
+	 * Once the response has started its own bytes do the asking; an HTTP/1.0 client cannot
+	 * be sent a 1xx and is assumed to still read.
+	 */
+	if (!c->resp_started && !c->to_client.busy && c->client_minor == 1 &&
+	    c->req_state == RQ_DONE) {
+		static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
+
+		sendq_reset(&c->to_client);
+		sendq_add(&c->to_client, probe, sizeof(probe) - 1);
+		c->x_bytes_out += sizeof(probe) - 1;
+		c_send(w, c);
+	}
+	c_arm_poll(w, c);
 }
 
 /*
@@ -484,6 +688,7 @@ static void conn_log(struct worker *w, struct conn *c, int status)
 	struct alog_entry e;
 	struct timespec ts;
 
+	c->x_logged = true;
 	if (w->alog_fd < 0)
 		return;
 	memset(&e, 0, sizeof(e));
@@ -677,6 +882,7 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 	int n;
 
 	c->requests++;
+	c->x_logged = false;
 	c->req_start_ns = now_ns();
 	c->req_in_head_len = req->head_len;
 	c->x_bytes_out = 0;
@@ -772,6 +978,7 @@ static void req_process(struct worker *w, struct conn *c)
 	if (!req_begin(w, c, &req, src->base + src->off))
 		return;
 	head_consume(w, &c->accum, &c->in, src, (uint32_t)r);
+	c_arm_poll(w, c);
 	exchange_connect(w, c);
 }
 
@@ -837,6 +1044,8 @@ static void req_pump(struct worker *w, struct conn *c)
 			inbuf_release(w, &c->in);
 			if (!c->eof)
 				c_arm_recv(w, c);
+			else if (c->req_state == RQ_BODY && c->rs_state != RS_TUNNEL)
+				client_gone(w, c); /* EOF inside the body */
 		}
 	}
 }
@@ -1028,11 +1237,15 @@ static void exchange_connect(struct worker *w, struct conn *c)
 	}
 	fd = socket(be->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
+		int err = errno;
+
 		u->pool_next = w->ups_free;
 		w->ups_free = uidx(w, u);
 		w->ups_open--;
 		be_active_dec(w, id);
-		log_warn("worker %u: upstream socket: %s", w->id, strerror(errno));
+		if (err == EMFILE || err == ENFILE)
+			w->shed_want += 8; /* fds for the next ones, at the end of the batch */
+		worker_fd_warn(w, "upstream socket", err);
 		send_error(w, c, 503);
 		return;
 	}
@@ -1355,13 +1568,9 @@ static void exchange_end(struct worker *w, struct conn *c)
 	if (u) {
 		be_active_dec(w, c->backend);
 		c->ups = NIL;
-		/*
-		 * Idle ones never outnumber the connection table: bounds the upstream table (UPS_CAP)
-		 * and the pool's fds. Bounding them by the clients open right now instead made one
-		 * client balanced over two backends close and reopen every other connection.
-		 */
+		/* Idle ones are bounded by the connection table (and expire by upstream_idle_ms). */
 		if (c->ups_reusable && c->req_state == RQ_DONE && u->in.len == 0 && !u->closing &&
-		    w->stats->pool_idle < w->conn_cap)
+		    w->stats->pool_idle < w->conn_limit)
 			pool_put(w, u);
 		else
 			ups_close(w, u);
@@ -1479,7 +1688,7 @@ static void c_on_recv(struct worker *w, struct conn *c, int res, uint32_t flags)
 			conn_abort(w, c);
 			return;
 		}
-		conn_abort(w, c);
+		client_gone(w, c); /* logs 499 when an exchange was in flight */
 		return;
 	}
 	BUG_ON(bid < 0);
@@ -1509,7 +1718,7 @@ static void c_on_send(struct worker *w, struct conn *c, int res)
 		return;
 	}
 	if (res <= 0) {
-		conn_abort(w, c);
+		client_gone(w, c);
 		return;
 	}
 	STAT_ADD(w->stats->bytes_out, (uint64_t)res);
@@ -1574,6 +1783,9 @@ void conn_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int 
 		break;
 	case OP_C_CANCEL:
 		conn_try_finish(w, c);
+		break;
+	case OP_C_POLL:
+		c_on_poll(w, c, res);
 		break;
 	default:
 		BUG_ON(1);

@@ -88,6 +88,10 @@
 /* Header array for the parser: one more than headers_max, so "too many" is seen. */
 #define HDR_SCRATCH(headers_max) ((headers_max) + 1)
 
+/* Connection slots beyond connections_per_core: at the limit a new connection takes a slot
+ * while the idle one closed to make room for it still finishes its teardown. */
+#define CONN_SLOT_HEADROOM 64
+
 /* Upstream connection slots: one in use per client connection, idle pooled ones no more than
  * the core's client connections (conn.c), and spares for ones still closing after their client
  * left. When they run out a request gets a 503. */
@@ -104,10 +108,10 @@
 /* --- checks --------------------------------------------------------------------------------- */
 
 _Static_assert(UD_OP_BITS + UD_IDX_BITS + UD_GEN_BITS == 64, "user_data is 64 bits");
-_Static_assert(UPS_CAP(CFG_CONNECTIONS_PER_CORE_MAX) <= UD_IDX_MASK,
+_Static_assert(UPS_CAP(CFG_CONNECTIONS_PER_CORE_MAX + CONN_SLOT_HEADROOM) <= UD_IDX_MASK,
 	       "every connection and upstream slot index fits user_data");
 _Static_assert(CFG_LISTEN_MAX <= UD_IDX_MASK, "listener index fits user_data");
-_Static_assert(HBUF_COUNT((uint64_t)CFG_CONNECTIONS_PER_CORE_MAX) < UINT32_MAX,
+_Static_assert(HBUF_COUNT((uint64_t)CFG_CONNECTIONS_PER_CORE_MAX + CONN_SLOT_HEADROOM) < UINT32_MAX,
 	       "head-buffer indices are 32 bits, UINT32_MAX is NIL");
 _Static_assert((uint64_t)HBUF_SIZE(CFG_HEADER_BYTES_CEIL, CFG_BUFFER_BYTES_MAX) < UINT32_MAX,
 	       "head-buffer size is 32 bits");

@@ -835,8 +835,8 @@ int http_req_parse(struct http_req *req, const char *buf, size_t len, const stru
 
 	if (gate_run(&lp, HTTP_REQUEST, buf, (size_t)hl, req->nhdr,
 		     method_id == METHOD_EXT ? req->method.len : 0) ||
-	    lp.method != (method_id == METHOD_EXT ? HTTP_POST : method_id) ||
-	    lp.http_major != 1 || lp.http_minor != req->version_minor ||
+	    lp.method != (method_id == METHOD_EXT ? HTTP_POST : method_id) || lp.http_major != 1 ||
+	    lp.http_minor != req->version_minor ||
 	    !gate_framing_agrees(&lp, nte > 0, ncl > 0, req->content_length)) {
 		ret = fail(&e, 400, "rejected by llhttp");
 		goto err;

@@ -1,4 +1,5 @@
 /* corral's main thread: options, config, listeners, steering, workers, signals, reload, admin. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -992,14 +993,89 @@ static int drop_privileges(const struct config *cfg, char *err, size_t errlen)
 	return r;
 }
 
-static void raise_nofile(void)
+/*
+ * File descriptors each worker opens after fd_budget() counts: its ring, its eventfd and the
+ * reserve fd it gives up to refuse a connection at EMFILE (worker.c). The slack covers the
+ * admin plane (16 metrics scrapes, control clients) and the odd short-lived fd.
+ */
+#define FD_PER_WORKER 3
+#define FD_SLACK      32
+
+/* Each client connection may hold its own fd and its upstream connection's. */
+static uint64_t fd_want(const struct config *cfg, uint64_t open_now)
+{
+	return (uint64_t)cfg->limits.connections_per_core * cfg->cores_n * 2 + open_now +
+	       (uint64_t)cfg->cores_n * FD_PER_WORKER + FD_SLACK;
+}
+
+static uint64_t fds_open(void)
+{
+	uint64_t n = 0;
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+
+	if (!d)
+		return 64; /* a guess on the safe side */
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n > 0 ? n - 1 : 0; /* the directory's own fd */
+}
+
+/*
+ * Raises RLIMIT_NOFILE: the hard limit to what the configured connections need when that is
+ * permitted (CAP_SYS_RESOURCE, up to fs.nr_open), and the soft limit to the hard one.
+ */
+static void raise_nofile(const struct config *cfg)
 {
 	struct rlimit rl;
+	uint64_t want = fd_want(cfg, fds_open() + 16);
 
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want) {
+		struct rlimit up = { .rlim_cur = want, .rlim_max = want };
+
+		if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+			return;
+	}
+	if (rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
+}
+
+/*
+ * How many client connections per worker the fd limit holds, counting what is open now and
+ * one upstream connection per client; says so when that is below connections_per_core.
+ * Workers then close idle connections to make room at that count instead of running into
+ * EMFILE (conn.c).
+ */
+static uint32_t fd_budget(const struct config *cfg)
+{
+	uint64_t open_now = fds_open(), reserved, per_worker;
+	uint32_t n = cfg->cores_n, want = cfg->limits.connections_per_core;
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+		return want;
+	reserved = open_now + (uint64_t)n * FD_PER_WORKER + FD_SLACK;
+	per_worker = rl.rlim_cur > reserved ? (rl.rlim_cur - reserved) / n / 2 : 0;
+	if (per_worker < 1)
+		per_worker = 1;
+	if (per_worker >= want) {
+		log_info("file descriptors: limit %llu, enough for %u x %u client connections",
+			 (unsigned long long)rl.rlim_cur, n, want);
+		return want;
+	}
+	log_warn("file descriptors: limit %llu (hard %llu) holds about %llu client connections per "
+		 "core with their upstream connections, below limits.connections_per_core %u x %u "
+		 "workers (%llu fds wanted); at that count idle connections are closed to make "
+		 "room. Raise LimitNOFILE / ulimit -n, or lower connections_per_core",
+		 (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
+		 (unsigned long long)per_worker, want, n,
+		 (unsigned long long)fd_want(cfg, open_now));
+	return (uint32_t)per_worker;
 }
 
 int main(int argc, char **argv)
@@ -1080,7 +1156,7 @@ int main(int argc, char **argv)
 		log_err("signalfd: %s", strerror(errno));
 		return 1;
 	}
-	raise_nofile();
+	raise_nofile(cfg);
 	r = sdnotify_open();
 	if (r < 0)
 		log_warn("systemd notify socket $NOTIFY_SOCKET: %s (running without notify)",
@@ -1126,6 +1202,7 @@ int main(int argc, char **argv)
 	steering_apply(cfg);
 
 	D.workers_n = cfg->cores_n;
+	D.conn_fd_cap = fd_budget(cfg);
 	D.workers = calloc(D.workers_n, sizeof(*D.workers));
 	for (uint32_t i = 0; i < D.workers_n; i++) {
 		D.workers[i] = aligned_alloc(64, (sizeof(struct worker) + 63) & ~(size_t)63);

@@ -44,7 +44,10 @@ struct stats_worker {
 	uint64_t cpu_ns;       /* worker thread CPU time, sampled by the worker each tick */
 	uint64_t lat_us[STATS_LAT_BUCKETS]; /* request latency: head parsed to response end */
 	uint64_t lat_sum_us;
-	uint64_t no_backend; /* 503s because no backend was eligible (not any backend's error) */
+	uint64_t no_backend;	/* 503s because no backend was eligible (not any backend's error) */
+	uint64_t client_aborts; /* exchanges the client closed or reset in flight (logged 499) */
+	uint64_t conns_reclaimed; /* idle client connections closed to make room at the limit */
+	uint64_t fd_exhausted;	  /* accepts and upstream sockets that failed with EMFILE/ENFILE */
 	uint64_t log_lines_dropped; /* access-log lines lost: every chunk full (accesslog.h) */
 	uint64_t draining; /* 0/1, set by the worker when its listener is shut down (keep last) */
 	uint64_t heartbeat_ms; /* now_ms() of the worker's last timer tick: liveness (/healthz) */

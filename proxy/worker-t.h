@@ -27,6 +27,7 @@ enum wop {
 	OP_C_RECV,   /* client recv (buffer select) */
 	OP_C_SEND,   /* client sendmsg */
 	OP_C_CANCEL, /* cancel of client ops */
+	OP_C_POLL,   /* client EOF/RST watch while no receive is armed (conn.c) */
 	OP_U_CONNECT,
 	OP_U_RECV,
 	OP_U_SEND,
@@ -140,6 +141,8 @@ struct conn {
 	bool no_pool;	      /* the next connect must be fresh (stale pooled one failed) */
 	bool end_pending;     /* response ended while the last request send was in flight */
 	bool ups_recv_wanted; /* waiting in the no-buffer queue for an upstream recv */
+	bool poll_armed;      /* the client EOF/RST poll is in flight */
+	bool x_logged;	      /* this exchange's access-log line is written */
 	uint32_t req_head_len;
 	struct tried_set tried;	 /* backend ids tried for this request */
 	uint64_t hkey;		 /* hash key for hash-uri / hash-client */

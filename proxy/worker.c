@@ -1,5 +1,7 @@
 /* The per-core worker: its io_uring loop, listeners, buffer ring, slot tables, timers and control. */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,7 +48,14 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	for (i = 0; i < cfg->listen_n; i++)
 		w->listen_fd[i] = d->listen_fds[id][i];
 
-	w->conn_cap = l->connections_per_core;
+	/*
+	 * Headroom over connections_per_core: at the limit a new connection takes a slot while
+	 * the idle one closed for it finishes its teardown.
+	 */
+	w->conn_cap = l->connections_per_core + CONN_SLOT_HEADROOM;
+	w->fd_limited = d->conn_fd_cap && d->conn_fd_cap < l->connections_per_core;
+	w->conn_limit = w->fd_limited ? d->conn_fd_cap : l->connections_per_core;
+	w->reserve_fd = -1;
 	w->nbufs = pow2_floor(l->buffers_per_core);
 	w->buf_size = l->buffer_bytes;
 	w->hbuf_size = HBUF_SIZE(l->header_bytes_max, w->buf_size);
@@ -88,6 +97,7 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->evfd = eventfd(0, EFD_CLOEXEC);
 	if (w->evfd < 0)
 		return -errno;
+	w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	w->sc = steer_core(d->steer, id);
 	w->alog_fd = d->alog_fd;
 	if (w->alog_fd >= 0 && alog_init(&w->alog, cfg->access_log.format, 0) < 0)
@@ -116,6 +126,8 @@ void worker_free(struct worker *w)
 		alog_free(&w->alog);
 	if (w->evfd >= 0)
 		close(w->evfd);
+	if (w->reserve_fd >= 0)
+		close(w->reserve_fd);
 	for (uint32_t i = 0; i < w->listen_n; i++)
 		if (w->listen_fd[i] >= 0)
 			close(w->listen_fd[i]);
@@ -371,6 +383,13 @@ static void on_tick(struct worker *w)
 	STAT_SET(w->stats->log_lines_dropped, w->alog.lines_dropped);
 	timers_run(w);
 	ups_pool_expire(w);
+	/* Accepts paused by EMFILE resume one tick later: the fds closed meanwhile are back. */
+	if (w->accept_retry_ms && w->now_ms >= w->accept_retry_ms) {
+		w->accept_retry_ms = 0;
+		if (!w->stopping && !w->drained)
+			for (uint32_t i = 0; i < w->listen_n; i++)
+				arm_accept(w, i);
+	}
 	if (w->alog_fd >= 0 && alog_pending(&w->alog))
 		worker_log_flush(w);
 	if (w->now_ms - w->last_tick_ms >= HOUSEKEEP_MS) {
@@ -391,6 +410,53 @@ static void on_tick(struct worker *w)
 	(void)now;
 }
 
+void worker_fd_warn(struct worker *w, const char *what, int err)
+{
+	STAT_ADD(w->stats->fd_exhausted, 1);
+	w->fd_errors++;
+	if (w->fd_warned_ms && w->now_ms - w->fd_warned_ms < 10000)
+		return;
+	log_warn("worker %u: %s: %s (%llu times in the last %llu s; idle connections are closed "
+		 "to make room)",
+		 w->id, what, strerror(err), (unsigned long long)w->fd_errors,
+		 (unsigned long long)(w->fd_warned_ms ? (w->now_ms - w->fd_warned_ms) / 1000 : 0));
+	w->fd_warned_ms = w->now_ms;
+	w->fd_errors = 0;
+}
+
+/*
+ * Accept failed for want of a file descriptor. Never spin and never stop serving: close idle
+ * connections (their fds come back once their cancelled ops complete) and accept again on
+ * the next tick; with nothing idle to close, answer one waiting connection with a 503 on the
+ * reserve fd, so clients are told rather than left in the queue.
+ */
+static void accept_fd_limit(struct worker *w, uint32_t li, int err)
+{
+	worker_fd_warn(w, "accept", err);
+	w->accept_retry_ms = w->now_ms + TICK_MS;
+	w->fd_short |= 1u << li;
+}
+
+/* After the batch: make room for the listeners that ran out of fds, or refuse one client each. */
+static void accept_fd_short(struct worker *w)
+{
+	uint32_t shed = conn_shed_idle(w, 8);
+
+	for (uint32_t li = 0; li < w->listen_n && !shed; li++) {
+		struct pollfd pfd = { .fd = w->listen_fd[li], .events = POLLIN };
+		int fd;
+
+		if (!(w->fd_short & (1u << li)) || w->reserve_fd < 0 || poll(&pfd, 1, 0) != 1)
+			continue;
+		close(w->reserve_fd);
+		fd = accept4(w->listen_fd[li], NULL, NULL, SOCK_CLOEXEC);
+		if (fd >= 0)
+			conn_refuse(w, fd);
+		w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	}
+	w->fd_short = 0;
+}
+
 static void on_accept(struct worker *w, uint32_t li, int res, uint32_t flags)
 {
 	if (res >= 0) {
@@ -406,7 +472,9 @@ static void on_accept(struct worker *w, uint32_t li, int res, uint32_t flags)
 		if (!w->stopping && !w->drained && res != -EMFILE && res != -ENFILE &&
 		    res != -ENOMEM && res != -ENOBUFS && res != -EINVAL)
 			arm_accept(w, li);
-		if (res < 0 && res != -EINVAL && res != -ECANCELED)
+		if ((res == -EMFILE || res == -ENFILE) && !w->stopping && !w->drained)
+			accept_fd_limit(w, li, -res);
+		else if (res < 0 && res != -EINVAL && res != -ECANCELED)
 			log_warn("worker %u: accept: %s", w->id, strerror(-res));
 	}
 }
@@ -446,6 +514,7 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_C_RECV:
 	case OP_C_SEND:
 	case OP_C_CANCEL:
+	case OP_C_POLL:
 		conn_on_cqe(w, ud.op, ud.idx, ud.gen, cqe->res, cqe->flags);
 		break;
 	case OP_U_CONNECT:
@@ -549,6 +618,10 @@ static void *worker_main(void *arg)
 			n++;
 		}
 		io_uring_cq_advance(&w->ring, n);
+		if (w->fd_short)
+			accept_fd_short(w);
+		if (w->accept_defer_n || w->shed_want)
+			conn_accept_deferred(w);
 		wait_service(w);
 		if (io_uring_cq_has_overflow(&w->ring))
 			log_warn("worker %u: completion queue overflow", w->id);

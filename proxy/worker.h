@@ -9,6 +9,9 @@
 
 struct steer_core;
 
+/* Accepts at the connection limit that wait for the end of a completion batch (conn.c). */
+#define ACCEPT_DEFER_MAX 64
+
 struct worker {
 	struct daemon *d;
 	uint32_t id;  /* worker index */
@@ -48,6 +51,18 @@ struct worker {
 	struct conn *conns;
 	uint32_t *conn_next_free;
 	uint32_t conn_cap, conn_free, conns_active;
+	uint32_t conn_limit; /* connections held: connections_per_core, or what the fds hold */
+	bool fd_limited;     /* conn_limit is the fds' (idle ones are closed to make room) */
+	int accept_defer[ACCEPT_DEFER_MAX]; /* accepted at the limit, placed after the batch */
+	uint32_t accept_defer_n;
+	uint32_t shed_want; /* idle connections to close after the batch (fd shortage) */
+	uint32_t fd_short;  /* listeners whose accept ran out of fds in this batch (bit mask) */
+
+	/* file-descriptor exhaustion (EMFILE/ENFILE) */
+	int reserve_fd;		  /* given up to accept and refuse one connection, then re-taken */
+	uint64_t accept_retry_ms; /* accepts paused by EMFILE resume at this tick (0: none) */
+	uint64_t fd_warned_ms;	  /* last warning (one per 10 s) */
+	uint64_t fd_errors;	  /* failures since that warning */
 
 	/* upstream connections */
 	struct ups *ups;
@@ -84,6 +99,8 @@ struct worker {
 
 /* Access log (worker.c): start a write of buffered lines if one is due. */
 void worker_log_flush(struct worker *w);
+/* An fd-limit error (what: "accept", "upstream socket"): one warning per 10 s, with a count. */
+void worker_fd_warn(struct worker *w, const char *what, int err);
 
 /* Creates worker id's state (not its ring: that is made in its own thread). 0 or -errno. */
 int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct config *cfg);

@@ -69,7 +69,7 @@ def test_one_well_formed_line_per_request_under_load(corral, backend, tmp_path, 
             e = json.loads(line)  # whole lines only: a torn or interleaved line fails here
             cores.add(e["core"])
             statuses[e["status"]] = statuses.get(e["status"], 0) + 1
-            assert e["bytes_out"] > 0 and e["duration_us"] >= 0, line
+            assert (e["bytes_out"] > 0 or e["status"] == 499) and e["duration_us"] >= 0, line
             # corral answered only the 413 itself; every other exchange went to the backend.
             assert e["upstream"] == (None if e["status"] == 413 else backend.address), line
             if e["status"] != 413:  # refused by the head parser: no request line is logged
@@ -78,7 +78,12 @@ def test_one_well_formed_line_per_request_under_load(corral, backend, tmp_path, 
             m = CLF.match(line)
             assert m, "not a combined-format line: %r" % line
             statuses[int(m.group(6))] = statuses.get(int(m.group(6)), 0) + 1
-    assert statuses == {200: served - 1, 404: 1, 413: 1}, statuses
+    # The backend has no /a... route: that one request is its 404, every other one a 200, but
+    # for the requests wrk still had in flight when it stopped and closed its connections: the
+    # client gave up on those, logged 499 (issue 8 defect 2), at most one per connection.
+    aborted = statuses.pop(499, 0)
+    assert aborted <= 2 * CONNS, aborted
+    assert statuses == {200: served - 1 - aborted, 404: 1, 413: 1}, statuses
     if fmt == "json":
         assert cores == {0, 1}, "both cores should have logged: %s" % cores
         odd = [json.loads(x) for x in lines if '"/a%22b' in x]

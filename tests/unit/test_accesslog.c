@@ -104,18 +104,20 @@ Test(accesslog, json_keeps_valid_utf8_and_escapes_only_invalid_bytes)
 	static const struct {
 		const char *in, *out; /* out: the decoded JSON string */
 	} cases[] = {
-		{ "caf\xc3\xa9", "caf\xc3\xa9" },			  /* é kept, not \u00c3\u00a9 */
-		{ "\xe2\x82\xac \xf0\x9f\x90\x84", "\xe2\x82\xac \xf0\x9f\x90\x84" }, /* € and U+1F404 */
-		{ "\xed\x9f\xbf\xf4\x8f\xbf\xbf", "\xed\x9f\xbf\xf4\x8f\xbf\xbf" }, /* U+D7FF, U+10FFFF */
-		{ "a\xc3", "a\xc3\x83" },		  /* a cut sequence: the lead byte as U+00C3 */
-		{ "\xc3(", "\xc3\x83(" },		  /* a lead byte without continuation */
-		{ "\xc0\xaf", "\xc3\x80\xc2\xaf" },	  /* overlong '/' */
-		{ "\xe0\x80\xaf", "\xc3\xa0\xc2\x80\xc2\xaf" }, /* overlong, 3 bytes */
-		{ "\xed\xa0\x80", "\xc3\xad\xc2\xa0\xc2\x80" }, /* a UTF-16 surrogate */
+		{ "caf\xc3\xa9", "caf\xc3\xa9" }, /* é kept, not \u00c3\u00a9 */
+		{ "\xe2\x82\xac \xf0\x9f\x90\x84",
+		  "\xe2\x82\xac \xf0\x9f\x90\x84" }, /* € and U+1F404 */
+		{ "\xed\x9f\xbf\xf4\x8f\xbf\xbf",
+		  "\xed\x9f\xbf\xf4\x8f\xbf\xbf" }, /* U+D7FF, U+10FFFF */
+		{ "a\xc3", "a\xc3\x83" },	    /* a cut sequence: the lead byte as U+00C3 */
+		{ "\xc3(", "\xc3\x83(" },	    /* a lead byte without continuation */
+		{ "\xc0\xaf", "\xc3\x80\xc2\xaf" }, /* overlong '/' */
+		{ "\xe0\x80\xaf", "\xc3\xa0\xc2\x80\xc2\xaf" },		    /* overlong, 3 bytes */
+		{ "\xed\xa0\x80", "\xc3\xad\xc2\xa0\xc2\x80" },		    /* a UTF-16 surrogate */
 		{ "\xf4\x90\x80\x80", "\xc3\xb4\xc2\x90\xc2\x80\xc2\x80" }, /* above U+10FFFF */
-		{ "\x80z", "\xc2\x80z" },		  /* a lone continuation byte */
+		{ "\x80z", "\xc2\x80z" }, /* a lone continuation byte */
 		{ "\xff\xfe", "\xc3\xbf\xc3\xbe" },
-		{ "x\x7f\x01", "x\x7f\x01" },		  /* DEL and controls escaped, decode back */
+		{ "x\x7f\x01", "x\x7f\x01" }, /* DEL and controls escaped, decode back */
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

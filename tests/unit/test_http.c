@@ -465,8 +465,16 @@ Test(http, accepts_every_method_llhttp_knows_except_connect)
 Test(http, forwards_any_token_method_with_and_without_a_body)
 {
 	static const char *const ext[] = {
-		"QUERY",	   "BAN",	   "X-CUSTOM", "VERSION-CONTROL", "MKWORKSPACE",
-		"UPDATEREDIRECTREF", "BASELINE-CONTROL", "ORDERPATCH", "get", "DESCRIBE",
+		"QUERY",
+		"BAN",
+		"X-CUSTOM",
+		"VERSION-CONTROL",
+		"MKWORKSPACE",
+		"UPDATEREDIRECTREF",
+		"BASELINE-CONTROL",
+		"ORDERPATCH",
+		"get",
+		"DESCRIBE",
 		"!#$%&'*+-.^_`|~09az",
 	};
 	char buf[256];

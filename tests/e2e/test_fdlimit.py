@@ -1,0 +1,173 @@
+"""Issue 8 defect 3: at the file-descriptor limit corral never spins and keeps serving. It raises its soft
+RLIMIT_NOFILE to the hard limit, says at start-up when the limit holds fewer client connections than
+limits.connections_per_core, and at the limit closes the longest-idle connections that carry no request
+in flight to make room (counted in conns_reclaimed), so a fresh client is served well under a second.
+corral runs under `prlimit --nofile=N:N` with a small N, so no test needs 20,000 fds."""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import conftest  # noqa: E402
+from conftest import SLOW  # noqa: E402
+from util import Client  # noqa: E402
+
+pytestmark = pytest.mark.corral_only
+
+
+@pytest.fixture
+def limited(corral, monkeypatch, tmp_path):
+    """corral(...) started as `prlimit --nofile=N:N corral -c ...` (prlimit execs corral: same pid)."""
+    real = conftest.binary
+
+    def start(nofile, backends, **over):
+        soft, hard = nofile if isinstance(nofile, tuple) else (nofile, nofile)
+        wrapper = tmp_path / ("corral-nofile-%d-%d" % (soft, hard))
+        wrapper.write_text('#!/bin/sh\nexec prlimit --nofile=%d:%d -- %s "$@"\n' % (soft, hard, real("corral")))
+        wrapper.chmod(0o755)
+        monkeypatch.setattr(conftest, "binary", lambda name: str(wrapper) if name == "corral" else real(name))
+        try:
+            return corral(backends, **over)
+        finally:
+            monkeypatch.setattr(conftest, "binary", real)
+
+    return start
+
+
+def stats(p):
+    r = subprocess.run([conftest.binary("corralctl"), "-s", p.cfg["admin"]["socket"], "stats", "--json"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["total"]
+
+
+def fresh_get(port, timeout):
+    t0 = time.monotonic()
+    with Client(port, timeout=timeout) as c:
+        r = c.get("/")
+    return r, time.monotonic() - t0
+
+
+def test_soft_limit_is_raised_to_the_hard_limit(limited, backend):
+    p = limited((64, 256), [backend])
+    lim = open("/proc/%d/limits" % p.proc.pid).read()
+    assert re.search(r"Max open files\s+256\s+256", lim), lim
+
+
+@pytest.mark.deadline(90)
+def test_idle_connections_make_room_for_a_fresh_client(limited, backend):
+    p = limited(128, [backend], workers={"cores": [0]}, limits={"connections_per_core": 1000})
+    log = p.log()
+    m = re.search(r"file descriptors: limit 128 .*holds about (\d+) client connections per core", log)
+    assert m, log[-3000:]
+    cap = int(m.group(1))
+    assert 4 <= cap < 64, cap
+    held = []
+    try:
+        # Idle keep-alive clients (one request each, so each also leaves an idle upstream
+        # connection in the pool), then clients that never send a byte: twice what fits.
+        for i in range(130):  # more than the 128 fds: without room made, accept hits EMFILE
+            c = Client(p.port, timeout=5 * SLOW)
+            if i % 2 == 0:
+                assert c.get("/").status == 200
+            held.append(c)
+        time.sleep(0.1)
+        base = stats(p)
+        assert base["conns_active"] <= cap + 1, base
+        worst = 0.0
+        for _ in range(10):
+            r, took = fresh_get(p.port, 5 * SLOW)
+            assert r.status == 200, r
+            worst = max(worst, took)
+        assert worst < 0.5 * SLOW, "a fresh client waited %.3f s at the limit" % worst
+        st = stats(p)
+        assert st["conns_reclaimed"] >= cap, st
+        assert st["conns_active"] <= cap + 1, st
+    finally:
+        for c in held:
+            c.close()
+    time.sleep(0.3 * SLOW)
+    log = p.log()
+    assert len(re.findall(r"accept: ", log)) <= 2, log[-3000:]  # no log line per failed accept
+    assert p.alive()
+
+
+def cpu_s(pid):
+    f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.deadline(90)
+def test_accept_at_emfile_does_not_spin_or_flood_and_keeps_answering(limited, backend):
+    """The admin plane's connections (control socket, scrapes) eat the slack the budget keeps and
+    requests in flight hold two fds each, so accepts and upstream sockets run into EMFILE: corral
+    sheds what is idle, answers 503 when nothing is (a client is told, never left waiting),
+    retries on the next tick, does not spin, logs one line per 10 s; once the requests end,
+    fresh clients get 200 again."""
+    p = limited(128, [backend], workers={"cores": [0]}, limits={"connections_per_core": 1000},
+                timeouts={"upstream_response_ms": 20000})
+    admin, busy = [], []
+    try:
+        for _ in range(32):  # the control socket's client limit
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(p.cfg["admin"]["socket"])
+            admin.append(s)
+        for _ in range(16):  # the metrics listener's connection limit
+            admin.append(socket.create_connection(("127.0.0.1", p.metrics_port)))
+        for _ in range(40):  # in flight for 3 s: a client fd and an upstream fd each
+            c = Client(p.port, timeout=10 * SLOW)
+            c.send(b"GET /delay/3000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            busy.append(c)
+        time.sleep(0.3)
+        cpu0, t0 = cpu_s(p.proc.pid), time.monotonic()
+        answers = {}
+        while time.monotonic() - t0 < 1.0:
+            r, took = fresh_get(p.port, 5 * SLOW)
+            assert took < 0.5 * SLOW, "a fresh client waited %.3f s" % took
+            answers[r.status] = answers.get(r.status, 0) + 1
+            time.sleep(0.05)
+        used = (cpu_s(p.proc.pid) - cpu0) / (time.monotonic() - t0)
+        print(stats(p) if False else "")
+        print("fds open in corral:", len(os.listdir("/proc/%d/fd" % p.proc.pid)), "answers", answers,
+              "cpu %.2f" % used)
+        assert set(answers) <= {200, 503} and sum(answers.values()) >= 5, answers
+        assert used < 0.5, "corral used %.0f%% CPU at the fd limit" % (100 * used)
+        for c in busy:  # the requests in flight complete (or got a 503 at EMFILE)
+            assert c.read_response().status in (200, 503)
+        r, took = fresh_get(p.port, 5 * SLOW)  # their connections are idle now: room is made
+        assert r.status == 200 and took < 0.5 * SLOW, (r, took)
+    finally:
+        for s in admin:
+            s.close()
+        for c in busy:
+            c.close()
+    time.sleep(0.2)
+    st = stats_via_metrics(p)
+    assert st["corral_fd_exhausted_total"] >= 1, st
+    log = p.log()
+    assert len(re.findall(r"(accept|upstream socket): Too many open files", log)) <= 2, log[-3000:]
+    assert p.alive(), log[-3000:]
+
+
+def stats_via_metrics(p):
+    s = socket.create_connection(("127.0.0.1", p.metrics_port), timeout=5)
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        data += d
+    s.close()
+    out = {}
+    for line in data.decode().splitlines():
+        m = re.match(r"(corral_\w+)\{[^}]*\} (\S+)$", line)
+        if m:
+            out[m.group(1)] = out.get(m.group(1), 0) + float(m.group(2))
+    return out
