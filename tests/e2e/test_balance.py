@@ -122,7 +122,7 @@ def check_sticky_and_spread(first, second, names):
     assert first == second, "the same key went to different backends: %r" % [
         (i, a, b) for i, (a, b) in enumerate(zip(first, second)) if a != b]
     spread = collections.Counter(first)
-    assert set(spread) == set(names) and min(spread.values()) >= len(first) // 10, \
+    assert set(spread) == set(names) and min(spread.values()) >= len(first) // 20, \
         "keys are not spread over the backends: %r" % spread
 
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from conftest import SLOW
-from upstreams import (SynCounter, backends, ctl_json, get_from, ms, port_of, reload_with, totals,
+from upstreams import (SynCounter, backends, ctl_json, get_from, metric, ms, port_of, reload_with, totals,
                        wait_until, wproxy)  # noqa: F401
 from util import BlackholeServer, Client, dead_address
 
@@ -43,6 +43,10 @@ def test_failover_answers_every_request_and_marks_the_dead_backend_down(wproxy, 
     assert rows[dead]["errors"] == tried, rows
     assert rows[live.address]["state"] == "up", rows
     assert rows[live.address]["requests"] == 40
+    # The same in Prometheus terms.
+    assert metric(p, "corral_backend_up", backend=dead) == 0
+    assert metric(p, "corral_backend_up", backend=live.address) == 1
+    assert metric(p, "corral_backend_errors_total", backend=dead) == tried
 
 
 def test_unreachable_backend_costs_each_core_one_connect_timeout_at_most(wproxy, backend_factory):

@@ -13,6 +13,7 @@ F = "tests/e2e/test_failover.py::"
 P = "tests/e2e/test_upstream_pool.py::"
 L = "tests/e2e/test_linger.py::"
 S = "tests/e2e/test_selfmade.py::"
+A = "tests/e2e/test_backend_admin.py::"
 
 MUTATIONS = [
     # --- the audit's five (tests-4f81db5.md finding 1) ---
@@ -59,6 +60,23 @@ MUTATIONS = [
          replace="static void be_active_dec(struct worker *w, uint16_t b)\n{\n\t(void)0;",
          tests=[B + "test_least_conn_follows_in_flight_requests"]),
 
+    dict(name="disabled-backend-still-usable", file="proxy/ups.c",
+         search="!__atomic_load_n(&b->enabled, __ATOMIC_RELAXED))",
+         replace="(!__atomic_load_n(&b->enabled, __ATOMIC_RELAXED) && 0))",
+         tests=[A + "test_disable_and_enable_take_effect_on_traffic"]),
+    dict(name="reload-re-enables-disabled", file="proxy/main.c",
+         search="\t\t\t__atomic_store_n(&b->enabled, 1, __ATOMIC_RELAXED);\n"
+                "\t\t\t__atomic_store_n(&b->down_until_ms, 0, __ATOMIC_RELAXED);\n\t\t}\n",
+         replace="\t\t\t__atomic_store_n(&b->down_until_ms, 0, __ATOMIC_RELAXED);\n\t\t}\n"
+                 "\t\t__atomic_store_n(&b->enabled, 1, __ATOMIC_RELAXED);\n",
+         tests=[A + "test_a_disabled_backend_stays_disabled_across_a_reload"]),
+    dict(name="reload-keeps-old-weights", file="proxy/main.c",
+         search="\t\t__atomic_store_n(&b->weight, cfg->backends[i].weight, __ATOMIC_RELAXED);",
+         replace="\t\tif (s->version == 1)\n"
+                 "\t\t\t__atomic_store_n(&b->weight, cfg->backends[i].weight, __ATOMIC_RELAXED);",
+         tests=[B + "test_weight_zero_drains_a_backend_by_reload",
+                A + "test_backend_weight_zero_by_corralctl_and_reload_resets_it"]),
+
     # --- failover and passive health ---
     dict(name="tried-backends-not-skipped", file="proxy/ups.c",
          search="if (tried & (1ULL << (id & 63)))",
@@ -80,6 +98,10 @@ MUTATIONS = [
     dict(name="retries-not-counted", file="proxy/conn.c",
          search="\tSTAT_ADD(w->stats->upstream_retries, 1);\n\texchange_connect(w, c);\n}",
          replace="\texchange_connect(w, c);\n}",
+         tests=[F + "test_failover_answers_every_request_and_marks_the_dead_backend_down"]),
+    dict(name="backend-up-metric-ignores-health", file="proxy/main.c",
+         search="out->healthy = __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED) <= now_ms();",
+         replace="out->healthy = 1;",
          tests=[F + "test_failover_answers_every_request_and_marks_the_dead_backend_down"]),
     dict(name="connect-timeout-not-counted", file="proxy/conn.c",
          search="\tcase T_CONNECT:\n\t\tSTAT_ADD(w->stats->timeouts, 1);",
