@@ -123,6 +123,15 @@ MUTATIONS = [
          tests=[P + "test_upstream_idle_per_backend_zero_turns_keep_alive_off",
                 P + "test_upstream_idle_per_backend_bounds_the_pool"]),
 
+    dict(name="pool-retry-counted-as-attempt", file="proxy/conn.c",
+         search="\t\t\tc->attempts--;\n",
+         replace="",
+         tests=[P + "test_idempotent_request_on_a_pooled_connection_the_backend_closed_is_retried_uncounted"]),
+    dict(name="pool-retry-for-any-method", file="proxy/conn.c",
+         search="if (u->reused && c->req_idempotent && c->req_state == RQ_DONE &&",
+         replace="if (u->reused && c->req_state == RQ_DONE &&",
+         tests=[P + "test_idempotent_request_on_a_pooled_connection_the_backend_closed_is_retried_uncounted"]),
+
     # --- lingering close ---
     dict(name="linger-timer-never-armed", file="proxy/conn.c",
          search="if (!c->active || (c->closing && !c->lingering))\n\t\treturn;\n\tif (c->lingering) {",
