@@ -95,8 +95,8 @@ def test_parked_backend_is_skipped_for_backend_park_ms_then_tried_again(wproxy, 
             assert get_from(p.port, "/").status == 200
             n += 1
             time.sleep(0.01)
-        elapsed = time.monotonic() - t_fail
         still = backends(p)[dead]["state"]
+        elapsed = time.monotonic() - t_fail
         assert elapsed < park_s, "the machine is too slow for this check (%.2f s)" % elapsed
         assert syn.settle() == 0, "a parked backend was tried %d times within backend_park_ms" % syn.count()
         assert still == "down", "parked for less than backend_park_ms (%.2f s of %.2f s)" % (elapsed, park_s)
