@@ -132,6 +132,17 @@ MUTATIONS = [
          replace="if (u->reused && c->req_state == RQ_DONE &&",
          tests=[P + "test_idempotent_request_on_a_pooled_connection_the_backend_closed_is_retried_uncounted"]),
 
+    # --- timers ---
+    dict(name="body-timer-not-rearmed-on-progress", file="proxy/conn.c",
+         search="if ((cls == T_HEADER || cls == T_LINGER || cls == T_CONNECT) && c->t.tclass == cls)",
+         replace="if ((cls == T_HEADER || cls == T_LINGER || cls == T_CONNECT || cls == T_BODY) &&\n\t    c->t.tclass == cls)",
+         tests=["tests/e2e/test_upstream_timeouts.py::test_an_upload_that_keeps_coming_is_not_cut_by_client_body_ms"]),
+    dict(name="upstream-timeout-never-fires", file="proxy/conn.c",
+         search="\t\tcls = T_UPSTREAM;\n\t\tms = t->upstream_response_ms;",
+         replace="\t\tcls = T_UPSTREAM;\n\t\tms = t->upstream_response_ms * 1000;",
+         tests=["tests/e2e/test_upstream_timeouts.py::test_a_body_that_stalls_longer_than_upstream_response_ms_is_cut",
+                S + "test_504_from_a_silent_backend_is_logged_with_its_upstream_and_counted"]),
+
     # --- lingering close ---
     dict(name="linger-timer-never-armed", file="proxy/conn.c",
          search="if (!c->active || (c->closing && !c->lingering))\n\t\treturn;\n\tif (c->lingering) {",
