@@ -208,3 +208,17 @@ def test_a_failed_backend_is_not_tried_again_by_the_same_core_within_backend_par
             worst.append(syn.settle())
         p.check_exit()
     assert max(worst) == 1, "connect attempts to the dead backend per round (one core): %r" % worst
+
+
+def test_when_every_backend_is_parked_they_are_tried_anyway(wproxy):
+    d1, d2 = dead_address(), dead_address()
+    with SynCounter([port_of(d1), port_of(d2)]) as syn:
+        p = wproxy([d1, d2], timeouts={"backend_park_ms": ms(20000)})
+        assert statuses(p.port, 4) == [502] * 4
+        assert wait_until(lambda: all(b["state"] == "down" for b in backends(p).values()), 2), backends(p)
+        syn.settle()
+        syn.reset()
+        # Both parked: corral still tries them (a 502 from a connect attempt, not a 503 from
+        # having no backend), so a backend that comes back is found at once.
+        assert statuses(p.port, 4) == [502] * 4
+        assert syn.settle() == 8
