@@ -7,7 +7,7 @@ import time
 import pytest
 
 from conftest import SLOW
-from upstreams import (SynCounter, backends, ctl_json, get_from, metric, ms, port_of, reload_with, totals,
+from upstreams import (SynCounter, backends, ctl, ctl_json, get_from, metric, ms, port_of, reload_with, totals,
                        wait_until, wproxy)  # noqa: F401
 from util import BlackholeServer, Client, dead_address
 
@@ -43,7 +43,14 @@ def test_failover_answers_every_request_and_marks_the_dead_backend_down(wproxy, 
     assert rows[dead]["errors"] == tried, rows
     assert rows[live.address]["state"] == "up", rows
     assert rows[live.address]["requests"] == 40
-    # The same in Prometheus terms.
+    # The same in corralctl's table and in Prometheus terms.
+    table = ctl(p, "backends")
+    assert table.returncode == 0, table.stderr
+    row = [ln.split() for ln in table.stdout.splitlines() if dead in ln]
+    assert len(row) == 1 and "down" in row[0], table.stdout
+    row = [ln.split() for ln in table.stdout.splitlines() if live.address in ln]
+    assert len(row) == 1 and "up" in row[0], table.stdout
+
     assert metric(p, "corral_backend_up", backend=dead) == 0
     assert metric(p, "corral_backend_up", backend=live.address) == 1
     assert metric(p, "corral_backend_errors_total", backend=dead) == tried
