@@ -6,8 +6,7 @@ import time
 
 import pytest
 
-from conftest import SLOW
-from upstreams import (SynCounter, backends, ctl, ctl_json, get_from, metric, ms, port_of, reload_with, totals,
+from upstreams import (SynCounter, backends, ctl, get_from, metric, ms, port_of, reload_with, totals,
                        wait_until, wproxy)  # noqa: F401
 from util import BlackholeServer, Client, dead_address
 
