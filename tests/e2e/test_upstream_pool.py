@@ -81,3 +81,44 @@ def test_upstream_idle_per_backend_bounds_the_pool(wproxy, backend, request):
     assert probe.conns() == 4
     assert wait_until(lambda: totals(p)["pool"]["idle"] == 2, 2), totals(p)["pool"]
     assert wait_until(lambda: probe.active() == 2, 2), backend.stats()
+
+
+def closing_second_request(up, req):
+    """A backend that closes a kept-alive connection instead of answering its second request,
+    as one does when its own keep-alive timeout ends just as corral reuses the connection."""
+    from recorder import OK
+    if len(up.requests) >= 2:
+        return "close"
+    up.send(OK)
+    return "keep"
+
+
+def test_idempotent_request_on_a_pooled_connection_the_backend_closed_is_retried_uncounted(wproxy):
+    from recorder import Recorder
+    rec = Recorder(handler=closing_second_request)
+    try:
+        # upstream_attempts_max 1: the retry on a fresh connection must not count as an attempt.
+        p = wproxy([rec.address], workers={"cores": [0]}, limits={"upstream_attempts_max": 1})
+        t0 = totals(p)
+        with Client(p.port) as c:
+            assert c.get("/one").status == 200
+            r = c.get("/two")
+            assert r.status == 200 and r.body == b"ok", r
+            t1 = totals(p)
+            # A POST is not idempotent: corral cannot know whether the backend acted on it.
+            r = c.request("POST", "/three", body=b"data")
+            assert r.status == 502, r
+        with Client(p.port) as c:  # the same without a body
+            assert c.get("/four").status == 200
+            r = c.request("POST", "/five")
+            assert r.status == 502, r
+        rec.settle()
+        got = [(q.method, q.target, q.complete) for q in rec.requests]
+    finally:
+        rec.close()
+    assert got == [("GET", "/one", True), ("GET", "/two", True), ("GET", "/two", True),
+                   ("POST", "/three", True), ("GET", "/four", True), ("POST", "/five", True)], got
+    # /one and the first /two on the first connection; the retried /two, then the POST, on the second.
+    assert [len(u.requests) for u in rec.conns] == [2, 2, 2], [len(u.requests) for u in rec.conns]
+    assert t1["upstream_retries"] - t0["upstream_retries"] == 1
+    assert t1["responses"]["2xx"] - t0["responses"]["2xx"] == 2

@@ -40,6 +40,25 @@ def backends(proxy):
     return {b["addr"]: b for b in rows}
 
 
+def metric(proxy, name, **labels):
+    """The value of one series from corral's /metrics (None when absent)."""
+    from util import simple_get
+    r = simple_get(proxy.metrics_port, "/metrics")
+    assert r.status == 200, r
+    want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
+    for line in r.body.decode().splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        n, _, lab = key.partition("{")
+        if n != name:
+            continue
+        got = ",".join(sorted(x for x in lab.rstrip("}").split(",") if x))
+        if got == want:
+            return float(value)
+    return None
+
+
 def wait_until(pred, timeout, step=0.02, what="condition"):
     """Polls pred() until it returns a true value or timeout*SLOW seconds pass; returns its last value."""
     deadline = time.monotonic() + timeout * SLOW

@@ -13,6 +13,7 @@ F = "tests/e2e/test_failover.py::"
 P = "tests/e2e/test_upstream_pool.py::"
 L = "tests/e2e/test_linger.py::"
 S = "tests/e2e/test_selfmade.py::"
+A = "tests/e2e/test_backend_admin.py::"
 
 MUTATIONS = [
     # --- the audit's five (tests-4f81db5.md finding 1) ---
@@ -44,6 +45,14 @@ MUTATIONS = [
          search="wt = __atomic_load_n(&w->d->backends[id].weight, __ATOMIC_RELAXED);\n\t\tw->rr_cur[id] += wt;",
          replace="wt = 1;\n\t\tw->rr_cur[id] += wt;",
          tests=[B + "test_weighted_round_robin_3_to_1"]),
+    dict(name="hash-ignores-weights", file="proxy/ups.c",
+         search="score = (double)__atomic_load_n(&w->d->backends[id].weight, __ATOMIC_RELAXED) /",
+         replace="score = (double)(__atomic_load_n(&w->d->backends[id].weight, __ATOMIC_RELAXED) > 0) /",
+         tests=[B + "test_hash_uri_spreads_keys_by_weight"]),
+    dict(name="least-conn-ignores-weights", file="proxy/ups.c",
+         search="wt = __atomic_load_n(&w->d->backends[id].weight, __ATOMIC_RELAXED);\n\t\tif (best < 0 || a * best_w < best_a * wt) {",
+         replace="wt = 1;\n\t\tif (best < 0 || a * best_w < best_a * wt) {",
+         tests=[B + "test_least_conn_weighs_in_flight_counts_by_weight"]),
     dict(name="weight-zero-still-usable", file="proxy/ups.c",
          search="if (__atomic_load_n(&b->weight, __ATOMIC_RELAXED) == 0 ||",
          replace="if (__atomic_load_n(&b->weight, __ATOMIC_RELAXED) == 1000000 ||",
@@ -59,11 +68,32 @@ MUTATIONS = [
          replace="static void be_active_dec(struct worker *w, uint16_t b)\n{\n\t(void)0;",
          tests=[B + "test_least_conn_follows_in_flight_requests"]),
 
+    dict(name="disabled-backend-still-usable", file="proxy/ups.c",
+         search="!__atomic_load_n(&b->enabled, __ATOMIC_RELAXED))",
+         replace="(!__atomic_load_n(&b->enabled, __ATOMIC_RELAXED) && 0))",
+         tests=[A + "test_disable_and_enable_take_effect_on_traffic"]),
+    dict(name="reload-re-enables-disabled", file="proxy/main.c",
+         search="\t\t\t__atomic_store_n(&b->enabled, 1, __ATOMIC_RELAXED);\n"
+                "\t\t\t__atomic_store_n(&b->down_until_ms, 0, __ATOMIC_RELAXED);\n\t\t}\n",
+         replace="\t\t\t__atomic_store_n(&b->down_until_ms, 0, __ATOMIC_RELAXED);\n\t\t}\n"
+                 "\t\t__atomic_store_n(&b->enabled, 1, __ATOMIC_RELAXED);\n",
+         tests=[A + "test_a_disabled_backend_stays_disabled_across_a_reload"]),
+    dict(name="reload-keeps-old-weights", file="proxy/main.c",
+         search="\t\t__atomic_store_n(&b->weight, cfg->backends[i].weight, __ATOMIC_RELAXED);",
+         replace="\t\tif (s->version == 1)\n"
+                 "\t\t\t__atomic_store_n(&b->weight, cfg->backends[i].weight, __ATOMIC_RELAXED);",
+         tests=[B + "test_weight_zero_drains_a_backend_by_reload",
+                A + "test_backend_weight_zero_by_corralctl_and_reload_resets_it"]),
+
     # --- failover and passive health ---
     dict(name="tried-backends-not-skipped", file="proxy/ups.c",
          search="if (tried & (1ULL << (id & 63)))",
          replace="if (0 && (tried & (1ULL << (id & 63))))",
          tests=[F + "test_hash_key_whose_backend_is_dead_fails_over_to_another"]),
+    dict(name="all-parked-not-tried", file="proxy/ups.c",
+         search="for (int pass = 0; pass < 2 && r < 0; pass++) {",
+         replace="for (int pass = 0; pass < 1 && r < 0; pass++) {",
+         tests=[F + "test_when_every_backend_is_parked_they_are_tried_anyway"]),
     dict(name="attempts-off-by-one", file="proxy/conn.c",
          search="if (c->attempts >= max_attempts) {",
          replace="if (c->attempts > max_attempts) {",
@@ -80,6 +110,10 @@ MUTATIONS = [
     dict(name="retries-not-counted", file="proxy/conn.c",
          search="\tSTAT_ADD(w->stats->upstream_retries, 1);\n\texchange_connect(w, c);\n}",
          replace="\texchange_connect(w, c);\n}",
+         tests=[F + "test_failover_answers_every_request_and_marks_the_dead_backend_down"]),
+    dict(name="backend-up-metric-ignores-health", file="proxy/main.c",
+         search="out->healthy = __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED) <= now_ms();",
+         replace="out->healthy = 1;",
          tests=[F + "test_failover_answers_every_request_and_marks_the_dead_backend_down"]),
     dict(name="connect-timeout-not-counted", file="proxy/conn.c",
          search="\tcase T_CONNECT:\n\t\tSTAT_ADD(w->stats->timeouts, 1);",
@@ -100,6 +134,26 @@ MUTATIONS = [
          replace="w->pool_n[b] > w->snap->cfg.limits.upstream_idle_per_backend",
          tests=[P + "test_upstream_idle_per_backend_zero_turns_keep_alive_off",
                 P + "test_upstream_idle_per_backend_bounds_the_pool"]),
+
+    dict(name="pool-retry-counted-as-attempt", file="proxy/conn.c",
+         search="\t\t\tc->attempts--;\n",
+         replace="",
+         tests=[P + "test_idempotent_request_on_a_pooled_connection_the_backend_closed_is_retried_uncounted"]),
+    dict(name="pool-retry-for-any-method", file="proxy/conn.c",
+         search="if (u->reused && c->req_idempotent && c->req_state == RQ_DONE &&",
+         replace="if (u->reused && c->req_state == RQ_DONE &&",
+         tests=[P + "test_idempotent_request_on_a_pooled_connection_the_backend_closed_is_retried_uncounted"]),
+
+    # --- timers ---
+    dict(name="body-timer-not-rearmed-on-progress", file="proxy/conn.c",
+         search="if ((cls == T_HEADER || cls == T_LINGER || cls == T_CONNECT) && c->t.tclass == cls)",
+         replace="if ((cls == T_HEADER || cls == T_LINGER || cls == T_CONNECT || cls == T_BODY) &&\n\t    c->t.tclass == cls)",
+         tests=["tests/e2e/test_upstream_timeouts.py::test_an_upload_that_keeps_coming_is_not_cut_by_client_body_ms"]),
+    dict(name="upstream-timeout-never-fires", file="proxy/conn.c",
+         search="\t\tcls = T_UPSTREAM;\n\t\tms = t->upstream_response_ms;",
+         replace="\t\tcls = T_UPSTREAM;\n\t\tms = t->upstream_response_ms * 1000;",
+         tests=["tests/e2e/test_upstream_timeouts.py::test_a_body_that_stalls_longer_than_upstream_response_ms_is_cut",
+                S + "test_504_from_a_silent_backend_is_logged_with_its_upstream_and_counted"]),
 
     # --- lingering close ---
     dict(name="linger-timer-never-armed", file="proxy/conn.c",
