@@ -37,6 +37,12 @@ struct balance_state {
 	int64_t rr_cur[BACKEND_IDS_MAX];    /* smooth WRR current weights */
 	uint32_t inflight[BACKEND_IDS_MAX]; /* exchanges in flight from this core (least-conn) */
 	uint32_t lc_rot;		     /* least-conn tie breaker: rotates the scan start */
+	/*
+	 * Passive health seen by this core at once: a connect failure here parks the backend for
+	 * this core until then, without waiting for the main thread's next scan to publish
+	 * backend_rt.down_until_ms to every core (HEALTH_SCAN_MS later).
+	 */
+	uint64_t park_until_ms[BACKEND_IDS_MAX];
 };
 
 #endif

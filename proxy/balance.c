@@ -32,7 +32,8 @@ static uint32_t usable_weight(const struct pick *p, uint16_t id)
 	/* Down by health checks (or by traffic until a check passes): not even as a last try. */
 	if (__atomic_load_n(&b->down, __ATOMIC_RELAXED))
 		return 0;
-	if (p->skip_parked && __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED) > p->now_ms)
+	if (p->skip_parked && (__atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED) > p->now_ms ||
+			       p->bs->park_until_ms[id] > p->now_ms))
 		return 0;
 	return wt;
 }

@@ -9,7 +9,7 @@
  * Picks a backend for one attempt by the snapshot's balance policy (smooth weighted
  * round-robin, least-conn over bs->inflight, or weighted rendezvous hashing of key for
  * hash-uri / hash-client). Usable means: weight > 0, enabled, not in tried, and not parked
- * (rt[id].down_until_ms > now_ms) -- unless every otherwise usable backend is parked, then
+ * (rt[id].down_until_ms or bs->park_until_ms[id] > now_ms) -- unless every otherwise usable backend is parked, then
  * parked ones are tried too. Reads rt with relaxed loads; updates bs (round-robin weights,
  * least-conn rotation) but not bs->inflight. Returns an index into s->cfg.backends, or
  * BALANCE_NONE.
@@ -27,6 +27,14 @@ static inline void balance_inflight_dec(struct balance_state *bs, uint16_t id)
 {
 	BUG_ON(bs->inflight[id] == 0);
 	bs->inflight[id]--;
+}
+
+/* This core failed to connect to backend id: skip it here until until_ms (passive health). */
+static inline void balance_park(struct balance_state *bs, uint16_t id, uint64_t until_ms)
+{
+	BUG_ON(id >= BACKEND_IDS_MAX);
+	if (until_ms > bs->park_until_ms[id])
+		bs->park_until_ms[id] = until_ms;
 }
 
 static inline void tried_clear(struct tried_set *t)

@@ -1276,8 +1276,13 @@ static void exchange_retry(struct worker *w, struct conn *c, int err_class)
 	STAT_ADD(w->bstats[b].errors, 1);
 	be_active_dec(w, b);
 	if (u && !u->reused) {
-		/* Passive health: reported here, decided by the main thread (health_scan). */
+		/*
+		 * Passive health: this core skips the backend at once; the main thread
+		 * (health_scan) publishes the park to every core at its next scan.
+		 */
 		STAT_SET(w->bstats[b].connect_fail_ms, w->now_ms);
+		if (w->snap->cfg.timeouts.backend_park_ms)
+			balance_park(&w->bal, b, w->now_ms + w->snap->cfg.timeouts.backend_park_ms);
 	}
 	exchange_detach_ups(w, c);
 	c->req_head_sent = false;

@@ -192,10 +192,6 @@ def test_failover_past_a_dead_backend_with_more_than_64_backends(wproxy, backend
     assert statuses(p.port, 10) == [200] * 10
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a backend that failed a connect is parked only at the main "
-                   "thread's next health scan (every 100 ms, main.c health_scan); until then the same core "
-                   "keeps trying it, while config.md promises it is skipped by every core for "
-                   "backend_park_ms after the failure (passive health; not on any branch yet)")
 def test_a_failed_backend_is_not_tried_again_by_the_same_core_within_backend_park_ms(wproxy, backend_factory):
     live = backend_factory(ident="live")
     # Five rounds, each with a fresh dead backend: one round can pass by luck (the scan may run

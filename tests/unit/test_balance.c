@@ -171,6 +171,27 @@ Test(balance, parked_backends_are_skipped_while_another_is_usable)
 	}
 }
 
+Test(balance, a_backend_this_core_parked_is_skipped_before_the_main_thread_publishes_it)
+{
+	for (size_t p = 0; p < POLICIES_N; p++) {
+		struct model *m = model_new(all_policies[p], 2, NULL);
+		uint32_t counts[2];
+
+		balance_park(&m->bs, id_of(0), m->now_ms + 300);
+		count_picks(m, 50, counts);
+		cr_assert_eq(counts[1], 50, "policy %d", all_policies[p]);
+		/* The park ends on time; and parked everywhere, it is still tried. */
+		m->now_ms += 300;
+		count_picks(m, 50, counts);
+		cr_assert_gt(counts[0], 0, "policy %d: park did not end", all_policies[p]);
+		balance_park(&m->bs, id_of(0), m->now_ms + 300);
+		balance_park(&m->bs, id_of(1), m->now_ms + 300);
+		count_picks(m, 10, counts);
+		cr_assert_eq(counts[0] + counts[1], 10);
+		free(m);
+	}
+}
+
 Test(balance, when_every_backend_is_parked_they_are_tried_anyway)
 {
 	for (size_t p = 0; p < POLICIES_N; p++) {
