@@ -198,7 +198,7 @@ CPPCHECK_FLAGS := --quiet --std=c11 --enable=warning,style,performance,portabili
 	--library=tools/lint/cppcheck.cfg --suppressions-list=tools/lint/cppcheck-suppressions.txt \
 	--inline-suppr --suppress=missingIncludeSystem --error-exitcode=1 -j2 \
 	-D_GNU_SOURCE -D__x86_64__ -Iproxy -Ibpf -I$(B)/bpf -I$(LLHTTP_INC)
-lint: deps $(BPF_SKEL)
+lint: deps-test $(BPF_SKEL)
 	clang-format --dry-run --Werror $(FMT_SRC)
 	cppcheck $(CPPCHECK_FLAGS) $(filter %.c,$(FMT_SRC))
 
