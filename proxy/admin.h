@@ -143,6 +143,11 @@ int ctl_open_takeover(struct ctl **out, const char *path, const struct admin_ops
  * ({"ok":true,"pid":PID} or the reason). NULL c is fine.
  */
 void ctl_upgrade_done(struct ctl *c, int rc, int pid, const char *why);
+/*
+ * Before exiting after an upgrade: answers the clients that reached this process (accepting
+ * those still queued) for at most timeout_ms; new ones find the successor. NULL is fine.
+ */
+void ctl_handoff(struct ctl *c, uint32_t timeout_ms);
 /* The one fd for the main loop to poll for POLLIN (an epoll fd: listener, clients, timer). */
 int ctl_fd(const struct ctl *c);
 /* Runs everything that is ready: accepts, reads, answers, writes, the 1 s rate sampler. */
@@ -167,6 +172,11 @@ int metrics_open_fd(struct metrics **out, int fd, const struct admin_ops *ops, c
 		    size_t errlen);
 int metrics_fd(const struct metrics *m);	/* poll for POLLIN */
 int metrics_listen_fd(const struct metrics *m); /* the listening socket (-1 for NULL) */
+/*
+ * Before handing the listener to an upgrade's successor: stops accepting and answers the
+ * connections already accepted (each asks one thing), for at most timeout_ms. NULL is fine.
+ */
+void metrics_handoff(struct metrics *m, uint32_t timeout_ms);
 uint16_t metrics_port(const struct metrics *m); /* the bound port (useful with port 0) */
 void metrics_service(struct metrics *m);
 void metrics_close(struct metrics *m);

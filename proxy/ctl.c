@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -728,6 +729,29 @@ void ctl_upgrade_done(struct ctl *c, int rc, int pid, const char *why)
 		if (ctl_client_flush(c, cl))
 			ctl_client_process(c, cl);
 	}
+}
+
+void ctl_handoff(struct ctl *c, uint32_t timeout_ms)
+{
+	uint64_t end = ctl_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	bool open;
+
+	if (!c)
+		return;
+	/* Whoever connected before the successor renamed its socket over the path is ours. */
+	ctl_accept(c);
+	epoll_ctl(c->ep, EPOLL_CTL_DEL, c->lfd, NULL);
+	do {
+		struct pollfd pf = { .fd = c->ep, .events = POLLIN };
+
+		open = false;
+		for (int i = 0; i < CTL_CLIENTS_MAX; i++)
+			open |= c->clients[i].fd >= 0;
+		if (!open)
+			break;
+		if (poll(&pf, 1, 10) > 0)
+			ctl_service(c);
+	} while (ctl_now_ns() < end);
 }
 
 int ctl_fd(const struct ctl *c)

@@ -47,6 +47,8 @@ static bool join_live_group;
  * machine and stay below corralctl's wait for the reply (30 s).
  */
 #define UPGRADE_READY_MS 20000
+/* A scrape is answered in well under a millisecond; 1 s bounds a client that sends nothing. */
+#define METRICS_HANDOFF_MS 1000
 static char self_exe[PATH_MAX]; /* our binary's path as it was at start */
 static char **self_argv;
 static struct upgrade_env UE = { .fd = -1, .metrics_fd = -1 }; /* as a successor */
@@ -1431,7 +1433,12 @@ int main(int argc, char **argv)
 out_workers:
 	health_close(HC);
 	HC = NULL;
+	if (handing_over)
+		ctl_handoff(ctl, METRICS_HANDOFF_MS);
 	ctl_close(ctl);
+	/* Answers the scrapes it accepted: closing under one would fail it. */
+	if (handing_over && metrics_live)
+		metrics_handoff(met, METRICS_HANDOFF_MS);
 	metrics_close(met);
 	/* Only now does the successor serve the metrics listener (end-of-file on its fd 3). */
 	if (UP.fd >= 0)

@@ -1,6 +1,7 @@
 /* Metrics listener: Prometheus text exposition on GET /metrics, served by the main thread. */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -625,6 +626,29 @@ void metrics_service(struct metrics *m)
 int metrics_fd(const struct metrics *m)
 {
 	return m->ep;
+}
+
+void metrics_handoff(struct metrics *m, uint32_t timeout_ms)
+{
+	uint64_t end = metrics_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	bool open;
+
+	if (!m)
+		return;
+	/* No new connection: they queue on the listener for the successor. */
+	epoll_ctl(m->ep, EPOLL_CTL_DEL, m->lfd, NULL);
+	do {
+		struct pollfd pf = { .fd = m->ep, .events = POLLIN };
+		uint32_t j;
+
+		open = false;
+		for (j = 0; j < METRICS_CONNS_MAX; j++)
+			open |= m->conns[j].fd >= 0;
+		if (!open)
+			break;
+		if (poll(&pf, 1, 10) > 0)
+			metrics_service(m);
+	} while (metrics_now_ns() < end);
 }
 
 int metrics_listen_fd(const struct metrics *m)
