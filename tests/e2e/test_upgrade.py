@@ -71,11 +71,11 @@ def wait_gone(pid, seconds):
 
 
 class Load:
-    """Bounded load: `threads` clients, each opening connections of 1-4 keep-alive requests
-    (GET and POST alternately, each POST with a unique id), until stopped or `max_conns` is
-    reached. Every error is kept."""
+    """Bounded load: `threads` clients, each opening connections of 1-4 keep-alive requests (or
+    40 for every other client), GET and POST alternately, each POST with a unique id, a few ms
+    apart, until stopped or `max_conns` is reached. Every error is kept."""
 
-    def __init__(self, port, threads=6, max_conns=6000):
+    def __init__(self, port, threads=8, max_conns=6000):
         self.port = port
         self.lock = threading.Lock()
         self.stop_ev = threading.Event()
@@ -100,7 +100,11 @@ class Load:
             n += 1
             c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20 * SLOW)
             try:
-                for k in range(1 + n % 4):
+                # Half the clients keep a connection for 40 requests: it spans a drain.
+                for k in range(40 if tid % 2 else 1 + n % 4):
+                    if k:
+                        # Think time: keep-alive connections are idle when a drain begins.
+                        time.sleep(0.001 * ((n + k) % 6))
                     if (n + k) % 2:
                         pid = "%d-%d-%d" % (tid, n, k)
                         c.request("POST", "/post/" + pid, body=pid.encode(),
