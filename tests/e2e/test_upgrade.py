@@ -394,3 +394,39 @@ def test_upgrade_to_a_binary_that_exits_at_once_fails_and_the_old_one_serves(cor
         p.log()[-2000:]
     assert ctl(sock, {"cmd": "status"})["pid"] == p.proc.pid
     rec.close()
+
+
+def test_upgrade_under_systemd_notify_sends_the_new_mainpid(tmp_path):
+    from test_sdnotify import Daemon, Notify, get
+    n = Notify(str(tmp_path))
+    rec = Recorder()
+    d = Daemon(str(tmp_path), rec, {"NOTIFY_SOCKET": n.env})
+    new = None
+    try:
+        m = n.recv(15)
+        assert m and m.get("READY") == "1" and m.get("MAINPID") == str(d.proc.pid), (m, d.text())
+        r = subprocess.run([binary("corralctl"), "-s", d.sock, "upgrade"], capture_output=True, text=True,
+                           timeout=40 * SLOW)
+        assert r.returncode == 0, r.stdout + r.stderr + d.text()
+        new = int(r.stdout.split("new pid ")[1].split()[0])
+        m = n.recv(10)
+        assert m and m.get("MAINPID") == str(new) and m.get("READY") == "1", m
+        assert d.proc.wait(20 * SLOW) == 0
+        # The old process said nothing that would make systemd think the service stops.
+        m = n.recv(0.3)
+        assert m is None or "STOPPING" not in m, m
+        assert get(d.port()) == 200
+        os.kill(new, signal.SIGTERM)
+        m = n.recv(10)
+        assert m and m.get("STOPPING") == "1", m
+        assert wait_gone(new, 20 * SLOW)
+        new = None
+    finally:
+        if new:
+            stop_pid(new)
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(5)
+        d.log.close()
+        n.close()
+        rec.close()
