@@ -430,3 +430,40 @@ def test_upgrade_under_systemd_notify_sends_the_new_mainpid(tmp_path):
         d.log.close()
         n.close()
         rec.close()
+
+
+def test_upgrade_carries_the_drain_and_policy_over(corral):
+    rec = Recorder()
+    p = start_corral(corral, rec)
+    sock = p.cfg["admin"]["socket"]
+    st = ctl(sock, {"cmd": "status"})
+    if st["steering"]["mode"] != "bpf":
+        conftest.need(False, "steering is not bpf here: %s" % st["steering"])
+    assert ctl(sock, {"cmd": "drain", "core": 0})["ok"]
+    assert ctl(sock, {"cmd": "policy", "set": "least-conn"})["ok"]
+    r = subprocess.run([binary("corralctl"), "-s", sock, "upgrade", "--json"], capture_output=True,
+                       text=True, timeout=40 * SLOW)
+    assert r.returncode == 0, r.stdout + r.stderr
+    new = json.loads(r.stdout)["pid"]
+    try:
+        st = ctl(sock, {"cmd": "status"})
+        assert st["pid"] == new, st
+        assert st["steering"] == {"mode": "bpf", "policy": "least-conn"}, st
+        assert [c["state"] for c in st["cores"]] == ["draining", "active"], st
+        before = ctl(sock, {"cmd": "stats"})["cores"]
+        for _ in range(20):
+            c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=5 * SLOW)
+            c.request("GET", "/")
+            assert c.getresponse().status == 200
+            c.close()
+        after = ctl(sock, {"cmd": "stats"})["cores"]
+        # The drained core of the new process takes no new connection.
+        assert after[0]["conns_accepted"] == before[0]["conns_accepted"], (before, after)
+        assert after[1]["conns_accepted"] >= before[1]["conns_accepted"] + 20, (before, after)
+        assert os.path.isdir("/sys/fs/bpf/corral/%s" % p.cfg["instance"])
+        assert wait_gone(p.proc.pid, GRACE_MS / 1000.0 + 2 * SLOW)
+        # The pins are the new process's: still there after the old one exited.
+        assert os.path.exists("/sys/fs/bpf/corral/%s/ctl" % p.cfg["instance"])
+    finally:
+        stop_pid(new)
+        rec.close()
