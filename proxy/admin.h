@@ -148,6 +148,11 @@ void ctl_upgrade_done(struct ctl *c, int rc, int pid, const char *why);
  * those still queued) for at most timeout_ms; new ones find the successor. NULL is fine.
  */
 void ctl_handoff(struct ctl *c, uint32_t timeout_ms);
+/*
+ * After a failed upgrade: if a successor renamed its socket over the path, binds the path
+ * again for this process (by the same rename). 0 when the path is ours (again).
+ */
+int ctl_reclaim(struct ctl *c);
 /* The one fd for the main loop to poll for POLLIN (an epoll fd: listener, clients, timer). */
 int ctl_fd(const struct ctl *c);
 /* Runs everything that is ready: accepts, reads, answers, writes, the 1 s rate sampler. */

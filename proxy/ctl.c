@@ -723,12 +723,51 @@ void ctl_upgrade_done(struct ctl *c, int rc, int pid, const char *why)
 			continue;
 		cl->waiting = false;
 		if (rc == 0)
-			ctl_client_reply(c, cl, json_pack("{s:b, s:I}", "ok", 1, "pid", (json_int_t)pid));
+			ctl_client_reply(c, cl,
+					 json_pack("{s:b, s:I}", "ok", 1, "pid", (json_int_t)pid));
 		else
 			ctl_client_reply(c, cl, ctl_error("upgrade failed: %s", why));
 		if (ctl_client_flush(c, cl))
 			ctl_client_process(c, cl);
 	}
+}
+
+int ctl_reclaim(struct ctl *c)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = CTL_TAG_LISTEN };
+	struct stat st;
+	mode_t old;
+	int fd, rc;
+
+	if (!c || c->lfd < 0)
+		return -EINVAL;
+	if (lstat(c->path, &st) == 0 && st.st_ino == c->ino && st.st_dev == c->dev)
+		return 0; /* still ours */
+	if ((size_t)snprintf(sun.sun_path, sizeof(sun.sun_path), "%s.%d", c->path, (int)getpid()) >=
+	    sizeof(sun.sun_path))
+		return -ENAMETOOLONG;
+	unlink(sun.sun_path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	old = umask(0177);
+	rc = bind(fd, (struct sockaddr *)&sun, sizeof(sun));
+	umask(old);
+	if (rc == -1 || lstat(sun.sun_path, &st) == -1 || listen(fd, 64) == -1 ||
+	    rename(sun.sun_path, c->path) == -1) {
+		rc = -errno;
+		unlink(sun.sun_path);
+		close(fd);
+		return rc;
+	}
+	epoll_ctl(c->ep, EPOLL_CTL_DEL, c->lfd, NULL);
+	close(c->lfd);
+	c->lfd = fd;
+	c->dev = st.st_dev;
+	c->ino = st.st_ino;
+	epoll_ctl(c->ep, EPOLL_CTL_ADD, c->lfd, &ev);
+	return 0;
 }
 
 void ctl_handoff(struct ctl *c, uint32_t timeout_ms)
@@ -863,9 +902,8 @@ static int ctl_open_as(struct ctl **out, const char *path, const struct admin_op
 	 * processes at every instant. The predecessor unlinks the path only if it is still its
 	 * own file (dev and inode), which it no longer is.
 	 */
-	if (takeover &&
-	    (size_t)snprintf(sun.sun_path, sizeof(sun.sun_path), "%s.%d", path, (int)getpid()) >=
-		    sizeof(sun.sun_path))
+	if (takeover && (size_t)snprintf(sun.sun_path, sizeof(sun.sun_path), "%s.%d", path,
+					 (int)getpid()) >= sizeof(sun.sun_path))
 		snprintf(sun.sun_path, sizeof(sun.sun_path), "%.*s~", (int)strlen(path) - 1, path);
 
 	rc = ctl_mkdir_parent(path);
@@ -898,8 +936,7 @@ static int ctl_open_as(struct ctl **out, const char *path, const struct admin_op
 	if (takeover && rename(sun.sun_path, path) == -1) {
 		rc = -errno;
 		unlink(sun.sun_path);
-		snprintf(err, errlen, "control socket %s: rename over it: %s", path,
-			 strerror(-rc));
+		snprintf(err, errlen, "control socket %s: rename over it: %s", path, strerror(-rc));
 		goto fail;
 	}
 

@@ -44,7 +44,8 @@ static bool join_live_group;
 /*
  * A successor must say "ready" within this or it is killed and we go on serving. Loading the
  * BPF program and starting the workers take well under a second; 20 s leave room on a loaded
- * machine and stay below corralctl's wait for the reply (30 s).
+ * machine and stay below corralctl's wait for the reply (30 s). $CORRAL_UPGRADE_READY_MS
+ * (read by the running daemon at each upgrade) sets another value, 100 ms to 25 s.
  */
 #define UPGRADE_READY_MS 20000
 /* A scrape is answered in well under a millisecond; 1 s bounds a client that sends nothing. */
@@ -59,12 +60,13 @@ static struct {
 	pid_t pid; /* 0 = none */
 	int fd;	   /* our end of the socketpair, -1 = none */
 	uint64_t deadline_ms;
+	uint32_t ready_ms;
 	char line[UPGRADE_LINE_MAX];
 	size_t len;
 } UP = { .fd = -1 };
-static bool handing_over;	 /* the successor serves: drain and exit */
-static time_t took_over_at;	 /* as a successor: when we said ready */
-static struct ctl *admin_ctl;	 /* for the upgrade's deferred reply */
+static bool handing_over;	  /* the successor serves: drain and exit */
+static time_t took_over_at;	  /* as a successor: when we said ready */
+static struct ctl *admin_ctl;	  /* for the upgrade's deferred reply */
 static struct metrics *admin_met; /* its listener goes to the successor */
 static char config_path[CFG_PATH_MAX] = DEFAULT_CONFIG;
 static uint64_t snap_version;
@@ -940,12 +942,18 @@ static int upgrade_begin(char *err, size_t errlen)
 		return -ENOENT;
 	}
 	r = upgrade_spawn(self_exe, self_argv, D.listen_port, startup_cfg->listen_n,
-			  metrics_listen_fd(admin_met), UE.count + 1, &UP.pid, &UP.fd, err,
-			  errlen);
+			  metrics_listen_fd(admin_met), UE.count + 1, &UP.pid, &UP.fd, err, errlen);
 	if (r < 0)
 		return r;
 	UP.len = 0;
-	UP.deadline_ms = now_ms() + UPGRADE_READY_MS;
+	UP.ready_ms = UPGRADE_READY_MS;
+	if (getenv("CORRAL_UPGRADE_READY_MS")) {
+		long v = strtol(getenv("CORRAL_UPGRADE_READY_MS"), NULL, 10);
+
+		if (v >= 100 && v <= 25000)
+			UP.ready_ms = (uint32_t)v;
+	}
+	UP.deadline_ms = now_ms() + UP.ready_ms;
 	log_info("upgrade: started %s as pid %d; waiting for it to be ready", self_exe,
 		 (int)UP.pid);
 	return 0;
@@ -956,7 +964,8 @@ static void upgrade_reattach(void)
 {
 	for (uint32_t i = 0; D.steer && i < startup_cfg->listen_n; i++)
 		for (uint32_t w = 0; w < D.workers_n; w++)
-			if (D.listen_fds[w][i] >= 0 && steer_attach(D.steer, D.listen_fds[w][i]) == 0)
+			if (D.listen_fds[w][i] >= 0 &&
+			    steer_attach(D.steer, D.listen_fds[w][i]) == 0)
 				break;
 }
 
@@ -973,6 +982,10 @@ static void upgrade_failed(const char *why)
 		usleep(10000);
 	}
 	upgrade_reattach();
+	/* A successor that took the control socket path and then died: the path is ours again. */
+	status = ctl_reclaim(admin_ctl);
+	if (admin_ctl && status < 0)
+		log_err("upgrade: cannot take the control socket path back: %s", strerror(-status));
 	log_err("upgrade failed, still serving (pid %d): %s", (int)getpid(), why);
 	ctl_upgrade_done(admin_ctl, -1, 0, why);
 	close(UP.fd);
@@ -1015,8 +1028,8 @@ static void upgrade_service(void)
 	}
 	if (now_ms() >= UP.deadline_ms) {
 		kill(UP.pid, SIGKILL);
-		snprintf(why, sizeof(why), "new process %d was not ready within %d ms (killed)",
-			 (int)UP.pid, UPGRADE_READY_MS);
+		snprintf(why, sizeof(why), "new process %d was not ready within %u ms (killed)",
+			 (int)UP.pid, UP.ready_ms);
 		upgrade_failed(why);
 	}
 }
@@ -1288,7 +1301,8 @@ int main(int argc, char **argv)
 			worker_request_drain(D.workers[i], true);
 	if (cfg->admin.socket[0]) {
 		r = join_live_group
-			    ? ctl_open_takeover(&ctl, cfg->admin.socket, &ADMIN_OPS, err, sizeof(err))
+			    ? ctl_open_takeover(&ctl, cfg->admin.socket, &ADMIN_OPS, err,
+						sizeof(err))
 			    : ctl_open(&ctl, cfg->admin.socket, &ADMIN_OPS, err, sizeof(err));
 		if (r < 0) {
 			log_err("control socket: %s", err);
@@ -1331,9 +1345,15 @@ int main(int argc, char **argv)
 	sdnotify_send(err);
 	wd_ms = sdnotify_watchdog_ms();
 	wd_last = now_ms();
+	if (UE.fd >= 0 && getenv("CORRAL_TEST_UPGRADE_STALL_MS")) {
+		/* Tests only: a successor that takes the control socket and then hangs. */
+		usleep((useconds_t)strtoul(getenv("CORRAL_TEST_UPGRADE_STALL_MS"), NULL, 10) *
+		       1000);
+	}
 	if (UE.fd >= 0) {
 		took_over_at = time(NULL);
-		log_info("upgrade: taking over from pid %d (upgrade %u)", (int)UE.from_pid, UE.count);
+		log_info("upgrade: taking over from pid %d (upgrade %u)", (int)UE.from_pid,
+			 UE.count);
 		upgrade_say(UE.fd, "ready %d", (int)getpid());
 	}
 

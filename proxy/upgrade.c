@@ -17,7 +17,7 @@
 extern char **environ;
 
 /* The fds the successor finds its hand-over on: right after stdin, stdout and stderr. */
-#define UPGRADE_CHILD_FD 3
+#define UPGRADE_CHILD_FD	 3
 #define UPGRADE_CHILD_METRICS_FD 4
 /* Environment entries we add: fd, metrics fd, ports, count. */
 #define UPGRADE_ENV_ADD 4
@@ -157,8 +157,8 @@ int upgrade_spawn(const char *exe, char *const argv[], const uint16_t *ports, ui
 		if (a < 0 || (metrics_lfd >= 0 && b < 0) || dup2(a, UPGRADE_CHILD_FD) < 0 ||
 		    (b >= 0 && dup2(b, UPGRADE_CHILD_METRICS_FD) < 0))
 			_exit(126);
-		syscall(SYS_close_range, b >= 0 ? UPGRADE_CHILD_METRICS_FD + 1 : UPGRADE_CHILD_FD + 1,
-			~0U, 0);
+		syscall(SYS_close_range,
+			b >= 0 ? UPGRADE_CHILD_METRICS_FD + 1 : UPGRADE_CHILD_FD + 1, ~0U, 0);
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		execve(exe, argv, envp);
 		_exit(127);

@@ -16,10 +16,10 @@
  * The predecessor then drains and exits; the successor sees end-of-file on fd 3 and takes the
  * metrics listener over from then on.
  */
-#define UPGRADE_ENV_FD "CORRAL_UPGRADE_FD"
+#define UPGRADE_ENV_FD	    "CORRAL_UPGRADE_FD"
 #define UPGRADE_ENV_METRICS "CORRAL_UPGRADE_METRICS_FD"
-#define UPGRADE_ENV_PORTS "CORRAL_UPGRADE_PORTS" /* listen ports by index, "8080,8443" */
-#define UPGRADE_ENV_COUNT "CORRAL_UPGRADE_COUNT" /* upgrades in this line of processes */
+#define UPGRADE_ENV_PORTS   "CORRAL_UPGRADE_PORTS" /* listen ports by index, "8080,8443" */
+#define UPGRADE_ENV_COUNT   "CORRAL_UPGRADE_COUNT" /* upgrades in this line of processes */
 /* A line of the protocol is short; a reason is one log line. */
 #define UPGRADE_LINE_MAX 400
 

@@ -182,8 +182,39 @@ class Poller:
         self.t.join(10 * SLOW)
 
 
-def start_corral(corral, rec, **over):
-    return corral([rec.address], timeouts={"shutdown_grace_ms": GRACE_MS}, **over)
+def pids_running(cfg_path):
+    """Processes running corral with this test's config file: the one the test started and the
+    successors the upgrades started from it."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if cfg_path.encode() in args and not pid_gone(int(d)):
+            out.append(int(d))
+    return out
+
+
+@pytest.fixture
+def start_corral(corral):
+    """corral() with this file's grace period; at teardown every successor an upgrade started
+    from it is stopped (by pid, SIGTERM) before the fixture stops the first process."""
+    started = []
+
+    def start(rec, **over):
+        p = corral([rec.address], timeouts={"shutdown_grace_ms": GRACE_MS}, **over)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        for pid in pids_running(p.cfg_path):
+            if pid != p.proc.pid:
+                stop_pid(pid)
 
 
 def slow_request(port, out):
@@ -207,9 +238,9 @@ def stop_pid(pid):
 
 
 @pytest.mark.deadline(240)
-def test_three_upgrades_under_load_drop_nothing(corral):
+def test_three_upgrades_under_load_drop_nothing(start_corral):
     rec = Recorder(handler)
-    p = start_corral(corral, rec, steering={"policy": "round-robin"})
+    p = start_corral(rec, steering={"policy": "round-robin"})
     sock = p.cfg["admin"]["socket"]
     st = ctl(sock, {"cmd": "status"})
     assert st["steering"]["mode"] == "bpf", st
@@ -302,18 +333,17 @@ def test_three_upgrades_under_load_drop_nothing(corral):
         assert st["steering"]["mode"] == "bpf", st["steering"]
         # The newest process steers: its program chose the workers for its connections.
         assert st["total"]["steered"] > 0, st["total"]
+        stop_pid(last_pid)
+        assert "stopped" in p.log()
     finally:
         load.stop()
         poller.stop()
-        if last_pid != pids[0]:
-            stop_pid(last_pid)
         rec.close()
-    assert "stopped" in p.log()
 
 
-def test_upgrade_with_a_bad_config_fails_and_the_old_one_serves(corral):
+def test_upgrade_with_a_bad_config_fails_and_the_old_one_serves(start_corral):
     rec = Recorder()
-    p = start_corral(corral, rec)
+    p = start_corral(rec)
     sock = p.cfg["admin"]["socket"]
     before = ctl(sock, {"cmd": "status"})
     with open(p.cfg_path) as f:
@@ -354,21 +384,19 @@ def test_upgrade_with_a_bad_config_fails_and_the_old_one_serves(corral):
                        timeout=40 * SLOW)
     assert r.returncode == 0, r.stdout + r.stderr
     new = int(r.stdout.split("new pid ")[1].split()[0])
-    try:
-        assert wait_gone(p.proc.pid, GRACE_MS / 1000.0 + 2 * SLOW)
-    finally:
-        stop_pid(new)
-        rec.close()
+    assert wait_gone(p.proc.pid, GRACE_MS / 1000.0 + 2 * SLOW)
+    stop_pid(new)
+    rec.close()
 
 
-def test_upgrade_to_a_binary_that_exits_at_once_fails_and_the_old_one_serves(corral, tmp_path, monkeypatch):
+def test_upgrade_to_a_binary_that_exits_at_once_fails_and_the_old_one_serves(start_corral, tmp_path, monkeypatch):
     build = tmp_path / "build"
     build.mkdir()
     for name in ("corral", "corralctl"):
         shutil.copy2(binary(name), str(build / name))
     monkeypatch.setattr(conftest, "BUILD", str(build))
     rec = Recorder()
-    p = start_corral(corral, rec)
+    p = start_corral(rec)
     sock = p.cfg["admin"]["socket"]
     # The "new binary": replaced on disk (rename over, as a package manager does).
     script = build / "corral.new"
@@ -432,9 +460,9 @@ def test_upgrade_under_systemd_notify_sends_the_new_mainpid(tmp_path):
         rec.close()
 
 
-def test_upgrade_carries_the_drain_and_policy_over(corral):
+def test_upgrade_carries_the_drain_and_policy_over(start_corral):
     rec = Recorder()
-    p = start_corral(corral, rec)
+    p = start_corral(rec)
     sock = p.cfg["admin"]["socket"]
     st = ctl(sock, {"cmd": "status"})
     if st["steering"]["mode"] != "bpf":
@@ -445,25 +473,50 @@ def test_upgrade_carries_the_drain_and_policy_over(corral):
                        text=True, timeout=40 * SLOW)
     assert r.returncode == 0, r.stdout + r.stderr
     new = json.loads(r.stdout)["pid"]
-    try:
-        st = ctl(sock, {"cmd": "status"})
-        assert st["pid"] == new, st
-        assert st["steering"] == {"mode": "bpf", "policy": "least-conn"}, st
-        assert [c["state"] for c in st["cores"]] == ["draining", "active"], st
-        before = ctl(sock, {"cmd": "stats"})["cores"]
-        for _ in range(20):
-            c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=5 * SLOW)
-            c.request("GET", "/")
-            assert c.getresponse().status == 200
-            c.close()
-        after = ctl(sock, {"cmd": "stats"})["cores"]
-        # The drained core of the new process takes no new connection.
-        assert after[0]["conns_accepted"] == before[0]["conns_accepted"], (before, after)
-        assert after[1]["conns_accepted"] >= before[1]["conns_accepted"] + 20, (before, after)
-        assert os.path.isdir("/sys/fs/bpf/corral/%s" % p.cfg["instance"])
-        assert wait_gone(p.proc.pid, GRACE_MS / 1000.0 + 2 * SLOW)
-        # The pins are the new process's: still there after the old one exited.
-        assert os.path.exists("/sys/fs/bpf/corral/%s/ctl" % p.cfg["instance"])
-    finally:
-        stop_pid(new)
-        rec.close()
+    st = ctl(sock, {"cmd": "status"})
+    assert st["pid"] == new, st
+    assert st["steering"] == {"mode": "bpf", "policy": "least-conn"}, st
+    assert [c["state"] for c in st["cores"]] == ["draining", "active"], st
+    before = ctl(sock, {"cmd": "stats"})["cores"]
+    for _ in range(20):
+        c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=5 * SLOW)
+        c.request("GET", "/")
+        assert c.getresponse().status == 200
+        c.close()
+    after = ctl(sock, {"cmd": "stats"})["cores"]
+    # The drained core of the new process takes no new connection.
+    assert after[0]["conns_accepted"] == before[0]["conns_accepted"], (before, after)
+    assert after[1]["conns_accepted"] >= before[1]["conns_accepted"] + 20, (before, after)
+    assert os.path.isdir("/sys/fs/bpf/corral/%s" % p.cfg["instance"])
+    assert wait_gone(p.proc.pid, GRACE_MS / 1000.0 + 2 * SLOW)
+    # The pins are the new process's: still there after the old one exited.
+    assert os.path.exists("/sys/fs/bpf/corral/%s/ctl" % p.cfg["instance"])
+    stop_pid(new)
+    rec.close()
+
+
+def test_upgrade_that_never_becomes_ready_is_killed_and_the_old_one_serves(start_corral, monkeypatch):
+    # The old process waits 1.5 s; the new one (tests only) hangs after it took the control socket.
+    monkeypatch.setenv("CORRAL_UPGRADE_READY_MS", str(conftest.ms(1500)))
+    monkeypatch.setenv("CORRAL_TEST_UPGRADE_STALL_MS", "60000")
+    rec = Recorder()
+    p = start_corral(rec)
+    sock = p.cfg["admin"]["socket"]
+    mode = ctl(sock, {"cmd": "status"})["steering"]["mode"]
+    r = subprocess.run([binary("corralctl"), "-s", sock, "upgrade"], capture_output=True, text=True,
+                       timeout=40 * SLOW)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "upgrade failed" in r.stderr and "was not ready within" in r.stderr, r.stderr
+    m = p.err.wait_for(r"upgrade: started .* as pid (\d+)", 1)
+    assert m and wait_gone(int(m.group(1)), 5 * SLOW), "the stalled new process was not killed"
+    # The control socket path is the old process's again, and it serves, steering as before.
+    st = ctl(sock, {"cmd": "status"})
+    assert st["pid"] == p.proc.pid and st["steering"]["mode"] == mode, st
+    fb = ctl(sock, {"cmd": "stats"})["steering"].get("fallbacks", 0)
+    for _ in range(20):
+        c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=5 * SLOW)
+        c.request("GET", "/")
+        assert c.getresponse().status == 200
+        c.close()
+    assert ctl(sock, {"cmd": "stats"})["steering"].get("fallbacks", 0) == fb
+    rec.close()

@@ -85,8 +85,8 @@ void render_status(FILE *f, json_t *r)
 	if (json_is_object(json_object_get(r, "upgrade"))) {
 		json_t *u = json_object_get(r, "upgrade");
 
-		fprintf(f, "upgrade:  last at %s (from pid %.0f, upgrade %.0f)\n", str(u, "at", "?"),
-			json_num(u, "from_pid"), json_num(u, "count"));
+		fprintf(f, "upgrade:  last at %s (from pid %.0f, upgrade %.0f)\n",
+			str(u, "at", "?"), json_num(u, "from_pid"), json_num(u, "count"));
 	} else if (json_object_get(r, "upgrade")) {
 		fprintf(f, "upgrade:  none (started directly)\n");
 	}
