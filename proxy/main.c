@@ -982,6 +982,10 @@ static void upgrade_failed(const char *why)
 		usleep(10000);
 	}
 	upgrade_reattach();
+	/* Its pins replaced ours (and went with it): inspection and the next upgrade need ours. */
+	status = steer_repin(D.steer);
+	if (status < 0)
+		log_err("upgrade: cannot pin the steering maps again: %s", strerror(-status));
 	/* A successor that took the control socket path and then died: the path is ours again. */
 	status = ctl_reclaim(admin_ctl);
 	if (admin_ctl && status < 0)

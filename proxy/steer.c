@@ -157,14 +157,6 @@ static int steer_pin_reusable(const char *path, struct bpf_map *m, bool is_ctl)
 }
 
 /*
- * Pins of a crashed run (owner gone) are reused when compatible: libbpf opens them by
- * name at load. Otherwise the whole set is replaced, so that maps of two layouts never
- * mix and two live processes of one instance never share a socket array (each would
- * overwrite the other's slots and fall back to the kernel hash). A live previous owner
- * keeps its own, now unpinned, maps; a process that takes over an instance (a binary
- * upgrade joining the same reuseport groups) thus steers with its own listeners only.
- */
-/*
  * Upgrade: reads the predecessor's control and per-core maps (same layout only) so that its
  * policy, weights and drain state carry over into this process's own maps.
  */
@@ -197,6 +189,14 @@ static void steer_carry_read(struct steer *s)
 	close(fd);
 }
 
+/*
+ * Pins of a crashed run (owner gone) are reused when compatible: libbpf opens them by
+ * name at load. Otherwise the whole set is replaced, so that maps of two layouts never
+ * mix and two live processes of one instance never share a socket array (each would
+ * overwrite the other's slots and fall back to the kernel hash). A live previous owner
+ * keeps its own, now unpinned, maps; a process that takes over an instance (a binary
+ * upgrade joining the same reuseport groups) thus steers with its own listeners only.
+ */
 static void steer_check_pins(struct steer *s)
 {
 	char path[192];
@@ -373,7 +373,6 @@ static int steer_load(struct steer *s, const struct config *cfg, int policy, cha
 	 */
 	for (i = 0; i < STEER_CORES_MAX; i++) {
 		struct steer_core *c = &s->cores[i];
-
 		uint32_t drained = 0;
 
 		w = i < cfg->steering.weights_n ? cfg->steering.weights[i] : 1;
@@ -693,6 +692,35 @@ uint64_t steer_fallbacks(const struct steer *s)
 	for (i = 0; i < STEER_FB_N; i++)
 		n += sum.fallback[i];
 	return n;
+}
+
+/* Whether the map pinned under m's name is m itself (same kernel map id). */
+static bool steer_pinned_is_ours(const struct steer *s, struct bpf_map *m);
+
+int steer_repin(struct steer *s)
+{
+	char path[192];
+	struct bpf_map *m;
+	int i, lock, ret = 0;
+
+	if (!s)
+		return 0;
+	ret = steer_mkdir(STEER_PIN_ROOT);
+	if (!ret)
+		ret = steer_mkdir(s->dir);
+	if (ret)
+		return ret;
+	lock = steer_lock(s->dir);
+	for (i = 0; (m = steer_map_at(s->skel, i)); i++) {
+		if (steer_pinned_is_ours(s, m))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", s->dir, bpf_map__name(m));
+		unlink(path);
+		if (bpf_obj_pin(bpf_map__fd(m), path) && !ret)
+			ret = -errno;
+	}
+	steer_unlock(lock);
+	return ret;
 }
 
 /* Whether the map pinned under m's name is m itself (same kernel map id). */

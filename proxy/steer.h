@@ -35,6 +35,11 @@ bool steer_carried_drained(const struct steer *s, uint32_t worker);
  * program is the last one attached: after a failed upgrade the successor's may be left).
  */
 int steer_attach(struct steer *s, int fd);
+/*
+ * Pins this process's maps again where another process of the instance (a failed upgrade's
+ * successor) replaced or removed them. 0 when every map is pinned as ours. NULL is fine.
+ */
+int steer_repin(struct steer *s);
 
 /*
  * Registers worker's listener fd (already listening) for listen address listen_idx: puts it

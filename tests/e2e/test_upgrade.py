@@ -182,6 +182,16 @@ class Poller:
         self.t.join(10 * SLOW)
 
 
+def pinned_owner(instance):
+    """owner_pid of the pinned control map (struct steer_ctl: the sixth 32-bit field)."""
+    conftest.need(shutil.which("bpftool"), "bpftool is missing (deploy/install-deps.sh installs it)")
+    out = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", "/sys/fs/bpf/corral/%s/ctl" % instance],
+                         capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, out.stderr
+    v = bytes(int(b, 16) for b in json.loads(out.stdout)[0]["value"])
+    return int.from_bytes(v[20:24], "little")
+
+
 def pids_running(cfg_path):
     """Processes running corral with this test's config file: the one the test started and the
     successors the upgrades started from it."""
@@ -491,6 +501,7 @@ def test_upgrade_carries_the_drain_and_policy_over(start_corral):
     assert wait_gone(p.proc.pid, GRACE_MS / 1000.0 + 2 * SLOW)
     # The pins are the new process's: still there after the old one exited.
     assert os.path.exists("/sys/fs/bpf/corral/%s/ctl" % p.cfg["instance"])
+    assert pinned_owner(p.cfg["instance"]) == new
     stop_pid(new)
     rec.close()
 
@@ -513,6 +524,12 @@ def test_upgrade_that_never_becomes_ready_is_killed_and_the_old_one_serves(start
     st = ctl(sock, {"cmd": "status"})
     assert st["pid"] == p.proc.pid and st["steering"]["mode"] == mode, st
     fb = ctl(sock, {"cmd": "stats"})["steering"].get("fallbacks", 0)
+    if mode == "bpf":
+        # The killed process had replaced the pins with its own; the old process pins its maps
+        # again (bpftool and the next upgrade's carry-over read them there).
+        for name in ("ctl", "cores", "stats", "socks"):
+            assert os.path.exists("/sys/fs/bpf/corral/%s/%s" % (p.cfg["instance"], name)), name
+        assert pinned_owner(p.cfg["instance"]) == p.proc.pid
     for _ in range(20):
         c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=5 * SLOW)
         c.request("GET", "/")
