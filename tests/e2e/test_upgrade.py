@@ -215,8 +215,9 @@ def start_corral(corral):
     from it is stopped (by pid, SIGTERM) before the fixture stops the first process."""
     started = []
 
-    def start(rec, **over):
-        p = corral([rec.address], timeouts={"shutdown_grace_ms": GRACE_MS}, **over)
+    def start(rec, timeouts=None, **over):
+        t = dict({"shutdown_grace_ms": GRACE_MS}, **(timeouts or {}))
+        p = corral([rec.address], timeouts=t, **over)
         started.append(p)
         return p
 
@@ -536,4 +537,54 @@ def test_upgrade_that_never_becomes_ready_is_killed_and_the_old_one_serves(start
         assert c.getresponse().status == 200
         c.close()
     assert ctl(sock, {"cmd": "stats"})["steering"].get("fallbacks", 0) == fb
+    rec.close()
+
+
+def test_a_tunnel_runs_on_through_the_drain_until_the_grace_period_ends(start_corral):
+    from test_hardening import UPGRADE, ws_handler
+    from util import Client
+    ws = ws_handler()
+
+    def handler(up, req):
+        if req.target == "/ws":
+            return ws(up, req)
+        up.send(OK)
+        return "keep"
+
+    def echo(c, msg):
+        c.send(msg)
+        got = b""
+        while len(got) < len(msg):
+            if not c.buf:
+                c._fill()
+            got += bytes(c.buf)
+            c.buf.clear()
+        assert got == msg.upper()
+
+    rec = Recorder(handler)
+    p = start_corral(rec, timeouts={"tunnel_idle_ms": 60000})
+    sock = p.cfg["admin"]["socket"]
+    with Client(p.port, timeout=20 * SLOW) as c:
+        c.send(UPGRADE)
+        assert c.read_response().status == 101
+        echo(c, b"before")
+        t0 = time.monotonic()
+        r = subprocess.run([binary("corralctl"), "-s", sock, "upgrade"], capture_output=True, text=True,
+                           timeout=40 * SLOW)
+        assert r.returncode == 0, r.stdout + r.stderr
+        new = int(r.stdout.split("new pid ")[1].split()[0])
+        # The old process still carries the tunnel, both ways; new connections go to the new one.
+        time.sleep(0.3 * SLOW)
+        echo(c, b"during the drain")
+        assert not pid_gone(p.proc.pid)
+        h = http.client.HTTPConnection("127.0.0.1", p.port, timeout=5 * SLOW)
+        h.request("GET", "/")
+        assert h.getresponse().status == 200
+        h.close()
+        assert ctl(sock, {"cmd": "status"})["pid"] == new
+        # The grace period ends the tunnel and the old process.
+        assert wait_gone(p.proc.pid, GRACE_MS / 1000.0 + 3 * SLOW)
+        took = time.monotonic() - t0
+        assert GRACE_MS / 1000.0 - 0.5 <= took <= GRACE_MS / 1000.0 + 3 * SLOW, took
+    stop_pid(new)
     rec.close()
