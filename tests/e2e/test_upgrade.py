@@ -487,6 +487,10 @@ def test_upgrade_carries_the_drain_and_policy_over(start_corral):
     st = ctl(sock, {"cmd": "status"})
     assert st["pid"] == new, st
     assert st["steering"] == {"mode": "bpf", "policy": "least-conn"}, st
+    human = subprocess.run([binary("corralctl"), "-s", sock, "status"], capture_output=True, text=True,
+                           timeout=10 * SLOW).stdout
+    assert "(pid %d)" % new in human and "upgrade:  last at %s (from pid %d, upgrade 1)" % (
+        st["upgrade"]["at"], p.proc.pid) in human, human
     assert [c["state"] for c in st["cores"]] == ["draining", "active"], st
     before = ctl(sock, {"cmd": "stats"})["cores"]
     for _ in range(20):
@@ -515,10 +519,17 @@ def test_upgrade_that_never_becomes_ready_is_killed_and_the_old_one_serves(start
     p = start_corral(rec)
     sock = p.cfg["admin"]["socket"]
     mode = ctl(sock, {"cmd": "status"})["steering"]["mode"]
-    r = subprocess.run([binary("corralctl"), "-s", sock, "upgrade"], capture_output=True, text=True,
-                       timeout=40 * SLOW)
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "upgrade failed" in r.stderr and "was not ready within" in r.stderr, r.stderr
+    first = subprocess.Popen([binary("corralctl"), "-s", sock, "upgrade"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    assert p.err.wait_for(r"upgrade: started", 10 * SLOW), p.log()[-2000:]
+    # While one is starting, a second upgrade is refused (the stalled new process holds the
+    # control socket path by now, so ask the old one by signal).
+    p.proc.send_signal(signal.SIGUSR2)
+    assert p.err.wait_for(r"signal USR2: upgrade not started: an upgrade is already under way",
+                          10 * SLOW), p.log()[-2000:]
+    out, err = first.communicate(timeout=40 * SLOW)
+    assert first.returncode == 1, out + err
+    assert "upgrade failed" in err and "was not ready within" in err, err
     m = p.err.wait_for(r"upgrade: started .* as pid (\d+)", 1)
     assert m and wait_gone(int(m.group(1)), 5 * SLOW), "the stalled new process was not killed"
     # The control socket path is the old process's again, and it serves, steering as before.
