@@ -60,6 +60,15 @@ struct admin_backend {
 	uint64_t transitions; /* up <-> down changes */
 };
 
+/* How this process came to be: filled by ops->upgrade_info(). */
+struct admin_upgrade {
+	uint32_t count;	  /* upgrades in this line of processes; 0 = started plainly */
+	int from_pid;	  /* the predecessor that started this process */
+	int64_t at_unix;  /* when this process took over (seconds since the epoch) */
+	char at[32];	  /* the same, ISO 8601 UTC */
+	bool in_progress; /* this process is starting a successor right now */
+};
+
 struct admin_ops {
 	void *ctx;	     /* passed back to every callback */
 	const char *version; /* the daemon's version string, e.g. CORRAL_VERSION */
@@ -101,6 +110,12 @@ struct admin_ops {
 	int (*reload)(void *ctx, char *err, size_t errlen);
 	/* After a successful reload: the changed restart-only keys it did not apply, "" = none. */
 	const char *(*reload_restart_keys)(void *ctx);
+	/*
+	 * Binary upgrade: start the successor. 0 = started; the reply to the client that asked is
+	 * sent later by ctl_upgrade_done(). An upgrade already under way is -EBUSY.
+	 */
+	int (*upgrade)(void *ctx, char *err, size_t errlen);
+	void (*upgrade_info)(void *ctx, struct admin_upgrade *out);
 };
 
 /*
@@ -117,6 +132,27 @@ struct ctl;
  */
 int ctl_open(struct ctl **out, const char *path, const struct admin_ops *ops, char *err,
 	     size_t errlen);
+/*
+ * The same for a binary upgrade's successor: the predecessor still serves path, so bind a
+ * temporary name and rename it over path (no instant without a listener there).
+ */
+int ctl_open_takeover(struct ctl **out, const char *path, const struct admin_ops *ops, char *err,
+		      size_t errlen);
+/*
+ * The result of the upgrade ops->upgrade started: answers every client waiting for it
+ * ({"ok":true,"pid":PID} or the reason). NULL c is fine.
+ */
+void ctl_upgrade_done(struct ctl *c, int rc, int pid, const char *why);
+/*
+ * Before exiting after an upgrade: answers the clients that reached this process (accepting
+ * those still queued) for at most timeout_ms; new ones find the successor. NULL is fine.
+ */
+void ctl_handoff(struct ctl *c, uint32_t timeout_ms);
+/*
+ * After a failed upgrade: if a successor renamed its socket over the path, binds the path
+ * again for this process (by the same rename). 0 when the path is ours (again).
+ */
+int ctl_reclaim(struct ctl *c);
 /* The one fd for the main loop to poll for POLLIN (an epoll fd: listener, clients, timer). */
 int ctl_fd(const struct ctl *c);
 /* Runs everything that is ready: accepts, reads, answers, writes, the 1 s rate sampler. */
@@ -133,7 +169,19 @@ struct metrics;
 
 int metrics_open(struct metrics **out, const struct cfg_addr *addr, const struct admin_ops *ops,
 		 char *err, size_t errlen);
+/*
+ * The same on a listening socket inherited from an upgrade's predecessor (the socket stays
+ * the same: connections queued on it are not lost). Takes ownership of fd.
+ */
+int metrics_open_fd(struct metrics **out, int fd, const struct admin_ops *ops, char *err,
+		    size_t errlen);
 int metrics_fd(const struct metrics *m);	/* poll for POLLIN */
+int metrics_listen_fd(const struct metrics *m); /* the listening socket (-1 for NULL) */
+/*
+ * Before handing the listener to an upgrade's successor: stops accepting and answers the
+ * connections already accepted (each asks one thing), for at most timeout_ms. NULL is fine.
+ */
+void metrics_handoff(struct metrics *m, uint32_t timeout_ms);
 uint16_t metrics_port(const struct metrics *m); /* the bound port (useful with port 0) */
 void metrics_service(struct metrics *m);
 void metrics_close(struct metrics *m);

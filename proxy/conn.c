@@ -309,7 +309,8 @@ static void conn_accept_now(struct worker *w, int fd)
 	uint32_t idx, gen;
 	socklen_t sl;
 
-	if (w->conn_free == NIL || w->stopping) {
+	/* In an upgrade's drain a connection accepted late is still served (with close). */
+	if (w->conn_free == NIL || (w->stopping && !w->d->handover)) {
 		reject_full(w, fd);
 		return;
 	}
@@ -1591,7 +1592,12 @@ static void exchange_end(struct worker *w, struct conn *c)
 	inbuf_release(w, &c->accum);
 	c->rs_state = RS_NONE;
 	c->resp_started = false; /* the next exchange may still answer with an error */
-	if (!c->keep_alive || c->close_after || w->stopping) {
+	/*
+	 * Stopping for an upgrade, a response that announced keep-alive leaves the connection
+	 * open: the client may send its next request at once, which is then answered with
+	 * Connection: close (closing now could cut that request off).
+	 */
+	if (!c->keep_alive || c->close_after || (w->stopping && !w->d->handover)) {
 		c->req_state = RQ_HEAD;
 		conn_close_graceful(w, c);
 		return;
@@ -2010,7 +2016,16 @@ void conn_stop_all(struct worker *w, bool force)
 			conn_abort(w, c);
 			continue;
 		}
-		c->keep_alive = false;
+		/*
+		 * An upgrade's drain (docs/operations.md): a response head that announced
+		 * keep-alive stays true to it, and an idle connection waits for its next request
+		 * (answered with Connection: close) or for the grace period's end; closing it now
+		 * could cut off a request already on its way.
+		 */
+		if (!w->d->handover || !c->resp_started)
+			c->keep_alive = false;
+		if (w->d->handover)
+			continue;
 		if (c->rs_state == RS_NONE && c->req_state == RQ_HEAD && c->in.len == 0 &&
 		    c->accum.hbuf == NIL)
 			conn_abort(w, c);

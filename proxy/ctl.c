@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,7 @@ struct ctl_client {
 	size_t out_len;
 	size_t out_off;
 	bool close_after; /* close once out is written (fatal request error) */
+	bool waiting;	  /* an `upgrade` whose reply ctl_upgrade_done() sends */
 };
 
 /* Cumulative counters at one instant, for rates. */
@@ -255,6 +257,20 @@ static json_t *ctl_status(struct ctl *c)
 	if (reply && c->ops->config_version)
 		json_object_set_new(reply, "config_version",
 				    json_integer((json_int_t)c->ops->config_version(c->ops->ctx)));
+	if (reply && c->ops->upgrade_info) {
+		struct admin_upgrade u;
+
+		memset(&u, 0, sizeof(u));
+		c->ops->upgrade_info(c->ops->ctx, &u);
+		/* "upgrade": null until this process was started by an upgrade. */
+		json_object_set_new(reply, "upgrade",
+				    u.count ? json_pack("{s:I, s:I, s:I, s:s}", "count",
+							(json_int_t)u.count, "from_pid",
+							(json_int_t)u.from_pid, "at_unix",
+							(json_int_t)u.at_unix, "at", u.at)
+					    : json_null());
+		json_object_set_new(reply, "upgrading", json_boolean(u.in_progress));
+	}
 	return reply;
 }
 
@@ -351,7 +367,7 @@ static json_t *ctl_core_arg(struct ctl *c, json_t *req, uint32_t *core)
 	return NULL;
 }
 
-static json_t *ctl_dispatch(struct ctl *c, json_t *req)
+static json_t *ctl_dispatch(struct ctl *c, json_t *req, bool *defer)
 {
 	const struct admin_ops *ops = c->ops;
 	char err[ADMIN_ERR_MAX] = "";
@@ -426,6 +442,15 @@ static json_t *ctl_dispatch(struct ctl *c, json_t *req)
 			snprintf(err, sizeof(err), "unknown backend '%s'", s);
 		return ctl_action_reply(rc, err, cmd);
 	}
+	if (!strcmp(cmd, "upgrade")) {
+		if (!ops->upgrade)
+			return ctl_error("upgrade: not supported by this daemon");
+		rc = ops->upgrade(ops->ctx, err, sizeof(err));
+		if (rc < 0)
+			return ctl_action_reply(rc, err, "upgrade");
+		*defer = true; /* answered by ctl_upgrade_done() */
+		return NULL;
+	}
 	if (!strcmp(cmd, "reload")) {
 		json_t *reply;
 
@@ -468,6 +493,7 @@ static void ctl_client_close(struct ctl *c, struct ctl_client *cl)
 	cl->out = NULL;
 	cl->out_len = cl->out_off = cl->in_len = 0;
 	cl->close_after = false;
+	cl->waiting = false;
 	cl->fd = -1;
 }
 
@@ -549,11 +575,12 @@ static void ctl_client_reply(struct ctl *c, struct ctl_client *cl, json_t *reply
 /* Answers buffered complete lines, one at a time, while no reply is pending. */
 static void ctl_client_process(struct ctl *c, struct ctl_client *cl)
 {
-	while (cl->fd >= 0 && !cl->out) {
+	while (cl->fd >= 0 && !cl->out && !cl->waiting) {
 		char *nl = memchr(cl->in, '\n', cl->in_len);
 		size_t line_len;
 		json_error_t jerr;
-		json_t *req;
+		json_t *req, *reply;
+		bool defer = false;
 
 		if (!nl) {
 			if (cl->in_len == sizeof(cl->in)) {
@@ -576,8 +603,10 @@ static void ctl_client_process(struct ctl *c, struct ctl_client *cl)
 			continue;
 		if (!req)
 			ctl_client_reply(c, cl, ctl_error("bad JSON: %s", jerr.text));
+		else if ((reply = ctl_dispatch(c, req, &defer)) || !defer)
+			ctl_client_reply(c, cl, reply);
 		else
-			ctl_client_reply(c, cl, ctl_dispatch(c, req));
+			cl->waiting = true;
 		json_decref(req);
 		if (cl->out && !ctl_client_flush(c, cl))
 			return;
@@ -589,7 +618,7 @@ static void ctl_client_read(struct ctl *c, struct ctl_client *cl)
 	for (;;) {
 		ssize_t n;
 
-		if (cl->in_len == sizeof(cl->in) || cl->out)
+		if (cl->in_len == sizeof(cl->in) || cl->out || cl->waiting)
 			break;
 		n = recv(cl->fd, cl->in + cl->in_len, sizeof(cl->in) - cl->in_len, MSG_DONTWAIT);
 		if (n < 0 && errno == EINTR)
@@ -687,6 +716,85 @@ void ctl_service(struct ctl *c)
 	}
 }
 
+void ctl_upgrade_done(struct ctl *c, int rc, int pid, const char *why)
+{
+	for (int i = 0; c && i < CTL_CLIENTS_MAX; i++) {
+		struct ctl_client *cl = &c->clients[i];
+
+		if (cl->fd < 0 || !cl->waiting)
+			continue;
+		cl->waiting = false;
+		if (rc == 0)
+			ctl_client_reply(c, cl,
+					 json_pack("{s:b, s:I}", "ok", 1, "pid", (json_int_t)pid));
+		else
+			ctl_client_reply(c, cl, ctl_error("upgrade failed: %s", why));
+		if (ctl_client_flush(c, cl))
+			ctl_client_process(c, cl);
+	}
+}
+
+int ctl_reclaim(struct ctl *c)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = CTL_TAG_LISTEN };
+	struct stat st;
+	mode_t old;
+	int fd, rc;
+
+	if (!c || c->lfd < 0)
+		return -EINVAL;
+	if (lstat(c->path, &st) == 0 && st.st_ino == c->ino && st.st_dev == c->dev)
+		return 0; /* still ours */
+	if ((size_t)snprintf(sun.sun_path, sizeof(sun.sun_path), "%s.%d", c->path, (int)getpid()) >=
+	    sizeof(sun.sun_path))
+		return -ENAMETOOLONG;
+	unlink(sun.sun_path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	old = umask(0177);
+	rc = bind(fd, (struct sockaddr *)&sun, sizeof(sun));
+	umask(old);
+	if (rc == -1 || lstat(sun.sun_path, &st) == -1 || listen(fd, 64) == -1 ||
+	    rename(sun.sun_path, c->path) == -1) {
+		rc = -errno;
+		unlink(sun.sun_path);
+		close(fd);
+		return rc;
+	}
+	epoll_ctl(c->ep, EPOLL_CTL_DEL, c->lfd, NULL);
+	close(c->lfd);
+	c->lfd = fd;
+	c->dev = st.st_dev;
+	c->ino = st.st_ino;
+	epoll_ctl(c->ep, EPOLL_CTL_ADD, c->lfd, &ev);
+	return 0;
+}
+
+void ctl_handoff(struct ctl *c, uint32_t timeout_ms)
+{
+	uint64_t end = ctl_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	bool open;
+
+	if (!c)
+		return;
+	/* Whoever connected before the successor renamed its socket over the path is ours. */
+	ctl_accept(c);
+	epoll_ctl(c->ep, EPOLL_CTL_DEL, c->lfd, NULL);
+	do {
+		struct pollfd pf = { .fd = c->ep, .events = POLLIN };
+
+		open = false;
+		for (int i = 0; i < CTL_CLIENTS_MAX; i++)
+			open |= c->clients[i].fd >= 0;
+		if (!open)
+			break;
+		if (poll(&pf, 1, 10) > 0)
+			ctl_service(c);
+	} while (ctl_now_ns() < end);
+}
+
 int ctl_fd(const struct ctl *c)
 {
 	return c->ep;
@@ -757,8 +865,8 @@ static int ctl_clear_stale(const struct sockaddr_un *sun, char *err, size_t errl
 	return 0;
 }
 
-int ctl_open(struct ctl **out, const char *path, const struct admin_ops *ops, char *err,
-	     size_t errlen)
+static int ctl_open_as(struct ctl **out, const char *path, const struct admin_ops *ops,
+		       bool takeover, char *err, size_t errlen)
 {
 	struct itimerspec its = { .it_interval = { 1, 0 }, .it_value = { 1, 0 } };
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
@@ -790,6 +898,15 @@ int ctl_open(struct ctl **out, const char *path, const struct admin_ops *ops, ch
 	c->ops = ops;
 	snprintf(c->path, sizeof(c->path), "%s", path);
 	memcpy(sun.sun_path, path, strlen(path) + 1);
+	/*
+	 * Taking over from a live predecessor: bind a name of our own next to the path and
+	 * rename it over the path once listening, so that a client finds one of the two
+	 * processes at every instant. The predecessor unlinks the path only if it is still its
+	 * own file (dev and inode), which it no longer is.
+	 */
+	if (takeover && (size_t)snprintf(sun.sun_path, sizeof(sun.sun_path), "%s.%d", path,
+					 (int)getpid()) >= sizeof(sun.sun_path))
+		snprintf(sun.sun_path, sizeof(sun.sun_path), "%.*s~", (int)strlen(path) - 1, path);
 
 	rc = ctl_mkdir_parent(path);
 	if (rc < 0) {
@@ -797,7 +914,9 @@ int ctl_open(struct ctl **out, const char *path, const struct admin_ops *ops, ch
 			 strerror(-rc));
 		goto fail;
 	}
-	rc = ctl_clear_stale(&sun, err, errlen);
+	rc = takeover ? 0 : ctl_clear_stale(&sun, err, errlen);
+	if (takeover)
+		unlink(sun.sun_path); /* a leftover of a crashed earlier attempt with our pid */
 	if (rc < 0)
 		goto fail;
 
@@ -810,12 +929,18 @@ int ctl_open(struct ctl **out, const char *path, const struct admin_ops *ops, ch
 	umask(old);
 	if (rc == -1)
 		goto fail_errno;
-	if (chmod(path, 0600) == -1 || lstat(path, &st) == -1)
+	if (chmod(sun.sun_path, 0600) == -1 || lstat(sun.sun_path, &st) == -1)
 		goto fail_errno;
 	c->dev = st.st_dev;
 	c->ino = st.st_ino;
 	if (listen(c->lfd, 64) == -1)
 		goto fail_errno;
+	if (takeover && rename(sun.sun_path, path) == -1) {
+		rc = -errno;
+		unlink(sun.sun_path);
+		snprintf(err, errlen, "control socket %s: rename over it: %s", path, strerror(-rc));
+		goto fail;
+	}
 
 	c->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
 	if (c->tfd < 0 || timerfd_settime(c->tfd, 0, &its, NULL) == -1)
@@ -842,6 +967,18 @@ fail_errno:
 fail:
 	ctl_close(c);
 	return rc;
+}
+
+int ctl_open(struct ctl **out, const char *path, const struct admin_ops *ops, char *err,
+	     size_t errlen)
+{
+	return ctl_open_as(out, path, ops, false, err, errlen);
+}
+
+int ctl_open_takeover(struct ctl **out, const char *path, const struct admin_ops *ops, char *err,
+		      size_t errlen)
+{
+	return ctl_open_as(out, path, ops, true, err, errlen);
 }
 
 void ctl_close(struct ctl *c)

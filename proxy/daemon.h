@@ -75,6 +75,12 @@ struct daemon {
 	int alog_fd; /* access log, shared O_APPEND fd; -1 = off */
 	uint32_t conn_fd_cap; /* client connections per worker the fd limit allows (main.c) */
 	volatile int stopping;
+	/*
+	 * Set before the workers are asked to stop when a binary upgrade's successor took over:
+	 * they then keep idle keep-alive connections open for their next request (answered with
+	 * Connection: close) instead of closing them under a request that may be on its way.
+	 */
+	volatile int handover;
 };
 
 /* Monotonic clock in milliseconds / nanoseconds. */

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,6 +16,8 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <urcu-qsbr.h>
 #include "accesslog.h"
 #include "admin.h"
@@ -26,6 +29,7 @@
 #include "sdnotify.h"
 #include "stats.h"
 #include "steer.h"
+#include "upgrade.h"
 #include "worker.h"
 
 #define DEFAULT_CONFIG "/etc/corral/corral.yaml"
@@ -33,10 +37,39 @@
 static struct daemon D;
 /*
  * Internal: join a reuseport group that another process already listens in. Only the
- * binary-upgrade path (not built yet) may set it; a plain start refuses a live address, since
- * joining would silently take over the other process's traffic.
+ * binary-upgrade path sets it (a successor started by its predecessor); a plain start refuses
+ * a live address, since joining would silently take over the other process's traffic.
  */
 static bool join_live_group;
+
+/* --- binary upgrade state (main thread only; see proxy/upgrade.h for the protocol) --- */
+/*
+ * A successor must say "ready" within this or it is killed and we go on serving. Loading the
+ * BPF program and starting the workers take well under a second; 20 s leave room on a loaded
+ * machine and stay below corralctl's wait for the reply (30 s). $CORRAL_UPGRADE_READY_MS
+ * (read by the running daemon at each upgrade) sets another value, 100 ms to 25 s.
+ */
+#define UPGRADE_READY_MS 20000
+/* A scrape is answered in well under a millisecond; 1 s bounds a client that sends nothing. */
+#define METRICS_HANDOFF_MS 1000
+static char self_exe[PATH_MAX]; /* our binary's path as it was at start */
+static char **self_argv;
+static struct upgrade_env UE = { .fd = -1, .metrics_fd = -1 }; /* as a successor */
+/* false while the predecessor still serves the (shared) metrics listener */
+static bool metrics_live = true;
+/* As a predecessor: the successor being started. */
+static struct {
+	pid_t pid; /* 0 = none */
+	int fd;	   /* our end of the socketpair, -1 = none */
+	uint64_t deadline_ms;
+	uint32_t ready_ms;
+	char line[UPGRADE_LINE_MAX];
+	size_t len;
+} UP = { .fd = -1 };
+static bool handing_over;	  /* the successor serves: drain and exit */
+static time_t took_over_at;	  /* as a successor: when we said ready */
+static struct ctl *admin_ctl;	  /* for the upgrade's deferred reply */
+static struct metrics *admin_met; /* its listener goes to the successor */
 static char config_path[CFG_PATH_MAX] = DEFAULT_CONFIG;
 static uint64_t snap_version;
 static struct health *HC; /* active health checks; NULL if it could not be set up */
@@ -238,6 +271,9 @@ static int listeners_create(const struct config *cfg)
 		port = ntohs(a->ss.ss_family == AF_INET
 				     ? ((const struct sockaddr_in *)&a->ss)->sin_port
 				     : ((const struct sockaddr_in6 *)&a->ss)->sin6_port);
+		/* A successor joins its predecessor's groups, kernel-chosen ports included. */
+		if (port == 0 && i < UE.ports_n && UE.ports[i])
+			port = UE.ports[i];
 		if (port == 0) {
 			int r = port_reserve(a, &port, &holder);
 
@@ -926,6 +962,185 @@ static int op_alive(void *ctx, char *why, size_t whylen)
 	return 0;
 }
 
+/* --- binary upgrade ------------------------------------------------------------------------- */
+
+/* The predecessor: starts the successor (corralctl upgrade, SIGUSR2). */
+static int upgrade_begin(char *err, size_t errlen)
+{
+	int r;
+
+	if (D.stopping) {
+		snprintf(err, errlen, "shutting down");
+		return -ESHUTDOWN;
+	}
+	if (UP.pid) {
+		snprintf(err, errlen, "an upgrade is already under way (new pid %d)", (int)UP.pid);
+		return -EBUSY;
+	}
+	if (!self_exe[0]) {
+		snprintf(err, errlen, "the path of the running binary is unknown");
+		return -ENOENT;
+	}
+	r = upgrade_spawn(self_exe, self_argv, D.listen_port, startup_cfg->listen_n,
+			  metrics_listen_fd(admin_met), UE.count + 1, &UP.pid, &UP.fd, err, errlen);
+	if (r < 0)
+		return r;
+	UP.len = 0;
+	UP.ready_ms = UPGRADE_READY_MS;
+	if (getenv("CORRAL_UPGRADE_READY_MS")) {
+		long v = strtol(getenv("CORRAL_UPGRADE_READY_MS"), NULL, 10);
+
+		if (v >= 100 && v <= 25000)
+			UP.ready_ms = (uint32_t)v;
+	}
+	UP.deadline_ms = now_ms() + UP.ready_ms;
+	log_info("upgrade: started %s as pid %d; waiting for it to be ready", self_exe,
+		 (int)UP.pid);
+	return 0;
+}
+
+/* Every listen group's program is ours again (the failed successor's may be attached). */
+static void upgrade_reattach(void)
+{
+	for (uint32_t i = 0; D.steer && i < startup_cfg->listen_n; i++)
+		for (uint32_t w = 0; w < D.workers_n; w++)
+			if (D.listen_fds[w][i] >= 0 &&
+			    steer_attach(D.steer, D.listen_fds[w][i]) == 0)
+				break;
+}
+
+static void upgrade_failed(const char *why)
+{
+	int status;
+
+	/* It exits after saying why; a successor that hangs is killed (we started it). */
+	for (int i = 0; i < 200 && waitpid(UP.pid, &status, WNOHANG) == 0; i++) {
+		if (i == 199) {
+			kill(UP.pid, SIGKILL);
+			waitpid(UP.pid, &status, 0);
+		}
+		usleep(10000);
+	}
+	upgrade_reattach();
+	/* Its pins replaced ours (and went with it): inspection and the next upgrade need ours. */
+	status = steer_repin(D.steer);
+	if (status < 0)
+		log_err("upgrade: cannot pin the steering maps again: %s", strerror(-status));
+	/* A successor that took the control socket path and then died: the path is ours again. */
+	status = ctl_reclaim(admin_ctl);
+	if (admin_ctl && status < 0)
+		log_err("upgrade: cannot take the control socket path back: %s", strerror(-status));
+	log_err("upgrade failed, still serving (pid %d): %s", (int)getpid(), why);
+	ctl_upgrade_done(admin_ctl, -1, 0, why);
+	close(UP.fd);
+	UP.fd = -1;
+	UP.pid = 0;
+}
+
+/* The predecessor, every loop: the successor's report, its end, or its deadline. */
+static void upgrade_service(void)
+{
+	char why[UPGRADE_LINE_MAX + 96], st[64];
+	int r, status, pid;
+
+	if (UP.fd < 0 || handing_over)
+		return;
+	r = upgrade_read_line(UP.fd, UP.line, sizeof(UP.line), &UP.len);
+	if (r == 1 && sscanf(UP.line, "ready %d", &pid) == 1 && pid == UP.pid) {
+		handing_over = true;
+		log_info("upgrade: pid %d is ready and serves; handing over and draining", pid);
+		ctl_upgrade_done(admin_ctl, 0, pid, NULL);
+		return;
+	}
+	if (r == 1) {
+		snprintf(why, sizeof(why), "new process %d: %s", (int)UP.pid,
+			 strncmp(UP.line, "failed ", 7) == 0 ? UP.line + 7 : UP.line);
+		upgrade_failed(why);
+		return;
+	}
+	if (r < 0) {
+		if (waitpid(UP.pid, &status, 0) == UP.pid) {
+			upgrade_describe_status(status, st, sizeof(st));
+			snprintf(why, sizeof(why), "new process %d %s before it was ready",
+				 (int)UP.pid, st);
+		} else {
+			snprintf(why, sizeof(why), "new process %d closed the hand-over socket",
+				 (int)UP.pid);
+		}
+		upgrade_failed(why);
+		return;
+	}
+	if (now_ms() >= UP.deadline_ms) {
+		kill(UP.pid, SIGKILL);
+		snprintf(why, sizeof(why), "new process %d was not ready within %u ms (killed)",
+			 (int)UP.pid, UP.ready_ms);
+		upgrade_failed(why);
+	}
+}
+
+/* The successor: the predecessor is gone (end-of-file): the metrics listener is ours. */
+static void upgrade_pred_service(void)
+{
+	char line[64];
+	size_t len = 0;
+
+	if (UE.fd < 0 || upgrade_read_line(UE.fd, line, sizeof(line), &len) >= 0)
+		return;
+	close(UE.fd);
+	UE.fd = -1;
+	if (!metrics_live)
+		log_info("upgrade: pid %d has finished; serving the metrics listener",
+			 (int)UE.from_pid);
+	metrics_live = true;
+}
+
+/* The successor, before it is ready: says why it gives up (the predecessor logs it). */
+static void upgrade_fail_say(const char *why)
+{
+	upgrade_say(UE.fd, "failed %s", why);
+}
+
+/* Whether the inherited metrics listener is the one the config asks for (port 0: any port). */
+static bool metrics_inherit_ok(const struct cfg_addr *a, int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+
+	if (fd < 0 || getsockname(fd, (struct sockaddr *)&ss, &sl) == -1 ||
+	    ss.ss_family != a->ss.ss_family)
+		return false;
+	if (ss.ss_family == AF_INET) {
+		const struct sockaddr_in *x = (const void *)&ss, *y = (const void *)&a->ss;
+
+		return x->sin_addr.s_addr == y->sin_addr.s_addr &&
+		       (!y->sin_port || x->sin_port == y->sin_port);
+	}
+	const struct sockaddr_in6 *x = (const void *)&ss, *y = (const void *)&a->ss;
+
+	return !memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) &&
+	       (!y->sin6_port || x->sin6_port == y->sin6_port);
+}
+
+static int op_upgrade(void *ctx, char *err, size_t errlen)
+{
+	return upgrade_begin(err, errlen);
+}
+
+static void op_upgrade_info(void *ctx, struct admin_upgrade *out)
+{
+	struct tm tm;
+
+	memset(out, 0, sizeof(*out));
+	out->in_progress = UP.pid != 0 && !handing_over;
+	if (!took_over_at)
+		return;
+	out->count = UE.count;
+	out->from_pid = (int)UE.from_pid;
+	out->at_unix = (int64_t)took_over_at;
+	gmtime_r(&took_over_at, &tm);
+	strftime(out->at, sizeof(out->at), "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
 static const struct admin_ops ADMIN_OPS = {
 	.version = CORRAL_VERSION,
 	.cores_n = op_cores_n,
@@ -946,6 +1161,8 @@ static const struct admin_ops ADMIN_OPS = {
 	.reload_restart_keys = op_reload_restart_keys,
 	.accepting = op_accepting,
 	.alive = op_alive,
+	.upgrade = op_upgrade,
+	.upgrade_info = op_upgrade_info,
 };
 
 /* --- main ----------------------------------------------------------------------------------------- */
@@ -1119,12 +1336,25 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	/* A successor started by `corralctl upgrade` / SIGUSR2 joins its predecessor's groups. */
+	if (!check && upgrade_env_take(&UE))
+		join_live_group = true;
+	/* The binary to start on an upgrade: this one's path now (it may be replaced on disk). */
+	{
+		ssize_t n = readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);
+
+		self_exe[n > 0 ? n : 0] = 0;
+		if (n > 10 && !strcmp(self_exe + n - 10, " (deleted)"))
+			self_exe[n - 10] = 0;
+		self_argv = argv;
+	}
 	cfg = calloc(1, sizeof(*cfg));
 	if (!cfg)
 		return 1;
 	err[0] = 0;
 	if (config_load(cfg, config_path, err, sizeof(err)) < 0) {
 		fprintf(stderr, "corral: %s\n", err);
+		upgrade_fail_say(err);
 		free(cfg);
 		return 1;
 	}
@@ -1167,6 +1397,9 @@ int main(int argc, char **argv)
 		D.alog_fd = alog_open(cfg->access_log.path);
 		if (D.alog_fd < 0) {
 			log_err("access log %s: %s", cfg->access_log.path, strerror(-D.alog_fd));
+			snprintf(err, sizeof(err), "access log %s: %s", cfg->access_log.path,
+				 strerror(-D.alog_fd));
+			upgrade_fail_say(err);
 			return 1;
 		}
 	}
@@ -1182,6 +1415,8 @@ int main(int argc, char **argv)
 	if (getenv("CORRAL_NO_BPF") && strcmp(getenv("CORRAL_NO_BPF"), "1") == 0) {
 		snprintf(D.steer_err, sizeof(D.steer_err), "disabled by CORRAL_NO_BPF=1");
 		r = -ECANCELED;
+	} else if (join_live_group) {
+		r = steer_open_takeover(&D.steer, cfg, D.steer_err, sizeof(D.steer_err));
 	} else {
 		r = steer_open(&D.steer, cfg, D.steer_err, sizeof(D.steer_err));
 	}
@@ -1194,12 +1429,18 @@ int main(int argc, char **argv)
 		log_info("steering: bpf, policy %s", steer_policy_name(D.steer));
 	}
 	if (listeners_create(cfg) < 0) {
+		upgrade_fail_say("cannot listen (see its log)");
 		rc = 1;
 		goto out_steer;
 	}
 	startup_cfg = cfg;
 	snapshot_publish(snapshot_build(cfg));
-	steering_apply(cfg);
+	/* A successor keeps the predecessor's policy, weights and drains (corralctl's changes). */
+	if (steer_carried(D.steer))
+		log_info("steering: carried over from pid %d: policy %s", (int)UE.from_pid,
+			 steer_policy_name(D.steer));
+	else
+		steering_apply(cfg);
 
 	D.workers_n = cfg->cores_n;
 	D.conn_fd_cap = fd_budget(cfg);
@@ -1209,6 +1450,7 @@ int main(int argc, char **argv)
 		r = D.workers[i] ? worker_init(D.workers[i], &D, i, cfg) : -ENOMEM;
 		if (r < 0) {
 			log_err("worker %u: init: %s", i, strerror(-r));
+			upgrade_fail_say("a worker failed to initialise (see its log)");
 			rc = 1;
 			goto out_workers;
 		}
@@ -1217,6 +1459,7 @@ int main(int argc, char **argv)
 		r = worker_start(D.workers[i]);
 		if (r < 0) {
 			log_err("worker %u: start: %s", i, strerror(-r));
+			upgrade_fail_say("a worker failed to start (see its log)");
 			rc = 1;
 			for (uint32_t j = 0; j < i; j++)
 				worker_request_stop(D.workers[j]);
@@ -1225,20 +1468,41 @@ int main(int argc, char **argv)
 			goto out_workers;
 		}
 	}
+	for (uint32_t i = 0; i < D.workers_n; i++)
+		if (steer_carried_drained(D.steer, i))
+			worker_request_drain(D.workers[i], true);
 	if (cfg->admin.socket[0]) {
-		r = ctl_open(&ctl, cfg->admin.socket, &ADMIN_OPS, err, sizeof(err));
+		r = join_live_group
+			    ? ctl_open_takeover(&ctl, cfg->admin.socket, &ADMIN_OPS, err,
+						sizeof(err))
+			    : ctl_open(&ctl, cfg->admin.socket, &ADMIN_OPS, err, sizeof(err));
 		if (r < 0) {
 			log_err("control socket: %s", err);
 			ctl = NULL;
 		}
 	}
-	if (cfg->admin.metrics_on) {
+	if (cfg->admin.metrics_on && metrics_inherit_ok(&cfg->admin.metrics, UE.metrics_fd)) {
+		/* The same socket as the predecessor's: served once the predecessor is done. */
+		r = metrics_open_fd(&met, UE.metrics_fd, &ADMIN_OPS, err, sizeof(err));
+		UE.metrics_fd = -1;
+		metrics_live = false;
+		if (r < 0) {
+			log_err("metrics: %s", err);
+			met = NULL;
+		}
+	} else if (cfg->admin.metrics_on) {
 		r = metrics_open(&met, &cfg->admin.metrics, &ADMIN_OPS, err, sizeof(err));
 		if (r < 0) {
 			log_err("metrics: %s", err);
 			met = NULL;
 		}
 	}
+	if (UE.metrics_fd >= 0) {
+		close(UE.metrics_fd);
+		UE.metrics_fd = -1;
+	}
+	admin_ctl = ctl;
+	admin_met = met;
 	r = health_open(&HC, &D);
 	if (r < 0) {
 		log_err("health checks: %s", strerror(-r));
@@ -1261,18 +1525,37 @@ int main(int argc, char **argv)
 	sdnotify_send(err);
 	wd_ms = sdnotify_watchdog_ms();
 	wd_last = now_ms();
+	if (UE.fd >= 0 && getenv("CORRAL_TEST_UPGRADE_STALL_MS")) {
+		/* Tests only: a successor that takes the control socket and then hangs. */
+		usleep((useconds_t)strtoul(getenv("CORRAL_TEST_UPGRADE_STALL_MS"), NULL, 10) *
+		       1000);
+	}
+	if (UE.fd >= 0) {
+		took_over_at = time(NULL);
+		log_info("upgrade: taking over from pid %d (upgrade %u)", (int)UE.from_pid,
+			 UE.count);
+		upgrade_say(UE.fd, "ready %d", (int)getpid());
+	}
 
 	for (;;) {
-		struct pollfd pf[4] = { { .fd = sfd, .events = POLLIN },
+		struct pollfd pf[6] = { { .fd = sfd, .events = POLLIN },
 					{ .fd = ctl ? ctl_fd(ctl) : -1, .events = POLLIN },
-					{ .fd = met ? metrics_fd(met) : -1, .events = POLLIN },
-					{ .fd = health_fd(HC), .events = POLLIN } };
+					{ .fd = met && metrics_live ? metrics_fd(met) : -1,
+					  .events = POLLIN },
+					{ .fd = health_fd(HC), .events = POLLIN },
+					{ .fd = UP.fd, .events = POLLIN },
+					{ .fd = UE.fd, .events = POLLIN } };
 		struct signalfd_siginfo si;
 
-		if (poll(pf, 4, HEALTH_SCAN_MS) < 0 && errno != EINTR)
+		/* HEALTH_SCAN_MS: the passive-health scan's period; shorter while an upgrade runs. */
+		if (poll(pf, 6, UP.fd >= 0 ? 20 : HEALTH_SCAN_MS) < 0 && errno != EINTR)
 			break;
 		health_scan();
 		health_service(HC);
+		upgrade_pred_service();
+		upgrade_service();
+		if (handing_over)
+			break;
 		if (wd_ms && now_ms() - wd_last >= wd_ms && op_alive(NULL, err, sizeof(err)) == 0) {
 			wd_last = now_ms();
 			sdnotify_send("WATCHDOG=1");
@@ -1295,7 +1578,10 @@ int main(int argc, char **argv)
 			continue;
 		}
 		if (si.ssi_signo == SIGUSR2) {
-			log_info("signal USR2 ignored");
+			err[0] = 0;
+			r = upgrade_begin(err, sizeof(err));
+			if (r < 0)
+				log_err("signal USR2: upgrade not started: %s", err);
 			continue;
 		}
 		log_info("signal %u: graceful shutdown (grace %u ms)", si.ssi_signo,
@@ -1304,18 +1590,38 @@ int main(int argc, char **argv)
 	}
 stop:
 	D.stopping = 1;
-	sdnotify_send("STOPPING=1\nSTATUS=draining connections");
+	if (UP.pid && !handing_over) {
+		/* Stopped while a successor was starting: it is not wanted any more. */
+		kill(UP.pid, SIGKILL);
+		upgrade_failed("shutting down");
+	}
+	if (handing_over) {
+		/*
+		 * The successor is systemd's main process now (it sent MAINPID=): say nothing that
+		 * would make systemd think the service stops. Workers drain without closing idle
+		 * keep-alive connections under a request (docs/operations.md).
+		 */
+		D.handover = 1;
+		log_info("upgrade: draining for pid %d (grace %u ms)", (int)UP.pid,
+			 D.snap->cfg.timeouts.shutdown_grace_ms);
+	} else {
+		sdnotify_send("STOPPING=1\nSTATUS=draining connections");
+	}
 	for (uint32_t i = 0; i < D.workers_n; i++)
 		worker_request_stop(D.workers[i]);
 	/* While requests finish, /ready answers 503, /healthz and the control socket still work. */
 	for (uint32_t left = D.workers_n; left;) {
-		struct pollfd pf[2] = { { .fd = ctl ? ctl_fd(ctl) : -1, .events = POLLIN },
-					{ .fd = met ? metrics_fd(met) : -1, .events = POLLIN } };
-		if (poll(pf, 2, 20) > 0) {
+		struct pollfd pf[3] = { { .fd = ctl ? ctl_fd(ctl) : -1, .events = POLLIN },
+					{ .fd = met && metrics_live ? metrics_fd(met) : -1,
+					  .events = POLLIN },
+					{ .fd = UE.fd, .events = POLLIN } };
+		if (poll(pf, 3, 20) > 0) {
 			if (pf[0].revents)
 				ctl_service(ctl);
 			if (pf[1].revents)
 				metrics_service(met);
+			if (pf[2].revents)
+				upgrade_pred_service();
 		}
 		left = 0;
 		for (uint32_t i = 0; i < D.workers_n; i++) {
@@ -1328,8 +1634,18 @@ stop:
 out_workers:
 	health_close(HC);
 	HC = NULL;
+	if (handing_over)
+		ctl_handoff(ctl, METRICS_HANDOFF_MS);
 	ctl_close(ctl);
+	/* Answers the scrapes it accepted: closing under one would fail it. */
+	if (handing_over && metrics_live)
+		metrics_handoff(met, METRICS_HANDOFF_MS);
 	metrics_close(met);
+	/* Only now does the successor serve the metrics listener (end-of-file on its fd 3). */
+	if (UP.fd >= 0)
+		close(UP.fd);
+	if (UE.fd >= 0)
+		close(UE.fd);
 	for (uint32_t i = 0; i < D.workers_n; i++)
 		if (D.workers[i]) {
 			worker_free(D.workers[i]);

@@ -1,5 +1,7 @@
 /* Metrics listener: Prometheus text exposition on GET /metrics, served by the main thread. */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -635,13 +637,42 @@ int metrics_fd(const struct metrics *m)
 	return m->ep;
 }
 
+void metrics_handoff(struct metrics *m, uint32_t timeout_ms)
+{
+	uint64_t end = metrics_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	bool open;
+
+	if (!m)
+		return;
+	/* No new connection: they queue on the listener for the successor. */
+	epoll_ctl(m->ep, EPOLL_CTL_DEL, m->lfd, NULL);
+	do {
+		struct pollfd pf = { .fd = m->ep, .events = POLLIN };
+		uint32_t j;
+
+		open = false;
+		for (j = 0; j < METRICS_CONNS_MAX; j++)
+			open |= m->conns[j].fd >= 0;
+		if (!open)
+			break;
+		if (poll(&pf, 1, 10) > 0)
+			metrics_service(m);
+	} while (metrics_now_ns() < end);
+}
+
+int metrics_listen_fd(const struct metrics *m)
+{
+	return m ? m->lfd : -1;
+}
+
 uint16_t metrics_port(const struct metrics *m)
 {
 	return m->port;
 }
 
-int metrics_open(struct metrics **out, const struct cfg_addr *addr, const struct admin_ops *ops,
-		 char *err, size_t errlen)
+/* Opens the listener at addr, or adopts inherited (>= 0: a listening socket), and serves it. */
+static int metrics_open_as(struct metrics **out, const struct cfg_addr *addr, int inherited,
+			   const struct admin_ops *ops, char *err, size_t errlen)
 {
 	struct itimerspec its = { .it_interval = { 1, 0 }, .it_value = { 1, 0 } };
 	struct sockaddr_storage ss;
@@ -652,7 +683,10 @@ int metrics_open(struct metrics **out, const struct cfg_addr *addr, const struct
 	int rc, one = 1, i;
 
 	err[0] = '\0';
-	if (!addr || !ops || !ops->cores_n || !ops->core || !ops->steering_mode || !ops->policy) {
+	if ((!addr && inherited < 0) || !ops || !ops->cores_n || !ops->core ||
+	    !ops->steering_mode || !ops->policy) {
+		if (inherited >= 0)
+			close(inherited);
 		snprintf(err, errlen, "metrics: no address or incomplete admin_ops");
 		return -EINVAL;
 	}
@@ -666,6 +700,13 @@ int metrics_open(struct metrics **out, const struct cfg_addr *addr, const struct
 		m->conns[i].fd = -1;
 	m->ops = ops;
 
+	if (inherited >= 0) {
+		m->lfd = inherited;
+		if (fcntl(m->lfd, F_SETFL, fcntl(m->lfd, F_GETFL) | O_NONBLOCK) == -1 ||
+		    fcntl(m->lfd, F_SETFD, FD_CLOEXEC) == -1)
+			goto fail_errno;
+		goto bound;
+	}
 	m->lfd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (m->lfd < 0)
 		goto fail_errno;
@@ -675,6 +716,7 @@ int metrics_open(struct metrics **out, const struct cfg_addr *addr, const struct
 		goto fail_errno;
 	if (listen(m->lfd, 64) == -1)
 		goto fail_errno;
+bound:
 	if (getsockname(m->lfd, (struct sockaddr *)&ss, &sl) == -1)
 		goto fail_errno;
 	if (ss.ss_family == AF_INET6) {
@@ -712,10 +754,26 @@ int metrics_open(struct metrics **out, const struct cfg_addr *addr, const struct
 
 fail_errno:
 	rc = -errno;
-	snprintf(err, errlen, "metrics %s: %s", addr->text[0] ? addr->text : "listener",
+	snprintf(err, errlen, "metrics %s: %s", addr && addr->text[0] ? addr->text : "listener",
 		 strerror(-rc));
 	metrics_close(m);
 	return rc;
+}
+
+int metrics_open(struct metrics **out, const struct cfg_addr *addr, const struct admin_ops *ops,
+		 char *err, size_t errlen)
+{
+	return metrics_open_as(out, addr, -1, ops, err, errlen);
+}
+
+int metrics_open_fd(struct metrics **out, int fd, const struct admin_ops *ops, char *err,
+		    size_t errlen)
+{
+	if (fd < 0) {
+		snprintf(err, errlen, "metrics: no inherited listener");
+		return -EBADF;
+	}
+	return metrics_open_as(out, NULL, fd, ops, err, errlen);
 }
 
 void metrics_close(struct metrics *m)

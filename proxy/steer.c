@@ -45,6 +45,13 @@ struct steer {
 	 * are reached through /proc/self/fd/N, which does not traverse the root-only parent.
 	 */
 	int dir_fd;
+	/*
+	 * Binary upgrade: the control state read from the live predecessor's pins before they
+	 * were replaced (policy, and per core weight and drain state), applied at load.
+	 */
+	bool takeover, carried, carried_cores;
+	struct steer_ctl carry_ctl;
+	struct steer_cores *carry_cores;
 };
 
 /* The folder holding the pins as a path this process can resolve now. */
@@ -120,6 +127,25 @@ static bool steer_pid_alive(uint32_t pid)
 	return pid && (kill((pid_t)pid, 0) == 0 || errno == EPERM);
 }
 
+/* Whether the map pinned at path has m's type, sizes and flags. */
+static bool steer_pin_reusable_layout(const char *path, struct bpf_map *m)
+{
+	struct bpf_map_info info;
+	__u32 len = sizeof(info);
+	bool ok;
+	int fd;
+
+	fd = bpf_obj_get(path);
+	if (fd < 0)
+		return false;
+	memset(&info, 0, sizeof(info));
+	ok = bpf_obj_get_info_by_fd(fd, &info, &len) == 0 && info.type == bpf_map__type(m) &&
+	     info.key_size == bpf_map__key_size(m) && info.value_size == bpf_map__value_size(m) &&
+	     info.max_entries == bpf_map__max_entries(m) && info.map_flags == bpf_map__map_flags(m);
+	close(fd);
+	return ok;
+}
+
 /*
  * Whether a pinned map left by an earlier run can be reused: same type, sizes and flags;
  * for the control map also the same layout version, and an owner that is gone. 1 = yes.
@@ -146,6 +172,39 @@ static int steer_pin_reusable(const char *path, struct bpf_map *m, bool is_ctl)
 }
 
 /*
+ * Upgrade: reads the predecessor's control and per-core maps (same layout only) so that its
+ * policy, weights and drain state carry over into this process's own maps.
+ */
+static void steer_carry_read(struct steer *s)
+{
+	char path[192];
+	__u32 zero = 0;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/ctl", s->dir);
+	if (!steer_pin_reusable_layout(path, s->skel->maps.ctl))
+		return;
+	fd = bpf_obj_get(path);
+	if (fd < 0)
+		return;
+	s->carried = bpf_map_lookup_elem(fd, &zero, &s->carry_ctl) == 0 &&
+		     s->carry_ctl.abi == STEER_ABI && s->carry_ctl.policy < STEER_POLICY_N;
+	close(fd);
+	if (!s->carried)
+		return;
+	snprintf(path, sizeof(path), "%s/cores", s->dir);
+	s->carry_cores = calloc(1, sizeof(*s->carry_cores));
+	if (!s->carry_cores || !steer_pin_reusable_layout(path, s->skel->maps.cores))
+		return;
+	fd = bpf_obj_get(path);
+	if (fd < 0)
+		return;
+	s->carried_cores = bpf_map_lookup_elem(fd, &zero, s->carry_cores) == 0 &&
+			   s->carry_ctl.cores_n == s->cores_n;
+	close(fd);
+}
+
+/*
  * Pins of a crashed run (owner gone) are reused when compatible: libbpf opens them by
  * name at load. Otherwise the whole set is replaced, so that maps of two layouts never
  * mix and two live processes of one instance never share a socket array (each would
@@ -159,6 +218,9 @@ static void steer_check_pins(struct steer *s)
 	bool replace = false;
 	struct bpf_map *m;
 	int i;
+
+	if (s->takeover)
+		steer_carry_read(s);
 
 	for (i = 0; (m = steer_map_at(s->skel, i)); i++) {
 		snprintf(path, sizeof(path), "%s/%s", s->dir, bpf_map__name(m));
@@ -326,10 +388,15 @@ static int steer_load(struct steer *s, const struct config *cfg, int policy, cha
 	 */
 	for (i = 0; i < STEER_CORES_MAX; i++) {
 		struct steer_core *c = &s->cores[i];
+		uint32_t drained = 0;
 
 		w = i < cfg->steering.weights_n ? cfg->steering.weights[i] : 1;
+		if (s->carried_cores && i < s->cores_n) {
+			w = s->carry_cores->core[i].weight;
+			drained = s->carry_cores->core[i].drained & 1;
+		}
 		__atomic_store_n(&c->weight, i < s->cores_n ? w : 0, __ATOMIC_RELAXED);
-		__atomic_store_n(&c->drained, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&c->drained, drained, __ATOMIC_RELAXED);
 		__atomic_store_n(&c->conns, 0, __ATOMIC_RELAXED);
 		__atomic_store_n(&c->reqs, 0, __ATOMIC_RELAXED);
 		__atomic_store_n(&c->load, 0, __ATOMIC_RELAXED);
@@ -357,6 +424,8 @@ static int steer_load(struct steer *s, const struct config *cfg, int policy, cha
 	}
 	__atomic_store_n(&s->ctl->groups_n, cfg->listen_n, __ATOMIC_RELAXED);
 	__atomic_store_n(&s->ctl->cores_n, s->cores_n, __ATOMIC_RELAXED);
+	if (s->carried)
+		policy = (int)s->carry_ctl.policy;
 	__atomic_store_n(&s->ctl->policy, (uint32_t)policy, __ATOMIC_RELAXED);
 	__atomic_store_n(&s->ctl->owner_pid, (uint32_t)getpid(), __ATOMIC_RELAXED);
 	__atomic_store_n(&s->ctl->abi, STEER_ABI, __ATOMIC_RELAXED);
@@ -380,7 +449,8 @@ static int steer_libbpf_print(enum libbpf_print_level level, const char *fmt, va
 }
 #pragma GCC diagnostic pop
 
-int steer_open(struct steer **out, const struct config *cfg, char *err, size_t errlen)
+static int steer_open_as(struct steer **out, const struct config *cfg, bool takeover, char *err,
+			 size_t errlen)
 {
 	const char *pname = cfg->steering.policy[0] ? cfg->steering.policy : "hash";
 	struct steer *s;
@@ -418,6 +488,7 @@ int steer_open(struct steer **out, const struct config *cfg, char *err, size_t e
 		return -ENOMEM;
 	s->dir_fd = -1;
 	s->cores_n = cfg->cores_n;
+	s->takeover = takeover;
 	s->ncpus = libbpf_num_possible_cpus();
 	if (s->ncpus <= 0) {
 		ret = s->ncpus ? s->ncpus : -EINVAL;
@@ -451,6 +522,36 @@ int steer_open(struct steer **out, const struct config *cfg, char *err, size_t e
 fail:
 	steer_close(s);
 	return ret;
+}
+
+int steer_open(struct steer **out, const struct config *cfg, char *err, size_t errlen)
+{
+	return steer_open_as(out, cfg, false, err, errlen);
+}
+
+int steer_open_takeover(struct steer **out, const struct config *cfg, char *err, size_t errlen)
+{
+	return steer_open_as(out, cfg, true, err, errlen);
+}
+
+bool steer_carried(const struct steer *s)
+{
+	return s && s->carried;
+}
+
+bool steer_carried_drained(const struct steer *s, uint32_t worker)
+{
+	return s && s->carried_cores && worker < s->cores_n &&
+	       (s->carry_cores->core[worker].drained & 1);
+}
+
+int steer_attach(struct steer *s, int fd)
+{
+	if (!s || fd < 0)
+		return -EINVAL;
+	if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, &s->prog_fd, sizeof(s->prog_fd)))
+		return -errno;
+	return 0;
 }
 
 /* The socket cookie of fd, to recognise it in the socket array (whose lookups return it). */
@@ -612,6 +713,35 @@ uint64_t steer_fallbacks(const struct steer *s)
 }
 
 /* Whether the map pinned under m's name is m itself (same kernel map id). */
+static bool steer_pinned_is_ours(const struct steer *s, struct bpf_map *m);
+
+int steer_repin(struct steer *s)
+{
+	char path[192];
+	struct bpf_map *m;
+	int i, lock, ret = 0;
+
+	if (!s)
+		return 0;
+	ret = steer_mkdir(STEER_PIN_ROOT);
+	if (!ret)
+		ret = steer_mkdir(s->dir);
+	if (ret)
+		return ret;
+	lock = steer_lock(s->dir);
+	for (i = 0; (m = steer_map_at(s->skel, i)); i++) {
+		if (steer_pinned_is_ours(s, m))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", s->dir, bpf_map__name(m));
+		unlink(path);
+		if (bpf_obj_pin(bpf_map__fd(m), path) && !ret)
+			ret = -errno;
+	}
+	steer_unlock(lock);
+	return ret;
+}
+
+/* Whether the map pinned under m's name is m itself (same kernel map id). */
 static bool steer_pinned_is_ours(const struct steer *s, struct bpf_map *m)
 {
 	struct bpf_map_info a, b;
@@ -707,6 +837,7 @@ void steer_close(struct steer *s)
 	if (s->cores)
 		munmap(s->cores, s->cores_len);
 	steer_bpf__destroy(s->skel);
+	free(s->carry_cores);
 	free(s);
 }
 

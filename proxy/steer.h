@@ -21,6 +21,28 @@ struct steer; /* owned by the main thread */
 int steer_open(struct steer **out, const struct config *cfg, char *err, size_t errlen);
 
 /*
+ * The same for a binary upgrade taking over the instance from a live predecessor: its pins
+ * are replaced by this process's own maps (so each process steers only to its own
+ * listeners), and the predecessor's policy and, with as many workers, each core's weight and
+ * drain state are copied into them instead of the config's values.
+ */
+int steer_open_takeover(struct steer **out, const struct config *cfg, char *err, size_t errlen);
+/* Whether steer_open_takeover() carried a predecessor's state over (policy at least). */
+bool steer_carried(const struct steer *s);
+/* Whether the predecessor had this worker drained (its state carried over). */
+bool steer_carried_drained(const struct steer *s, uint32_t worker);
+/*
+ * Attaches this process's program to the reuseport group of listener fd again (the group's
+ * program is the last one attached: after a failed upgrade the successor's may be left).
+ */
+int steer_attach(struct steer *s, int fd);
+/*
+ * Pins this process's maps again where another process of the instance (a failed upgrade's
+ * successor) replaced or removed them. 0 when every map is pinned as ours. NULL is fine.
+ */
+int steer_repin(struct steer *s);
+
+/*
  * Registers worker's listener fd (already listening) for listen address listen_idx: puts it
  * in the socket array and attaches the program to its reuseport group (once per group).
  * Also used to put a listener back after undrain (listen() again). Thread-safe for

@@ -460,7 +460,8 @@ static void accept_fd_short(struct worker *w)
 static void on_accept(struct worker *w, uint32_t li, int res, uint32_t flags)
 {
 	if (res >= 0) {
-		if (w->stopping)
+		/* An upgrade's drain serves what was accepted already (the successor has the rest). */
+		if (w->stopping && !w->d->handover)
 			close(res);
 		else
 			conn_accept(w, res);

@@ -11,6 +11,8 @@
 
 /* The daemon answers from its main loop in microseconds; 10 s means it is wedged. */
 #define CLIENT_TIMEOUT_MS 10000
+
+int client_timeout_ms = CLIENT_TIMEOUT_MS;
 /* Replies are at most a few MiB (the daemon caps them at 4 MiB). */
 #define CLIENT_REPLY_MAX (8u << 20)
 
@@ -112,12 +114,12 @@ json_t *client_request(int fd, json_t *req, char *err, size_t errlen, bool *unre
 			}
 			buf = nb;
 		}
-		rc = poll(&p, 1, CLIENT_TIMEOUT_MS);
+		rc = poll(&p, 1, client_timeout_ms);
 		if (rc < 0 && errno == EINTR)
 			continue;
 		if (rc == 0) {
 			snprintf(err, errlen, "no reply from the daemon in %d s",
-				 CLIENT_TIMEOUT_MS / 1000);
+				 client_timeout_ms / 1000);
 			*unreachable = true;
 			goto out;
 		}

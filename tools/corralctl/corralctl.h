@@ -28,6 +28,9 @@ int client_connect(const char *path, char *err, size_t errlen);
  * closed the connection", ...). *unreachable tells an I/O failure from a bad reply.
  */
 json_t *client_request(int fd, json_t *req, char *err, size_t errlen, bool *unreachable);
+/* How long client_request() waits for the reply; `upgrade` waits longer. */
+extern int client_timeout_ms;
+#define CLIENT_UPGRADE_TIMEOUT_MS 30000
 
 /* Human-readable helpers: 1234567 -> "1.2M", 1536 bytes -> "1.5K"; microseconds -> "1.2ms". */
 void render_count(char *out, size_t len, double v);

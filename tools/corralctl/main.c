@@ -28,6 +28,8 @@ static const struct cmd_help {
 	{ "backend", "weight ADDR N", "balancing weight of a backend" },
 	{ "reload", "",
 	  "re-read the config file (like SIGHUP); names changed keys that need a restart" },
+	{ "upgrade", "[--json]",
+	  "start the binary on disk in place of the running one, without dropping connections" },
 	{ "help", "[COMMAND]", "this text, or one command's" },
 };
 
@@ -246,6 +248,13 @@ static void render_reload(FILE *f, json_t *reply)
 	fputc('\n', f);
 }
 
+/* The successor's pid: the running daemon now (the old one drains and exits). */
+static void render_upgrade(FILE *f, json_t *reply)
+{
+	fprintf(f, "upgraded: new pid %.0f (the old process drains and exits)\n",
+		json_num(reply, "pid"));
+}
+
 static bool only_json_flag(int argc, char **argv, bool *json)
 {
 	*json = false;
@@ -403,6 +412,14 @@ int main(int argc, char **argv)
 		return usage(
 			"backend: expected enable|disable ADDR, disable --force ADDR, or weight "
 			"ADDR N");
+	}
+	if (!strcmp(cmd, "upgrade")) {
+		if (!only_json_flag(argc, argv, &json))
+			return usage("upgrade: only --json");
+		/* The daemon answers once the new process is ready (it gives it 20 s). */
+		client_timeout_ms = CLIENT_UPGRADE_TIMEOUT_MS;
+		return cmd_simple(sock, json_pack("{s:s}", "cmd", "upgrade"), render_upgrade, json,
+				  NULL);
 	}
 	if (!strcmp(cmd, "reload")) {
 		if (argc != 0)

@@ -82,6 +82,16 @@ void render_status(FILE *f, json_t *r)
 		fprintf(f, " (version %.0f)", json_num(r, "config_version"));
 	fprintf(f, "\nsteering: %s, policy %s\n", str(steer, "mode", "?"),
 		str(steer, "policy", "?"));
+	if (json_is_object(json_object_get(r, "upgrade"))) {
+		json_t *u = json_object_get(r, "upgrade");
+
+		fprintf(f, "upgrade:  last at %s (from pid %.0f, upgrade %.0f)\n",
+			str(u, "at", "?"), json_num(u, "from_pid"), json_num(u, "count"));
+	} else if (json_object_get(r, "upgrade")) {
+		fprintf(f, "upgrade:  none (started directly)\n");
+	}
+	if (json_is_true(json_object_get(r, "upgrading")))
+		fprintf(f, "upgrade:  a new process is starting\n");
 	fprintf(f, "cores:    %zu\n", json_array_size(cores));
 	fprintf(f, "%6s %6s %-9s %6s\n", "CORE", "CPU", "STATE", "WEIGHT");
 	json_array_foreach(cores, i, c)
