@@ -42,7 +42,7 @@ LLHTTP_LIB  := $(B)/libllhttp.a
 BINS := $(B)/corral $(B)/corral-backend $(if $(CTL_SRC),$(B)/corralctl)
 
 .SECONDARY: $(BPF_OBJ) $(BPF_SKEL)
-.PHONY: all deps run test unit e2e asan bench fuzz fuzz-smoke fmt lint clean
+.PHONY: all deps run test unit e2e asan bench bench-quick bench-deps bench-bins fuzz fuzz-smoke fmt lint clean
 .DEFAULT_GOAL := all
 
 all: $(BINS) $(UNIT_BIN)
@@ -127,9 +127,30 @@ run: deps
 	$(MAKE) all
 	@bash deploy/run-demo.sh $(B)
 
-bench: deps
-	$(MAKE) all
-	@bash tools/bench/bench.sh $(B)
+# The bench's own contenders: the io_uring relay (the floor) and the Tokio/Hyper proxy, built
+# offline against Debian's crates in /usr/share/cargo/registry (install-deps.sh bench).
+RELAY_BIN := $(B)/corral-relay
+TOKIO_BIN := $(B)/bench/tokio-proxy/release/tokio-proxy
+$(RELAY_BIN): tools/bench/relay.c
+	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(LDFLAGS) -o $@ $< -luring
+
+$(TOKIO_BIN): tools/bench/tokio-proxy/src/main.rs tools/bench/tokio-proxy/Cargo.toml
+	cd tools/bench/tokio-proxy && CARGO_HOME=$(abspath $(B))/bench/cargo-home /usr/bin/cargo build \
+		--offline --release -j2 --target-dir $(abspath $(B))/bench/tokio-proxy
+
+bench-deps:
+	@bash deploy/install-deps.sh bench
+
+bench-bins: $(BINS) $(RELAY_BIN) $(TOKIO_BIN)
+
+# Full run (under 15 min on 2 cores) and a quick one (under 3 min); see docs/benchmarks.md.
+bench: bench-deps
+	$(MAKE) bench-bins
+	@bash tools/bench/bench.sh $(B) full
+
+bench-quick: bench-deps
+	$(MAKE) bench-bins
+	@bash tools/bench/bench.sh $(B) quick
 
 # --- style ------------------------------------------------------------------------------
 FMT_SRC := $(wildcard proxy/*.[ch] bpf/*.[ch] tools/*/*.[ch] tests/unit/*.c tests/fuzz/*.c)
