@@ -48,7 +48,7 @@ enum steer_policy {
 	STEER_ROUND_ROBIN,  /* a shared counter over the non-drained workers */
 	STEER_LEAST_CONN,   /* fewest active connections */
 	STEER_LEAST_LOAD,   /* lowest in-flight requests plus recent busy time */
-	STEER_POWER_OF_TWO, /* two random workers, the lighter (least-load score) wins */
+	STEER_POWER_OF_TWO, /* two random workers, the lighter (least-load score) wins, ties random */
 	STEER_WEIGHTED,	    /* deterministic, proportional to per-worker weights */
 	STEER_CPU_LOCAL,    /* the worker pinned to the CPU that processed the SYN */
 	STEER_POLICY_N,
@@ -311,9 +311,14 @@ static __always_inline int steer_pick(const struct steer_ctl *ctl, const struct 
 			return a;
 		a &= STEER_CORES_MAX - 1;
 		b &= STEER_CORES_MAX - 1;
-		if (steer_score(&cores[b]) < steer_score(&cores[a]) ||
-		    (steer_score(&cores[b]) == steer_score(&cores[a]) &&
-		     STEER_READ(cores[b].conns) < STEER_READ(cores[a].conns)))
+		/*
+		 * A tie keeps a, which is already the random one of the pair. It is NOT broken by
+		 * fewer connections: conns counts accepted connections only, so a worker that is
+		 * slow to accept - the busy one - looks emptier while its queue fills, and every
+		 * tie (frequent with two workers, where the pair is always both) sent the next
+		 * connections to it as well: a herd and a long tail.
+		 */
+		if (steer_score(&cores[b]) < steer_score(&cores[a]))
 			return b;
 		return a;
 	case STEER_WEIGHTED:
