@@ -344,6 +344,10 @@ class Bench:
         contender once, the order rotated by round."""
         if self.only is not None and scen not in self.only:
             return
+        want = os.environ.get("BENCH_CONTENDERS", "").split()
+        contenders = [n for n in contenders if not want or n in want]
+        if not contenders:
+            return
         bport = self.start_backend(lcpus if workers == 1 else pcpus, be_threads)
         up = []
         for name in contenders:
