@@ -28,11 +28,21 @@ async fn forward(
     *req.uri_mut() = Uri::try_from(format!("http://127.0.0.1:{}{}", backend, pq)).unwrap();
     let h = req.headers_mut();
     // The same forwarded headers as corral, NGINX and HAProxy get asked for.
+    let close = h
+        .get(CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map_or(false, |v| v.eq_ignore_ascii_case("close"));
     h.remove(CONNECTION);
     h.insert("x-forwarded-for", HeaderValue::from_str(&peer.ip().to_string()).unwrap());
     h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     match client.request(req).await {
-        Ok(resp) => Ok(resp),
+        Ok(mut resp) => {
+            // Hyper closes after such a request but does not say so; the other proxies do.
+            if close {
+                resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(resp)
+        }
         Err(_) => Ok(Response::builder().status(502).body(Body::empty()).unwrap()),
     }
 }
