@@ -19,10 +19,11 @@ PY = "/usr/bin/python3"
 
 MODES = {
     # rounds, seconds per measured run, warm-up seconds, hello connection counts (1 worker, 2 workers)
-    "quick": dict(rounds=2, secs=2, warm=0.5, hello1=[256], hello2=[], work=False, large_up=False,
+    # warm: unmeasured seconds before every measured run; warm_once: before a contender's first run only
+    "quick": dict(rounds=2, secs=2, warm=0, warm_once=1, hello1=[256], hello2=[], work=False, large_up=False,
                   idle=[5000], slow=False, slow_secs=0),
-    "full": dict(rounds=3, secs=3, warm=1, hello1=[64, 256, 1024], hello2=[256], work=True,
-                 large_up=True, idle=[10000, 19000], slow=True, slow_secs=20),
+    "full": dict(rounds=3, secs=3, warm=1, warm_once=0, hello1=[64, 256, 1024], hello2=[256], work=True,
+                 large_up=True, idle=[10000, 19000], slow=True, slow_secs=15),
 }
 POOL = 1024            # upstream keep-alive connections each proxy may keep: >= the largest -c
 REQS_PER_CONN = 1000000  # keep-alive requests per client connection: never reached in a run
@@ -355,6 +356,11 @@ class Bench:
             if c:
                 up.append(c)
         try:
+            if self.m["warm_once"]:
+                for c in up:
+                    ws = [self.wrk(c["port"], **dict(kw, secs=self.m["warm_once"])) for _, kw in cases[0][1]]
+                    for w in ws:
+                        w.wait()
             for case, loads in cases:
                 for rnd in range(1, self.m["rounds"] + 1):
                     k = (rnd - 1) % len(up)
@@ -380,7 +386,7 @@ class Bench:
                     if not c:
                         continue
                     # The loaded steady state first: pools, rings and caches touched once.
-                    self.wrk(c["port"], 64, 2, cpus="1").wait()
+                    self.wrk(c["port"], 64, 1 if self.mode == "quick" else 2, cpus="1").wait()
                     log = os.path.join(self.run, f"idle-{name}-{n}.log")
                     r = subprocess.run(["timeout", "200", "taskset", "-c", "1", PY, os.path.join(HERE, "idle_conns.py"),
                                         "--port", str(c["port"]), "--pid", str(c["rss"][0]), "--count", str(n),

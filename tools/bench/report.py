@@ -146,7 +146,9 @@ def main():
     st = meta.get("settings") or {}
     P("")
     P(f"Medians of {st.get('rounds')} interleaved rounds of {st.get('secs')} s per contender "
-      f"(warm-up {st.get('warm')} s each); floor = `{FLOOR}` (unparsed io_uring relay), reference = HAProxy. "
+      + (f"(warm-up {st.get('warm')} s before each)" if st.get("warm") else
+         f"(warm-up {st.get('warm_once')} s before a contender's first run)")
+      + f"; floor = `{FLOOR}` (unparsed io_uring relay), reference = HAProxy. "
       f"NGINX {meta.get('nginx')}, HAProxy {meta.get('haproxy')}, wrk {meta.get('wrk')}.")
     for scen in ("hello", "work", "uneven", "churn", "large"):
         keys = [k for k in order if k[0] == scen]
