@@ -22,7 +22,7 @@ MODES = {
     # warm: unmeasured seconds before every measured run; warm_once: before a contender's first run only
     "quick": dict(rounds=2, secs=2, warm=0, warm_once=1, hello1=[256], hello2=[], work=False, large_up=False,
                   idle=[5000], slow=False, slow_secs=0),
-    "full": dict(rounds=3, secs=3, warm=1, warm_once=0, hello1=[64, 256, 1024], hello2=[256], work=True,
+    "full": dict(rounds=3, secs=3, warm=0, warm_once=1, hello1=[64, 256, 1024], hello2=[256], work=True,
                  large_up=True, idle=[10000, 19000], slow=True, slow_secs=15),
 }
 POOL = 1024            # upstream keep-alive connections each proxy may keep: >= the largest -c
