@@ -188,6 +188,7 @@ def main():
               f"{fmt(x['growth_kb'] / ref if ref else None, 2)} | {fmt(rps, 0)} | "
               f"{fmt(w.get('p99_us', 0) / 1000 if w else None, 2)} | "
               f"{fmt((x.get('readers') or {}).get('per_reader_kb_s'), 1)} |")
+    targets(P, rows, order, idle, slow)
     for n in notes:
         P("")
         P(f"note: {n}")
@@ -217,6 +218,63 @@ def main():
     plots(a.dir, rows, order, idle, stamp)
     print(f"results: {a.dir}/results.md, results.csv, results.json, *.png")
     return 0
+
+
+def targets(P, rows, order, idle, slow):
+    """Issue 12's targets, each checked against this run: met, MISSED, or n/a (not measured)."""
+    out = []
+
+    def mark(ok):
+        return "n/a" if ok is None else ("met" if ok else "MISSED")
+
+    for k in order:
+        if k[0] != "hello" or not k[1].startswith("1w-") or k[2] != "corral":
+            continue
+        r = rows[k]
+        others = [rows[x]["cpu_us_req"] for x in order
+                  if x[:2] == k[:2] and x[2] not in ("corral", FLOOR) and rows[x].get("cpu_us_req")]
+        cf = r.get("cpu_vs_floor")
+        out.append((f"hello {k[1]}: corral CPU/req <= 1.05x floor", f"{fmt(cf, 2)}x", mark(None if cf is None else cf <= 1.05)))
+        out.append((f"hello {k[1]}: corral CPU/req below every other contender",
+                    f"{fmt(r.get('cpu_us_req'), 2)} vs min {fmt(min(others) if others else None, 2)} µs",
+                    mark(None if not others else r["cpu_us_req"] < min(others))))
+        pr = r.get("p99_vs_ref")
+        out.append((f"hello {k[1]}: corral p99 <= 0.7x HAProxy", f"{fmt(pr, 2)}x", mark(None if pr is None else pr <= 0.7)))
+    un = {k[2]: rows[k] for k in order if k[0] == "uneven"}
+    if un:
+        base, tok = un.get(UNEVEN_BASE, {}), un.get("tokio", {})
+        best = None
+        for name, r in un.items():
+            if not name.startswith("corral-") or name == UNEVEN_BASE:
+                continue
+            ok = (r.get("core_max_mean") is not None and r["core_max_mean"] <= 1.10 and
+                  base.get("p99_ms") is not None and r["p99_ms"] < base["p99_ms"] and
+                  (tok.get("p99_ms") is None or r["p99_ms"] <= tok["p99_ms"]))
+            if best is None or ok > best[1] or (ok == best[1] and r["p99_ms"] < un[best[0]]["p99_ms"]):
+                best = (name, ok)
+        if best:
+            r = un[best[0]]
+            out.append(("uneven: best policy max/mean <= 1.10, p99 < hash's, p99 <= Tokio's",
+                        f"{best[0]}: {fmt(r.get('core_max_mean'), 2)}, {fmt(r.get('p99_ms'), 1)} ms vs hash "
+                        f"{fmt(base.get('p99_ms'), 1)}, Tokio {fmt(tok.get('p99_ms'), 1)} ms", mark(best[1])))
+    for s in idle:
+        if s["contender"] == "corral":
+            b = s["idle"].get("bytes_per_conn")
+            out.append((f"idle {s['case']}: corral <= 512 B per connection", f"{fmt(b, 0)} B",
+                        mark(None if b is None else b <= 512)))
+    g = {s["contender"]: s["slow"]["growth_kb"] for s in slow}
+    if "corral" in g and REF in g:
+        out.append(("slow readers: corral RSS growth <= HAProxy's",
+                    f"{g['corral'] / 1024:.1f} vs {g[REF] / 1024:.1f} MiB", mark(g["corral"] <= g[REF])))
+    if not out:
+        return
+    P("")
+    P("### targets (issue 12), this run")
+    P("")
+    P("| target | measured | |")
+    P("|---|---|---|")
+    for t, v, m in out:
+        P(f"| {t} | {v} | {m} |")
 
 
 def plots(d, rows, order, idle, stamp):
