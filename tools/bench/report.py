@@ -165,7 +165,7 @@ def main():
             P(f"| {k[1]} | {k[2]} | " + " | ".join(fmt(r.get(c[0]), c[2]) for c in cols) + " |")
     if idle:
         P("")
-        P("### memory: RSS per idle keep-alive client connection (1 worker; after a 2 s load warm-up)")
+        P("### memory: RSS per idle keep-alive client connection (1 worker; after a short load warm-up)")
         P("")
         P("| connections | contender | bytes/conn | RSS MiB | failed | lost |")
         P("|---:|---|---:|---:|---:|---:|")
