@@ -132,6 +132,7 @@ run: deps
 RELAY_BIN := $(B)/corral-relay
 TOKIO_BIN := $(B)/bench/tokio-proxy/release/tokio-proxy
 $(RELAY_BIN): tools/bench/relay.c
+	@mkdir -p $(@D)
 	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(LDFLAGS) -o $@ $< -luring
 
 $(TOKIO_BIN): tools/bench/tokio-proxy/src/main.rs tools/bench/tokio-proxy/Cargo.toml

@@ -40,6 +40,9 @@ class Bench:
         for k in ("rounds", "secs"):
             if os.environ.get("BENCH_" + k.upper()):
                 self.m[k] = int(os.environ["BENCH_" + k.upper()])
+        for k in ("hello1", "hello2"):
+            if os.environ.get("BENCH_" + k.upper()) is not None:
+                self.m[k] = [int(x) for x in os.environ["BENCH_" + k.upper()].split()]
         self.mode = mode
         self.out = os.path.join(self.build, "bench")
         self.run = os.path.join(self.out, "run")
