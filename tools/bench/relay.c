@@ -24,10 +24,15 @@
 /* 64 KiB per direction: a 1 MiB body moves in 16 round trips of the ring, as a proxy's would. */
 #define RELAY_BUF 65536
 /* Submission queue depth; completions are reaped in batches well below it. */
-#define RELAY_RING 4096
+#define RELAY_RING	  4096
 #define RELAY_THREADS_MAX 64
 
-enum op { OP_ACCEPT = 1, OP_CONNECT, OP_RECV, OP_SEND };
+enum op {
+	OP_ACCEPT = 1,
+	OP_CONNECT,
+	OP_RECV,
+	OP_SEND
+};
 
 struct pair;
 
