@@ -48,7 +48,7 @@ enum steer_policy {
 	STEER_ROUND_ROBIN,  /* a shared counter over the non-drained workers */
 	STEER_LEAST_CONN,   /* fewest active connections */
 	STEER_LEAST_LOAD,   /* lowest in-flight requests plus recent busy time */
-	STEER_POWER_OF_TWO, /* two random workers, the lighter (least-load score) wins, ties random */
+	STEER_POWER_OF_TWO, /* two random workers, the lighter (least-load score) wins */
 	STEER_WEIGHTED,	    /* deterministic, proportional to per-worker weights */
 	STEER_CPU_LOCAL,    /* the worker pinned to the CPU that processed the SYN */
 	STEER_POLICY_N,
