@@ -50,6 +50,7 @@ class Bench:
         self.samples = open(os.path.join(self.out, "samples.jsonl"), "w")
         self.notes = []
         self.procs = []  # Popen objects we started (session leaders)
+        self.loads = []  # load generators (wrk, clients) that may still run
         self.seq = 0
         only = os.environ.get("BENCH_SCENARIOS", "")
         self.only = set(only.split()) if only else None
@@ -77,7 +78,7 @@ class Bench:
             self.procs.remove(p)
 
     def stop_all(self):
-        for p in list(self.procs):
+        for p in self.loads + list(self.procs):
             self.stop(p)
 
     def note(self, s):
@@ -289,7 +290,9 @@ class Bench:
         cmd.append(f"http://127.0.0.1:{port}{path}")
         f = open(log or os.devnull, "w")
         e = dict(os.environ, BENCH_LUA_DIR=HERE, **(env or {}))
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=e)
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=e)
+        self.loads = [x for x in self.loads if x.poll() is None] + [p]
+        return p
 
     @staticmethod
     def wrk_result(log):
@@ -424,6 +427,7 @@ class Bench:
                                "--port", str(c["port"]), "--count", "200", "--bytes", str(10 * 1024 * 1024),
                                "--rate", "102400", "--seconds", str(secs)],
                               stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.loads.append(sr)
         time.sleep(2)  # the slow readers are connected and their buffers filled
         wlog = os.path.join(self.run, f"wrk-slow-{name}.log")
         w = self.wrk(c["port"], 64, max(1, secs - 4), cpus="1", log=wlog)
@@ -483,7 +487,9 @@ def main():
     def on_signal(sig, frame):
         raise KeyboardInterrupt
 
+    # Explicitly: a shell that starts us in the background leaves SIGINT ignored.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         b.main()
     except KeyboardInterrupt:
