@@ -42,7 +42,7 @@ LLHTTP_LIB  := $(B)/libllhttp.a
 BINS := $(B)/corral $(B)/corral-backend $(if $(CTL_SRC),$(B)/corralctl)
 
 .SECONDARY: $(BPF_OBJ) $(BPF_SKEL)
-.PHONY: all deps deps-run deps-test deps-bench run test unit e2e asan bench fuzz fuzz-smoke fmt lint clean install uninstall
+.PHONY: all deps deps-run deps-test deps-bench run test unit e2e asan bench bench-quick bench-bins fuzz fuzz-smoke fmt lint clean install uninstall
 .DEFAULT_GOAL := all
 
 all: $(BINS) $(UNIT_BIN)
@@ -149,9 +149,28 @@ run: deps-run
 $(B)/tls-bio-bench: tools/bench/tls_bio.c $(B)/obj/proxy/tls.o $(B)/obj/proxy/util.o
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ -lssl -lcrypto -lurcu-qsbr
 
+# The bench's own contenders: the io_uring relay (the floor) and the Tokio/Hyper proxy, built
+# offline against Debian's crates in /usr/share/cargo/registry (install-deps.sh bench).
+RELAY_BIN := $(B)/corral-relay
+TOKIO_BIN := $(B)/bench/tokio-proxy/release/tokio-proxy
+$(RELAY_BIN): tools/bench/relay.c
+	@mkdir -p $(@D)
+	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(LDFLAGS) -o $@ $< -luring
+
+$(TOKIO_BIN): tools/bench/tokio-proxy/src/main.rs tools/bench/tokio-proxy/Cargo.toml
+	cd tools/bench/tokio-proxy && CARGO_HOME=$(abspath $(B))/bench/cargo-home /usr/bin/cargo build \
+		--offline --release -j2 --target-dir $(abspath $(B))/bench/tokio-proxy
+
+bench-bins: $(BINS) $(RELAY_BIN) $(TOKIO_BIN)
+
+# Full run (under 15 min on 2 cores) and a quick one (under 3 min); see docs/benchmarks.md.
 bench: deps-bench
-	$(MAKE) $(BINS)
-	@bash tools/bench/bench.sh $(B)
+	$(MAKE) bench-bins
+	@bash tools/bench/bench.sh $(B) full
+
+bench-quick: deps-bench
+	$(MAKE) bench-bins
+	@bash tools/bench/bench.sh $(B) quick
 
 # --- mutation check (slow, not in CI): planted bugs the tests must catch --------------------
 .PHONY: mutate

@@ -311,9 +311,14 @@ static __always_inline int steer_pick(const struct steer_ctl *ctl, const struct 
 			return a;
 		a &= STEER_CORES_MAX - 1;
 		b &= STEER_CORES_MAX - 1;
-		if (steer_score(&cores[b]) < steer_score(&cores[a]) ||
-		    (steer_score(&cores[b]) == steer_score(&cores[a]) &&
-		     STEER_READ(cores[b].conns) < STEER_READ(cores[a].conns)))
+		/*
+		 * A tie keeps a, which is already the random one of the pair. It is NOT broken by
+		 * fewer connections: conns counts accepted connections only, so a worker that is
+		 * slow to accept - the busy one - looks emptier while its queue fills, and every
+		 * tie (frequent with two workers, where the pair is always both) sent the next
+		 * connections to it as well: a herd and a long tail.
+		 */
+		if (steer_score(&cores[b]) < steer_score(&cores[a]))
 			return b;
 		return a;
 	case STEER_WEIGHTED:

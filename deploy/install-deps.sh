@@ -23,7 +23,13 @@ TEST_PKGS=(
 	python3 python3-pytest python3-yaml python3-prometheus-client tmux curl iproute2
 	systemd cppcheck openssl
 )
-BENCH_PKGS=(nginx haproxy wrk curl python3 iproute2)
+# The peers and the load generator, plus what tools/bench/ builds and plots: cargo and the Rust
+# crates of the Tokio/Hyper work-stealing contender (built offline against
+# /usr/share/cargo/registry), and gnuplot for the PNG plots.
+BENCH_PKGS=(
+	nginx haproxy wrk curl python3 iproute2
+	cargo librust-tokio-dev librust-hyper-dev gnuplot-nox
+)
 
 print=0
 if [ "${1:-}" = "--print" ]; then

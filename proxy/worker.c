@@ -395,10 +395,18 @@ static void on_tick(struct worker *w)
 	if (w->now_ms - w->last_tick_ms >= HOUSEKEEP_MS) {
 		uint64_t interval = (w->now_ms - w->last_tick_ms) * 1000000ULL;
 
+		uint64_t cpu;
+
 		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-		STAT_SET(w->stats->cpu_ns, (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec);
-		steer_tick(w->sc, w->busy_ns, interval);
-		w->busy_ns = 0;
+		cpu = (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+		STAT_SET(w->stats->cpu_ns, cpu);
+		/*
+		 * The load figure is the CPU this thread got, not the wall time between waking and
+		 * sleeping: on a core shared with other runnable tasks the wall time counts their
+		 * turns too, so every worker read as 100% busy and least-load saw no difference.
+		 */
+		steer_tick(w->sc, cpu - w->tick_cpu_ns, interval);
+		w->tick_cpu_ns = cpu;
 		w->last_tick_ms = w->now_ms;
 		/* Accepts that ended on EMFILE/ENFILE/ENOMEM are retried here, not in a loop. */
 		if (!w->stopping && !w->drained)
@@ -626,7 +634,6 @@ static void *worker_main(void *arg)
 		wait_service(w);
 		if (io_uring_cq_has_overflow(&w->ring))
 			log_warn("worker %u: completion queue overflow", w->id);
-		w->busy_ns += now_ns() - t0;
 		if (w->stopping && w->conns_active == 0 && w->ups_open == 0 && !w->log_inflight)
 			break;
 	}

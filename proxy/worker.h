@@ -74,7 +74,7 @@ struct worker {
 	/* timers: FIFO lists per class */
 	uint32_t thead[T_CLASSES], ttail[T_CLASSES];
 	struct __kernel_timespec tick_ts;
-	uint64_t last_tick_ms, busy_ns, loop_ns;
+	uint64_t last_tick_ms, tick_cpu_ns, loop_ns; /* tick_cpu_ns: thread CPU at the last tick */
 
 	/* connections waiting for a free receive buffer */
 	uint32_t wait_head, wait_tail;

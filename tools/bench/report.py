@@ -1,187 +1,325 @@
 #!/usr/bin/python3
-"""bench.sh's report: medians over the interleaved rounds, the table, ratios, results.json."""
+"""bench.py's report: medians over the interleaved rounds, ratios to named baselines, a Markdown
+table per scenario on stdout, results.csv / results.json and PNG plots (gnuplot), all stamped with
+the machine, the commit and the date."""
 import argparse
+import csv
 import json
+import os
 import statistics
+import subprocess
 import sys
 
-ORDER = ["corral", "nginx", "haproxy"]
+FLOOR = "relay"       # the unparsed io_uring relay: the least work any proxy can do
+REF = "haproxy"       # the established proxy the targets name
+UNEVEN_BASE = "corral-hash"
 
 
 def load_jsonl(path):
     out = []
     try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    out.append(json.loads(line))
+        for line in open(path):
+            if line.strip():
+                out.append(json.loads(line))
     except FileNotFoundError:
         pass
     return out
+
+
+def errors(w):
+    return w["err_connect"] + w["err_read"] + w["err_write"] + w["err_status"] + w["err_timeout"]
+
+
+def figures(s):
+    """The per-sample figures of one measured window."""
+    w = s["main"]
+    secs = w["duration_us"] / 1e6
+    reqs = max(1, w["requests"])
+    f = {"req_s": reqs / secs, "p50_ms": w["p50_us"] / 1000, "p99_ms": w["p99_us"] / 1000,
+         "max_ms": w["lat_max_us"] / 1000, "cpu_us_req": s["proxy_cpu_ns"] / 1000 / reqs,
+         "backend_us_req": s["backend_cpu_ns"] / 1000 / reqs, "errors": errors(w)}
+    top = s.get("worker_cpu_ns") or []
+    if s["workers"] > 1 and top and sum(top):
+        f["core_max_mean"] = max(top) * len(top) / sum(top)
+    if "heavy" in s:
+        h = s["heavy"]
+        f["heavy_mb_s"] = h["bytes"] / (h["duration_us"] / 1e6) / 1e6
+        f["errors"] += errors(h)
+    if s["scenario"] == "large":
+        mb = (w["bytes"] if s["case"].startswith("down") else w["requests"] * 1048576) / 1e6
+        f["mb_s"] = mb / secs
+        f["cpu_us_mb"] = s["proxy_cpu_ns"] / 1000 / max(1e-9, mb)
+    return f
+
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
 
 
 def fmt(v, nd=1):
     if v is None:
         return "n/a"
     if isinstance(v, float):
-        return f"{v:.{nd}f}"
+        return f"{v:,.{nd}f}"
     return str(v)
+
+
+COLUMNS = {
+    "hello": [("req_s", "req/s", 0), ("p50_ms", "p50 ms", 2), ("p99_ms", "p99 ms", 2), ("max_ms", "max ms", 1),
+              ("cpu_us_req", "CPU µs/req", 2), ("cpu_vs_floor", "CPU ÷ floor", 2), ("cpu_vs_ref", "CPU ÷ HAProxy", 2),
+              ("p99_vs_ref", "p99 ÷ HAProxy", 2), ("core_max_mean", "core max/mean", 2), ("errors", "errors", 0)],
+    "uneven": [("req_s", "light req/s", 0), ("p50_ms", "p50 ms", 2), ("p99_ms", "p99 ms", 2), ("max_ms", "max ms", 1),
+               ("p99_vs_base", "p99 ÷ hash", 2), ("heavy_mb_s", "heavy MB/s", 0), ("core_max_mean", "core max/mean", 2),
+               ("cpu_us_req", "CPU µs/light req", 1), ("errors", "errors", 0)],
+    "churn": [("req_s", "conn/s", 0), ("p50_ms", "p50 ms", 2), ("p99_ms", "p99 ms", 2),
+              ("cpu_us_req", "CPU µs/conn", 2), ("cpu_vs_floor", "CPU ÷ floor", 2), ("cpu_vs_ref", "CPU ÷ HAProxy", 2),
+              ("errors", "errors", 0)],
+    "large": [("mb_s", "MB/s", 0), ("p99_ms", "p99 ms", 1), ("cpu_us_mb", "CPU µs/MB", 0),
+              ("mbcpu_vs_floor", "CPU ÷ floor", 2), ("mbcpu_vs_ref", "CPU ÷ HAProxy", 2), ("errors", "errors", 0)],
+}
+COLUMNS["work"] = COLUMNS["hello"]
+TITLES = {
+    "hello": "hello: GET / (13 B), keep-alive; 1w = 1 worker on core 0 (wrk + backend on core 1), "
+             "2w = 2 workers on both cores (wrk + backend unpinned)",
+    "work": "variable work: GET /work (0-10 x 10 µs of backend CPU), 2 workers, 256 connections",
+    "uneven": "uneven: 3 heavy keep-alive connections streaming 1 MiB responses + 32 light clients, "
+              "a new connection per GET; 2 workers",
+    "churn": "churn: a new connection per request (Connection: close), 64 clients, 1 worker",
+    "large": "large bodies: 1 MiB responses (down) and 1 MiB uploads (up), 16 connections, 1 worker",
+}
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--samples", required=True)
-    ap.add_argument("--rss", required=True)
-    ap.add_argument("--notes", required=True)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--dir", required=True)
     ap.add_argument("--meta", default="{}")
-    ap.add_argument("--proxies", default="", help="the proxies asked for, in order")
     a = ap.parse_args()
+    meta = json.loads(a.meta)
+    samples = load_jsonl(os.path.join(a.dir, "samples.jsonl"))
+    try:
+        nj = json.load(open(os.path.join(a.dir, "notes.json")))
+    except (FileNotFoundError, ValueError):
+        nj = {}
+    meta.update(mode=nj.get("mode"), settings=nj.get("settings"))
+    notes = nj.get("notes", [])
+    stamp = (f"{meta.get('cores')} cores ({meta.get('cpu')}), kernel {meta.get('kernel')}, "
+             f"commit {meta.get('commit')}, {meta.get('date')}")
 
-    samples = load_jsonl(a.samples)
-    rss = {}
-    for r in load_jsonl(a.rss):
-        rss[r["proxy"]] = dict(r["rss"], rss_fresh_kb=r.get("rss_fresh_kb"))
-    notes = [n["note"] for n in load_jsonl(a.notes)]
-    meta = {k: int(v) if isinstance(v, str) and v.isdigit() else v
-        for k, v in json.loads(a.meta).items()}
-
-    per = {}
+    # Medians per (scenario, case, contender), contenders in the order they first ran.
+    groups, order = {}, []
     for s in samples:
-        w = s["wrk"]
-        secs = w["duration_us"] / 1e6
-        reqs = max(1, w["requests"])
-        tick_us = 1e6 / s["clk_tck"]
-        r = per.setdefault(s["proxy"], {"rps": [], "p50": [], "p99": [], "cpu": [], "bcpu": [],
-                         "busy": [], "other": [], "sched": [],
-                         "errors": 0, "requests": 0})
-        r["rps"].append(w["requests"] / secs)
-        r["p50"].append(w["p50_us"])
-        r["p99"].append(w["p99_us"])
-        r["cpu"].append(s["cpu_ticks"] * tick_us / reqs)
-        r["bcpu"].append(s["backend_cpu_ticks"] * tick_us / reqs)
-        if "sched_ns" in s:
-            r["sched"].append(s["sched_ns"] / 1000.0 / reqs)
-        tot = max(1, s.get("core_total_ticks", 0))
-        r["busy"].append(100.0 * s["cpu_ticks"] / tot)
-        r["other"].append(100.0 * max(0, s.get("core_busy_ticks", 0) - s["cpu_ticks"]) / tot)
-        r["errors"] += (w["err_connect"] + w["err_read"] + w["err_write"] + w["err_status"] +
-                w["err_timeout"])
-        r["requests"] += w["requests"]
+        if s["scenario"] in ("idle", "slow"):
+            continue
+        key = (s["scenario"], s["case"], s["contender"])
+        if key not in groups:
+            order.append(key)
+        groups.setdefault(key, []).append(figures(s))
+    rows = {}
+    for key in order:
+        fs = groups[key]
+        r = {k: med([f.get(k) for f in fs]) for k in set().union(*fs)}
+        r["errors"] = sum(f["errors"] for f in fs)
+        r["rounds"] = len(fs)
+        rows[key] = r
 
-    names = a.proxies.split() or [p for p in ORDER if p in per or p in rss]
-    names += sorted(p for p in set(per) | set(rss) if p not in names)
-    res = {}
-    for p in names:
-        r = per.get(p)
-        e = {}
-        if r:
-            e.update({
-                "rounds": len(r["rps"]),
-                "requests_per_s": round(statistics.median(r["rps"]), 1),
-                "p50_us": statistics.median(r["p50"]),
-                "p99_us": statistics.median(r["p99"]),
-                "cpu_us_per_req": round(statistics.median(r["cpu"]), 3),
-                "backend_cpu_us_per_req": round(statistics.median(r["bcpu"]), 3),
-                "sched_us_per_req": (round(statistics.median(r["sched"]), 3)
-                             if r["sched"] else None),
-                "proxy_core_busy_pct": round(statistics.median(r["busy"]), 1),
-                "proxy_core_other_pct": round(statistics.median(r["other"]), 1),
-                "errors": r["errors"],
-                "requests": r["requests"],
-                "all": {"requests_per_s": [round(x, 1) for x in r["rps"]],
-                    "p50_us": r["p50"], "p99_us": r["p99"],
-                    "cpu_us_per_req": [round(x, 3) for x in r["cpu"]],
-                    "sched_us_per_req": [round(x, 3) for x in r["sched"]]},
-            })
-        if p in rss:
-            x = rss[p]
-            e["idle_rss_bytes_per_conn"] = x.get("bytes_per_conn")
-            if "rss_after_kb" in x:
-                e["idle_rss_total_mib"] = round(x["rss_after_kb"] / 1024, 1)
-            if x.get("rss_fresh_kb") and x.get("rss_after_kb") and x.get("idle"):
-                # From a freshly started process: includes first touches of pools and rings.
-                e["idle_rss_bytes_per_conn_from_fresh"] = round(
-                    (x["rss_after_kb"] - x["rss_fresh_kb"]) * 1024 / x["idle"], 1)
-            e["idle"] = x
-        res[p] = e
+    def ratio(key, metric, base, name):
+        b = rows.get((key[0], key[1], base), {}).get(metric)
+        v = rows[key].get(metric)
+        if b and v is not None:
+            rows[key][name] = v / b
 
-    def ratio(metric, a_, b_):
-        va = res.get(a_, {}).get(metric)
-        vb = res.get(b_, {}).get(metric)
-        if va is None or vb is None or vb == 0:
-            return None
-        return round(va / vb, 3)
+    for key in rows:
+        ratio(key, "cpu_us_req", FLOOR, "cpu_vs_floor")
+        ratio(key, "cpu_us_req", REF, "cpu_vs_ref")
+        ratio(key, "p99_ms", REF, "p99_vs_ref")
+        ratio(key, "cpu_us_mb", FLOOR, "mbcpu_vs_floor")
+        ratio(key, "cpu_us_mb", REF, "mbcpu_vs_ref")
+        ratio(key, "p99_ms", UNEVEN_BASE, "p99_vs_base")
 
-    ratios = {}
-    for metric in ("cpu_us_per_req", "sched_us_per_req", "requests_per_s", "p99_us", "idle_rss_bytes_per_conn"):
-        ratios[metric] = {"corral/haproxy": ratio(metric, "corral", "haproxy"),
-                  "corral/nginx": ratio(metric, "corral", "nginx")}
+    idle = [s for s in samples if s["scenario"] == "idle"]
+    slow = [s for s in samples if s["scenario"] == "slow"]
 
-    doc = {"meta": meta, "proxies": res, "ratios": ratios, "notes": notes, "samples": samples}
-    with open(a.out, "w") as f:
-        json.dump(doc, f, indent=2)
-        f.write("\n")
-
-    # The table.
-    print()
-    print(f"corral bench: backend {meta.get('backend', '?')}, path {meta.get('path', '/')}, "
-          f"wrk -t1 -c{meta.get('conns', '?')}, {meta.get('rounds', '?')} rounds x "
-          f"{meta.get('seconds', '?')} s per proxy (medians), proxy on core "
-          f"{meta.get('proxy_cpu', '?')}, wrk+backend on core {meta.get('load_cpu', '?')}")
-    hdr = (f"{'proxy':8s} {'req/s':>7s} {'p50 us':>7s} {'p99 us':>7s} {'cpu us/req':>10s} "
-           f"{'sched us/req':>12s} {'busy%':>5s} {'noise%':>6s} {'backend us/req':>14s} {'errors':>6s} "
-           f"{'idle B/conn':>11s} {'RSS MiB':>7s}")
-    print(hdr)
-    print("-" * len(hdr))
-    for p in names:
-        e = res[p]
-        print(f"{p:8s} {fmt(e.get('requests_per_s'), 0):>7s} {fmt(e.get('p50_us')):>7s} "
-              f"{fmt(e.get('p99_us')):>7s} {fmt(e.get('cpu_us_per_req'), 2):>10s} "
-              f"{fmt(e.get('sched_us_per_req'), 2):>12s} {fmt(e.get('proxy_core_busy_pct'), 0):>5s} {fmt(e.get('proxy_core_other_pct'), 0):>6s} "
-              f"{fmt(e.get('backend_cpu_us_per_req'), 2):>14s} {fmt(e.get('errors')):>6s} "
-              f"{fmt(e.get('idle_rss_bytes_per_conn'), 0):>11s} {fmt(e.get('idle_rss_total_mib'), 1):>7s}")
-    print()
-    print("cpu us/req: utime+stime / requests; sched us/req: the same from the scheduler's "
-          "per-thread runtime in ns (cross-check)")
-    print("busy%: proxy CPU / proxy core's time; noise%: the rest of that core's busy time "
-          "(other processes, softirq) - high means a disturbed run")
-    print(f"idle B/conn: (VmRSS with {meta.get('idle_conns', '?')} idle keep-alive clients - VmRSS "
-          f"before them, after a load warm-up) / clients (target <= 2048);")
-    print("RSS MiB: VmRSS with them open; from fresh: the same delta from a just-started process:")
-    for p in names:
-        if res[p].get("idle_rss_bytes_per_conn_from_fresh") is not None:
-            print(f"  {p}: {fmt(res[p]['idle_rss_bytes_per_conn_from_fresh'], 0)} B/conn from fresh")
-    c = ratios["cpu_us_per_req"]
-    print(f"CPU per request ratio: corral/haproxy {fmt(c['corral/haproxy'], 3)}, "
-          f"corral/nginx {fmt(c['corral/nginx'], 3)} (target <= 1.0, goal 0.6)")
+    out = []
+    P = out.append
+    P(f"## corral bench ({meta.get('mode')}): {stamp}")
+    st = meta.get("settings") or {}
+    P("")
+    P(f"Medians of {st.get('rounds')} interleaved rounds of {st.get('secs')} s per contender "
+      + (f"(warm-up {st.get('warm')} s before each)" if st.get("warm") else
+         f"(warm-up {st.get('warm_once')} s before a contender's first run)")
+      + f"; floor = `{FLOOR}` (unparsed io_uring relay), reference = HAProxy. "
+      f"NGINX {meta.get('nginx')}, HAProxy {meta.get('haproxy')}, wrk {meta.get('wrk')}.")
+    for scen in ("hello", "work", "uneven", "churn", "large"):
+        keys = [k for k in order if k[0] == scen]
+        if not keys:
+            continue
+        cols = COLUMNS[scen]
+        P("")
+        P(f"### {TITLES[scen]}")
+        P("")
+        P("| case | contender | " + " | ".join(c[1] for c in cols) + " |")
+        P("|---|---|" + "---:|" * len(cols))
+        for k in keys:
+            r = rows[k]
+            P(f"| {k[1]} | {k[2]} | " + " | ".join(fmt(r.get(c[0]), c[2]) for c in cols) + " |")
+    if idle:
+        P("")
+        P("### memory: RSS per idle keep-alive client connection (1 worker; after a short load warm-up)")
+        P("")
+        P("| connections | contender | bytes/conn | RSS MiB | failed | lost |")
+        P("|---:|---|---:|---:|---:|---:|")
+        for s in idle:
+            x = s["idle"]
+            P(f"| {s['case']} | {s['contender']} | {fmt(x.get('bytes_per_conn'), 0)} | "
+              f"{fmt(x.get('rss_after_kb', 0) / 1024, 1)} | {x.get('failed')} | {x.get('lost')} |")
+    if slow:
+        P("")
+        P("### memory: 200 slow readers (10 MB each at ~100 KB/s) while 64 normal keep-alive clients run")
+        P("")
+        P("| contender | RSS growth MiB | ÷ HAProxy | normal req/s | normal p99 ms | reader KB/s |")
+        P("|---|---:|---:|---:|---:|---:|")
+        ref = next((s["slow"]["growth_kb"] for s in slow if s["contender"] == REF), None)
+        for s in slow:
+            x = s["slow"]
+            w = x.get("wrk") or {}
+            rps = w["requests"] / (w["duration_us"] / 1e6) if w else None
+            P(f"| {s['contender']} | {fmt(x['growth_kb'] / 1024, 1)} | "
+              f"{fmt(x['growth_kb'] / ref if ref else None, 2)} | {fmt(rps, 0)} | "
+              f"{fmt(w.get('p99_us', 0) / 1000 if w else None, 2)} | "
+              f"{fmt((x.get('readers') or {}).get('per_reader_kb_s'), 1)} |")
+    targets(P, rows, order, idle, slow)
     for n in notes:
-        print(f"note: {n}")
-    for p in names:
-        if (res[p].get("proxy_core_other_pct") or 0) > 25:
-            print(f"warning: {p}: median noise {res[p]['proxy_core_other_pct']}% on the proxy core; "
-                  "the machine was busy, treat its numbers with care")
-    print(f"results: {a.out}")
-    print()
+        P("")
+        P(f"note: {n}")
+    text = "\n".join(out) + "\n"
+    print(text)
+    open(os.path.join(a.dir, "results.md"), "w").write(text)
 
-    # One final line per metric, for scripts.
-    def line(metric, nd, with_ratio):
-        vals = " ".join(f"{p}={fmt(res[p].get(metric), nd)}" for p in names)
-        if with_ratio:
-            rr = ratios[metric]
-            vals += (f" corral/haproxy={fmt(rr['corral/haproxy'], 3)}"
-                 f" corral/nginx={fmt(rr['corral/nginx'], 3)}")
-        print(f"RESULT {metric} {vals}")
+    # CSV: one row per (scenario, case, contender), medians; JSON: the same plus every sample.
+    fields = ["scenario", "case", "contender", "rounds", "req_s", "p50_ms", "p99_ms", "max_ms", "cpu_us_req",
+              "cpu_vs_floor", "cpu_vs_ref", "p99_vs_ref", "p99_vs_base", "core_max_mean", "heavy_mb_s", "mb_s",
+              "cpu_us_mb", "mbcpu_vs_floor", "mbcpu_vs_ref", "backend_us_req", "errors"]
+    with open(os.path.join(a.dir, "results.csv"), "w", newline="") as f:
+        f.write(f"# {stamp}\n")
+        w = csv.writer(f)
+        w.writerow(fields)
+        for k in order:
+            r = rows[k]
+            w.writerow(list(k) + [("" if r.get(x) is None else round(r[x], 4) if isinstance(r[x], float) else r[x])
+                                  for x in fields[3:]])
+        for s in idle:
+            w.writerow(["idle", s["case"], s["contender"], 1] + [""] * (len(fields) - 4))
+    doc = {"meta": meta, "stamp": stamp, "notes": notes,
+           "results": [dict(scenario=k[0], case=k[1], contender=k[2], **rows[k]) for k in order],
+           "idle": idle, "slow": slow, "samples": samples}
+    json.dump(doc, open(os.path.join(a.dir, "results.json"), "w"), indent=1)
 
-    line("requests_per_s", 0, True)
-    line("p50_us", 0, False)
-    line("p99_us", 0, True)
-    line("cpu_us_per_req", 2, True)
-    line("sched_us_per_req", 2, True)
-    line("idle_rss_bytes_per_conn", 0, True)
-    line("idle_rss_bytes_per_conn_from_fresh", 0, False)
+    plots(a.dir, rows, order, idle, stamp)
+    print(f"results: {a.dir}/results.md, results.csv, results.json, *.png")
     return 0
+
+
+def targets(P, rows, order, idle, slow):
+    """Issue 12's targets, each checked against this run: met, MISSED, or n/a (not measured)."""
+    out = []
+
+    def mark(ok):
+        return "n/a" if ok is None else ("met" if ok else "MISSED")
+
+    for k in order:
+        if k[0] != "hello" or not k[1].startswith("1w-") or k[2] != "corral":
+            continue
+        r = rows[k]
+        others = [rows[x]["cpu_us_req"] for x in order
+                  if x[:2] == k[:2] and x[2] not in ("corral", FLOOR) and rows[x].get("cpu_us_req")]
+        cf = r.get("cpu_vs_floor")
+        out.append((f"hello {k[1]}: corral CPU/req <= 1.05x floor", f"{fmt(cf, 2)}x", mark(None if cf is None else cf <= 1.05)))
+        out.append((f"hello {k[1]}: corral CPU/req below every other contender",
+                    f"{fmt(r.get('cpu_us_req'), 2)} vs min {fmt(min(others) if others else None, 2)} µs",
+                    mark(None if not others else r["cpu_us_req"] < min(others))))
+        pr = r.get("p99_vs_ref")
+        out.append((f"hello {k[1]}: corral p99 <= 0.7x HAProxy", f"{fmt(pr, 2)}x", mark(None if pr is None else pr <= 0.7)))
+    un = {k[2]: rows[k] for k in order if k[0] == "uneven"}
+    if un:
+        base, tok = un.get(UNEVEN_BASE, {}), un.get("tokio", {})
+        best = None
+        for name, r in un.items():
+            if not name.startswith("corral-") or name == UNEVEN_BASE:
+                continue
+            ok = (r.get("core_max_mean") is not None and r["core_max_mean"] <= 1.10 and
+                  base.get("p99_ms") is not None and r["p99_ms"] < base["p99_ms"] and
+                  (tok.get("p99_ms") is None or r["p99_ms"] <= tok["p99_ms"]))
+            if best is None or ok > best[1] or (ok == best[1] and r["p99_ms"] < un[best[0]]["p99_ms"]):
+                best = (name, ok)
+        if best:
+            r = un[best[0]]
+            out.append(("uneven: best policy max/mean <= 1.10, p99 < hash's, p99 <= Tokio's",
+                        f"{best[0]}: {fmt(r.get('core_max_mean'), 2)}, {fmt(r.get('p99_ms'), 1)} ms vs hash "
+                        f"{fmt(base.get('p99_ms'), 1)}, Tokio {fmt(tok.get('p99_ms'), 1)} ms", mark(best[1])))
+    for s in idle:
+        if s["contender"] == "corral":
+            b = s["idle"].get("bytes_per_conn")
+            out.append((f"idle {s['case']}: corral <= 512 B per connection", f"{fmt(b, 0)} B",
+                        mark(None if b is None else b <= 512)))
+    g = {s["contender"]: s["slow"]["growth_kb"] for s in slow}
+    if "corral" in g and REF in g:
+        out.append(("slow readers: corral RSS growth <= HAProxy's",
+                    f"{g['corral'] / 1024:.1f} vs {g[REF] / 1024:.1f} MiB", mark(g["corral"] <= g[REF])))
+    if not out:
+        return
+    P("")
+    P("### targets (issue 12), this run")
+    P("")
+    P("| target | measured | |")
+    P("|---|---|---|")
+    for t, v, m in out:
+        P(f"| {t} | {v} | {m} |")
+
+
+def plots(d, rows, order, idle, stamp):
+    """PNG bar charts with gnuplot: one per figure that the targets are about."""
+    charts = []
+
+    def bars(name, title, ylabel, items):
+        if not items:
+            return
+        data = os.path.join(d, name + ".dat")
+        with open(data, "w") as f:
+            for label, v in items:
+                f.write(f"\"{label}\" {v if v is not None else 0}\n")
+        charts.append(f"""
+set output '{os.path.join(d, name + '.png')}'
+set title "{title}\\n{{/*0.7 {stamp}}}"
+set ylabel '{ylabel}'
+plot '{data}' using 2:xtic(1) with boxes notitle lc rgb '#4070a0'
+""")
+
+    hello = [k for k in order if k[0] == "hello"]
+    bars("hello_cpu", "hello: proxy CPU per request", "µs per request",
+         [(f"{k[1]} {k[2]}", rows[k].get("cpu_us_req")) for k in hello])
+    bars("hello_p99", "hello: p99 latency", "ms", [(f"{k[1]} {k[2]}", rows[k].get("p99_ms")) for k in hello])
+    un = [k for k in order if k[0] == "uneven"]
+    bars("uneven_p99", "uneven: light clients' p99", "ms", [(k[2], rows[k].get("p99_ms")) for k in un])
+    bars("uneven_balance", "uneven: per-core CPU max/mean of the proxy", "max/mean",
+         [(k[2], rows[k].get("core_max_mean")) for k in un])
+    bars("idle_rss", "RSS per idle keep-alive connection", "bytes",
+         [(f"{s['case']} {s['contender']}", s["idle"].get("bytes_per_conn")) for s in idle])
+    if not charts:
+        return
+    script = """set terminal pngcairo size 1100,520 font ',9'
+set style fill solid 0.8
+set boxwidth 0.7
+set xtics rotate by -40
+set grid ytics
+set yrange [0:*]
+""" + "".join(charts)
+    try:
+        r = subprocess.run(["gnuplot"], input=script, capture_output=True, text=True, timeout=60)
+        if r.returncode:
+            print(f"report: gnuplot: {r.stderr.strip()[-300:]}", file=sys.stderr)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        print(f"report: gnuplot: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":
