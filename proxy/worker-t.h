@@ -142,6 +142,7 @@ struct conn {
 	bool end_pending;     /* response ended while the last request send was in flight */
 	bool ups_recv_wanted; /* waiting in the no-buffer queue for an upstream recv */
 	bool poll_armed;      /* the client EOF/RST poll is in flight */
+	bool probed;	      /* the 100 Continue after a FIN was sent (once per connection) */
 	bool x_logged;	      /* this exchange's access-log line is written */
 	uint32_t req_head_len;
 	struct tried_set tried;	 /* backend ids tried for this request */

@@ -1576,6 +1576,30 @@ def test_half_closed_client_gets_full_response(hard, kind):
         assert rec.requests[0].body == b"hello"
 
 
+def test_half_closed_client_gets_one_probe_not_a_flood(hard):
+    """After a client's FIN corral re-arms its EOF poll to see a reset; io_uring always adds
+    POLLRDHUP to a poll's mask and the FIN leaves it set, so the re-armed poll completed at once,
+    for ever, and each round sent one more 100 Continue: a slow response became a flood of
+    thousands of interim responses the client had to read (under load it never got through them).
+    The response comes well after the FIN here: exactly one 100 Continue, then the response."""
+    got = threading.Event()
+
+    def handler(up, r):
+        got.set()
+        time.sleep(0.3 * SLOW)  # long after the FIN
+        up.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nzz")
+        return "keep"
+
+    p, rec = hard(handler)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(req(b"GET /g HTTP/1.1"))
+        assert got.wait(3 * SLOW)
+        c.sock.shutdown(socket.SHUT_WR)
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"zz"
+        assert [i.status for i in r.interim] == [100], "%d interim responses" % len(r.interim)
+
+
 # --- response hop-by-hop ------------------------------------------------------------------------------------
 
 
