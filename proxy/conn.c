@@ -22,6 +22,8 @@ static const char S_CRLF_LAST[] = "\r\n0\r\n\r\n";
 
 static void conn_abort(struct worker *w, struct conn *c);
 static void conn_try_finish(struct worker *w, struct conn *c);
+static bool exchange_in_flight(const struct conn *c);
+static void conn_log(struct worker *w, struct conn *c, int status);
 static void send_error(struct worker *w, struct conn *c, int status);
 static void req_process(struct worker *w, struct conn *c);
 static void req_pump(struct worker *w, struct conn *c);
@@ -501,6 +503,9 @@ static void conn_try_finish(struct worker *w, struct conn *c)
 /* Abortive close: cancel everything in flight, release once all completions are in. */
 static void conn_abort(struct worker *w, struct conn *c)
 {
+	/* A response cut short (upstream failure, timeout): its one log line, status as sent. */
+	if (!c->closing && c->resp_started && exchange_in_flight(c))
+		conn_log(w, c, c->resp_code);
 	c->closing = true;
 	c->lingering = false;
 	timer_clear(w, &c->t);
