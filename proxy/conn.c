@@ -477,6 +477,7 @@ static void conn_try_finish(struct worker *w, struct conn *c)
 		c->ups = NIL;
 	}
 	timer_clear(w, &c->t);
+	wait_unlink(w, idx); /* the slot can be reused at once: not left in the queue */
 	inbuf_release(w, &c->in);
 	inbuf_release(w, &c->accum);
 	if (c->hbuf_req != NIL)
