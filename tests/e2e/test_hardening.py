@@ -1581,7 +1581,7 @@ def test_half_closed_client_gets_one_probe_not_a_flood(hard):
     POLLRDHUP to a poll's mask and the FIN leaves it set, so the re-armed poll completed at once,
     for ever, and each round sent one more 100 Continue: a slow response became a flood of
     thousands of interim responses the client had to read (under load it never got through them).
-    The response comes well after the FIN here: exactly one 100 Continue, then the response."""
+    The response comes well after the FIN here: one 100 Continue, then the response."""
     got = threading.Event()
 
     def handler(up, r):
@@ -1597,7 +1597,8 @@ def test_half_closed_client_gets_one_probe_not_a_flood(hard):
         c.sock.shutdown(socket.SHUT_WR)
         r = c.read_response()
         assert r.status == 200 and r.body == b"zz"
-        assert [i.status for i in r.interim] == [100], "%d interim responses" % len(r.interim)
+        # One probe (none if a stalled worker saw the response before the FIN); it was thousands.
+        assert [i.status for i in r.interim] in ([100], []), "%d interim responses" % len(r.interim)
 
 
 def test_connection_closed_while_waiting_for_a_buffer_leaves_the_queue(hard):
