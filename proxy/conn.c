@@ -22,6 +22,8 @@ static const char S_CRLF_LAST[] = "\r\n0\r\n\r\n";
 
 static void conn_abort(struct worker *w, struct conn *c);
 static void conn_try_finish(struct worker *w, struct conn *c);
+static bool exchange_in_flight(const struct conn *c);
+static void conn_log(struct worker *w, struct conn *c, int status);
 static void send_error(struct worker *w, struct conn *c, int status);
 static void req_process(struct worker *w, struct conn *c);
 static void req_pump(struct worker *w, struct conn *c);
@@ -144,14 +146,26 @@ static void c_arm_recv(struct worker *w, struct conn *c)
  * keep-alive connection pays one SQE for its lifetime, and a close one cancel more (the cancel
  * of every op on the fd that teardown submits anyway when something is in flight). A
  * zero-length recv would complete on every byte the client pipelines, which is normal traffic.
- * After a FIN the poll is armed again for POLLERR|POLLHUP only (a reset).
+ * After a FIN the poll is armed again to see a reset, but io_uring always adds POLLRDHUP to a
+ * poll's mask and the FIN leaves it set: the poll would complete at once, for ever (and each
+ * round sent another 100 Continue). So it then waits POLL_RECHECK_MS first, behind a linked
+ * timeout (hard link: the timeout's -ETIME must not cancel it; its CQE is OP_NONE, ignored).
  */
 static void c_arm_poll(struct worker *w, struct conn *c)
 {
+	static struct __kernel_timespec recheck = { .tv_nsec = POLL_RECHECK_MS * 1000000L };
 	struct io_uring_sqe *sqe;
 
 	if (c->poll_armed || c->closing)
 		return;
+	if (c->eof) {
+		if (io_uring_sq_space_left(&w->ring) < 2)
+			io_uring_submit(&w->ring); /* the timeout and its poll in one submission */
+		sqe = worker_sqe(w);
+		io_uring_prep_timeout(sqe, &recheck, 0, 0);
+		sqe->flags |= IOSQE_IO_HARDLINK;
+		sqe->user_data = ud_pack(OP_NONE, 0, 0);
+	}
 	sqe = worker_sqe(w);
 	io_uring_prep_poll_add(sqe, c->fd,
 			       c->eof ? POLLERR | POLLHUP : POLLRDHUP | POLLERR | POLLHUP);
@@ -464,6 +478,7 @@ static void conn_try_finish(struct worker *w, struct conn *c)
 		c->ups = NIL;
 	}
 	timer_clear(w, &c->t);
+	wait_unlink(w, idx); /* the slot can be reused at once: not left in the queue */
 	inbuf_release(w, &c->in);
 	inbuf_release(w, &c->accum);
 	if (c->hbuf_req != NIL)
@@ -490,6 +505,9 @@ static void conn_try_finish(struct worker *w, struct conn *c)
 /* Abortive close: cancel everything in flight, release once all completions are in. */
 static void conn_abort(struct worker *w, struct conn *c)
 {
+	/* A response cut short (upstream failure, timeout): its one log line, status as sent. */
+	if (!c->closing && c->resp_started && exchange_in_flight(c))
+		conn_log(w, c, c->resp_code);
 	c->closing = true;
 	c->lingering = false;
 	timer_clear(w, &c->t);
@@ -574,10 +592,11 @@ static void c_on_poll(struct worker *w, struct conn *c, int res)
 	 * Once the response has started its own bytes do the asking; an HTTP/1.0 client cannot
 	 * be sent a 1xx and is assumed to still read.
 	 */
-	if (!c->resp_started && !c->to_client.busy && c->client_minor == 1 &&
+	if (!c->probed && !c->resp_started && !c->to_client.busy && c->client_minor == 1 &&
 	    c->req_state == RQ_DONE) {
 		static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
 
+		c->probed = true; /* once: the re-armed poll fires again while the FIN stays */
 		sendq_reset(&c->to_client);
 		sendq_add(&c->to_client, probe, sizeof(probe) - 1);
 		c->x_bytes_out += sizeof(probe) - 1;

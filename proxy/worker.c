@@ -243,13 +243,21 @@ static void timers_run(struct worker *w)
 
 /* --- no-buffer wait queue ----------------------------------------------------------------------- */
 
+/*
+ * Connections whose receive found the ring empty, in FIFO order, linked both ways through
+ * their slots: a connection closed while it waits (a timeout, a reset seen by its poll) is
+ * unlinked by wait_unlink() before its slot is freed, since a freed slot can be reused at
+ * once (and accept clears its links): left linked, it would cut the rest of the queue off.
+ */
 void wait_push(struct worker *w, uint32_t cidx)
 {
 	struct conn *c = &w->conns[cidx];
 
-	if (c->next_wait != NIL || w->wait_tail == cidx)
-		return; /* already queued */
+	if (c->waiting)
+		return;
+	c->waiting = true;
 	c->next_wait = NIL;
+	c->prev_wait = w->wait_tail;
 	if (w->wait_tail != NIL)
 		w->conns[w->wait_tail].next_wait = cidx;
 	else
@@ -257,16 +265,30 @@ void wait_push(struct worker *w, uint32_t cidx)
 	w->wait_tail = cidx;
 }
 
+void wait_unlink(struct worker *w, uint32_t cidx)
+{
+	struct conn *c = &w->conns[cidx];
+
+	if (!c->waiting)
+		return;
+	if (c->prev_wait != NIL)
+		w->conns[c->prev_wait].next_wait = c->next_wait;
+	else
+		w->wait_head = c->next_wait;
+	if (c->next_wait != NIL)
+		w->conns[c->next_wait].prev_wait = c->prev_wait;
+	else
+		w->wait_tail = c->prev_wait;
+	c->waiting = false;
+	c->next_wait = c->prev_wait = NIL;
+}
+
 static void wait_service(struct worker *w)
 {
 	while (w->wait_head != NIL && w->nbufs - w->bufs_out > BUF_RESERVE) {
 		uint32_t i = w->wait_head;
-		struct conn *c = &w->conns[i];
 
-		w->wait_head = c->next_wait;
-		if (w->wait_head == NIL)
-			w->wait_tail = NIL;
-		c->next_wait = NIL;
+		wait_unlink(w, i);
 		conn_retry_recv(w, i);
 	}
 }

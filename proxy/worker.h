@@ -168,5 +168,7 @@ void timer_clear(struct worker *w, struct tlink *t);
 
 /* no-buffer wait queue */
 void wait_push(struct worker *w, uint32_t cidx);
+/* Takes a connection out of the no-buffer wait queue (a no-op when it is not in it). */
+void wait_unlink(struct worker *w, uint32_t cidx);
 
 #endif

@@ -110,3 +110,53 @@ def test_503_corral_makes_itself_logs_no_upstream(corral, backend, tmp_path):
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     assert [(e["uri"], e["status"]) for e in lines] == [("/none-up", 503)], lines
     assert lines[0]["upstream"] is None, lines[0]
+
+
+@pytest.mark.corral_only
+@pytest.mark.parametrize("how", ["close", "bad-chunk"])
+def test_response_cut_by_upstream_failure_is_logged_once_as_sent(corral, tmp_path, how):
+    """The backend fails mid-body, after the head and part of the body reached the client:
+    corral resets the client, and the exchange still gets exactly one line, with the status
+    the client was sent and the bytes it was actually sent."""
+    import os
+    import sys
+    import time
+    sys.path.insert(0, os.path.dirname(__file__))
+    from recorder import Recorder
+    from util import Closed
+
+    def handler(up, r):
+        if how == "close":
+            up.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"y" * 1000)
+        else:
+            up.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + b"y" * 1000 + b"\r\n")
+        time.sleep(0.2 * SLOW)  # the client has the head and the first 1000 bytes
+        if how == "bad-chunk":
+            up.send(b"zz\r\n")
+        return "close"
+
+    rec = Recorder(handler)
+    try:
+        log = tmp_path / "access.log"
+        p = corral([rec.address], workers={"cores": [0]}, access_log={"path": str(log), "format": "json"})
+        got = b""
+        with Client(p.port, timeout=5 * SLOW) as c:
+            c.send(b"GET /cut HTTP/1.1\r\nHost: e2e.test\r\n\r\n")
+            try:
+                while True:
+                    c._fill()
+            except Closed:
+                pass
+            got = bytes(c.buf)
+        assert got.startswith(b"HTTP/1.1 200 ") and len(got) > 1000, got[:200]
+        deadline = time.monotonic() + 5 * SLOW
+        while time.monotonic() < deadline and not (log.exists() and log.read_bytes()):
+            time.sleep(0.02)
+        time.sleep(0.1)  # a second line, if any, would be in the same flush
+        lines = [json.loads(x) for x in log.read_text().splitlines()]
+        assert len(lines) == 1, lines
+        e = lines[0]
+        assert e["status"] == 200 and e["uri"] == "/cut" and e["bytes_out"] == len(got), (e, len(got))
+        assert stats(p)["total"]["upstream_errors"] == 1
+    finally:
+        rec.close()

@@ -1576,6 +1576,111 @@ def test_half_closed_client_gets_full_response(hard, kind):
         assert rec.requests[0].body == b"hello"
 
 
+def test_half_closed_client_gets_one_probe_not_a_flood(hard):
+    """After a client's FIN corral re-arms its EOF poll to see a reset; io_uring always adds
+    POLLRDHUP to a poll's mask and the FIN leaves it set, so the re-armed poll completed at once,
+    for ever, and each round sent one more 100 Continue: a slow response became a flood of
+    thousands of interim responses the client had to read (under load it never got through them).
+    The response comes well after the FIN here: one 100 Continue, then the response."""
+    got = threading.Event()
+
+    def handler(up, r):
+        got.set()
+        time.sleep(0.3 * SLOW)  # long after the FIN
+        up.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nzz")
+        return "keep"
+
+    p, rec = hard(handler)
+    with Client(p.port, timeout=3 * SLOW) as c:
+        c.send(req(b"GET /g HTTP/1.1"))
+        assert got.wait(3 * SLOW)
+        c.sock.shutdown(socket.SHUT_WR)
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"zz"
+        # One probe (none if a stalled worker saw the response before the FIN); it was thousands.
+        assert [i.status for i in r.interim] in ([100], []), "%d interim responses" % len(r.interim)
+
+
+def test_connection_closed_while_waiting_for_a_buffer_leaves_the_queue(hard):
+    """A connection whose receive finds the buffer ring empty waits in the worker's no-buffer
+    queue. When it is closed while it waits (here: its client resets while its upstream read
+    waits), its slot is freed and the next accept reuses it, which clears its queue link: the
+    waiters queued behind it were cut off and never read (closed at their header timeout).
+    Sixteen exchanges whose clients do not read pin all 16 buffers; then X's response, A's and
+    B's requests find the ring empty (queue X, A, B); X's client resets; Y takes X's slot; the
+    hogs go away: A, B and Y must all be answered."""
+    lock = threading.Lock()
+    sent = {}
+    x_go = threading.Event()
+    stop = threading.Event()
+
+    def handler(up, r):
+        if r.target == "/hog":
+            up.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n")
+            end = time.monotonic() + 30 * SLOW
+            while not stop.is_set() and time.monotonic() < end:
+                if not up.send(b"h" * 16384):
+                    break
+                with lock:
+                    sent[up.index] = sent.get(up.index, 0) + 16384
+            return "close"
+        if r.target == "/x":
+            x_go.wait(20 * SLOW)
+        up.send(OK)
+        return "keep"
+
+    p, rec = hard(handler, limits={"buffers_per_core": 16, "buffer_bytes": 4096},
+                  timeouts={"client_header_ms": 8000, "client_body_ms": 20000,
+                            "upstream_response_ms": 20000, "client_idle_ms": 20000})
+    hogs = []
+    try:
+        x = Client(p.port, timeout=10 * SLOW)
+        x.send(req(b"GET /x HTTP/1.1"))
+        assert rec.wait_requests(1, 5 * SLOW)
+        for _ in range(16):
+            h = Client(p.port, timeout=10 * SLOW)
+            h.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            h.send(req(b"GET /hog HTTP/1.1"))
+            hogs.append(h)
+        # Every hog's response is stuck (its client reads nothing): each pins one buffer.
+        deadline, last = time.monotonic() + 10 * SLOW, None
+        while True:
+            time.sleep(0.3)
+            with lock:
+                now = (len(sent), sum(sent.values()))
+            if now[0] == 16 and now == last:
+                break
+            assert time.monotonic() < deadline, "hogs did not settle: %r" % (now,)
+            last = now
+        x_go.set()  # X's response finds the ring empty: X waits in the queue
+        time.sleep(0.3)
+        a, b = Client(p.port, timeout=10 * SLOW), Client(p.port, timeout=10 * SLOW)
+        a.send(req(b"GET /a HTTP/1.1"))
+        time.sleep(0.1)
+        b.send(req(b"GET /b HTTP/1.1"))
+        time.sleep(0.3)  # queue: X, A, B
+        x.abort()  # corral sees the reset at once and frees X's slot
+        time.sleep(0.3)
+        y = Client(p.port, timeout=10 * SLOW)  # takes X's slot
+        y.send(req(b"GET /y HTTP/1.1"))
+        time.sleep(0.3)
+        stop.set()
+        for h in hogs:
+            h.abort()
+        hogs = []
+        for name, c in (("a", a), ("b", b), ("y", y)):
+            try:
+                r = c.read_response()
+            except (Closed, OSError) as e:
+                raise AssertionError("%s was never answered: %r" % (name, e))
+            assert r.status == 200 and r.body == b"ok", (name, r.status)
+            c.close()
+    finally:
+        stop.set()
+        for h in hogs:
+            h.abort()
+
+
 # --- response hop-by-hop ------------------------------------------------------------------------------------
 
 

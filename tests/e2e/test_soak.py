@@ -43,10 +43,12 @@ def test_100k_connections_return_every_slot(corral, backend):
     assert shutil.which("wrk"), "wrk is needed (deploy/install-deps.sh installs it)"
     p = corral([backend])
     t0 = time.monotonic()
+    rounds = 1  # the keep-alive one
     # Rounds of wrk with "Connection: close": one connection per request. Bounded in time.
     while stats(p)["total"]["conns_accepted"] < TARGET:
         assert time.monotonic() - t0 < 300 * SLOW, "too slow: %s" % stats(p)["total"]
         wrk_round(p, 5, close=True)
+        rounds += 1
     # Keep-alive traffic too, so upstream pools and pipelined paths are exercised.
     wrk_round(p, 2, close=False)
     deadline = time.monotonic() + 5 * SLOW
@@ -58,8 +60,14 @@ def test_100k_connections_return_every_slot(corral, backend):
     assert s["total"]["conns_active"] == 0, s["total"]
     assert s["total"]["conns_accepted"] >= TARGET
     assert s["total"]["responses"]["5xx"] == 0, s["total"]
-    # Every request that reached a backend got a complete 2xx.
-    assert s["total"]["responses"]["2xx"] == s["total"]["requests"], s["total"]
+    # Every request is answered 2xx or is a client abort. wrk closes its connections at a round's
+    # end with at most one request in flight each; corral logs those 499 (client_aborts), and
+    # counts a 499 as 4xx unless the response had started (its 2xx was counted then). The backend
+    # answers only 200, so a 4xx is an abort, and no round aborts more than CONNS requests.
+    t, resp = s["total"], s["total"]["responses"]
+    assert resp["1xx"] == resp["3xx"] == 0, t
+    assert resp["2xx"] + resp["4xx"] == t["requests"], t
+    assert resp["4xx"] <= t["client_aborts"] <= rounds * CONNS, (rounds, t)
     # The daemon still serves, and exits 0 (checked by the fixture: under ASan, no leak report).
     out = subprocess.run(["curl", "-sS", "-m", "5", "http://127.0.0.1:%d/" % p.port],
                          capture_output=True, text=True)
