@@ -11,6 +11,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <urcu-qsbr.h>
 #include "conn.h"
 #include "constants.h"
@@ -70,10 +71,12 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->hbufs = map_zero((size_t)w->hbuf_n * w->hbuf_size);
 	w->hbuf_next = calloc(w->hbuf_n, sizeof(uint32_t));
 	w->hdr_scratch = calloc(w->hdr_cap, sizeof(struct http_header));
+	w->bp_ids = calloc(w->nbufs, sizeof(uint32_t));
 	w->stats = aligned_alloc(64, sizeof(struct stats_worker));
 	w->bstats = aligned_alloc(64, sizeof(struct stats_backend) * BACKEND_IDS_MAX);
 	if (!w->conns || !w->conn_next_free || !w->ups || !w->bufs || !w->hbufs || !w->hbuf_next ||
-	    !w->hdr_scratch || !w->stats || !w->bstats)
+	    !w->hdr_scratch || !w->bp_ids || !w->stats || !w->bstats ||
+	    bufpool_init(&w->bp, w->nbufs, BUF_RING_MIN) < 0)
 		return -ENOMEM;
 	memset(w->stats, 0, sizeof(*w->stats));
 	memset(w->bstats, 0, sizeof(struct stats_backend) * BACKEND_IDS_MAX);
@@ -120,6 +123,8 @@ void worker_free(struct worker *w)
 	free(w->conn_next_free);
 	free(w->hbuf_next);
 	free(w->hdr_scratch);
+	free(w->bp_ids);
+	bufpool_free(&w->bp);
 	free(w->stats);
 	free(w->bstats);
 	if (w->alog_fd >= 0)
@@ -147,15 +152,73 @@ struct io_uring_sqe *worker_sqe(struct worker *w)
 	return sqe;
 }
 
+/*
+ * Receive buffers (bufpool.h): the kernel ring holds a bounded fill, the other free buffers
+ * wait in a LIFO and the ring is topped up from its most-recently-freed end, so resident
+ * receive memory follows the buffers in use, not buffers_per_core. Every buffer is counted:
+ * the kernel may only hand out one that is in the ring (dispatch), a connection may only give
+ * back one it holds (buf_put), and a clean stop finds them all back (worker_main).
+ */
+static void buf_ring_fill(struct worker *w)
+{
+	uint32_t k;
+
+	if (w->bp.in_ring >= w->bp.want || !w->br)
+		return;
+	k = bufpool_refill(&w->bp, w->bp_ids, w->nbufs);
+	for (uint32_t i = 0; i < k; i++)
+		io_uring_buf_ring_add(w->br, buf_addr(w, w->bp_ids[i]), w->buf_size,
+				      (unsigned short)w->bp_ids[i],
+				      io_uring_buf_ring_mask(w->nbufs), (int)i);
+	io_uring_buf_ring_advance(w->br, (int)k);
+}
+
+static void buf_taken(struct worker *w, struct io_uring_cqe *cqe)
+{
+	BUG_ON(bufpool_taken(&w->bp, cqe->flags >> IORING_CQE_BUFFER_SHIFT) < 0);
+}
+
+/* Every BUF_WINDOW_MS: resize the ring fill; every BUF_RELEASE_MS: drop cold buffers' pages. */
+static void buf_housekeep(struct worker *w)
+{
+	uint32_t k;
+
+	if (w->now_ms - w->bp_window_ms < BUF_WINDOW_MS)
+		return;
+	w->bp_window_ms = w->now_ms;
+	bufpool_window(&w->bp);
+	if (w->now_ms - w->bp_release_ms < BUF_RELEASE_MS)
+		return;
+	w->bp_release_ms = w->now_ms;
+	k = bufpool_release(&w->bp, w->bp_ids, w->nbufs);
+	for (uint32_t i = 0; i < k; i++)
+		if (madvise(buf_addr(w, w->bp_ids[i]), w->buf_size, MADV_DONTNEED) < 0)
+			break; /* cannot fail on our own anonymous mapping; the pages just stay */
+}
+
+/*
+ * At a clean stop: the kernel's ring holds exactly the buffers the pool says it does (its head
+ * read back with IORING_REGISTER_PBUF_STATUS, kernel 6.8+; liburing 2.3 has no wrapper).
+ */
+static void buf_check_ring(struct worker *w)
+{
+	struct {
+		uint32_t buf_group, head, resv[8];
+	} st = { .buf_group = w->bgid };
+	long r = syscall(__NR_io_uring_register, w->ring.ring_fd, 26 /* PBUF_STATUS */, &st, 1);
+
+	if (r == 0)
+		CHECK_IF((uint16_t)(w->br->tail - st.head) != (uint16_t)w->bp.in_ring);
+}
+
 void buf_put(struct worker *w, int32_t bid)
 {
 	if (bid < 0)
 		return;
 	BUG_ON((uint32_t)bid >= w->nbufs || w->bufs_out == 0);
-	io_uring_buf_ring_add(w->br, buf_addr(w, (uint32_t)bid), w->buf_size, (unsigned short)bid,
-			      io_uring_buf_ring_mask(w->nbufs), 0);
-	io_uring_buf_ring_advance(w->br, 1);
+	BUG_ON(bufpool_put(&w->bp, (uint32_t)bid) < 0);
 	w->bufs_out--;
+	buf_ring_fill(w);
 }
 
 uint32_t hbuf_get(struct worker *w)
@@ -398,6 +461,7 @@ static void on_tick(struct worker *w)
 		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
 		STAT_SET(w->stats->cpu_ns, (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec);
 		steer_tick(w->sc, w->busy_ns, interval);
+		buf_housekeep(w);
 		w->busy_ns = 0;
 		w->last_tick_ms = w->now_ms;
 		/* Accepts that ended on EMFILE/ENFILE/ENOMEM are retried here, not in a loop. */
@@ -483,6 +547,10 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 {
 	struct ud ud = ud_unpack(cqe->user_data);
 
+	if (cqe->flags & IORING_CQE_F_BUFFER)
+		buf_taken(w, cqe);
+	else if (cqe->res == -ENOBUFS && (ud.op == OP_C_RECV || ud.op == OP_U_RECV))
+		bufpool_nobufs(&w->bp);
 	switch (ud.op) {
 	case OP_ACCEPT:
 		on_accept(w, ud.idx, cqe->res, cqe->flags);
@@ -555,10 +623,7 @@ static int ring_setup(struct worker *w)
 	if (r < 0)
 		return r;
 	io_uring_buf_ring_init(w->br);
-	for (uint32_t i = 0; i < w->nbufs; i++)
-		io_uring_buf_ring_add(w->br, buf_addr(w, i), w->buf_size, (unsigned short)i,
-				      io_uring_buf_ring_mask(w->nbufs), (int)i);
-	io_uring_buf_ring_advance(w->br, (int)w->nbufs);
+	buf_ring_fill(w);
 	return 0;
 }
 
@@ -592,6 +657,7 @@ static void *worker_main(void *arg)
 	w->snap = rcu_dereference(w->d->snap);
 	w->now_ms = now_ms();
 	w->last_tick_ms = w->now_ms;
+	w->bp_window_ms = w->bp_release_ms = w->now_ms;
 	for (uint32_t i = 0; i < w->listen_n; i++)
 		arm_accept(w, i);
 	arm_event(w);
@@ -618,6 +684,8 @@ static void *worker_main(void *arg)
 			n++;
 		}
 		io_uring_cq_advance(&w->ring, n);
+		bufpool_pass_end(&w->bp);
+		buf_ring_fill(w);
 		if (w->fd_short)
 			accept_fd_short(w);
 		if (w->accept_defer_n || w->shed_want)
@@ -632,6 +700,10 @@ static void *worker_main(void *arg)
 	/* A clean stop: every connection and upstream is gone, so everything they held is back. */
 	if (w->stopping && w->conns_active == 0 && w->ups_open == 0) {
 		CHECK_IF(w->bufs_out != 0);
+		CHECK_IF(w->bp.out != 0);
+		CHECK_IF(w->bp.depth + w->bp.in_ring != w->nbufs);
+		CHECK_IF(w->bp.taken_total != w->bp.returned_total);
+		buf_check_ring(w);
 		CHECK_IF(w->hbuf_used != 0);
 	}
 	io_uring_queue_exit(&w->ring);

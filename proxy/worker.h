@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 #include "accesslog.h"
+#include "bufpool.h"
 #include "constants.h"
 #include "worker-t.h"
 
@@ -41,6 +42,9 @@ struct worker {
 	uint32_t nbufs, buf_size;
 	uint32_t bufs_out; /* buffers currently held by connections */
 	uint16_t bgid;
+	struct bufpool bp; /* which buffers are in the ring, free (LIFO) or out */
+	uint32_t *bp_ids;  /* scratch: ids to post or release, nbufs of them */
+	uint64_t bp_window_ms, bp_release_ms; /* when the current sizing/release window started */
 
 	/* head buffers: head accumulation and serialised heads (LIFO so hot ones stay hot) */
 	char *hbufs;
