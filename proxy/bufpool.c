@@ -77,8 +77,8 @@ int bufpool_put(struct bufpool *p, uint32_t id)
 void bufpool_nobufs(struct bufpool *p)
 {
 	p->nobufs++;
+	p->pass_nobufs++;
 	p->nobufs_total++;
-	p->want = p->want > p->n / 2 ? p->n : p->want * 2;
 }
 
 void bufpool_pass_end(struct bufpool *p)
@@ -86,6 +86,15 @@ void bufpool_pass_end(struct bufpool *p)
 	if (p->pass_taken > p->peak)
 		p->peak = p->pass_taken;
 	p->pass_taken = 0;
+	/*
+	 * Each receive that found the ring empty is one buffer the pass lacked: grow by that
+	 * much, not by doubling per miss (a wave of 200 new connections would otherwise stock
+	 * the whole pool in one pass and the FIFO would touch all of it).
+	 */
+	if (p->pass_nobufs) {
+		p->want = p->n - p->want > p->pass_nobufs ? p->want + p->pass_nobufs : p->n;
+		p->pass_nobufs = 0;
+	}
 }
 
 void bufpool_window(struct bufpool *p)
@@ -94,8 +103,12 @@ void bufpool_window(struct bufpool *p)
 
 	if (w < p->min)
 		w = p->min;
-	/* A window in which the ring ran dry keeps what it grew to. */
-	if (w >= p->want || !p->nobufs)
+	/*
+	 * Only shrinks: growth comes from the receives that found the ring empty, which measure
+	 * the shortfall exactly (a margin on top of a burst would only widen the set of buffers
+	 * the FIFO touches). A window in which the ring ran dry keeps what it grew to.
+	 */
+	if (w < p->want && !p->nobufs)
 		p->want = w;
 	p->peak = 0;
 	p->nobufs = 0;

@@ -8,10 +8,9 @@
  * ones used last (resident and cache-warm); the cold ones are never touched, and those that
  * stay unused for a whole release window are named for madvise(MADV_DONTNEED).
  *
- * `want` follows demand: every window it becomes twice the most buffers the kernel took
- * between two loop passes (a pass takes at most what the ring holds, so a ring that ran
- * dry grows and one used at less than half shrinks), bounded by [min, n]; a receive that
- * found the ring empty (-ENOBUFS) doubles it at once.
+ * `want` follows demand, within [min, n]: each receive that found the ring empty (-ENOBUFS)
+ * adds one at the end of its loop pass, and a window without such a miss shrinks it to twice
+ * the most buffers the kernel took in one pass.
  *
  * Each buffer is in exactly one state: FREE (in the LIFO), RING (posted to the kernel, maybe
  * already taken by a receive whose CQE is not read yet) or OUT (its CQE was read: a
@@ -41,6 +40,7 @@ struct bufpool {
 	uint32_t min;	  /* lower bound of want */
 	uint32_t pass_taken, peak; /* taken in this loop pass; most in one pass this window */
 	uint32_t nobufs;	   /* -ENOBUFS seen this window */
+	uint32_t pass_nobufs;	   /* -ENOBUFS seen in this loop pass */
 	uint32_t depth_low;	   /* lowest depth since the last release */
 	uint32_t clean;		   /* stack[0..clean) were released (not resident) */
 	uint64_t taken_total, returned_total, released_total, nobufs_total;
@@ -62,13 +62,13 @@ int bufpool_taken(struct bufpool *p, uint32_t id);
 /* A connection gave id back: OUT -> FREE, on top of the LIFO. -EINVAL when id is not out. */
 int bufpool_put(struct bufpool *p, uint32_t id);
 
-/* A receive found the ring empty: post more at the next refill. */
+/* A receive found the ring empty: the pass end grows want by one for each. */
 void bufpool_nobufs(struct bufpool *p);
 
 /* The end of one loop pass (all its CQEs read). */
 void bufpool_pass_end(struct bufpool *p);
 
-/* The end of a sizing window: want follows what the window used. */
+/* The end of a sizing window: want shrinks to what the window used. */
 void bufpool_window(struct bufpool *p);
 
 /*

@@ -62,14 +62,15 @@
 #define BUF_RESERVE 8
 /*
  * The provided-buffer ring holds a bounded fill fed from a LIFO of free buffers (bufpool.h):
- * at least BUF_RING_MIN, and twice the most the kernel took in one loop pass during the last
- * BUF_WINDOW_MS (doubled at once when a receive finds the ring empty). 32 x 16 KiB = 512 KiB
- * per core stays warm at rest. Free buffers no loop pass touched for BUF_RELEASE_MS go back
- * to the kernel (MADV_DONTNEED): a burst's memory is returned 10 s after it.
+ * at least BUF_RING_MIN, one more for each receive that found it empty, shrunk after each
+ * BUF_WINDOW_MS without such a miss to twice the most the kernel took in one loop pass. 32 x 16 KiB = 512 KiB per
+ * core stays warm at rest. Free buffers no loop pass touched for BUF_RELEASE_MS go back to
+ * the kernel (MADV_DONTNEED): a burst's memory is returned 5-10 s after it, and one that
+ * comes back costs page faults again only after that long a pause.
  */
 #define BUF_RING_MIN   32
 #define BUF_WINDOW_MS  1000
-#define BUF_RELEASE_MS 10000
+#define BUF_RELEASE_MS 5000
 
 /*
  * Head buffers. A head is assembled from whole receives: up to header_bytes_max - 1 bytes

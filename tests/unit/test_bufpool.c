@@ -154,27 +154,36 @@ Test(bufpool, exhaustion_and_recovery)
 
 	cr_assert_eq(bufpool_init(&p, N, 4), 0);
 	fill(&k, &p);
-	/* Every buffer out: the ring runs dry each time, -ENOBUFS grows the fill. */
+	/* Every buffer out: the ring runs dry each time, each -ENOBUFS grows the fill by one. */
 	while (nh < N) {
 		while (k.head != k.tail)
 			held[nh++] = take(&k, &p);
 		if (nh < N) {
-			uint32_t want = p.want;
+			uint32_t want = p.want, miss = 5;
 
-			bufpool_nobufs(&p);
-			cr_assert_eq(p.want, want * 2 > N ? N : want * 2);
+			for (uint32_t i = 0; i < miss; i++)
+				bufpool_nobufs(&p);
+			cr_assert_eq(p.want, want, "grows at the pass end");
+			bufpool_pass_end(&p);
+			cr_assert_eq(p.want, want + miss > N ? N : want + miss);
 		}
 		fill(&k, &p);
 	}
 	cr_assert_eq(p.depth, 0);
 	cr_assert_eq(p.out, N);
 	cr_assert_eq(bufpool_refill(&p, ids, N), 0, "nothing left to post");
-	cr_assert_eq(p.want, N);
-	bufpool_nobufs(&p);
-	cr_assert_eq(p.want, N, "want never exceeds the pool");
-	/* Recovery: every buffer back goes back into the ring (want is the pool now). */
+	/* Recovery: the buffers given back refill the ring, most recently freed first. */
 	for (uint32_t i = 0; i < nh; i++)
 		cr_assert_eq(bufpool_put(&p, held[i]), 0);
+	fill(&k, &p);
+	cr_assert_eq(p.in_ring, p.want);
+	cr_assert_eq(k.q[(k.tail - p.want) % N], held[nh - 1]);
+	check_counts(&p, &k);
+	/* However many receives miss, want never exceeds the pool. */
+	for (int i = 0; i < 3 * N; i++)
+		bufpool_nobufs(&p);
+	bufpool_pass_end(&p);
+	cr_assert_eq(p.want, N, "want never exceeds the pool");
 	fill(&k, &p);
 	cr_assert_eq(p.in_ring, N);
 	check_counts(&p, &k);
@@ -187,8 +196,9 @@ Test(bufpool, window_shrinks_an_idle_ring_and_keeps_a_dry_one)
 	struct kring k = { 0 };
 
 	cr_assert_eq(bufpool_init(&p, N, 4), 0);
-	for (int i = 0; i < 4; i++)
+	for (int i = 0; i < N; i++)
 		bufpool_nobufs(&p);
+	bufpool_pass_end(&p);
 	cr_assert_eq(p.want, N);
 	/* The window in which it ran dry keeps the fill. */
 	bufpool_window(&p);
@@ -203,13 +213,18 @@ Test(bufpool, window_shrinks_an_idle_ring_and_keeps_a_dry_one)
 	/* A quiet window: back to the minimum. */
 	bufpool_window(&p);
 	cr_assert_eq(p.want, 4);
-	/* A busy one grows it without any -ENOBUFS: a pass that took the whole fill. */
+	/* A pass that took the whole fill without a miss does not grow it (no margin on top). */
 	fill(&k, &p);
 	for (int i = 0; i < 4; i++)
 		cr_assert_eq(bufpool_put(&p, take(&k, &p)), 0);
 	bufpool_pass_end(&p);
 	bufpool_window(&p);
-	cr_assert_eq(p.want, 8);
+	cr_assert_eq(p.want, 4);
+	/* Misses do, by one each, at the end of their pass. */
+	for (int i = 0; i < 3; i++)
+		bufpool_nobufs(&p);
+	bufpool_pass_end(&p);
+	cr_assert_eq(p.want, 7);
 	bufpool_free(&p);
 }
 
