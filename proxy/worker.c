@@ -72,11 +72,13 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->hbuf_next = calloc(w->hbuf_n, sizeof(uint32_t));
 	w->hdr_scratch = calloc(w->hdr_cap, sizeof(struct http_header));
 	w->bp_ids = calloc(w->nbufs, sizeof(uint32_t));
+	w->wait_next = calloc(w->conn_cap, sizeof(uint32_t));
+	w->wait_in = calloc(w->conn_cap, sizeof(uint8_t));
 	w->stats = aligned_alloc(64, sizeof(struct stats_worker));
 	w->bstats = aligned_alloc(64, sizeof(struct stats_backend) * BACKEND_IDS_MAX);
 	if (!w->conns || !w->conn_next_free || !w->ups || !w->bufs || !w->hbufs || !w->hbuf_next ||
-	    !w->hdr_scratch || !w->bp_ids || !w->stats || !w->bstats ||
-	    bufpool_init(&w->bp, w->nbufs, BUF_RING_MIN) < 0)
+	    !w->hdr_scratch || !w->bp_ids || !w->wait_next || !w->wait_in || !w->stats ||
+	    !w->bstats || bufpool_init(&w->bp, w->nbufs, BUF_RING_MIN) < 0)
 		return -ENOMEM;
 	memset(w->stats, 0, sizeof(*w->stats));
 	memset(w->bstats, 0, sizeof(struct stats_backend) * BACKEND_IDS_MAX);
@@ -124,6 +126,8 @@ void worker_free(struct worker *w)
 	free(w->hbuf_next);
 	free(w->hdr_scratch);
 	free(w->bp_ids);
+	free(w->wait_next);
+	free(w->wait_in);
 	bufpool_free(&w->bp);
 	free(w->stats);
 	free(w->bstats);
@@ -306,15 +310,21 @@ static void timers_run(struct worker *w)
 
 /* --- no-buffer wait queue ----------------------------------------------------------------------- */
 
+/*
+ * The links live in the worker (wait_next, wait_in), not in the connection slot: with a
+ * bounded ring, -ENOBUFS is routine, and a queued connection that is freed and whose slot is
+ * reused by an accept in the same pass would otherwise have its link reset and cut off every
+ * waiter behind it. Such an entry is served harmlessly (conn_retry_recv finds no flag set).
+ */
 void wait_push(struct worker *w, uint32_t cidx)
 {
-	struct conn *c = &w->conns[cidx];
-
-	if (c->next_wait != NIL || w->wait_tail == cidx)
+	BUG_ON(cidx >= w->conn_cap);
+	if (w->wait_in[cidx])
 		return; /* already queued */
-	c->next_wait = NIL;
+	w->wait_in[cidx] = 1;
+	w->wait_next[cidx] = NIL;
 	if (w->wait_tail != NIL)
-		w->conns[w->wait_tail].next_wait = cidx;
+		w->wait_next[w->wait_tail] = cidx;
 	else
 		w->wait_head = cidx;
 	w->wait_tail = cidx;
@@ -324,12 +334,11 @@ static void wait_service(struct worker *w)
 {
 	while (w->wait_head != NIL && w->nbufs - w->bufs_out > BUF_RESERVE) {
 		uint32_t i = w->wait_head;
-		struct conn *c = &w->conns[i];
 
-		w->wait_head = c->next_wait;
+		w->wait_head = w->wait_next[i];
 		if (w->wait_head == NIL)
 			w->wait_tail = NIL;
-		c->next_wait = NIL;
+		w->wait_in[i] = 0;
 		conn_retry_recv(w, i);
 	}
 }

@@ -82,6 +82,8 @@ struct worker {
 
 	/* connections waiting for a free receive buffer */
 	uint32_t wait_head, wait_tail;
+	uint32_t *wait_next; /* its links, per slot (worker.c says why not in the slot) */
+	uint8_t *wait_in;    /* 1 while the slot is queued */
 
 	struct balance_state bal; /* worker-local */
 
