@@ -63,10 +63,10 @@
 /*
  * The provided-buffer ring holds a bounded fill fed from a LIFO of free buffers (bufpool.h):
  * at least BUF_RING_MIN, one more for each receive that found it empty, shrunk after each
- * BUF_WINDOW_MS without such a miss to twice the most the kernel took in one loop pass. 32 x 16 KiB = 512 KiB per
- * core stays warm at rest. Free buffers no loop pass touched for BUF_RELEASE_MS go back to
- * the kernel (MADV_DONTNEED): a burst's memory is returned 5-10 s after it, and one that
- * comes back costs page faults again only after that long a pause.
+ * BUF_WINDOW_MS without such a miss to twice the most the kernel took in one loop pass.
+ * 32 x 16 KiB = 512 KiB per core stays warm at rest. Free buffers no loop pass touched for
+ * BUF_RELEASE_MS go back to the kernel (MADV_DONTNEED): a burst's memory is returned 5-10 s
+ * after it, and one that comes back costs page faults again only after that long a pause.
  */
 #define BUF_RING_MIN   32
 #define BUF_WINDOW_MS  1000
