@@ -341,7 +341,6 @@ static void conn_accept_now(struct worker *w, int fd)
 	c->in.bid = c->accum.bid = -1;
 	c->in.hbuf = c->accum.hbuf = NIL;
 	c->t.prev = c->t.next = NIL;
-	c->next_wait = NIL;
 	sl = sizeof(c->peer);
 	if (getpeername(fd, (struct sockaddr *)&c->peer, &sl) == 0) {
 		if (c->peer.v4.sin_family == AF_INET)
@@ -478,7 +477,6 @@ static void conn_try_finish(struct worker *w, struct conn *c)
 		c->ups = NIL;
 	}
 	timer_clear(w, &c->t);
-	wait_unlink(w, idx); /* the slot can be reused at once: not left in the queue */
 	inbuf_release(w, &c->in);
 	inbuf_release(w, &c->accum);
 	if (c->hbuf_req != NIL)

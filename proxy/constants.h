@@ -65,6 +65,17 @@
 /* Free receive buffers kept back from the no-buffer wait queue, so accepts and upstream
  * reads of running exchanges are not starved by a wave of new reads. */
 #define BUF_RESERVE 8
+/*
+ * The provided-buffer ring holds a bounded fill fed from a LIFO of free buffers (bufpool.h):
+ * at least BUF_RING_MIN, one more for each receive that found it empty, shrunk after each
+ * BUF_WINDOW_MS without such a miss to twice the most the kernel took in one loop pass.
+ * 32 x 16 KiB = 512 KiB per core stays warm at rest. Free buffers no loop pass touched for
+ * BUF_RELEASE_MS go back to the kernel (MADV_DONTNEED): a burst's memory is returned 5-10 s
+ * after it, and one that comes back costs page faults again only after that long a pause.
+ */
+#define BUF_RING_MIN   32
+#define BUF_WINDOW_MS  1000
+#define BUF_RELEASE_MS 5000
 
 /*
  * Head buffers. A head is assembled from whole receives: up to header_bytes_max - 1 bytes
@@ -122,6 +133,9 @@ _Static_assert((uint64_t)HBUF_SIZE(CFG_HEADER_BYTES_CEIL, CFG_BUFFER_BYTES_MAX) 
 	       "head-buffer size is 32 bits");
 _Static_assert(CFG_BUFFERS_PER_CORE_MAX <= 32768, "io_uring buffer rings hold at most 32768");
 _Static_assert(CFG_BUFFERS_PER_CORE_MAX > BUF_RESERVE, "the wait queue can be served");
+_Static_assert(BUF_RING_MIN > BUF_RESERVE, "a ring at its minimum fill serves the wait queue");
+_Static_assert(BUF_WINDOW_MS % HOUSEKEEP_MS == 0 && BUF_RELEASE_MS % BUF_WINDOW_MS == 0,
+	       "buffer windows run on housekeeping ticks");
 _Static_assert(BACKEND_IDS_MAX <= TRIED_WORDS * TRIED_WORD_BITS, "one tried bit per backend id");
 _Static_assert(BACKEND_IDS_MAX <= UINT16_MAX, "backend ids are 16 bits");
 _Static_assert(RING_CQ_ENTRIES >= 2 * RING_SQ_ENTRIES, "CQ at least the kernel's default 2 x SQ");

@@ -142,7 +142,6 @@ struct conn {
 	bool end_pending;     /* response ended while the last request send was in flight */
 	bool ups_recv_wanted; /* waiting in the no-buffer queue for an upstream recv */
 	bool poll_armed;      /* the client EOF/RST poll is in flight */
-	bool waiting;	      /* in the no-buffer wait queue */
 	bool probed;	      /* the 100 Continue after a FIN was sent (once per connection) */
 	bool x_logged;	      /* this exchange's access-log line is written */
 	uint32_t req_head_len;
@@ -153,7 +152,6 @@ struct conn {
 	uint32_t ups;		 /* upstream index or NIL */
 	uint32_t hbuf_req;	 /* head buffer: serialised request head / accumulated head */
 	uint32_t hbuf_resp;	 /* head buffer: serialised response head */
-	uint32_t next_wait, prev_wait; /* no-buffer wait queue links, valid when waiting */
 	struct tlink t;
 	struct inbuf in;    /* client bytes not yet processed */
 	struct inbuf accum; /* partial request head being accumulated */

@@ -11,6 +11,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <urcu-qsbr.h>
 #include "conn.h"
 #include "constants.h"
@@ -70,10 +71,14 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->hbufs = map_zero((size_t)w->hbuf_n * w->hbuf_size);
 	w->hbuf_next = calloc(w->hbuf_n, sizeof(uint32_t));
 	w->hdr_scratch = calloc(w->hdr_cap, sizeof(struct http_header));
+	w->bp_ids = calloc(w->nbufs, sizeof(uint32_t));
+	w->wait_next = calloc(w->conn_cap, sizeof(uint32_t));
+	w->wait_in = calloc(w->conn_cap, sizeof(uint8_t));
 	w->stats = aligned_alloc(64, sizeof(struct stats_worker));
 	w->bstats = aligned_alloc(64, sizeof(struct stats_backend) * BACKEND_IDS_MAX);
 	if (!w->conns || !w->conn_next_free || !w->ups || !w->bufs || !w->hbufs || !w->hbuf_next ||
-	    !w->hdr_scratch || !w->stats || !w->bstats)
+	    !w->hdr_scratch || !w->bp_ids || !w->wait_next || !w->wait_in || !w->stats ||
+	    !w->bstats || bufpool_init(&w->bp, w->nbufs, BUF_RING_MIN) < 0)
 		return -ENOMEM;
 	memset(w->stats, 0, sizeof(*w->stats));
 	memset(w->bstats, 0, sizeof(struct stats_backend) * BACKEND_IDS_MAX);
@@ -120,6 +125,10 @@ void worker_free(struct worker *w)
 	free(w->conn_next_free);
 	free(w->hbuf_next);
 	free(w->hdr_scratch);
+	free(w->bp_ids);
+	free(w->wait_next);
+	free(w->wait_in);
+	bufpool_free(&w->bp);
 	free(w->stats);
 	free(w->bstats);
 	if (w->alog_fd >= 0)
@@ -147,15 +156,73 @@ struct io_uring_sqe *worker_sqe(struct worker *w)
 	return sqe;
 }
 
+/*
+ * Receive buffers (bufpool.h): the kernel ring holds a bounded fill, the other free buffers
+ * wait in a LIFO and the ring is topped up from its most-recently-freed end, so resident
+ * receive memory follows the buffers in use, not buffers_per_core. Every buffer is counted:
+ * the kernel may only hand out one that is in the ring (dispatch), a connection may only give
+ * back one it holds (buf_put), and a clean stop finds them all back (worker_main).
+ */
+static void buf_ring_fill(struct worker *w)
+{
+	uint32_t k;
+
+	if (w->bp.in_ring >= w->bp.want || !w->br)
+		return;
+	k = bufpool_refill(&w->bp, w->bp_ids, w->nbufs);
+	for (uint32_t i = 0; i < k; i++)
+		io_uring_buf_ring_add(w->br, buf_addr(w, w->bp_ids[i]), w->buf_size,
+				      (unsigned short)w->bp_ids[i],
+				      io_uring_buf_ring_mask(w->nbufs), (int)i);
+	io_uring_buf_ring_advance(w->br, (int)k);
+}
+
+static void buf_taken(struct worker *w, struct io_uring_cqe *cqe)
+{
+	BUG_ON(bufpool_taken(&w->bp, cqe->flags >> IORING_CQE_BUFFER_SHIFT) < 0);
+}
+
+/* Every BUF_WINDOW_MS: resize the ring fill; every BUF_RELEASE_MS: drop cold buffers' pages. */
+static void buf_housekeep(struct worker *w)
+{
+	uint32_t k;
+
+	if (w->now_ms - w->bp_window_ms < BUF_WINDOW_MS)
+		return;
+	w->bp_window_ms = w->now_ms;
+	bufpool_window(&w->bp);
+	if (w->now_ms - w->bp_release_ms < BUF_RELEASE_MS)
+		return;
+	w->bp_release_ms = w->now_ms;
+	k = bufpool_release(&w->bp, w->bp_ids, w->nbufs);
+	for (uint32_t i = 0; i < k; i++)
+		if (madvise(buf_addr(w, w->bp_ids[i]), w->buf_size, MADV_DONTNEED) < 0)
+			break; /* cannot fail on our own anonymous mapping; the pages just stay */
+}
+
+/*
+ * At a clean stop: the kernel's ring holds exactly the buffers the pool says it does (its head
+ * read back with IORING_REGISTER_PBUF_STATUS, kernel 6.8+; liburing 2.3 has no wrapper).
+ */
+static void buf_check_ring(struct worker *w)
+{
+	struct {
+		uint32_t buf_group, head, resv[8];
+	} st = { .buf_group = w->bgid };
+	long r = syscall(__NR_io_uring_register, w->ring.ring_fd, 26 /* PBUF_STATUS */, &st, 1);
+
+	if (r == 0)
+		CHECK_IF((uint16_t)(w->br->tail - st.head) != (uint16_t)w->bp.in_ring);
+}
+
 void buf_put(struct worker *w, int32_t bid)
 {
 	if (bid < 0)
 		return;
 	BUG_ON((uint32_t)bid >= w->nbufs || w->bufs_out == 0);
-	io_uring_buf_ring_add(w->br, buf_addr(w, (uint32_t)bid), w->buf_size, (unsigned short)bid,
-			      io_uring_buf_ring_mask(w->nbufs), 0);
-	io_uring_buf_ring_advance(w->br, 1);
+	BUG_ON(bufpool_put(&w->bp, (uint32_t)bid) < 0);
 	w->bufs_out--;
+	buf_ring_fill(w);
 }
 
 uint32_t hbuf_get(struct worker *w)
@@ -244,43 +311,23 @@ static void timers_run(struct worker *w)
 /* --- no-buffer wait queue ----------------------------------------------------------------------- */
 
 /*
- * Connections whose receive found the ring empty, in FIFO order, linked both ways through
- * their slots: a connection closed while it waits (a timeout, a reset seen by its poll) is
- * unlinked by wait_unlink() before its slot is freed, since a freed slot can be reused at
- * once (and accept clears its links): left linked, it would cut the rest of the queue off.
+ * The links live in the worker (wait_next, wait_in), not in the connection slot: with a
+ * bounded ring, -ENOBUFS is routine, and a queued connection that is freed and whose slot is
+ * reused by an accept in the same pass would otherwise have its link reset and cut off every
+ * waiter behind it. Such an entry is served harmlessly (conn_retry_recv finds no flag set).
  */
 void wait_push(struct worker *w, uint32_t cidx)
 {
-	struct conn *c = &w->conns[cidx];
-
-	if (c->waiting)
-		return;
-	c->waiting = true;
-	c->next_wait = NIL;
-	c->prev_wait = w->wait_tail;
+	BUG_ON(cidx >= w->conn_cap);
+	if (w->wait_in[cidx])
+		return; /* already queued */
+	w->wait_in[cidx] = 1;
+	w->wait_next[cidx] = NIL;
 	if (w->wait_tail != NIL)
-		w->conns[w->wait_tail].next_wait = cidx;
+		w->wait_next[w->wait_tail] = cidx;
 	else
 		w->wait_head = cidx;
 	w->wait_tail = cidx;
-}
-
-void wait_unlink(struct worker *w, uint32_t cidx)
-{
-	struct conn *c = &w->conns[cidx];
-
-	if (!c->waiting)
-		return;
-	if (c->prev_wait != NIL)
-		w->conns[c->prev_wait].next_wait = c->next_wait;
-	else
-		w->wait_head = c->next_wait;
-	if (c->next_wait != NIL)
-		w->conns[c->next_wait].prev_wait = c->prev_wait;
-	else
-		w->wait_tail = c->prev_wait;
-	c->waiting = false;
-	c->next_wait = c->prev_wait = NIL;
 }
 
 static void wait_service(struct worker *w)
@@ -288,7 +335,10 @@ static void wait_service(struct worker *w)
 	while (w->wait_head != NIL && w->nbufs - w->bufs_out > BUF_RESERVE) {
 		uint32_t i = w->wait_head;
 
-		wait_unlink(w, i);
+		w->wait_head = w->wait_next[i];
+		if (w->wait_head == NIL)
+			w->wait_tail = NIL;
+		w->wait_in[i] = 0;
 		conn_retry_recv(w, i);
 	}
 }
@@ -429,6 +479,7 @@ static void on_tick(struct worker *w)
 		 */
 		steer_tick(w->sc, cpu - w->tick_cpu_ns, interval);
 		w->tick_cpu_ns = cpu;
+		buf_housekeep(w);
 		w->last_tick_ms = w->now_ms;
 		/* Accepts that ended on EMFILE/ENFILE/ENOMEM are retried here, not in a loop. */
 		if (!w->stopping && !w->drained)
@@ -514,6 +565,10 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 {
 	struct ud ud = ud_unpack(cqe->user_data);
 
+	if (cqe->flags & IORING_CQE_F_BUFFER)
+		buf_taken(w, cqe);
+	else if (cqe->res == -ENOBUFS && (ud.op == OP_C_RECV || ud.op == OP_U_RECV))
+		bufpool_nobufs(&w->bp);
 	switch (ud.op) {
 	case OP_ACCEPT:
 		on_accept(w, ud.idx, cqe->res, cqe->flags);
@@ -586,10 +641,7 @@ static int ring_setup(struct worker *w)
 	if (r < 0)
 		return r;
 	io_uring_buf_ring_init(w->br);
-	for (uint32_t i = 0; i < w->nbufs; i++)
-		io_uring_buf_ring_add(w->br, buf_addr(w, i), w->buf_size, (unsigned short)i,
-				      io_uring_buf_ring_mask(w->nbufs), (int)i);
-	io_uring_buf_ring_advance(w->br, (int)w->nbufs);
+	buf_ring_fill(w);
 	return 0;
 }
 
@@ -623,6 +675,7 @@ static void *worker_main(void *arg)
 	w->snap = rcu_dereference(w->d->snap);
 	w->now_ms = now_ms();
 	w->last_tick_ms = w->now_ms;
+	w->bp_window_ms = w->bp_release_ms = w->now_ms;
 	for (uint32_t i = 0; i < w->listen_n; i++)
 		arm_accept(w, i);
 	arm_event(w);
@@ -649,6 +702,8 @@ static void *worker_main(void *arg)
 			n++;
 		}
 		io_uring_cq_advance(&w->ring, n);
+		bufpool_pass_end(&w->bp);
+		buf_ring_fill(w);
 		if (w->fd_short)
 			accept_fd_short(w);
 		if (w->accept_defer_n || w->shed_want)
@@ -662,6 +717,10 @@ static void *worker_main(void *arg)
 	/* A clean stop: every connection and upstream is gone, so everything they held is back. */
 	if (w->stopping && w->conns_active == 0 && w->ups_open == 0) {
 		CHECK_IF(w->bufs_out != 0);
+		CHECK_IF(w->bp.out != 0);
+		CHECK_IF(w->bp.depth + w->bp.in_ring != w->nbufs);
+		CHECK_IF(w->bp.taken_total != w->bp.returned_total);
+		buf_check_ring(w);
 		CHECK_IF(w->hbuf_used != 0);
 	}
 	io_uring_queue_exit(&w->ring);

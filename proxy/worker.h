@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 #include "accesslog.h"
+#include "bufpool.h"
 #include "constants.h"
 #include "worker-t.h"
 
@@ -41,6 +42,9 @@ struct worker {
 	uint32_t nbufs, buf_size;
 	uint32_t bufs_out; /* buffers currently held by connections */
 	uint16_t bgid;
+	struct bufpool bp; /* which buffers are in the ring, free (LIFO) or out */
+	uint32_t *bp_ids;  /* scratch: ids to post or release, nbufs of them */
+	uint64_t bp_window_ms, bp_release_ms; /* when the current sizing/release window started */
 
 	/* head buffers: head accumulation and serialised heads (LIFO so hot ones stay hot) */
 	char *hbufs;
@@ -78,6 +82,8 @@ struct worker {
 
 	/* connections waiting for a free receive buffer */
 	uint32_t wait_head, wait_tail;
+	uint32_t *wait_next; /* its links, per slot (worker.c says why not in the slot) */
+	uint8_t *wait_in;    /* 1 while the slot is queued */
 
 	struct balance_state bal; /* worker-local */
 
@@ -169,6 +175,5 @@ void timer_clear(struct worker *w, struct tlink *t);
 /* no-buffer wait queue */
 void wait_push(struct worker *w, uint32_t cidx);
 /* Takes a connection out of the no-buffer wait queue (a no-op when it is not in it). */
-void wait_unlink(struct worker *w, uint32_t cidx);
 
 #endif
