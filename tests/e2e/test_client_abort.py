@@ -16,6 +16,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import SLOW, binary  # noqa: E402
 from recorder import OK, Recorder  # noqa: E402
+from upstreams import log_lines  # noqa: E402
 from util import Client  # noqa: E402
 
 pytestmark = pytest.mark.corral_only
@@ -46,17 +47,6 @@ def setup(corral, tmp_path):
     yield start
     for r in recs:
         r.close()
-
-
-def log_lines(path, n, timeout=5.0):
-    deadline = time.monotonic() + timeout * SLOW
-    while time.monotonic() < deadline:
-        if os.path.exists(path):
-            lines = [json.loads(x) for x in open(path).read().splitlines()]
-            if len(lines) >= n:
-                return lines
-        time.sleep(0.02)
-    raise AssertionError("access log has fewer than %d lines" % n)
 
 
 def stats(p):

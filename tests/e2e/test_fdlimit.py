@@ -16,6 +16,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import conftest  # noqa: E402
 from conftest import SLOW  # noqa: E402
+from upstreams import scrape  # noqa: E402
 from util import Client  # noqa: E402
 
 pytestmark = pytest.mark.corral_only
@@ -156,17 +157,8 @@ def test_accept_at_emfile_does_not_spin_or_flood_and_keeps_answering(limited, ba
 
 
 def stats_via_metrics(p):
-    s = socket.create_connection(("127.0.0.1", p.metrics_port), timeout=5)
-    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-    data = b""
-    while True:
-        d = s.recv(65536)
-        if not d:
-            break
-        data += d
-    s.close()
     out = {}
-    for line in data.decode().splitlines():
+    for line in scrape(p)[2].splitlines():
         m = re.match(r"(corral_\w+)\{[^}]*\} (\S+)$", line)
         if m:
             out[m.group(1)] = out.get(m.group(1), 0) + float(m.group(2))

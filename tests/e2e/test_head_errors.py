@@ -2,16 +2,14 @@
 corral generates. Content-Length may still say what a GET would get; no byte may follow the head (a
 stray body would be read as the start of the next response)."""
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import SLOW, binary  # noqa: E402
-from util import SilentServer, dead_address  # noqa: E402
+from util import SilentServer, dead_address, exchange  # noqa: E402
 
 pytestmark = pytest.mark.corral_only
 
@@ -21,22 +19,7 @@ TIMEOUTS = {"client_header_ms": 500, "upstream_response_ms": 400, "upstream_conn
 
 def raw_exchange(port, wire, timeout=5.0):
     """Sends wire, reads everything until the proxy closes; returns the bytes."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout * SLOW)
-    try:
-        s.sendall(wire)
-        out = b""
-        deadline = time.monotonic() + timeout * SLOW
-        while time.monotonic() < deadline:
-            try:
-                d = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not d:
-                break
-            out += d
-        return out
-    finally:
-        s.close()
+    return exchange(port, wire, timeout * SLOW, ends=ConnectionResetError, total=timeout * SLOW)
 
 
 def assert_head_only(out, status):

@@ -2,7 +2,6 @@
 slow start, and what corralctl, the log and /metrics say about it."""
 import json
 import re
-import socket
 import subprocess
 import threading
 import time
@@ -12,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import SLOW, binary
+from upstreams import scrape
 from util import simple_get
 
 pytestmark = pytest.mark.corral_only
@@ -102,15 +102,7 @@ def wait_for(pred, timeout):
 
 
 def metrics(proxy):
-    with socket.create_connection(("127.0.0.1", proxy.metrics_port), timeout=5 * SLOW) as s:
-        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = b""
-        while True:
-            c = s.recv(65536)
-            if not c:
-                break
-            data += c
-    body = data.partition(b"\r\n\r\n")[2].decode()
+    body = scrape(proxy)[2]
     out = {}
     for fam in text_string_to_metric_families(body):
         for smp in fam.samples:

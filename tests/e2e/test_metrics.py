@@ -10,24 +10,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import SLOW, binary
+from upstreams import scrape
 from util import Client, build_request, counted_get, simple_get
 
 pytestmark = pytest.mark.corral_only
-
-
-def scrape(proxy, path="/metrics"):
-    """Returns (status, headers text, body text) of one GET on the metrics listener."""
-    with socket.create_connection(("127.0.0.1", proxy.metrics_port), timeout=5 * SLOW) as s:
-        s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode())
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    return status, head.decode(), body.decode()
 
 
 def families(body):

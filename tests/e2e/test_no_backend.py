@@ -4,13 +4,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import SLOW, binary  # noqa: E402
-from test_metrics import families, scrape  # noqa: E402
+from conftest import binary  # noqa: E402
+from test_metrics import families  # noqa: E402
+from upstreams import log_lines, scrape  # noqa: E402
 from util import Client  # noqa: E402
 
 pytestmark = pytest.mark.corral_only
@@ -21,17 +21,6 @@ def ctl(p, *args):
                        capture_output=True, text=True, timeout=10)
     assert r.returncode == 0, r.stderr
     return r.stdout
-
-
-def log_lines(path, n, timeout=5.0):
-    deadline = time.monotonic() + timeout * SLOW
-    while time.monotonic() < deadline:
-        if os.path.exists(path):
-            lines = [json.loads(x) for x in open(path).read().splitlines()]
-            if len(lines) >= n:
-                return lines
-        time.sleep(0.05)
-    raise AssertionError("access log has fewer than %d lines" % n)
 
 
 def test_no_eligible_backend_is_not_blamed_on_backend_0(corral, backend_factory, tmp_path):

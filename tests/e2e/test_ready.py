@@ -3,12 +3,12 @@ and GET /healthz (503 when a worker stops ticking)."""
 import ctypes
 import os
 import signal
-import socket
 import time
 
 import pytest
 
 from conftest import SLOW
+from upstreams import scrape
 from util import Client, build_request
 
 pytestmark = pytest.mark.corral_only
@@ -21,16 +21,8 @@ WALL = 0x40000000
 
 def probe(proxy, path):
     """(status, body) of one GET on the metrics listener."""
-    with socket.create_connection(("127.0.0.1", proxy.metrics_port), timeout=5 * SLOW) as s:
-        s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode())
-        data = b""
-        while True:
-            c = s.recv(65536)
-            if not c:
-                break
-            data += c
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body.decode()
+    status, _, body = scrape(proxy, path)
+    return status, body
 
 
 def wait_for(pred, timeout):

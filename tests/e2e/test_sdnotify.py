@@ -89,15 +89,7 @@ class Daemon:
 
 
 def get(port):
-    with socket.create_connection(("127.0.0.1", port), timeout=2 * SLOW) as s:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            c = s.recv(65536)
-            if not c:
-                break
-            data += c
-    return int(data.split(b" ", 2)[1])
+    return util.status_of(util.exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 2 * SLOW))
 
 
 @pytest.fixture

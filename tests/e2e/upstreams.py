@@ -1,6 +1,7 @@
-"""Helpers for the upstream-side end-to-end tests (balancing, failover, passive health, pools):
-corralctl in JSON, counters, polling with a deadline, and a kernel-side counter of connection
-attempts to ports that refuse them."""
+"""Helpers for the end-to-end tests that need the suite's SLOW factor or corralctl: corralctl in
+JSON, counters, /metrics scrapes, the access log's lines, polling with a deadline, and (for the
+upstream-side tests: balancing, failover, passive health, pools) a kernel-side counter of
+connection attempts to ports that refuse them."""
 import ctypes
 import json
 import os
@@ -13,7 +14,7 @@ import time
 import yaml
 
 from conftest import SLOW, binary
-from util import Client
+from util import Client, exchange, status_of
 
 
 def ctl(proxy, *args, timeout=10):
@@ -57,6 +58,32 @@ def metric(proxy, name, **labels):
         if got == want:
             return float(value)
     return None
+
+
+def scrape(proxy, path="/metrics", timeout=5.0):
+    """(status, head text, body text) of one GET on proxy's metrics listener, read to its close."""
+    data = exchange(proxy.metrics_port, ("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode(), timeout * SLOW)
+    head, _, body = data.partition(b"\r\n\r\n")
+    return status_of(head), head.decode(), body.decode()
+
+
+def access_log_raw(path, n, timeout=5.0):
+    """The access log's lines as bytes once it holds at least n (the workers write them
+    asynchronously); fails the test after timeout*SLOW seconds."""
+    deadline = time.monotonic() + timeout * SLOW
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                lines = f.read().splitlines()
+            if len(lines) >= n:
+                return lines
+        time.sleep(0.02)
+    raise AssertionError("access log has fewer than %d lines" % n)
+
+
+def log_lines(path, n, timeout=5.0):
+    """access_log_raw() of a JSON access log, each line parsed."""
+    return [json.loads(ln) for ln in access_log_raw(path, n, timeout)]
 
 
 def wait_until(pred, timeout, step=0.02, what="condition"):
