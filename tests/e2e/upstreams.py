@@ -5,22 +5,35 @@ connection attempts to ports that refuse them."""
 import ctypes
 import json
 import os
+import shutil
+import signal
 import socket
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 
+import pytest
 import yaml
 
-from conftest import SLOW, binary
-from util import Client, exchange, status_of
+from conftest import SLOW, UNDER_ASAN, binary
+from util import Client, exchange, sanitizer_report, status_of
 
 
 def ctl(proxy, *args, timeout=10):
-    """Runs corralctl against proxy's control socket; the CompletedProcess (text)."""
-    return subprocess.run([binary("corralctl"), "-s", proxy.cfg["admin"]["socket"]] + [str(a) for a in args],
+    """Runs corralctl against proxy's control socket (or the socket path proxy); the
+    CompletedProcess (text)."""
+    sock = proxy if isinstance(proxy, str) else proxy.cfg["admin"]["socket"]
+    return subprocess.run([binary("corralctl"), "-s", sock] + [str(a) for a in args],
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout * SLOW)
+
+
+def ctl_ok(proxy, *args):
+    """ctl() that must succeed; its stdout."""
+    r = ctl(proxy, *args)
+    assert r.returncode == 0, "corralctl %s: rc %d: %s" % (" ".join(map(str, args)), r.returncode, r.stderr)
+    return r.stdout
 
 
 def ctl_json(proxy, *args):
@@ -86,7 +99,7 @@ def log_lines(path, n, timeout=5.0):
     return [json.loads(ln) for ln in access_log_raw(path, n, timeout)]
 
 
-def wait_until(pred, timeout, step=0.02, what="condition"):
+def wait_until(pred, timeout=5.0, step=0.02, what="condition"):
     """Polls pred() until it returns a true value or timeout*SLOW seconds pass; returns its last value."""
     deadline = time.monotonic() + timeout * SLOW
     while True:
@@ -298,10 +311,45 @@ def port_of(addr):
     return int(addr.rpartition(":")[2])
 
 
+class LogFileDaemon:
+    """corral started by hand rather than by the corral fixture (its own user, environment or
+    folder), its output in the file log_path. A subclass sets cfg_path and log_path, writes the
+    config, then calls spawn()."""
+
+    def spawn(self, env=None):
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([binary("corral"), "-c", self.cfg_path], stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def text(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self):
+        """SIGTERM (if still running) and wait; under ASan, no sanitizer report in the log. The exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(20 * SLOW)
+        self.log.close()
+        if UNDER_ASAN:
+            rep = sanitizer_report(self.text())
+            assert rep is None, "sanitizer report in corral's log:\n%s" % rep
+        return code
+
+
+@pytest.fixture
+def open_folder():
+    """A folder everyone can reach (pytest's tmp_path is root-only), for a daemon that drops to
+    another user or a client that runs as one."""
+    d = tempfile.mkdtemp(prefix="corral-e2e-open-")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def need_root(what):
     if os.geteuid() != 0:
         from conftest import IN_CI
-        import pytest
         msg = "%s needs root" % what
         if IN_CI:
             pytest.fail(msg)
@@ -309,8 +357,6 @@ def need_root(what):
 
 
 # --- a proxy whose backends carry weights -------------------------------------------------------
-
-import pytest  # noqa: E402
 
 import conftest  # noqa: E402
 
