@@ -377,36 +377,14 @@ def wproxy(tmp_path, request):
                 rows.append(dict(b))
             else:
                 rows.append({"address": b if isinstance(b, str) else b.address, "weight": 1})
-        cfg = {
-            "instance": "e2e-%d-w%d" % (os.getpid(), n),
-            "listen": ["127.0.0.1:0"],
-            "workers": {"cores": [0, 1]},
-            "backends": rows,
-            "balance": "round-robin",
-            "timeouts": dict(conftest.DEFAULT_TIMEOUTS),
-            "limits": dict(conftest.DEFAULT_LIMITS),
-            "admin": {"socket": os.path.join(tmp, "corral.sock"), "metrics": "127.0.0.1:0"},
-        }
-        cfg = conftest._merge(cfg, over)
+        cfg = conftest._merge(conftest.proxy_config(tmp, "e2e-%d-w%d" % (os.getpid(), n), rows), over)
         p = conftest.CorralProxy(tmp, cfg)
         started.append(p)
         p.start()
         return p
 
     yield start
-    errors = []
-    rep = getattr(request.node, "rep_call", None)
-    for p in started:
-        if p.proc is None:
-            continue
-        if rep is not None and rep.failed:
-            print("---- corral log (%s) ----\n%s" % (p.cfg_path, p.log()[-6000:]))
-        try:
-            p.check_exit()
-        except AssertionError as e:
-            errors.append(str(e))
-    if errors:
-        pytest.fail("\n\n".join(errors))
+    conftest.check_all(started, request)
 
 
 class BackendProbe:
