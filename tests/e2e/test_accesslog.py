@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from conftest import SLOW, binary
+from conftest import SLOW
+from upstreams import ctl_ok
 from util import Client, build_request, wrk
 
 CLF = re.compile(r'^(\S+) - - \[(\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4})\] '
@@ -94,9 +95,7 @@ def test_one_well_formed_line_per_request_under_load(corral, backend, tmp_path, 
 def test_503_corral_makes_itself_logs_no_upstream(corral, backend, tmp_path):
     log = tmp_path / "access.log"
     p = corral([backend], access_log={"path": str(log), "format": "json"}, workers={"cores": [0]})
-    r = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], "backend", "disable",
-                        "--force", backend.address], capture_output=True, text=True, timeout=10 * SLOW)
-    assert r.returncode == 0, r.stderr
+    ctl_ok(p, "backend", "disable", "--force", backend.address)
     with Client(p.port, timeout=5 * SLOW) as c:
         assert c.get("/none-up").status == 503
     p.stop(timeout=15)

@@ -2,13 +2,13 @@
 corral generates. Content-Length may still say what a GET would get; no byte may follow the head (a
 stray body would be read as the start of the next response)."""
 import os
-import subprocess
 import sys
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import SLOW, binary  # noqa: E402
+from conftest import SLOW  # noqa: E402
+from upstreams import ctl_ok  # noqa: E402
 from util import SilentServer, dead_address, exchange  # noqa: E402
 
 pytestmark = pytest.mark.corral_only
@@ -81,7 +81,5 @@ def test_504_to_head_has_no_body(corral):
 
 def test_503_to_head_has_no_body(corral, backend):
     p = corral([backend], limits=LIMITS, timeouts=TIMEOUTS, workers={"cores": [0]})
-    out = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], "backend", "disable",
-                          "--force", backend.address], capture_output=True, text=True, timeout=10)
-    assert out.returncode == 0, out.stderr
+    ctl_ok(p, "backend", "disable", "--force", backend.address)
     assert_head_only(raw_exchange(p.port, head_line()), 503)

@@ -1,7 +1,6 @@
 """End-to-end tests of active health checks: fall/rise, passive down held until a check passes,
 slow start, and what corralctl, the log and /metrics say about it."""
 import re
-import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -9,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import SLOW, binary
-from upstreams import backends, scrape, wait_until
+from conftest import SLOW
+from upstreams import backends, ctl, ctl_ok, scrape, wait_until
 from util import simple_get
 
 pytestmark = pytest.mark.corral_only
@@ -131,9 +130,7 @@ def test_failing_health_path_marks_down_within_fall_intervals_and_rise_brings_it
         assert r.status == 200, r
     assert a.count() == before, "a down backend got %d requests" % (a.count() - before)
     # A reload keeps its state: still down, still no requests.
-    r = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], "reload"], capture_output=True,
-                       text=True, timeout=10 * SLOW)
-    assert r.returncode == 0, r.stderr
+    ctl_ok(p, "reload")
     assert backends(p)[a.address]["state"] == "down"
     for _ in range(10):
         assert simple_get(p.port, "/").status == 200
@@ -150,8 +147,7 @@ def test_failing_health_path_marks_down_within_fall_intervals_and_rise_brings_it
     for _ in range(20):
         assert simple_get(p.port, "/").status == 200
     assert a.count() > before
-    out = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], "backends"],
-                         capture_output=True, text=True, timeout=10 * SLOW).stdout
+    out = ctl(p, "backends").stdout
     assert "LAST CHECK" in out and "ok 200" in out, out
 
 
@@ -193,9 +189,7 @@ def test_slow_start_ramps_weight_after_recovery(corral, pyback):
                health={"path": "/health", "interval_ms": 100, "timeout_ms": 80, "rise": 1, "fall": 1,
                        "slow_start_ms": 1500})
     assert wait_until(lambda: backends(p)[a.address]["last_check"], 3)
-    r = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], "backend", "weight",
-                        a.address, "100"], capture_output=True, text=True, timeout=10 * SLOW)
-    assert r.returncode == 0, r.stderr
+    ctl_ok(p, "backend", "weight", a.address, "100")
     a.health_status = 503
     assert wait_until(lambda: backends(p)[a.address]["state"] == "down", 2)
     a.health_status = 200

@@ -14,7 +14,7 @@ import yaml
 import util
 
 from conftest import IN_CI, REPO, SLOW, binary
-from upstreams import LogFileDaemon
+from upstreams import LogFileDaemon, ctl_ok
 
 pytestmark = pytest.mark.corral_only
 
@@ -114,9 +114,7 @@ def test_ready_reload_stopping(tmp_path, daemon, abstract):
             if how == "SIGHUP":
                 d.proc.send_signal(signal.SIGHUP)
             else:
-                r = subprocess.run([binary("corralctl"), "-s", d.sock, "reload"], capture_output=True,
-                                   text=True, timeout=10 * SLOW)
-                assert r.returncode == 0, r.stderr
+                ctl_ok(d.sock, "reload")
             m = n.recv(5)
             assert m and m.get("RELOADING") == "1", (how, m)
             usec = int(m["MONOTONIC_USEC"])
