@@ -203,14 +203,6 @@ def _merge(base, over):
     return out
 
 
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class Proxy:
     """A running proxy under test. .port is its client port, .proc its process, .kind "corral"/"nginx"."""
 
@@ -343,7 +335,7 @@ class NginxProxy(Proxy):
 
     def start(self):
         t, lim = self.cfg["timeouts"], self.cfg["limits"]
-        self.port = _free_port()
+        self.port = util.free_port()
         d = self.tmp
         upstreams = "\n".join("\t\tserver %s;" % b["address"] for b in self.cfg["backends"])
         conf = f"""

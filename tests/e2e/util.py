@@ -572,6 +572,15 @@ class SilentServer:
         self.lsock.close()
 
 
+def free_port():
+    """A loopback port nobody listens on just now (the kernel's pick, released at once)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def connect_refused(port, timeout=1.0):
     """True if a TCP connect to port is refused (nobody listening)."""
     s = socket.socket()
