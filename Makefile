@@ -116,16 +116,16 @@ asan: deps-test
 FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE -Iproxy -Ibpf -I$(LLHTTP_INC)
 FUZZ_SECONDS ?= 60
 # The PROXY header parser is pure: its target needs nothing else.
-$(B)/fuzz/fuzz_proxyproto: tests/fuzz/fuzz_proxyproto.c proxy/proxyproto.c proxy/proxyproto.h
+$(B)/fuzz/fuzz_proxyproto: tests/fuzz/fuzz_proxyproto.c tests/fuzz/check.h proxy/proxyproto.c proxy/proxyproto.h
 	@mkdir -p $(@D)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $< proxy/proxyproto.c
 
-$(B)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c proxy/http.c $(wildcard proxy/*.h) $(LLHTTP_SRC)/llhttp.c
+$(B)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/check.h proxy/http.c $(wildcard proxy/*.h) $(LLHTTP_SRC)/llhttp.c
 	@mkdir -p $(@D)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $< proxy/http.c $(LLHTTP_SRC)/llhttp.c $(LLHTTP_SRC)/api.c $(LLHTTP_SRC)/http.c
 
 # The TLS target exercises proxy/tls.c (and util.c for BUG_ON) against OpenSSL.
-$(B)/fuzz/fuzz_tls: tests/fuzz/fuzz_tls.c proxy/tls.c proxy/util.c $(wildcard proxy/*.h)
+$(B)/fuzz/fuzz_tls: tests/fuzz/fuzz_tls.c tests/fuzz/check.h proxy/tls.c proxy/util.c $(wildcard proxy/*.h)
 	@mkdir -p $(@D)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $< proxy/tls.c proxy/util.c -lssl -lcrypto -lurcu-qsbr
 

@@ -203,14 +203,6 @@ def _merge(base, over):
     return out
 
 
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class Proxy:
     """A running proxy under test. .port is its client port, .proc its process, .kind "corral"/"nginx"."""
 
@@ -343,7 +335,7 @@ class NginxProxy(Proxy):
 
     def start(self):
         t, lim = self.cfg["timeouts"], self.cfg["limits"]
-        self.port = _free_port()
+        self.port = util.free_port()
         d = self.tmp
         upstreams = "\n".join("\t\tserver %s;" % b["address"] for b in self.cfg["backends"])
         conf = f"""
@@ -414,38 +406,24 @@ http {{
             time.sleep(0.02)
 
 
-@pytest.fixture
-def corral(tmp_path, request):
-    """Factory: corral(backends, timeouts={..}, limits={..}, workers={..}, **other_top_level_keys) -> Proxy.
+def proxy_config(tmp, instance, rows):
+    """The config a proxy factory starts from: rows are corral's backends entries."""
+    return {
+        # Own BPF pin folder per proxy: concurrent runs never share steering maps.
+        "instance": instance,
+        "listen": ["127.0.0.1:0"],
+        "workers": {"cores": [0, 1]},
+        "backends": rows,
+        "balance": "round-robin",
+        "timeouts": dict(DEFAULT_TIMEOUTS),
+        "limits": dict(DEFAULT_LIMITS),
+        "admin": {"socket": os.path.join(tmp, "corral.sock"), "metrics": "127.0.0.1:0"},
+    }
 
-    backends: list of "ip:port" strings or Backend objects. The proxy is stopped on teardown with
-    SIGTERM; it must exit 0 (and, under ASan, print no sanitizer report)."""
-    started = []
 
-    def start(backends, **over):
-        n = len(started)
-        tmp = str(tmp_path / ("proxy%d" % n))
-        os.makedirs(tmp, exist_ok=True)
-        addrs = [b.address if isinstance(b, Backend) else b for b in backends]
-        cfg = {
-            # Own BPF pin folder per proxy: concurrent runs never share steering maps.
-            "instance": "e2e-%d-%d" % (os.getpid(), n),
-            "listen": ["127.0.0.1:0"],
-            "workers": {"cores": [0, 1]},
-            "backends": [{"address": a, "weight": 1} for a in addrs],
-            "balance": "round-robin",
-            "timeouts": dict(DEFAULT_TIMEOUTS),
-            "limits": dict(DEFAULT_LIMITS),
-            "admin": {"socket": os.path.join(tmp, "corral.sock"), "metrics": "127.0.0.1:0"},
-        }
-        cfg = _merge(cfg, over)
-        cls = NginxProxy if PROXY_KIND == "nginx" else CorralProxy
-        p = cls(tmp, cfg)
-        started.append(p)
-        p.start()
-        return p
-
-    yield start
+def check_all(started, request):
+    """A proxy factory's teardown: every proxy it started must exit cleanly (check_exit); the
+    log of each is shown when the test failed. Fails the test with all the errors."""
     errors = []
     rep = getattr(request.node, "rep_call", None)
     for p in started:
@@ -460,6 +438,31 @@ def corral(tmp_path, request):
             errors.append(str(e))
     if errors:
         pytest.fail("\n\n".join(errors))
+
+
+@pytest.fixture
+def corral(tmp_path, request):
+    """Factory: corral(backends, timeouts={..}, limits={..}, workers={..}, **other_top_level_keys) -> Proxy.
+
+    backends: list of "ip:port" strings or Backend objects. The proxy is stopped on teardown with
+    SIGTERM; it must exit 0 (and, under ASan, print no sanitizer report)."""
+    started = []
+
+    def start(backends, **over):
+        n = len(started)
+        tmp = str(tmp_path / ("proxy%d" % n))
+        os.makedirs(tmp, exist_ok=True)
+        addrs = [b.address if isinstance(b, Backend) else b for b in backends]
+        cfg = proxy_config(tmp, "e2e-%d-%d" % (os.getpid(), n), [{"address": a, "weight": 1} for a in addrs])
+        cfg = _merge(cfg, over)
+        cls = NginxProxy if PROXY_KIND == "nginx" else CorralProxy
+        p = cls(tmp, cfg)
+        started.append(p)
+        p.start()
+        return p
+
+    yield start
+    check_all(started, request)
 
 
 @pytest.fixture

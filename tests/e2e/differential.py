@@ -20,21 +20,13 @@ import yaml  # noqa: E402
 
 from recorder import Recorder  # noqa: E402
 from test_hardening import ACCEPT, MALFORMED_RESPONSES, PIPE_BAD, REJECT, req  # noqa: E402
-from util import Client, Closed, ProtocolError  # noqa: E402
+from util import Client, Closed, ProtocolError, free_port  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.path.abspath(os.environ.get("CORRAL_BUILD") or os.path.join(REPO, "build"))
 STATUS_LINE_RE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})[^\r\n]*\r?\n")
 QUIET_S = 0.3  # a connection silent this long after its answer counts as left open
 DIFFERS = {}  # (proxy, case id) -> what the backend got, where it differs from what corral's suite wants
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_listen(port, proc, what, timeout=10):

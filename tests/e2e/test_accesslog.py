@@ -6,18 +6,12 @@ import subprocess
 
 import pytest
 
-from conftest import SLOW, binary
+from conftest import SLOW
+from upstreams import ctl_ok
 from util import Client, build_request, wrk
 
 CLF = re.compile(r'^(\S+) - - \[(\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4})\] '
                  r'"(\S+) (\S+) (HTTP/1\.[01])" (\d{3}) (\d+|-) "([^"\\]|\\.)*" "([^"\\]|\\.)*"')
-
-
-def stats(p):
-    out = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], "stats", "--json"],
-                         capture_output=True, text=True, timeout=10)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 CONNS = 40
@@ -51,7 +45,7 @@ def test_one_well_formed_line_per_request_under_load(corral, backend, tmp_path, 
         refusal_len = len(r.head_raw) + len(r.body)
     # What the backend served, by its own count: every 2xx line, plus the 404.
     served = backend.stats()["requests"] - served_before
-    s = stats(p)["total"]
+    s = p.stats()["total"]
     p.stop(timeout=15)  # the workers flush their buffers at exit
     raw = log.read_bytes()
     assert raw.endswith(b"\n")
@@ -101,9 +95,7 @@ def test_one_well_formed_line_per_request_under_load(corral, backend, tmp_path, 
 def test_503_corral_makes_itself_logs_no_upstream(corral, backend, tmp_path):
     log = tmp_path / "access.log"
     p = corral([backend], access_log={"path": str(log), "format": "json"}, workers={"cores": [0]})
-    r = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], "backend", "disable",
-                        "--force", backend.address], capture_output=True, text=True, timeout=10 * SLOW)
-    assert r.returncode == 0, r.stderr
+    ctl_ok(p, "backend", "disable", "--force", backend.address)
     with Client(p.port, timeout=5 * SLOW) as c:
         assert c.get("/none-up").status == 503
     p.stop(timeout=15)

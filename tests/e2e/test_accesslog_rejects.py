@@ -4,45 +4,19 @@ import json
 import os
 import socket
 import sys
-import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import SLOW  # noqa: E402
-from util import Client  # noqa: E402
+from upstreams import access_log_raw  # noqa: E402
+from util import Client, exchange  # noqa: E402
 
 pytestmark = pytest.mark.corral_only
 
 
-def log_lines(path, n, timeout=5.0):
-    deadline = time.monotonic() + timeout * SLOW
-    while time.monotonic() < deadline:
-        if os.path.exists(path):
-            raw = open(path, "rb").read()
-            lines = raw.splitlines()
-            if len(lines) >= n:
-                return lines
-        time.sleep(0.05)
-    raise AssertionError("access log has fewer than %d lines" % n)
-
-
 def send_raw(port, wire, wait=5.0):
-    s = socket.create_connection(("127.0.0.1", port), timeout=wait * SLOW)
-    try:
-        s.sendall(wire)
-        out = b""
-        while True:
-            try:
-                d = s.recv(65536)
-            except (ConnectionResetError, socket.timeout):
-                break
-            if not d:
-                break
-            out += d
-        return out
-    finally:
-        s.close()
+    return exchange(port, wire, wait * SLOW, ends=(ConnectionResetError, socket.timeout))
 
 
 def test_utf8_is_kept_and_rejected_requests_say_what_and_why(corral, backend, tmp_path):
@@ -61,7 +35,7 @@ def test_utf8_is_kept_and_rejected_requests_say_what_and_why(corral, backend, tm
     assert out.startswith(b"HTTP/1.1 404 ") and b"HTTP/1.1 400 " in out, out
     # An incomplete head the header deadline ends: the version was never read.
     assert send_raw(p.port, b"GET /slow HTT").startswith(b"HTTP/1.1 408 ")
-    raw = log_lines(log, 5)
+    raw = access_log_raw(log, 5)
     lines = [json.loads(x.decode("utf-8")) for x in raw]  # strict UTF-8 decode: fails on bad bytes
     assert "caf\u00e9 \u20ac".encode() in raw[0], raw[0]  # kept as UTF-8, not \u00c3\u00a9
     assert lines[0]["user_agent"] == "caf\u00e9 \u20ac", lines[0]
@@ -87,5 +61,5 @@ def test_rejected_request_in_combined_format(corral, backend, tmp_path):
     p = corral([backend], access_log={"path": log, "format": "combined"}, workers={"cores": [0]})
     assert send_raw(p.port, b"DELETE /y HTTP/1.1\r\nHost: e2e.test\r\nX-Bad: a\x01b\r\n\r\n").startswith(
         b"HTTP/1.1 400 ")
-    line = log_lines(log, 1)[0].decode()
+    line = access_log_raw(log, 1)[0].decode()
     assert '"DELETE /y HTTP/1.1" 400 ' in line, line

@@ -1,13 +1,13 @@
 """End-to-end tests of the balancing state the workers keep: per-backend in-flight counts (the input
 of least-conn, exported as corral_backend_active) must come back to zero when exchanges end, however
 they end."""
-import socket
 import time
 
 import pytest
 
 from conftest import SLOW
 from recorder import OK, Recorder
+from upstreams import scrape
 from util import Client
 
 pytestmark = pytest.mark.corral_only
@@ -15,16 +15,8 @@ pytestmark = pytest.mark.corral_only
 
 def backend_active(proxy):
     """corral_backend_active per backend address, from one scrape of the metrics listener."""
-    with socket.create_connection(("127.0.0.1", proxy.metrics_port), timeout=5 * SLOW) as s:
-        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
     out = {}
-    for line in data.decode().split("\n"):
+    for line in scrape(proxy)[2].split("\n"):
         if line.startswith("corral_backend_active{"):
             out[line.split('"')[1]] = float(line.rsplit(" ", 1)[1])
     return out

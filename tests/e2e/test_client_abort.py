@@ -3,19 +3,18 @@
 second, the upstream connection is closed (not pooled), and the access log says 499 with the bytes
 actually sent. A client that only half-closes and still reads gets its full response (test_hardening.py:
 test_half_closed_client_gets_full_response)."""
-import json
 import os
 import socket
 import struct
-import subprocess
 import sys
 import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import SLOW, binary  # noqa: E402
+from conftest import SLOW  # noqa: E402
 from recorder import OK, Recorder  # noqa: E402
+from upstreams import log_lines, totals  # noqa: E402
 from util import Client  # noqa: E402
 
 pytestmark = pytest.mark.corral_only
@@ -46,24 +45,6 @@ def setup(corral, tmp_path):
     yield start
     for r in recs:
         r.close()
-
-
-def log_lines(path, n, timeout=5.0):
-    deadline = time.monotonic() + timeout * SLOW
-    while time.monotonic() < deadline:
-        if os.path.exists(path):
-            lines = [json.loads(x) for x in open(path).read().splitlines()]
-            if len(lines) >= n:
-                return lines
-        time.sleep(0.02)
-    raise AssertionError("access log has fewer than %d lines" % n)
-
-
-def stats(p):
-    r = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], "stats", "--json"],
-                       capture_output=True, text=True, timeout=10)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)["total"]
 
 
 def wait_upstream_closed(rec, index, timeout):
@@ -111,13 +92,13 @@ def test_client_that_gives_up_aborts_the_upstream_exchange(setup, how, kind):
     assert e["upstream"] == rec.address, e
     assert e["bytes_out"] in (0, len(b"HTTP/1.1 100 Continue\r\n\r\n")), e
     assert e["duration_us"] < (PROMPT * SLOW + 0.5) * 1e6, e
-    st = stats(p)
+    st = totals(p)
     assert st["client_aborts"] == 1 and st["responses"]["4xx"] == 1, st
     # The aborted upstream connection was closed, not pooled: the next request opens a new one.
     with Client(p.port, timeout=5 * SLOW) as c2:
         assert c2.get("/next").status == 200
     assert len(rec.conns) == 2 and [q.target for q in rec.conns[1].requests if q.complete] == ["/next"]
-    assert stats(p)["pool"]["idle"] == 1
+    assert totals(p)["pool"]["idle"] == 1
 
 
 def test_client_gone_mid_response_is_logged_499_with_bytes_sent(corral, tmp_path):
@@ -140,6 +121,6 @@ def test_client_gone_mid_response_is_logged_499_with_bytes_sent(corral, tmp_path
         assert closed_at is not None and closed_at - t0 < PROMPT * SLOW
         e = log_lines(log, 1)[0]
         assert e["status"] == 499 and e["bytes_out"] == len(got), (e, len(got))
-        assert stats(p)["responses"]["2xx"] == 1  # the response's own status counted once
+        assert totals(p)["responses"]["2xx"] == 1  # the response's own status counted once
     finally:
         rec.close()

@@ -12,28 +12,10 @@ import pytest
 import yaml
 
 from conftest import SLOW, binary, need
+from upstreams import ctl, ctl_json, ctl_ok, wait_until
 from util import counted_get, simple_get
 
 pytestmark = pytest.mark.corral_only
-
-
-def ctl(proxy, *args, timeout=10):
-    """Runs corralctl against proxy's control socket; returns the CompletedProcess (text)."""
-    sock = proxy if isinstance(proxy, str) else proxy.cfg["admin"]["socket"]
-    return subprocess.run([binary("corralctl"), "-s", sock] + [str(a) for a in args],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout * SLOW)
-
-
-def ctl_json(proxy, *args):
-    r = ctl(proxy, *args, "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
-def ctl_ok(proxy, *args):
-    r = ctl(proxy, *args)
-    assert r.returncode == 0, "corralctl %s: rc %d: %s" % (" ".join(map(str, args)), r.returncode, r.stderr)
-    return r.stdout
 
 
 def ctl_fails(proxy, *args, code=1):
@@ -51,16 +33,6 @@ def need_bpf(proxy):
     mode = ctl_json(proxy, "status")["steering"]["mode"]
     if mode != "bpf":
         need(False, "steering is not loaded (mode %s); log:\n%s" % (mode, proxy.log()[-2000:]))
-
-
-def wait_until(pred, timeout=5.0, step=0.05):
-    deadline = time.monotonic() + timeout * SLOW
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
 
 
 def core_rows(stats):

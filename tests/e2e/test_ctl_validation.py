@@ -8,12 +8,8 @@ import pytest
 import yaml
 
 from conftest import binary
+from upstreams import ctl
 from util import simple_get
-
-
-def ctl(p, *args):
-    return subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], *map(str, args)],
-                          capture_output=True, text=True, timeout=10)
 
 
 def refused(p, *args):

@@ -3,11 +3,9 @@ RLIMIT_NOFILE to the hard limit, says at start-up when the limit holds fewer cli
 limits.connections_per_core, and at the limit closes the longest-idle connections that carry no request
 in flight to make room (counted in conns_reclaimed), so a fresh client is served well under a second.
 corral runs under `prlimit --nofile=N:N` with a small N, so no test needs 20,000 fds."""
-import json
 import os
 import re
 import socket
-import subprocess
 import sys
 import time
 
@@ -16,6 +14,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import conftest  # noqa: E402
 from conftest import SLOW  # noqa: E402
+from upstreams import scrape, totals  # noqa: E402
 from util import Client  # noqa: E402
 
 pytestmark = pytest.mark.corral_only
@@ -38,13 +37,6 @@ def limited(corral, monkeypatch, tmp_path):
             monkeypatch.setattr(conftest, "binary", real)
 
     return start
-
-
-def stats(p):
-    r = subprocess.run([conftest.binary("corralctl"), "-s", p.cfg["admin"]["socket"], "stats", "--json"],
-                       capture_output=True, text=True, timeout=10)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)["total"]
 
 
 def fresh_get(port, timeout):
@@ -78,7 +70,7 @@ def test_idle_connections_make_room_for_a_fresh_client(limited, backend):
                 assert c.get("/").status == 200
             held.append(c)
         time.sleep(0.1)
-        base = stats(p)
+        base = totals(p)
         assert base["conns_active"] <= cap + 1, base
         worst = 0.0
         for _ in range(10):
@@ -86,7 +78,7 @@ def test_idle_connections_make_room_for_a_fresh_client(limited, backend):
             assert r.status == 200, r
             worst = max(worst, took)
         assert worst < 0.5 * SLOW, "a fresh client waited %.3f s at the limit" % worst
-        st = stats(p)
+        st = totals(p)
         assert st["conns_reclaimed"] >= cap, st
         assert st["conns_active"] <= cap + 1, st
     finally:
@@ -133,7 +125,7 @@ def test_accept_at_emfile_does_not_spin_or_flood_and_keeps_answering(limited, ba
             answers[r.status] = answers.get(r.status, 0) + 1
             time.sleep(0.05)
         used = (cpu_s(p.proc.pid) - cpu0) / (time.monotonic() - t0)
-        print(stats(p) if False else "")
+        print(totals(p) if False else "")
         print("fds open in corral:", len(os.listdir("/proc/%d/fd" % p.proc.pid)), "answers", answers,
               "cpu %.2f" % used)
         assert set(answers) <= {200, 503} and sum(answers.values()) >= 5, answers
@@ -156,17 +148,8 @@ def test_accept_at_emfile_does_not_spin_or_flood_and_keeps_answering(limited, ba
 
 
 def stats_via_metrics(p):
-    s = socket.create_connection(("127.0.0.1", p.metrics_port), timeout=5)
-    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-    data = b""
-    while True:
-        d = s.recv(65536)
-        if not d:
-            break
-        data += d
-    s.close()
     out = {}
-    for line in data.decode().splitlines():
+    for line in scrape(p)[2].splitlines():
         m = re.match(r"(corral_\w+)\{[^}]*\} (\S+)$", line)
         if m:
             out[m.group(1)] = out.get(m.group(1), 0) + float(m.group(2))

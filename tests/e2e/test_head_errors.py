@@ -2,16 +2,14 @@
 corral generates. Content-Length may still say what a GET would get; no byte may follow the head (a
 stray body would be read as the start of the next response)."""
 import os
-import socket
-import subprocess
 import sys
-import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import SLOW, binary  # noqa: E402
-from util import SilentServer, dead_address  # noqa: E402
+from conftest import SLOW  # noqa: E402
+from upstreams import ctl_ok  # noqa: E402
+from util import SilentServer, dead_address, exchange  # noqa: E402
 
 pytestmark = pytest.mark.corral_only
 
@@ -21,22 +19,7 @@ TIMEOUTS = {"client_header_ms": 500, "upstream_response_ms": 400, "upstream_conn
 
 def raw_exchange(port, wire, timeout=5.0):
     """Sends wire, reads everything until the proxy closes; returns the bytes."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout * SLOW)
-    try:
-        s.sendall(wire)
-        out = b""
-        deadline = time.monotonic() + timeout * SLOW
-        while time.monotonic() < deadline:
-            try:
-                d = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not d:
-                break
-            out += d
-        return out
-    finally:
-        s.close()
+    return exchange(port, wire, timeout * SLOW, ends=ConnectionResetError, total=timeout * SLOW)
 
 
 def assert_head_only(out, status):
@@ -98,7 +81,5 @@ def test_504_to_head_has_no_body(corral):
 
 def test_503_to_head_has_no_body(corral, backend):
     p = corral([backend], limits=LIMITS, timeouts=TIMEOUTS, workers={"cores": [0]})
-    out = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], "backend", "disable",
-                          "--force", backend.address], capture_output=True, text=True, timeout=10)
-    assert out.returncode == 0, out.stderr
+    ctl_ok(p, "backend", "disable", "--force", backend.address)
     assert_head_only(raw_exchange(p.port, head_line()), 503)

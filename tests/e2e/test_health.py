@@ -1,9 +1,6 @@
 """End-to-end tests of active health checks: fall/rise, passive down held until a check passes,
 slow start, and what corralctl, the log and /metrics say about it."""
-import json
 import re
-import socket
-import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,7 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import SLOW, binary
+from conftest import SLOW
+from upstreams import backends, ctl, ctl_ok, scrape, wait_until
 from util import simple_get
 
 pytestmark = pytest.mark.corral_only
@@ -83,34 +81,8 @@ def pyback():
             pass
 
 
-def backends(proxy):
-    sock = proxy.cfg["admin"]["socket"]
-    r = subprocess.run([binary("corralctl"), "-s", sock, "backends", "--json"], capture_output=True,
-                       text=True, timeout=10 * SLOW)
-    assert r.returncode == 0, r.stderr
-    return {b["addr"]: b for b in json.loads(r.stdout)["backends"]}
-
-
-def wait_for(pred, timeout):
-    deadline = time.monotonic() + timeout * SLOW
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.02)
-    return pred()
-
-
 def metrics(proxy):
-    with socket.create_connection(("127.0.0.1", proxy.metrics_port), timeout=5 * SLOW) as s:
-        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = b""
-        while True:
-            c = s.recv(65536)
-            if not c:
-                break
-            data += c
-    body = data.partition(b"\r\n\r\n")[2].decode()
+    body = scrape(proxy)[2]
     out = {}
     for fam in text_string_to_metric_families(body):
         for smp in fam.samples:
@@ -125,7 +97,7 @@ def test_failing_health_path_marks_down_within_fall_intervals_and_rise_brings_it
     p = corral([a.address, backend.address],
                health={"path": "/health", "interval_ms": interval, "timeout_ms": 150, "rise": rise,
                        "fall": fall, "host": "health.e2e.test"})
-    assert wait_for(lambda: backends(p)[a.address]["last_check"], 3), backends(p)
+    assert wait_until(lambda: backends(p)[a.address]["last_check"], 3), backends(p)
     assert a.health_headers["Host"] == "health.e2e.test", a.health_headers
     assert a.health_headers["User-Agent"].startswith("corral-health/"), a.health_headers
     st = backends(p)[a.address]
@@ -134,7 +106,7 @@ def test_failing_health_path_marks_down_within_fall_intervals_and_rise_brings_it
     # Still accepting connections, but the health path answers 500.
     a.health_status = 500
     t0 = time.monotonic()
-    assert wait_for(lambda: backends(p)[a.address]["state"] == "down", 3), backends(p)
+    assert wait_until(lambda: backends(p)[a.address]["state"] == "down", 3), backends(p)
     took = time.monotonic() - t0
     print("health: marked down %.3f s after the health path began failing (fall %d x %d ms)"
           % (took, fall, interval))
@@ -158,9 +130,7 @@ def test_failing_health_path_marks_down_within_fall_intervals_and_rise_brings_it
         assert r.status == 200, r
     assert a.count() == before, "a down backend got %d requests" % (a.count() - before)
     # A reload keeps its state: still down, still no requests.
-    r = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], "reload"], capture_output=True,
-                       text=True, timeout=10 * SLOW)
-    assert r.returncode == 0, r.stderr
+    ctl_ok(p, "reload")
     assert backends(p)[a.address]["state"] == "down"
     for _ in range(10):
         assert simple_get(p.port, "/").status == 200
@@ -169,7 +139,7 @@ def test_failing_health_path_marks_down_within_fall_intervals_and_rise_brings_it
     # Healthy again: back after `rise` passed checks, and it takes traffic again.
     a.health_status = 200
     t0 = time.monotonic()
-    assert wait_for(lambda: backends(p)[a.address]["state"] == "up", 3), backends(p)
+    assert wait_until(lambda: backends(p)[a.address]["state"] == "up", 3), backends(p)
     took = time.monotonic() - t0
     print("health: back up %.3f s after the health path recovered (rise %d x %d ms)" % (took, rise, interval))
     assert took <= ((rise + 1) * interval / 1000.0 + 0.3) * SLOW
@@ -177,8 +147,7 @@ def test_failing_health_path_marks_down_within_fall_intervals_and_rise_brings_it
     for _ in range(20):
         assert simple_get(p.port, "/").status == 200
     assert a.count() > before
-    out = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], "backends"],
-                         capture_output=True, text=True, timeout=10 * SLOW).stdout
+    out = ctl(p, "backends").stdout
     assert "LAST CHECK" in out and "ok 200" in out, out
 
 
@@ -191,12 +160,12 @@ def test_killed_backend_stays_down_until_a_check_passes(corral, pyback):
     p = corral([a.address, backend.address], timeouts={"backend_park_ms": 300},
                health={"path": "/health", "interval_ms": 2000, "timeout_ms": 500, "rise": 1,
                        "fall": 3})
-    assert wait_for(lambda: backends(p)[a.address]["last_check"], 3)
+    assert wait_until(lambda: backends(p)[a.address]["last_check"], 3)
     a.close()
     # Requests still succeed (retried on the other backend) and mark it down at once.
     for _ in range(6):
         assert simple_get(p.port, "/").status == 200
-    st = wait_for(lambda: backends(p)[a.address]["state"] == "down" and backends(p)[a.address], 1)
+    st = wait_until(lambda: backends(p)[a.address]["state"] == "down" and backends(p)[a.address], 1)
     assert st, backends(p)
     assert "passive" in st["reason"], st
     # Well past the park: still down, and no check has passed.
@@ -205,7 +174,7 @@ def test_killed_backend_stays_down_until_a_check_passes(corral, pyback):
     assert st["state"] == "down", st
     # Back on the same port: the next check passes (rise 1) and it is up again.
     b = pyback(port)
-    assert wait_for(lambda: backends(p)[a.address]["state"] == "up", 3), backends(p)
+    assert wait_until(lambda: backends(p)[a.address]["state"] == "up", 3), backends(p)
     st = backends(p)[a.address]
     assert "1 check passed" in st["reason"], st
     for _ in range(10):
@@ -219,14 +188,12 @@ def test_slow_start_ramps_weight_after_recovery(corral, pyback):
     p = corral([a.address, backend.address],
                health={"path": "/health", "interval_ms": 100, "timeout_ms": 80, "rise": 1, "fall": 1,
                        "slow_start_ms": 1500})
-    assert wait_for(lambda: backends(p)[a.address]["last_check"], 3)
-    r = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], "backend", "weight",
-                        a.address, "100"], capture_output=True, text=True, timeout=10 * SLOW)
-    assert r.returncode == 0, r.stderr
+    assert wait_until(lambda: backends(p)[a.address]["last_check"], 3)
+    ctl_ok(p, "backend", "weight", a.address, "100")
     a.health_status = 503
-    assert wait_for(lambda: backends(p)[a.address]["state"] == "down", 2)
+    assert wait_until(lambda: backends(p)[a.address]["state"] == "down", 2)
     a.health_status = 200
-    assert wait_for(lambda: backends(p)[a.address]["state"] == "up", 2)
+    assert wait_until(lambda: backends(p)[a.address]["state"] == "up", 2)
     seen = set()
     deadline = time.monotonic() + 4 * SLOW
     while time.monotonic() < deadline:

@@ -7,16 +7,8 @@ import time
 import pytest
 
 from conftest import SLOW, binary, ms
+from upstreams import wait_until
 from util import Client, Closed, build_request, connect_refused, simple_get
-
-
-def wait_until(pred, timeout, step=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 def test_graceful_shutdown_completes_inflight_requests(corral, backend):
@@ -36,14 +28,14 @@ def test_graceful_shutdown_completes_inflight_requests(corral, backend):
     for c in clients:
         c.send(build_request("GET", "/delay/1500"))
     # Every request has reached the backend before the signal.
-    assert wait_until(lambda: backend.stats()["requests"] - base >= len(clients), 2 * SLOW)
+    assert wait_until(lambda: backend.stats()["requests"] - base >= len(clients), 2, step=0.01)
     threads = [threading.Thread(target=run, args=(i, c), daemon=True) for i, c in enumerate(clients)]
     for t in threads:
         t.start()
     t0 = time.monotonic()
     p.signal_graceful()
     # New connections are refused (the listeners are closed), while the old ones finish.
-    assert wait_until(lambda: connect_refused(p.port), 1.0 * SLOW, step=0.02), \
+    assert wait_until(lambda: connect_refused(p.port), 1.0, step=0.02), \
         "still accepting connections after SIGTERM"
     # Refused while the old requests were still in flight (none answered yet).
     assert p.alive() and results == [None] * len(clients), "exited or answered before the refusal: %r" % results

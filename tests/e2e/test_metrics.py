@@ -1,33 +1,17 @@
 """End-to-end tests of the Prometheus listener: parseable exposition that agrees with `stats --json`."""
-import json
 import os
 import re
 import socket
-import subprocess
 import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import SLOW, binary
+from conftest import SLOW
+from upstreams import ctl_json, ctl_ok, scrape
 from util import Client, build_request, counted_get, simple_get
 
 pytestmark = pytest.mark.corral_only
-
-
-def scrape(proxy, path="/metrics"):
-    """Returns (status, headers text, body text) of one GET on the metrics listener."""
-    with socket.create_connection(("127.0.0.1", proxy.metrics_port), timeout=5 * SLOW) as s:
-        s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode())
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    return status, head.decode(), body.decode()
 
 
 def families(body):
@@ -43,13 +27,6 @@ def by_core(fam, sample_name, **labels):
             continue
         out[int(s.labels["core"])] = s.value
     return out
-
-
-def stats_json(proxy):
-    r = subprocess.run([binary("corralctl"), "-s", proxy.cfg["admin"]["socket"], "stats", "--json"],
-                       capture_output=True, text=True, timeout=10)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def process_cpu_s(pid):
@@ -101,7 +78,7 @@ def test_metrics_totals_match_stats_json(corral, backend):
     # A worker counts a send when it completes: poll (with a deadline) until the last ones land.
     deadline = time.monotonic() + 5 * SLOW
     while True:
-        s = stats_json(p)
+        s = ctl_json(p, "stats")
         if (s["total"]["bytes_in"], s["total"]["bytes_out"]) == (sent, received):
             break
         assert time.monotonic() < deadline, \
@@ -154,9 +131,7 @@ def test_backend_series_and_info(corral, backend):
 
 
 def test_draining_shows_in_metrics(proxied):
-    r = subprocess.run([binary("corralctl"), "-s", proxied.cfg["admin"]["socket"], "drain", "1"],
-                       capture_output=True, text=True, timeout=10)
-    assert r.returncode == 0, r.stderr
+    ctl_ok(proxied, "drain", "1")
     fams = families(scrape(proxied)[2])
     assert by_core(fams["corral_core_draining"], "corral_core_draining") == {0: 0.0, 1: 1.0}
 
@@ -183,7 +158,7 @@ def test_a_stalled_scraper_does_not_block_the_daemon(proxied):
         half = socket.create_connection(("127.0.0.1", proxied.metrics_port))
         half.sendall(b"GET /metr")
         assert scrape(proxied)[0] == 200
-        assert stats_json(proxied)["total"] is not None
+        assert ctl_json(proxied, "stats")["total"] is not None
         half.close()
     finally:
         for s in idle:

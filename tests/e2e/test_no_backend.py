@@ -2,36 +2,16 @@
 counted as "no backend" (stats and metrics), never as an error of backend 0."""
 import json
 import os
-import subprocess
 import sys
-import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import SLOW, binary  # noqa: E402
-from test_metrics import families, scrape  # noqa: E402
+from test_metrics import families  # noqa: E402
+from upstreams import ctl_ok, log_lines, scrape  # noqa: E402
 from util import Client  # noqa: E402
 
 pytestmark = pytest.mark.corral_only
-
-
-def ctl(p, *args):
-    r = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], *args],
-                       capture_output=True, text=True, timeout=10)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
-
-
-def log_lines(path, n, timeout=5.0):
-    deadline = time.monotonic() + timeout * SLOW
-    while time.monotonic() < deadline:
-        if os.path.exists(path):
-            lines = [json.loads(x) for x in open(path).read().splitlines()]
-            if len(lines) >= n:
-                return lines
-        time.sleep(0.05)
-    raise AssertionError("access log has fewer than %d lines" % n)
 
 
 def test_no_eligible_backend_is_not_blamed_on_backend_0(corral, backend_factory, tmp_path):
@@ -40,8 +20,8 @@ def test_no_eligible_backend_is_not_blamed_on_backend_0(corral, backend_factory,
     p = corral([a, b], access_log={"path": log, "format": "json"})
     with Client(p.port) as c:
         assert c.get("/").status == 200  # a normal request first: it names its upstream
-    ctl(p, "backend", "disable", a.address)
-    ctl(p, "backend", "disable", "--force", b.address)  # the last one: needs --force
+    ctl_ok(p, "backend", "disable", a.address)
+    ctl_ok(p, "backend", "disable", "--force", b.address)  # the last one: needs --force
     for _ in range(3):
         with Client(p.port) as c:
             assert c.get("/").status == 503
@@ -50,10 +30,10 @@ def test_no_eligible_backend_is_not_blamed_on_backend_0(corral, backend_factory,
     assert lines[0]["status"] == 200 and lines[0]["upstream"] in (a.address, b.address), lines[0]
     for e in lines[1:]:
         assert e["status"] == 503 and e["upstream"] is None, e
-    st = json.loads(ctl(p, "stats", "--json"))["total"]
+    st = json.loads(ctl_ok(p, "stats", "--json"))["total"]
     assert st["no_backend"] == 3, st
     assert st["upstream_errors"] == 0, st
-    be = json.loads(ctl(p, "backends", "--json"))["backends"]
+    be = json.loads(ctl_ok(p, "backends", "--json"))["backends"]
     assert [x["errors"] for x in be] == [0, 0], be
     fams = families(scrape(p)[2])
     assert sum(s.value for s in fams["corral_no_backend"].samples) == 3

@@ -4,15 +4,13 @@ the socket and its folder are made reachable by everyone, so file permissions st
 only the daemon's check stands between uid 65534 and the control commands."""
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
 from conftest import SLOW
-from upstreams import ctl_json, need_root, wproxy  # noqa: F401
+from upstreams import ctl_json, need_root, open_folder, wproxy  # noqa: F401
 
 pytestmark = pytest.mark.corral_only
 
@@ -62,14 +60,6 @@ def as_user(uid, path, cmd):
                        text=True, timeout=20 * SLOW, preexec_fn=drop if uid != os.geteuid() else None)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
-
-
-@pytest.fixture
-def open_folder():
-    d = tempfile.mkdtemp(prefix="corral-peercred-")
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_another_uid_is_refused_by_the_credential_check_not_by_file_permissions(wproxy, backend, open_folder):

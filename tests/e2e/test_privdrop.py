@@ -5,39 +5,20 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import subprocess
-import tempfile
 import time
 
 import pytest
 import yaml
 
-import util
-
-from conftest import IN_CI, UNDER_ASAN, SLOW, binary
+from conftest import SLOW, binary
+from upstreams import LogFileDaemon, need_root, open_folder  # noqa: F401
 from util import simple_get
 
 pytestmark = pytest.mark.corral_only
 
 
-def need_root():
-    if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("the privilege drop test needs root")
-        pytest.skip("needs root")
-
-
-@pytest.fixture
-def world_dir():
-    """A folder the dropped daemon can read (pytest's tmp_path is root-only)."""
-    d = tempfile.mkdtemp(prefix="corral-privdrop-")
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-class Daemon:
+class Daemon(LogFileDaemon):
     def __init__(self, folder, backend, **over):
         self.folder = folder
         self.cfg_path = os.path.join(folder, "corral.yaml")
@@ -58,9 +39,7 @@ class Daemon:
         self.cfg.update(over)
         self.write()
         os.chmod(self.cfg_path, 0o644)
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([binary("corral"), "-c", self.cfg_path], stdin=subprocess.DEVNULL,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.spawn()
         deadline = time.monotonic() + 15 * SLOW
         while time.monotonic() < deadline and not re.search(r"\bready:", self.text()):
             assert self.proc.poll() is None, self.text()
@@ -71,10 +50,6 @@ class Daemon:
     def write(self):
         with open(self.cfg_path, "w") as f:
             yaml.safe_dump(self.cfg, f)
-
-    def text(self):
-        with open(self.log_path) as f:
-            return f.read()
 
     def ctl(self, *args):
         r = subprocess.run([binary("corralctl"), "-s", self.sock] + [str(a) for a in args], capture_output=True,
@@ -95,16 +70,6 @@ class Daemon:
         after = self.accepted()
         return {k: after[k] - before[k] for k in after}
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(20 * SLOW)
-        self.log.close()
-        if UNDER_ASAN:
-            rep = util.sanitizer_report(self.text())
-            assert rep is None, "sanitizer report in corral's log:\n%s" % rep
-        return code
-
     def kill(self):
         if self.proc.poll() is None:
             self.proc.kill()
@@ -120,10 +85,10 @@ def status_ids(path):
     return out
 
 
-def test_runs_as_nobody_and_keeps_steering_reloading_draining(world_dir, backend):
-    need_root()
+def test_runs_as_nobody_and_keeps_steering_reloading_draining(open_folder, backend):
+    need_root("the privilege drop test")
     nobody = pwd.getpwnam("nobody")
-    d = Daemon(world_dir, backend)
+    d = Daemon(open_folder, backend)
     try:
         assert "running as user nobody (uid %d" % nobody.pw_uid in d.text()
         # Every thread: all four uids and gids are nobody's, and no capability is left.
@@ -161,7 +126,7 @@ def test_runs_as_nobody_and_keeps_steering_reloading_draining(world_dir, backend
 
         # The access log was opened before the drop and handed to nobody: a reopen of the same
         # path can append to it.
-        alog = os.path.join(world_dir, "access.log")
+        alog = os.path.join(open_folder, "access.log")
         deadline = time.monotonic() + 3 * SLOW
         while time.monotonic() < deadline and os.path.getsize(alog) == 0:
             time.sleep(0.05)
@@ -180,8 +145,8 @@ def test_runs_as_nobody_and_keeps_steering_reloading_draining(world_dir, backend
         shutil.rmtree("/sys/fs/bpf/corral/%s" % d.instance, ignore_errors=True)
 
 
-def test_unknown_user_or_lone_group_is_a_config_error(world_dir, backend):
-    path = os.path.join(world_dir, "c.yaml")
+def test_unknown_user_or_lone_group_is_a_config_error(open_folder, backend):
+    path = os.path.join(open_folder, "c.yaml")
     for extra, want in (("user: no-such-user-here\n", r"c\.yaml:3: user: no such user 'no-such-user-here'"),
                         ("user: nobody\ngroup: no-such-group\n", r"c\.yaml:4: group: no such group 'no-such-group'"),
                         ("group: nogroup\n", r"c\.yaml:3: group: needs user:")):

@@ -3,12 +3,11 @@ and GET /healthz (503 when a worker stops ticking)."""
 import ctypes
 import os
 import signal
-import socket
-import time
 
 import pytest
 
 from conftest import SLOW
+from upstreams import scrape, wait_until
 from util import Client, build_request
 
 pytestmark = pytest.mark.corral_only
@@ -21,26 +20,8 @@ WALL = 0x40000000
 
 def probe(proxy, path):
     """(status, body) of one GET on the metrics listener."""
-    with socket.create_connection(("127.0.0.1", proxy.metrics_port), timeout=5 * SLOW) as s:
-        s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode())
-        data = b""
-        while True:
-            c = s.recv(65536)
-            if not c:
-                break
-            data += c
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body.decode()
-
-
-def wait_for(pred, timeout):
-    deadline = time.monotonic() + timeout * SLOW
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    return pred()
+    status, _, body = scrape(proxy, path)
+    return status, body
 
 
 def test_ready_and_healthz_while_serving(proxied):
@@ -56,9 +37,9 @@ def test_ready_is_503_while_draining_for_shutdown(corral, backend):
     c = Client(p.port, timeout=10 * SLOW)
     c.send(build_request("GET", "/delay/2500"))
     # The request is in flight at the backend before the stop begins.
-    assert wait_for(lambda: backend.stats()["requests"] > before, 3)
+    assert wait_until(lambda: backend.stats()["requests"] > before, 3)
     p.proc.send_signal(signal.SIGTERM)
-    assert wait_for(lambda: probe(p, "/ready") == (503, "draining\n"), 2), p.log()
+    assert wait_until(lambda: probe(p, "/ready") == (503, "draining\n"), 2), p.log()
     # Alive all the same: the drain is work in progress, not a dead process.
     assert probe(p, "/healthz") == (200, "ok\n")
     assert c.read_response().status == 200
@@ -81,10 +62,10 @@ def test_healthz_is_503_when_a_worker_stops_ticking(proxied):
     try:
         assert libc.ptrace(PTRACE_INTERRUPT, tid, None, None) == 0, os.strerror(ctypes.get_errno())
         os.waitpid(tid, WALL)
-        st = wait_for(lambda: probe(proxied, "/healthz")[0] == 503 and probe(proxied, "/healthz"), 8)
+        st = wait_until(lambda: probe(proxied, "/healthz")[0] == 503 and probe(proxied, "/healthz"), 8)
         assert st, probe(proxied, "/healthz")
         assert st[1].startswith("worker 1: no heartbeat for "), st
         assert probe(proxied, "/ready")[0] == 200
     finally:
         libc.ptrace(PTRACE_DETACH, tid, None, None)
-    assert wait_for(lambda: probe(proxied, "/healthz") == (200, "ok\n"), 2)
+    assert wait_until(lambda: probe(proxied, "/healthz") == (200, "ok\n"), 2)

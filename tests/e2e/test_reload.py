@@ -2,20 +2,15 @@
 keep-alive clients are mid-stream, and no request fails."""
 import json
 import signal
-import subprocess
 import threading
 import time
 
 import pytest
 import yaml
 
-from conftest import SLOW, binary
+from conftest import SLOW
+from upstreams import ctl
 from util import Client
-
-
-def ctl(p, *args):
-    return subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], *args],
-                          capture_output=True, text=True, timeout=10 * SLOW)
 
 
 def write_config(p, **changes):

@@ -4,13 +4,13 @@ configured, a pooled upstream connection is reused only for the address it was o
 idle connections to removed backends are closed. Pools are warm on both workers before each
 reload, so a pool keyed by a reused id would hand out a connection to the wrong address."""
 import json
-import subprocess
 import time
 
 import pytest
 import yaml
 
-from conftest import SLOW, binary
+from conftest import SLOW
+from upstreams import ctl
 from util import Client
 
 # name: (backends before, backends after), by letter
@@ -25,11 +25,6 @@ CASES = {
     "add_to_single": ("A", "AB"),
     "add_before_single": ("A", "BA"),
 }
-
-
-def ctl(p, *args):
-    return subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], *args],
-                          capture_output=True, text=True, timeout=10 * SLOW)
 
 
 def core_pool_idle(p):

@@ -10,8 +10,8 @@ import time
 import pytest
 import yaml
 
-from conftest import SLOW, _free_port, binary
-from util import Client
+from conftest import SLOW, binary
+from util import Client, free_port
 
 RESTART_KEYS = ["listen", "workers.cores", "admin.metrics", "access_log.path",
                 "limits.connections_per_core", "limits.buffer_bytes"]
@@ -53,9 +53,9 @@ def test_restart_only_changes_are_named_and_the_rest_applies(corral, backend_fac
     cfg = json.loads(json.dumps(p.cfg))
     cfg["backends"] = [{"address": b.address, "weight": 1}]           # applied
     cfg["limits"]["header_bytes_max"] = 8192                          # applied (lowered)
-    cfg["listen"] = ["127.0.0.1:%d" % _free_port()]                   # restart-only from here on
+    cfg["listen"] = ["127.0.0.1:%d" % free_port()]                    # restart-only from here on
     cfg["workers"] = {"cores": [0]}
-    cfg["admin"]["metrics"] = "127.0.0.1:%d" % _free_port()
+    cfg["admin"]["metrics"] = "127.0.0.1:%d" % free_port()
     cfg["access_log"] = {"path": str(tmp_path / "b.log")}
     cfg["limits"]["connections_per_core"] = 1000
     cfg["limits"]["buffer_bytes"] = 32768

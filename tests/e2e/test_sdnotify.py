@@ -13,7 +13,8 @@ import yaml
 
 import util
 
-from conftest import IN_CI, UNDER_ASAN, REPO, SLOW, binary
+from conftest import IN_CI, REPO, SLOW, binary
+from upstreams import LogFileDaemon, ctl_ok
 
 pytestmark = pytest.mark.corral_only
 
@@ -45,7 +46,7 @@ class Notify:
         self.sock.close()
 
 
-class Daemon:
+class Daemon(LogFileDaemon):
     def __init__(self, tmp, backend, env_extra):
         self.tmp = tmp
         self.cfg_path = os.path.join(tmp, "corral.yaml")
@@ -61,43 +62,20 @@ class Daemon:
         self.write_cfg(self.cfg)
         env = dict(os.environ)
         env.update(env_extra)
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([binary("corral"), "-c", self.cfg_path], stdin=subprocess.DEVNULL,
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.spawn(env)
 
     def write_cfg(self, cfg):
         with open(self.cfg_path, "w") as f:
             yaml.safe_dump(cfg, f)
 
-    def text(self):
-        with open(self.log_path) as f:
-            return f.read()
-
     def port(self):
         m = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.text())
         return int(m.group(1)) if m else None
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(20 * SLOW)
-        self.log.close()
-        if UNDER_ASAN:
-            rep = util.sanitizer_report(self.text())
-            assert rep is None, "sanitizer report in corral's log:\n%s" % rep
-        return code
 
 
 def get(port):
-    with socket.create_connection(("127.0.0.1", port), timeout=2 * SLOW) as s:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            c = s.recv(65536)
-            if not c:
-                break
-            data += c
-    return int(data.split(b" ", 2)[1])
+    return util.status_of(util.exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 2 * SLOW))
 
 
 @pytest.fixture
@@ -136,9 +114,7 @@ def test_ready_reload_stopping(tmp_path, daemon, abstract):
             if how == "SIGHUP":
                 d.proc.send_signal(signal.SIGHUP)
             else:
-                r = subprocess.run([binary("corralctl"), "-s", d.sock, "reload"], capture_output=True,
-                                   text=True, timeout=10 * SLOW)
-                assert r.returncode == 0, r.stderr
+                ctl_ok(d.sock, "reload")
             m = n.recv(5)
             assert m and m.get("RELOADING") == "1", (how, m)
             usec = int(m["MONOTONIC_USEC"])

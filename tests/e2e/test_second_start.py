@@ -1,6 +1,5 @@
 """A plain second start on a live listen address (issue 8, defect 6) fails with one clear line and
 a non-zero exit, and leaves the running corral alone: its listeners, steering and control socket."""
-import json
 import os
 import re
 import socket
@@ -10,6 +9,7 @@ import pytest
 import yaml
 
 from conftest import SLOW, binary
+from upstreams import ctl_json
 from util import Client
 
 
@@ -27,10 +27,7 @@ def start_second(tmp_path, cfg, name):
 
 
 def status(p):
-    out = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], "status", "--json"],
-                         capture_output=True, text=True, timeout=10)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+    return ctl_json(p, "status")
 
 
 @pytest.mark.corral_only

@@ -1,50 +1,19 @@
 """Responses corral makes itself (400, 408, 502, 503, 504) end to end: the status the client gets,
 the access-log line (operations.md: `upstream` is null when corral answered by itself), and the
 counter that must move (`parse_errors`, `timeouts`, `conns_rejected`, `upstream_errors`)."""
-import json
-import os
-import socket
 
 import pytest
 
 from conftest import SLOW
-from upstreams import ctl, ms, totals, wait_until, wproxy  # noqa: F401
-from util import Client, Closed, SilentServer, dead_address, simple_get
+from upstreams import ctl, log_lines, ms, totals, wait_until, wproxy  # noqa: F401
+from util import Client, Closed, SilentServer, dead_address, exchange, simple_get
 
 pytestmark = pytest.mark.corral_only
 
 
-def log_lines(path, n, timeout=3):
-    """The first n access-log lines as JSON, waiting (bounded) for the workers to flush them."""
-    def read():
-        if not os.path.exists(path):
-            return None
-        with open(path) as f:
-            lines = [ln for ln in f.read().splitlines() if ln]
-        return lines if len(lines) >= n else None
-
-    lines = wait_until(read, timeout)
-    assert lines, "fewer than %d access-log lines in %s" % (n, path)
-    return [json.loads(ln) for ln in lines]
-
-
 def raw_exchange(port, data, timeout=5):
     """Sends data on a new connection and returns what comes back until the server closes."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout * SLOW)
-    try:
-        s.sendall(data)
-        out = b""
-        while True:
-            try:
-                piece = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not piece:
-                break
-            out += piece
-        return out
-    finally:
-        s.close()
+    return exchange(port, data, timeout * SLOW, ends=ConnectionResetError)
 
 
 def test_400_is_logged_without_upstream_and_counted_as_a_parse_error(wproxy, backend, tmp_path):

@@ -5,13 +5,13 @@ import os
 import select
 import signal
 import socket
-import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import SLOW, binary, ms, need
+from conftest import SLOW, ms, need
+from upstreams import ctl_ok, wait_until
 from util import Client, simple_get
 
 pytestmark = pytest.mark.corral_only
@@ -42,17 +42,6 @@ def start(corral, backend, policy="round-robin", cores=(0, 1), weights=None, **o
     p = corral([backend], instance=instance(), workers={"cores": list(cores)}, steering=steering, **over)
     need_bpf(p)
     return p
-
-
-def ctl(p, *args):
-    return subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"]] + [str(a) for a in args],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10 * SLOW)
-
-
-def ctl_ok(p, *args):
-    r = ctl(p, *args)
-    assert r.returncode == 0, "corralctl %s: %s" % (" ".join(map(str, args)), r.stderr)
-    return r.stdout
 
 
 def stats(p):
@@ -116,15 +105,6 @@ def held_on(p, core, k, limit=64):
         c.close()
     assert len(out) == k, "only %d of %d connections landed on core %d" % (len(out), k, core)
     return out
-
-
-def wait_until(pred, timeout=5.0):
-    deadline = time.monotonic() + timeout * SLOW
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def all_but(n, core, value):

@@ -1,25 +1,39 @@
-"""Helpers for the upstream-side end-to-end tests (balancing, failover, passive health, pools):
-corralctl in JSON, counters, polling with a deadline, and a kernel-side counter of connection
-attempts to ports that refuse them."""
+"""Helpers for the end-to-end tests that need the suite's SLOW factor or corralctl: corralctl in
+JSON, counters, /metrics scrapes, the access log's lines, polling with a deadline, and (for the
+upstream-side tests: balancing, failover, passive health, pools) a kernel-side counter of
+connection attempts to ports that refuse them."""
 import ctypes
 import json
 import os
+import shutil
+import signal
 import socket
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 
+import pytest
 import yaml
 
-from conftest import SLOW, binary
-from util import Client
+from conftest import SLOW, UNDER_ASAN, binary
+from util import Client, exchange, sanitizer_report, status_of
 
 
 def ctl(proxy, *args, timeout=10):
-    """Runs corralctl against proxy's control socket; the CompletedProcess (text)."""
-    return subprocess.run([binary("corralctl"), "-s", proxy.cfg["admin"]["socket"]] + [str(a) for a in args],
+    """Runs corralctl against proxy's control socket (or the socket path proxy); the
+    CompletedProcess (text)."""
+    sock = proxy if isinstance(proxy, str) else proxy.cfg["admin"]["socket"]
+    return subprocess.run([binary("corralctl"), "-s", sock] + [str(a) for a in args],
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout * SLOW)
+
+
+def ctl_ok(proxy, *args):
+    """ctl() that must succeed; its stdout."""
+    r = ctl(proxy, *args)
+    assert r.returncode == 0, "corralctl %s: rc %d: %s" % (" ".join(map(str, args)), r.returncode, r.stderr)
+    return r.stdout
 
 
 def ctl_json(proxy, *args):
@@ -59,7 +73,33 @@ def metric(proxy, name, **labels):
     return None
 
 
-def wait_until(pred, timeout, step=0.02, what="condition"):
+def scrape(proxy, path="/metrics", timeout=5.0):
+    """(status, head text, body text) of one GET on proxy's metrics listener, read to its close."""
+    data = exchange(proxy.metrics_port, ("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode(), timeout * SLOW)
+    head, _, body = data.partition(b"\r\n\r\n")
+    return status_of(head), head.decode(), body.decode()
+
+
+def access_log_raw(path, n, timeout=5.0):
+    """The access log's lines as bytes once it holds at least n (the workers write them
+    asynchronously); fails the test after timeout*SLOW seconds."""
+    deadline = time.monotonic() + timeout * SLOW
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                lines = f.read().splitlines()
+            if len(lines) >= n:
+                return lines
+        time.sleep(0.02)
+    raise AssertionError("access log has fewer than %d lines" % n)
+
+
+def log_lines(path, n, timeout=5.0):
+    """access_log_raw() of a JSON access log, each line parsed."""
+    return [json.loads(ln) for ln in access_log_raw(path, n, timeout)]
+
+
+def wait_until(pred, timeout=5.0, step=0.02, what="condition"):
     """Polls pred() until it returns a true value or timeout*SLOW seconds pass; returns its last value."""
     deadline = time.monotonic() + timeout * SLOW
     while True:
@@ -271,10 +311,45 @@ def port_of(addr):
     return int(addr.rpartition(":")[2])
 
 
+class LogFileDaemon:
+    """corral started by hand rather than by the corral fixture (its own user, environment or
+    folder), its output in the file log_path. A subclass sets cfg_path and log_path, writes the
+    config, then calls spawn()."""
+
+    def spawn(self, env=None):
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([binary("corral"), "-c", self.cfg_path], stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def text(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self):
+        """SIGTERM (if still running) and wait; under ASan, no sanitizer report in the log. The exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(20 * SLOW)
+        self.log.close()
+        if UNDER_ASAN:
+            rep = sanitizer_report(self.text())
+            assert rep is None, "sanitizer report in corral's log:\n%s" % rep
+        return code
+
+
+@pytest.fixture
+def open_folder():
+    """A folder everyone can reach (pytest's tmp_path is root-only), for a daemon that drops to
+    another user or a client that runs as one."""
+    d = tempfile.mkdtemp(prefix="corral-e2e-open-")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def need_root(what):
     if os.geteuid() != 0:
         from conftest import IN_CI
-        import pytest
         msg = "%s needs root" % what
         if IN_CI:
             pytest.fail(msg)
@@ -282,8 +357,6 @@ def need_root(what):
 
 
 # --- a proxy whose backends carry weights -------------------------------------------------------
-
-import pytest  # noqa: E402
 
 import conftest  # noqa: E402
 
@@ -304,36 +377,14 @@ def wproxy(tmp_path, request):
                 rows.append(dict(b))
             else:
                 rows.append({"address": b if isinstance(b, str) else b.address, "weight": 1})
-        cfg = {
-            "instance": "e2e-%d-w%d" % (os.getpid(), n),
-            "listen": ["127.0.0.1:0"],
-            "workers": {"cores": [0, 1]},
-            "backends": rows,
-            "balance": "round-robin",
-            "timeouts": dict(conftest.DEFAULT_TIMEOUTS),
-            "limits": dict(conftest.DEFAULT_LIMITS),
-            "admin": {"socket": os.path.join(tmp, "corral.sock"), "metrics": "127.0.0.1:0"},
-        }
-        cfg = conftest._merge(cfg, over)
+        cfg = conftest._merge(conftest.proxy_config(tmp, "e2e-%d-w%d" % (os.getpid(), n), rows), over)
         p = conftest.CorralProxy(tmp, cfg)
         started.append(p)
         p.start()
         return p
 
     yield start
-    errors = []
-    rep = getattr(request.node, "rep_call", None)
-    for p in started:
-        if p.proc is None:
-            continue
-        if rep is not None and rep.failed:
-            print("---- corral log (%s) ----\n%s" % (p.cfg_path, p.log()[-6000:]))
-        try:
-            p.check_exit()
-        except AssertionError as e:
-            errors.append(str(e))
-    if errors:
-        pytest.fail("\n\n".join(errors))
+    conftest.check_all(started, request)
 
 
 class BackendProbe:

@@ -348,6 +348,35 @@ def counted_get(port, target="/", timeout=IO_TIMEOUT):
         return r, len(wire), len(r.head_raw) + len(r.body)
 
 
+def exchange(port, wire, timeout=IO_TIMEOUT, ends=(), total=None):
+    """Sends wire on a new connection to 127.0.0.1:port and returns every byte received until the
+    peer closes. An exception of a type in ends (say ConnectionResetError, socket.timeout) also ends
+    the reading, quietly, and so does the clock total seconds after the start when total is given;
+    any other error raises. No parsing: for answers a strict Client must not see, and for the
+    metrics listener's plain ones."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(wire)
+        out = b""
+        deadline = None if total is None else time.monotonic() + total
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                d = s.recv(65536)
+            except ends:
+                break
+            if not d:
+                break
+            out += d
+        return out
+    finally:
+        s.close()
+
+
+def status_of(raw):
+    """The status code of a raw response."""
+    return int(raw.split(b" ", 2)[1])
+
+
 def parse_head_lines(raw):
     """Splits a raw request head (as /headers returns it) into (request line, [(name, value)])."""
     text = raw.decode("latin-1")
@@ -541,6 +570,15 @@ class SilentServer:
         for c in self.conns:
             c.close()
         self.lsock.close()
+
+
+def free_port():
+    """A loopback port nobody listens on just now (the kernel's pick, released at once)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 def connect_refused(port, timeout=1.0):

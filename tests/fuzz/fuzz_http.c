@@ -8,6 +8,7 @@
 
 #include <llhttp.h>
 
+#include "check.h"
 #include "http.h"
 
 /*
@@ -20,15 +21,6 @@
  *   3  a request with tight limits: the limit logic, not the round trip
  * Every invariant violation aborts, so libFuzzer records the input.
  */
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__,       \
-				#cond);                                                            \
-			abort();                                                                   \
-		}                                                                                  \
-	} while (0)
 
 #define NHDR	64
 #define OUT_CAP 65536

@@ -11,6 +11,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include "check.h"
 #include "tls.h"
 
 /*
@@ -23,15 +24,6 @@
  * Seeds (tests/fuzz/corpus/fuzz_tls) hold real ClientHellos behind a mode byte.
  * Every invariant violation aborts, so libFuzzer records the input.
  */
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__,       \
-				#cond);                                                            \
-			abort();                                                                   \
-		}                                                                                  \
-	} while (0)
 
 static struct tls_server *srv;
 static SSL_CTX *cctx;

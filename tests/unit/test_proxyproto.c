@@ -30,6 +30,21 @@ static void ip_of(const struct sockaddr_storage *ss, char *out, size_t n, unsign
 	}
 }
 
+/* pi says the connection came from src_ip:src_port to dst_ip:dst_port. */
+static void assert_addrs(const struct pp_info *pi, const char *src_ip, unsigned src_port,
+			 const char *dst_ip, unsigned dst_port)
+{
+	char ip[64];
+	unsigned port;
+
+	ip_of(&pi->src, ip, sizeof(ip), &port);
+	cr_assert_str_eq(ip, src_ip);
+	cr_assert_eq(port, src_port);
+	ip_of(&pi->dst, ip, sizeof(ip), &port);
+	cr_assert_str_eq(ip, dst_ip);
+	cr_assert_eq(port, dst_port);
+}
+
 /* Every proper prefix of a valid header asks for more, never for a verdict. */
 static void all_prefixes_need_more(const uint8_t *h, size_t len)
 {
@@ -43,19 +58,12 @@ Test(proxyproto, v1_tcp4)
 {
 	const char *h = "PROXY TCP4 192.0.2.10 198.51.100.1 56324 443\r\nGET / HTTP/1.1\r\n";
 	struct pp_info pi;
-	char ip[64];
-	unsigned port;
 	int r = parse_str(h, &pi);
 
 	cr_assert_eq(r, (int)strlen("PROXY TCP4 192.0.2.10 198.51.100.1 56324 443\r\n"));
 	cr_assert_eq(pi.version, 1);
 	cr_assert(pi.has_addr);
-	ip_of(&pi.src, ip, sizeof(ip), &port);
-	cr_assert_str_eq(ip, "192.0.2.10");
-	cr_assert_eq(port, 56324);
-	ip_of(&pi.dst, ip, sizeof(ip), &port);
-	cr_assert_str_eq(ip, "198.51.100.1");
-	cr_assert_eq(port, 443);
+	assert_addrs(&pi, "192.0.2.10", 56324, "198.51.100.1", 443);
 	all_prefixes_need_more((const uint8_t *)h, (size_t)r);
 }
 
@@ -192,19 +200,12 @@ Test(proxyproto, v2_tcp4_with_tlvs)
 	size_t n = v2(h, 0x21, 0x11, A4, sizeof(A4), tlvs, sizeof(tlvs));
 	struct pp_info pi;
 	const struct pp_tlv *t;
-	char ip[64];
-	unsigned port;
 
 	memcpy(h + n, "GET", 3);
 	cr_assert_eq(pp_parse(h, n + 3, &pi), (int)n);
 	cr_assert_eq(pi.version, 2);
 	cr_assert(pi.has_addr);
-	ip_of(&pi.src, ip, sizeof(ip), &port);
-	cr_assert_str_eq(ip, "192.0.2.10");
-	cr_assert_eq(port, 56324);
-	ip_of(&pi.dst, ip, sizeof(ip), &port);
-	cr_assert_str_eq(ip, "198.51.100.1");
-	cr_assert_eq(port, 443);
+	assert_addrs(&pi, "192.0.2.10", 56324, "198.51.100.1", 443);
 	cr_assert_eq(pi.tlv_n, 4);
 	t = pp_tlv_find(&pi, PP2_TYPE_AUTHORITY);
 	cr_assert_not_null(t);
@@ -220,8 +221,6 @@ Test(proxyproto, v2_tcp6)
 {
 	uint8_t a6[36] = { 0x20, 0x01, 0x0d, 0xb8 }, h[128];
 	struct pp_info pi;
-	char ip[64];
-	unsigned port;
 	size_t n;
 
 	a6[15] = 1;		      /* src 2001:db8::1 */
@@ -230,12 +229,7 @@ Test(proxyproto, v2_tcp6)
 	a6[34] = 0x00, a6[35] = 0x50; /* 80 */
 	n = v2(h, 0x21, 0x21, a6, sizeof(a6), NULL, 0);
 	cr_assert_eq(pp_parse(h, n, &pi), (int)n);
-	ip_of(&pi.src, ip, sizeof(ip), &port);
-	cr_assert_str_eq(ip, "2001:db8::1");
-	cr_assert_eq(port, 12345);
-	ip_of(&pi.dst, ip, sizeof(ip), &port);
-	cr_assert_str_eq(ip, "::2");
-	cr_assert_eq(port, 80);
+	assert_addrs(&pi, "2001:db8::1", 12345, "::2", 80);
 	cr_assert_eq(pi.addr_len, sizeof(struct sockaddr_in6));
 	all_prefixes_need_more(h, n);
 }
