@@ -149,6 +149,6 @@ def test_response_cut_by_upstream_failure_is_logged_once_as_sent(corral, tmp_pat
         assert len(lines) == 1, lines
         e = lines[0]
         assert e["status"] == 200 and e["uri"] == "/cut" and e["bytes_out"] == len(got), (e, len(got))
-        assert stats(p)["total"]["upstream_errors"] == 1
+        assert p.stats()["total"]["upstream_errors"] == 1
     finally:
         rec.close()
