@@ -1179,8 +1179,18 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	/* A successor started by `corralctl upgrade` / SIGUSR2 joins its predecessor's groups. */
-	if (!check && upgrade_env_take(&UE))
+	if (!check && upgrade_env_take(&UE)) {
+		const char *wp = getenv("WATCHDOG_PID");
+
 		join_live_group = true;
+		/* systemd's watchdog was the predecessor's; it is ours once we are the main pid. */
+		if (wp && strtol(wp, NULL, 10) == (long)UE.from_pid) {
+			char v[24];
+
+			snprintf(v, sizeof(v), "%d", (int)getpid());
+			setenv("WATCHDOG_PID", v, 1);
+		}
+	}
 	/* The binary to start on an upgrade: this one's path now (it may be replaced on disk). */
 	{
 		ssize_t n = readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);

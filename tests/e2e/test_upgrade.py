@@ -439,21 +439,39 @@ def test_upgrade_under_systemd_notify_sends_the_new_mainpid(tmp_path):
     from test_sdnotify import Daemon, Notify, get
     n = Notify(str(tmp_path))
     rec = Recorder()
-    d = Daemon(str(tmp_path), rec, {"NOTIFY_SOCKET": n.env})
+    d = Daemon(str(tmp_path), rec, {"NOTIFY_SOCKET": n.env, "WATCHDOG_USEC": "400000"})
+    # As systemd does: WATCHDOG_PID is the main process's pid (exec keeps the shell's pid).
+    d.proc.kill()
+    d.proc.wait(5)
+    env = dict(os.environ, NOTIFY_SOCKET=n.env, WATCHDOG_USEC="400000")
+    d.proc = subprocess.Popen(["/bin/sh", "-c", 'WATCHDOG_PID=$$ exec "$0" -c "$1"', binary("corral"),
+                               d.cfg_path], stdin=subprocess.DEVNULL, stdout=d.log, stderr=subprocess.STDOUT,
+                              env=env)
     new = None
     try:
         m = n.recv(15)
+        while m and m.get("WATCHDOG") == "1":
+            m = n.recv(15)
         assert m and m.get("READY") == "1" and m.get("MAINPID") == str(d.proc.pid), (m, d.text())
         r = subprocess.run([binary("corralctl"), "-s", d.sock, "upgrade"], capture_output=True, text=True,
                            timeout=40 * SLOW)
         assert r.returncode == 0, r.stdout + r.stderr + d.text()
         new = int(r.stdout.split("new pid ")[1].split()[0])
         m = n.recv(10)
+        while m and m.get("WATCHDOG") == "1":
+            m = n.recv(10)
         assert m and m.get("MAINPID") == str(new) and m.get("READY") == "1", m
         assert d.proc.wait(20 * SLOW) == 0
-        # The old process said nothing that would make systemd think the service stops.
-        m = n.recv(0.3)
-        assert m is None or "STOPPING" not in m, m
+        # The old process said nothing that would make systemd think the service stops, and
+        # the new one keeps the watchdog fed (WATCHDOG_PID named the old pid).
+        pings = 0
+        deadline = time.monotonic() + 2 * SLOW
+        while time.monotonic() < deadline and pings < 3:
+            m = n.recv(1)
+            assert m is None or "STOPPING" not in m, m
+            if m and m.get("WATCHDOG") == "1":
+                pings += 1
+        assert pings >= 3, d.text()
         assert get(d.port()) == 200
         os.kill(new, signal.SIGTERM)
         m = n.recv(10)
