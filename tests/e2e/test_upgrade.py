@@ -319,6 +319,8 @@ def test_three_upgrades_under_load_drop_nothing(start_corral):
         load.stop()
         poller.stop()
 
+        print("load: %d connections, %d GETs, %d POSTs, %d admin polls, 3 upgrades" %
+              (load.conns, load.gets, len(load.posts_ok), poller.polls))
         assert load.conns >= 2000, load.conns
         assert not load.errors, "%d failed connections, first: %s" % (len(load.errors), load.errors[:5])
         assert not poller.errors, "control socket or metrics failed: %s" % poller.errors[:5]
