@@ -41,13 +41,6 @@ static struct daemon D;
 static bool join_live_group;
 
 /* --- binary upgrade state (main thread only; see proxy/upgrade.h for the protocol) --- */
-/*
- * A successor must say "ready" within this or it is killed and we go on serving. Loading the
- * BPF program and starting the workers take well under a second; 20 s leave room on a loaded
- * machine and stay below corralctl's wait for the reply (30 s). $CORRAL_UPGRADE_READY_MS
- * (read by the running daemon at each upgrade) sets another value, 100 ms to 25 s.
- */
-#define UPGRADE_READY_MS 20000
 /* A scrape is answered in well under a millisecond; 1 s bounds a client that sends nothing. */
 #define METRICS_HANDOFF_MS 1000
 static char self_exe[PATH_MAX]; /* our binary's path as it was at start */
@@ -946,13 +939,8 @@ static int upgrade_begin(char *err, size_t errlen)
 	if (r < 0)
 		return r;
 	UP.len = 0;
-	UP.ready_ms = UPGRADE_READY_MS;
-	if (getenv("CORRAL_UPGRADE_READY_MS")) {
-		long v = strtol(getenv("CORRAL_UPGRADE_READY_MS"), NULL, 10);
-
-		if (v >= 100 && v <= 25000)
-			UP.ready_ms = (uint32_t)v;
-	}
+	/* timeouts.upgrade_ready_ms: the successor must be ready within it (config-t.h). */
+	UP.ready_ms = D.snap->cfg.timeouts.upgrade_ready_ms;
 	UP.deadline_ms = now_ms() + UP.ready_ms;
 	log_info("upgrade: started %s as pid %d; waiting for it to be ready", self_exe,
 		 (int)UP.pid);

@@ -533,10 +533,9 @@ def test_upgrade_carries_the_drain_and_policy_over(start_corral):
 
 def test_upgrade_that_never_becomes_ready_is_killed_and_the_old_one_serves(start_corral, monkeypatch):
     # The old process waits 1.5 s; the new one (tests only) hangs after it took the control socket.
-    monkeypatch.setenv("CORRAL_UPGRADE_READY_MS", str(conftest.ms(1500)))
     monkeypatch.setenv("CORRAL_TEST_UPGRADE_STALL_MS", "60000")
     rec = Recorder()
-    p = start_corral(rec)
+    p = start_corral(rec, timeouts={"upgrade_ready_ms": conftest.ms(1500)})
     sock = p.cfg["admin"]["socket"]
     mode = ctl(sock, {"cmd": "status"})["steering"]["mode"]
     first = subprocess.Popen([binary("corralctl"), "-s", sock, "upgrade"], stdout=subprocess.PIPE,
