@@ -618,3 +618,28 @@ def test_a_tunnel_runs_on_through_the_drain_until_the_grace_period_ends(start_co
         assert GRACE_MS / 1000.0 - 0.5 <= took <= GRACE_MS / 1000.0 + 3 * SLOW, took
     stop_pid(new)
     rec.close()
+
+
+def cpu_s(pid):
+    """User plus system CPU seconds of every thread of pid."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_client_that_stops_waiting_for_its_upgrade_costs_nothing(start_corral, monkeypatch):
+    monkeypatch.setenv("CORRAL_TEST_UPGRADE_STALL_MS", "60000")
+    rec = Recorder()
+    p = start_corral(rec, timeouts={"upgrade_ready_ms": conftest.ms(2000)})
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(p.cfg["admin"]["socket"])
+    s.sendall(b'{"cmd":"upgrade"}\n')
+    assert p.err.wait_for(r"upgrade: started", 10 * SLOW), p.log()[-2000:]
+    s.close()  # gone before the answer
+    c0, t0 = cpu_s(p.proc.pid), time.monotonic()
+    assert p.err.wait_for(r"upgrade failed, still serving", 20 * SLOW), p.log()[-2000:]
+    used, took = cpu_s(p.proc.pid) - c0, time.monotonic() - t0
+    # The old process waited without spinning on the closed client.
+    assert used < 0.3 * took, "%.2f s of CPU in %.2f s" % (used, took)
+    assert ctl(p.cfg["admin"]["socket"], {"cmd": "status"})["pid"] == p.proc.pid
+    rec.close()
