@@ -39,6 +39,12 @@
 #define CFG_DEF_BACKEND_PARK_MS 1000
 /* A WebSocket/Upgrade tunnel with no traffic either way for this long is closed. */
 #define CFG_DEF_TUNNEL_IDLE_MS 300000
+/*
+ * Binary upgrade: the new process must be ready within this, or it is killed and the old one
+ * serves on. Loading the BPF program and starting the workers take well under a second; 20 s
+ * leave room on a loaded machine. At most 25 s: corralctl waits 30 s for the answer.
+ */
+#define CFG_DEF_UPGRADE_READY_MS 20000
 
 /*
  * Active health checks (HAProxy's defaults): a check every 2 s, 1 s to answer, 3 failures
@@ -175,6 +181,7 @@ struct cfg_timeouts {
 	uint32_t shutdown_grace_ms;
 	uint32_t linger_ms;
 	uint32_t backend_park_ms;
+	uint32_t upgrade_ready_ms;
 };
 
 struct cfg_limits {

@@ -63,6 +63,7 @@ static const struct cfg_num_key cfg_timeout_keys[] = {
 	NUM32(cfg_timeouts, shutdown_grace_ms, 0, 600000, false),
 	NUM32(cfg_timeouts, linger_ms, 0, 60000, false),
 	NUM32(cfg_timeouts, backend_park_ms, 0, 600000, false),
+	NUM32(cfg_timeouts, upgrade_ready_ms, 100, 25000, false),
 };
 
 static const struct cfg_num_key cfg_limit_keys[] = {
@@ -1473,6 +1474,7 @@ void config_defaults(struct config *cfg)
 	cfg->timeouts.shutdown_grace_ms = CFG_DEF_SHUTDOWN_GRACE_MS;
 	cfg->timeouts.linger_ms = CFG_DEF_LINGER_MS;
 	cfg->timeouts.backend_park_ms = CFG_DEF_BACKEND_PARK_MS;
+	cfg->timeouts.upgrade_ready_ms = CFG_DEF_UPGRADE_READY_MS;
 
 	cfg->limits.header_bytes_max = CFG_DEF_HEADER_BYTES_MAX;
 	cfg->limits.headers_max = CFG_DEF_HEADERS_MAX;

@@ -605,8 +605,11 @@ static void ctl_client_process(struct ctl *c, struct ctl_client *cl)
 			ctl_client_reply(c, cl, ctl_error("bad JSON: %s", jerr.text));
 		else if ((reply = ctl_dispatch(c, req, &defer)) || !defer)
 			ctl_client_reply(c, cl, reply);
-		else
+		else {
+			/* Until the answer: only a hang-up matters (more input waits for it). */
 			cl->waiting = true;
+			ctl_client_want(c, cl, EPOLLRDHUP);
+		}
 		json_decref(req);
 		if (cl->out && !ctl_client_flush(c, cl))
 			return;
@@ -701,6 +704,12 @@ void ctl_service(struct ctl *c)
 
 			if (cl->fd < 0)
 				continue;
+			if (cl->waiting) {
+				/* Gone before its upgrade's answer: nobody to tell. */
+				if (evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+					ctl_client_close(c, cl);
+				continue;
+			}
 			if (cl->out) {
 				if ((evs[i].events & (EPOLLERR | EPOLLHUP)) &&
 				    !(evs[i].events & EPOLLOUT)) {

@@ -43,13 +43,6 @@ static struct daemon D;
 static bool join_live_group;
 
 /* --- binary upgrade state (main thread only; see proxy/upgrade.h for the protocol) --- */
-/*
- * A successor must say "ready" within this or it is killed and we go on serving. Loading the
- * BPF program and starting the workers take well under a second; 20 s leave room on a loaded
- * machine and stay below corralctl's wait for the reply (30 s). $CORRAL_UPGRADE_READY_MS
- * (read by the running daemon at each upgrade) sets another value, 100 ms to 25 s.
- */
-#define UPGRADE_READY_MS 20000
 /* A scrape is answered in well under a millisecond; 1 s bounds a client that sends nothing. */
 #define METRICS_HANDOFF_MS 1000
 static char self_exe[PATH_MAX]; /* our binary's path as it was at start */
@@ -986,13 +979,8 @@ static int upgrade_begin(char *err, size_t errlen)
 	if (r < 0)
 		return r;
 	UP.len = 0;
-	UP.ready_ms = UPGRADE_READY_MS;
-	if (getenv("CORRAL_UPGRADE_READY_MS")) {
-		long v = strtol(getenv("CORRAL_UPGRADE_READY_MS"), NULL, 10);
-
-		if (v >= 100 && v <= 25000)
-			UP.ready_ms = (uint32_t)v;
-	}
+	/* timeouts.upgrade_ready_ms: the successor must be ready within it (config-t.h). */
+	UP.ready_ms = D.snap->cfg.timeouts.upgrade_ready_ms;
 	UP.deadline_ms = now_ms() + UP.ready_ms;
 	log_info("upgrade: started %s as pid %d; waiting for it to be ready", self_exe,
 		 (int)UP.pid);
@@ -1337,8 +1325,18 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	/* A successor started by `corralctl upgrade` / SIGUSR2 joins its predecessor's groups. */
-	if (!check && upgrade_env_take(&UE))
+	if (!check && upgrade_env_take(&UE)) {
+		const char *wp = getenv("WATCHDOG_PID");
+
 		join_live_group = true;
+		/* systemd's watchdog was the predecessor's; it is ours once we are the main pid. */
+		if (wp && strtol(wp, NULL, 10) == (long)UE.from_pid) {
+			char v[24];
+
+			snprintf(v, sizeof(v), "%d", (int)getpid());
+			setenv("WATCHDOG_PID", v, 1);
+		}
+	}
 	/* The binary to start on an upgrade: this one's path now (it may be replaced on disk). */
 	{
 		ssize_t n = readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);

@@ -319,6 +319,8 @@ def test_three_upgrades_under_load_drop_nothing(start_corral):
         load.stop()
         poller.stop()
 
+        print("load: %d connections, %d GETs, %d POSTs, %d admin polls, 3 upgrades" %
+              (load.conns, load.gets, len(load.posts_ok), poller.polls))
         assert load.conns >= 2000, load.conns
         assert not load.errors, "%d failed connections, first: %s" % (len(load.errors), load.errors[:5])
         assert not poller.errors, "control socket or metrics failed: %s" % poller.errors[:5]
@@ -439,21 +441,39 @@ def test_upgrade_under_systemd_notify_sends_the_new_mainpid(tmp_path):
     from test_sdnotify import Daemon, Notify, get
     n = Notify(str(tmp_path))
     rec = Recorder()
-    d = Daemon(str(tmp_path), rec, {"NOTIFY_SOCKET": n.env})
+    d = Daemon(str(tmp_path), rec, {"NOTIFY_SOCKET": n.env, "WATCHDOG_USEC": "400000"})
+    # As systemd does: WATCHDOG_PID is the main process's pid (exec keeps the shell's pid).
+    d.proc.kill()
+    d.proc.wait(5)
+    env = dict(os.environ, NOTIFY_SOCKET=n.env, WATCHDOG_USEC="400000")
+    d.proc = subprocess.Popen(["/bin/sh", "-c", 'WATCHDOG_PID=$$ exec "$0" -c "$1"', binary("corral"),
+                               d.cfg_path], stdin=subprocess.DEVNULL, stdout=d.log, stderr=subprocess.STDOUT,
+                              env=env)
     new = None
     try:
         m = n.recv(15)
+        while m and m.get("WATCHDOG") == "1":
+            m = n.recv(15)
         assert m and m.get("READY") == "1" and m.get("MAINPID") == str(d.proc.pid), (m, d.text())
         r = subprocess.run([binary("corralctl"), "-s", d.sock, "upgrade"], capture_output=True, text=True,
                            timeout=40 * SLOW)
         assert r.returncode == 0, r.stdout + r.stderr + d.text()
         new = int(r.stdout.split("new pid ")[1].split()[0])
         m = n.recv(10)
+        while m and m.get("WATCHDOG") == "1":
+            m = n.recv(10)
         assert m and m.get("MAINPID") == str(new) and m.get("READY") == "1", m
         assert d.proc.wait(20 * SLOW) == 0
-        # The old process said nothing that would make systemd think the service stops.
-        m = n.recv(0.3)
-        assert m is None or "STOPPING" not in m, m
+        # The old process said nothing that would make systemd think the service stops, and
+        # the new one keeps the watchdog fed (WATCHDOG_PID named the old pid).
+        pings = 0
+        deadline = time.monotonic() + 2 * SLOW
+        while time.monotonic() < deadline and pings < 3:
+            m = n.recv(1)
+            assert m is None or "STOPPING" not in m, m
+            if m and m.get("WATCHDOG") == "1":
+                pings += 1
+        assert pings >= 3, d.text()
         assert get(d.port()) == 200
         os.kill(new, signal.SIGTERM)
         m = n.recv(10)
@@ -513,10 +533,9 @@ def test_upgrade_carries_the_drain_and_policy_over(start_corral):
 
 def test_upgrade_that_never_becomes_ready_is_killed_and_the_old_one_serves(start_corral, monkeypatch):
     # The old process waits 1.5 s; the new one (tests only) hangs after it took the control socket.
-    monkeypatch.setenv("CORRAL_UPGRADE_READY_MS", str(conftest.ms(1500)))
     monkeypatch.setenv("CORRAL_TEST_UPGRADE_STALL_MS", "60000")
     rec = Recorder()
-    p = start_corral(rec)
+    p = start_corral(rec, timeouts={"upgrade_ready_ms": conftest.ms(1500)})
     sock = p.cfg["admin"]["socket"]
     mode = ctl(sock, {"cmd": "status"})["steering"]["mode"]
     first = subprocess.Popen([binary("corralctl"), "-s", sock, "upgrade"], stdout=subprocess.PIPE,
@@ -598,4 +617,29 @@ def test_a_tunnel_runs_on_through_the_drain_until_the_grace_period_ends(start_co
         took = time.monotonic() - t0
         assert GRACE_MS / 1000.0 - 0.5 <= took <= GRACE_MS / 1000.0 + 3 * SLOW, took
     stop_pid(new)
+    rec.close()
+
+
+def cpu_s(pid):
+    """User plus system CPU seconds of every thread of pid."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_client_that_stops_waiting_for_its_upgrade_costs_nothing(start_corral, monkeypatch):
+    monkeypatch.setenv("CORRAL_TEST_UPGRADE_STALL_MS", "60000")
+    rec = Recorder()
+    p = start_corral(rec, timeouts={"upgrade_ready_ms": conftest.ms(2000)})
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(p.cfg["admin"]["socket"])
+    s.sendall(b'{"cmd":"upgrade"}\n')
+    assert p.err.wait_for(r"upgrade: started", 10 * SLOW), p.log()[-2000:]
+    s.close()  # gone before the answer
+    c0, t0 = cpu_s(p.proc.pid), time.monotonic()
+    assert p.err.wait_for(r"upgrade failed, still serving", 20 * SLOW), p.log()[-2000:]
+    used, took = cpu_s(p.proc.pid) - c0, time.monotonic() - t0
+    # The old process waited without spinning on the closed client.
+    assert used < 0.3 * took, "%.2f s of CPU in %.2f s" % (used, took)
+    assert ctl(p.cfg["admin"]["socket"], {"cmd": "status"})["pid"] == p.proc.pid
     rec.close()

@@ -79,6 +79,7 @@ Test(config, defaults_are_the_documented_numbers)
 	cr_expect_eq(c.timeouts.shutdown_grace_ms, 10000);
 	cr_expect_eq(c.timeouts.linger_ms, 2000);
 	cr_expect_eq(c.timeouts.backend_park_ms, 1000);
+	cr_expect_eq(c.timeouts.upgrade_ready_ms, 20000);
 	cr_expect_eq(c.limits.header_bytes_max, 16384);
 	cr_expect_eq(c.limits.headers_max, 100);
 	cr_expect_eq(c.limits.uri_bytes_max, 8192);
@@ -493,6 +494,7 @@ static const struct bound_case bound_cases[] = {
 	T32(shutdown_grace_ms, 0, 600000),
 	T32(linger_ms, 0, 60000),
 	T32(backend_park_ms, 0, 600000),
+	T32(upgrade_ready_ms, 100, 25000),
 	L32(header_bytes_max, 1024, 1048576, false, ""),
 	L32(headers_max, 8, 1000, false, ""),
 	L32(uri_bytes_max, 256, 1048576, false, ""),
