@@ -6,6 +6,7 @@
 #include "accesslog.h"
 #include "constants.h"
 #include "worker-t.h"
+#include "conn-t.h"
 
 struct steer_core;
 

@@ -1,0 +1,605 @@
+/*
+ * One request's exchange with a backend: pick, connect or reuse a pooled connection, retry,
+ * the request body towards the upstream, the response head and body towards the client, the
+ * tunnel after a 101, and the end of the exchange.
+ *
+ * Owns: c->ups while attached, the exchange's fields of struct conn (rs_state, attempts,
+ * tried, the response body and framing, to_ups / to_client while streaming), the backend's
+ * in-flight count (be_active_*). May touch: balance_pick and the per-core balance state, the
+ * backend statistics, upstream.c's object API (pool take/put, connect, close). Goes back to
+ * the client side only through conn.h's conn_* entry points.
+ */
+#include <errno.h>
+#include <string.h>
+#include "conn.h"
+#include "steer.h"
+
+static const char S_CRLF[] = "\r\n";
+static const char S_LAST[] = "0\r\n\r\n";
+static const char S_CRLF_LAST[] = "\r\n0\r\n\r\n";
+
+/* An upstream failure before any response byte reached the client. */
+static void upstream_fail(struct worker *w, struct conn *c, int status)
+{
+	STAT_ADD(w->stats->upstream_errors, 1);
+	STAT_ADD(w->bstats[c->backend].errors, 1);
+	conn_send_error(w, c, status);
+}
+
+static void be_active_inc(struct worker *w, uint16_t b)
+{
+	balance_inflight_inc(&w->bal, b);
+	STAT_SET(w->bstats[b].active, w->bal.inflight[b]);
+	STAT_ADD(w->bstats[b].requests, 1);
+}
+
+static void be_active_dec(struct worker *w, uint16_t b)
+{
+	balance_inflight_dec(&w->bal, b);
+	STAT_SET(w->bstats[b].active, w->bal.inflight[b]);
+}
+
+static void exchange_detach_ups(struct worker *w, struct conn *c)
+{
+	struct ups *u = conn_ups(w, c);
+
+	if (!u)
+		return;
+	c->ups = NIL;
+	ups_close(w, u);
+}
+
+/* Cancels an attached upstream's ops; it stays attached until the connection finishes. */
+void exchange_abort_ups(struct worker *w, struct conn *c)
+{
+	struct ups *u = conn_ups(w, c);
+
+	if (!u || u->closing)
+		return;
+	u->closing = true;
+	if (u->inflight) {
+		cancel_fd(w, u->fd, OP_U_CANCEL, uidx(w, u), u->gen);
+		u->inflight++;
+	}
+	/* Still attached and not closing: still counted (every other decrement detaches). */
+	if (c->rs_state != RS_NONE) {
+		balance_inflight_dec(&w->bal, c->backend);
+		STAT_SET(w->bstats[c->backend].active, w->bal.inflight[c->backend]);
+	}
+}
+
+/* Picks a backend and gets a connection to it: pooled, or a new connect. */
+void exchange_connect(struct worker *w, struct conn *c)
+{
+	const struct snapshot *s = w->snap;
+	uint32_t n_be = s->cfg.backends_n;
+	uint32_t tries = s->cfg.limits.upstream_attempts_max;
+	uint32_t max_attempts = n_be < tries ? (n_be ? n_be : 1) : tries;
+	const struct cfg_backend *be;
+	struct ups *u;
+	int bi, err;
+	uint16_t id;
+
+	if (c->attempts >= max_attempts) {
+		upstream_fail(w, c, c->last_err == 4 ? 504 : 502);
+		return;
+	}
+	c->attempts++;
+	bi = balance_pick(s, w->d->backends, &w->bal, w->now_ms, c->hkey, &c->tried);
+	if (bi < 0 && c->attempts > 1) {
+		/* A retry found no other backend: the last one's failure (already counted) stands. */
+		c->attempts--;
+		conn_send_error(w, c, c->last_err == 4 ? 504 : 502);
+		return;
+	}
+	if (bi < 0) {
+		/* No backend is eligible: no backend's error, and none in the log (upstream: null). */
+		c->attempts = 0;
+		STAT_ADD(w->stats->no_backend, 1);
+		conn_send_error(w, c, 503);
+		return;
+	}
+	be = &s->cfg.backends[bi];
+	id = (uint16_t)s->backend_id[bi];
+	c->backend = id;
+	tried_add(&c->tried, id);
+	be_active_inc(w, id);
+
+	/* A pooled connection, unless this is a retry after a pooled one failed. */
+	u = c->no_pool ? NULL : ups_pool_take(w, id, be);
+	if (u) {
+		u->owner = cidx(w, c);
+		u->owner_gen = c->gen;
+		u->reused = true;
+		c->ups = uidx(w, u);
+		STAT_ADD(w->stats->pool_hits, 1);
+		c->rs_state = RS_HEAD;
+		ups_arm_recv(w, u);
+		exchange_req_pump(w, c);
+		return;
+	}
+	STAT_ADD(w->stats->pool_misses, 1);
+	u = ups_connect(w, be, id, &err);
+	if (!u) {
+		be_active_dec(w, id);
+		conn_send_error(w, c, 503);
+		return;
+	}
+	u->owner = cidx(w, c);
+	u->owner_gen = c->gen;
+	c->ups = uidx(w, u);
+	c->rs_state = RS_CONNECT;
+}
+
+/* The current upstream failed before any response byte: retry elsewhere or answer. */
+static void exchange_retry(struct worker *w, struct conn *c, int err_class)
+{
+	struct ups *u = conn_ups(w, c);
+	uint16_t b = c->backend;
+
+	c->last_err = (uint8_t)err_class;
+	STAT_ADD(w->stats->upstream_errors, 1);
+	STAT_ADD(w->bstats[b].errors, 1);
+	be_active_dec(w, b);
+	if (u && !u->reused) {
+		/*
+		 * Passive health: this core skips the backend at once; the main thread
+		 * (health_scan) publishes the park to every core at its next scan.
+		 */
+		STAT_SET(w->bstats[b].connect_fail_ms, w->now_ms);
+		if (w->snap->cfg.timeouts.backend_park_ms)
+			balance_park(&w->bal, b, w->now_ms + w->snap->cfg.timeouts.backend_park_ms);
+	}
+	exchange_detach_ups(w, c);
+	c->req_head_sent = false;
+	c->rs_state = RS_NONE;
+	STAT_ADD(w->stats->upstream_retries, 1);
+	exchange_connect(w, c);
+}
+
+/* Sends what the request direction has ready (head, then body) to the upstream. */
+void exchange_req_pump(struct worker *w, struct conn *c)
+{
+	struct ups *u = conn_ups(w, c);
+	struct sendq *q = &c->to_ups;
+	size_t payload = 0;
+	ssize_t k;
+	char *p;
+
+	if (c->closing || !u || !u->connected || q->busy || u->closing)
+		return;
+	sendq_reset(q);
+	if (!c->req_head_sent) {
+		sendq_add(q, hbuf_addr(w, c->hbuf_req), c->req_head_len);
+		c->req_head_sent = true;
+	}
+	if (c->rs_state == RS_TUNNEL) {
+		if (c->in.len) {
+			sendq_add(q, c->in.base + c->in.off, c->in.len);
+			c->in.off += c->in.len;
+			c->in.len = 0;
+		}
+	} else if (c->req_state == RQ_BODY && c->in.len) {
+		p = c->in.base + c->in.off;
+		k = http_body_decode(&c->req_body, p, c->in.len, &payload);
+		if (k < 0) {
+			STAT_ADD(w->stats->parse_errors, 1);
+			conn_req_reject(w, c, NULL, 0, k == -EFBIG ? 413 : 400,
+					k == -EFBIG ? "body over the limit"
+						    : "invalid body framing");
+			return;
+		}
+		c->in.off += (uint32_t)k;
+		c->in.len -= (uint32_t)k;
+		if (c->req_body.framing == HTTP_BODY_CHUNKED) {
+			if (payload) {
+				sendq_add(q, c->chunk_hdr_u,
+					  (size_t)http_chunk_header(c->chunk_hdr_u, payload));
+				sendq_add(q, p, payload);
+				if (c->req_body.done)
+					sendq_add(q, S_CRLF_LAST, sizeof(S_CRLF_LAST) - 1);
+				else
+					sendq_add(q, S_CRLF, 2);
+			} else if (c->req_body.done) {
+				sendq_add(q, S_LAST, sizeof(S_LAST) - 1);
+			}
+		} else {
+			sendq_add(q, p, payload);
+		}
+		if (c->req_body.done)
+			c->req_state = RQ_DONE;
+	}
+	if (q->iov_n) {
+		c->req_sent_any = true;
+		ups_send(w, c, u);
+		return;
+	}
+	/* Nothing to send: the request direction wants more client bytes. */
+	if (c->req_state == RQ_BODY || c->rs_state == RS_TUNNEL) {
+		if (c->in.len == 0) {
+			inbuf_release(w, &c->in);
+			if (!c->eof)
+				conn_arm_recv(w, c);
+			else if (c->req_state == RQ_BODY && c->rs_state != RS_TUNNEL)
+				conn_client_gone(w, c); /* EOF inside the body */
+		}
+	}
+}
+
+static void tunnel_start(struct worker *w, struct conn *c)
+{
+	struct ups *u = conn_ups(w, c);
+
+	c->rs_state = RS_TUNNEL;
+	c->req_state = RQ_DONE;
+	c->keep_alive = false;
+	c->ups_reusable = false;
+	/* Client bytes already read after the request head go first. */
+	if (c->in.len) {
+		exchange_req_pump(w, c);
+	} else if (!c->to_ups.busy) {
+		inbuf_release(w, &c->in);
+		conn_arm_recv(w, c);
+	}
+	(void)u;
+}
+
+/* Forwards what the response direction has ready to the client. */
+void resp_process(struct worker *w, struct conn *c)
+{
+	struct ups *u = conn_ups(w, c);
+	struct sendq *q = &c->to_client;
+	struct http_limits lim;
+	struct http_resp resp;
+	struct inbuf *src;
+	enum http_framing of;
+	size_t payload = 0;
+	ssize_t k;
+	bool ka;
+	char *p;
+	int r, n;
+
+	if (c->closing || !u || q->busy)
+		return;
+	sendq_reset(q);
+	if (c->rs_state == RS_TUNNEL) {
+		if (u->in.len) {
+			sendq_add(q, u->in.base + u->in.off, u->in.len);
+			u->in.off += u->in.len;
+			u->in.len = 0;
+			conn_send(w, c);
+		} else {
+			inbuf_release(w, &u->in);
+			ups_arm_recv(w, u);
+		}
+		return;
+	}
+	if (c->rs_state == RS_HEAD) {
+		limits_of(w, &lim);
+		resp.hdr = w->hdr_scratch; /* http_resp_parse clears the rest */
+		resp.hdr_cap = w->hdr_cap;
+		src = inbuf_head_src(w, &c->accum, &u->in);
+		if (!src) {
+			upstream_fail(w, c, 502);
+			return;
+		}
+		if (src->len == 0) {
+			inbuf_release(w, &u->in);
+			ups_arm_recv(w, u);
+			return;
+		}
+		r = http_resp_parse(&resp, src->base + src->off, src->len, &lim, c->req_is_head);
+		if (r == -EAGAIN) {
+			if (!inbuf_head_keep(w, &c->accum, &u->in, src)) {
+				upstream_fail(w, c, 502);
+				return;
+			}
+			ups_arm_recv(w, u);
+			return;
+		}
+		if (r < 0) {
+			log_warn("worker %u: bad response from %s: %s", w->id,
+				 w->d->backends[c->backend].addr, resp.reason ? resp.reason : "?");
+			upstream_fail(w, c, 502);
+			return;
+		}
+		p = src->base + src->off;
+		if (c->hbuf_resp == NIL)
+			c->hbuf_resp = hbuf_get(w);
+		if (c->hbuf_resp == NIL) {
+			upstream_fail(w, c, 503);
+			return;
+		}
+		if (resp.code == 101 && !c->req_upgrade) {
+			upstream_fail(w, c, 502);
+			return;
+		}
+		if (resp.code >= 100 && resp.code < 200 && resp.code != 101 &&
+		    c->client_minor == 0) {
+			/* RFC 9110 15.2: no 1xx to an HTTP/1.0 client; drop it, wait for the final. */
+			src->off += (uint32_t)r;
+			src->len -= (uint32_t)r;
+			if (src == &c->accum && src->len == 0)
+				inbuf_release(w, &c->accum);
+			resp_process(w, c);
+			return;
+		}
+		if (resp.code >= 100 && resp.code < 200 && resp.code != 101) {
+			/* Interim response: relay it, then keep waiting for the final one. */
+			n = http_resp_serialize(&resp, p, c->client_minor, true, c->req_is_head,
+						hbuf_addr(w, c->hbuf_resp), w->hbuf_size, &of);
+			if (n < 0) {
+				upstream_fail(w, c, 502);
+				return;
+			}
+			src->off += (uint32_t)r;
+			src->len -= (uint32_t)r;
+			if (src == &c->accum && src->len == 0)
+				inbuf_release(w, &c->accum);
+			sendq_add(q, hbuf_addr(w, c->hbuf_resp), (size_t)n);
+			conn_send(w, c);
+			return;
+		}
+		ka = c->keep_alive && resp.code != 101;
+		if (c->client_minor == 0 &&
+		    (resp.framing == HTTP_BODY_CHUNKED || resp.framing == HTTP_BODY_CLOSE))
+			ka = false;
+		c->keep_alive = ka;
+		n = http_resp_serialize(&resp, p, c->client_minor, ka, c->req_is_head,
+					hbuf_addr(w, c->hbuf_resp), w->hbuf_size, &of);
+		if (n < 0) {
+			upstream_fail(w, c, 502);
+			return;
+		}
+		c->resp_started = true;
+		c->resp_code = resp.code;
+		c->out_framing = (uint8_t)of;
+		c->ups_reusable = resp.keep_alive && resp.framing != HTTP_BODY_CLOSE;
+		count_status(w, resp.code);
+		inbuf_head_consume(w, &c->accum, &u->in, src, (uint32_t)r);
+		sendq_add(q, hbuf_addr(w, c->hbuf_resp), (size_t)n);
+		if (resp.code == 101) {
+			conn_send(w, c);
+			tunnel_start(w, c);
+			return;
+		}
+		http_body_init(&c->resp_body, resp.framing, resp.content_length, 0);
+		if (resp.framing == HTTP_BODY_NONE ||
+		    (resp.framing == HTTP_BODY_LENGTH && resp.content_length == 0)) {
+			c->resp_body.done = true;
+			c->rs_state = RS_DONE;
+			if (u->in.len)
+				c->ups_reusable = false; /* bytes after a body-less response */
+			conn_send(w, c);
+			return;
+		}
+		c->rs_state = RS_BODY;
+	}
+	if (c->rs_state != RS_BODY)
+		return;
+	if (u->in.len) {
+		p = u->in.base + u->in.off;
+		k = http_body_decode(&c->resp_body, p, u->in.len, &payload);
+		if (k < 0) {
+			log_warn("worker %u: bad response body framing from %s", w->id,
+				 w->d->backends[c->backend].addr);
+			c->ups_reusable = false;
+			if (c->resp_started && q->iov_n &&
+			    q->iov[0].iov_base == hbuf_addr(w, c->hbuf_resp)) {
+				/* The head is only queued, not sent: the client can still get a 502. */
+				STAT_ADD(w->stats->responses[c->resp_code / 100 - 1], -1);
+				c->resp_started = false;
+				sendq_reset(q);
+			}
+			if (!c->resp_started) {
+				upstream_fail(w, c, 502);
+			} else {
+				/* Valid data already went out: end with an abort the client can see. */
+				STAT_ADD(w->stats->upstream_errors, 1);
+				conn_abort_reset(w, c);
+			}
+			return;
+		}
+		u->in.off += (uint32_t)k;
+		u->in.len -= (uint32_t)k;
+		if (c->out_framing == HTTP_BODY_CHUNKED) {
+			if (payload) {
+				sendq_add(q, c->chunk_hdr_c,
+					  (size_t)http_chunk_header(c->chunk_hdr_c, payload));
+				sendq_add(q, p, payload);
+				sendq_add(q, c->resp_body.done ? S_CRLF_LAST : S_CRLF,
+					  c->resp_body.done ? sizeof(S_CRLF_LAST) - 1 : 2);
+			} else if (c->resp_body.done) {
+				sendq_add(q, S_LAST, sizeof(S_LAST) - 1);
+			}
+		} else {
+			sendq_add(q, p, payload);
+		}
+		if (c->resp_body.done) {
+			c->rs_state = RS_DONE;
+			if (u->in.len)
+				c->ups_reusable = false; /* bytes after the end of the response */
+		}
+	}
+	if (q->iov_n) {
+		conn_send(w, c);
+		return;
+	}
+	inbuf_release(w, &u->in);
+	ups_arm_recv(w, u);
+}
+
+/* The upstream closed (res == 0) or failed (res < 0) while this exchange used it. */
+static void resp_upstream_eof(struct worker *w, struct conn *c, int res)
+{
+	struct ups *u = conn_ups(w, c);
+	struct sendq *q = &c->to_client;
+
+	if (c->rs_state == RS_HEAD && !c->ups_byte_seen && c->accum.hbuf == NIL) {
+		/* A pooled connection the backend had closed: safe to retry when idempotent. */
+		if (u->reused && c->req_idempotent && c->req_state == RQ_DONE &&
+		    c->req_body.framing == HTTP_BODY_NONE && !c->to_ups.busy && !c->no_pool) {
+			be_active_dec(w, c->backend);
+			exchange_detach_ups(w, c);
+			c->req_head_sent = false;
+			c->rs_state = RS_NONE;
+			/* Not a failed attempt: the same backend, on a fresh connection. */
+			c->attempts--;
+			tried_del(&c->tried, c->backend);
+			c->no_pool = true;
+			STAT_ADD(w->stats->upstream_retries, 1);
+			exchange_connect(w, c);
+			return;
+		}
+		upstream_fail(w, c, 502);
+		return;
+	}
+	if (c->rs_state == RS_HEAD) {
+		upstream_fail(w, c, 502);
+		return;
+	}
+	if (c->rs_state == RS_BODY && res == 0 && c->resp_body.framing == HTTP_BODY_CLOSE) {
+		/* Close-delimited body: EOF is its end. */
+		c->resp_body.done = true;
+		c->rs_state = RS_DONE;
+		c->ups_reusable = false;
+		if (c->out_framing == HTTP_BODY_CHUNKED) {
+			sendq_reset(q);
+			sendq_add(q, S_LAST, sizeof(S_LAST) - 1);
+			conn_send(w, c);
+		} else {
+			c->keep_alive = false;
+			exchange_end(w, c);
+		}
+		return;
+	}
+	if (c->rs_state == RS_TUNNEL) {
+		conn_close_graceful(w, c);
+		return;
+	}
+	/* Mid-body: the client must be able to tell the response is incomplete. */
+	STAT_ADD(w->stats->upstream_errors, 1);
+	conn_abort_reset(w, c);
+}
+
+static void record_latency(struct worker *w, struct conn *c)
+{
+	uint64_t us = (now_ns() - c->req_start_ns) / 1000;
+
+	stats_record_latency(w->stats, us);
+	STAT_ADD(w->bstats[c->backend].lat_sum_us, us);
+}
+
+/* The response was fully sent: pool or close the upstream, then the next request. */
+void exchange_end(struct worker *w, struct conn *c)
+{
+	struct ups *u = conn_ups(w, c);
+
+	if (c->to_ups.busy) {
+		c->end_pending = true;
+		return;
+	}
+	c->end_pending = false;
+	record_latency(w, c);
+	conn_log(w, c, c->resp_code);
+	steer_req_ended(w->sc);
+	if (u) {
+		be_active_dec(w, c->backend);
+		c->ups = NIL;
+		/* Idle ones are bounded by the connection table (and expire by upstream_idle_ms). */
+		if (c->ups_reusable && c->req_state == RQ_DONE && u->in.len == 0 && !u->closing &&
+		    w->stats->pool_idle < w->conn_limit)
+			ups_pool_put(w, u);
+		else
+			ups_close(w, u);
+	}
+	if (c->hbuf_req != NIL) {
+		hbuf_put(w, c->hbuf_req);
+		c->hbuf_req = NIL;
+	}
+	if (c->hbuf_resp != NIL) {
+		hbuf_put(w, c->hbuf_resp);
+		c->hbuf_resp = NIL;
+	}
+	inbuf_release(w, &c->accum);
+	c->rs_state = RS_NONE;
+	c->resp_started = false; /* the next exchange may still answer with an error */
+	conn_exchange_done(w, c);
+}
+
+void exchange_on_connect(struct worker *w, struct conn *c, struct ups *u, int res)
+{
+	if (res < 0) {
+		exchange_retry(w, c, res == -ECANCELED ? 4 : 2);
+		return;
+	}
+	u->connected = true;
+	c->rs_state = RS_HEAD;
+	ups_arm_recv(w, u);
+	exchange_req_pump(w, c);
+}
+
+void exchange_on_send(struct worker *w, struct conn *c, struct ups *u, int res)
+{
+	struct sendq *q = &c->to_ups;
+
+	q->busy = false;
+	if (res <= 0) {
+		if (!c->resp_started && !c->ups_byte_seen)
+			upstream_fail(w, c, 502);
+		else
+			conn_abort(w, c);
+		return;
+	}
+	if (!sendq_advance(q, (size_t)res)) {
+		ups_send(w, c, u);
+		return;
+	}
+	if (c->in.len == 0 && (c->in.bid >= 0 || c->in.hbuf != NIL))
+		inbuf_release(w, &c->in);
+	if (c->end_pending) {
+		exchange_end(w, c);
+		return;
+	}
+	if (c->rs_state == RS_TUNNEL || c->req_state == RQ_BODY)
+		exchange_req_pump(w, c);
+}
+
+void exchange_on_recv(struct worker *w, struct conn *c, struct ups *u, int res, uint32_t flags)
+{
+	int32_t bid = cqe_bid(res, flags);
+
+	if (res == -ENOBUFS) {
+		c->ups_recv_wanted = true;
+		wait_push(w, cidx(w, c));
+		return;
+	}
+	if (res <= 0) {
+		buf_put(w, bid);
+		resp_upstream_eof(w, c, res);
+		return;
+	}
+	BUG_ON(bid < 0);
+	BUG_ON(u->in.len != 0);
+	inbuf_release(w, &u->in);
+	u->in.base = buf_addr(w, (uint32_t)bid);
+	u->in.off = 0;
+	u->in.len = (uint32_t)res;
+	u->in.bid = bid;
+	if (!c->ups_byte_seen) {
+		c->ups_byte_seen = true;
+	}
+	resp_process(w, c);
+}
+
+void exchange_on_timeout(struct worker *w, struct conn *c, enum tclass cls)
+{
+	if (cls == T_CONNECT) {
+		exchange_retry(w, c, 4);
+		return;
+	}
+	if (!c->resp_started)
+		upstream_fail(w, c, 504);
+	else
+		conn_abort(w, c);
+}
