@@ -556,7 +556,7 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 	c->end_pending = false;
 	c->attempts = 0;
 	c->no_pool = false;
-	c->last_err = 0;
+	c->fail = UF_NONE;
 	tried_clear(&c->tried);
 	c->resp_code = 0;
 	if (cfg->balance == CFG_BALANCE_HASH_URI)

@@ -29,6 +29,21 @@ enum rs_state {
 	RS_TUNNEL, /* after 101: raw bytes both ways */
 };
 
+/* Why an upstream attempt failed; exchange_fail() decides what follows from each. */
+enum ups_fail {
+	UF_NONE = 0,
+	UF_CONNECT,	      /* the connect was refused or failed */
+	UF_CONNECT_TIMEOUT,   /* upstream_connect_ms passed */
+	UF_STALE_POOLED,      /* a pooled connection closed before any byte of the response */
+	UF_RESET_BEFORE_HEAD, /* closed or reset before the response head was complete */
+	UF_SEND,	      /* sending the request failed */
+	UF_BAD_HEAD,	      /* an unparsable, oversized or unacceptable response head */
+	UF_NO_HEAD_BUF,	      /* no head buffer for the response head */
+	UF_BAD_BODY,	      /* invalid response body framing */
+	UF_RESPONSE_TIMEOUT,  /* upstream_response_ms without progress */
+	UF_CUT_BODY,	      /* closed or reset in the middle of the response body */
+};
+
 /* Upstream connection. Owned by one conn while in use, else by its backend's idle pool. */
 struct ups {
 	int fd;
@@ -78,7 +93,7 @@ struct conn {
 	bool close_after;    /* close once the response is sent */
 	uint8_t out_framing; /* framing to the client (enum http_framing) */
 	uint8_t attempts;    /* upstream connect attempts for this request */
-	uint8_t last_err;    /* 0, or 2 = refused/reset, 4 = timeout */
+	uint8_t fail;	     /* enum ups_fail: this request's last upstream failure */
 	bool ups_reusable;   /* the upstream may be pooled when the exchange ends */
 	bool req_head_sent;
 	bool no_pool;	      /* the next connect must be fresh (stale pooled one failed) */

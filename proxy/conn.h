@@ -97,6 +97,8 @@ void resp_process(struct worker *w, struct conn *c);
 void exchange_end(struct worker *w, struct conn *c);
 /* Cancels an attached upstream's ops; it stays attached until the connection finishes. */
 void exchange_abort_ups(struct worker *w, struct conn *c);
+/* The upstream of c's exchange failed: retry, answer or abort (the one decision point). */
+void exchange_fail(struct worker *w, struct conn *c, enum ups_fail why);
 /* T_CONNECT or T_UPSTREAM expired for c. */
 void exchange_on_timeout(struct worker *w, struct conn *c, enum tclass cls);
 /* Completions of the upstream c uses (from ups_on_cqe). */
@@ -152,13 +154,19 @@ static inline void limits_of(struct worker *w, struct http_limits *lim)
 	lim->body_bytes_max = l->body_bytes_max;
 }
 
-static inline void count_status(struct worker *w, int status)
+/* Counts n responses of status in its class (n = -1 takes one back). */
+static inline void count_status_n(struct worker *w, int status, int n)
 {
 	int cls = status / 100 - 1;
 
 	if (cls < 0 || cls >= STATS_CLASSES)
 		cls = STATS_5XX;
-	STAT_ADD(w->stats->responses[cls], 1);
+	STAT_ADD(w->stats->responses[cls], n);
+}
+
+static inline void count_status(struct worker *w, int status)
+{
+	count_status_n(w, status, 1);
 }
 
 static inline int32_t cqe_bid(int res, uint32_t flags)

@@ -18,14 +18,6 @@ static const char S_CRLF[] = "\r\n";
 static const char S_LAST[] = "0\r\n\r\n";
 static const char S_CRLF_LAST[] = "\r\n0\r\n\r\n";
 
-/* An upstream failure before any response byte reached the client. */
-static void upstream_fail(struct worker *w, struct conn *c, int status)
-{
-	STAT_ADD(w->stats->upstream_errors, 1);
-	STAT_ADD(w->bstats[c->backend].errors, 1);
-	conn_send_error(w, c, status);
-}
-
 static void be_active_inc(struct worker *w, uint16_t b)
 {
 	balance_inflight_inc(&w->bal, b);
@@ -62,14 +54,21 @@ void exchange_abort_ups(struct worker *w, struct conn *c)
 		u->inflight++;
 	}
 	/* Still attached and not closing: still counted (every other decrement detaches). */
-	if (c->rs_state != RS_NONE) {
-		balance_inflight_dec(&w->bal, c->backend);
-		STAT_SET(w->bstats[c->backend].active, w->bal.inflight[c->backend]);
-	}
+	if (c->rs_state != RS_NONE)
+		be_active_dec(w, c->backend);
 }
 
-/* Picks a backend and gets a connection to it: pooled, or a new connect. */
-void exchange_connect(struct worker *w, struct conn *c)
+/* The answer for a request whose every attempt failed: the last failure's. */
+static int fail_status(const struct conn *c)
+{
+	return c->fail == UF_CONNECT_TIMEOUT ? 504 : 502;
+}
+
+/*
+ * Picks a backend and gets a connection to it: pooled, or a new connect. retry: an earlier
+ * attempt of this request failed (counted in upstream_retries when another one is made).
+ */
+static void exchange_attempt(struct worker *w, struct conn *c, bool retry)
 {
 	const struct snapshot *s = w->snap;
 	uint32_t n_be = s->cfg.backends_n;
@@ -81,7 +80,8 @@ void exchange_connect(struct worker *w, struct conn *c)
 	uint16_t id;
 
 	if (c->attempts >= max_attempts) {
-		upstream_fail(w, c, c->last_err == 4 ? 504 : 502);
+		/* The last attempt's failure (already counted) stands. */
+		conn_send_error(w, c, fail_status(c));
 		return;
 	}
 	c->attempts++;
@@ -89,7 +89,7 @@ void exchange_connect(struct worker *w, struct conn *c)
 	if (bi < 0 && c->attempts > 1) {
 		/* A retry found no other backend: the last one's failure (already counted) stands. */
 		c->attempts--;
-		conn_send_error(w, c, c->last_err == 4 ? 504 : 502);
+		conn_send_error(w, c, fail_status(c));
 		return;
 	}
 	if (bi < 0) {
@@ -99,6 +99,8 @@ void exchange_connect(struct worker *w, struct conn *c)
 		conn_send_error(w, c, 503);
 		return;
 	}
+	if (retry)
+		STAT_ADD(w->stats->upstream_retries, 1);
 	be = &s->cfg.backends[bi];
 	id = (uint16_t)s->backend_id[bi];
 	c->backend = id;
@@ -131,30 +133,118 @@ void exchange_connect(struct worker *w, struct conn *c)
 	c->rs_state = RS_CONNECT;
 }
 
-/* The current upstream failed before any response byte: retry elsewhere or answer. */
-static void exchange_retry(struct worker *w, struct conn *c, int err_class)
+void exchange_connect(struct worker *w, struct conn *c)
 {
-	struct ups *u = conn_ups(w, c);
-	uint16_t b = c->backend;
+	exchange_attempt(w, c, false);
+}
 
-	c->last_err = (uint8_t)err_class;
-	STAT_ADD(w->stats->upstream_errors, 1);
-	STAT_ADD(w->bstats[b].errors, 1);
-	be_active_dec(w, b);
-	if (u && !u->reused) {
-		/*
-		 * Passive health: this core skips the backend at once; the main thread
-		 * (health_scan) publishes the park to every core at its next scan.
-		 */
-		STAT_SET(w->bstats[b].connect_fail_ms, w->now_ms);
-		if (w->snap->cfg.timeouts.backend_park_ms)
-			balance_park(&w->bal, b, w->now_ms + w->snap->cfg.timeouts.backend_park_ms);
-	}
+/* Gives up the upstream of a failed attempt, which stays counted until here. */
+static void exchange_drop_attempt(struct worker *w, struct conn *c)
+{
+	be_active_dec(w, c->backend);
 	exchange_detach_ups(w, c);
 	c->req_head_sent = false;
 	c->rs_state = RS_NONE;
-	STAT_ADD(w->stats->upstream_retries, 1);
-	exchange_connect(w, c);
+}
+
+/* A pooled connection failed before any byte of its response: may it be retried fresh? */
+static bool stale_retry_ok(struct worker *w, struct conn *c)
+{
+	struct ups *u = conn_ups(w, c);
+
+	return u && u->reused && c->req_idempotent && c->req_state == RQ_DONE &&
+	       c->req_body.framing == HTTP_BODY_NONE && !c->to_ups.busy && !c->no_pool;
+}
+
+/*
+ * The one decision for a failed upstream (nginx's ngx_http_upstream_next): retry, answer, or
+ * abort. Every failure but a retried stale pooled connection counts once in upstream_errors
+ * and in the backend's errors.
+ *
+ *   UF_CONNECT, UF_CONNECT_TIMEOUT  next backend while attempts remain (a fresh connect that
+ *                                   failed also parks the backend for this core), else 502 /
+ *                                   504
+ *   UF_STALE_POOLED                 idempotent, bodiless and fully sent: the same backend on a
+ *                                   fresh connection, not counted as an attempt; else as below
+ *   UF_RESET_BEFORE_HEAD, UF_BAD_HEAD  502
+ *   UF_NO_HEAD_BUF                  503
+ *   UF_SEND                         502 while no response byte was seen, else abort
+ *   UF_BAD_BODY                     502 while the head is only queued, else abort
+ *   UF_RESPONSE_TIMEOUT             504 before the response started, else abort
+ *   UF_CUT_BODY                     abort
+ *
+ * An abort in the middle of a response body is an RST: for a close-delimited body (an
+ * HTTP/1.0 client) a FIN would make the truncated body look complete. Once the response is
+ * complete (or in a tunnel) the abort keeps its FIN.
+ */
+void exchange_fail(struct worker *w, struct conn *c, enum ups_fail why)
+{
+	struct ups *u = conn_ups(w, c);
+	uint16_t b = c->backend;
+	int status = 502;
+
+	if (why == UF_STALE_POOLED && stale_retry_ok(w, c)) {
+		/* Not a failed attempt: the same backend, on a fresh connection. */
+		exchange_drop_attempt(w, c);
+		c->attempts--;
+		tried_del(&c->tried, b);
+		c->no_pool = true;
+		exchange_attempt(w, c, true);
+		return;
+	}
+	c->fail = (uint8_t)why;
+	STAT_ADD(w->stats->upstream_errors, 1);
+	STAT_ADD(w->bstats[b].errors, 1);
+	switch (why) {
+	case UF_CONNECT:
+	case UF_CONNECT_TIMEOUT:
+		if (u && !u->reused) {
+			/*
+			 * Passive health: this core skips the backend at once; the main thread
+			 * (health_scan) publishes the park to every core at its next scan.
+			 */
+			STAT_SET(w->bstats[b].connect_fail_ms, w->now_ms);
+			if (w->snap->cfg.timeouts.backend_park_ms)
+				balance_park(&w->bal, b,
+					     w->now_ms + w->snap->cfg.timeouts.backend_park_ms);
+		}
+		exchange_drop_attempt(w, c);
+		exchange_attempt(w, c, true);
+		return;
+	case UF_NO_HEAD_BUF:
+		status = 503;
+		break;
+	case UF_SEND:
+		if (c->ups_byte_seen && !c->resp_started) {
+			conn_abort(w, c); /* a partial head came: nothing to answer with */
+			return;
+		}
+		break;
+	case UF_BAD_BODY:
+		c->ups_reusable = false;
+		if (c->resp_started && c->to_client.iov_n &&
+		    c->to_client.iov[0].iov_base == hbuf_addr(w, c->hbuf_resp)) {
+			/* The head is only queued, not sent: the client can still get a 502. */
+			count_status_n(w, c->resp_code, -1);
+			c->resp_started = false;
+			sendq_reset(&c->to_client);
+		}
+		break;
+	case UF_RESPONSE_TIMEOUT:
+		status = 504;
+		break;
+	case UF_CUT_BODY:
+		conn_abort_reset(w, c);
+		return;
+	default:
+		break;
+	}
+	if (!c->resp_started)
+		conn_send_error(w, c, status);
+	else if (c->rs_state == RS_BODY)
+		conn_abort_reset(w, c);
+	else
+		conn_abort(w, c);
 }
 
 /* Sends what the request direction has ready (head, then body) to the upstream. */
@@ -280,7 +370,7 @@ void resp_process(struct worker *w, struct conn *c)
 		resp.hdr_cap = w->hdr_cap;
 		src = inbuf_head_src(w, &c->accum, &u->in);
 		if (!src) {
-			upstream_fail(w, c, 502);
+			exchange_fail(w, c, UF_BAD_HEAD);
 			return;
 		}
 		if (src->len == 0) {
@@ -291,7 +381,7 @@ void resp_process(struct worker *w, struct conn *c)
 		r = http_resp_parse(&resp, src->base + src->off, src->len, &lim, c->req_is_head);
 		if (r == -EAGAIN) {
 			if (!inbuf_head_keep(w, &c->accum, &u->in, src)) {
-				upstream_fail(w, c, 502);
+				exchange_fail(w, c, UF_BAD_HEAD);
 				return;
 			}
 			ups_arm_recv(w, u);
@@ -300,18 +390,18 @@ void resp_process(struct worker *w, struct conn *c)
 		if (r < 0) {
 			log_warn("worker %u: bad response from %s: %s", w->id,
 				 w->d->backends[c->backend].addr, resp.reason ? resp.reason : "?");
-			upstream_fail(w, c, 502);
+			exchange_fail(w, c, UF_BAD_HEAD);
 			return;
 		}
 		p = src->base + src->off;
 		if (c->hbuf_resp == NIL)
 			c->hbuf_resp = hbuf_get(w);
 		if (c->hbuf_resp == NIL) {
-			upstream_fail(w, c, 503);
+			exchange_fail(w, c, UF_NO_HEAD_BUF);
 			return;
 		}
 		if (resp.code == 101 && !c->req_upgrade) {
-			upstream_fail(w, c, 502);
+			exchange_fail(w, c, UF_BAD_HEAD);
 			return;
 		}
 		if (resp.code >= 100 && resp.code < 200 && resp.code != 101 &&
@@ -329,7 +419,7 @@ void resp_process(struct worker *w, struct conn *c)
 			n = http_resp_serialize(&resp, p, c->client_minor, true, c->req_is_head,
 						hbuf_addr(w, c->hbuf_resp), w->hbuf_size, &of);
 			if (n < 0) {
-				upstream_fail(w, c, 502);
+				exchange_fail(w, c, UF_BAD_HEAD);
 				return;
 			}
 			src->off += (uint32_t)r;
@@ -348,7 +438,7 @@ void resp_process(struct worker *w, struct conn *c)
 		n = http_resp_serialize(&resp, p, c->client_minor, ka, c->req_is_head,
 					hbuf_addr(w, c->hbuf_resp), w->hbuf_size, &of);
 		if (n < 0) {
-			upstream_fail(w, c, 502);
+			exchange_fail(w, c, UF_BAD_HEAD);
 			return;
 		}
 		c->resp_started = true;
@@ -383,21 +473,7 @@ void resp_process(struct worker *w, struct conn *c)
 		if (k < 0) {
 			log_warn("worker %u: bad response body framing from %s", w->id,
 				 w->d->backends[c->backend].addr);
-			c->ups_reusable = false;
-			if (c->resp_started && q->iov_n &&
-			    q->iov[0].iov_base == hbuf_addr(w, c->hbuf_resp)) {
-				/* The head is only queued, not sent: the client can still get a 502. */
-				STAT_ADD(w->stats->responses[c->resp_code / 100 - 1], -1);
-				c->resp_started = false;
-				sendq_reset(q);
-			}
-			if (!c->resp_started) {
-				upstream_fail(w, c, 502);
-			} else {
-				/* Valid data already went out: end with an abort the client can see. */
-				STAT_ADD(w->stats->upstream_errors, 1);
-				conn_abort_reset(w, c);
-			}
+			exchange_fail(w, c, UF_BAD_BODY);
 			return;
 		}
 		u->in.off += (uint32_t)k;
@@ -435,27 +511,11 @@ static void resp_upstream_eof(struct worker *w, struct conn *c, int res)
 	struct ups *u = conn_ups(w, c);
 	struct sendq *q = &c->to_client;
 
-	if (c->rs_state == RS_HEAD && !c->ups_byte_seen && c->accum.hbuf == NIL) {
-		/* A pooled connection the backend had closed: safe to retry when idempotent. */
-		if (u->reused && c->req_idempotent && c->req_state == RQ_DONE &&
-		    c->req_body.framing == HTTP_BODY_NONE && !c->to_ups.busy && !c->no_pool) {
-			be_active_dec(w, c->backend);
-			exchange_detach_ups(w, c);
-			c->req_head_sent = false;
-			c->rs_state = RS_NONE;
-			/* Not a failed attempt: the same backend, on a fresh connection. */
-			c->attempts--;
-			tried_del(&c->tried, c->backend);
-			c->no_pool = true;
-			STAT_ADD(w->stats->upstream_retries, 1);
-			exchange_connect(w, c);
-			return;
-		}
-		upstream_fail(w, c, 502);
-		return;
-	}
 	if (c->rs_state == RS_HEAD) {
-		upstream_fail(w, c, 502);
+		/* Nothing of a response from a pooled connection: the backend had closed it. */
+		bool stale = u->reused && !c->ups_byte_seen && c->accum.hbuf == NIL;
+
+		exchange_fail(w, c, stale ? UF_STALE_POOLED : UF_RESET_BEFORE_HEAD);
 		return;
 	}
 	if (c->rs_state == RS_BODY && res == 0 && c->resp_body.framing == HTTP_BODY_CLOSE) {
@@ -478,8 +538,7 @@ static void resp_upstream_eof(struct worker *w, struct conn *c, int res)
 		return;
 	}
 	/* Mid-body: the client must be able to tell the response is incomplete. */
-	STAT_ADD(w->stats->upstream_errors, 1);
-	conn_abort_reset(w, c);
+	exchange_fail(w, c, UF_CUT_BODY);
 }
 
 static void record_latency(struct worker *w, struct conn *c)
@@ -530,7 +589,7 @@ void exchange_end(struct worker *w, struct conn *c)
 void exchange_on_connect(struct worker *w, struct conn *c, struct ups *u, int res)
 {
 	if (res < 0) {
-		exchange_retry(w, c, res == -ECANCELED ? 4 : 2);
+		exchange_fail(w, c, res == -ECANCELED ? UF_CONNECT_TIMEOUT : UF_CONNECT);
 		return;
 	}
 	u->connected = true;
@@ -545,10 +604,7 @@ void exchange_on_send(struct worker *w, struct conn *c, struct ups *u, int res)
 
 	q->busy = false;
 	if (res <= 0) {
-		if (!c->resp_started && !c->ups_byte_seen)
-			upstream_fail(w, c, 502);
-		else
-			conn_abort(w, c);
+		exchange_fail(w, c, UF_SEND);
 		return;
 	}
 	if (!sendq_advance(q, (size_t)res)) {
@@ -586,20 +642,11 @@ void exchange_on_recv(struct worker *w, struct conn *c, struct ups *u, int res, 
 	u->in.off = 0;
 	u->in.len = (uint32_t)res;
 	u->in.bid = bid;
-	if (!c->ups_byte_seen) {
-		c->ups_byte_seen = true;
-	}
+	c->ups_byte_seen = true;
 	resp_process(w, c);
 }
 
 void exchange_on_timeout(struct worker *w, struct conn *c, enum tclass cls)
 {
-	if (cls == T_CONNECT) {
-		exchange_retry(w, c, 4);
-		return;
-	}
-	if (!c->resp_started)
-		upstream_fail(w, c, 504);
-	else
-		conn_abort(w, c);
+	exchange_fail(w, c, cls == T_CONNECT ? UF_CONNECT_TIMEOUT : UF_RESPONSE_TIMEOUT);
 }

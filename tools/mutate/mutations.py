@@ -108,8 +108,8 @@ MUTATIONS = [
          replace="if (last && (park = park ? park : 1000) &&\n",
          tests=[F + "test_park_zero_turns_passive_health_off"]),
     dict(name="retries-not-counted", file="proxy/exchange.c",
-         search="\tSTAT_ADD(w->stats->upstream_retries, 1);\n\texchange_connect(w, c);\n}",
-         replace="\texchange_connect(w, c);\n}",
+         search="\tif (retry)\n\t\tSTAT_ADD(w->stats->upstream_retries, 1);\n",
+         replace="",
          tests=[F + "test_failover_answers_every_request_and_marks_the_dead_backend_down"]),
     dict(name="backend-up-metric-ignores-health", file="proxy/main.c",
          search="out->healthy = __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED) <= now_ms();",
@@ -136,12 +136,12 @@ MUTATIONS = [
                 P + "test_upstream_idle_per_backend_bounds_the_pool"]),
 
     dict(name="pool-retry-counted-as-attempt", file="proxy/exchange.c",
-         search="\t\t\tc->attempts--;\n",
-         replace="",
+         search="\t\tc->attempts--;\n\t\ttried_del",
+         replace="\t\ttried_del",
          tests=[P + "test_idempotent_request_on_a_pooled_connection_the_backend_closed_is_retried_uncounted"]),
     dict(name="pool-retry-for-any-method", file="proxy/exchange.c",
-         search="if (u->reused && c->req_idempotent && c->req_state == RQ_DONE &&",
-         replace="if (u->reused && c->req_state == RQ_DONE &&",
+         search="return u && u->reused && c->req_idempotent && c->req_state == RQ_DONE &&",
+         replace="return u && u->reused && c->req_state == RQ_DONE &&",
          tests=[P + "test_idempotent_request_on_a_pooled_connection_the_backend_closed_is_retried_uncounted"]),
 
     # --- timers ---
