@@ -10,6 +10,7 @@
  * of conn.h; it does not touch upstream connections except through exchange.c / upstream.c.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -40,41 +41,131 @@ void conn_timer_update(struct worker *w, struct conn *c)
 	enum tclass cls;
 	uint32_t ms;
 
-	if (!c->active || (c->closing && !c->lingering))
+	if (!c->active)
 		return;
-	if (c->lingering) {
+	conn_check(w, c);
+	switch (conn_phase(c)) {
+	case CP_CLOSING:
+		return;
+	case CP_LINGER:
 		cls = T_LINGER;
 		ms = t->linger_ms;
-	} else if (c->rs_state == RS_TUNNEL) {
+		break;
+	case CP_TUNNEL:
 		cls = T_TUNNEL;
 		ms = t->tunnel_idle_ms;
-	} else if (c->rs_state == RS_CONNECT) {
-		cls = T_CONNECT;
-		ms = t->upstream_connect_ms;
-	} else if (c->rs_state == RS_NONE && c->req_state == RQ_BODY) {
+		break;
+	case CP_DISCARD:
 		cls = T_BODY;
 		ms = t->client_body_ms;
-	} else if (c->rs_state == RS_NONE) {
-		bool partial = c->accum.hbuf != NIL || c->in.len > 0;
-
-		if (partial || c->requests == 0) {
+		break;
+	case CP_HEAD:
+		if (conn_head_partial(c) || c->requests == 0) {
 			cls = T_HEADER;
 			ms = t->client_header_ms;
 		} else {
 			cls = T_IDLE;
 			ms = t->client_idle_ms;
 		}
-	} else if (c->to_client.busy || c->req_state == RQ_BODY) {
-		cls = T_BODY;
-		ms = t->client_body_ms;
-	} else {
-		cls = T_UPSTREAM;
-		ms = t->upstream_response_ms;
+		break;
+	case CP_EXCHANGE:
+	default:
+		if (c->rs_state == RS_CONNECT) {
+			cls = T_CONNECT;
+			ms = t->upstream_connect_ms;
+		} else if (c->to_client.busy || c->req_state == RQ_BODY) {
+			cls = T_BODY;
+			ms = t->client_body_ms;
+		} else {
+			cls = T_UPSTREAM;
+			ms = t->upstream_response_ms;
+		}
+		break;
 	}
 	/* The header deadline is absolute: a slow drip of bytes must not extend it. */
 	if ((cls == T_HEADER || cls == T_LINGER || cls == T_CONNECT) && c->t.tclass == cls)
 		return;
 	timer_set(w, cidx(w, c), &c->t, cls, ms);
+}
+
+void conn_check(struct worker *w, struct conn *c)
+{
+	struct ups *u = conn_ups(w, c);
+
+	/* At most one each of receive, send, EOF poll and cancel. */
+	CONN_BUG_ON_HOT(w, c, c->inflight > 4);
+	CONN_BUG_ON_HOT(w, c, conn_has(c, CF_RECV_ARMED) && conn_has(c, CF_RECV_WANTED));
+	CONN_BUG_ON_HOT(w, c, u && (u->owner != cidx(w, c) || u->owner_gen != c->gen));
+	switch (conn_phase(c)) {
+	case CP_HEAD:
+	case CP_DISCARD:
+		CONN_BUG_ON_HOT(w, c, u || c->hbuf_req != NIL || c->hbuf_resp != NIL);
+		break;
+	case CP_EXCHANGE:
+		CONN_BUG_ON_HOT(w, c, c->rs_state != RS_DONE && !u);
+		CONN_BUG_ON_HOT(w, c, c->rs_state == RS_CONNECT && u->connected);
+		break;
+	case CP_TUNNEL:
+		CONN_BUG_ON_HOT(w, c,
+				!u || conn_has(c, CF_KEEPALIVE) || conn_has(c, CF_UPS_REUSABLE));
+		break;
+	case CP_LINGER:
+		CONN_BUG_ON_HOT(w, c, (u && !u->closing) || c->accum.hbuf != NIL);
+		break;
+	case CP_CLOSING:
+		CONN_BUG_ON_HOT(w, c, c->t.tclass != T_NONE);
+		break;
+	}
+}
+
+int conn_show(struct worker *w, const struct conn *c, char *buf, size_t n)
+{
+	static const char *const phase[] = { "head",   "exchange", "discard",
+					     "tunnel", "linger",   "closing" };
+	static const char *const rq[] = { "head", "body", "done" };
+	static const char *const rs[] = { "none", "connect", "head", "body", "done", "tunnel" };
+	const struct ups *u = c->ups == NIL ? NULL : &w->ups[c->ups];
+	int k;
+
+	k = snprintf(buf, n,
+		     "conn %u gen %u fd %d phase %s req %s resp %s inflight %u timer %u "
+		     "requests %u backend %u attempts %u fail %u hbuf req %d resp %d accum %d "
+		     "in %u flags%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s",
+		     (unsigned)(c - w->conns), c->gen, c->fd, phase[conn_phase(c)],
+		     c->req_state < 3 ? rq[c->req_state] : "?",
+		     c->rs_state < 6 ? rs[c->rs_state] : "?", c->inflight, c->t.tclass, c->requests,
+		     c->backend, c->attempts, c->fail, (int)c->hbuf_req, (int)c->hbuf_resp,
+		     (int)c->accum.hbuf, c->in.len, conn_has(c, CF_RECV_ARMED) ? " recv" : "",
+		     conn_has(c, CF_RECV_WANTED) ? " recv-wanted" : "",
+		     conn_has(c, CF_POLL_ARMED) ? " poll" : "",
+		     c->to_client.busy ? " send-client" : "", c->to_ups.busy ? " send-ups" : "",
+		     conn_has(c, CF_CANCEL_SENT) ? " cancel" : "",
+		     conn_has(c, CF_EOF) ? " eof" : "", conn_has(c, CF_RESET_CLOSE) ? " rst" : "",
+		     conn_has(c, CF_KEEPALIVE) ? " keepalive" : "",
+		     conn_has(c, CF_CLOSE_AFTER) ? " close-after" : "",
+		     conn_has(c, CF_RESP_STARTED) ? " resp-started" : "",
+		     conn_has(c, CF_UPS_BYTE_SEEN) ? " ups-byte" : "",
+		     conn_has(c, CF_UPS_REUSABLE) ? " ups-reusable" : "",
+		     conn_has(c, CF_REQ_HEAD_SENT) ? " head-sent" : "",
+		     conn_has(c, CF_NO_POOL) ? " no-pool" : "",
+		     conn_has(c, CF_END_PENDING) ? " end-pending" : "",
+		     conn_has(c, CF_LOGGED) ? " logged" : "");
+	if (u && k >= 0 && (size_t)k < n)
+		k += snprintf(buf + k, n - (size_t)k,
+			      "; ups %u gen %u fd %d inflight %u%s%s%s%s in %u",
+			      (unsigned)(u - w->ups), u->gen, u->fd, u->inflight,
+			      u->connected ? " connected" : "", u->recv_armed ? " recv" : "",
+			      u->closing ? " closing" : "", u->reused ? " reused" : "", u->in.len);
+	return k;
+}
+
+void conn_bug(struct worker *w, const struct conn *c, const char *what, const char *file, int line)
+{
+	char b[768];
+
+	conn_show(w, c, b, sizeof(b));
+	log_err("worker %u: %s", w->id, b);
+	bug_fail(what, file, line);
 }
 
 /*
@@ -93,13 +184,14 @@ static void c_arm_poll(struct worker *w, struct conn *c)
 {
 	struct io_uring_sqe *sqe;
 
-	if (c->poll_armed || c->closing)
+	if (conn_has(c, CF_POLL_ARMED) || conn_has(c, CF_CLOSING))
 		return;
 	sqe = worker_sqe(w);
 	io_uring_prep_poll_add(sqe, c->fd,
-			       c->eof ? POLLERR | POLLHUP : POLLRDHUP | POLLERR | POLLHUP);
+			       conn_has(c, CF_EOF) ? POLLERR | POLLHUP
+						   : POLLRDHUP | POLLERR | POLLHUP);
 	sqe->user_data = ud_pack(OP_C_POLL, cidx(w, c), c->gen);
-	c->poll_armed = true;
+	c->flags |= CF_POLL_ARMED;
 	c->inflight++;
 }
 
@@ -208,7 +300,7 @@ static bool reclaimable(const struct conn *c)
 	int unread = 0;
 
 	/* Bytes in the socket not read yet are a request on its way: not idle after all. */
-	return !c->closing && c->accum.hbuf == NIL && c->in.len == 0 &&
+	return !conn_has(c, CF_CLOSING) && !conn_head_partial(c) &&
 	       ioctl(c->fd, FIONREAD, &unread) == 0 && unread == 0;
 }
 
@@ -230,7 +322,7 @@ static bool conn_reclaim(struct worker *w)
 	if (i == NIL)
 		return false;
 	STAT_ADD(w->stats->conns_reclaimed, 1);
-	w->conns[i].lingering = false;
+	w->conns[i].flags &= ~CF_LINGERING;
 	conn_abort(w, &w->conns[i]);
 	return true;
 }
@@ -264,7 +356,7 @@ void conn_try_finish(struct worker *w, struct conn *c)
 		hbuf_put(w, c->hbuf_req);
 	if (c->hbuf_resp != NIL)
 		hbuf_put(w, c->hbuf_resp);
-	if (c->reset_close) {
+	if (conn_has(c, CF_RESET_CLOSE)) {
 		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
 
 		setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
@@ -284,13 +376,14 @@ void conn_try_finish(struct worker *w, struct conn *c)
 /* Abortive close: cancel everything in flight, release once all completions are in. */
 void conn_abort(struct worker *w, struct conn *c)
 {
-	c->closing = true;
-	c->lingering = false;
+	c->flags |= CF_CLOSING;
+	c->flags &= ~CF_LINGERING;
 	timer_clear(w, &c->t);
 	exchange_abort_ups(w, c);
-	if (c->inflight && !c->cancel_sent) {
-		c->cancel_sent = true;
-		if (c->inflight == 1 && c->poll_armed && !c->reset_close) {
+	if (c->inflight && !conn_has(c, CF_CANCEL_SENT)) {
+		c->flags |= CF_CANCEL_SENT;
+		if (c->inflight == 1 && conn_has(c, CF_POLL_ARMED) &&
+		    !conn_has(c, CF_RESET_CLOSE)) {
 			/*
 			 * Only the EOF poll is left (the usual end of a connection): shutting both
 			 * directions completes it with POLLHUP. A cancel by fd would cost an SQE,
@@ -311,14 +404,14 @@ void conn_abort(struct worker *w, struct conn *c)
  */
 void conn_abort_reset(struct worker *w, struct conn *c)
 {
-	c->reset_close = true;
+	c->flags |= CF_RESET_CLOSE;
 	conn_abort(w, c);
 }
 
 /* The exchange's request head was parsed and its log line is not written yet. */
 static bool exchange_in_flight(const struct conn *c)
 {
-	return c->hbuf_req != NIL && !c->x_logged && c->rs_state != RS_TUNNEL;
+	return c->hbuf_req != NIL && !conn_has(c, CF_LOGGED) && c->rs_state != RS_TUNNEL;
 }
 
 /*
@@ -330,7 +423,7 @@ static bool exchange_in_flight(const struct conn *c)
 void conn_client_gone(struct worker *w, struct conn *c)
 {
 	if (exchange_in_flight(c)) {
-		if (!c->resp_started)
+		if (!conn_has(c, CF_RESP_STARTED))
 			count_status(w, 499);
 		STAT_ADD(w->stats->client_aborts, 1);
 		conn_log(w, c, 499);
@@ -341,20 +434,21 @@ void conn_client_gone(struct worker *w, struct conn *c)
 /* The client's EOF/RST poll completed with res (revents, or -errno). */
 static void c_on_poll(struct worker *w, struct conn *c, int res)
 {
-	c->poll_armed = false;
-	if (c->closing) {
+	c->flags &= ~CF_POLL_ARMED;
+	if (conn_has(c, CF_CLOSING)) {
 		conn_try_finish(w, c);
 		return;
 	}
 	/* Between requests, or in a tunnel, the reads see the EOF or the reset themselves. */
 	if (res < 0 || !exchange_in_flight(c))
 		return;
-	c->eof = true; /* the client sends nothing more */
+	c->flags |= CF_EOF; /* the client sends nothing more */
 	if (res & (POLLERR | POLLHUP)) {
 		conn_client_gone(w, c); /* a reset: no byte will reach the client any more */
 		return;
 	}
-	if (c->req_state == RQ_BODY && !c->in.len && !c->to_ups.busy && !c->recv_armed) {
+	if (c->req_state == RQ_BODY && !c->in.len && !c->to_ups.busy &&
+	    !conn_has(c, CF_RECV_ARMED)) {
 		conn_client_gone(w, c); /* the body can never be completed */
 		return;
 	}
@@ -366,7 +460,7 @@ static void c_on_poll(struct worker *w, struct conn *c, int res)
 	 * Once the response has started its own bytes do the asking; an HTTP/1.0 client cannot
 	 * be sent a 1xx and is assumed to still read.
 	 */
-	if (!c->resp_started && !c->to_client.busy && c->client_minor == 1 &&
+	if (!conn_has(c, CF_RESP_STARTED) && !c->to_client.busy && c->client_minor == 1 &&
 	    c->req_state == RQ_DONE) {
 		static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -395,15 +489,15 @@ void conn_close_graceful(struct worker *w, struct conn *c)
 	 */
 	if (c->in.len == 0 && c->accum.len == 0 && c->req_state != RQ_BODY &&
 	    ioctl(c->fd, FIONREAD, &unread) == 0 && unread == 0)
-		c->eof = true;
-	if (c->eof) {
+		c->flags |= CF_EOF;
+	if (conn_has(c, CF_EOF)) {
 		shutdown(c->fd, SHUT_WR);
 		conn_abort(w, c);
 		return;
 	}
 	shutdown(c->fd, SHUT_WR);
-	c->closing = true;
-	c->lingering = true;
+	c->flags |= CF_CLOSING;
+	c->flags |= CF_LINGERING;
 	inbuf_release(w, &c->in);
 	inbuf_release(w, &c->accum);
 	conn_arm_recv(w, c);
@@ -412,13 +506,13 @@ void conn_close_graceful(struct worker *w, struct conn *c)
 static void linger_recv(struct worker *w, struct conn *c, int res, int32_t bid)
 {
 	buf_put(w, bid);
-	if (res > 0 && c->lingering &&
+	if (res > 0 && conn_has(c, CF_LINGERING) &&
 	    c->linger_bytes + (uint32_t)res < w->snap->cfg.limits.linger_bytes_max) {
 		c->linger_bytes += (uint32_t)res;
 		conn_arm_recv(w, c);
 		return;
 	}
-	c->lingering = false;
+	c->flags &= ~CF_LINGERING;
 	conn_abort(w, c);
 }
 
@@ -428,7 +522,7 @@ void conn_log(struct worker *w, struct conn *c, int status)
 	struct alog_entry e;
 	struct timespec ts;
 
-	c->x_logged = true;
+	c->flags |= CF_LOGGED;
 	if (w->alog_fd < 0)
 		return;
 	memset(&e, 0, sizeof(e));
@@ -464,12 +558,12 @@ void conn_send_error(struct worker *w, struct conn *c, int status)
 	uint32_t hb;
 	int n;
 
-	c->close_after = true;
-	c->keep_alive = false;
+	c->flags |= CF_CLOSE_AFTER;
+	c->flags &= ~CF_KEEPALIVE;
 	c->req_state = RQ_DONE;
 	exchange_abort_ups(w, c);
 	c->rs_state = RS_DONE;
-	if (c->resp_started || c->closing) {
+	if (conn_has(c, CF_RESP_STARTED) || conn_has(c, CF_CLOSING)) {
 		conn_abort(w, c);
 		return;
 	}
@@ -485,14 +579,14 @@ void conn_send_error(struct worker *w, struct conn *c, int status)
 	c->hbuf_resp = hb;
 	n = http_error_response(hbuf_addr(w, hb), w->hbuf_size, status, true);
 	BUG_ON(n <= 0);
-	if (c->req_is_head) {
+	if (conn_has(c, CF_REQ_HEAD)) {
 		/* RFC 9110 9.3.2: a response to HEAD ends at its head (Content-Length stays). */
 		const char *h = hbuf_addr(w, hb), *e = memmem(h, (size_t)n, "\r\n\r\n", 4);
 
 		BUG_ON(!e);
 		n = (int)(e + 4 - h);
 	}
-	c->resp_started = true;
+	c->flags |= CF_RESP_STARTED;
 	c->resp_code = (uint16_t)status;
 	count_status(w, status);
 	c->x_bytes_out += (uint64_t)n;
@@ -536,26 +630,22 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 	int n;
 
 	c->requests++;
-	c->x_logged = false;
+	c->flags &= ~CF_LOGGED;
 	c->req_start_ns = now_ns();
 	c->req_in_head_len = req->head_len;
 	c->x_bytes_out = 0;
 	STAT_ADD(w->stats->requests, 1);
 	steer_req_started(w->sc);
 	c->client_minor = req->version_minor;
-	c->req_is_head = req->is_head;
-	c->req_idempotent = req->is_idempotent;
-	c->req_upgrade = req->upgrade;
-	c->keep_alive = req->keep_alive && c->requests < cfg->limits.requests_per_connection &&
-			!w->stopping;
-	c->close_after = false;
-	c->resp_started = false;
-	c->ups_byte_seen = false;
-	c->req_sent_any = false;
-	c->req_head_sent = false;
-	c->end_pending = false;
+	conn_put(c, CF_REQ_HEAD, req->is_head);
+	conn_put(c, CF_REQ_IDEMPOTENT, req->is_idempotent);
+	conn_put(c, CF_REQ_UPGRADE, req->upgrade);
+	conn_put(c, CF_KEEPALIVE,
+		 req->keep_alive && c->requests < cfg->limits.requests_per_connection &&
+			 !w->stopping);
+	c->flags &= ~(CF_CLOSE_AFTER | CF_RESP_STARTED | CF_UPS_BYTE_SEEN | CF_REQ_HEAD_SENT |
+		      CF_END_PENDING | CF_NO_POOL);
 	c->attempts = 0;
-	c->no_pool = false;
 	c->fail = UF_NONE;
 	tried_clear(&c->tried);
 	c->resp_code = 0;
@@ -613,7 +703,7 @@ static void req_process(struct worker *w, struct conn *c)
 		return;
 	}
 	/* Known before the head is complete, so that an error answer to a HEAD has no body. */
-	c->req_is_head = src->len >= 5 && memcmp(src->base + src->off, "HEAD ", 5) == 0;
+	conn_put(c, CF_REQ_HEAD, src->len >= 5 && memcmp(src->base + src->off, "HEAD ", 5) == 0);
 	r = http_req_parse(&req, src->base + src->off, src->len, &lim);
 	if (r == -EAGAIN) {
 		if (!inbuf_head_keep(w, &c->accum, &c->in, src)) {
@@ -638,7 +728,7 @@ static void req_process(struct worker *w, struct conn *c)
 
 void conn_exchange_done(struct worker *w, struct conn *c)
 {
-	if (!c->keep_alive || c->close_after || w->stopping) {
+	if (!conn_has(c, CF_KEEPALIVE) || conn_has(c, CF_CLOSE_AFTER) || w->stopping) {
 		c->req_state = RQ_HEAD;
 		conn_close_graceful(w, c);
 		return;
@@ -659,7 +749,7 @@ static void req_next(struct worker *w, struct conn *c)
 		req_process(w, c);
 	} else {
 		inbuf_release(w, &c->in);
-		if (c->eof)
+		if (conn_has(c, CF_EOF))
 			conn_abort(w, c);
 		else
 			conn_arm_recv(w, c);
@@ -689,7 +779,7 @@ static void req_discard(struct worker *w, struct conn *c)
 		return;
 	}
 	inbuf_release(w, &c->in);
-	if (c->eof) {
+	if (conn_has(c, CF_EOF)) {
 		conn_abort(w, c);
 		return;
 	}
@@ -700,11 +790,11 @@ static void c_on_recv(struct worker *w, struct conn *c, int res, uint32_t flags)
 {
 	int32_t bid = cqe_bid(res, flags);
 
-	c->recv_armed = false;
+	c->flags &= ~CF_RECV_ARMED;
 	if (bid >= 0)
 		w->bufs_out++;
-	if (c->closing) {
-		if (c->lingering) {
+	if (conn_has(c, CF_CLOSING)) {
+		if (conn_has(c, CF_LINGERING)) {
 			linger_recv(w, c, res, bid);
 			return;
 		}
@@ -713,19 +803,19 @@ static void c_on_recv(struct worker *w, struct conn *c, int res, uint32_t flags)
 		return;
 	}
 	if (res == -ENOBUFS) {
-		c->recv_wanted = true;
+		c->flags |= CF_RECV_WANTED;
 		wait_push(w, cidx(w, c));
 		return;
 	}
 	if (res <= 0) {
 		buf_put(w, bid);
-		c->eof = true;
+		c->flags |= CF_EOF;
 		if (c->rs_state == RS_TUNNEL) {
 			conn_close_graceful(w, c);
 			return;
 		}
-		if (c->req_state == RQ_HEAD && c->rs_state == RS_NONE &&
-		    (c->accum.hbuf != NIL || c->in.len) && res == 0) {
+		if (c->req_state == RQ_HEAD && c->rs_state == RS_NONE && conn_head_partial(c) &&
+		    res == 0) {
 			/* A partial head then EOF: nothing to answer to. */
 			conn_abort(w, c);
 			return;
@@ -755,7 +845,7 @@ static void c_on_send(struct worker *w, struct conn *c, int res)
 	struct ups *u = conn_ups(w, c);
 
 	q->busy = false;
-	if (c->closing) {
+	if (conn_has(c, CF_CLOSING)) {
 		conn_try_finish(w, c);
 		return;
 	}
@@ -777,7 +867,7 @@ static void c_on_send(struct worker *w, struct conn *c, int res)
 		conn_send_error(w, c, s);
 		return;
 	}
-	if (c->close_after && (c->rs_state == RS_DONE || c->rs_state == RS_NONE) &&
+	if (conn_has(c, CF_CLOSE_AFTER) && (c->rs_state == RS_DONE || c->rs_state == RS_NONE) &&
 	    (!u || u->closing)) {
 		conn_close_graceful(w, c);
 		return;
@@ -842,17 +932,17 @@ void conn_retry_recv(struct worker *w, uint32_t idx)
 
 	if (!c->active)
 		return;
-	if (c->recv_wanted) {
-		c->recv_wanted = false;
-		if (c->closing && !c->lingering)
+	if (conn_has(c, CF_RECV_WANTED)) {
+		c->flags &= ~CF_RECV_WANTED;
+		if (conn_has(c, CF_CLOSING) && !conn_has(c, CF_LINGERING))
 			conn_try_finish(w, c);
 		else
 			conn_arm_recv(w, c);
 	}
-	if (c->ups_recv_wanted) {
-		c->ups_recv_wanted = false;
+	if (conn_has(c, CF_UPS_RECV_WANTED)) {
+		c->flags &= ~CF_UPS_RECV_WANTED;
 		u = conn_ups(w, c);
-		if (u && !c->closing && !u->closing)
+		if (u && !conn_has(c, CF_CLOSING) && !u->closing)
 			ups_arm_recv(w, u);
 	}
 	conn_timer_update(w, c);
@@ -867,7 +957,7 @@ void conn_on_timeout(struct worker *w, uint32_t idx, enum tclass cls)
 		return;
 	switch (cls) {
 	case T_HEADER:
-		partial = c->accum.hbuf != NIL || c->in.len > 0;
+		partial = conn_head_partial(c);
 		STAT_ADD(w->stats->timeouts, 1);
 		if (partial)
 			req_reject_src(w, c, c->accum.hbuf != NIL ? &c->accum : &c->in, 408,
@@ -878,13 +968,13 @@ void conn_on_timeout(struct worker *w, uint32_t idx, enum tclass cls)
 	case T_IDLE:
 	case T_TUNNEL:
 	case T_LINGER:
-		c->lingering = false;
+		c->flags &= ~CF_LINGERING;
 		conn_abort(w, c);
 		break;
 	case T_BODY:
 		STAT_ADD(w->stats->timeouts, 1);
 		/* Discarding a body whose response is out: an unasked-for 408 would be misread. */
-		if (!c->resp_started && c->rs_state != RS_NONE)
+		if (!conn_has(c, CF_RESP_STARTED) && c->rs_state != RS_NONE)
 			conn_send_error(w, c, 408);
 		else
 			conn_abort(w, c);
@@ -905,14 +995,14 @@ void conn_stop_all(struct worker *w, bool force)
 	for (uint32_t i = 0; i < w->conn_cap; i++) {
 		struct conn *c = &w->conns[i];
 
-		if (!c->active || (c->closing && !force))
+		if (!c->active || (conn_has(c, CF_CLOSING) && !force))
 			continue;
 		if (force) {
-			c->lingering = false;
+			c->flags &= ~CF_LINGERING;
 			conn_abort(w, c);
 			continue;
 		}
-		c->keep_alive = false;
+		c->flags &= ~CF_KEEPALIVE;
 		if (c->rs_state == RS_NONE && c->req_state == RQ_HEAD && c->in.len == 0 &&
 		    c->accum.hbuf == NIL)
 			conn_abort(w, c);

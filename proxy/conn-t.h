@@ -29,6 +29,75 @@ enum rs_state {
 	RS_TUNNEL, /* after 101: raw bytes both ways */
 };
 
+/*
+ * The phase of a connection, derived from its request and response states by conn_phase()
+ * (conn.h), the one place they are read together. Each phase's invariant is what conn_check()
+ * asserts at the event boundaries (where the timer is re-armed):
+ */
+enum conn_phase {
+	/*
+	 * Reading a request head: no upstream attached, no serialised head held (hbuf_req and
+	 * hbuf_resp NIL), not counted in the balancer's in-flight counts; in / accum may hold a
+	 * partial head. Timer T_HEADER (a partial head, or the first request), else T_IDLE.
+	 */
+	CP_HEAD,
+	/*
+	 * One exchange (rs_state CONNECT, HEAD, BODY or DONE): an attached upstream is owned by
+	 * this connection (owner and generation match); CONNECT, HEAD and BODY have one attached.
+	 * Counted in bal.inflight[backend] while the upstream is attached and not closing. Timer
+	 * T_CONNECT, T_UPSTREAM, or T_BODY (the client reads slowly, or a request body comes).
+	 */
+	CP_EXCHANGE,
+	/*
+	 * The response is complete and the rest of the request body is read and dropped: no
+	 * upstream, no head buffers. Timer T_BODY; a 408 here is never sent.
+	 */
+	CP_DISCARD,
+	/* After a 101: raw bytes both ways; the upstream is never pooled, keep_alive is off. T_TUNNEL. */
+	CP_TUNNEL,
+	/*
+	 * Write side shut, reading and dropping what the client still sends: an attached
+	 * upstream is closing, no head is assembled, linger_bytes < linger_bytes_max. T_LINGER.
+	 */
+	CP_LINGER,
+	/* Teardown: only cancels are in flight, no timer; the slot frees when nothing is. */
+	CP_CLOSING,
+};
+
+/*
+ * What a connection is doing, by cause, as bits of conn.flags (conn_has / conn_put in conn.h;
+ * conn_show prints them). Cleared with the slot at accept; the request and response groups
+ * are reset at each request head (req_begin).
+ */
+enum conn_flag {
+	/* client socket I/O */
+	CF_RECV_ARMED = 1u << 0,      /* a receive is in flight */
+	CF_RECV_WANTED = 1u << 1,     /* waiting in the no-buffer queue for a client receive */
+	CF_UPS_RECV_WANTED = 1u << 2, /* waiting in the no-buffer queue for an upstream recv */
+	CF_POLL_ARMED = 1u << 3,      /* the client EOF/RST poll is in flight */
+	CF_EOF = 1u << 4,	      /* the client shut its write side */
+	/* teardown */
+	CF_CLOSING = 1u << 5,	  /* teardown started: no new work */
+	CF_LINGERING = 1u << 6,	  /* lingering close: reading and dropping */
+	CF_CANCEL_SENT = 1u << 7, /* a cancel of every op on fd was submitted */
+	CF_RESET_CLOSE = 1u << 8, /* close with RST: the response is cut short */
+	/* the request */
+	CF_REQ_HEAD = 1u << 9,	      /* the method is HEAD */
+	CF_REQ_IDEMPOTENT = 1u << 10, /* the method is idempotent (a stale pooled retry is safe) */
+	CF_REQ_UPGRADE = 1u << 11,    /* the request asks for an upgrade (a 101 is acceptable) */
+	CF_REQ_HEAD_SENT = 1u << 12,  /* the serialised head is queued to the upstream */
+	/* the response */
+	CF_RESP_STARTED = 1u << 13,  /* a response byte went (or is queued) to the client */
+	CF_UPS_BYTE_SEEN = 1u << 14, /* a response byte came from the upstream */
+	CF_UPS_REUSABLE = 1u << 15,  /* the upstream may be pooled when the exchange ends */
+	CF_KEEPALIVE = 1u << 16,     /* this exchange ends with the connection reusable */
+	CF_CLOSE_AFTER = 1u << 17,   /* close once the response is sent */
+	CF_END_PENDING = 1u << 18,   /* response ended while the last request send was in flight */
+	CF_LOGGED = 1u << 19,	     /* this exchange's access-log line is written */
+	/* retry */
+	CF_NO_POOL = 1u << 20, /* the next connect must be fresh (a stale pooled one failed) */
+};
+
 /* Why an upstream attempt failed; exchange_fail() decides what follows from each. */
 enum ups_fail {
 	UF_NONE = 0,
@@ -71,36 +140,15 @@ struct ups {
 struct conn {
 	int fd;
 	uint32_t gen;
-	uint8_t inflight; /* SQEs in flight on fd */
-	bool active;	  /* slot in use */
-	bool closing;	  /* teardown started: no new work */
-	bool recv_armed;
-	bool recv_wanted; /* waiting in the no-buffer queue */
-	bool keep_alive;  /* this exchange ends with the connection reusable */
-	bool lingering;
-	bool cancel_sent;  /* a cancel of every op on fd was submitted */
-	bool reset_close;  /* close with RST: the response is cut short */
-	bool eof;	   /* client shut its write side */
+	uint8_t inflight;  /* SQEs in flight on fd */
+	bool active;	   /* slot in use */
+	uint32_t flags;	   /* enum conn_flag */
 	uint8_t req_state; /* enum req_state */
 	uint8_t rs_state;  /* enum rs_state */
 	uint8_t client_minor;
-	bool req_is_head;
-	bool req_idempotent;
-	bool req_upgrade;
-	bool resp_started;   /* a response byte went to the client */
-	bool ups_byte_seen;  /* a response byte came from upstream */
-	bool req_sent_any;   /* any request byte was sent upstream */
-	bool close_after;    /* close once the response is sent */
 	uint8_t out_framing; /* framing to the client (enum http_framing) */
 	uint8_t attempts;    /* upstream connect attempts for this request */
 	uint8_t fail;	     /* enum ups_fail: this request's last upstream failure */
-	bool ups_reusable;   /* the upstream may be pooled when the exchange ends */
-	bool req_head_sent;
-	bool no_pool;	      /* the next connect must be fresh (stale pooled one failed) */
-	bool end_pending;     /* response ended while the last request send was in flight */
-	bool ups_recv_wanted; /* waiting in the no-buffer queue for an upstream recv */
-	bool poll_armed;      /* the client EOF/RST poll is in flight */
-	bool x_logged;	      /* this exchange's access-log line is written */
 	uint32_t req_head_len;
 	struct tried_set tried;	 /* backend ids tried for this request */
 	uint64_t hkey;		 /* hash key for hash-uri / hash-client */
@@ -117,16 +165,12 @@ struct conn {
 	struct http_body resp_body;
 	struct sendq to_ups;
 	struct sendq to_client;
-	int32_t ups_send_bid;	 /* provided buffer held by the send upstream, or -1 */
-	int32_t client_send_bid; /* provided buffer held by the send to the client, or -1 */
-	uint32_t ups_send_hbuf;	 /* head buffer held by the send upstream */
 	uint64_t req_start_ns;
 	uint16_t backend;
 	uint16_t resp_code;
 	char chunk_hdr_c[24]; /* chunk-size line for the client direction */
 	char chunk_hdr_u[24]; /* chunk-size line for the upstream direction */
 	uint32_t linger_bytes;
-	uint64_t x_bytes_in;	  /* this exchange's bytes from the client (access log) */
 	uint64_t x_bytes_out;	  /* this exchange's bytes to the client (access log) */
 	uint32_t req_in_head_len; /* bytes of the client's request head */
 	const char *rej_line;	  /* a rejected head's bytes, while its error is logged */

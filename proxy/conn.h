@@ -63,6 +63,17 @@ void ups_pool_close_all(struct worker *w);
 
 /* --- client.c, for exchange.c and upstream.c (events back to the connection) ---------- */
 
+/*
+ * Asserts the invariants of c's phase (enum conn_phase) at an event boundary. The checks are
+ * BUG_ON_HOT: compiled in with -DDEBUG_STRICT=2, free otherwise.
+ */
+void conn_check(struct worker *w, struct conn *c);
+/* Writes one line describing c (phase, states, flags, in-flight ops, buffers) to buf. */
+int conn_show(struct worker *w, const struct conn *c, char *buf, size_t n);
+/* A broken invariant on c: logs conn_show() and aborts (bug_fail). */
+void conn_bug(struct worker *w, const struct conn *c, const char *what, const char *file, int line)
+	__attribute__((noreturn, cold));
+
 /* Re-arms the connection's timer for its state; once per event, where events enter it. */
 void conn_timer_update(struct worker *w, struct conn *c);
 /* Frees the slot (and an attached upstream) once no op of either is in flight. */
@@ -128,6 +139,46 @@ uint32_t ups_pool_shed(struct worker *w, uint32_t n);
 struct ups *ups_connect(struct worker *w, const struct cfg_backend *be, uint16_t id, int *err);
 
 /* --- shared inline helpers -------------------------------------------------------------- */
+
+/* BUG_ON / BUG_ON_HOT that show the connection in the log before aborting. */
+#define CONN_BUG_ON(w, c, cond)                                                                    \
+	do {                                                                                       \
+		if (__builtin_expect(!!(cond), 0))                                                 \
+			conn_bug(w, c, #cond, __FILE__, __LINE__);                                 \
+	} while (0)
+#if defined(DEBUG_STRICT) && DEBUG_STRICT >= 2
+#define CONN_BUG_ON_HOT(w, c, cond) CONN_BUG_ON(w, c, cond)
+#else
+#define CONN_BUG_ON_HOT(w, c, cond) ((void)sizeof(!(cond)))
+#endif
+
+static inline bool conn_has(const struct conn *c, uint32_t flag)
+{
+	return (c->flags & flag) != 0;
+}
+
+static inline void conn_put(struct conn *c, uint32_t flag, bool on)
+{
+	c->flags = on ? c->flags | flag : c->flags & ~flag;
+}
+
+/* The connection's phase (enum conn_phase in conn-t.h): the one reading of its states. */
+static inline enum conn_phase conn_phase(const struct conn *c)
+{
+	if (conn_has(c, CF_CLOSING))
+		return conn_has(c, CF_LINGERING) ? CP_LINGER : CP_CLOSING;
+	if (c->rs_state == RS_TUNNEL)
+		return CP_TUNNEL;
+	if (c->rs_state != RS_NONE)
+		return CP_EXCHANGE;
+	return c->req_state == RQ_BODY ? CP_DISCARD : CP_HEAD;
+}
+
+/* In CP_HEAD: some bytes of the next head were read (a 408 on timeout, not a silent close). */
+static inline bool conn_head_partial(const struct conn *c)
+{
+	return c->accum.hbuf != NIL || c->in.len > 0;
+}
 
 static inline uint32_t cidx(struct worker *w, struct conn *c)
 {
@@ -238,14 +289,14 @@ static inline void conn_arm_recv(struct worker *w, struct conn *c)
 {
 	struct io_uring_sqe *sqe;
 
-	if (c->recv_armed || c->recv_wanted)
+	if (conn_has(c, CF_RECV_ARMED) || conn_has(c, CF_RECV_WANTED))
 		return;
 	sqe = worker_sqe(w);
 	io_uring_prep_recv(sqe, c->fd, NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = w->bgid;
 	sqe->user_data = ud_pack(OP_C_RECV, cidx(w, c), c->gen);
-	c->recv_armed = true;
+	c->flags |= CF_RECV_ARMED;
 	c->inflight++;
 }
 

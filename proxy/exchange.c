@@ -108,7 +108,7 @@ static void exchange_attempt(struct worker *w, struct conn *c, bool retry)
 	be_active_inc(w, id);
 
 	/* A pooled connection, unless this is a retry after a pooled one failed. */
-	u = c->no_pool ? NULL : ups_pool_take(w, id, be);
+	u = conn_has(c, CF_NO_POOL) ? NULL : ups_pool_take(w, id, be);
 	if (u) {
 		u->owner = cidx(w, c);
 		u->owner_gen = c->gen;
@@ -143,7 +143,7 @@ static void exchange_drop_attempt(struct worker *w, struct conn *c)
 {
 	be_active_dec(w, c->backend);
 	exchange_detach_ups(w, c);
-	c->req_head_sent = false;
+	c->flags &= ~CF_REQ_HEAD_SENT;
 	c->rs_state = RS_NONE;
 }
 
@@ -152,8 +152,8 @@ static bool stale_retry_ok(struct worker *w, struct conn *c)
 {
 	struct ups *u = conn_ups(w, c);
 
-	return u && u->reused && c->req_idempotent && c->req_state == RQ_DONE &&
-	       c->req_body.framing == HTTP_BODY_NONE && !c->to_ups.busy && !c->no_pool;
+	return u && u->reused && conn_has(c, CF_REQ_IDEMPOTENT) && c->req_state == RQ_DONE &&
+	       c->req_body.framing == HTTP_BODY_NONE && !c->to_ups.busy && !conn_has(c, CF_NO_POOL);
 }
 
 /*
@@ -188,7 +188,7 @@ void exchange_fail(struct worker *w, struct conn *c, enum ups_fail why)
 		exchange_drop_attempt(w, c);
 		c->attempts--;
 		tried_del(&c->tried, b);
-		c->no_pool = true;
+		c->flags |= CF_NO_POOL;
 		exchange_attempt(w, c, true);
 		return;
 	}
@@ -215,18 +215,18 @@ void exchange_fail(struct worker *w, struct conn *c, enum ups_fail why)
 		status = 503;
 		break;
 	case UF_SEND:
-		if (c->ups_byte_seen && !c->resp_started) {
+		if (conn_has(c, CF_UPS_BYTE_SEEN) && !conn_has(c, CF_RESP_STARTED)) {
 			conn_abort(w, c); /* a partial head came: nothing to answer with */
 			return;
 		}
 		break;
 	case UF_BAD_BODY:
-		c->ups_reusable = false;
-		if (c->resp_started && c->to_client.iov_n &&
+		c->flags &= ~CF_UPS_REUSABLE;
+		if (conn_has(c, CF_RESP_STARTED) && c->to_client.iov_n &&
 		    c->to_client.iov[0].iov_base == hbuf_addr(w, c->hbuf_resp)) {
 			/* The head is only queued, not sent: the client can still get a 502. */
 			count_status_n(w, c->resp_code, -1);
-			c->resp_started = false;
+			c->flags &= ~CF_RESP_STARTED;
 			sendq_reset(&c->to_client);
 		}
 		break;
@@ -239,7 +239,7 @@ void exchange_fail(struct worker *w, struct conn *c, enum ups_fail why)
 	default:
 		break;
 	}
-	if (!c->resp_started)
+	if (!conn_has(c, CF_RESP_STARTED))
 		conn_send_error(w, c, status);
 	else if (c->rs_state == RS_BODY)
 		conn_abort_reset(w, c);
@@ -256,12 +256,12 @@ void exchange_req_pump(struct worker *w, struct conn *c)
 	ssize_t k;
 	char *p;
 
-	if (c->closing || !u || !u->connected || q->busy || u->closing)
+	if (conn_has(c, CF_CLOSING) || !u || !u->connected || q->busy || u->closing)
 		return;
 	sendq_reset(q);
-	if (!c->req_head_sent) {
+	if (!conn_has(c, CF_REQ_HEAD_SENT)) {
 		sendq_add(q, hbuf_addr(w, c->hbuf_req), c->req_head_len);
-		c->req_head_sent = true;
+		c->flags |= CF_REQ_HEAD_SENT;
 	}
 	if (c->rs_state == RS_TUNNEL) {
 		if (c->in.len) {
@@ -300,7 +300,6 @@ void exchange_req_pump(struct worker *w, struct conn *c)
 			c->req_state = RQ_DONE;
 	}
 	if (q->iov_n) {
-		c->req_sent_any = true;
 		ups_send(w, c, u);
 		return;
 	}
@@ -308,7 +307,7 @@ void exchange_req_pump(struct worker *w, struct conn *c)
 	if (c->req_state == RQ_BODY || c->rs_state == RS_TUNNEL) {
 		if (c->in.len == 0) {
 			inbuf_release(w, &c->in);
-			if (!c->eof)
+			if (!conn_has(c, CF_EOF))
 				conn_arm_recv(w, c);
 			else if (c->req_state == RQ_BODY && c->rs_state != RS_TUNNEL)
 				conn_client_gone(w, c); /* EOF inside the body */
@@ -322,8 +321,8 @@ static void tunnel_start(struct worker *w, struct conn *c)
 
 	c->rs_state = RS_TUNNEL;
 	c->req_state = RQ_DONE;
-	c->keep_alive = false;
-	c->ups_reusable = false;
+	c->flags &= ~CF_KEEPALIVE;
+	c->flags &= ~CF_UPS_REUSABLE;
 	/* Client bytes already read after the request head go first. */
 	if (c->in.len) {
 		exchange_req_pump(w, c);
@@ -349,7 +348,7 @@ void resp_process(struct worker *w, struct conn *c)
 	char *p;
 	int r, n;
 
-	if (c->closing || !u || q->busy)
+	if (conn_has(c, CF_CLOSING) || !u || q->busy)
 		return;
 	sendq_reset(q);
 	if (c->rs_state == RS_TUNNEL) {
@@ -378,7 +377,8 @@ void resp_process(struct worker *w, struct conn *c)
 			ups_arm_recv(w, u);
 			return;
 		}
-		r = http_resp_parse(&resp, src->base + src->off, src->len, &lim, c->req_is_head);
+		r = http_resp_parse(&resp, src->base + src->off, src->len, &lim,
+				    conn_has(c, CF_REQ_HEAD));
 		if (r == -EAGAIN) {
 			if (!inbuf_head_keep(w, &c->accum, &u->in, src)) {
 				exchange_fail(w, c, UF_BAD_HEAD);
@@ -400,7 +400,7 @@ void resp_process(struct worker *w, struct conn *c)
 			exchange_fail(w, c, UF_NO_HEAD_BUF);
 			return;
 		}
-		if (resp.code == 101 && !c->req_upgrade) {
+		if (resp.code == 101 && !conn_has(c, CF_REQ_UPGRADE)) {
 			exchange_fail(w, c, UF_BAD_HEAD);
 			return;
 		}
@@ -416,7 +416,8 @@ void resp_process(struct worker *w, struct conn *c)
 		}
 		if (resp.code >= 100 && resp.code < 200 && resp.code != 101) {
 			/* Interim response: relay it, then keep waiting for the final one. */
-			n = http_resp_serialize(&resp, p, c->client_minor, true, c->req_is_head,
+			n = http_resp_serialize(&resp, p, c->client_minor, true,
+						conn_has(c, CF_REQ_HEAD),
 						hbuf_addr(w, c->hbuf_resp), w->hbuf_size, &of);
 			if (n < 0) {
 				exchange_fail(w, c, UF_BAD_HEAD);
@@ -430,21 +431,21 @@ void resp_process(struct worker *w, struct conn *c)
 			conn_send(w, c);
 			return;
 		}
-		ka = c->keep_alive && resp.code != 101;
+		ka = conn_has(c, CF_KEEPALIVE) && resp.code != 101;
 		if (c->client_minor == 0 &&
 		    (resp.framing == HTTP_BODY_CHUNKED || resp.framing == HTTP_BODY_CLOSE))
 			ka = false;
-		c->keep_alive = ka;
-		n = http_resp_serialize(&resp, p, c->client_minor, ka, c->req_is_head,
+		conn_put(c, CF_KEEPALIVE, ka);
+		n = http_resp_serialize(&resp, p, c->client_minor, ka, conn_has(c, CF_REQ_HEAD),
 					hbuf_addr(w, c->hbuf_resp), w->hbuf_size, &of);
 		if (n < 0) {
 			exchange_fail(w, c, UF_BAD_HEAD);
 			return;
 		}
-		c->resp_started = true;
+		c->flags |= CF_RESP_STARTED;
 		c->resp_code = resp.code;
 		c->out_framing = (uint8_t)of;
-		c->ups_reusable = resp.keep_alive && resp.framing != HTTP_BODY_CLOSE;
+		conn_put(c, CF_UPS_REUSABLE, resp.keep_alive && resp.framing != HTTP_BODY_CLOSE);
 		count_status(w, resp.code);
 		inbuf_head_consume(w, &c->accum, &u->in, src, (uint32_t)r);
 		sendq_add(q, hbuf_addr(w, c->hbuf_resp), (size_t)n);
@@ -459,7 +460,7 @@ void resp_process(struct worker *w, struct conn *c)
 			c->resp_body.done = true;
 			c->rs_state = RS_DONE;
 			if (u->in.len)
-				c->ups_reusable = false; /* bytes after a body-less response */
+				c->flags &= ~CF_UPS_REUSABLE; /* bytes after a body-less response */
 			conn_send(w, c);
 			return;
 		}
@@ -494,7 +495,8 @@ void resp_process(struct worker *w, struct conn *c)
 		if (c->resp_body.done) {
 			c->rs_state = RS_DONE;
 			if (u->in.len)
-				c->ups_reusable = false; /* bytes after the end of the response */
+				/* Bytes after the end of the response. */
+				c->flags &= ~CF_UPS_REUSABLE;
 		}
 	}
 	if (q->iov_n) {
@@ -513,7 +515,7 @@ static void resp_upstream_eof(struct worker *w, struct conn *c, int res)
 
 	if (c->rs_state == RS_HEAD) {
 		/* Nothing of a response from a pooled connection: the backend had closed it. */
-		bool stale = u->reused && !c->ups_byte_seen && c->accum.hbuf == NIL;
+		bool stale = u->reused && !conn_has(c, CF_UPS_BYTE_SEEN) && c->accum.hbuf == NIL;
 
 		exchange_fail(w, c, stale ? UF_STALE_POOLED : UF_RESET_BEFORE_HEAD);
 		return;
@@ -522,13 +524,13 @@ static void resp_upstream_eof(struct worker *w, struct conn *c, int res)
 		/* Close-delimited body: EOF is its end. */
 		c->resp_body.done = true;
 		c->rs_state = RS_DONE;
-		c->ups_reusable = false;
+		c->flags &= ~CF_UPS_REUSABLE;
 		if (c->out_framing == HTTP_BODY_CHUNKED) {
 			sendq_reset(q);
 			sendq_add(q, S_LAST, sizeof(S_LAST) - 1);
 			conn_send(w, c);
 		} else {
-			c->keep_alive = false;
+			c->flags &= ~CF_KEEPALIVE;
 			exchange_end(w, c);
 		}
 		return;
@@ -555,10 +557,10 @@ void exchange_end(struct worker *w, struct conn *c)
 	struct ups *u = conn_ups(w, c);
 
 	if (c->to_ups.busy) {
-		c->end_pending = true;
+		c->flags |= CF_END_PENDING;
 		return;
 	}
-	c->end_pending = false;
+	c->flags &= ~CF_END_PENDING;
 	record_latency(w, c);
 	conn_log(w, c, c->resp_code);
 	steer_req_ended(w->sc);
@@ -566,8 +568,8 @@ void exchange_end(struct worker *w, struct conn *c)
 		be_active_dec(w, c->backend);
 		c->ups = NIL;
 		/* Idle ones are bounded by the connection table (and expire by upstream_idle_ms). */
-		if (c->ups_reusable && c->req_state == RQ_DONE && u->in.len == 0 && !u->closing &&
-		    w->stats->pool_idle < w->conn_limit)
+		if (conn_has(c, CF_UPS_REUSABLE) && c->req_state == RQ_DONE && u->in.len == 0 &&
+		    !u->closing && w->stats->pool_idle < w->conn_limit)
 			ups_pool_put(w, u);
 		else
 			ups_close(w, u);
@@ -582,7 +584,7 @@ void exchange_end(struct worker *w, struct conn *c)
 	}
 	inbuf_release(w, &c->accum);
 	c->rs_state = RS_NONE;
-	c->resp_started = false; /* the next exchange may still answer with an error */
+	c->flags &= ~CF_RESP_STARTED; /* the next exchange may still answer with an error */
 	conn_exchange_done(w, c);
 }
 
@@ -613,7 +615,7 @@ void exchange_on_send(struct worker *w, struct conn *c, struct ups *u, int res)
 	}
 	if (c->in.len == 0 && (c->in.bid >= 0 || c->in.hbuf != NIL))
 		inbuf_release(w, &c->in);
-	if (c->end_pending) {
+	if (conn_has(c, CF_END_PENDING)) {
 		exchange_end(w, c);
 		return;
 	}
@@ -626,7 +628,7 @@ void exchange_on_recv(struct worker *w, struct conn *c, struct ups *u, int res, 
 	int32_t bid = cqe_bid(res, flags);
 
 	if (res == -ENOBUFS) {
-		c->ups_recv_wanted = true;
+		c->flags |= CF_UPS_RECV_WANTED;
 		wait_push(w, cidx(w, c));
 		return;
 	}
@@ -642,7 +644,7 @@ void exchange_on_recv(struct worker *w, struct conn *c, struct ups *u, int res, 
 	u->in.off = 0;
 	u->in.len = (uint32_t)res;
 	u->in.bid = bid;
-	c->ups_byte_seen = true;
+	c->flags |= CF_UPS_BYTE_SEEN;
 	resp_process(w, c);
 }
 

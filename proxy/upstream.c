@@ -225,7 +225,7 @@ void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int r
 		u->recv_armed = false;
 	if (u->owner != NIL) {
 		c = &w->conns[u->owner];
-		BUG_ON(!c->active || c->gen != u->owner_gen || c->ups != idx);
+		CONN_BUG_ON(w, c, !c->active || c->gen != u->owner_gen || c->ups != idx);
 	}
 	if (!c) {
 		/* Pooled or detached. Any completion on an idle pooled connection ends it. */
@@ -241,12 +241,12 @@ void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int r
 		}
 		return;
 	}
-	if (c->closing || u->closing) {
+	if (conn_has(c, CF_CLOSING) || u->closing) {
 		/* Aborted: the connection finishes (and frees u) once every op has completed. */
 		buf_put(w, bid);
 		if (op == OP_U_SEND)
 			c->to_ups.busy = false;
-		if (c->closing)
+		if (conn_has(c, CF_CLOSING))
 			conn_try_finish(w, c);
 		return;
 	}

@@ -140,7 +140,7 @@ MUTATIONS = [
          replace="\t\ttried_del",
          tests=[P + "test_idempotent_request_on_a_pooled_connection_the_backend_closed_is_retried_uncounted"]),
     dict(name="pool-retry-for-any-method", file="proxy/exchange.c",
-         search="return u && u->reused && c->req_idempotent && c->req_state == RQ_DONE &&",
+         search="return u && u->reused && conn_has(c, CF_REQ_IDEMPOTENT) && c->req_state == RQ_DONE &&",
          replace="return u && u->reused && c->req_state == RQ_DONE &&",
          tests=[P + "test_idempotent_request_on_a_pooled_connection_the_backend_closed_is_retried_uncounted"]),
 
@@ -150,15 +150,15 @@ MUTATIONS = [
          replace="if ((cls == T_HEADER || cls == T_LINGER || cls == T_CONNECT || cls == T_BODY) &&\n\t    c->t.tclass == cls)",
          tests=["tests/e2e/test_upstream_timeouts.py::test_an_upload_that_keeps_coming_is_not_cut_by_client_body_ms"]),
     dict(name="upstream-timeout-never-fires", file="proxy/client.c",
-         search="\t\tcls = T_UPSTREAM;\n\t\tms = t->upstream_response_ms;",
-         replace="\t\tcls = T_UPSTREAM;\n\t\tms = t->upstream_response_ms * 1000;",
+         search="\t\t\tcls = T_UPSTREAM;\n\t\t\tms = t->upstream_response_ms;",
+         replace="\t\t\tcls = T_UPSTREAM;\n\t\t\tms = t->upstream_response_ms * 1000;",
          tests=["tests/e2e/test_upstream_timeouts.py::test_a_body_that_stalls_longer_than_upstream_response_ms_is_cut",
                 S + "test_504_from_a_silent_backend_is_logged_with_its_upstream_and_counted"]),
 
     # --- lingering close ---
     dict(name="linger-timer-never-armed", file="proxy/client.c",
-         search="if (!c->active || (c->closing && !c->lingering))\n\t\treturn;\n\tif (c->lingering) {",
-         replace="if (!c->active || c->closing)\n\t\treturn;\n\tif (c->lingering) {",
+         search="\tcase CP_LINGER:\n\t\tcls = T_LINGER;\n\t\tms = t->linger_ms;\n\t\tbreak;",
+         replace="\tcase CP_LINGER:\n\t\treturn;",
          tests=[L + "test_linger_ms_bounds_a_lingering_close_of_a_client_that_keeps_sending"]),
     dict(name="linger-bytes-unbounded", file="proxy/client.c",
          search="c->linger_bytes + (uint32_t)res < w->snap->cfg.limits.linger_bytes_max",
@@ -179,7 +179,7 @@ MUTATIONS = [
          replace="\tclose(fd);",
          tests=[S + "test_full_connection_table_rejects_with_503_and_counts_it"]),
     dict(name="header-timeout-not-counted", file="proxy/client.c",
-         search="\t\tpartial = c->accum.hbuf != NIL || c->in.len > 0;\n\t\tSTAT_ADD(w->stats->timeouts, 1);",
-         replace="\t\tpartial = c->accum.hbuf != NIL || c->in.len > 0;",
+         search="\t\tpartial = conn_head_partial(c);\n\t\tSTAT_ADD(w->stats->timeouts, 1);",
+         replace="\t\tpartial = conn_head_partial(c);",
          tests=[S + "test_408_on_a_slow_head_counts_a_timeout"]),
 ]
