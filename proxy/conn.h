@@ -180,12 +180,12 @@ static inline bool conn_head_partial(const struct conn *c)
 	return c->accum.hbuf != NIL || c->in.len > 0;
 }
 
-static inline uint32_t cidx(struct worker *w, struct conn *c)
+static inline uint32_t cidx(const struct worker *w, const struct conn *c)
 {
 	return (uint32_t)(c - w->conns);
 }
 
-static inline uint32_t uidx(struct worker *w, struct ups *u)
+static inline uint32_t uidx(const struct worker *w, const struct ups *u)
 {
 	return (uint32_t)(u - w->ups);
 }
@@ -241,6 +241,25 @@ static inline void sendq_add(struct sendq *q, const void *p, size_t n)
 	q->iov[q->iov_n].iov_base = (void *)p;
 	q->iov[q->iov_n].iov_len = n;
 	q->iov_n++;
+}
+
+/*
+ * Queues p[0..n) as one chunk of a chunked body (hdr: the direction's chunk-size line buffer,
+ * 24 bytes), followed by the last chunk when last. n == 0 queues only the last chunk (if last).
+ * Up to three iovecs; the one framing helper of both directions.
+ */
+static inline void sendq_add_chunk(struct sendq *q, char *hdr, const char *p, size_t n, bool last)
+{
+	if (n) {
+		sendq_add(q, hdr, (size_t)http_chunk_header(hdr, n));
+		sendq_add(q, p, n);
+		if (last)
+			sendq_add(q, "\r\n0\r\n\r\n", 7);
+		else
+			sendq_add(q, "\r\n", 2);
+	} else if (last) {
+		sendq_add(q, "0\r\n\r\n", 5);
+	}
 }
 
 static inline void sendq_submit(struct worker *w, struct sendq *q, int fd, enum wop op,

@@ -14,10 +14,6 @@
 #include "conn.h"
 #include "steer.h"
 
-static const char S_CRLF[] = "\r\n";
-static const char S_LAST[] = "0\r\n\r\n";
-static const char S_CRLF_LAST[] = "\r\n0\r\n\r\n";
-
 static void be_active_inc(struct worker *w, uint16_t b)
 {
 	balance_inflight_inc(&w->bal, b);
@@ -281,21 +277,10 @@ void exchange_req_pump(struct worker *w, struct conn *c)
 		}
 		c->in.off += (uint32_t)k;
 		c->in.len -= (uint32_t)k;
-		if (c->req_body.framing == HTTP_BODY_CHUNKED) {
-			if (payload) {
-				sendq_add(q, c->chunk_hdr_u,
-					  (size_t)http_chunk_header(c->chunk_hdr_u, payload));
-				sendq_add(q, p, payload);
-				if (c->req_body.done)
-					sendq_add(q, S_CRLF_LAST, sizeof(S_CRLF_LAST) - 1);
-				else
-					sendq_add(q, S_CRLF, 2);
-			} else if (c->req_body.done) {
-				sendq_add(q, S_LAST, sizeof(S_LAST) - 1);
-			}
-		} else {
+		if (c->req_body.framing == HTTP_BODY_CHUNKED)
+			sendq_add_chunk(q, c->chunk_hdr_u, p, payload, c->req_body.done);
+		else
 			sendq_add(q, p, payload);
-		}
 		if (c->req_body.done)
 			c->req_state = RQ_DONE;
 	}
@@ -333,141 +318,153 @@ static void tunnel_start(struct worker *w, struct conn *c)
 	(void)u;
 }
 
-/* Forwards what the response direction has ready to the client. */
-void resp_process(struct worker *w, struct conn *c)
+/* After a 101: what the upstream sent goes to the client as it is. */
+static void resp_tunnel_pump(struct worker *w, struct conn *c, struct ups *u)
 {
-	struct ups *u = conn_ups(w, c);
+	struct sendq *q = &c->to_client;
+
+	if (u->in.len) {
+		sendq_add(q, u->in.base + u->in.off, u->in.len);
+		u->in.off += u->in.len;
+		u->in.len = 0;
+		conn_send(w, c);
+	} else {
+		inbuf_release(w, &u->in);
+		ups_arm_recv(w, u);
+	}
+}
+
+/* Drops a parsed head of n bytes from src (an interim response that is not forwarded). */
+static void resp_skip_head(struct worker *w, struct conn *c, struct inbuf *src, int n)
+{
+	src->off += (uint32_t)n;
+	src->len -= (uint32_t)n;
+	if (src == &c->accum && src->len == 0)
+		inbuf_release(w, &c->accum);
+}
+
+/*
+ * Parses the response head and queues its serialised form to the client. Interim (1xx)
+ * responses are dropped for an HTTP/1.0 client (RFC 9110 15.2) and the loop reads the next
+ * head; for others one is relayed and the final head waits for its send. true: the final head
+ * is queued and a body follows (RS_BODY); false: everything is done or submitted for now
+ * (waiting for bytes, a send, a tunnel, or the exchange failed).
+ */
+static bool resp_head(struct worker *w, struct conn *c, struct ups *u)
+{
 	struct sendq *q = &c->to_client;
 	struct http_limits lim;
 	struct http_resp resp;
 	struct inbuf *src;
 	enum http_framing of;
-	size_t payload = 0;
-	ssize_t k;
-	bool ka;
+	bool ka, interim;
 	char *p;
 	int r, n;
 
-	if (conn_has(c, CF_CLOSING) || !u || q->busy)
-		return;
-	sendq_reset(q);
-	if (c->rs_state == RS_TUNNEL) {
-		if (u->in.len) {
-			sendq_add(q, u->in.base + u->in.off, u->in.len);
-			u->in.off += u->in.len;
-			u->in.len = 0;
-			conn_send(w, c);
-		} else {
-			inbuf_release(w, &u->in);
-			ups_arm_recv(w, u);
-		}
-		return;
-	}
-	if (c->rs_state == RS_HEAD) {
-		limits_of(w, &lim);
+	limits_of(w, &lim);
+	for (;;) {
 		resp.hdr = w->hdr_scratch; /* http_resp_parse clears the rest */
 		resp.hdr_cap = w->hdr_cap;
 		src = inbuf_head_src(w, &c->accum, &u->in);
 		if (!src) {
 			exchange_fail(w, c, UF_BAD_HEAD);
-			return;
+			return false;
 		}
 		if (src->len == 0) {
 			inbuf_release(w, &u->in);
 			ups_arm_recv(w, u);
-			return;
+			return false;
 		}
 		r = http_resp_parse(&resp, src->base + src->off, src->len, &lim,
 				    conn_has(c, CF_REQ_HEAD));
 		if (r == -EAGAIN) {
 			if (!inbuf_head_keep(w, &c->accum, &u->in, src)) {
 				exchange_fail(w, c, UF_BAD_HEAD);
-				return;
+				return false;
 			}
 			ups_arm_recv(w, u);
-			return;
+			return false;
 		}
 		if (r < 0) {
 			log_warn("worker %u: bad response from %s: %s", w->id,
 				 w->d->backends[c->backend].addr, resp.reason ? resp.reason : "?");
 			exchange_fail(w, c, UF_BAD_HEAD);
-			return;
+			return false;
 		}
-		p = src->base + src->off;
 		if (c->hbuf_resp == NIL)
 			c->hbuf_resp = hbuf_get(w);
 		if (c->hbuf_resp == NIL) {
 			exchange_fail(w, c, UF_NO_HEAD_BUF);
-			return;
+			return false;
 		}
 		if (resp.code == 101 && !conn_has(c, CF_REQ_UPGRADE)) {
 			exchange_fail(w, c, UF_BAD_HEAD);
-			return;
+			return false;
 		}
-		if (resp.code >= 100 && resp.code < 200 && resp.code != 101 &&
-		    c->client_minor == 0) {
-			/* RFC 9110 15.2: no 1xx to an HTTP/1.0 client; drop it, wait for the final. */
-			src->off += (uint32_t)r;
-			src->len -= (uint32_t)r;
-			if (src == &c->accum && src->len == 0)
-				inbuf_release(w, &c->accum);
-			resp_process(w, c);
-			return;
-		}
-		if (resp.code >= 100 && resp.code < 200 && resp.code != 101) {
-			/* Interim response: relay it, then keep waiting for the final one. */
-			n = http_resp_serialize(&resp, p, c->client_minor, true,
-						conn_has(c, CF_REQ_HEAD),
-						hbuf_addr(w, c->hbuf_resp), w->hbuf_size, &of);
-			if (n < 0) {
-				exchange_fail(w, c, UF_BAD_HEAD);
-				return;
-			}
-			src->off += (uint32_t)r;
-			src->len -= (uint32_t)r;
-			if (src == &c->accum && src->len == 0)
-				inbuf_release(w, &c->accum);
-			sendq_add(q, hbuf_addr(w, c->hbuf_resp), (size_t)n);
-			conn_send(w, c);
-			return;
-		}
-		ka = conn_has(c, CF_KEEPALIVE) && resp.code != 101;
-		if (c->client_minor == 0 &&
-		    (resp.framing == HTTP_BODY_CHUNKED || resp.framing == HTTP_BODY_CLOSE))
-			ka = false;
-		conn_put(c, CF_KEEPALIVE, ka);
-		n = http_resp_serialize(&resp, p, c->client_minor, ka, conn_has(c, CF_REQ_HEAD),
+		interim = resp.code >= 100 && resp.code < 200 && resp.code != 101;
+		if (!interim || c->client_minor != 0)
+			break;
+		resp_skip_head(w, c, src, r); /* no 1xx to an HTTP/1.0 client: the next head */
+	}
+	p = src->base + src->off;
+	if (interim) {
+		/* Interim response: relay it, then keep waiting for the final one. */
+		n = http_resp_serialize(&resp, p, c->client_minor, true, conn_has(c, CF_REQ_HEAD),
 					hbuf_addr(w, c->hbuf_resp), w->hbuf_size, &of);
 		if (n < 0) {
 			exchange_fail(w, c, UF_BAD_HEAD);
-			return;
+			return false;
 		}
-		c->flags |= CF_RESP_STARTED;
-		c->resp_code = resp.code;
-		c->out_framing = (uint8_t)of;
-		conn_put(c, CF_UPS_REUSABLE, resp.keep_alive && resp.framing != HTTP_BODY_CLOSE);
-		count_status(w, resp.code);
-		inbuf_head_consume(w, &c->accum, &u->in, src, (uint32_t)r);
+		resp_skip_head(w, c, src, r);
 		sendq_add(q, hbuf_addr(w, c->hbuf_resp), (size_t)n);
-		if (resp.code == 101) {
-			conn_send(w, c);
-			tunnel_start(w, c);
-			return;
-		}
-		http_body_init(&c->resp_body, resp.framing, resp.content_length, 0);
-		if (resp.framing == HTTP_BODY_NONE ||
-		    (resp.framing == HTTP_BODY_LENGTH && resp.content_length == 0)) {
-			c->resp_body.done = true;
-			c->rs_state = RS_DONE;
-			if (u->in.len)
-				c->flags &= ~CF_UPS_REUSABLE; /* bytes after a body-less response */
-			conn_send(w, c);
-			return;
-		}
-		c->rs_state = RS_BODY;
+		conn_send(w, c);
+		return false;
 	}
-	if (c->rs_state != RS_BODY)
-		return;
+	ka = conn_has(c, CF_KEEPALIVE) && resp.code != 101;
+	if (c->client_minor == 0 &&
+	    (resp.framing == HTTP_BODY_CHUNKED || resp.framing == HTTP_BODY_CLOSE))
+		ka = false;
+	conn_put(c, CF_KEEPALIVE, ka);
+	n = http_resp_serialize(&resp, p, c->client_minor, ka, conn_has(c, CF_REQ_HEAD),
+				hbuf_addr(w, c->hbuf_resp), w->hbuf_size, &of);
+	if (n < 0) {
+		exchange_fail(w, c, UF_BAD_HEAD);
+		return false;
+	}
+	c->flags |= CF_RESP_STARTED;
+	c->resp_code = resp.code;
+	c->out_framing = (uint8_t)of;
+	conn_put(c, CF_UPS_REUSABLE, resp.keep_alive && resp.framing != HTTP_BODY_CLOSE);
+	count_status(w, resp.code);
+	inbuf_head_consume(w, &c->accum, &u->in, src, (uint32_t)r);
+	sendq_add(q, hbuf_addr(w, c->hbuf_resp), (size_t)n);
+	if (resp.code == 101) {
+		conn_send(w, c);
+		tunnel_start(w, c);
+		return false;
+	}
+	http_body_init(&c->resp_body, resp.framing, resp.content_length, 0);
+	if (resp.framing == HTTP_BODY_NONE ||
+	    (resp.framing == HTTP_BODY_LENGTH && resp.content_length == 0)) {
+		c->resp_body.done = true;
+		c->rs_state = RS_DONE;
+		if (u->in.len)
+			c->flags &= ~CF_UPS_REUSABLE; /* bytes after a body-less response */
+		conn_send(w, c);
+		return false;
+	}
+	c->rs_state = RS_BODY;
+	return true;
+}
+
+/* Decodes what the upstream sent of the body and queues it (re-framed) to the client. */
+static void resp_body_pump(struct worker *w, struct conn *c, struct ups *u)
+{
+	struct sendq *q = &c->to_client;
+	size_t payload = 0;
+	ssize_t k;
+	char *p;
+
 	if (u->in.len) {
 		p = u->in.base + u->in.off;
 		k = http_body_decode(&c->resp_body, p, u->in.len, &payload);
@@ -479,19 +476,10 @@ void resp_process(struct worker *w, struct conn *c)
 		}
 		u->in.off += (uint32_t)k;
 		u->in.len -= (uint32_t)k;
-		if (c->out_framing == HTTP_BODY_CHUNKED) {
-			if (payload) {
-				sendq_add(q, c->chunk_hdr_c,
-					  (size_t)http_chunk_header(c->chunk_hdr_c, payload));
-				sendq_add(q, p, payload);
-				sendq_add(q, c->resp_body.done ? S_CRLF_LAST : S_CRLF,
-					  c->resp_body.done ? sizeof(S_CRLF_LAST) - 1 : 2);
-			} else if (c->resp_body.done) {
-				sendq_add(q, S_LAST, sizeof(S_LAST) - 1);
-			}
-		} else {
+		if (c->out_framing == HTTP_BODY_CHUNKED)
+			sendq_add_chunk(q, c->chunk_hdr_c, p, payload, c->resp_body.done);
+		else
 			sendq_add(q, p, payload);
-		}
 		if (c->resp_body.done) {
 			c->rs_state = RS_DONE;
 			if (u->in.len)
@@ -505,6 +493,31 @@ void resp_process(struct worker *w, struct conn *c)
 	}
 	inbuf_release(w, &u->in);
 	ups_arm_recv(w, u);
+}
+
+/* Forwards what the response direction has ready to the client. */
+void resp_process(struct worker *w, struct conn *c)
+{
+	struct ups *u = conn_ups(w, c);
+
+	if (conn_has(c, CF_CLOSING) || !u || c->to_client.busy)
+		return;
+	sendq_reset(&c->to_client);
+	switch (c->rs_state) {
+	case RS_TUNNEL:
+		resp_tunnel_pump(w, c, u);
+		break;
+	case RS_HEAD:
+		if (resp_head(w, c, u))
+			resp_body_pump(w, c,
+				       u); /* body bytes may follow the head in the same read */
+		break;
+	case RS_BODY:
+		resp_body_pump(w, c, u);
+		break;
+	default:
+		break;
+	}
 }
 
 /* The upstream closed (res == 0) or failed (res < 0) while this exchange used it. */
@@ -527,7 +540,7 @@ static void resp_upstream_eof(struct worker *w, struct conn *c, int res)
 		c->flags &= ~CF_UPS_REUSABLE;
 		if (c->out_framing == HTTP_BODY_CHUNKED) {
 			sendq_reset(q);
-			sendq_add(q, S_LAST, sizeof(S_LAST) - 1);
+			sendq_add_chunk(q, NULL, NULL, 0, true);
 			conn_send(w, c);
 		} else {
 			c->flags &= ~CF_KEEPALIVE;
