@@ -74,7 +74,7 @@
 	(((header_bytes_max) + (buffer_bytes) + HBUF_ADDED_BYTES + HBUF_ALIGN - 1) &               \
 	 ~(uint32_t)(HBUF_ALIGN - 1))
 /*
- * Head buffers one client connection can hold at the same time (conn.c), so that a head
+ * Head buffers one client connection can hold at the same time (client.c, exchange.c), so that a head
  * buffer is never the resource a request runs out of:
  *   1. c->in: the rest of an assembled request head's buffer (body or pipelined bytes);
  *   2. c->hbuf_req: the serialised request head, until the exchange ends;
@@ -93,7 +93,7 @@
 #define CONN_SLOT_HEADROOM 64
 
 /* Upstream connection slots: one in use per client connection, idle pooled ones no more than
- * the core's client connections (conn.c), and spares for ones still closing after their client
+ * the core's client connections (upstream.c), and spares for ones still closing after their client
  * left. When they run out a request gets a 503. */
 #define UPS_SPARE_SLOTS	  1024
 #define UPS_CAP(conn_cap) (2 * (conn_cap) + UPS_SPARE_SLOTS)

@@ -27,7 +27,7 @@ enum wop {
 	OP_C_RECV,   /* client recv (buffer select) */
 	OP_C_SEND,   /* client sendmsg */
 	OP_C_CANCEL, /* cancel of client ops */
-	OP_C_POLL,   /* client EOF/RST watch while no receive is armed (conn.c) */
+	OP_C_POLL,   /* client EOF/RST watch while no receive is armed (client.c) */
 	OP_U_CONNECT,
 	OP_U_RECV,
 	OP_U_SEND,

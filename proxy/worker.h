@@ -10,7 +10,7 @@
 
 struct steer_core;
 
-/* Accepts at the connection limit that wait for the end of a completion batch (conn.c). */
+/* Accepts at the connection limit that wait for the end of a completion batch (client.c). */
 #define ACCEPT_DEFER_MAX 64
 
 struct worker {
@@ -113,7 +113,7 @@ void worker_request_drain(struct worker *w, bool drained);
 void worker_join(struct worker *w);
 void worker_free(struct worker *w);
 
-/* Used by conn.c (same thread). */
+/* Used by client.c, exchange.c and upstream.c (same thread). */
 struct io_uring_sqe *worker_sqe(struct worker *w);
 
 /*
