@@ -2,7 +2,7 @@
  * The client side of a connection task: accept, the client socket's completions, the request
  * head, the client-abort watch, lingering close, and teardown.
  *
- * Owns: struct conn's slot, its client fd and ops, c->in / c->accum while a head is read, the
+ * Owns: struct conn's slot, its client fd and ops, c->in / c->req.accum while a head is read, the
  * timers of the connection (conn_timer_update), and teardown (conn_try_finish, the one place
  * a slot is freed). May touch: the worker's connection table and generic services (SQEs,
  * buffers, head buffers, timers, the buffer wait queue), steer counters. It hands a parsed
@@ -73,7 +73,7 @@ void conn_timer_update(struct worker *w, struct conn *c)
 		if (c->rs_state == RS_CONNECT) {
 			cls = T_CONNECT;
 			ms = t->upstream_connect_ms;
-		} else if (c->to_client.busy || c->req_state == RQ_BODY) {
+		} else if (c->resp.out.busy || c->req_state == RQ_BODY) {
 			cls = T_BODY;
 			ms = t->client_body_ms;
 		} else {
@@ -99,7 +99,9 @@ void conn_check(struct worker *w, struct conn *c)
 	switch (conn_phase(c)) {
 	case CP_HEAD:
 	case CP_DISCARD:
-		CONN_BUG_ON_HOT(w, c, u || c->hbuf_req != NIL || c->hbuf_resp != NIL);
+		CONN_BUG_ON_HOT(w, c,
+				u || c->req.head != NIL || c->resp.head != NIL ||
+					c->resp.accum.hbuf != NIL);
 		break;
 	case CP_EXCHANGE:
 		CONN_BUG_ON_HOT(w, c, c->rs_state != RS_DONE && !u);
@@ -110,7 +112,9 @@ void conn_check(struct worker *w, struct conn *c)
 				!u || conn_has(c, CF_KEEPALIVE) || conn_has(c, CF_UPS_REUSABLE));
 		break;
 	case CP_LINGER:
-		CONN_BUG_ON_HOT(w, c, (u && !u->closing) || c->accum.hbuf != NIL);
+		CONN_BUG_ON_HOT(w, c,
+				(u && !u->closing) || c->req.accum.hbuf != NIL ||
+					c->resp.accum.hbuf != NIL);
 		break;
 	case CP_CLOSING:
 		CONN_BUG_ON_HOT(w, c, c->t.tclass != T_NONE);
@@ -127,29 +131,29 @@ int conn_show(struct worker *w, const struct conn *c, char *buf, size_t n)
 	const struct ups *u = c->ups == NIL ? NULL : &w->ups[c->ups];
 	int k;
 
-	k = snprintf(buf, n,
-		     "conn %u gen %u fd %d phase %s req %s resp %s inflight %u timer %u "
-		     "requests %u backend %u attempts %u fail %u hbuf req %d resp %d accum %d "
-		     "in %u flags%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s",
-		     (unsigned)(c - w->conns), c->gen, c->fd, phase[conn_phase(c)],
-		     c->req_state < 3 ? rq[c->req_state] : "?",
-		     c->rs_state < 6 ? rs[c->rs_state] : "?", c->inflight, c->t.tclass, c->requests,
-		     c->backend, c->attempts, c->fail, (int)c->hbuf_req, (int)c->hbuf_resp,
-		     (int)c->accum.hbuf, c->in.len, conn_has(c, CF_RECV_ARMED) ? " recv" : "",
-		     conn_has(c, CF_RECV_WANTED) ? " recv-wanted" : "",
-		     conn_has(c, CF_POLL_ARMED) ? " poll" : "",
-		     c->to_client.busy ? " send-client" : "", c->to_ups.busy ? " send-ups" : "",
-		     conn_has(c, CF_CANCEL_SENT) ? " cancel" : "",
-		     conn_has(c, CF_EOF) ? " eof" : "", conn_has(c, CF_RESET_CLOSE) ? " rst" : "",
-		     conn_has(c, CF_KEEPALIVE) ? " keepalive" : "",
-		     conn_has(c, CF_CLOSE_AFTER) ? " close-after" : "",
-		     conn_has(c, CF_RESP_STARTED) ? " resp-started" : "",
-		     conn_has(c, CF_UPS_BYTE_SEEN) ? " ups-byte" : "",
-		     conn_has(c, CF_UPS_REUSABLE) ? " ups-reusable" : "",
-		     conn_has(c, CF_REQ_HEAD_SENT) ? " head-sent" : "",
-		     conn_has(c, CF_NO_POOL) ? " no-pool" : "",
-		     conn_has(c, CF_END_PENDING) ? " end-pending" : "",
-		     conn_has(c, CF_LOGGED) ? " logged" : "");
+	k = snprintf(
+		buf, n,
+		"conn %u gen %u fd %d phase %s req %s resp %s inflight %u timer %u "
+		"requests %u backend %u attempts %u fail %u hbuf req %d resp %d accum req %d "
+		"resp %d in %u flags%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s",
+		(unsigned)(c - w->conns), c->gen, c->fd, phase[conn_phase(c)],
+		c->req_state < 3 ? rq[c->req_state] : "?", c->rs_state < 6 ? rs[c->rs_state] : "?",
+		c->inflight, c->t.tclass, c->requests, c->backend, c->attempts, c->fail,
+		(int)c->req.head, (int)c->resp.head, (int)c->req.accum.hbuf,
+		(int)c->resp.accum.hbuf, c->in.len, conn_has(c, CF_RECV_ARMED) ? " recv" : "",
+		conn_has(c, CF_RECV_WANTED) ? " recv-wanted" : "",
+		conn_has(c, CF_POLL_ARMED) ? " poll" : "", c->resp.out.busy ? " send-client" : "",
+		c->req.out.busy ? " send-ups" : "", conn_has(c, CF_CANCEL_SENT) ? " cancel" : "",
+		conn_has(c, CF_EOF) ? " eof" : "", conn_has(c, CF_RESET_CLOSE) ? " rst" : "",
+		conn_has(c, CF_KEEPALIVE) ? " keepalive" : "",
+		conn_has(c, CF_CLOSE_AFTER) ? " close-after" : "",
+		conn_has(c, CF_RESP_STARTED) ? " resp-started" : "",
+		conn_has(c, CF_UPS_BYTE_SEEN) ? " ups-byte" : "",
+		conn_has(c, CF_UPS_REUSABLE) ? " ups-reusable" : "",
+		conn_has(c, CF_REQ_HEAD_SENT) ? " head-sent" : "",
+		conn_has(c, CF_NO_POOL) ? " no-pool" : "",
+		conn_has(c, CF_END_PENDING) ? " end-pending" : "",
+		conn_has(c, CF_LOGGED) ? " logged" : "");
 	if (u && k >= 0 && (size_t)k < n)
 		k += snprintf(buf + k, n - (size_t)k,
 			      "; ups %u gen %u fd %d inflight %u%s%s%s%s in %u",
@@ -268,9 +272,9 @@ static void conn_accept_now(struct worker *w, int fd)
 	c->fd = fd;
 	c->active = true;
 	c->ups = NIL;
-	c->hbuf_req = c->hbuf_resp = NIL;
-	c->in.bid = c->accum.bid = -1;
-	c->in.hbuf = c->accum.hbuf = NIL;
+	c->req.head = c->resp.head = NIL;
+	c->in.bid = c->req.accum.bid = c->resp.accum.bid = -1;
+	c->in.hbuf = c->req.accum.hbuf = c->resp.accum.hbuf = NIL;
 	c->t.prev = c->t.next = NIL;
 	c->next_wait = NIL;
 	sl = sizeof(c->peer);
@@ -351,11 +355,12 @@ void conn_try_finish(struct worker *w, struct conn *c)
 	}
 	timer_clear(w, &c->t);
 	inbuf_release(w, &c->in);
-	inbuf_release(w, &c->accum);
-	if (c->hbuf_req != NIL)
-		hbuf_put(w, c->hbuf_req);
-	if (c->hbuf_resp != NIL)
-		hbuf_put(w, c->hbuf_resp);
+	inbuf_release(w, &c->req.accum);
+	inbuf_release(w, &c->resp.accum);
+	if (c->req.head != NIL)
+		hbuf_put(w, c->req.head);
+	if (c->resp.head != NIL)
+		hbuf_put(w, c->resp.head);
 	if (conn_has(c, CF_RESET_CLOSE)) {
 		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
 
@@ -411,7 +416,7 @@ void conn_abort_reset(struct worker *w, struct conn *c)
 /* The exchange's request head was parsed and its log line is not written yet. */
 static bool exchange_in_flight(const struct conn *c)
 {
-	return c->hbuf_req != NIL && !conn_has(c, CF_LOGGED) && c->rs_state != RS_TUNNEL;
+	return c->req.head != NIL && !conn_has(c, CF_LOGGED) && c->rs_state != RS_TUNNEL;
 }
 
 /*
@@ -447,7 +452,7 @@ static void c_on_poll(struct worker *w, struct conn *c, int res)
 		conn_client_gone(w, c); /* a reset: no byte will reach the client any more */
 		return;
 	}
-	if (c->req_state == RQ_BODY && !c->in.len && !c->to_ups.busy &&
+	if (c->req_state == RQ_BODY && !c->in.len && !c->req.out.busy &&
 	    !conn_has(c, CF_RECV_ARMED)) {
 		conn_client_gone(w, c); /* the body can never be completed */
 		return;
@@ -460,12 +465,12 @@ static void c_on_poll(struct worker *w, struct conn *c, int res)
 	 * Once the response has started its own bytes do the asking; an HTTP/1.0 client cannot
 	 * be sent a 1xx and is assumed to still read.
 	 */
-	if (!conn_has(c, CF_RESP_STARTED) && !c->to_client.busy && c->client_minor == 1 &&
+	if (!conn_has(c, CF_RESP_STARTED) && !c->resp.out.busy && c->client_minor == 1 &&
 	    c->req_state == RQ_DONE) {
 		static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
 
-		sendq_reset(&c->to_client);
-		sendq_add(&c->to_client, probe, sizeof(probe) - 1);
+		sendq_reset(&c->resp.out);
+		sendq_add(&c->resp.out, probe, sizeof(probe) - 1);
 		c->x_bytes_out += sizeof(probe) - 1;
 		conn_send(w, c);
 	}
@@ -487,7 +492,7 @@ void conn_close_graceful(struct worker *w, struct conn *c)
 	 * processed, or bytes waiting in the socket. A client that is done sending gets our FIN
 	 * and the slot is freed at once.
 	 */
-	if (c->in.len == 0 && c->accum.len == 0 && c->req_state != RQ_BODY &&
+	if (c->in.len == 0 && c->req.accum.len == 0 && c->req_state != RQ_BODY &&
 	    ioctl(c->fd, FIONREAD, &unread) == 0 && unread == 0)
 		c->flags |= CF_EOF;
 	if (conn_has(c, CF_EOF)) {
@@ -499,7 +504,8 @@ void conn_close_graceful(struct worker *w, struct conn *c)
 	c->flags |= CF_CLOSING;
 	c->flags |= CF_LINGERING;
 	inbuf_release(w, &c->in);
-	inbuf_release(w, &c->accum);
+	inbuf_release(w, &c->req.accum);
+	inbuf_release(w, &c->resp.accum);
 	conn_arm_recv(w, c);
 }
 
@@ -530,9 +536,9 @@ void conn_log(struct worker *w, struct conn *c, int status)
 	e.time_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 	e.core = w->id;
 	e.client = c->peer_ip;
-	if (c->hbuf_req != NIL) {
+	if (c->req.head != NIL) {
 		/* The serialised head outlives the client's buffers; the parse does not. */
-		alog_entry_set_head(&e, hbuf_addr(w, c->hbuf_req), c->req_head_len);
+		alog_entry_set_head(&e, hbuf_addr(w, c->req.head), c->req.head_len);
 		if (c->attempts)
 			e.upstream = w->d->backends[c->backend].addr;
 	} else if (c->rej_reason) {
@@ -541,10 +547,10 @@ void conn_log(struct worker *w, struct conn *c, int status)
 	e.reason = c->rej_reason;
 	e.version_minor = c->client_minor;
 	e.status = (uint16_t)status;
-	e.bytes_in = c->req_in_head_len + c->req_body.total;
+	e.bytes_in = c->req_in_head_len + c->req.body.total;
 	e.bytes_out = c->x_bytes_out;
 	e.duration_us = c->req_start_ns ? (now_ns() - c->req_start_ns) / 1000 : 0;
-	if (c->hbuf_req == NIL && c->rej_reason) {
+	if (c->req.head == NIL && c->rej_reason) {
 		/* Rejected before an exchange began: nothing of a previous one applies. */
 		e.bytes_in = c->rej_len;
 		e.duration_us = 0;
@@ -567,16 +573,16 @@ void conn_send_error(struct worker *w, struct conn *c, int status)
 		conn_abort(w, c);
 		return;
 	}
-	if (c->to_client.busy) {
+	if (c->resp.out.busy) {
 		c->pending_status = (uint16_t)status;
 		return;
 	}
-	hb = c->hbuf_resp != NIL ? c->hbuf_resp : hbuf_get(w);
+	hb = c->resp.head != NIL ? c->resp.head : hbuf_get(w);
 	if (hb == NIL) {
 		conn_abort(w, c);
 		return;
 	}
-	c->hbuf_resp = hb;
+	c->resp.head = hb;
 	n = http_error_response(hbuf_addr(w, hb), w->hbuf_size, status, true);
 	BUG_ON(n <= 0);
 	if (conn_has(c, CF_REQ_HEAD)) {
@@ -591,8 +597,8 @@ void conn_send_error(struct worker *w, struct conn *c, int status)
 	count_status(w, status);
 	c->x_bytes_out += (uint64_t)n;
 	conn_log(w, c, status);
-	sendq_reset(&c->to_client);
-	sendq_add(&c->to_client, hbuf_addr(w, hb), (size_t)n);
+	sendq_reset(&c->resp.out);
+	sendq_add(&c->resp.out, hbuf_addr(w, hb), (size_t)n);
 	conn_send(w, c);
 }
 
@@ -606,7 +612,7 @@ void conn_req_reject(struct worker *w, struct conn *c, const char *head, uint32_
 	c->rej_line = head;
 	c->rej_len = n;
 	c->rej_reason = reason ? reason : http_status_text(status);
-	if (c->hbuf_req == NIL)
+	if (c->req.head == NIL)
 		c->x_bytes_out = 0;
 	conn_send_error(w, c, status);
 	c->rej_line = NULL;
@@ -665,13 +671,13 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 		conn_req_reject(w, c, base, req->head_len, 431, "head too large to forward");
 		return false;
 	}
-	c->hbuf_req = hb;
-	c->req_head_len = (uint32_t)n;
-	http_body_init(&c->req_body, req->framing, req->content_length, cfg->limits.body_bytes_max);
+	c->req.head = hb;
+	c->req.head_len = (uint32_t)n;
+	http_body_init(&c->req.body, req->framing, req->content_length, cfg->limits.body_bytes_max);
 	/* Content-Length: 0 is forwarded as such, but there is no body to wait for. */
 	if (req->framing == HTTP_BODY_NONE ||
 	    (req->framing == HTTP_BODY_LENGTH && req->content_length == 0)) {
-		c->req_body.done = true;
+		c->req.body.done = true;
 		c->req_state = RQ_DONE;
 	} else {
 		c->req_state = RQ_BODY;
@@ -679,7 +685,7 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 	return true;
 }
 
-/* Parses the next request head from c->in / c->accum and starts its exchange. */
+/* Parses the next request head from c->in / c->req.accum and starts its exchange. */
 static void req_process(struct worker *w, struct conn *c)
 {
 	struct http_limits lim;
@@ -692,9 +698,9 @@ static void req_process(struct worker *w, struct conn *c)
 	req.hdr = w->hdr_scratch; /* http_req_parse clears the rest */
 	req.hdr_cap = w->hdr_cap;
 
-	src = inbuf_head_src(w, &c->accum, &c->in);
+	src = inbuf_head_src(w, &c->req.accum, &c->in);
 	if (!src) {
-		req_reject_src(w, c, &c->accum, 431, "request head over the buffer");
+		req_reject_src(w, c, &c->req.accum, 431, "request head over the buffer");
 		return;
 	}
 	if (src->len == 0) {
@@ -706,7 +712,7 @@ static void req_process(struct worker *w, struct conn *c)
 	conn_put(c, CF_REQ_HEAD, src->len >= 5 && memcmp(src->base + src->off, "HEAD ", 5) == 0);
 	r = http_req_parse(&req, src->base + src->off, src->len, &lim);
 	if (r == -EAGAIN) {
-		if (!inbuf_head_keep(w, &c->accum, &c->in, src)) {
+		if (!inbuf_head_keep(w, &c->req.accum, &c->in, src)) {
 			conn_send_error(w, c, 503);
 			return;
 		}
@@ -721,7 +727,7 @@ static void req_process(struct worker *w, struct conn *c)
 	/* The head is parsed; what follows it is body or the next request. */
 	if (!req_begin(w, c, &req, src->base + src->off))
 		return;
-	inbuf_head_consume(w, &c->accum, &c->in, src, (uint32_t)r);
+	inbuf_head_consume(w, &c->req.accum, &c->in, src, (uint32_t)r);
 	c_arm_poll(w, c);
 	exchange_connect(w, c);
 }
@@ -765,8 +771,8 @@ static void req_discard(struct worker *w, struct conn *c)
 	size_t payload;
 	ssize_t k;
 
-	while (c->in.len && !c->req_body.done) {
-		k = http_body_decode(&c->req_body, c->in.base + c->in.off, c->in.len, &payload);
+	while (c->in.len && !c->req.body.done) {
+		k = http_body_decode(&c->req.body, c->in.base + c->in.off, c->in.len, &payload);
 		if (k < 0) {
 			conn_abort(w, c); /* the response is out: nothing left to answer */
 			return;
@@ -774,7 +780,7 @@ static void req_discard(struct worker *w, struct conn *c)
 		c->in.off += (uint32_t)k;
 		c->in.len -= (uint32_t)k;
 	}
-	if (c->req_body.done) {
+	if (c->req.body.done) {
 		req_next(w, c);
 		return;
 	}
@@ -841,7 +847,7 @@ static void c_on_recv(struct worker *w, struct conn *c, int res, uint32_t flags)
 
 static void c_on_send(struct worker *w, struct conn *c, int res)
 {
-	struct sendq *q = &c->to_client;
+	struct sendq *q = &c->resp.out;
 	struct ups *u = conn_ups(w, c);
 
 	q->busy = false;
@@ -960,7 +966,7 @@ void conn_on_timeout(struct worker *w, uint32_t idx, enum tclass cls)
 		partial = conn_head_partial(c);
 		STAT_ADD(w->stats->timeouts, 1);
 		if (partial)
-			req_reject_src(w, c, c->accum.hbuf != NIL ? &c->accum : &c->in, 408,
+			req_reject_src(w, c, c->req.accum.hbuf != NIL ? &c->req.accum : &c->in, 408,
 				       "request head timeout");
 		else
 			conn_abort(w, c);
@@ -1004,7 +1010,7 @@ void conn_stop_all(struct worker *w, bool force)
 		}
 		c->flags &= ~CF_KEEPALIVE;
 		if (c->rs_state == RS_NONE && c->req_state == RQ_HEAD && c->in.len == 0 &&
-		    c->accum.hbuf == NIL)
+		    c->req.accum.hbuf == NIL)
 			conn_abort(w, c);
 	}
 }

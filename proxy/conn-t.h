@@ -36,8 +36,8 @@ enum rs_state {
  */
 enum conn_phase {
 	/*
-	 * Reading a request head: no upstream attached, no serialised head held (hbuf_req and
-	 * hbuf_resp NIL), not counted in the balancer's in-flight counts; in / accum may hold a
+	 * Reading a request head: no upstream attached, no serialised head held (req.head and
+	 * resp.head NIL), not counted in the balancer's in-flight counts; in / req.accum may hold a
 	 * partial head. Timer T_HEADER (a partial head, or the first request), else T_IDLE.
 	 */
 	CP_HEAD,
@@ -113,6 +113,20 @@ enum ups_fail {
 	UF_CUT_BODY,	      /* closed or reset in the middle of the response body */
 };
 
+/*
+ * One direction of an exchange (the conn_dir of liburing's proxy example): req is client ->
+ * upstream, resp is upstream -> client. The bytes coming in stay where their socket's owner
+ * keeps them (c->in, u->in: a pooled upstream owns its input).
+ */
+struct conn_dir {
+	struct inbuf accum; /* this direction's head while it arrives in pieces */
+	uint32_t head;	    /* head buffer: the serialised head (or corral's own answer), or NIL */
+	uint32_t head_len;  /* its length (request direction) */
+	struct http_body body; /* framing of the body coming in on this direction */
+	struct sendq out;      /* what is sent on: to the upstream (req) / to the client (resp) */
+	char chunk_hdr[24];    /* the chunk-size line when the body goes out chunked */
+};
+
 /* Upstream connection. Owned by one conn while in use, else by its backend's idle pool. */
 struct ups {
 	int fd;
@@ -146,30 +160,22 @@ struct conn {
 	uint8_t req_state; /* enum req_state */
 	uint8_t rs_state;  /* enum rs_state */
 	uint8_t client_minor;
-	uint8_t out_framing; /* framing to the client (enum http_framing) */
-	uint8_t attempts;    /* upstream connect attempts for this request */
-	uint8_t fail;	     /* enum ups_fail: this request's last upstream failure */
-	uint32_t req_head_len;
+	uint8_t out_framing;	 /* framing to the client (enum http_framing) */
+	uint8_t attempts;	 /* upstream connect attempts for this request */
+	uint8_t fail;		 /* enum ups_fail: this request's last upstream failure */
 	struct tried_set tried;	 /* backend ids tried for this request */
 	uint64_t hkey;		 /* hash key for hash-uri / hash-client */
 	uint16_t pending_status; /* error response to send, 0 = none */
 	uint32_t requests;	 /* served on this connection */
 	uint32_t ups;		 /* upstream index or NIL */
-	uint32_t hbuf_req;	 /* head buffer: serialised request head / accumulated head */
-	uint32_t hbuf_resp;	 /* head buffer: serialised response head */
 	uint32_t next_wait;	 /* no-buffer wait queue */
 	struct tlink t;
-	struct inbuf in;    /* client bytes not yet processed */
-	struct inbuf accum; /* partial request head being accumulated */
-	struct http_body req_body;
-	struct http_body resp_body;
-	struct sendq to_ups;
-	struct sendq to_client;
+	struct inbuf in;      /* client bytes not yet processed */
+	struct conn_dir req;  /* client -> upstream */
+	struct conn_dir resp; /* upstream -> client */
 	uint64_t req_start_ns;
 	uint16_t backend;
 	uint16_t resp_code;
-	char chunk_hdr_c[24]; /* chunk-size line for the client direction */
-	char chunk_hdr_u[24]; /* chunk-size line for the upstream direction */
 	uint32_t linger_bytes;
 	uint64_t x_bytes_out;	  /* this exchange's bytes to the client (access log) */
 	uint32_t req_in_head_len; /* bytes of the client's request head */

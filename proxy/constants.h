@@ -74,12 +74,13 @@
 	(((header_bytes_max) + (buffer_bytes) + HBUF_ADDED_BYTES + HBUF_ALIGN - 1) &               \
 	 ~(uint32_t)(HBUF_ALIGN - 1))
 /*
- * Head buffers one client connection can hold at the same time (client.c, exchange.c), so that a head
- * buffer is never the resource a request runs out of:
+ * Head buffers one client connection can hold at the same time (client.c, exchange.c), so
+ * that a head buffer is never the resource a request runs out of:
  *   1. c->in: the rest of an assembled request head's buffer (body or pipelined bytes);
- *   2. c->hbuf_req: the serialised request head, until the exchange ends;
- *   3. c->accum, later u->in: the response head being assembled, then its remainder;
- *   4. c->hbuf_resp: the serialised response head (or corral's error response).
+ *   2. c->req.head: the serialised request head, until the exchange ends;
+ *   3. c->resp.accum, later u->in: the response head being assembled, then its remainder;
+ *   4. c->resp.head: the serialised response head (or corral's error response).
+ * (c->req.accum is empty again by the time the exchange starts: it became c->in.)
  * The table is mapped with MAP_NORESERVE and handed out LIFO: untouched ones cost no memory.
  */
 #define HBUF_PER_CONN	     4

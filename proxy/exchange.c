@@ -4,7 +4,7 @@
  * tunnel after a 101, and the end of the exchange.
  *
  * Owns: c->ups while attached, the exchange's fields of struct conn (rs_state, attempts,
- * tried, the response body and framing, to_ups / to_client while streaming), the backend's
+ * tried, the response body and framing, req.out / resp.out while streaming), the backend's
  * in-flight count (be_active_*). May touch: balance_pick and the per-core balance state, the
  * backend statistics, upstream.c's object API (pool take/put, connect, close). Goes back to
  * the client side only through conn.h's conn_* entry points.
@@ -149,7 +149,8 @@ static bool stale_retry_ok(struct worker *w, struct conn *c)
 	struct ups *u = conn_ups(w, c);
 
 	return u && u->reused && conn_has(c, CF_REQ_IDEMPOTENT) && c->req_state == RQ_DONE &&
-	       c->req_body.framing == HTTP_BODY_NONE && !c->to_ups.busy && !conn_has(c, CF_NO_POOL);
+	       c->req.body.framing == HTTP_BODY_NONE && !c->req.out.busy &&
+	       !conn_has(c, CF_NO_POOL);
 }
 
 /*
@@ -218,12 +219,12 @@ void exchange_fail(struct worker *w, struct conn *c, enum ups_fail why)
 		break;
 	case UF_BAD_BODY:
 		c->flags &= ~CF_UPS_REUSABLE;
-		if (conn_has(c, CF_RESP_STARTED) && c->to_client.iov_n &&
-		    c->to_client.iov[0].iov_base == hbuf_addr(w, c->hbuf_resp)) {
+		if (conn_has(c, CF_RESP_STARTED) && c->resp.out.iov_n &&
+		    c->resp.out.iov[0].iov_base == hbuf_addr(w, c->resp.head)) {
 			/* The head is only queued, not sent: the client can still get a 502. */
 			count_status_n(w, c->resp_code, -1);
 			c->flags &= ~CF_RESP_STARTED;
-			sendq_reset(&c->to_client);
+			sendq_reset(&c->resp.out);
 		}
 		break;
 	case UF_RESPONSE_TIMEOUT:
@@ -247,7 +248,7 @@ void exchange_fail(struct worker *w, struct conn *c, enum ups_fail why)
 void exchange_req_pump(struct worker *w, struct conn *c)
 {
 	struct ups *u = conn_ups(w, c);
-	struct sendq *q = &c->to_ups;
+	struct sendq *q = &c->req.out;
 	size_t payload = 0;
 	ssize_t k;
 	char *p;
@@ -256,7 +257,7 @@ void exchange_req_pump(struct worker *w, struct conn *c)
 		return;
 	sendq_reset(q);
 	if (!conn_has(c, CF_REQ_HEAD_SENT)) {
-		sendq_add(q, hbuf_addr(w, c->hbuf_req), c->req_head_len);
+		sendq_add(q, hbuf_addr(w, c->req.head), c->req.head_len);
 		c->flags |= CF_REQ_HEAD_SENT;
 	}
 	if (c->rs_state == RS_TUNNEL) {
@@ -267,7 +268,7 @@ void exchange_req_pump(struct worker *w, struct conn *c)
 		}
 	} else if (c->req_state == RQ_BODY && c->in.len) {
 		p = c->in.base + c->in.off;
-		k = http_body_decode(&c->req_body, p, c->in.len, &payload);
+		k = http_body_decode(&c->req.body, p, c->in.len, &payload);
 		if (k < 0) {
 			STAT_ADD(w->stats->parse_errors, 1);
 			conn_req_reject(w, c, NULL, 0, k == -EFBIG ? 413 : 400,
@@ -277,11 +278,11 @@ void exchange_req_pump(struct worker *w, struct conn *c)
 		}
 		c->in.off += (uint32_t)k;
 		c->in.len -= (uint32_t)k;
-		if (c->req_body.framing == HTTP_BODY_CHUNKED)
-			sendq_add_chunk(q, c->chunk_hdr_u, p, payload, c->req_body.done);
+		if (c->req.body.framing == HTTP_BODY_CHUNKED)
+			sendq_add_chunk(q, c->req.chunk_hdr, p, payload, c->req.body.done);
 		else
 			sendq_add(q, p, payload);
-		if (c->req_body.done)
+		if (c->req.body.done)
 			c->req_state = RQ_DONE;
 	}
 	if (q->iov_n) {
@@ -311,7 +312,7 @@ static void tunnel_start(struct worker *w, struct conn *c)
 	/* Client bytes already read after the request head go first. */
 	if (c->in.len) {
 		exchange_req_pump(w, c);
-	} else if (!c->to_ups.busy) {
+	} else if (!c->req.out.busy) {
 		inbuf_release(w, &c->in);
 		conn_arm_recv(w, c);
 	}
@@ -321,7 +322,7 @@ static void tunnel_start(struct worker *w, struct conn *c)
 /* After a 101: what the upstream sent goes to the client as it is. */
 static void resp_tunnel_pump(struct worker *w, struct conn *c, struct ups *u)
 {
-	struct sendq *q = &c->to_client;
+	struct sendq *q = &c->resp.out;
 
 	if (u->in.len) {
 		sendq_add(q, u->in.base + u->in.off, u->in.len);
@@ -339,8 +340,8 @@ static void resp_skip_head(struct worker *w, struct conn *c, struct inbuf *src, 
 {
 	src->off += (uint32_t)n;
 	src->len -= (uint32_t)n;
-	if (src == &c->accum && src->len == 0)
-		inbuf_release(w, &c->accum);
+	if (src == &c->resp.accum && src->len == 0)
+		inbuf_release(w, &c->resp.accum);
 }
 
 /*
@@ -352,7 +353,7 @@ static void resp_skip_head(struct worker *w, struct conn *c, struct inbuf *src, 
  */
 static bool resp_head(struct worker *w, struct conn *c, struct ups *u)
 {
-	struct sendq *q = &c->to_client;
+	struct sendq *q = &c->resp.out;
 	struct http_limits lim;
 	struct http_resp resp;
 	struct inbuf *src;
@@ -365,7 +366,7 @@ static bool resp_head(struct worker *w, struct conn *c, struct ups *u)
 	for (;;) {
 		resp.hdr = w->hdr_scratch; /* http_resp_parse clears the rest */
 		resp.hdr_cap = w->hdr_cap;
-		src = inbuf_head_src(w, &c->accum, &u->in);
+		src = inbuf_head_src(w, &c->resp.accum, &u->in);
 		if (!src) {
 			exchange_fail(w, c, UF_BAD_HEAD);
 			return false;
@@ -378,7 +379,7 @@ static bool resp_head(struct worker *w, struct conn *c, struct ups *u)
 		r = http_resp_parse(&resp, src->base + src->off, src->len, &lim,
 				    conn_has(c, CF_REQ_HEAD));
 		if (r == -EAGAIN) {
-			if (!inbuf_head_keep(w, &c->accum, &u->in, src)) {
+			if (!inbuf_head_keep(w, &c->resp.accum, &u->in, src)) {
 				exchange_fail(w, c, UF_BAD_HEAD);
 				return false;
 			}
@@ -391,9 +392,9 @@ static bool resp_head(struct worker *w, struct conn *c, struct ups *u)
 			exchange_fail(w, c, UF_BAD_HEAD);
 			return false;
 		}
-		if (c->hbuf_resp == NIL)
-			c->hbuf_resp = hbuf_get(w);
-		if (c->hbuf_resp == NIL) {
+		if (c->resp.head == NIL)
+			c->resp.head = hbuf_get(w);
+		if (c->resp.head == NIL) {
 			exchange_fail(w, c, UF_NO_HEAD_BUF);
 			return false;
 		}
@@ -410,13 +411,13 @@ static bool resp_head(struct worker *w, struct conn *c, struct ups *u)
 	if (interim) {
 		/* Interim response: relay it, then keep waiting for the final one. */
 		n = http_resp_serialize(&resp, p, c->client_minor, true, conn_has(c, CF_REQ_HEAD),
-					hbuf_addr(w, c->hbuf_resp), w->hbuf_size, &of);
+					hbuf_addr(w, c->resp.head), w->hbuf_size, &of);
 		if (n < 0) {
 			exchange_fail(w, c, UF_BAD_HEAD);
 			return false;
 		}
 		resp_skip_head(w, c, src, r);
-		sendq_add(q, hbuf_addr(w, c->hbuf_resp), (size_t)n);
+		sendq_add(q, hbuf_addr(w, c->resp.head), (size_t)n);
 		conn_send(w, c);
 		return false;
 	}
@@ -426,7 +427,7 @@ static bool resp_head(struct worker *w, struct conn *c, struct ups *u)
 		ka = false;
 	conn_put(c, CF_KEEPALIVE, ka);
 	n = http_resp_serialize(&resp, p, c->client_minor, ka, conn_has(c, CF_REQ_HEAD),
-				hbuf_addr(w, c->hbuf_resp), w->hbuf_size, &of);
+				hbuf_addr(w, c->resp.head), w->hbuf_size, &of);
 	if (n < 0) {
 		exchange_fail(w, c, UF_BAD_HEAD);
 		return false;
@@ -436,17 +437,17 @@ static bool resp_head(struct worker *w, struct conn *c, struct ups *u)
 	c->out_framing = (uint8_t)of;
 	conn_put(c, CF_UPS_REUSABLE, resp.keep_alive && resp.framing != HTTP_BODY_CLOSE);
 	count_status(w, resp.code);
-	inbuf_head_consume(w, &c->accum, &u->in, src, (uint32_t)r);
-	sendq_add(q, hbuf_addr(w, c->hbuf_resp), (size_t)n);
+	inbuf_head_consume(w, &c->resp.accum, &u->in, src, (uint32_t)r);
+	sendq_add(q, hbuf_addr(w, c->resp.head), (size_t)n);
 	if (resp.code == 101) {
 		conn_send(w, c);
 		tunnel_start(w, c);
 		return false;
 	}
-	http_body_init(&c->resp_body, resp.framing, resp.content_length, 0);
+	http_body_init(&c->resp.body, resp.framing, resp.content_length, 0);
 	if (resp.framing == HTTP_BODY_NONE ||
 	    (resp.framing == HTTP_BODY_LENGTH && resp.content_length == 0)) {
-		c->resp_body.done = true;
+		c->resp.body.done = true;
 		c->rs_state = RS_DONE;
 		if (u->in.len)
 			c->flags &= ~CF_UPS_REUSABLE; /* bytes after a body-less response */
@@ -460,14 +461,14 @@ static bool resp_head(struct worker *w, struct conn *c, struct ups *u)
 /* Decodes what the upstream sent of the body and queues it (re-framed) to the client. */
 static void resp_body_pump(struct worker *w, struct conn *c, struct ups *u)
 {
-	struct sendq *q = &c->to_client;
+	struct sendq *q = &c->resp.out;
 	size_t payload = 0;
 	ssize_t k;
 	char *p;
 
 	if (u->in.len) {
 		p = u->in.base + u->in.off;
-		k = http_body_decode(&c->resp_body, p, u->in.len, &payload);
+		k = http_body_decode(&c->resp.body, p, u->in.len, &payload);
 		if (k < 0) {
 			log_warn("worker %u: bad response body framing from %s", w->id,
 				 w->d->backends[c->backend].addr);
@@ -477,10 +478,10 @@ static void resp_body_pump(struct worker *w, struct conn *c, struct ups *u)
 		u->in.off += (uint32_t)k;
 		u->in.len -= (uint32_t)k;
 		if (c->out_framing == HTTP_BODY_CHUNKED)
-			sendq_add_chunk(q, c->chunk_hdr_c, p, payload, c->resp_body.done);
+			sendq_add_chunk(q, c->resp.chunk_hdr, p, payload, c->resp.body.done);
 		else
 			sendq_add(q, p, payload);
-		if (c->resp_body.done) {
+		if (c->resp.body.done) {
 			c->rs_state = RS_DONE;
 			if (u->in.len)
 				/* Bytes after the end of the response. */
@@ -500,17 +501,17 @@ void resp_process(struct worker *w, struct conn *c)
 {
 	struct ups *u = conn_ups(w, c);
 
-	if (conn_has(c, CF_CLOSING) || !u || c->to_client.busy)
+	if (conn_has(c, CF_CLOSING) || !u || c->resp.out.busy)
 		return;
-	sendq_reset(&c->to_client);
+	sendq_reset(&c->resp.out);
 	switch (c->rs_state) {
 	case RS_TUNNEL:
 		resp_tunnel_pump(w, c, u);
 		break;
 	case RS_HEAD:
+		/* Body bytes may follow the head in the same read. */
 		if (resp_head(w, c, u))
-			resp_body_pump(w, c,
-				       u); /* body bytes may follow the head in the same read */
+			resp_body_pump(w, c, u);
 		break;
 	case RS_BODY:
 		resp_body_pump(w, c, u);
@@ -524,18 +525,19 @@ void resp_process(struct worker *w, struct conn *c)
 static void resp_upstream_eof(struct worker *w, struct conn *c, int res)
 {
 	struct ups *u = conn_ups(w, c);
-	struct sendq *q = &c->to_client;
+	struct sendq *q = &c->resp.out;
 
 	if (c->rs_state == RS_HEAD) {
 		/* Nothing of a response from a pooled connection: the backend had closed it. */
-		bool stale = u->reused && !conn_has(c, CF_UPS_BYTE_SEEN) && c->accum.hbuf == NIL;
+		bool stale =
+			u->reused && !conn_has(c, CF_UPS_BYTE_SEEN) && c->resp.accum.hbuf == NIL;
 
 		exchange_fail(w, c, stale ? UF_STALE_POOLED : UF_RESET_BEFORE_HEAD);
 		return;
 	}
-	if (c->rs_state == RS_BODY && res == 0 && c->resp_body.framing == HTTP_BODY_CLOSE) {
+	if (c->rs_state == RS_BODY && res == 0 && c->resp.body.framing == HTTP_BODY_CLOSE) {
 		/* Close-delimited body: EOF is its end. */
-		c->resp_body.done = true;
+		c->resp.body.done = true;
 		c->rs_state = RS_DONE;
 		c->flags &= ~CF_UPS_REUSABLE;
 		if (c->out_framing == HTTP_BODY_CHUNKED) {
@@ -569,7 +571,7 @@ void exchange_end(struct worker *w, struct conn *c)
 {
 	struct ups *u = conn_ups(w, c);
 
-	if (c->to_ups.busy) {
+	if (c->req.out.busy) {
 		c->flags |= CF_END_PENDING;
 		return;
 	}
@@ -587,15 +589,15 @@ void exchange_end(struct worker *w, struct conn *c)
 		else
 			ups_close(w, u);
 	}
-	if (c->hbuf_req != NIL) {
-		hbuf_put(w, c->hbuf_req);
-		c->hbuf_req = NIL;
+	if (c->req.head != NIL) {
+		hbuf_put(w, c->req.head);
+		c->req.head = NIL;
 	}
-	if (c->hbuf_resp != NIL) {
-		hbuf_put(w, c->hbuf_resp);
-		c->hbuf_resp = NIL;
+	if (c->resp.head != NIL) {
+		hbuf_put(w, c->resp.head);
+		c->resp.head = NIL;
 	}
-	inbuf_release(w, &c->accum);
+	inbuf_release(w, &c->resp.accum);
 	c->rs_state = RS_NONE;
 	c->flags &= ~CF_RESP_STARTED; /* the next exchange may still answer with an error */
 	conn_exchange_done(w, c);
@@ -615,7 +617,7 @@ void exchange_on_connect(struct worker *w, struct conn *c, struct ups *u, int re
 
 void exchange_on_send(struct worker *w, struct conn *c, struct ups *u, int res)
 {
-	struct sendq *q = &c->to_ups;
+	struct sendq *q = &c->req.out;
 
 	q->busy = false;
 	if (res <= 0) {
