@@ -294,6 +294,73 @@ struct alog_str alog_req_header(const char *buf, const struct http_req *req, con
 	return (struct alog_str){ NULL, 0 };
 }
 
+/* Finds header name (lower case) in a canonical head; the value span or an empty one. */
+struct alog_str alog_head_field(const char *h, size_t n, const char *name)
+{
+	size_t nl = strlen(name);
+	const char *p = memchr(h, '\n', n), *end = h + n;
+	struct alog_str r = { NULL, 0 };
+
+	while (p && p + 1 < end) {
+		const char *line = p + 1, *eol = memchr(line, '\n', (size_t)(end - line));
+
+		if (!eol || eol - line <= 1)
+			break;
+		if ((size_t)(eol - line) > nl + 1 && line[nl] == ':' &&
+		    strncasecmp(line, name, nl) == 0) {
+			const char *v = line + nl + 1;
+
+			while (v < eol && *v == ' ')
+				v++;
+			r.p = v;
+			r.len = (uint32_t)(eol - v - (eol[-1] == '\r'));
+			return r;
+		}
+		p = eol;
+	}
+	return r;
+}
+
+/*
+ * What can be read of a rejected request line in p[0..n): method, target and version, split
+ * at single spaces; a missing piece stays absent (NULL).
+ */
+void alog_rejected_line(const char *p, uint32_t n, struct alog_entry *e)
+{
+	const char *eol = p ? memchr(p, '\n', n) : NULL, *sp1, *sp2, *end;
+
+	e->protocol_unknown = true;
+	if (!p || n == 0)
+		return;
+	end = eol ? eol - (eol > p && eol[-1] == '\r') : p + n;
+	sp1 = memchr(p, ' ', (size_t)(end - p));
+	e->method = (struct alog_str){ p, (uint32_t)((sp1 ? sp1 : end) - p) };
+	if (!sp1)
+		return;
+	sp2 = memchr(sp1 + 1, ' ', (size_t)(end - sp1 - 1));
+	e->target = (struct alog_str){ sp1 + 1, (uint32_t)((sp2 ? sp2 : end) - sp1 - 1) };
+	if (eol && sp2 && sp2 + 1 < end) { /* a version only on a complete line */
+		e->protocol = (struct alog_str){ sp2 + 1, (uint32_t)(end - sp2 - 1) };
+		e->protocol_unknown = false;
+	}
+}
+
+/* Method, target, Host, Referer and User-Agent of a serialised (canonical) request head. */
+void alog_entry_set_head(struct alog_entry *e, const char *h, size_t n)
+{
+	const char *sp1, *sp2;
+
+	sp1 = memchr(h, ' ', n);
+	sp2 = sp1 ? memchr(sp1 + 1, ' ', n - (size_t)(sp1 + 1 - h)) : NULL;
+	if (sp1 && sp2) {
+		e->method = (struct alog_str){ h, (uint32_t)(sp1 - h) };
+		e->target = (struct alog_str){ sp1 + 1, (uint32_t)(sp2 - sp1 - 1) };
+	}
+	e->host = alog_head_field(h, n, "host");
+	e->referer = alog_head_field(h, n, "referer");
+	e->user_agent = alog_head_field(h, n, "user-agent");
+}
+
 int alog_open(const char *path)
 {
 	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);

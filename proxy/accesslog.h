@@ -65,6 +65,20 @@ static inline struct alog_str alog_span(const char *buf, struct http_span s)
 struct alog_str alog_req_header(const char *buf, const struct http_req *req, const char *name);
 
 /*
+ * The same for a serialised head h[0..n) (the canonical head corral forwards, which outlives
+ * the parse): name in lower case; the value span inside h, or an empty alog_str.
+ */
+struct alog_str alog_head_field(const char *h, size_t n, const char *name);
+/* Method, target, Host, Referer and User-Agent of a serialised request head h[0..n). */
+void alog_entry_set_head(struct alog_entry *e, const char *h, size_t n);
+/*
+ * What can be read of a rejected request line in p[0..n): method, target and version, split
+ * at single spaces; a missing piece stays absent (NULL), and protocol_unknown is set unless a
+ * whole line with a version was read.
+ */
+void alog_rejected_line(const char *p, uint32_t n, struct alog_entry *e);
+
+/*
  * A worker's access-log buffer: two halves. Lines are appended to the "fill" half while the
  * other half is being written by the kernel; a line is always whole inside one half, and
  * each write hands the kernel whole lines only.

@@ -74,7 +74,7 @@
 /*
  * Idle upstream connections kept per backend per core: by default no per-backend cap (the
  * maximum). A core's idle pool is bounded by its connection table (connections_per_core,
- * conn.c), so a steady keep-alive load reuses one upstream connection per client and never
+ * exchange.c), so a steady keep-alive load reuses one upstream connection per client and never
  * churns, and idle ones expire after upstream_idle_ms. A cap of 64 made every request past
  * the 64th concurrent one per core close and reopen an upstream connection.
  */

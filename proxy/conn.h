@@ -1,9 +1,27 @@
-/* Client connections: the per-connection task (request in, exchange, response out, teardown). */
+/*
+ * The connection task, in three files along the path of a request:
+ *
+ *   client.c    accept, the client socket's completions, request head, lingering close,
+ *               teardown (conn_*). Entered by the worker.
+ *   exchange.c  one request's exchange: pick, connect or reuse, retry, request body and
+ *               response towards the client, tunnel, end of the exchange (exchange_*, resp_*).
+ *               Entered by client.c (forward) and by upstream.c's completions.
+ *   upstream.c  the upstream connection object: slots, connect, the per-core idle pools,
+ *               its completions (ups_*). Entered by exchange.c and by the worker.
+ *
+ * Calls go forward (client -> exchange -> upstream). Events come back only through the
+ * entry points named in the "back" sections below.
+ */
 #ifndef CORRAL_CONN_H
 #define CORRAL_CONN_H
 
+#include <string.h>
 #include "balance.h"
+#include "http.h"
+#include "stats.h"
 #include "worker.h"
+
+/* --- the worker's entry points (client.c) ---------------------------------------------- */
 
 /*
  * A new client socket from accept: takes a slot. Beyond connections_per_core it gets a 503
@@ -28,16 +46,320 @@ uint32_t conn_shed_idle(struct worker *w, uint32_t n);
 /* Completion dispatch for client-side ops. */
 void conn_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int res,
 		 uint32_t flags);
-/* Completion dispatch for upstream-side ops. */
-void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int res, uint32_t flags);
 /* A timer of class cls expired for connection idx. */
 void conn_on_timeout(struct worker *w, uint32_t idx, enum tclass cls);
 /* Re-arm a receive that failed for lack of buffers. */
 void conn_retry_recv(struct worker *w, uint32_t idx);
 /* Graceful stop: close idle connections now, make busy ones close after their response. */
 void conn_stop_all(struct worker *w, bool force);
+
+/* --- the worker's entry points (upstream.c) -------------------------------------------- */
+
+/* Completion dispatch for upstream-side ops. */
+void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int res, uint32_t flags);
 /* Upstream pool maintenance on each tick: close idle connections past upstream_idle_ms. */
 void ups_pool_expire(struct worker *w);
 void ups_pool_close_all(struct worker *w);
+
+/* --- client.c, for exchange.c and upstream.c (events back to the connection) ---------- */
+
+/*
+ * Asserts the invariants of c's phase (enum conn_phase) at an event boundary. The checks are
+ * BUG_ON_HOT: compiled in with -DDEBUG_STRICT=2, free otherwise.
+ */
+void conn_check(struct worker *w, struct conn *c);
+/* Writes one line describing c (phase, states, flags, in-flight ops, buffers) to buf. */
+int conn_show(struct worker *w, const struct conn *c, char *buf, size_t n);
+/* A broken invariant on c: logs conn_show() and aborts (bug_fail). */
+void conn_bug(struct worker *w, const struct conn *c, const char *what, const char *file, int line)
+	__attribute__((noreturn, cold));
+
+/* Re-arms the connection's timer for its state; once per event, where events enter it. */
+void conn_timer_update(struct worker *w, struct conn *c);
+/* Frees the slot (and an attached upstream) once no op of either is in flight. */
+void conn_try_finish(struct worker *w, struct conn *c);
+/* Abortive close: cancel everything in flight, release once all completions are in. */
+void conn_abort(struct worker *w, struct conn *c);
+/* The same with an RST: the response was cut short. */
+void conn_abort_reset(struct worker *w, struct conn *c);
+/* The client went away during an exchange: a 499 log line, then conn_abort(). */
+void conn_client_gone(struct worker *w, struct conn *c);
+/* After the last response byte: shut the write side, linger while the client still sends. */
+void conn_close_graceful(struct worker *w, struct conn *c);
+/* Answers status with a canned error (or aborts when a response has started). */
+void conn_send_error(struct worker *w, struct conn *c, int status);
+/* Answers a request corral rejects; head[0..n) is what the log line shows of it. */
+void conn_req_reject(struct worker *w, struct conn *c, const char *head, uint32_t n, int status,
+		     const char *reason);
+/* One access-log line for the exchange that ended with status. */
+void conn_log(struct worker *w, struct conn *c, int status);
+/* The exchange ended and its resources are back: the next request, discard, or close. */
+void conn_exchange_done(struct worker *w, struct conn *c);
+
+/* --- exchange.c, for client.c and upstream.c ------------------------------------------- */
+
+/* A request head was parsed (c->req.head holds it): pick a backend and connect or reuse. */
+void exchange_connect(struct worker *w, struct conn *c);
+/* Sends what the request direction has ready (head, then body, or tunnel bytes). */
+void exchange_req_pump(struct worker *w, struct conn *c);
+/* Forwards what the response direction has ready to the client. */
+void resp_process(struct worker *w, struct conn *c);
+/* The response was fully sent: pool or close the upstream, then conn_exchange_done(). */
+void exchange_end(struct worker *w, struct conn *c);
+/* Cancels an attached upstream's ops; it stays attached until the connection finishes. */
+void exchange_abort_ups(struct worker *w, struct conn *c);
+/* The upstream of c's exchange failed: retry, answer or abort (the one decision point). */
+void exchange_fail(struct worker *w, struct conn *c, enum ups_fail why);
+/* T_CONNECT or T_UPSTREAM expired for c. */
+void exchange_on_timeout(struct worker *w, struct conn *c, enum tclass cls);
+/* Completions of the upstream c uses (from ups_on_cqe). */
+void exchange_on_connect(struct worker *w, struct conn *c, struct ups *u, int res);
+void exchange_on_send(struct worker *w, struct conn *c, struct ups *u, int res);
+void exchange_on_recv(struct worker *w, struct conn *c, struct ups *u, int res, uint32_t flags);
+
+/* --- upstream.c, for exchange.c and client.c -------------------------------------------- */
+
+/* Frees u's slot and fd; nothing of it may be in flight. */
+void ups_release(struct worker *w, struct ups *u);
+/* Starts closing an upstream that no connection owns any more. */
+void ups_close(struct worker *w, struct ups *u);
+/*
+ * A pooled connection to backend id (opened to the address be names), unlinked from the
+ * pool, or NULL. Pooled ones opened to an earlier address of the id are closed on the way.
+ */
+struct ups *ups_pool_take(struct worker *w, uint16_t id, const struct cfg_backend *be);
+/* Pools u when it may be reused (else closes it); u is owned by no connection afterwards. */
+void ups_pool_put(struct worker *w, struct ups *u);
+/* Closes up to n idle pooled connections (the oldest first); returns how many. */
+uint32_t ups_pool_shed(struct worker *w, uint32_t n);
+/*
+ * Opens a new connection to backend id at be and submits its connect. The new upstream, or
+ * NULL with *err: -ENOBUFS when every upstream slot is in use, else socket()'s -errno.
+ */
+struct ups *ups_connect(struct worker *w, const struct cfg_backend *be, uint16_t id, int *err);
+
+/* --- shared inline helpers -------------------------------------------------------------- */
+
+/* BUG_ON / BUG_ON_HOT that show the connection in the log before aborting. */
+#define CONN_BUG_ON(w, c, cond)                                                                    \
+	do {                                                                                       \
+		if (__builtin_expect(!!(cond), 0))                                                 \
+			conn_bug(w, c, #cond, __FILE__, __LINE__);                                 \
+	} while (0)
+#if defined(DEBUG_STRICT) && DEBUG_STRICT >= 2
+#define CONN_BUG_ON_HOT(w, c, cond) CONN_BUG_ON(w, c, cond)
+#else
+#define CONN_BUG_ON_HOT(w, c, cond) ((void)sizeof(!(cond)))
+#endif
+
+static inline bool conn_has(const struct conn *c, uint32_t flag)
+{
+	return (c->flags & flag) != 0;
+}
+
+static inline void conn_put(struct conn *c, uint32_t flag, bool on)
+{
+	c->flags = on ? c->flags | flag : c->flags & ~flag;
+}
+
+/* The connection's phase (enum conn_phase in conn-t.h): the one reading of its states. */
+static inline enum conn_phase conn_phase(const struct conn *c)
+{
+	if (conn_has(c, CF_CLOSING))
+		return conn_has(c, CF_LINGERING) ? CP_LINGER : CP_CLOSING;
+	if (c->rs_state == RS_TUNNEL)
+		return CP_TUNNEL;
+	if (c->rs_state != RS_NONE)
+		return CP_EXCHANGE;
+	return c->req_state == RQ_BODY ? CP_DISCARD : CP_HEAD;
+}
+
+/* In CP_HEAD: some bytes of the next head were read (a 408 on timeout, not a silent close). */
+static inline bool conn_head_partial(const struct conn *c)
+{
+	return c->req.accum.hbuf != NIL || c->in.len > 0;
+}
+
+static inline uint32_t cidx(const struct worker *w, const struct conn *c)
+{
+	return (uint32_t)(c - w->conns);
+}
+
+static inline uint32_t uidx(const struct worker *w, const struct ups *u)
+{
+	return (uint32_t)(u - w->ups);
+}
+
+static inline struct ups *conn_ups(struct worker *w, struct conn *c)
+{
+	return c->ups == NIL ? NULL : &w->ups[c->ups];
+}
+
+static inline void limits_of(struct worker *w, struct http_limits *lim)
+{
+	const struct cfg_limits *l = &w->snap->cfg.limits;
+
+	lim->header_bytes_max = l->header_bytes_max;
+	lim->headers_max = l->headers_max < w->hdr_cap ? l->headers_max : w->hdr_cap;
+	lim->uri_bytes_max = l->uri_bytes_max;
+	lim->body_bytes_max = l->body_bytes_max;
+}
+
+/* Counts n responses of status in its class (n = -1 takes one back). */
+static inline void count_status_n(struct worker *w, int status, int n)
+{
+	int cls = status / 100 - 1;
+
+	if (cls < 0 || cls >= STATS_CLASSES)
+		cls = STATS_5XX;
+	STAT_ADD(w->stats->responses[cls], n);
+}
+
+static inline void count_status(struct worker *w, int status)
+{
+	count_status_n(w, status, 1);
+}
+
+static inline int32_t cqe_bid(int res, uint32_t flags)
+{
+	if (!(flags & IORING_CQE_F_BUFFER))
+		return -1;
+	(void)res;
+	return (int32_t)(flags >> IORING_CQE_BUFFER_SHIFT);
+}
+
+static inline void sendq_reset(struct sendq *q)
+{
+	q->iov_n = 0;
+}
+
+static inline void sendq_add(struct sendq *q, const void *p, size_t n)
+{
+	if (n == 0)
+		return;
+	BUG_ON(q->iov_n >= 4);
+	q->iov[q->iov_n].iov_base = (void *)p;
+	q->iov[q->iov_n].iov_len = n;
+	q->iov_n++;
+}
+
+/*
+ * Queues p[0..n) as one chunk of a chunked body (hdr: the direction's chunk-size line buffer,
+ * 24 bytes), followed by the last chunk when last. n == 0 queues only the last chunk (if last).
+ * Up to three iovecs; the one framing helper of both directions.
+ */
+static inline void sendq_add_chunk(struct sendq *q, char *hdr, const char *p, size_t n, bool last)
+{
+	if (n) {
+		sendq_add(q, hdr, (size_t)http_chunk_header(hdr, n));
+		sendq_add(q, p, n);
+		if (last)
+			sendq_add(q, "\r\n0\r\n\r\n", 7);
+		else
+			sendq_add(q, "\r\n", 2);
+	} else if (last) {
+		sendq_add(q, "0\r\n\r\n", 5);
+	}
+}
+
+static inline void sendq_submit(struct worker *w, struct sendq *q, int fd, enum wop op,
+				uint32_t idx, uint32_t gen)
+{
+	struct io_uring_sqe *sqe = worker_sqe(w);
+
+	memset(&q->msg, 0, sizeof(q->msg));
+	q->msg.msg_iov = q->iov;
+	q->msg.msg_iovlen = q->iov_n;
+	io_uring_prep_sendmsg(sqe, fd, &q->msg, MSG_NOSIGNAL);
+	sqe->user_data = ud_pack(op, idx, gen);
+	q->busy = true;
+}
+
+/* Advances q past n sent bytes; true when everything was sent. */
+static inline bool sendq_advance(struct sendq *q, size_t n)
+{
+	uint8_t i = 0;
+
+	while (i < q->iov_n && n >= q->iov[i].iov_len) {
+		n -= q->iov[i].iov_len;
+		i++;
+	}
+	if (i == q->iov_n) {
+		q->iov_n = 0;
+		return true;
+	}
+	q->iov[i].iov_base = (char *)q->iov[i].iov_base + n;
+	q->iov[i].iov_len -= n;
+	memmove(q->iov, q->iov + i, (size_t)(q->iov_n - i) * sizeof(q->iov[0]));
+	q->iov_n -= i;
+	return false;
+}
+
+static inline void cancel_fd(struct worker *w, int fd, enum wop op, uint32_t idx, uint32_t gen)
+{
+	struct io_uring_sqe *sqe = worker_sqe(w);
+
+	io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+	sqe->user_data = ud_pack(op, idx, gen);
+}
+
+/* One receive at a time on the client (backpressure), into a provided buffer. */
+static inline void conn_arm_recv(struct worker *w, struct conn *c)
+{
+	struct io_uring_sqe *sqe;
+
+	if (conn_has(c, CF_RECV_ARMED) || conn_has(c, CF_RECV_WANTED))
+		return;
+	sqe = worker_sqe(w);
+	io_uring_prep_recv(sqe, c->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = w->bgid;
+	sqe->user_data = ud_pack(OP_C_RECV, cidx(w, c), c->gen);
+	c->flags |= CF_RECV_ARMED;
+	c->inflight++;
+}
+
+/* Submits c->resp.out. */
+static inline void conn_send(struct worker *w, struct conn *c)
+{
+	sendq_submit(w, &c->resp.out, c->fd, OP_C_SEND, cidx(w, c), c->gen);
+	c->inflight++;
+}
+
+static inline void ups_arm_recv(struct worker *w, struct ups *u)
+{
+	struct io_uring_sqe *sqe;
+
+	if (u->recv_armed)
+		return;
+	sqe = worker_sqe(w);
+	io_uring_prep_recv(sqe, u->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = w->bgid;
+	sqe->user_data = ud_pack(OP_U_RECV, uidx(w, u), u->gen);
+	u->recv_armed = true;
+	u->inflight++;
+}
+
+/* Submits c->req.out on u. */
+static inline void ups_send(struct worker *w, struct conn *c, struct ups *u)
+{
+	sendq_submit(w, &c->req.out, u->fd, OP_U_SEND, uidx(w, u), u->gen);
+	u->inflight++;
+}
+
+/* --- head assembly (inbuf.c): a head split across reads is assembled in a head buffer ---- */
+
+/*
+ * Where the next head is parsed from. While a head is being assembled (acc holds its start)
+ * the new bytes of in are appended to acc, and acc is the source; otherwise in itself. NULL
+ * when the bytes do not fit (the head is over any limit).
+ */
+struct inbuf *inbuf_head_src(struct worker *w, struct inbuf *acc, struct inbuf *in);
+/* An incomplete head in src: its bytes wait in acc for the next read. false: no buffer. */
+bool inbuf_head_keep(struct worker *w, struct inbuf *acc, struct inbuf *in, struct inbuf *src);
+/* A head of n bytes was parsed from src: the bytes after it become in. */
+void inbuf_head_consume(struct worker *w, struct inbuf *acc, struct inbuf *in, struct inbuf *src,
+			uint32_t n);
 
 #endif

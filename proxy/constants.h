@@ -90,12 +90,13 @@
 	(((header_bytes_max) + (buffer_bytes) + HBUF_ADDED_BYTES + HBUF_ALIGN - 1) &               \
 	 ~(uint32_t)(HBUF_ALIGN - 1))
 /*
- * Head buffers one client connection can hold at the same time (conn.c), so that a head
- * buffer is never the resource a request runs out of:
+ * Head buffers one client connection can hold at the same time (client.c, exchange.c), so
+ * that a head buffer is never the resource a request runs out of:
  *   1. c->in: the rest of an assembled request head's buffer (body or pipelined bytes);
- *   2. c->hbuf_req: the serialised request head, until the exchange ends;
- *   3. c->accum, later u->in: the response head being assembled, then its remainder;
- *   4. c->hbuf_resp: the serialised response head (or corral's error response).
+ *   2. c->req.head: the serialised request head, until the exchange ends;
+ *   3. c->resp.accum, later u->in: the response head being assembled, then its remainder;
+ *   4. c->resp.head: the serialised response head (or corral's error response).
+ * (c->req.accum is empty again by the time the exchange starts: it became c->in.)
  * The table is mapped with MAP_NORESERVE and handed out LIFO: untouched ones cost no memory.
  */
 #define HBUF_PER_CONN	     4
@@ -109,7 +110,7 @@
 #define CONN_SLOT_HEADROOM 64
 
 /* Upstream connection slots: one in use per client connection, idle pooled ones no more than
- * the core's client connections (conn.c), and spares for ones still closing after their client
+ * the core's client connections (upstream.c), and spares for ones still closing after their client
  * left. When they run out a request gets a 503. */
 #define UPS_SPARE_SLOTS	  1024
 #define UPS_CAP(conn_cap) (2 * (conn_cap) + UPS_SPARE_SLOTS)

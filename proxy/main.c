@@ -1254,7 +1254,7 @@ static void raise_nofile(const struct config *cfg)
  * How many client connections per worker the fd limit holds, counting what is open now and
  * one upstream connection per client; says so when that is below connections_per_core.
  * Workers then close idle connections to make room at that count instead of running into
- * EMFILE (conn.c).
+ * EMFILE (client.c).
  */
 static uint32_t fd_budget(const struct config *cfg)
 {

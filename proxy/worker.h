@@ -7,10 +7,11 @@
 #include "bufpool.h"
 #include "constants.h"
 #include "worker-t.h"
+#include "conn-t.h"
 
 struct steer_core;
 
-/* Accepts at the connection limit that wait for the end of a completion batch (conn.c). */
+/* Accepts at the connection limit that wait for the end of a completion batch (client.c). */
 #define ACCEPT_DEFER_MAX 64
 
 struct worker {
@@ -118,7 +119,7 @@ void worker_request_drain(struct worker *w, bool drained);
 void worker_join(struct worker *w);
 void worker_free(struct worker *w);
 
-/* Used by conn.c (same thread). */
+/* Used by client.c, exchange.c and upstream.c (same thread). */
 struct io_uring_sqe *worker_sqe(struct worker *w);
 
 /*

@@ -136,6 +136,18 @@ def test_attempts_max_one_means_no_failover(wproxy, backend_factory):
     assert live.stats()["requests"] == 10
 
 
+def test_a_failed_connect_with_no_attempt_left_counts_an_error_and_no_retry(wproxy):
+    dead = dead_address()
+    p = wproxy([dead], timeouts={"backend_park_ms": 0}, workers={"cores": [0]})
+    t0 = totals(p)
+    assert statuses(p.port, 3) == [502] * 3
+    t1 = totals(p)
+    # One backend: nothing was retried, and each failure counts once.
+    assert t1["upstream_retries"] - t0["upstream_retries"] == 0, (t0, t1)
+    assert t1["upstream_errors"] - t0["upstream_errors"] == 3, (t0, t1)
+    assert backends(p)[dead]["errors"] == 3
+
+
 def test_attempts_max_bounds_attempts_and_a_reload_raises_it(wproxy, backend_factory):
     live = backend_factory(ident="live")
     d1, d2 = dead_address(), dead_address()

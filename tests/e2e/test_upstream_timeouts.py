@@ -1,6 +1,7 @@
 """upstream_response_ms (docs/config.md): the time from request sent to response head, and between
 reads of the response body. A backend that keeps sending slowly is never cut off; one that stalls
 mid-body for longer is, and the client can tell the body is incomplete."""
+import socket
 import time
 
 import pytest
@@ -76,3 +77,40 @@ def test_an_upload_that_keeps_coming_is_not_cut_by_client_body_ms(wproxy, backen
         took = time.monotonic() - start
     assert r.status == 200 and r.body == b"u" * 8, r
     assert took > body_s
+
+
+@pytest.mark.parametrize("head", [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
+                                  b"HTTP/1.0 200 OK\r\n\r\n"],
+                         ids=["content-length", "close-delimited"])
+def test_an_http10_client_whose_response_stalls_mid_body_gets_a_reset_not_a_fin(wproxy, head):
+    # To an HTTP/1.0 client both bodies are close-delimited: a FIN after upstream_response_ms
+    # would make the first 10 bytes look like the whole body.
+    stall_s = ms(TIMEOUT_MS) / 1000.0 * 4
+
+    def handler(up, req):
+        up.send(head + b"x" * 10)
+        time.sleep(stall_s)
+        return "close"
+
+    rec = Recorder(handler=handler)
+    try:
+        p = wproxy([rec.address], timeouts={"upstream_response_ms": ms(TIMEOUT_MS)})
+        s = socket.create_connection(("127.0.0.1", p.port), timeout=20 * SLOW)
+        try:
+            s.sendall(b"GET /stall HTTP/1.0\r\nHost: a\r\n\r\n")
+            got, reset = b"", False
+            while True:
+                try:
+                    d = s.recv(65536)
+                except ConnectionResetError:
+                    reset = True
+                    break
+                if not d:
+                    break
+                got += d
+        finally:
+            s.close()
+        assert got.endswith(b"\r\n\r\n" + b"x" * 10), got
+        assert reset, "the cut body ended with a clean FIN: %r" % got
+    finally:
+        rec.close()

@@ -492,3 +492,48 @@ Test(accesslog, fields_come_straight_from_a_parsed_request)
 	s = alog_span(buf, (struct http_span){ 0, 0 });
 	cr_assert_null(s.p);
 }
+
+static bool str_is(struct alog_str s, const char *want)
+{
+	if (!want)
+		return s.p == NULL && s.len == 0;
+	return s.len == strlen(want) && memcmp(s.p, want, s.len) == 0;
+}
+
+Test(accesslog, fields_come_from_a_serialised_head)
+{
+	static const char h[] = "GET /a?b=1 HTTP/1.1\r\n"
+				"Host: example.org\r\n"
+				"USER-AGENT:  curl/8\r\n"
+				"X-Host: no\r\n"
+				"\r\n";
+	struct alog_entry e = { 0 };
+
+	alog_entry_set_head(&e, h, sizeof(h) - 1);
+	cr_assert(str_is(e.method, "GET"));
+	cr_assert(str_is(e.target, "/a?b=1"));
+	cr_assert(str_is(e.host, "example.org"));
+	cr_assert(str_is(e.user_agent, "curl/8"), "case-insensitive name, leading spaces dropped");
+	cr_assert(str_is(e.referer, NULL), "an absent header is an empty span");
+	/* A name matches only at a line start, and only the n bytes given are searched. */
+	cr_assert(str_is(alog_head_field(h, sizeof(h) - 1, "x-host"), "no"));
+	cr_assert(str_is(alog_head_field(h, 21, "host"), NULL));
+}
+
+Test(accesslog, a_rejected_line_keeps_what_can_be_read)
+{
+	struct alog_entry e = { 0 };
+
+	alog_rejected_line("GET /x HTTP/1.1\r\nHost: a\r\n", 26, &e);
+	cr_assert(str_is(e.method, "GET") && str_is(e.target, "/x"));
+	cr_assert(str_is(e.protocol, "HTTP/1.1") && !e.protocol_unknown);
+
+	memset(&e, 0, sizeof(e));
+	alog_rejected_line("POST /very-long", 15, &e); /* no line end: no version */
+	cr_assert(str_is(e.method, "POST") && str_is(e.target, "/very-long"));
+	cr_assert(e.protocol_unknown && str_is(e.protocol, NULL));
+
+	memset(&e, 0, sizeof(e));
+	alog_rejected_line(NULL, 0, &e);
+	cr_assert(e.protocol_unknown && str_is(e.method, NULL));
+}

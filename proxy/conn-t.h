@@ -1,0 +1,193 @@
+/*
+ * Connection types: the client connection task (struct conn), the upstream connection it
+ * borrows for an exchange (struct ups), and their states. Owned by one worker thread; nothing
+ * here is reached from another thread. client.c, exchange.c and upstream.c work on them.
+ */
+#ifndef CORRAL_CONN_T_H
+#define CORRAL_CONN_T_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include "balance-t.h"
+#include "http-t.h"
+#include "worker-t.h"
+
+enum req_state {
+	RQ_HEAD = 0, /* reading/parsing a request head */
+	RQ_BODY,     /* streaming the request body upstream */
+	RQ_DONE,     /* request fully read; waiting for the response to end */
+};
+
+enum rs_state {
+	RS_NONE = 0, /* no exchange */
+	RS_CONNECT,  /* picking/connecting an upstream */
+	RS_HEAD,     /* waiting for the response head */
+	RS_BODY,     /* streaming the response body */
+	RS_DONE,
+	RS_TUNNEL, /* after 101: raw bytes both ways */
+};
+
+/*
+ * The phase of a connection, derived from its request and response states by conn_phase()
+ * (conn.h), the one place they are read together. Each phase's invariant is what conn_check()
+ * asserts at the event boundaries (where the timer is re-armed):
+ */
+enum conn_phase {
+	/*
+	 * Reading a request head: no upstream attached, no serialised head held (req.head and
+	 * resp.head NIL), not counted in the balancer's in-flight counts; in / req.accum may hold a
+	 * partial head. Timer T_HEADER (a partial head, or the first request), else T_IDLE.
+	 */
+	CP_HEAD,
+	/*
+	 * One exchange (rs_state CONNECT, HEAD, BODY or DONE): an attached upstream is owned by
+	 * this connection (owner and generation match); CONNECT, HEAD and BODY have one attached.
+	 * Counted in bal.inflight[backend] while the upstream is attached and not closing. Timer
+	 * T_CONNECT, T_UPSTREAM, or T_BODY (the client reads slowly, or a request body comes).
+	 */
+	CP_EXCHANGE,
+	/*
+	 * The response is complete and the rest of the request body is read and dropped: no
+	 * upstream, no head buffers. Timer T_BODY; a 408 here is never sent.
+	 */
+	CP_DISCARD,
+	/* After a 101: raw bytes both ways; the upstream is never pooled, keep_alive is off. T_TUNNEL. */
+	CP_TUNNEL,
+	/*
+	 * Write side shut, reading and dropping what the client still sends: an attached
+	 * upstream is closing, no head is assembled, linger_bytes < linger_bytes_max. T_LINGER.
+	 */
+	CP_LINGER,
+	/* Teardown: only cancels are in flight, no timer; the slot frees when nothing is. */
+	CP_CLOSING,
+};
+
+/*
+ * What a connection is doing, by cause, as bits of conn.flags (conn_has / conn_put in conn.h;
+ * conn_show prints them). Cleared with the slot at accept; the request and response groups
+ * are reset at each request head (req_begin).
+ */
+enum conn_flag {
+	/* client socket I/O */
+	CF_RECV_ARMED = 1u << 0,      /* a receive is in flight */
+	CF_RECV_WANTED = 1u << 1,     /* waiting in the no-buffer queue for a client receive */
+	CF_UPS_RECV_WANTED = 1u << 2, /* waiting in the no-buffer queue for an upstream recv */
+	CF_POLL_ARMED = 1u << 3,      /* the client EOF/RST poll is in flight */
+	CF_EOF = 1u << 4,	      /* the client shut its write side */
+	/* teardown */
+	CF_CLOSING = 1u << 5,	  /* teardown started: no new work */
+	CF_LINGERING = 1u << 6,	  /* lingering close: reading and dropping */
+	CF_CANCEL_SENT = 1u << 7, /* a cancel of every op on fd was submitted */
+	CF_RESET_CLOSE = 1u << 8, /* close with RST: the response is cut short */
+	/* the request */
+	CF_REQ_HEAD = 1u << 9,	      /* the method is HEAD */
+	CF_REQ_IDEMPOTENT = 1u << 10, /* the method is idempotent (a stale pooled retry is safe) */
+	CF_REQ_UPGRADE = 1u << 11,    /* the request asks for an upgrade (a 101 is acceptable) */
+	CF_REQ_HEAD_SENT = 1u << 12,  /* the serialised head is queued to the upstream */
+	/* the response */
+	CF_RESP_STARTED = 1u << 13,  /* a response byte went (or is queued) to the client */
+	CF_UPS_BYTE_SEEN = 1u << 14, /* a response byte came from the upstream */
+	CF_UPS_REUSABLE = 1u << 15,  /* the upstream may be pooled when the exchange ends */
+	CF_KEEPALIVE = 1u << 16,     /* this exchange ends with the connection reusable */
+	CF_CLOSE_AFTER = 1u << 17,   /* close once the response is sent */
+	CF_END_PENDING = 1u << 18,   /* response ended while the last request send was in flight */
+	CF_LOGGED = 1u << 19,	     /* this exchange's access-log line is written */
+	/* retry */
+	CF_NO_POOL = 1u << 20, /* the next connect must be fresh (a stale pooled one failed) */
+	/* the client-abort watch */
+	CF_PROBED = 1u << 21, /* the 100 Continue after a FIN was sent (once per connection) */
+};
+
+/* Why an upstream attempt failed; exchange_fail() decides what follows from each. */
+enum ups_fail {
+	UF_NONE = 0,
+	UF_CONNECT,	      /* the connect was refused or failed */
+	UF_CONNECT_TIMEOUT,   /* upstream_connect_ms passed */
+	UF_STALE_POOLED,      /* a pooled connection closed before any byte of the response */
+	UF_RESET_BEFORE_HEAD, /* closed or reset before the response head was complete */
+	UF_SEND,	      /* sending the request failed */
+	UF_BAD_HEAD,	      /* an unparsable, oversized or unacceptable response head */
+	UF_NO_HEAD_BUF,	      /* no head buffer for the response head */
+	UF_BAD_BODY,	      /* invalid response body framing */
+	UF_RESPONSE_TIMEOUT,  /* upstream_response_ms without progress */
+	UF_CUT_BODY,	      /* closed or reset in the middle of the response body */
+};
+
+/*
+ * One direction of an exchange (the conn_dir of liburing's proxy example): req is client ->
+ * upstream, resp is upstream -> client. The bytes coming in stay where their socket's owner
+ * keeps them (c->in, u->in: a pooled upstream owns its input).
+ */
+struct conn_dir {
+	struct inbuf accum; /* this direction's head while it arrives in pieces */
+	uint32_t head;	    /* head buffer: the serialised head (or corral's own answer), or NIL */
+	uint32_t head_len;  /* its length (request direction) */
+	struct http_body body; /* framing of the body coming in on this direction */
+	struct sendq out;      /* what is sent on: to the upstream (req) / to the client (resp) */
+	char chunk_hdr[24];    /* the chunk-size line when the body goes out chunked */
+};
+
+/* Upstream connection. Owned by one conn while in use, else by its backend's idle pool. */
+struct ups {
+	int fd;
+	uint32_t gen;
+	uint32_t owner; /* conn index, or NIL when pooled/closing */
+	uint32_t owner_gen;
+	uint16_t backend; /* backend id */
+	uint32_t be_gen;  /* the id's generation when connected: pooled only for that address */
+	uint8_t inflight;
+	bool connected;
+	bool recv_armed;
+	bool closing;
+	bool reused; /* taken from the pool for the current exchange */
+	union {
+		struct sockaddr_in6 v6;
+		struct sockaddr_in v4;
+	} addr;
+	socklen_t addr_len;
+	uint32_t pool_prev, pool_next; /* idle pool list (per backend) or free list */
+	uint64_t idle_since_ms;
+	struct inbuf in; /* response bytes not yet processed */
+};
+
+/* A client connection: a scoped task. Everything it owns is released in conn_finish(). */
+struct conn {
+	int fd;
+	uint32_t gen;
+	uint8_t inflight;  /* SQEs in flight on fd */
+	bool active;	   /* slot in use */
+	uint32_t flags;	   /* enum conn_flag */
+	uint8_t req_state; /* enum req_state */
+	uint8_t rs_state;  /* enum rs_state */
+	uint8_t client_minor;
+	uint8_t out_framing;	 /* framing to the client (enum http_framing) */
+	uint8_t attempts;	 /* upstream connect attempts for this request */
+	uint8_t fail;		 /* enum ups_fail: this request's last upstream failure */
+	struct tried_set tried;	 /* backend ids tried for this request */
+	uint64_t hkey;		 /* hash key for hash-uri / hash-client */
+	uint16_t pending_status; /* error response to send, 0 = none */
+	uint32_t requests;	 /* served on this connection */
+	uint32_t ups;		 /* upstream index or NIL */
+	struct tlink t;
+	struct inbuf in;      /* client bytes not yet processed */
+	struct conn_dir req;  /* client -> upstream */
+	struct conn_dir resp; /* upstream -> client */
+	uint64_t req_start_ns;
+	uint16_t backend;
+	uint16_t resp_code;
+	uint32_t linger_bytes;
+	uint64_t x_bytes_out;	  /* this exchange's bytes to the client (access log) */
+	uint32_t req_in_head_len; /* bytes of the client's request head */
+	const char *rej_line;	  /* a rejected head's bytes, while its error is logged */
+	uint32_t rej_len;
+	const char *rej_reason; /* why the request is rejected (a static string), or NULL */
+	union {
+		struct sockaddr_in6 v6;
+		struct sockaddr_in v4;
+	} peer;
+	char peer_ip[46];
+};
+
+#endif
