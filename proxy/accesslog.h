@@ -41,13 +41,13 @@ struct alog_entry {
 	struct alog_str host;
 	struct alog_str referer;
 	struct alog_str user_agent;
-	uint8_t version_minor; /* HTTP/1.x */
-	uint16_t status;       /* status sent to the client */
-	uint64_t bytes_in;     /* bytes received from the client for this exchange */
-	uint64_t bytes_out;    /* bytes sent to the client for this exchange */
-	uint64_t duration_us;  /* request head parsed -> response end */
-	const char *upstream;  /* backend address text; NULL when corral answered itself */
-	const char *reason;    /* why corral rejected the request, or NULL */
+	uint8_t version_minor;	  /* HTTP/1.x */
+	uint16_t status;	  /* status sent to the client */
+	uint64_t bytes_in;	  /* bytes received from the client for this exchange */
+	uint64_t bytes_out;	  /* bytes sent to the client for this exchange */
+	uint64_t duration_us;	  /* request head parsed -> response end */
+	const char *upstream;	  /* backend address text; NULL when corral answered itself */
+	const char *reason;	  /* why corral rejected the request, or NULL */
 	struct alog_str protocol; /* the version as received, when it is not HTTP/1.x */
 	bool protocol_unknown;	  /* no version could be read (JSON null, combined "-") */
 };
@@ -106,16 +106,16 @@ void alog_rejected_line(const char *p, uint32_t n, struct alog_entry *e);
 struct alog_buf {
 	enum cfg_log_format format;
 	char *chunk[ALOG_CHUNKS];
-	size_t cap;		  /* bytes per chunk */
-	size_t len[ALOG_CHUNKS];  /* bytes held by each chunk */
-	uint32_t head;		  /* oldest chunk holding unwritten bytes (written next) */
-	uint32_t fill;		  /* the chunk being appended to; head == fill: only one in use */
-	bool in_flight;		  /* chunk[head] from woff on is owned by the kernel */
-	size_t woff;		  /* bytes of chunk[head] already written */
-	size_t wlen;		  /* bytes handed to the kernel in the write in flight */
-	uint64_t lines;		  /* lines appended */
-	uint64_t lines_dropped;	  /* lines lost: every chunk full (the disk is too slow) */
-	uint64_t bytes_dropped;	  /* bytes lost to write errors */
+	size_t cap;		 /* bytes per chunk */
+	size_t len[ALOG_CHUNKS]; /* bytes held by each chunk */
+	uint32_t head;		 /* oldest chunk holding unwritten bytes (written next) */
+	uint32_t fill;		 /* the chunk being appended to; head == fill: only one in use */
+	bool in_flight;		 /* chunk[head] from woff on is owned by the kernel */
+	size_t woff;		 /* bytes of chunk[head] already written */
+	size_t wlen;		 /* bytes handed to the kernel in the write in flight */
+	uint64_t lines;		 /* lines appended */
+	uint64_t lines_dropped;	 /* lines lost: every chunk full (the disk is too slow) */
+	uint64_t bytes_dropped;	 /* bytes lost to write errors */
 	uint64_t write_errors;
 	int64_t ts_sec;	 /* the second the cached time stamps are for */
 	char ts_iso[24]; /* "2026-11-27T14:45:00" */

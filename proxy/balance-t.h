@@ -36,7 +36,7 @@ _Static_assert(BACKEND_IDS_MAX <= TRIED_WORDS * TRIED_WORD_BITS, "one tried bit 
 struct balance_state {
 	int64_t rr_cur[BACKEND_IDS_MAX];    /* smooth WRR current weights */
 	uint32_t inflight[BACKEND_IDS_MAX]; /* exchanges in flight from this core (least-conn) */
-	uint32_t lc_rot;		     /* least-conn tie breaker: rotates the scan start */
+	uint32_t lc_rot;		    /* least-conn tie breaker: rotates the scan start */
 	/*
 	 * Passive health seen by this core at once: a connect failure here parks the backend for
 	 * this core until then, without waiting for the main thread's next scan to publish

@@ -35,17 +35,21 @@
 /* One bounded integer key inside the timeouts or limits mapping. */
 struct cfg_num_key {
 	const char *name;
-	size_t off;	/* offset in struct cfg_timeouts or struct cfg_limits */
-	size_t size;	/* 4 or 8 bytes */
+	size_t off;  /* offset in struct cfg_timeouts or struct cfg_limits */
+	size_t size; /* 4 or 8 bytes */
 	uint64_t min;
 	uint64_t max;
-	bool pow2;	/* must also be a power of two */
+	bool pow2; /* must also be a power of two */
 };
 
-#define NUM32(type, field, lo, hi, p2)                                                            \
-	{ #field, offsetof(struct type, field), sizeof(uint32_t), (lo), (hi), (p2) }
-#define NUM64(type, field, lo, hi, p2)                                                            \
-	{ #field, offsetof(struct type, field), sizeof(uint64_t), (lo), (hi), (p2) }
+#define NUM32(type, field, lo, hi, p2)                                                             \
+	{                                                                                          \
+#field, offsetof(struct type, field), sizeof(uint32_t), (lo), (hi), (p2)           \
+	}
+#define NUM64(type, field, lo, hi, p2)                                                             \
+	{                                                                                          \
+#field, offsetof(struct type, field), sizeof(uint64_t), (lo), (hi), (p2)           \
+	}
 
 /*
  * Bounds. A minimum stops a value so small that corral cannot work (or that is a unit slip,
@@ -131,11 +135,11 @@ struct cfg_parse {
 /* Key handlers return this for a key they do not know; the walker turns it into the error. */
 #define CFG_UNKNOWN 1
 
-typedef int (*cfg_pair_fn)(struct cfg_parse *p, const char *key, yaml_node_t *v,
-			   const char *path, void *arg);
+typedef int (*cfg_pair_fn)(struct cfg_parse *p, const char *key, yaml_node_t *v, const char *path,
+			   void *arg);
 
 __attribute__((format(printf, 4, 5))) static int cfg_err(struct cfg_parse *p, size_t line,
-							  const char *path, const char *fmt, ...)
+							 const char *path, const char *fmt, ...)
 {
 	va_list ap;
 	int n;
@@ -205,8 +209,8 @@ static size_t seq_len(const yaml_node_t *seq)
 }
 
 /* Copies a string scalar into out (outlen bytes with the NUL); empty allowed if allow_empty. */
-static int get_str(struct cfg_parse *p, yaml_node_t *n, const char *path, char *out,
-		   size_t outlen, bool allow_empty)
+static int get_str(struct cfg_parse *p, yaml_node_t *n, const char *path, char *out, size_t outlen,
+		   bool allow_empty)
 {
 	size_t len;
 
@@ -224,8 +228,8 @@ static int get_str(struct cfg_parse *p, yaml_node_t *n, const char *path, char *
 }
 
 /* Picks one of names[] (n of them) and reports the choices when the value is none of them. */
-static int get_enum(struct cfg_parse *p, yaml_node_t *n, const char *path,
-		    const char *const *names, size_t count, size_t *out)
+static int get_enum(struct cfg_parse *p, yaml_node_t *n, const char *path, const char *const *names,
+		    size_t count, size_t *out)
 {
 	char list[160] = "";
 	size_t i, used = 0;
@@ -283,7 +287,7 @@ int config_check_weight(const char *key, uint64_t w, char *err, size_t errlen)
 {
 	if (w <= CFG_WEIGHT_MAX)
 		return 0;
-	snprintf(err, errlen, "%s: must be an integer between 0 and %d", key, CFG_WEIGHT_MAX);
+	snprintf(err, errlen, "%s: must be an integer between 0 and %u", key, CFG_WEIGHT_MAX);
 	return -EINVAL;
 }
 
@@ -1092,8 +1096,8 @@ static int parse_backends(struct cfg_parse *p, yaml_node_t *v, const char *path)
 	return 0;
 }
 
-static int num_pair(struct cfg_parse *p, const struct cfg_num_key *keys, size_t count,
-		    void *base, const char *key, yaml_node_t *v, const char *path)
+static int num_pair(struct cfg_parse *p, const struct cfg_num_key *keys, size_t count, void *base,
+		    const char *key, yaml_node_t *v, const char *path)
 {
 	const struct cfg_num_key *k;
 	uint64_t val;
@@ -1209,8 +1213,8 @@ static int admin_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, cons
 	return CFG_UNKNOWN;
 }
 
-static int access_log_pair(struct cfg_parse *p, const char *key, yaml_node_t *v,
-			   const char *path, void *arg)
+static int access_log_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, const char *path,
+			   void *arg)
 {
 	struct cfg_access_log *al = &p->cfg->access_log;
 	size_t i;

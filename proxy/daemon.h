@@ -72,7 +72,7 @@ struct daemon {
 	uint16_t listen_port[CFG_LISTEN_MAX];
 	int listen_backlog; /* for every listen(), the re-listen after an undrain too */
 	uint64_t start_ms;
-	int alog_fd; /* access log, shared O_APPEND fd; -1 = off */
+	int alog_fd;	      /* access log, shared O_APPEND fd; -1 = off */
 	uint32_t conn_fd_cap; /* client connections per worker the fd limit allows (main.c) */
 	volatile int stopping;
 	/*

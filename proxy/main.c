@@ -195,8 +195,8 @@ static bool proc_net_listens(const char *file, uint16_t port)
 		char laddr[64];
 
 		/* "  sl  local_address rem_address   st ..."; the header line does not scan. */
-		if (sscanf(line, " %*u: %63[0-9A-Fa-f]:%x %*[0-9A-Fa-f]:%*x %x", laddr, &lport, &st) ==
-		    3)
+		if (sscanf(line, " %*u: %63[0-9A-Fa-f]:%x %*[0-9A-Fa-f]:%*x %x", laddr, &lport,
+			   &st) == 3)
 			found = lport == port && st == 0x0A;
 	}
 	fclose(f);

@@ -815,7 +815,8 @@ void steer_close(struct steer *s)
 	lock = steer_lock(base);
 	for (i = 0; s->skel && (m = steer_map_at(s->skel, i)); i++) {
 		if (!steer_pinned_is_ours(s, m))
-			replaced = replaced || steer_pin_exists(s, m); /* absent (never pinned): fine */
+			replaced = replaced ||
+				   steer_pin_exists(s, m); /* absent (never pinned): fine */
 		else if (s->dir_fd >= 0)
 			unlinkat(s->dir_fd, bpf_map__name(m), 0);
 		else

@@ -150,6 +150,7 @@ static int bio_destroy(BIO *b)
 }
 
 /* A struct tls_server goes when its default context does (the last session using it ended). */
+/* cppcheck-suppress constParameter ; the signature is OpenSSL's CRYPTO_EX_free */
 static void tls_server_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
 			       void *argp)
 {

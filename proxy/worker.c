@@ -206,7 +206,9 @@ static void buf_housekeep(struct worker *w)
  */
 static void buf_check_ring(struct worker *w)
 {
+	/* The kernel's struct io_uring_buf_status (liburing 2.3 lacks it). */
 	struct {
+		/* cppcheck-suppress unusedStructMember ; read by the kernel */
 		uint32_t buf_group, head, resv[8];
 	} st = { .buf_group = w->bgid };
 	long r = syscall(__NR_io_uring_register, w->ring.ring_fd, 26 /* PBUF_STATUS */, &st, 1);
@@ -592,8 +594,8 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 		/* A failing log (full disk) is said once per 10 s per core, not per line. */
 		if (r < 0 && w->now_ms - w->log_warned_ms >= LOG_WARN_INTERVAL_MS) {
 			w->log_warned_ms = w->now_ms;
-			log_warn("worker %u: access log write: %s (%llu lines dropped so far)", w->id,
-				 strerror(-r), (unsigned long long)w->alog.lines_dropped);
+			log_warn("worker %u: access log write: %s (%llu lines dropped so far)",
+				 w->id, strerror(-r), (unsigned long long)w->alog.lines_dropped);
 		}
 		break;
 	}

@@ -62,8 +62,8 @@ static int cmd_usage(const char *name)
 
 	for (size_t i = 0; i < sizeof(CMDS) / sizeof(CMDS[0]); i++)
 		if (!strcmp(CMDS[i].name, name)) {
-			printf("%s corralctl [-s SOCKET] %s %s\n    %s\n", found ? "      " : "usage:",
-			       name, CMDS[i].args, CMDS[i].what);
+			printf("%s corralctl [-s SOCKET] %s %s\n    %s\n",
+			       found ? "      " : "usage:", name, CMDS[i].args, CMDS[i].what);
 			found = true;
 		}
 	if (found)
