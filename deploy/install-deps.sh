@@ -21,7 +21,7 @@ RUN_PKGS=(
 TEST_PKGS=(
 	libcriterion-dev libclang-rt-14-dev clang-format
 	python3 python3-pytest python3-yaml python3-prometheus-client tmux curl iproute2
-	systemd cppcheck openssl
+	systemd cppcheck openssl wrk
 )
 # The peers and the load generator, plus what tools/bench/ builds and plots: cargo and the Rust
 # crates of the Tokio/Hyper work-stealing contender (built offline against
