@@ -26,8 +26,9 @@ def test_package_sets():
     # ...and none of the test or benchmark tools.
     assert not run & {"nginx", "haproxy", "wrk", "libcriterion-dev", "python3-pytest", "tmux"}, run
     assert run < test and run < bench
-    assert {"libcriterion-dev", "python3-pytest", "python3-yaml", "tmux"} <= test
-    assert not test & {"nginx", "haproxy", "wrk"}, test
+    # haproxy is the L4 tier of the PROXY protocol test (tests/e2e/test_proxy_protocol.py).
+    assert {"libcriterion-dev", "python3-pytest", "python3-yaml", "tmux", "haproxy"} <= test
+    assert not test & {"nginx", "wrk"}, test
     assert {"nginx", "haproxy", "wrk"} <= bench
     both = pkgs("test", "bench")
     assert len(both) == len(set(both)) and set(both) == test | bench
