@@ -316,6 +316,28 @@ def test_send_proxy_from_a_plain_listener_and_no_pooling(corral, tmp_path):
         plain.close()
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_health_checks_of_a_send_proxy_backend_begin_with_a_local_header(corral, tmp_path, version):
+    rec = Recorder(default_handler, reads_header(version))
+    try:
+        p = corral([{"address": rec.address, "send_proxy": "v%d" % version,
+                     "health": {"path": "/hc", "interval_ms": ms(200), "timeout_ms": ms(150),
+                                "rise": 1, "fall": 1}}], workers={"cores": [0]})
+        assert rec.wait_requests(2, 5 * SLOW)  # two checks
+        want = b"PROXY UNKNOWN\r\n" if version == 1 else SIG + b"\x20\x00\x00\x00"
+        checks = [c for c in rec.conns if any(r.target == "/hc" for r in c.requests)]
+        assert len(checks) >= 2
+        assert all(bytes(c.data).startswith(want + b"GET /hc HTTP/1.1\r\n") for c in checks), \
+            [bytes(c.data[:40]) for c in checks]
+        # The backend passes them: up, and it serves.
+        b = p.ctl_json("backends")
+        assert all(x["state"] == "up" for x in (b["backends"] if isinstance(b, dict) else b)), b
+        got, _ = exchange(p.port, REQ)
+        assert got.startswith(b"HTTP/1.1 200"), got
+    finally:
+        rec.close()
+
+
 def test_reload_that_toggles_proxy_protocol_needs_a_restart(corral, tmp_path):
     rec = Recorder()
     try:
