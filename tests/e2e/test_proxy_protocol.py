@@ -338,25 +338,57 @@ def test_health_checks_of_a_send_proxy_backend_begin_with_a_local_header(corral,
         rec.close()
 
 
+def reload(p, cfg):
+    with open(p.cfg_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10 * SLOW)
+    s.connect(p.cfg["admin"]["socket"])
+    s.sendall(b'{"cmd": "reload"}\n')
+    buf = b""
+    while not buf.endswith(b"\n"):
+        d = s.recv(4096)
+        assert d, buf
+        buf += d
+    s.close()
+    return json.loads(buf)
+
+
+def test_reload_turning_send_proxy_on_does_not_reuse_a_pooled_connection(corral, tmp_path):
+    def maybe_header(up):
+        while len(up.buf) < 5:
+            up._fill()
+        up.header = up._line() if bytes(up.buf[:5]) == b"PROXY" else None
+        return None
+
+    rec = Recorder(default_handler, maybe_header)
+    try:
+        p = corral([rec.address], workers={"cores": [0]})
+        got, _ = exchange(p.port, REQ)
+        assert got.startswith(b"HTTP/1.1 200")
+        assert rec.wait_requests(1, 5 * SLOW) and len(rec.conns) == 1
+        assert p.stats()["total"]["pool"]["idle"] == 1  # pooled, without a header
+        cfg = json.loads(json.dumps(p.cfg))
+        cfg["backends"] = [{"address": rec.address, "send_proxy": "v1"}]
+        reply = reload(p, cfg)
+        assert reply["ok"] is True and reply["restart_needed"] == [], reply
+        got, _ = exchange(p.port, REQ)
+        assert got.startswith(b"HTTP/1.1 200")
+        assert rec.wait_requests(2, 5 * SLOW)
+        # The second request went on a new connection, which began with the header.
+        assert len(rec.conns) == 2 and len([r for r in rec.conns[0].requests if r.complete]) == 1
+        assert rec.conns[1].header is not None and rec.conns[1].header.startswith(b"PROXY TCP4 127.0.0.1 ")
+    finally:
+        rec.close()
+
+
 def test_reload_that_toggles_proxy_protocol_needs_a_restart(corral, tmp_path):
     rec = Recorder()
     try:
         p = pp_corral(corral, [rec.address], tmp_path / "a.log")
         cfg = json.loads(json.dumps(p.cfg))
         cfg["listen"] = [{"address": "127.0.0.1:0", "proxy_protocol": False}]
-        with open(p.cfg_path, "w") as f:
-            yaml.safe_dump(cfg, f)
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(10 * SLOW)
-        s.connect(p.cfg["admin"]["socket"])
-        s.sendall(b'{"cmd": "reload"}\n')
-        buf = b""
-        while not buf.endswith(b"\n"):
-            d = s.recv(4096)
-            assert d, buf
-            buf += d
-        s.close()
-        reply = json.loads(buf)
+        reply = reload(p, cfg)
         assert reply["ok"] is True and reply["restart_needed"] == ["listen.proxy_protocol"], reply
         # Not applied: the listener still wants the header.
         got, closed = exchange(p.port, REQ)
