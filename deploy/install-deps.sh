@@ -6,12 +6,14 @@
 #
 #   run    build corral (BPF included) and run it: `make run`, `make all`
 #   test   run + unit, fuzz-smoke and end-to-end tests, lint: `make test`, `make asan`
+#          (haproxy: the L4 tier in front of corral in tests/e2e/test_proxy_protocol.py)
 #   bench  run + the benchmark peers and load tool: `make bench`, tests/e2e/differential.py
 #
 # The script only installs. It never stops, disables or kills a service or process: Debian's
-# nginx and haproxy packages (bench set) start their system services when first installed;
-# the benchmark does not use them (it starts its own nginx and haproxy on ports the kernel
-# picks, with its own configs), so stop them yourself if you do not want them running.
+# nginx and haproxy packages (bench set; haproxy is in the test set too) start their system
+# services when first installed; the benchmark and the tests do not use them (they start their
+# own nginx and haproxy on ports the kernel picks, with their own configs), so stop them yourself
+# if you do not want them running.
 set -euo pipefail
 
 RUN_PKGS=(
@@ -21,7 +23,7 @@ RUN_PKGS=(
 TEST_PKGS=(
 	libcriterion-dev libclang-rt-14-dev clang-format
 	python3 python3-pytest python3-yaml python3-prometheus-client tmux curl iproute2
-	systemd cppcheck openssl wrk
+	systemd cppcheck openssl wrk haproxy
 )
 # The peers and the load generator, plus what tools/bench/ builds and plots: cargo and the Rust
 # crates of the Tokio/Hyper work-stealing contender (built offline against

@@ -22,13 +22,14 @@
 #include <sys/socket.h>
 #include <xxhash.h>
 #include "conn.h"
+#include "proxyproto.h"
 #include "steer.h"
 
 static void req_process(struct worker *w, struct conn *c);
 static void req_next(struct worker *w, struct conn *c);
 static void req_discard(struct worker *w, struct conn *c);
 static bool conn_reclaim(struct worker *w);
-static void conn_accept_now(struct worker *w, int fd);
+static void conn_accept_now(struct worker *w, int fd, uint32_t li);
 static bool exchange_in_flight(const struct conn *c);
 
 /*
@@ -136,7 +137,7 @@ int conn_show(struct worker *w, const struct conn *c, char *buf, size_t n)
 		buf, n,
 		"conn %u gen %u fd %d phase %s req %s resp %s inflight %u timer %u "
 		"requests %u backend %u attempts %u fail %u hbuf req %d resp %d accum req %d "
-		"resp %d in %u flags%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s",
+		"resp %d in %u flags%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s",
 		(unsigned)(c - w->conns), c->gen, c->fd, phase[conn_phase(c)],
 		c->req_state < 3 ? rq[c->req_state] : "?", c->rs_state < 6 ? rs[c->rs_state] : "?",
 		c->inflight, c->t.tclass, c->requests, c->backend, c->attempts, c->fail,
@@ -154,7 +155,7 @@ int conn_show(struct worker *w, const struct conn *c, char *buf, size_t n)
 		conn_has(c, CF_REQ_HEAD_SENT) ? " head-sent" : "",
 		conn_has(c, CF_NO_POOL) ? " no-pool" : "",
 		conn_has(c, CF_END_PENDING) ? " end-pending" : "",
-		conn_has(c, CF_LOGGED) ? " logged" : "");
+		conn_has(c, CF_LOGGED) ? " logged" : "", conn_has(c, CF_PP_WAIT) ? " pp-wait" : "");
 	if (u && k >= 0 && (size_t)k < n)
 		k += snprintf(buf + k, n - (size_t)k,
 			      "; ups %u gen %u fd %d inflight %u%s%s%s%s in %u",
@@ -229,7 +230,7 @@ void conn_refuse(struct worker *w, int fd)
 	reject_full(w, fd);
 }
 
-void conn_accept(struct worker *w, int fd)
+void conn_accept(struct worker *w, int fd, uint32_t li)
 {
 	if (!w->stopping && w->conns_active + w->accept_defer_n >= w->conn_limit) {
 		/*
@@ -239,13 +240,14 @@ void conn_accept(struct worker *w, int fd)
 		 * in a receive completion still queued behind this accept.
 		 */
 		if (w->fd_limited && w->accept_defer_n < ACCEPT_DEFER_MAX) {
+			w->accept_defer_li[w->accept_defer_n] = (uint8_t)li;
 			w->accept_defer[w->accept_defer_n++] = fd;
 			return;
 		}
 		reject_full(w, fd);
 		return;
 	}
-	conn_accept_now(w, fd);
+	conn_accept_now(w, fd, li);
 }
 
 void conn_accept_deferred(struct worker *w)
@@ -261,12 +263,23 @@ void conn_accept_deferred(struct worker *w)
 		if (w->conns_active >= w->conn_limit && (w->stopping || !conn_reclaim(w)))
 			reject_full(w, fd);
 		else
-			conn_accept_now(w, fd);
+			conn_accept_now(w, fd, w->accept_defer_li[i]);
 	}
 	w->accept_defer_n = 0;
 }
 
-static void conn_accept_now(struct worker *w, int fd)
+/* The text form of c->peer (X-Forwarded-For, hash-client, the access log). */
+static void conn_peer_text(struct conn *c)
+{
+	if (c->peer.v4.sin_family == AF_INET)
+		inet_ntop(AF_INET, &c->peer.v4.sin_addr, c->peer_ip, sizeof(c->peer_ip));
+	else if (c->peer.v6.sin6_family == AF_INET6)
+		inet_ntop(AF_INET6, &c->peer.v6.sin6_addr, c->peer_ip, sizeof(c->peer_ip));
+	else
+		strcpy(c->peer_ip, "unknown");
+}
+
+static void conn_accept_now(struct worker *w, int fd, uint32_t li)
 {
 	struct conn *c;
 	uint32_t idx, gen;
@@ -291,14 +304,11 @@ static void conn_accept_now(struct worker *w, int fd)
 	c->in.hbuf = c->req.accum.hbuf = c->resp.accum.hbuf = NIL;
 	c->t.prev = c->t.next = NIL;
 	sl = sizeof(c->peer);
-	if (getpeername(fd, (struct sockaddr *)&c->peer, &sl) == 0) {
-		if (c->peer.v4.sin_family == AF_INET)
-			inet_ntop(AF_INET, &c->peer.v4.sin_addr, c->peer_ip, sizeof(c->peer_ip));
-		else
-			inet_ntop(AF_INET6, &c->peer.v6.sin6_addr, c->peer_ip, sizeof(c->peer_ip));
-	} else {
-		strcpy(c->peer_ip, "unknown");
-	}
+	if (getpeername(fd, (struct sockaddr *)&c->peer, &sl) != 0)
+		c->peer.v4.sin_family = AF_UNSPEC;
+	conn_peer_text(c);
+	if (li < w->listen_n && w->listen_pp[li])
+		c->flags |= CF_PP_WAIT;
 	w->conns_active++;
 	STAT_ADD(w->stats->conns_accepted, 1);
 	STAT_SET(w->stats->conns_active, w->conns_active);
@@ -702,6 +712,61 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 	return true;
 }
 
+/*
+ * A connection on a proxy_protocol listener that did not begin with a valid PROXY header
+ * (none, malformed, cut short, too slow): closed, nothing forwarded, nothing answered (a
+ * balancer would not read an HTTP answer), counted, and logged with the reason.
+ */
+static void pp_fail(struct worker *w, struct conn *c, const char *reason)
+{
+	STAT_ADD(w->stats->proxy_protocol_errors, 1);
+	c->rej_reason = reason;
+	c->rej_line = NULL;
+	c->rej_len = (c->req.accum.hbuf != NIL ? c->req.accum.len : 0) + c->in.len;
+	conn_log(w, c, 400);
+	c->rej_reason = NULL;
+	conn_abort(w, c);
+}
+
+/*
+ * The PROXY header a proxy_protocol listener's connection starts with, parsed from src (the
+ * bytes so far, assembled in c->req.accum when they come in pieces; pp_parse bounds them by
+ * the header's maximum, the client_header_ms deadline bounds the time). true: the header is
+ * consumed and its source address is the client's from now on; false: more bytes are wanted
+ * (a receive is armed) or the connection is closed.
+ */
+static bool pp_read(struct worker *w, struct conn *c, struct inbuf *src)
+{
+	struct pp_info pi;
+	int r;
+
+	r = pp_parse((const uint8_t *)src->base + src->off, src->len, &pi);
+	if (r == 0) {
+		if (!inbuf_head_keep(w, &c->req.accum, &c->in, src)) {
+			pp_fail(w, c, "no head buffer for the PROXY header");
+			return false;
+		}
+		conn_arm_recv(w, c);
+		return false;
+	}
+	if (r < 0) {
+		pp_fail(w, c,
+			r == -EPROTO ? "no PROXY header"
+				     : (r == -E2BIG ? "PROXY header too long"
+						    : "malformed PROXY header"));
+		return false;
+	}
+	c->flags &= ~CF_PP_WAIT;
+	if (pi.has_addr) {
+		/* TCP4/TCP6, or v2 PROXY over AF_INET/AF_INET6; LOCAL and UNKNOWN keep the socket's. */
+		memcpy(&c->peer, &pi.src, pi.addr_len);
+		memcpy(&c->local, &pi.dst, pi.addr_len);
+		conn_peer_text(c);
+	}
+	inbuf_head_consume(w, &c->req.accum, &c->in, src, (uint32_t)r);
+	return true;
+}
+
 /* Parses the next request head from c->in / c->req.accum and starts its exchange. */
 static void req_process(struct worker *w, struct conn *c)
 {
@@ -715,7 +780,12 @@ static void req_process(struct worker *w, struct conn *c)
 	req.hdr = w->hdr_scratch; /* http_req_parse clears the rest */
 	req.hdr_cap = w->hdr_cap;
 
+again:
 	src = inbuf_head_src(w, &c->req.accum, &c->in);
+	if (!src && conn_has(c, CF_PP_WAIT)) {
+		pp_fail(w, c, "PROXY header over the buffer");
+		return;
+	}
 	if (!src) {
 		req_reject_src(w, c, &c->req.accum, 431, "request head over the buffer");
 		return;
@@ -724,6 +794,11 @@ static void req_process(struct worker *w, struct conn *c)
 		inbuf_release(w, &c->in);
 		conn_arm_recv(w, c);
 		return;
+	}
+	if (conn_has(c, CF_PP_WAIT)) {
+		if (!pp_read(w, c, src))
+			return;
+		goto again; /* what followed the header is the start of the request */
 	}
 	/* Known before the head is complete, so that an error answer to a HEAD has no body. */
 	conn_put(c, CF_REQ_HEAD, src->len >= 5 && memcmp(src->base + src->off, "HEAD ", 5) == 0);
@@ -839,6 +914,14 @@ static void c_on_recv(struct worker *w, struct conn *c, int res, uint32_t flags)
 	if (res <= 0) {
 		buf_put(w, bid);
 		c->flags |= CF_EOF;
+		if (conn_has(c, CF_PP_WAIT)) {
+			/* A connect and close without a byte (a TCP check) is no error. */
+			if (conn_head_partial(c))
+				pp_fail(w, c, "PROXY header cut short");
+			else
+				conn_abort(w, c);
+			return;
+		}
 		if (c->rs_state == RS_TUNNEL) {
 			conn_close_graceful(w, c);
 			return;
@@ -988,7 +1071,9 @@ void conn_on_timeout(struct worker *w, uint32_t idx, enum tclass cls)
 	case T_HEADER:
 		partial = conn_head_partial(c);
 		STAT_ADD(w->stats->timeouts, 1);
-		if (partial)
+		if (conn_has(c, CF_PP_WAIT))
+			pp_fail(w, c, "PROXY header timeout");
+		else if (partial)
 			req_reject_src(w, c, c->req.accum.hbuf != NIL ? &c->req.accum : &c->in, 408,
 				       "request head timeout");
 		else

@@ -167,6 +167,7 @@ struct cfg_tls {
 struct cfg_backend {
 	struct cfg_addr addr;
 	uint32_t weight;	  /* 0 = configured but takes no traffic */
+	uint8_t send_proxy;	  /* 0, or the PROXY version (1, 2) sent on each new connection */
 	struct cfg_health health; /* top-level health merged with this entry's own keys */
 };
 
@@ -224,6 +225,7 @@ struct config {
 
 	struct cfg_addr listen[CFG_LISTEN_MAX];
 	struct cfg_tls listen_tls[CFG_LISTEN_MAX]; /* per listen entry; .on false = plaintext */
+	bool listen_pp[CFG_LISTEN_MAX]; /* per listen entry: a PROXY header (v1/v2) comes first */
 	uint32_t listen_n;
 
 	/* Worker cores: cores[i] is the CPU worker i is pinned to. */

@@ -703,6 +703,7 @@ struct listen_arg {
 	struct cfg_addr *a;
 	struct cfg_tls *tls;
 	struct cfg_tls_lines *lines;
+	bool *pp;
 	bool has_addr;
 };
 
@@ -717,6 +718,8 @@ static int listen_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, con
 	}
 	if (!strcmp(key, "tls"))
 		return parse_tls(p, v, path, la->tls, la->lines);
+	if (!strcmp(key, "proxy_protocol"))
+		return get_bool(p, v, path, la->pp);
 	return CFG_UNKNOWN;
 }
 
@@ -733,10 +736,12 @@ static int add_listen(struct cfg_parse *p, yaml_node_t *n, const char *path)
 			       CFG_LISTEN_MAX);
 	a = &cfg->listen[cfg->listen_n];
 	memset(&cfg->listen_tls[cfg->listen_n], 0, sizeof(cfg->listen_tls[0]));
+	cfg->listen_pp[cfg->listen_n] = false;
 	if (n->type == YAML_MAPPING_NODE) {
-		/* { address: ..., tls: {...} }: a plain string stays a plaintext listener. */
+		/* { address: ..., tls: {...}, proxy_protocol: bool }: a plain string is neither. */
 		struct listen_arg la = { a, &cfg->listen_tls[cfg->listen_n],
-					 &p->tls_lines[cfg->listen_n], false };
+					 &p->tls_lines[cfg->listen_n],
+					 &cfg->listen_pp[cfg->listen_n], false };
 
 		r = walk_map(p, n, path, listen_pair, &la);
 		if (r == 0 && !la.has_addr) {
@@ -1027,6 +1032,16 @@ static int backend_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, co
 		if (r == 0)
 			b->weight = (uint32_t)w;
 		return r;
+	}
+	if (!strcmp(key, "send_proxy")) {
+		const char *sv = v->type == YAML_SCALAR_NODE ? scalar(v) : "";
+
+		if (!strcmp(sv, "v1") || !strcmp(sv, "v2")) {
+			b->send_proxy = (uint8_t)(sv[1] - '0');
+			return 0;
+		}
+		return cfg_err(p, node_line(v), path,
+			       "must be v1 or v2 (the PROXY protocol version)");
 	}
 	if (!strcmp(key, "health")) {
 		p->line_backend_health[b - p->cfg->backends] = node_line(v);

@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include "balance-t.h"
 #include "http-t.h"
+#include "proxyproto.h"
 #include "worker-t.h"
 
 enum req_state {
@@ -98,6 +99,8 @@ enum conn_flag {
 	CF_NO_POOL = 1u << 20, /* the next connect must be fresh (a stale pooled one failed) */
 	/* the client-abort watch */
 	CF_PROBED = 1u << 21, /* the 100 Continue after a FIN was sent (once per connection) */
+	/* PROXY protocol */
+	CF_PP_WAIT = 1u << 22, /* a proxy_protocol listener's: no valid PROXY header read yet */
 };
 
 /* Why an upstream attempt failed; exchange_fail() decides what follows from each. */
@@ -141,7 +144,10 @@ struct ups {
 	bool connected;
 	bool recv_armed;
 	bool closing;
-	bool reused; /* taken from the pool for the current exchange */
+	bool reused;	/* taken from the pool for the current exchange */
+	bool pp_queued; /* pp_hdr is queued (it goes first, once) */
+	uint8_t pp_len; /* a send_proxy backend's PROXY header for this connection, 0 = none */
+	uint8_t pp_hdr[PP_BUILD_MAX];
 	union {
 		struct sockaddr_in6 v6;
 		struct sockaddr_in v4;
@@ -186,7 +192,11 @@ struct conn {
 	union {
 		struct sockaddr_in6 v6;
 		struct sockaddr_in v4;
-	} peer;
+	} peer; /* the client: the socket's peer, or what its PROXY header said */
+	union {
+		struct sockaddr_in6 v6;
+		struct sockaddr_in v4;
+	} local; /* what the client connected to (likewise); family 0 until asked for */
 	char peer_ip[46];
 };
 

@@ -28,7 +28,7 @@
  * and is closed. At a lower limit that the fds set, the longest-idle connection with no
  * request in flight is closed to make room; only when there is none, a 503.
  */
-void conn_accept(struct worker *w, int fd);
+void conn_accept(struct worker *w, int fd, uint32_t li);
 /*
  * Work put off to the end of each batch of completions (an "idle" connection may have a
  * request in a completion still queued): the accepts conn_accept() deferred at the limit,
@@ -237,7 +237,7 @@ static inline void sendq_add(struct sendq *q, const void *p, size_t n)
 {
 	if (n == 0)
 		return;
-	BUG_ON(q->iov_n >= 4);
+	BUG_ON(q->iov_n >= sizeof(q->iov) / sizeof(q->iov[0]));
 	q->iov[q->iov_n].iov_base = (void *)p;
 	q->iov[q->iov_n].iov_len = n;
 	q->iov_n++;

@@ -129,7 +129,8 @@ static json_t *ctl_counters_json(const struct stats_worker *s, uint64_t steered,
 	return json_pack(
 		"{s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:I,"
 		" s:{s:I, s:I, s:I, s:I, s:I}, s:I, s:I, s:I, s:I,"
-		" s:{s:I, s:I, s:I}, s:{s:I, s:I, s:I}, s:I, s:f, s:I, s:I, s:I, s:I, s:I, s:I}",
+		" s:{s:I, s:I, s:I}, s:{s:I, s:I, s:I}, s:I, s:f, s:I, s:I, s:I, s:I, s:I, s:I, "
+		"s:I}",
 		"conns_active", (json_int_t)s->conns_active, "conns_accepted",
 		(json_int_t)s->conns_accepted, "conns_rejected", (json_int_t)s->conns_rejected,
 		"steered", (json_int_t)steered, "requests", (json_int_t)s->requests, "rps",
@@ -149,7 +150,8 @@ static json_t *ctl_counters_json(const struct stats_worker *s, uint64_t steered,
 		"no_backend", (json_int_t)s->no_backend, "log_lines_dropped",
 		(json_int_t)s->log_lines_dropped, "client_aborts", (json_int_t)s->client_aborts,
 		"conns_reclaimed", (json_int_t)s->conns_reclaimed, "fd_exhausted",
-		(json_int_t)s->fd_exhausted);
+		(json_int_t)s->fd_exhausted, "proxy_protocol_errors",
+		(json_int_t)s->proxy_protocol_errors);
 }
 
 static json_t *ctl_steering_json(const struct ctl *c)

@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <string.h>
+#include <sys/socket.h>
 #include "conn.h"
 #include "steer.h"
 
@@ -58,6 +59,25 @@ void exchange_abort_ups(struct worker *w, struct conn *c)
 static int fail_status(const struct conn *c)
 {
 	return c->fail == UF_CONNECT_TIMEOUT ? 504 : 502;
+}
+
+/*
+ * The PROXY header a send_proxy backend gets first on a new connection: from the client as
+ * corral knows it (what a PROXY header of its own carried, if it came with one) to the address
+ * it connected to (likewise).
+ */
+static void exchange_pp_header(struct conn *c, struct ups *u, uint8_t version)
+{
+	socklen_t sl = sizeof(c->local);
+	int n;
+
+	if (c->local.v4.sin_family == AF_UNSPEC &&
+	    getsockname(c->fd, (struct sockaddr *)&c->local, &sl) != 0)
+		c->local.v4.sin_family = AF_UNSPEC; /* then UNKNOWN / LOCAL */
+	n = pp_build(u->pp_hdr, sizeof(u->pp_hdr), version, (const struct sockaddr *)&c->peer,
+		     (const struct sockaddr *)&c->local);
+	BUG_ON(n <= 0); /* the buffer holds the longest one */
+	u->pp_len = (uint8_t)n;
 }
 
 /*
@@ -127,6 +147,8 @@ static void exchange_attempt(struct worker *w, struct conn *c, bool retry)
 	u->owner_gen = c->gen;
 	c->ups = uidx(w, u);
 	c->rs_state = RS_CONNECT;
+	if (be->send_proxy)
+		exchange_pp_header(c, u, be->send_proxy);
 }
 
 void exchange_connect(struct worker *w, struct conn *c)
@@ -256,6 +278,10 @@ void exchange_req_pump(struct worker *w, struct conn *c)
 	if (conn_has(c, CF_CLOSING) || !u || !u->connected || q->busy || u->closing)
 		return;
 	sendq_reset(q);
+	if (u->pp_len && !u->pp_queued) {
+		sendq_add(q, u->pp_hdr, u->pp_len);
+		u->pp_queued = true;
+	}
 	if (!conn_has(c, CF_REQ_HEAD_SENT)) {
 		sendq_add(q, hbuf_addr(w, c->req.head), c->req.head_len);
 		c->flags |= CF_REQ_HEAD_SENT;

@@ -10,9 +10,13 @@
 #include <sys/timerfd.h>
 
 #include "health.h"
+#include "proxyproto.h"
 #include "worker.h"
 
-/* Request of a check: method, path, Host, three fixed headers; bounded by the config sizes. */
+/*
+ * Request of a check: a send_proxy backend's LOCAL/UNKNOWN header (16 bytes at most), method,
+ * path, Host, three fixed headers; bounded by the config sizes (about 300 bytes in all).
+ */
 #define HC_REQ_MAX 384
 /* Only the status line is read; a longer first line than this is not HTTP. */
 #define HC_IN_MAX    256
@@ -30,6 +34,7 @@ struct hc_be {
 	char addr[64]; /* the address this state belongs to ("" = never used) */
 	bool in_cfg;
 	struct cfg_health cfg;
+	uint8_t send_proxy; /* the backend's send_proxy: its checks begin with a LOCAL header */
 	struct sockaddr_storage ss;
 	socklen_t sl;
 
@@ -260,18 +265,29 @@ static void hc_start(struct health *h, uint32_t id, uint64_t now)
 {
 	struct hc_be *b = &h->be[id];
 	char res[64];
+	size_t off = 0;
 	int n;
 
 	b->started_ms = now;
 	b->deadline_ms = now + b->cfg.timeout_ms;
 	b->in_len = 0;
 	b->req_off = 0;
-	n = snprintf(b->req, sizeof(b->req),
+	if (b->send_proxy) {
+		/*
+		 * A backend that wants a PROXY header wants it on its checks too (HAProxy's
+		 * check-send-proxy): v1 UNKNOWN / v2 LOCAL, the spec's form for a balancer's own
+		 * connections, with no client to speak for.
+		 */
+		n = pp_build((uint8_t *)b->req, sizeof(b->req), b->send_proxy, NULL, NULL);
+		BUG_ON(n <= 0);
+		off = (size_t)n;
+	}
+	n = snprintf(b->req + off, sizeof(b->req) - off,
 		     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: corral-health/" CORRAL_VERSION
 		     "\r\nAccept: */*\r\nConnection: close\r\n\r\n",
 		     b->cfg.path, b->cfg.host[0] ? b->cfg.host : b->addr);
-	BUG_ON(n < 0 || (size_t)n >= sizeof(b->req)); /* bounded by CFG_HEALTH_*_MAX */
-	b->req_len = (size_t)n;
+	BUG_ON(n < 0 || off + (size_t)n >= sizeof(b->req)); /* bounded by CFG_HEALTH_*_MAX */
+	b->req_len = off + (size_t)n;
 	b->fd = socket(b->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (b->fd < 0) {
 		snprintf(res, sizeof(res), "socket: %s", strerror(errno));
@@ -503,6 +519,7 @@ void health_sync(struct health *h, const struct snapshot *s)
 		memcpy(&b->ss, &cb->addr.ss, cb->addr.len);
 		b->sl = cb->addr.len;
 		b->cfg = cb->health;
+		b->send_proxy = cb->send_proxy;
 		b->view.checks_on = b->cfg.on;
 		if (b->cfg.on && !was_on) {
 			b->next_ms = now; /* first check at once */

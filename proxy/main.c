@@ -481,6 +481,11 @@ static void restart_only_keep(struct config *cfg)
 		memcpy(cfg->listen, run->listen, sizeof(cfg->listen));
 		cfg->listen_n = run->listen_n;
 	}
+	/* Workers read the PROXY expectation of their listeners once, at start-up. */
+	if (memcmp(cfg->listen_pp, run->listen_pp, sizeof(cfg->listen_pp)) != 0) {
+		restart_key("listen.proxy_protocol");
+		memcpy(cfg->listen_pp, run->listen_pp, sizeof(cfg->listen_pp));
+	}
 	if (cfg->cores_n != run->cores_n ||
 	    memcmp(cfg->cores, run->cores, run->cores_n * sizeof(run->cores[0])) != 0) {
 		restart_key("workers.cores");

@@ -178,6 +178,9 @@ static const struct metrics_field metrics_fields[] = {
 	MF("corral_parse_errors_total", "counter", "Client requests rejected by the parser.",
 	   parse_errors),
 	MF("corral_timeouts_total", "counter", "Client and upstream timeouts.", timeouts),
+	MF("corral_proxy_protocol_errors_total", "counter",
+	   "Connections on a proxy_protocol listener closed without a valid PROXY header.",
+	   proxy_protocol_errors),
 };
 #undef MF
 

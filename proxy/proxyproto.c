@@ -1,5 +1,6 @@
 /* PROXY protocol v1/v2 header parser (haproxy.org's proxy-protocol.txt): pure, bounded. */
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -239,4 +240,89 @@ int pp_parse(const uint8_t *buf, size_t len, struct pp_info *out)
 	if (memcmp(buf, PP_V1_SIG, n) != 0)
 		return -EPROTO;
 	return n < sizeof(PP_V1_SIG) ? 0 : pp_v1(buf, len, out);
+}
+
+static bool pp_tcp_pair(const struct sockaddr *src, const struct sockaddr *dst)
+{
+	return src && dst && src->sa_family == dst->sa_family &&
+	       (src->sa_family == AF_INET || src->sa_family == AF_INET6);
+}
+
+static int pp_build_v1(uint8_t *buf, size_t cap, const struct sockaddr *src,
+		       const struct sockaddr *dst)
+{
+	char s[INET6_ADDRSTRLEN], d[INET6_ADDRSTRLEN];
+	uint16_t sp, dp;
+	int n;
+
+	if (!pp_tcp_pair(src, dst)) {
+		n = snprintf((char *)buf, cap, "PROXY UNKNOWN\r\n");
+	} else if (src->sa_family == AF_INET) {
+		const struct sockaddr_in *a = (const void *)src, *b = (const void *)dst;
+
+		inet_ntop(AF_INET, &a->sin_addr, s, sizeof(s));
+		inet_ntop(AF_INET, &b->sin_addr, d, sizeof(d));
+		sp = ntohs(a->sin_port);
+		dp = ntohs(b->sin_port);
+		n = snprintf((char *)buf, cap, "PROXY TCP4 %s %s %u %u\r\n", s, d, sp, dp);
+	} else {
+		const struct sockaddr_in6 *a = (const void *)src, *b = (const void *)dst;
+
+		inet_ntop(AF_INET6, &a->sin6_addr, s, sizeof(s));
+		inet_ntop(AF_INET6, &b->sin6_addr, d, sizeof(d));
+		sp = ntohs(a->sin6_port);
+		dp = ntohs(b->sin6_port);
+		n = snprintf((char *)buf, cap, "PROXY TCP6 %s %s %u %u\r\n", s, d, sp, dp);
+	}
+	if (n < 0 || (size_t)n >= cap)
+		return -ENOSPC;
+	return n;
+}
+
+static int pp_build_v2(uint8_t *buf, size_t cap, const struct sockaddr *src,
+		       const struct sockaddr *dst)
+{
+	uint16_t alen = 0;
+	uint8_t *p = buf + 16;
+
+	if (cap < PP_BUILD_MAX)
+		return -ENOSPC;
+	memcpy(buf, PP_V2_SIG, sizeof(PP_V2_SIG));
+	if (!pp_tcp_pair(src, dst)) {
+		buf[12] = 0x20; /* v2, LOCAL: the receiver keeps the connection's addresses */
+		buf[13] = 0x00;
+	} else if (src->sa_family == AF_INET) {
+		const struct sockaddr_in *a = (const void *)src, *b = (const void *)dst;
+
+		buf[12] = 0x21; /* v2, PROXY */
+		buf[13] = 0x11; /* AF_INET, STREAM */
+		memcpy(p, &a->sin_addr, 4);
+		memcpy(p + 4, &b->sin_addr, 4);
+		memcpy(p + 8, &a->sin_port, 2);
+		memcpy(p + 10, &b->sin_port, 2);
+		alen = 12;
+	} else {
+		const struct sockaddr_in6 *a = (const void *)src, *b = (const void *)dst;
+
+		buf[12] = 0x21;
+		buf[13] = 0x21; /* AF_INET6, STREAM */
+		memcpy(p, &a->sin6_addr, 16);
+		memcpy(p + 16, &b->sin6_addr, 16);
+		memcpy(p + 32, &a->sin6_port, 2);
+		memcpy(p + 34, &b->sin6_port, 2);
+		alen = 36;
+	}
+	buf[14] = (uint8_t)(alen >> 8);
+	buf[15] = (uint8_t)alen;
+	return 16 + alen;
+}
+
+int pp_build(uint8_t *buf, size_t cap, int version, const struct sockaddr *src,
+	     const struct sockaddr *dst)
+{
+	if (version == 1)
+		return pp_build_v1(buf, cap, src, dst);
+	if (version == 2)
+		return pp_build_v2(buf, cap, src, dst);
+	return -EINVAL;
 }

@@ -61,6 +61,18 @@ int pp_parse(const uint8_t *buf, size_t len, struct pp_info *out);
 /* The first TLV of that type, or NULL. */
 const struct pp_tlv *pp_tlv_find(const struct pp_info *pi, uint8_t type);
 
+/* What pp_build writes at most: a v1 TCP6 line (107 bytes and a NUL), a v2 IPv6 header (52). */
+#define PP_BUILD_MAX 108
+
+/*
+ * Writes a PROXY header of version 1 or 2 for a TCP connection from src to dst into buf (cap
+ * bytes, at least PP_BUILD_MAX): its length, -EINVAL for another version, -ENOSPC. src and dst
+ * of different families, or not AF_INET/AF_INET6, give v1 "UNKNOWN" / v2 LOCAL: the receiver
+ * then uses the connection's own addresses.
+ */
+int pp_build(uint8_t *buf, size_t cap, int version, const struct sockaddr *src,
+	     const struct sockaddr *dst);
+
 /* CRC32C (Castagnoli) of len bytes, as the v2 CRC32C TLV carries it. */
 uint32_t pp_crc32c(uint32_t crc, const uint8_t *p, size_t len);
 

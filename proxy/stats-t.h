@@ -49,6 +49,8 @@ struct stats_worker {
 	uint64_t conns_reclaimed; /* idle client connections closed to make room at the limit */
 	uint64_t fd_exhausted;	  /* accepts and upstream sockets that failed with EMFILE/ENFILE */
 	uint64_t log_lines_dropped; /* access-log lines lost: every chunk full (accesslog.h) */
+	uint64_t
+		proxy_protocol_errors; /* proxy_protocol connections closed without a valid header */
 	uint64_t draining; /* 0/1, set by the worker when its listener is shut down (keep last) */
 	uint64_t heartbeat_ms; /* now_ms() of the worker's last timer tick: liveness (/healthz) */
 } __attribute__((aligned(64)));

@@ -25,7 +25,8 @@ static struct ups *ups_alloc(struct worker *w)
 	w->ups_free = u->pool_next;
 	u->fd = -1;
 	u->inflight = 0;
-	u->connected = u->recv_armed = u->closing = u->reused = false;
+	u->connected = u->recv_armed = u->closing = u->reused = u->pp_queued = false;
+	u->pp_len = 0;
 	u->in.bid = -1;
 	u->in.hbuf = NIL;
 	u->in.len = u->in.off = 0;
@@ -88,9 +89,12 @@ void ups_pool_put(struct worker *w, struct ups *u)
 
 	u->owner = NIL;
 	u->reused = false;
-	/* Pooled only while the snapshot still maps the id to the address it was opened to. */
+	/*
+	 * Pooled only while the snapshot still maps the id to the address it was opened to. One
+	 * that began with a PROXY header speaks for its client only: never pooled.
+	 */
 	if (u->closing || w->pool_n[b] >= w->snap->cfg.limits.upstream_idle_per_backend ||
-	    w->stopping || w->snap->id_gen[b] != u->be_gen) {
+	    w->stopping || w->snap->id_gen[b] != u->be_gen || u->pp_len) {
 		ups_close(w, u);
 		return;
 	}
@@ -145,8 +149,11 @@ struct ups *ups_pool_take(struct worker *w, uint16_t id, const struct cfg_backen
 		struct ups *u = &w->ups[w->pool_head[id]];
 
 		ups_pool_unlink(w, u);
-		if (u->be_gen != w->snap->id_gen[id]) {
-			/* Opened to an earlier address of this id: never reused for another. */
+		if (u->be_gen != w->snap->id_gen[id] || be->send_proxy) {
+			/*
+			 * Opened to an earlier address of this id: never reused for another. Nor,
+			 * once a reload turned send_proxy on, one opened without a header.
+			 */
 			ups_close(w, u);
 			continue;
 		}

@@ -66,7 +66,7 @@ struct inbuf {
 /* One direction's send: up to 4 iovecs in flight, progress tracked across short sends. */
 struct sendq {
 	struct msghdr msg;
-	struct iovec iov[4];
+	struct iovec iov[5]; /* PROXY header, request head, chunk line, payload, chunk end */
 	uint8_t iov_n;
 	bool busy; /* a sendmsg is in flight */
 };

@@ -46,8 +46,10 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->cpu = cfg->cores[id];
 	w->evfd = -1;
 	w->listen_n = cfg->listen_n;
-	for (i = 0; i < cfg->listen_n; i++)
+	for (i = 0; i < cfg->listen_n; i++) {
 		w->listen_fd[i] = d->listen_fds[id][i];
+		w->listen_pp[i] = cfg->listen_pp[i];
+	}
 
 	/*
 	 * Headroom over connections_per_core: at the limit a new connection takes a slot while
@@ -547,7 +549,7 @@ static void on_accept(struct worker *w, uint32_t li, int res, uint32_t flags)
 		if (w->stopping && !w->d->handover)
 			close(res);
 		else
-			conn_accept(w, res);
+			conn_accept(w, res, li);
 	}
 	if (!(flags & IORING_CQE_F_MORE)) {
 		w->accept_armed[li] = false;

@@ -35,6 +35,7 @@ struct worker {
 	int listen_fd[CFG_LISTEN_MAX];
 	uint32_t listen_n;
 	bool accept_armed[CFG_LISTEN_MAX];
+	bool listen_pp[CFG_LISTEN_MAX]; /* the listener's connections start with a PROXY header */
 	uint32_t accept_inflight;
 
 	/* provided-buffer ring */
@@ -59,6 +60,7 @@ struct worker {
 	uint32_t conn_limit; /* connections held: connections_per_core, or what the fds hold */
 	bool fd_limited;     /* conn_limit is the fds' (idle ones are closed to make room) */
 	int accept_defer[ACCEPT_DEFER_MAX]; /* accepted at the limit, placed after the batch */
+	uint8_t accept_defer_li[ACCEPT_DEFER_MAX]; /* and the listener each came from */
 	uint32_t accept_defer_n;
 	uint32_t shed_want; /* idle connections to close after the batch (fd shortage) */
 	uint32_t fd_short;  /* listeners whose accept ran out of fds in this batch (bit mask) */

@@ -452,8 +452,10 @@ def corral(tmp_path, request):
         n = len(started)
         tmp = str(tmp_path / ("proxy%d" % n))
         os.makedirs(tmp, exist_ok=True)
-        addrs = [b.address if isinstance(b, Backend) else b for b in backends]
-        cfg = proxy_config(tmp, "e2e-%d-%d" % (os.getpid(), n), [{"address": a, "weight": 1} for a in addrs])
+        # An entry is an address, a Backend, or a whole backends row (a dict, e.g. send_proxy).
+        rows = [b if isinstance(b, dict) else
+                {"address": b.address if isinstance(b, Backend) else b, "weight": 1} for b in backends]
+        cfg = proxy_config(tmp, "e2e-%d-%d" % (os.getpid(), n), rows)
         cfg = _merge(cfg, over)
         cls = NginxProxy if PROXY_KIND == "nginx" else CorralProxy
         p = cls(tmp, cfg)

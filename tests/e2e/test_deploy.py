@@ -26,8 +26,9 @@ def test_package_sets():
     # ...and none of the test or benchmark tools.
     assert not run & {"nginx", "haproxy", "wrk", "libcriterion-dev", "python3-pytest", "tmux"}, run
     assert run < test and run < bench
-    # wrk drives the soak and access-log tests' load; the peers are the benchmark's only.
-    assert {"libcriterion-dev", "python3-pytest", "python3-yaml", "tmux", "wrk"} <= test
+    # wrk drives the soak and access-log tests' load; haproxy is the L4 tier of the PROXY
+    # protocol test (tests/e2e/test_proxy_protocol.py); nginx is the benchmark's only.
+    assert {"libcriterion-dev", "python3-pytest", "python3-yaml", "tmux", "wrk", "haproxy"} <= test
     assert not test & {"nginx"}, test
     assert {"nginx", "haproxy", "wrk"} <= bench
     both = pkgs("test", "bench")

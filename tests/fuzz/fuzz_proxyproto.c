@@ -15,7 +15,9 @@
  *   - a complete header's TLVs lie inside it;
  *   - the verdict depends only on the header's own bytes: the same header with other bytes
  *     after it gives the same length, and every shorter prefix of a complete header says
- *     "need more" (0), as a reader growing its buffer will see it.
+ *     "need more" (0), as a reader growing its buffer will see it;
+ *   - what pp_build writes for the addresses of a header (send_proxy passes them on) parses
+ *     back to the same addresses, in either version.
  */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -39,5 +41,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(pj.has_addr == pi.has_addr && pj.tlv_n == pi.tlv_n);
 	for (size_t i = 0; i < (size_t)r; i++)
 		CHECK(pp_parse(data, i, &pj) == 0);
+	if (pi.has_addr) {
+		uint8_t out[PP_BUILD_MAX];
+
+		for (int v = 1; v <= 2; v++) {
+			int n = pp_build(out, sizeof(out), v, (const struct sockaddr *)&pi.src,
+					 (const struct sockaddr *)&pi.dst);
+
+			CHECK(n > 0 && pp_parse(out, (size_t)n, &pj) == n && pj.has_addr);
+			CHECK(pj.addr_len == pi.addr_len &&
+			      !memcmp(&pj.src, &pi.src, pi.addr_len) &&
+			      !memcmp(&pj.dst, &pi.dst, pi.addr_len));
+		}
+	}
 	return 0;
 }

@@ -274,6 +274,33 @@ Test(config, shorthands_and_off_switches)
 	cr_expect_eq(c.listen_n, 2);
 }
 
+Test(config, proxy_protocol)
+{
+	struct config c;
+	char err[512];
+
+	cr_assert_eq(parse(&c,
+			   "listen:\n"
+			   "  - 127.0.0.1:8080\n"
+			   "  - { address: 127.0.0.1:8081, proxy_protocol: true }\n"
+			   "  - { address: 127.0.0.1:8082, proxy_protocol: false }\n"
+			   "backends:\n"
+			   "  - 127.0.0.1:9000\n"
+			   "  - { address: 127.0.0.1:9001, send_proxy: v1 }\n"
+			   "  - { address: 127.0.0.1:9002, send_proxy: v2 }\n",
+			   err),
+		     0, "%s", err);
+	cr_assert_eq(c.listen_n, 3);
+	cr_expect_not(c.listen_pp[0]);
+	cr_expect(c.listen_pp[1]);
+	cr_expect_not(c.listen_pp[2]);
+	cr_expect_str_eq(c.listen[1].text, "127.0.0.1:8081");
+	cr_assert_eq(c.backends_n, 3);
+	cr_expect_eq(c.backends[0].send_proxy, 0);
+	cr_expect_eq(c.backends[1].send_proxy, 1);
+	cr_expect_eq(c.backends[2].send_proxy, 2);
+}
+
 struct err_case {
 	const char *yaml;
 	const char *want;
@@ -293,6 +320,20 @@ static const struct err_case err_cases[] = {
 	  "corral.yaml:3: access_log.fmt: unknown key" },
 	{ "listen: [\"127.0.0.1:8080\"]\nbackends:\n  - address: 127.0.0.1:9000\n    wieght: 2\n",
 	  "corral.yaml:4: backends[0].wieght: unknown key" },
+	/* PROXY protocol: proxy_protocol on a listen entry, send_proxy on a backend */
+	{ "listen:\n  - { address: 127.0.0.1:8080, proxy_protocol: yes }\nbackends: "
+	  "[127.0.0.1:9000]\n",
+	  "corral.yaml:2: listen[0].proxy_protocol: must be true or false" },
+	{ "listen:\n  - { address: 127.0.0.1:8080, proxy_protocl: true }\nbackends: "
+	  "[127.0.0.1:9000]\n",
+	  "corral.yaml:2: listen[0].proxy_protocl: unknown key" },
+	{ "listen:\n  - { proxy_protocol: true }\nbackends: [127.0.0.1:9000]\n",
+	  "corral.yaml:2: listen[0].address: is required" },
+	{ "listen: [127.0.0.1:8080]\nbackends:\n  - address: 127.0.0.1:9000\n    send_proxy: v3\n",
+	  "corral.yaml:4: backends[0].send_proxy: must be v1 or v2 (the PROXY protocol version)" },
+	{ "listen: [127.0.0.1:8080]\nbackends:\n  - { address: 127.0.0.1:9000, send_proxy: true "
+	  "}\n",
+	  "corral.yaml:3: backends[0].send_proxy: must be v1 or v2 (the PROXY protocol version)" },
 	/* duplicate keys */
 	{ BASE "balance: least-conn\nbalance: hash-uri\n",
 	  "corral.yaml:4: balance: duplicate key (first set at line 3)" },
