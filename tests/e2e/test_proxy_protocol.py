@@ -16,6 +16,7 @@ import yaml
 
 from conftest import SLOW, ms, need
 from recorder import Recorder, default_handler
+from upstreams import ctl_reload_reply
 from util import free_port
 
 pytestmark = pytest.mark.corral_only
@@ -341,17 +342,7 @@ def test_health_checks_of_a_send_proxy_backend_begin_with_a_local_header(corral,
 def reload(p, cfg):
     with open(p.cfg_path, "w") as f:
         yaml.safe_dump(cfg, f)
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(10 * SLOW)
-    s.connect(p.cfg["admin"]["socket"])
-    s.sendall(b'{"cmd": "reload"}\n')
-    buf = b""
-    while not buf.endswith(b"\n"):
-        d = s.recv(4096)
-        assert d, buf
-        buf += d
-    s.close()
-    return json.loads(buf)
+    return ctl_reload_reply(p)
 
 
 def test_reload_turning_send_proxy_on_does_not_reuse_a_pooled_connection(corral, tmp_path):

@@ -3,7 +3,6 @@ it did not apply: in the control reply, in the daemon log and in `corralctl relo
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 
@@ -11,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import SLOW, binary
+from upstreams import ctl_reload_reply
 from util import Client, free_port
 
 RESTART_KEYS = ["listen", "workers.cores", "admin.metrics", "access_log.path",
@@ -20,20 +20,6 @@ RESTART_KEYS = ["listen", "workers.cores", "admin.metrics", "access_log.path",
 def write(p, cfg):
     with open(p.cfg_path, "w") as f:
         yaml.safe_dump(cfg, f)
-
-
-def raw_reload(p):
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(10 * SLOW)
-    s.connect(p.cfg["admin"]["socket"])
-    s.sendall(b'{"cmd": "reload"}\n')
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = s.recv(4096)
-        assert chunk, buf
-        buf += chunk
-    s.close()
-    return json.loads(buf)
 
 
 def backend_id(port):
@@ -68,7 +54,7 @@ def test_restart_only_changes_are_named_and_the_rest_applies(corral, backend_fac
     assert line.startswith("reloaded; changed but not applied until a restart: "), line
     assert sorted(line.split(": ", 1)[1].split(", ")) == sorted(RESTART_KEYS), line
 
-    reply = raw_reload(p)
+    reply = ctl_reload_reply(p)
     assert reply["ok"] is True and sorted(reply["restart_needed"]) == sorted(RESTART_KEYS), reply
     assert p.err.wait_for(r"warn: configuration reloaded .*not applied until a restart: .*"
                           r"limits\.buffer_bytes", 5 * SLOW), p.log()[-2000:]
@@ -90,7 +76,7 @@ def test_restart_only_changes_are_named_and_the_rest_applies(corral, backend_fac
     assert p.log().count("not applied until a restart") == n + 1
 
     write(p, p.cfg)
-    reply = raw_reload(p)
+    reply = ctl_reload_reply(p)
     assert reply["ok"] is True and reply["restart_needed"] == [], reply
     out = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], "reload"],
                          capture_output=True, text=True, timeout=10 * SLOW)

@@ -128,6 +128,22 @@ def reload_with(proxy, **changes):
     assert ctl_json(proxy, "status")["config_version"] == before + 1
 
 
+def ctl_reload_reply(proxy):
+    """The control socket's own JSON reply to a reload (restart_needed and all), not corralctl's
+    rendering of it."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10 * SLOW)
+    s.connect(proxy.cfg["admin"]["socket"])
+    s.sendall(b'{"cmd": "reload"}\n')
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = s.recv(4096)
+        assert chunk, buf
+        buf += chunk
+    s.close()
+    return json.loads(buf)
+
+
 def backend_id(resp):
     v = resp.header("x-backend-id")
     assert v, "response without X-Backend-Id: %r" % resp.head_raw
