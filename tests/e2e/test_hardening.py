@@ -716,13 +716,7 @@ def test_upgrade_101_tunnels_both_ways(hard):
         assert "upgrade" in fwd.header("connection").lower()
         for msg in (b"hello", b"\x00\x01binary\xff", b"GET / HTTP/1.1\r\n\r\n"):
             c.send(msg)
-            got = b""
-            while len(got) < len(msg):
-                if not c.buf:
-                    c._fill()
-                got += bytes(c.buf)
-                c.buf.clear()
-            assert got == msg.upper()
+            assert c.read_at_least(len(msg)) == msg.upper()
     time.sleep(0.1)
     assert bytes(rec.conns[0].tunnel_in) == b"hello\x00\x01binary\xffGET / HTTP/1.1\r\n\r\n"
 

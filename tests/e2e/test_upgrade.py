@@ -583,13 +583,7 @@ def test_a_tunnel_runs_on_through_the_drain_until_the_grace_period_ends(start_co
 
     def echo(c, msg):
         c.send(msg)
-        got = b""
-        while len(got) < len(msg):
-            if not c.buf:
-                c._fill()
-            got += bytes(c.buf)
-            c.buf.clear()
-        assert got == msg.upper()
+        assert c.read_at_least(len(msg)) == msg.upper()
 
     rec = Recorder(handler)
     p = start_corral(rec, timeouts={"tunnel_idle_ms": 60000})

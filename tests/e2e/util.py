@@ -193,6 +193,17 @@ class Client:
                 raise ProtocolError("too many response headers")
         resp.head_raw = b"\r\n".join(raw) + b"\r\n"
 
+    def read_at_least(self, n):
+        """Everything received until at least n bytes are in (a tunnel's echo, say): more than
+        n when more arrived, so a caller comparing with what it expects sees extra bytes too."""
+        got = b""
+        while len(got) < n:
+            if not self.buf:
+                self._fill()
+            got += bytes(self.buf)
+            self.buf.clear()
+        return got
+
     def read_response(self, method="GET", sink=None, max_body=256 << 20, interim=False):
         """Reads one complete response strictly (RFC 9112). 1xx responses are collected in .interim
         (or, with interim=True, the first one is returned). With sink, body bytes go to sink(piece)
