@@ -110,12 +110,15 @@ test: deps-test
 	$(MAKE) fuzz-smoke
 	$(MAKE) e2e
 
-# The same tests, built with AddressSanitizer + UBSan into build/asan.
+# The same tests, built with AddressSanitizer + UBSan into build/asan. unit, then e2e: under
+# make -j2 two goals of one make would run at once.
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 asan: deps-test
 	$(MAKE) B=build/asan SAN="$(ASAN_FLAGS)" OPT="-O1 -g" all
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-		$(MAKE) B=build/asan SAN="$(ASAN_FLAGS)" OPT="-O1 -g" unit e2e
+		$(MAKE) B=build/asan SAN="$(ASAN_FLAGS)" OPT="-O1 -g" unit
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		$(MAKE) B=build/asan SAN="$(ASAN_FLAGS)" OPT="-O1 -g" e2e
 
 # --- fuzzing (clang libFuzzer) ----------------------------------------------------
 FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE -Iproxy -Ibpf -I$(LLHTTP_INC)
