@@ -670,7 +670,7 @@ static void req_reject_src(struct worker *w, struct conn *c, const struct inbuf 
 static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, const char *base)
 {
 	const struct config *cfg = &w->snap->cfg;
-	struct http_fwd fwd = { .client_ip = c->peer_ip, .proto = "http" };
+	struct http_fwd fwd = { .client_ip = c->peer_ip, .proto = c->tls ? "https" : "http" };
 	uint32_t hb;
 	int n;
 

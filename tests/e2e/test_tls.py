@@ -288,6 +288,22 @@ def test_garbage_is_a_bad_record(corral, backend, certs):
 
 
 @pytest.mark.corral_only
+def test_x_forwarded_proto_is_https_over_tls(corral, certs):
+    rec = Recorder()
+    try:
+        p = start_tls(corral, [rec.address], [certs["a"]])
+        with TLSClient(p.tls_port) as c:
+            assert c.get("/tls").status == 200
+        assert simple_get(p.port, "/?plain").status == 200
+        assert rec.wait_requests(2, 5 * SLOW)
+        by = {r.target: r for r in rec.requests}
+        assert by["/tls"].header("X-Forwarded-Proto") == "https", by["/tls"].headers
+        assert by["/?plain"].header("X-Forwarded-Proto") == "http", by["/?plain"].headers
+    finally:
+        rec.close()
+
+
+@pytest.mark.corral_only
 @pytest.mark.deadline(120)
 def test_large_upload_download_and_pipelining(corral, backend, certs):
     p = start_tls(corral, [backend], [certs["a"]])
