@@ -584,6 +584,10 @@ void conn_log(struct worker *w, struct conn *c, int status)
 		alog_rejected_line(c->rej_line, c->rej_len, &e);
 	}
 	e.reason = c->rej_reason;
+	if (c->tls && conn_tls(w, c)->t.state != TLS_HANDSHAKE) {
+		e.tls_version = tls_version(&conn_tls(w, c)->t);
+		e.tls_cipher = tls_cipher(&conn_tls(w, c)->t);
+	}
 	e.version_minor = c->client_minor;
 	e.status = (uint16_t)status;
 	e.bytes_in = c->req_in_head_len + c->req.body.total;

@@ -452,3 +452,40 @@ def test_reload_can_turn_a_plaintext_listener_into_tls(corral, backend, certs):
     reload(p, "configuration reloaded")
     with TLSClient(p.port) as c:
         assert c.get("/").status == 200
+
+
+# --- observability -------------------------------------------------------------------------------
+
+
+@pytest.mark.corral_only
+def test_counters_metrics_and_access_log(corral, backend, certs, tmp_path):
+    log = str(tmp_path / "access.log")
+    p = start_tls(corral, [backend], [certs["a"]], access_log={"path": log, "format": "json"},
+                  workers={"cores": [0]})
+    with TLSClient(p.tls_port, client_ctx(maxv=ssl.TLSVersion.TLSv1_2)) as c:
+        assert c.get("/?tls12").status == 200
+        cipher12 = c.sock.cipher()[0]
+    with TLSClient(p.tls_port) as c:
+        assert c.get("/?tls13").status == 200
+        cipher13 = c.sock.cipher()[0]
+    assert simple_get(p.port, "/?plain").status == 200
+    with socket.create_connection(("127.0.0.1", p.tls_port), timeout=IO) as s:
+        s.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        read_until_closed(s, IO)
+    s = wait_stat(p, lambda s: s["failures"]["plaintext"] == 1, "plaintext not counted")
+    assert s["handshakes"] == 2, s
+    out = subprocess.run(["curl", "-s", "http://127.0.0.1:%d/metrics" % p.metrics_port], capture_output=True,
+                         text=True, timeout=10 * SLOW)
+    assert 'corral_tls_handshakes_total{core="0"} 2' in out.stdout, out.stdout[-3000:]
+    assert 'corral_tls_failures_total{core="0",reason="plaintext"} 1' in out.stdout, out.stdout[-3000:]
+    assert 'corral_tls_resumed_total{core="0"} 0' in out.stdout
+    deadline = time.monotonic() + 5 * SLOW
+    while True:
+        lines = [json.loads(x) for x in open(log).read().splitlines() if x.strip()]
+        if len(lines) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    by = {ln["uri"]: ln for ln in lines}
+    assert by["/?tls12"]["tls"] == "TLSv1.2" and by["/?tls12"]["tls_cipher"] == cipher12, by["/?tls12"]
+    assert by["/?tls13"]["tls"] == "TLSv1.3" and by["/?tls13"]["tls_cipher"] == cipher13, by["/?tls13"]
+    assert by["/?plain"]["tls"] == "-" and by["/?plain"]["tls_cipher"] == "-", by["/?plain"]
