@@ -814,6 +814,10 @@ again:
 	if (conn_has(c, CF_PP_WAIT)) {
 		if (!pp_read(w, c, src))
 			return;
+		if (c->tls) {
+			ctls_after_proxy_header(w, c); /* what followed is the TLS stream */
+			return;
+		}
 		goto again; /* what followed the header is the start of the request */
 	}
 	/* Known before the head is complete, so that an error answer to a HEAD has no body. */
@@ -967,7 +971,7 @@ static void c_on_recv(struct worker *w, struct conn *c, int res, uint32_t flags)
 	}
 	BUG_ON(bid < 0);
 	BUG_ON(c->in.len != 0);
-	if (c->tls) {
+	if (c->tls && !conn_has(c, CF_PP_WAIT)) {
 		ctls_on_recv(w, c, bid, res); /* ciphertext: decrypted into c->in */
 		return;
 	}

@@ -157,6 +157,11 @@ int ctls_start(struct worker *w, struct conn *c, SSL_CTX *ctx);
 void ctls_free(struct worker *w, struct conn *c);
 /* A receive completed with n ciphertext bytes in buffer bid. */
 void ctls_on_recv(struct worker *w, struct conn *c, int32_t bid, int n);
+/*
+ * A proxy_protocol TLS listener's connection: the PROXY header (in clear) is read; what
+ * followed it in c->in is the start of the TLS stream.
+ */
+void ctls_after_proxy_header(struct worker *w, struct conn *c);
 /* The OP_C_TLS completion: read what the transport holds (conn_arm_recv submitted it). */
 void ctls_on_pump(struct worker *w, struct conn *c);
 /* conn_arm_recv: true when the transport holds input to read first (it submitted OP_C_TLS). */

@@ -50,7 +50,7 @@ int ctls_start(struct worker *w, struct conn *c, SSL_CTX *ctx)
 		w->tls_free = i;
 		return r;
 	}
-	x->cbid = -1;
+	x->cin = (struct inbuf){ .bid = -1, .hbuf = NIL };
 	x->plain_enc = 0;
 	x->flags = 0;
 	c->tls = i + 1;
@@ -64,11 +64,16 @@ void ctls_free(struct worker *w, struct conn *c)
 	if (!x)
 		return;
 	tls_conn_free(&x->t);
-	buf_put(w, x->cbid);
-	x->cbid = -1;
+	inbuf_release(w, &x->cin);
 	x->next_free = w->tls_free;
 	w->tls_free = c->tls - 1;
 	c->tls = 0;
+}
+
+/* Whether the session holds lent ciphertext. */
+static bool ctls_lent(const struct ctls *x)
+{
+	return x->cin.bid >= 0 || x->cin.hbuf != NIL;
 }
 
 static void ctls_count_fail(struct worker *w, enum tls_fail f)
@@ -81,10 +86,8 @@ static void ctls_count_fail(struct worker *w, enum tls_fail f)
 /* The lent ciphertext buffer goes back once the session has read all of it. */
 static void ctls_release_in(struct worker *w, struct ctls *x)
 {
-	if (x->cbid >= 0 && tls_in_pending(&x->t) == 0) {
-		buf_put(w, x->cbid);
-		x->cbid = -1;
-	}
+	if (ctls_lent(x) && tls_in_pending(&x->t) == 0)
+		inbuf_release(w, &x->cin);
 }
 
 /* Sends what the session's output holds, unless a send is in flight (its completion will). */
@@ -177,7 +180,7 @@ static void ctls_deliver(struct worker *w, struct conn *c, struct ctls *x)
 			return;
 		}
 		ctls_opened(w, x);
-		if (x->cbid < 0) {
+		if (!ctls_lent(x)) {
 			conn_arm_recv(w, c); /* the client's Finished came alone */
 			return;
 		}
@@ -244,6 +247,20 @@ static void ctls_deliver(struct worker *w, struct conn *c, struct ctls *x)
 	conn_on_input(w, c);
 }
 
+/* Lends x->cin to the session and reads it. */
+static void ctls_take_in(struct worker *w, struct conn *c, struct ctls *x)
+{
+	if (tls_feed(&x->t, (const uint8_t *)x->cin.base + x->cin.off, x->cin.len) < 0) {
+		inbuf_release(w, &x->cin);
+		if (x->t.fail == TLS_FAIL_PLAINTEXT)
+			ctls_plain_answer(c);
+		ctls_count_fail(w, (enum tls_fail)x->t.fail);
+		conn_abort(w, c);
+		return;
+	}
+	ctls_deliver(w, c, x);
+}
+
 void ctls_on_recv(struct worker *w, struct conn *c, int32_t bid, int n)
 {
 	struct ctls *x = conn_tls(w, c);
@@ -253,17 +270,26 @@ void ctls_on_recv(struct worker *w, struct conn *c, int32_t bid, int n)
 		buf_put(w, bid); /* closing: nothing more is read */
 		return;
 	}
-	CONN_BUG_ON(w, c, x->cbid >= 0);
-	if (tls_feed(&x->t, (const uint8_t *)buf_addr(w, (uint32_t)bid), (size_t)n) < 0) {
-		buf_put(w, bid);
-		if (x->t.fail == TLS_FAIL_PLAINTEXT)
-			ctls_plain_answer(c);
-		ctls_count_fail(w, (enum tls_fail)x->t.fail);
-		conn_abort(w, c);
+	CONN_BUG_ON(w, c, ctls_lent(x));
+	x->cin = (struct inbuf){
+		.base = buf_addr(w, (uint32_t)bid), .len = (uint32_t)n, .bid = bid, .hbuf = NIL
+	};
+	ctls_take_in(w, c, x);
+}
+
+void ctls_after_proxy_header(struct worker *w, struct conn *c)
+{
+	struct ctls *x = conn_tls(w, c);
+
+	if (c->in.len == 0) {
+		inbuf_release(w, &c->in);
+		conn_arm_recv(w, c);
 		return;
 	}
-	x->cbid = bid;
-	ctls_deliver(w, c, x);
+	/* What followed the header (in a receive buffer, or the head buffer it was put together in). */
+	x->cin = c->in;
+	c->in = (struct inbuf){ .bid = -1, .hbuf = NIL };
+	ctls_take_in(w, c, x);
 }
 
 bool ctls_arm_pump(struct worker *w, struct conn *c)
@@ -271,7 +297,7 @@ bool ctls_arm_pump(struct worker *w, struct conn *c)
 	struct ctls *x = conn_tls(w, c);
 	struct io_uring_sqe *sqe;
 
-	if (conn_has(c, CF_CLOSING) || (x->cbid < 0 && !(x->flags & CT_MORE)))
+	if (conn_has(c, CF_CLOSING) || (!ctls_lent(x) && !(x->flags & CT_MORE)))
 		return false;
 	sqe = worker_sqe(w);
 	io_uring_prep_nop(sqe);
@@ -287,10 +313,7 @@ void ctls_on_pump(struct worker *w, struct conn *c)
 
 	c->flags &= ~CF_RECV_ARMED;
 	if (conn_has(c, CF_CLOSING)) {
-		if (x->cbid >= 0) {
-			buf_put(w, x->cbid); /* never read now */
-			x->cbid = -1;
-		}
+		inbuf_release(w, &x->cin); /* never read now */
 		x->flags &= ~CT_MORE;
 		if (conn_has(c, CF_LINGERING))
 			conn_arm_recv(w, c); /* lingering reads raw bytes */

@@ -75,7 +75,6 @@ class TLSClient(Client):
     def __init__(self, port, ctx=None, sni="a.test", session=None, timeout=IO):
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.raw = raw
         self.sock = (ctx or client_ctx()).wrap_socket(raw, server_hostname=sni, session=session,
                                                       suppress_ragged_eofs=False)
         self.buf = bytearray()
@@ -304,6 +303,35 @@ def test_x_forwarded_proto_is_https_over_tls(corral, certs):
 
 
 @pytest.mark.corral_only
+def test_proxy_protocol_header_before_tls(corral, certs):
+    """A proxy_protocol TLS listener (behind an L4 balancer): the PROXY header comes in clear,
+    the TLS stream right behind it, in the same packet or not."""
+    rec = Recorder()
+    try:
+        entry = dict(tls_entry([certs["a"]]), proxy_protocol=True)
+        p = corral([rec.address], listen=["127.0.0.1:0", entry])
+        port = tls_port(p)
+        for i, split in enumerate((False, True)):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=IO)
+            hdr = b"PROXY TCP4 203.0.113.%d 192.0.2.1 4000 443\r\n" % (i + 1)
+            if split:
+                raw.sendall(hdr[:10])
+                time.sleep(0.05)
+                raw.sendall(hdr[10:])
+            else:
+                raw.sendall(hdr)
+            with client_ctx().wrap_socket(raw, server_hostname="a.test") as s:
+                s.sendall(build_request("GET", "/pp%d" % i))
+                assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert rec.wait_requests(2, 5 * SLOW)
+        for i, r in enumerate(sorted(rec.requests, key=lambda r: r.target)):
+            assert r.header("X-Forwarded-For") == "203.0.113.%d" % (i + 1), r.headers
+            assert r.header("X-Forwarded-Proto") == "https"
+    finally:
+        rec.close()
+
+
+@pytest.mark.corral_only
 @pytest.mark.deadline(120)
 def test_large_upload_download_and_pipelining(corral, backend, certs):
     p = start_tls(corral, [backend], [certs["a"]])
@@ -376,6 +404,90 @@ def test_a_response_cut_by_the_backend_ends_without_close_notify(corral, certs):
                 c.read_response("GET")
     finally:
         rec.close()
+
+
+def ws_echo(up, req):
+    """101, then every tunnel byte echoed back upper-cased (it went through the backend)."""
+    up.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    if up.buf:
+        up.send(bytes(up.buf).upper())
+        up.buf.clear()
+    while True:
+        try:
+            d = up.sock.recv(65536)
+        except OSError:
+            d = b""
+        if not d:
+            return "done"
+        up.send(d.upper())
+
+
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: e2e.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+
+
+@pytest.mark.corral_only
+def test_upgrade_tunnels_both_ways_over_tls(corral, certs):
+    rec = Recorder(ws_echo)
+    try:
+        p = start_tls(corral, [rec.address], [certs["a"]], timeouts={"tunnel_idle_ms": ms(3000)})
+        with TLSClient(p.tls_port) as c:
+            c.send(UPGRADE + b"early")
+            r = c.read_response()
+            assert r.status == 101, r
+            assert c.read_at_least(5) == b"EARLY"
+            big = os.urandom(200000).replace(b"\x00", b"a")
+            for msg in (b"hello", b"GET / HTTP/1.1\r\n\r\n", big):
+                c.send(msg)
+                assert c.read_at_least(len(msg)) == msg.upper()
+        assert len(rec.requests) == 1
+    finally:
+        rec.close()
+
+
+@pytest.mark.corral_only
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_a_tls_client_that_gives_up_aborts_the_upstream_exchange(corral, certs, how):
+    def hold(up, req):
+        return "hold"
+
+    rec = Recorder(hold)
+    try:
+        p = start_tls(corral, [rec.address], [certs["a"]], workers={"cores": [0]})
+        c = TLSClient(p.tls_port)
+        c.send(build_request("GET", "/slow"))
+        assert rec.wait_conns(1, 5 * SLOW)
+        deadline = time.monotonic() + 5 * SLOW
+        while not rec.conns[0].data and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if how == "reset":
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.sock.close()  # no close_notify: the socket just goes
+        t0 = time.monotonic()
+        while not rec.conns[0].eof and time.monotonic() < t0 + 5 * SLOW:
+            time.sleep(0.01)
+        assert rec.conns[0].eof, "the upstream exchange outlived the client"
+        assert time.monotonic() - t0 < 1.0 * SLOW
+        assert p.stats()["total"]["client_aborts"] == 1
+    finally:
+        rec.close()
+
+
+@pytest.mark.corral_only
+def test_lingering_close_over_tls_delivers_the_response(corral, backend, certs):
+    """An error answer with request bytes still coming: the response and close_notify arrive."""
+    p = start_tls(corral, [backend], [certs["a"]], limits={"body_bytes_max": 1000})
+    with TLSClient(p.tls_port) as c:
+        c.send(b"POST /echo HTTP/1.1\r\nHost: e2e.test\r\nContent-Length: 5000\r\n\r\n" + b"x" * 2000)
+        r = c.read_response("POST")
+        assert r.status == 413, r
+        try:
+            c.send(b"y" * 3000)  # late bytes the linger reads and drops
+        except OSError:
+            pass
+        with pytest.raises(Closed) as e:
+            c._fill()
+        assert not isinstance(e.value, Truncated), e.value
 
 
 # --- sessions and reloads ------------------------------------------------------------------------
