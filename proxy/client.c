@@ -329,12 +329,12 @@ static void conn_accept_now(struct worker *w, int fd, uint32_t li)
  * the keep-alive idle timer list (FIFO: the longest idle first), else the oldest connection
  * that has not sent a byte (on the head-deadline list; a few are looked at, not all).
  */
-static bool reclaimable(const struct conn *c)
+static bool reclaimable(struct worker *w, const struct conn *c)
 {
 	int unread = 0;
 
 	/* Bytes in the socket not read yet are a request on its way: not idle after all. */
-	return !conn_has(c, CF_CLOSING) && !conn_head_partial(c) &&
+	return !conn_has(c, CF_CLOSING) && !conn_head_partial(c) && !ctls_busy(w, c) &&
 	       ioctl(c->fd, FIONREAD, &unread) == 0 && unread == 0;
 }
 
@@ -343,12 +343,12 @@ static bool conn_reclaim(struct worker *w)
 	uint32_t i, n = 0;
 
 	for (i = w->thead[T_IDLE]; i != NIL && n < 64; i = w->conns[i].t.next, n++)
-		if (reclaimable(&w->conns[i]))
+		if (reclaimable(w, &w->conns[i]))
 			break;
 	if (i == NIL || n == 64) {
 		n = 0;
 		for (i = w->thead[T_HEADER]; i != NIL && n < 64; i = w->conns[i].t.next, n++)
-			if (w->conns[i].requests == 0 && reclaimable(&w->conns[i]))
+			if (w->conns[i].requests == 0 && reclaimable(w, &w->conns[i]))
 				break;
 		if (n == 64)
 			i = NIL;
@@ -1168,7 +1168,7 @@ void conn_stop_all(struct worker *w, bool force)
 		if (w->d->handover)
 			continue;
 		if (c->rs_state == RS_NONE && c->req_state == RQ_HEAD && c->in.len == 0 &&
-		    c->req.accum.hbuf == NIL)
+		    c->req.accum.hbuf == NIL && !ctls_busy(w, c))
 			conn_abort(w, c);
 	}
 }

@@ -179,6 +179,11 @@ bool ctls_close_notify(struct worker *w, struct conn *c);
 void ctls_abort(struct worker *w, struct conn *c);
 /* The T_HEADER deadline passed: counted as a TLS timeout while the handshake was running. */
 void ctls_on_header_timeout(struct worker *w, struct conn *c);
+/*
+ * Whether c's TLS session is in the middle of something that is not idle: a handshake under
+ * way, or received bytes not yet handed to HTTP. false for a plaintext connection.
+ */
+bool ctls_busy(struct worker *w, const struct conn *c);
 /* The session of c, or NULL for a plaintext connection. */
 static inline struct ctls *conn_tls(struct worker *w, const struct conn *c)
 {

@@ -180,6 +180,7 @@ static void ctls_deliver(struct worker *w, struct conn *c, struct ctls *x)
 			return;
 		}
 		ctls_opened(w, x);
+		ctls_release_in(w, x);
 		if (!ctls_lent(x)) {
 			conn_arm_recv(w, c); /* the client's Finished came alone */
 			return;
@@ -490,4 +491,12 @@ void ctls_on_header_timeout(struct worker *w, struct conn *c)
 
 	if (x && x->t.state == TLS_HANDSHAKE)
 		ctls_count_fail(w, TLS_FAIL_TIMEOUT);
+}
+
+bool ctls_busy(struct worker *w, const struct conn *c)
+{
+	const struct ctls *x = conn_tls(w, c);
+
+	return x && (ctls_lent(x) || (x->flags & CT_MORE) ||
+		     (x->t.state == TLS_HANDSHAKE && x->t.fed > 0));
 }
