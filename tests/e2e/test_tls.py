@@ -287,6 +287,25 @@ def test_garbage_is_a_bad_record(corral, backend, certs):
 
 
 @pytest.mark.corral_only
+def test_a_full_table_closes_a_tls_client_without_a_503_in_clear(corral, backend, certs):
+    p = start_tls(corral, [backend], [certs["a"]], workers={"cores": [0]},
+                  limits={"connections_per_core": 4})
+    held = [TLSClient(p.tls_port) for _ in range(4)]
+    try:
+        for c in held:
+            assert c.get("/").status == 200
+        with socket.create_connection(("127.0.0.1", p.tls_port), timeout=IO) as s:
+            s.sendall(client_hello(0x0303))
+            got, how = read_until_closed(s, IO)
+        assert how != "open" and got == b"", "a TLS client must not get plaintext: %r" % got[:80]
+        assert p.stats()["total"]["conns_rejected"] == 1
+        assert held[0].get("/").status == 200
+    finally:
+        for c in held:
+            c.close()
+
+
+@pytest.mark.corral_only
 def test_x_forwarded_proto_is_https_over_tls(corral, certs):
     rec = Recorder()
     try:
