@@ -380,6 +380,56 @@ def test_large_upload_download_and_pipelining(corral, backend, certs):
 
 
 @pytest.mark.corral_only
+@pytest.mark.deadline(120)
+def test_full_duplex_echo_over_tls(corral, backend, certs):
+    """/echo streams the body back while it is still being uploaded: both directions at once,
+    from one client thread (an SSL object is not for two threads) with non-blocking I/O."""
+    import select
+    total = 40 << 20
+    p = start_tls(corral, [backend], [certs["a"]], limits={"body_bytes_max": 64 << 20})
+    c = TLSClient(p.tls_port)
+    c.send(build_request("POST", "/echo", [("Content-Length", str(total))]))
+    c.sock.setblocking(False)
+    block = os.urandom(65536)
+    sent_h, got = hashlib.sha256(), bytearray()
+    got_h, sent, body_seen, head = hashlib.sha256(), 0, 0, None
+    pending = b""
+    deadline = time.monotonic() + 90 * SLOW
+    while head is None or body_seen < total:
+        assert time.monotonic() < deadline, "stalled at %d sent, %d received" % (sent, body_seen)
+        want_w = sent < total or pending
+        r, w, _ = select.select([c.sock], [c.sock] if want_w else [], [], 1.0)
+        if w:
+            if not pending:
+                n = min(len(block), total - sent)
+                pending = block[:n]
+                sent_h.update(pending)
+                sent += n
+            try:
+                pending = pending[c.sock.send(pending):]
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                pass
+        while True:
+            try:
+                d = c.sock.recv(262144)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            assert d, "closed after %d body bytes" % body_seen
+            if head is None:
+                got += d
+                i = got.find(b"\r\n\r\n")
+                if i < 0:
+                    continue
+                head = bytes(got[:i])
+                d = bytes(got[i + 4:])
+                assert head.startswith(b"HTTP/1.1 200"), head
+            got_h.update(d)
+            body_seen += len(d)
+    assert body_seen == total and got_h.hexdigest() == sent_h.hexdigest()
+    c.close()
+
+
+@pytest.mark.corral_only
 def test_expect_100_continue_over_tls(corral, backend, certs):
     p = start_tls(corral, [backend], [certs["a"]])
     with TLSClient(p.tls_port) as c:
