@@ -70,6 +70,14 @@ struct admin_cert {
 	struct tls_cert_info info; /* what the certificate says */
 };
 
+struct snapshot;
+/*
+ * certs_n/cert for a daemon: the certificates of the TLS listeners of snapshot s (main
+ * thread, on the published snapshot), listen[] then certificates[] order.
+ */
+uint32_t ctl_snapshot_certs_n(const struct snapshot *s);
+int ctl_snapshot_cert(const struct snapshot *s, uint32_t i, struct admin_cert *out);
+
 /* How this process came to be: filled by ops->upgrade_info(). */
 struct admin_upgrade {
 	uint32_t count;	  /* upgrades in this line of processes; 0 = started plainly */

@@ -17,7 +17,9 @@
 #include <jansson.h>
 
 #include "admin.h"
+#include "daemon.h"
 #include "stats.h"
+#include "tls.h"
 #include "tls.h"
 
 /* corralctl opens one connection per command; 32 covers several `top`s plus scripts. */
@@ -250,6 +252,38 @@ static json_t *ctl_stats(struct ctl *c)
 		json_object_set_new(json_object_get(reply, "steering"), "fallbacks",
 				    json_integer((json_int_t)c->ops->steer_fallbacks(c->ops->ctx)));
 	return reply;
+}
+
+uint32_t ctl_snapshot_certs_n(const struct snapshot *s)
+{
+	uint32_t l, n = 0;
+
+	for (l = 0; l < s->cfg.listen_n && l < CFG_LISTEN_MAX; l++)
+		if (s->tls[l])
+			n += tls_server_certs_n(s->tls[l]);
+	return n;
+}
+
+int ctl_snapshot_cert(const struct snapshot *s, uint32_t i, struct admin_cert *out)
+{
+	uint32_t l, k;
+
+	memset(out, 0, sizeof(*out));
+	for (l = 0; l < s->cfg.listen_n && l < CFG_LISTEN_MAX; l++) {
+		if (!s->tls[l])
+			continue;
+		k = tls_server_certs_n(s->tls[l]);
+		if (i >= k) {
+			i -= k;
+			continue;
+		}
+		out->listener = l;
+		out->index = i;
+		snprintf(out->listen, sizeof(out->listen), "%s", s->cfg.listen[l].text);
+		snprintf(out->file, sizeof(out->file), "%s", s->cfg.listen_tls[l].certs[i].cert);
+		return tls_server_cert_info(s->tls[l], i, &out->info);
+	}
+	return -ENOENT;
 }
 
 static void ctl_iso_time(int64_t t, char *out, size_t len)

@@ -13,7 +13,10 @@
 #include <jansson.h>
 
 #include "admin.h"
+#include "daemon.h"
 #include "stats.h"
+#include "tls.h"
+#include "tls-certs.h"
 
 /* --- a fake daemon: 2 cores, 2 backends ----------------------------------------------- */
 
@@ -691,4 +694,64 @@ Test(ctl, a_regular_file_at_the_path_is_not_removed)
 	cr_assert(strstr(err, "not a socket") != NULL, "%s", err);
 	cr_assert_eq(access(path, F_OK), 0);
 	unlink(path);
+}
+
+/* A daemon's certs_n/cert read the published snapshot: listen[0] plaintext, [1] with two
+ * certificates, [2] with one. */
+Test(ctl, snapshot_certs_walk_tls_listeners_in_order)
+{
+	static const char *const names[] = { "one", "two", "three" };
+	static const uint32_t listener_of[] = { 1, 1, 2 }, index_of[] = { 0, 1, 0 };
+	struct snapshot *snap = calloc(1, sizeof(*snap));
+	struct admin_cert ac;
+	struct tls_ctx_err e;
+	char *d = cert_dir();
+
+	cr_assert(snap && d);
+	for (int i = 0; i < 3; i++) {
+		char san[64];
+
+		snprintf(san, sizeof(san), "DNS:%s.test", names[i]);
+		cr_assert_eq(cert_make(d, names[i], names[i], san, 0, 86400), 0);
+	}
+	snap->cfg.listen_n = 3;
+	for (int l = 0; l < 3; l++)
+		snprintf(snap->cfg.listen[l].text, sizeof(snap->cfg.listen[l].text), "127.0.0.1:%d",
+			 8000 + l);
+	for (int i = 0; i < 3; i++) {
+		struct cfg_tls *t = &snap->cfg.listen_tls[listener_of[i]];
+		struct cfg_tls_cert *c = &t->certs[index_of[i]];
+
+		t->on = true;
+		t->session_tickets = true;
+		t->protocols = CFG_TLS_V12 | CFG_TLS_V13;
+		snprintf(c->cert, sizeof(c->cert), "%s/%s.pem", d, names[i]);
+		snprintf(c->key, sizeof(c->key), "%s/%s.key", d, names[i]);
+		t->certs_n = index_of[i] + 1;
+	}
+	for (int l = 1; l < 3; l++)
+		cr_assert_eq(tls_server_new(&snap->tls[l], &snap->cfg.listen_tls[l], NULL, &e), 0,
+			     "%s", e.msg);
+
+	cr_assert_eq(ctl_snapshot_certs_n(snap), 3);
+	for (uint32_t i = 0; i < 3; i++) {
+		char want[64];
+
+		cr_assert_eq(ctl_snapshot_cert(snap, i, &ac), 0);
+		cr_assert_eq(ac.listener, listener_of[i], "cert %u", i);
+		cr_assert_eq(ac.index, index_of[i], "cert %u", i);
+		snprintf(want, sizeof(want), "127.0.0.1:%u", 8000 + listener_of[i]);
+		cr_assert_str_eq(ac.listen, want);
+		cr_assert_str_eq(ac.file,
+				 snap->cfg.listen_tls[listener_of[i]].certs[index_of[i]].cert);
+		snprintf(want, sizeof(want), "CN=%s", names[i]);
+		cr_assert_str_eq(ac.info.subject, want);
+		snprintf(want, sizeof(want), "%s.test", names[i]);
+		cr_assert_str_eq(ac.info.names[0], want);
+	}
+	cr_assert_eq(ctl_snapshot_cert(snap, 3, &ac), -ENOENT);
+	for (int l = 1; l < 3; l++)
+		tls_server_free(snap->tls[l]);
+	free(snap);
+	cert_dir_remove();
 }
