@@ -348,14 +348,31 @@ def make_tls_cert(folder, name, names=("e2e.test", "localhost"), days=2, key="ec
     else:
         args += ["-newkey", "rsa:2048"]
     if days >= 0:
-        args += ["-days", str(days)]
-    else:  # not_before and not_after in the past
-        import datetime
-        now = datetime.datetime.now(datetime.timezone.utc)
-        fmt = "%Y%m%d%H%M%SZ"
-        args += ["-not_before", (now + datetime.timedelta(days=days - 1)).strftime(fmt),
-                 "-not_after", (now + datetime.timedelta(days=days)).strftime(fmt)]
-    subprocess.run(args, check=True, capture_output=True, timeout=30 * SLOW)
+        subprocess.run(args + ["-days", str(days)], check=True, capture_output=True, timeout=30 * SLOW)
+        return TlsCert(cert, keyf, list(names))
+    # In the past: OpenSSL 3.0's req cannot set the dates; its ca -selfsign can (a throw-away
+    # CA database in a folder of its own).
+    import datetime
+    now = datetime.datetime.now(datetime.timezone.utc)
+    fmt = "%Y%m%d%H%M%SZ"
+    ca = os.path.join(folder, name + ".ca")
+    os.makedirs(ca, exist_ok=True)
+    open(os.path.join(ca, "index.txt"), "w").close()
+    with open(os.path.join(ca, "serial"), "w") as f:
+        f.write("01\n")
+    with open(os.path.join(ca, "ca.cnf"), "w") as f:
+        f.write("[ca]\ndefault_ca = d\n[d]\ndatabase = %s/index.txt\nnew_certs_dir = %s\nserial = %s/serial\n"
+                "default_md = sha256\npolicy = p\ncopy_extensions = copy\nunique_subject = no\n"
+                "[p]\ncommonName = supplied\n" % (ca, ca, ca))
+    csr = os.path.join(ca, "req.csr")
+    req = [a for a in args if a != "-x509"]
+    req[req.index("-out") + 1] = csr
+    subprocess.run(["openssl", "req", "-new"] + req[2:], check=True, capture_output=True, timeout=30 * SLOW)
+    subprocess.run(["openssl", "ca", "-batch", "-notext", "-config", os.path.join(ca, "ca.cnf"), "-selfsign",
+                    "-keyfile", keyf, "-in", csr, "-out", cert,
+                    "-startdate", (now + datetime.timedelta(days=days - 1)).strftime(fmt),
+                    "-enddate", (now + datetime.timedelta(days=days)).strftime(fmt)],
+                   check=True, capture_output=True, timeout=30 * SLOW)
     return TlsCert(cert, keyf, list(names))
 
 

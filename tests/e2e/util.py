@@ -61,14 +61,15 @@ class TlsSocket:
     Ciphertext is read from the kernel only inside recv(), so select() on fileno() means what it
     means for TCP as long as recv() is called with a size the caller drains (the Client does)."""
 
-    def __init__(self, raw, ctx, server_name):
+    def __init__(self, raw, ctx, server_name, session=None):
         # Python sets OP_IGNORE_UNEXPECTED_EOF, which reads a TCP close without close_notify as a
         # clean end: exactly what must stay detectable here.
         ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
         self.raw = raw
         self._in = ssl.MemoryBIO()
         self._outbio = ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self._in, self._outbio, server_side=False, server_hostname=server_name)
+        self.obj = ctx.wrap_bio(self._in, self._outbio, server_side=False, server_hostname=server_name,
+                                session=session)
         self._out = bytearray()  # ciphertext not yet sent
         while True:
             try:
@@ -201,13 +202,15 @@ def tls_client_context(trust, alpn=("http/1.1",)):
 
 class TlsPort(int):
     """A TLS listener's port: an int (connect to it like any port) that carries the client context
-    and server name, so that Client(port) and exchange(port, ...) speak TLS to it and a test body
-    written for a plaintext port runs unchanged over TLS."""
+    and server name (and optionally a session to resume, from the same context), so that
+    Client(port) and exchange(port, ...) speak TLS to it and a test body written for a plaintext
+    port runs unchanged over TLS."""
 
-    def __new__(cls, port, ctx, server_name=TLS_SERVER_NAME):
+    def __new__(cls, port, ctx, server_name=TLS_SERVER_NAME, session=None):
         self = int.__new__(cls, port)
         self.tls = ctx
         self.server_name = server_name
+        self.session = session
         return self
 
 
@@ -220,7 +223,7 @@ def connect(port, host="127.0.0.1", timeout=IO_TIMEOUT):
     if ctx is None:
         return sock
     try:
-        return TlsSocket(sock, ctx, port.server_name)
+        return TlsSocket(sock, ctx, port.server_name, port.session)
     except BaseException:
         sock.close()
         raise
