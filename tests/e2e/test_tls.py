@@ -578,6 +578,11 @@ def test_tickets_resume_across_workers(corral, backend, certs):
     per_core = [core["tls"]["resumed"] for core in st["cores"]]
     assert sum(per_core) == 8, st["cores"]
     assert all(n > 0 for n in per_core), "every worker must resume the others' tickets: %s" % per_core
+    # And after a reload (new contexts, the same ticket keys).
+    reload(p, "configuration reloaded")
+    with TLSClient(p.tls_port, ctx, session=sess) as c:
+        assert c.get("/").status == 200
+        assert c.sock.session_reused, "a ticket from before the reload did not resume"
 
 
 def write_cfg(p, cfg):
