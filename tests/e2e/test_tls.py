@@ -453,6 +453,41 @@ def test_connection_close_ends_with_close_notify(corral, backend, certs):
 
 
 @pytest.mark.corral_only
+def test_a_client_close_notify_is_answered_with_close_notify(corral, backend, certs):
+    p = start_tls(corral, [backend], [certs["a"]])
+    raw = socket.create_connection(("127.0.0.1", p.tls_port), timeout=IO)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    o = client_ctx().wrap_bio(inc, out, server_hostname="a.test")
+
+    def step(fn, *a):
+        while True:
+            try:
+                r = fn(*a)
+                raw.sendall(out.read())
+                return r
+            except ssl.SSLWantReadError:
+                raw.sendall(out.read())
+                d = raw.recv(65536)
+                assert d, "closed early"
+                inc.write(d)
+
+    step(o.do_handshake)
+    step(o.write, build_request("GET", "/"))
+    assert step(o.read, 65536).startswith(b"HTTP/1.1 200 ")
+    try:
+        o.unwrap()  # our close_notify
+    except ssl.SSLWantReadError:
+        pass
+    raw.sendall(out.read())
+    got, how = read_until_closed(raw, IO)
+    raw.close()
+    inc.write(got)
+    assert how != "open"
+    o.unwrap()  # raises unless corral's close_notify is among what came back
+    p.wait_idle()
+
+
+@pytest.mark.corral_only
 def test_a_response_cut_by_the_backend_ends_without_close_notify(corral, certs):
     def cut(up, req):
         up.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
