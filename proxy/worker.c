@@ -555,7 +555,7 @@ static void accept_fd_short(struct worker *w)
 		close(w->reserve_fd);
 		fd = accept4(w->listen_fd[li], NULL, NULL, SOCK_CLOEXEC);
 		if (fd >= 0)
-			conn_refuse(w, fd);
+			conn_refuse(w, fd, li);
 		w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	}
 	w->fd_short = 0;
