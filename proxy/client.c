@@ -229,11 +229,6 @@ static void reject_full(struct worker *w, int fd, uint32_t li)
 	close(fd);
 }
 
-void conn_refuse(struct worker *w, int fd, uint32_t li)
-{
-	reject_full(w, fd, li);
-}
-
 void conn_accept(struct worker *w, int fd, uint32_t li)
 {
 	if (!w->stopping && w->conns_active + w->accept_defer_n >= w->conn_limit) {

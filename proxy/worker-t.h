@@ -34,6 +34,7 @@ enum wop {
 	OP_U_SEND,
 	OP_U_CANCEL,
 	OP_LOG_WRITE,
+	OP_REFUSE, /* idx = listen index, gen = enum refuse_step (worker.c, at EMFILE) */
 };
 
 /* Timer classes: each has one fixed duration, so each list is FIFO-ordered by deadline. */
