@@ -15,7 +15,6 @@ and the buffer ring's wait queue (a property of the receive path the TLS variant
 import os
 import select
 import socket
-import ssl
 import sys
 import threading
 import time
@@ -1212,10 +1211,7 @@ def test_requests_per_connection_sequential(hard):
         assert r.status == 200 and "close" not in r.conn_tokens()
 
 
-@pytest.mark.parametrize("transport", ["tcp", pytest.param("tls", marks=pytest.mark.xfail(
-    strict=True, raises=ssl.SSLError,
-    reason="client.c reject_full() sends its canned 503 in plaintext on a TLS listener too: the TLS "
-           "client reads 'HTTP/1.1 503' as a record (WRONG_VERSION_NUMBER)"))], indirect=True)
+@over_tls
 def test_connection_flood_existing_connections_keep_working(hard, transport):
     """Fill the table with idle connections: a new one gets 503; the established ones still work."""
     p, rec = hard(limits={"connections_per_core": 8}, timeouts={"client_header_ms": 5000})
