@@ -291,9 +291,11 @@ def test_a_flood_of_silent_handshakes_does_not_slow_an_established_connection(co
             p50_b, p50_d, max_d = before[n_req // 2], during[n_req // 2], during[-1]
             print("latency p50 before %.2f ms, during the flood p50 %.2f ms, max %.2f ms"
                   % (p50_b * 1e3, p50_d * 1e3, max_d * 1e3))
-            assert p50_d < max(5 * p50_b, 0.02 * SLOW), "p50 %.1f ms during the flood, %.1f ms before" % (
+            # Bounds far above scheduling noise on a shared machine, far below what one worker
+            # waiting on a single silent handshake would cost (the 2.5 s deadline).
+            assert p50_d < max(10 * p50_b, 0.05 * SLOW), "p50 %.1f ms during the flood, %.1f ms before" % (
                 p50_d * 1e3, p50_b * 1e3)
-            assert max_d < 0.5 * SLOW, "a request took %.0f ms during the flood" % (max_d * 1e3)
+            assert max_d < 1.0 * SLOW, "a request took %.0f ms during the flood" % (max_d * 1e3)
             # Every flood connection is closed at the deadline, without a byte of HTTP.
             end = time.monotonic() + ms(2500) / 1000.0 + 5 * SLOW
             pending = list(flood)
