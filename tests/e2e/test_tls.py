@@ -55,6 +55,9 @@ def start_tls(corral, backends, certs, tls_extra=None, **over):
 
 def client_ctx(cafile=None, minv=None, maxv=None, alpn=None):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # Python sets OP_IGNORE_UNEXPECTED_EOF by default, so an EOF without close_notify would read
+    # as a clean end: the tests must tell the two apart.
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
     if cafile:
         ctx.load_verify_locations(cafile)
     else:
@@ -84,6 +87,10 @@ class TLSClient(Client):
         try:
             data = self.sock.recv(want)
         except (ssl.SSLEOFError, ConnectionResetError) as e:
+            raise Truncated(repr(e)) from e
+        except ssl.SSLError as e:
+            if "UNEXPECTED_EOF" not in str(e):
+                raise
             raise Truncated(repr(e)) from e
         if not data:
             raise Closed("close_notify")
@@ -485,6 +492,18 @@ def test_a_client_close_notify_is_answered_with_close_notify(corral, backend, ce
     assert how != "open"
     o.unwrap()  # raises unless corral's close_notify is among what came back
     p.wait_idle()
+
+
+@pytest.mark.corral_only
+def test_a_graceful_stop_ends_idle_tls_connections_with_close_notify(corral, backend, certs):
+    p = start_tls(corral, [backend], [certs["a"]])
+    with TLSClient(p.tls_port) as c:
+        assert c.get("/").status == 200
+        p.signal_graceful()
+        with pytest.raises(Closed) as e:
+            c._fill()
+        assert not isinstance(e.value, Truncated), "an idle connection was cut: %r" % e.value
+    assert p.stop() == 0
 
 
 @pytest.mark.corral_only
