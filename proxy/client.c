@@ -1167,7 +1167,12 @@ void conn_stop_all(struct worker *w, bool force)
 		if (w->d->handover)
 			continue;
 		if (c->rs_state == RS_NONE && c->req_state == RQ_HEAD && c->in.len == 0 &&
-		    c->req.accum.hbuf == NIL && !ctls_busy(w, c))
-			conn_abort(w, c);
+		    c->req.accum.hbuf == NIL && !ctls_busy(w, c)) {
+			/* Over TLS an idle connection ends cleanly: close_notify, then the close. */
+			if (c->tls && c->requests)
+				conn_close_graceful(w, c);
+			else
+				conn_abort(w, c);
+		}
 	}
 }

@@ -55,6 +55,9 @@ def start_tls(corral, backends, certs, tls_extra=None, **over):
 
 def client_ctx(cafile=None, minv=None, maxv=None, alpn=None):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # Python sets OP_IGNORE_UNEXPECTED_EOF by default, so an EOF without close_notify would read
+    # as a clean end: the tests must tell the two apart.
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
     if cafile:
         ctx.load_verify_locations(cafile)
     else:
@@ -84,6 +87,10 @@ class TLSClient(Client):
         try:
             data = self.sock.recv(want)
         except (ssl.SSLEOFError, ConnectionResetError) as e:
+            raise Truncated(repr(e)) from e
+        except ssl.SSLError as e:
+            if "UNEXPECTED_EOF" not in str(e):
+                raise
             raise Truncated(repr(e)) from e
         if not data:
             raise Closed("close_notify")
@@ -453,6 +460,53 @@ def test_connection_close_ends_with_close_notify(corral, backend, certs):
 
 
 @pytest.mark.corral_only
+def test_a_client_close_notify_is_answered_with_close_notify(corral, backend, certs):
+    p = start_tls(corral, [backend], [certs["a"]])
+    raw = socket.create_connection(("127.0.0.1", p.tls_port), timeout=IO)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    o = client_ctx().wrap_bio(inc, out, server_hostname="a.test")
+
+    def step(fn, *a):
+        while True:
+            try:
+                r = fn(*a)
+                raw.sendall(out.read())
+                return r
+            except ssl.SSLWantReadError:
+                raw.sendall(out.read())
+                d = raw.recv(65536)
+                assert d, "closed early"
+                inc.write(d)
+
+    step(o.do_handshake)
+    step(o.write, build_request("GET", "/"))
+    assert step(o.read, 65536).startswith(b"HTTP/1.1 200 ")
+    try:
+        o.unwrap()  # our close_notify
+    except ssl.SSLWantReadError:
+        pass
+    raw.sendall(out.read())
+    got, how = read_until_closed(raw, IO)
+    raw.close()
+    inc.write(got)
+    assert how != "open"
+    o.unwrap()  # raises unless corral's close_notify is among what came back
+    p.wait_idle()
+
+
+@pytest.mark.corral_only
+def test_a_graceful_stop_ends_idle_tls_connections_with_close_notify(corral, backend, certs):
+    p = start_tls(corral, [backend], [certs["a"]])
+    with TLSClient(p.tls_port) as c:
+        assert c.get("/").status == 200
+        p.signal_graceful()
+        with pytest.raises(Closed) as e:
+            c._fill()
+        assert not isinstance(e.value, Truncated), "an idle connection was cut: %r" % e.value
+    assert p.stop() == 0
+
+
+@pytest.mark.corral_only
 def test_a_response_cut_by_the_backend_ends_without_close_notify(corral, certs):
     def cut(up, req):
         up.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
@@ -578,6 +632,11 @@ def test_tickets_resume_across_workers(corral, backend, certs):
     per_core = [core["tls"]["resumed"] for core in st["cores"]]
     assert sum(per_core) == 8, st["cores"]
     assert all(n > 0 for n in per_core), "every worker must resume the others' tickets: %s" % per_core
+    # And after a reload (new contexts, the same ticket keys).
+    reload(p, "configuration reloaded")
+    with TLSClient(p.tls_port, ctx, session=sess) as c:
+        assert c.get("/").status == 200
+        assert c.sock.session_reused, "a ticket from before the reload did not resume"
 
 
 def write_cfg(p, cfg):
