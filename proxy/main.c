@@ -822,6 +822,16 @@ static uint64_t op_config_version(void *ctx)
 	return D.snap->version;
 }
 
+static uint32_t op_certs_n(void *ctx)
+{
+	return ctl_snapshot_certs_n(D.snap);
+}
+
+static int op_cert(void *ctx, uint32_t i, struct admin_cert *out)
+{
+	return ctl_snapshot_cert(D.snap, i, out);
+}
+
 static int need_steer(char *err, size_t errlen)
 {
 	if (D.steer)
@@ -1192,6 +1202,8 @@ static const struct admin_ops ADMIN_OPS = {
 	.backend = op_backend,
 	.steer_fallbacks = op_fallbacks,
 	.config_version = op_config_version,
+	.certs_n = op_certs_n,
+	.cert = op_cert,
 	.set_policy = op_set_policy,
 	.set_weight = op_set_weight,
 	.set_drained = op_set_drained,

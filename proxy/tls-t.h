@@ -85,4 +85,15 @@ struct tls_ctx_err {
 	char warn[200];
 };
 
+/* What the control plane shows of one loaded certificate (`corralctl certs`). */
+#define TLS_CERT_NAMES_MAX 16 /* names shown per certificate; names_total counts them all */
+struct tls_cert_info {
+	char subject[256]; /* the subject, one line (RFC 2253: "CN=a.example,O=..."), "" if empty */
+	char issuer[256];  /* the issuer, the same way */
+	/* subjectAltName DNS and IP entries, in the certificate's order ("DNS:" dropped). */
+	char names[TLS_CERT_NAMES_MAX][128];
+	uint32_t names_n, names_total;
+	int64_t not_before, not_after; /* seconds since the epoch (UTC) */
+};
+
 #endif

@@ -1,4 +1,5 @@
 /* TLS transport over OpenSSL 3: listener contexts, the shared ticket-key pool, per-connection sessions. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -583,6 +584,90 @@ void tls_server_free(struct tls_server *s)
 	/* The ex_data free callback of ctx[0] frees the rest when the last reference goes. */
 	if (s)
 		SSL_CTX_free(s->ctx[0]);
+}
+
+uint32_t tls_server_certs_n(const struct tls_server *s)
+{
+	return s->n;
+}
+
+/* name as one RFC 2253 line into out; 0 or -EIO. */
+static int name_text(const X509_NAME *name, char *out, size_t len)
+{
+	BIO *b = BIO_new(BIO_s_mem());
+	char *p;
+	long n;
+
+	out[0] = '\0';
+	if (!b)
+		return -ENOMEM;
+	if (X509_NAME_print_ex(b, name, 0, XN_FLAG_RFC2253) < 0) {
+		BIO_free(b);
+		return -EIO;
+	}
+	n = BIO_get_mem_data(b, &p);
+	snprintf(out, len, "%.*s", (int)(n < 0 ? 0 : n), p);
+	BIO_free(b);
+	return 0;
+}
+
+/* An ASN1_TIME as seconds since the epoch (0 when unreadable). */
+static int64_t asn1_unix(const ASN1_TIME *t)
+{
+	struct tm tm;
+
+	if (ASN1_TIME_to_tm(t, &tm) != 1)
+		return 0;
+	return (int64_t)timegm(&tm);
+}
+
+int tls_server_cert_info(const struct tls_server *s, uint32_t i, struct tls_cert_info *out)
+{
+	GENERAL_NAMES *sans;
+	const X509 *x;
+	int r, k;
+
+	memset(out, 0, sizeof(*out));
+	if (i >= s->n)
+		return -ENOENT;
+	x = s->leaf[i];
+	r = name_text(X509_get_subject_name(x), out->subject, sizeof(out->subject));
+	if (r == 0)
+		r = name_text(X509_get_issuer_name(x), out->issuer, sizeof(out->issuer));
+	if (r < 0)
+		return r;
+	out->not_before = asn1_unix(X509_get0_notBefore(x));
+	out->not_after = asn1_unix(X509_get0_notAfter(x));
+	sans = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+	for (k = 0; sans && k < sk_GENERAL_NAME_num(sans); k++) {
+		const GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, k);
+		char *dst = out->names[out->names_n < TLS_CERT_NAMES_MAX ? out->names_n : 0];
+		bool shown = out->names_n < TLS_CERT_NAMES_MAX;
+
+		if (g->type == GEN_DNS) {
+			const unsigned char *a = ASN1_STRING_get0_data(g->d.dNSName);
+
+			if (shown)
+				snprintf(dst, sizeof(out->names[0]), "%.*s",
+					 ASN1_STRING_length(g->d.dNSName), (const char *)a);
+		} else if (g->type == GEN_IPADD) {
+			const unsigned char *a = ASN1_STRING_get0_data(g->d.iPAddress);
+			int len = ASN1_STRING_length(g->d.iPAddress);
+
+			if (len != 4 && len != 16)
+				continue;
+			if (shown && !inet_ntop(len == 4 ? AF_INET : AF_INET6, a, dst,
+						sizeof(out->names[0])))
+				continue;
+		} else {
+			continue; /* email, URI, ...: not a name SNI can match */
+		}
+		if (shown)
+			out->names_n++;
+		out->names_total++;
+	}
+	GENERAL_NAMES_free(sans);
+	return 0;
 }
 
 int tls_check(const struct cfg_tls *cfg, struct tls_ctx_err *e)

@@ -48,6 +48,15 @@ SSL_CTX *tls_server_ctx(const struct tls_server *s);
 /* Drops the caller's reference; sessions that still use the contexts keep them alive. */
 void tls_server_free(struct tls_server *s);
 
+/* How many certificates s holds (the listener's certificates[], in order). */
+uint32_t tls_server_certs_n(const struct tls_server *s);
+/*
+ * Describes certificates[i] of s (its leaf: the first of the chain file). Reads only the
+ * parsed certificate, so any thread may call it while s is alive. 0, or -ENOENT past the
+ * end, -EIO if OpenSSL cannot print a field.
+ */
+int tls_server_cert_info(const struct tls_server *s, uint32_t i, struct tls_cert_info *out);
+
 /* Validates cfg as tls_server_new does, and frees the result. 0 or -EINVAL with *e. */
 int tls_check(const struct cfg_tls *cfg, struct tls_ctx_err *e);
 
