@@ -327,6 +327,19 @@ static int backend_id_for(const struct snapshot *live, const char *addr)
 	return best;
 }
 
+/*
+ * The live snapshot's tls settings for backend id, or NULL when it does not list the id. A
+ * reload that changes them gives the id a new generation: no connection pooled under the old
+ * settings (plaintext, another CA or name, another session) is ever reused under the new.
+ */
+static const struct cfg_backend_tls *live_backend_tls(const struct snapshot *live, uint32_t id)
+{
+	for (uint32_t i = 0; live && i < live->cfg.backends_n; i++)
+		if (live->backend_id[i] == id)
+			return &live->cfg.backends[i].tls;
+	return NULL;
+}
+
 /* Main thread: the counters an id's earlier assignments left in the workers' blocks. */
 static void backend_base_take(uint32_t id)
 {
@@ -367,6 +380,12 @@ static struct snapshot *snapshot_build(const struct config *cfg)
 			backend_base_take((uint32_t)id);
 			__atomic_store_n(&b->enabled, 1, __ATOMIC_RELAXED);
 			__atomic_store_n(&b->down_until_ms, 0, __ATOMIC_RELAXED);
+		} else {
+			const struct cfg_backend_tls *was = live_backend_tls(D.snap, (uint32_t)id);
+
+			/* The live snapshot keeps its own id_gen copy: only the new one changes. */
+			if (was && memcmp(was, &cfg->backends[i].tls, sizeof(*was)) != 0)
+				b->gen = ++backend_gen_last;
 		}
 		BUG_ON(s->id_gen[id] != 0);
 		s->backend_id[i] = (uint32_t)id;
@@ -461,6 +480,23 @@ static int refuse_tls(const struct config *cfg, char *err, size_t errlen)
 	snprintf(err, errlen,
 		 "listen[%d] %s: TLS listeners are validated but not yet served by this build", l,
 		 cfg->listen[l].text);
+	return -EOPNOTSUPP;
+}
+
+/*
+ * Backends with tls: are parsed and validated (the CA file, the name) but the upstream side
+ * does not speak TLS yet: corral must never send such a backend plaintext, so start-up and
+ * reload refuse the config with this reason. 0, or -EOPNOTSUPP with the message in err.
+ */
+static int refuse_backend_tls(const struct config *cfg, char *err, size_t errlen)
+{
+	int b = config_tls_backend(cfg);
+
+	if (b < 0)
+		return 0;
+	snprintf(err, errlen,
+		 "backends[%d] %s: TLS to backends is validated but not yet spoken by this build",
+		 b, cfg->backends[b].addr.text);
 	return -EOPNOTSUPP;
 }
 
@@ -586,7 +622,7 @@ static int do_reload_cfg(char *err, size_t errlen)
 		free(cfg);
 		return -EINVAL;
 	}
-	if (refuse_tls(cfg, err, errlen) < 0) {
+	if (refuse_tls(cfg, err, errlen) < 0 || refuse_backend_tls(cfg, err, errlen) < 0) {
 		log_err("reload rejected, old configuration kept: %s", err);
 		free(cfg);
 		return -EINVAL;
@@ -1367,10 +1403,14 @@ int main(int argc, char **argv)
 		if (config_tls_listener(cfg) >= 0)
 			fprintf(stderr, "corral: note: TLS listeners are validated but not yet "
 					"served by this build (corral will not start with one)\n");
+		if (config_tls_backend(cfg) >= 0)
+			fprintf(stderr, "corral: note: TLS to backends is validated but not yet "
+					"spoken by this build (corral will not start with it)\n");
 		free(cfg);
 		return 0;
 	}
-	if (refuse_tls(cfg, err, sizeof(err)) < 0) {
+	if (refuse_tls(cfg, err, sizeof(err)) < 0 ||
+	    refuse_backend_tls(cfg, err, sizeof(err)) < 0) {
 		log_err("%s", err);
 		free(cfg);
 		return 1;

@@ -1,4 +1,4 @@
-/* Unit tests for upstream TLS: the client session of proxy/tls.c against its server session in memory. */
+/* Unit tests for upstream TLS: a backend's tls: settings (proxy/config.c), and the client session of proxy/tls.c against its server session in memory. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <stdint.h>
@@ -7,6 +7,7 @@
 #include <string.h>
 #include <arpa/inet.h>
 
+#include "config.h"
 #include "config.h"
 #include "tls.h"
 #include "tls-certs.h"
@@ -21,6 +22,173 @@ static void make_certs(void)
 	cr_assert_eq(cert_make(dir, "a", "a.test", "DNS:a.test", 0, 86400), 0);
 	cr_assert_eq(cert_make(dir, "b", "b.test", "DNS:b.test", 0, 86400), 0);
 	cr_assert_eq(cert_make(dir, "ip", "ip", "IP:127.0.0.1", 0, 86400), 0);
+}
+
+static int parse(struct config *c, const char *yaml, char *err)
+{
+	return config_parse(c, "corral.yaml", yaml, strlen(yaml), err, CFG_ERR_MAX);
+}
+
+/* --- config ------------------------------------------------------------------------------------ */
+
+/* in with every "DIR" replaced by the certificate folder. */
+static void subst_dir(char *out, size_t len, const char *in)
+{
+	size_t o = 0;
+
+	for (const char *s = in; *s && o + 256 < len; s++) {
+		if (!strncmp(s, "DIR", 3)) {
+			o += (size_t)snprintf(out + o, len - o, "%s", dir);
+			s += 2;
+		} else {
+			out[o++] = *s;
+		}
+	}
+	out[o] = 0;
+}
+
+/*
+ * Backend 0 is plaintext (line 3); backend 1 starts on line 4, its tls: body on lines 6.. (one
+ * key per line, 6 spaces in) from body, with DIR standing for the certificate folder.
+ *   1 listen: ["127.0.0.1:8080"]
+ *   2 backends:
+ *   3   - "127.0.0.1:9000"
+ *   4   - address: ADDR
+ *   5     tls:
+ *   6       <body line 1> ...
+ */
+static void yaml_btls(char *out, size_t len, const char *addr, const char *body)
+{
+	char b[1024];
+
+	subst_dir(b, sizeof(b), body);
+	snprintf(out, len,
+		 "listen: [\"127.0.0.1:8080\"]\n"
+		 "backends:\n"
+		 "  - \"127.0.0.1:9000\"\n"
+		 "  - address: \"%s\"\n"
+		 "    tls:\n"
+		 "%s",
+		 addr, b);
+}
+
+Test(tls_client_config, defaults_and_every_key, .init = make_certs, .fini = cert_dir_remove)
+{
+	struct config c;
+	char err[CFG_ERR_MAX], yaml[2048];
+	const struct cfg_backend_tls *t;
+
+	yaml_btls(yaml, sizeof(yaml), "127.0.0.1:9443", "      ca: DIR/a.pem\n");
+	cr_assert_eq(parse(&c, yaml, err), 0, "%s", err);
+	cr_assert(!c.backends[0].tls.on, "a plain string stays a plaintext backend");
+	t = &c.backends[1].tls;
+	cr_assert(t->on);
+	cr_assert(t->verify, "verify is on by default");
+	cr_assert(strstr(t->ca, "/a.pem"));
+	cr_assert_str_eq(t->sni, "", "no SNI for a numeric address");
+	cr_assert_eq(config_tls_backend(&c), 1);
+
+	/* A name in the address is the default SNI. */
+	yaml_btls(yaml, sizeof(yaml), "localhost:9443", "      ca: DIR/a.pem\n");
+	cr_assert_eq(parse(&c, yaml, err), 0, "%s", err);
+	cr_assert_str_eq(c.backends[1].tls.sni, "localhost");
+
+	yaml_btls(yaml, sizeof(yaml), "[::1]:9443",
+		  "      verify: true\n      ca: DIR/a.pem\n      sni: api.Internal-1.test\n");
+	cr_assert_eq(parse(&c, yaml, err), 0, "%s", err);
+	cr_assert_str_eq(c.backends[1].tls.sni, "api.Internal-1.test");
+
+	/* verify: false needs no CA. */
+	yaml_btls(yaml, sizeof(yaml), "127.0.0.1:9443", "      verify: false\n");
+	cr_assert_eq(parse(&c, yaml, err), 0, "%s", err);
+	cr_assert(c.backends[1].tls.on && !c.backends[1].tls.verify);
+
+	cr_assert_eq(
+		parse(&c, "listen: [\"127.0.0.1:8080\"]\nbackends: [\"127.0.0.1:9000\"]\n", err), 0,
+		"%s", err);
+	cr_assert_eq(config_tls_backend(&c), -1);
+}
+
+struct btls_err_case {
+	const char *addr, *body, *want; /* DIR: the certificate folder; a final '*': a prefix */
+};
+
+static const struct btls_err_case btls_cases[] = {
+	{ "127.0.0.1:9443", "      verify: true\n",
+	  "corral.yaml:6: backends[1].tls.ca: is required when verify is true (a PEM file of the "
+	  "CA certificates the backend's certificate must chain to; verify: false accepts any "
+	  "certificate)" },
+	{ "127.0.0.1:9443", "      verify: false\n      ca: DIR/a.pem\n",
+	  "corral.yaml:7: backends[1].tls.ca: is not used when verify is false (remove it, or set "
+	  "verify: true)" },
+	{ "127.0.0.1:9443", "      verify: maybe\n",
+	  "corral.yaml:6: backends[1].tls.verify: must be true or false" },
+	{ "127.0.0.1:9443", "      ca: DIR/a.pem\n      alpn: h2\n",
+	  "corral.yaml:7: backends[1].tls.alpn: unknown key" },
+	{ "127.0.0.1:9443", "      ca: DIR/a.pem\n      sni: 10.0.0.1\n",
+	  "corral.yaml:7: backends[1].tls.sni: \"10.0.0.1\" is an IP address; SNI carries host "
+	  "names only (leave sni out to verify the certificate against the backend's address)" },
+	{ "127.0.0.1:9443", "      ca: DIR/a.pem\n      sni: \"a b.test\"\n",
+	  "corral.yaml:7: backends[1].tls.sni: \"a b.test\" is not a host name (letters, digits, "
+	  "'-' and '.' only)" },
+	{ "127.0.0.1:9443", "      ca: DIR/a.pem\n      sni: a..test\n",
+	  "corral.yaml:7: backends[1].tls.sni: \"a..test\" is not a host name (an empty label, or "
+	  "one ending in '-')" },
+	{ "127.0.0.1:9443", "      ca: DIR/a.pem\n      sni: a-.test\n",
+	  "corral.yaml:7: backends[1].tls.sni: \"a-.test\" is not a host name (an empty label, or "
+	  "one ending in '-')" },
+	{ "127.0.0.1:9443", "      ca: DIR/a.pem\n      sni: -a.test\n",
+	  "corral.yaml:7: backends[1].tls.sni: \"-a.test\" is not a host name (a label starts "
+	  "with '-' or is over 63 characters)" },
+	{ "127.0.0.1:9443", "      ca: DIR/a.pem\n      sni: \"\"\n",
+	  "corral.yaml:7: backends[1].tls.sni: must not be empty" },
+	{ "127.0.0.1:9443", "      ca: DIR/nope.pem\n",
+	  "corral.yaml:6: backends[1].tls.ca: DIR/nope.pem: cannot read: No such file or "
+	  "directory" },
+	{ "127.0.0.1:9443", "      ca: DIR/a.key\n",
+	  "corral.yaml:6: backends[1].tls.ca: DIR/a.key: *" },
+	{ "127.0.0.1:9443", "      - ca\n",
+	  "corral.yaml:6: backends[1].tls: must be a mapping such as { verify: true, ca: "
+	  "/etc/corral/ca.pem, sni: backend.internal }" },
+};
+
+Test(tls_client_config, every_error_names_file_line_and_key, .init = make_certs,
+     .fini = cert_dir_remove)
+{
+	struct config c;
+	char err[CFG_ERR_MAX], yaml[2048], want[512];
+
+	for (size_t i = 0; i < sizeof(btls_cases) / sizeof(btls_cases[0]); i++) {
+		yaml_btls(yaml, sizeof(yaml), btls_cases[i].addr, btls_cases[i].body);
+		memset(err, 0, sizeof(err));
+		subst_dir(want, sizeof(want), btls_cases[i].want);
+		cr_expect_eq(parse(&c, yaml, err), -EINVAL, "case %zu", i);
+		if (want[strlen(want) - 1] == '*')
+			cr_expect(!strncmp(err, want, strlen(want) - 1) &&
+					  strlen(err) > strlen(want),
+				  "case %zu:\n  got:  %s\n  want: %s", i, err, want);
+		else
+			cr_expect_str_eq(err, want, "case %zu:\n  got:  %s\n  want: %s", i, err,
+					 want);
+	}
+}
+
+Test(tls_client_config, a_ca_file_without_a_certificate_is_refused, .init = make_certs,
+     .fini = cert_dir_remove)
+{
+	struct config c;
+	char err[CFG_ERR_MAX], yaml[2048], path[512];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/empty.pem", dir);
+	f = fopen(path, "w");
+	cr_assert(f);
+	fputs("# no certificate here\n", f);
+	fclose(f);
+	yaml_btls(yaml, sizeof(yaml), "127.0.0.1:9443", "      ca: DIR/empty.pem\n");
+	cr_assert_eq(parse(&c, yaml, err), -EINVAL);
+	cr_assert(!strncmp(err, "corral.yaml:6: backends[1].tls.ca: ", 35), "%s", err);
+	cr_assert(strstr(err, "empty.pem"), "%s", err);
 }
 
 /* --- the client session against the server session ------------------------------------------- */
