@@ -14,6 +14,7 @@
 
 struct worker;
 struct steer;
+struct tls_client;
 
 /*
  * CROSS-THREAD (shared-only pool 2, backend health and weights): one entry per backend id.
@@ -50,6 +51,13 @@ struct snapshot {
 	uint32_t backend_id[CFG_BACKENDS_MAX];
 	/* backend id -> generation of its address in this snapshot; 0 = not listed */
 	uint32_t id_gen[BACKEND_IDS_MAX];
+	/*
+	 * Per backend entry (cfg.backends index): its TLS client context, or NULL for a plaintext
+	 * backend. Built from cfg.backends[i].tls when the snapshot is (the CA file read again)
+	 * and owned by it; a session that still uses a context (a pooled connection) keeps it
+	 * alive by its own reference, so a reload never touches established connections.
+	 */
+	struct tls_client *btls[CFG_BACKENDS_MAX];
 };
 
 /* Per-backend per-worker counters (single writer: the worker). */

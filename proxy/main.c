@@ -29,6 +29,7 @@
 #include "sdnotify.h"
 #include "stats.h"
 #include "steer.h"
+#include "tls.h"
 #include "upgrade.h"
 #include "worker.h"
 
@@ -355,6 +356,41 @@ static void backend_base_take(uint32_t id)
 	}
 }
 
+/* Frees a snapshot no worker can read any more, and its backends' TLS contexts. */
+static void snapshot_free_btls(struct snapshot *s)
+{
+	for (uint32_t i = 0; s && i < CFG_BACKENDS_MAX; i++) {
+		tls_client_free(s->btls[i]);
+		s->btls[i] = NULL;
+	}
+}
+
+/*
+ * Builds the client context of every TLS backend of s (reading the CA files again: config_load
+ * checked them, but they may have changed since). 0, or -EINVAL / -ENOMEM with a
+ * "backends[N].tls.KEY: message" in err; nothing of it is left built then.
+ */
+static int snapshot_btls(struct snapshot *s, char *err, size_t errlen)
+{
+	const struct config *cfg = &s->cfg;
+	struct tls_ctx_err e;
+	int r;
+
+	for (uint32_t i = 0; i < cfg->backends_n; i++) {
+		if (!cfg->backends[i].tls.on)
+			continue;
+		r = tls_client_new(&s->btls[i], &cfg->backends[i], &e);
+		if (r == 0)
+			continue;
+		s->btls[i] = NULL;
+		snprintf(err, errlen, "backends[%u].tls%s%s: %s", i, e.key[0] ? "." : "", e.key,
+			 r == -ENOMEM ? "out of memory" : e.msg);
+		snapshot_free_btls(s);
+		return r;
+	}
+	return 0;
+}
+
 /*
  * Builds the next snapshot and its id map. Touches only ids no published snapshot lists (a
  * new address's) and the weights of kept ones; removed ids are freed by snapshot_publish.
@@ -362,10 +398,17 @@ static void backend_base_take(uint32_t id)
 static struct snapshot *snapshot_build(const struct config *cfg)
 {
 	struct snapshot *s = calloc(1, sizeof(*s));
+	char err[CFG_ERR_MAX];
 
 	if (!s)
 		return NULL;
 	s->cfg = *cfg;
+	/* TLS first: a CA file that went bad must leave no backend id assigned. */
+	if (snapshot_btls(s, err, sizeof(err)) < 0) {
+		log_err("%s", err);
+		free(s);
+		return NULL;
+	}
 	s->version = ++snap_version;
 	for (uint32_t i = 0; i < cfg->backends_n; i++) {
 		int id = backend_id_for(D.snap, cfg->backends[i].addr.text);
@@ -412,6 +455,7 @@ static void snapshot_publish(struct snapshot *s)
 				D.backends[id].retired_seq = ++backend_retire_last;
 			}
 		}
+		snapshot_free_btls(old);
 		free(old);
 	}
 }
@@ -480,23 +524,6 @@ static int refuse_tls(const struct config *cfg, char *err, size_t errlen)
 	snprintf(err, errlen,
 		 "listen[%d] %s: TLS listeners are validated but not yet served by this build", l,
 		 cfg->listen[l].text);
-	return -EOPNOTSUPP;
-}
-
-/*
- * Backends with tls: are parsed and validated (the CA file, the name) but the upstream side
- * does not speak TLS yet: corral must never send such a backend plaintext, so start-up and
- * reload refuse the config with this reason. 0, or -EOPNOTSUPP with the message in err.
- */
-static int refuse_backend_tls(const struct config *cfg, char *err, size_t errlen)
-{
-	int b = config_tls_backend(cfg);
-
-	if (b < 0)
-		return 0;
-	snprintf(err, errlen,
-		 "backends[%d] %s: TLS to backends is validated but not yet spoken by this build",
-		 b, cfg->backends[b].addr.text);
 	return -EOPNOTSUPP;
 }
 
@@ -622,7 +649,7 @@ static int do_reload_cfg(char *err, size_t errlen)
 		free(cfg);
 		return -EINVAL;
 	}
-	if (refuse_tls(cfg, err, errlen) < 0 || refuse_backend_tls(cfg, err, errlen) < 0) {
+	if (refuse_tls(cfg, err, errlen) < 0) {
 		log_err("reload rejected, old configuration kept: %s", err);
 		free(cfg);
 		return -EINVAL;
@@ -1403,14 +1430,10 @@ int main(int argc, char **argv)
 		if (config_tls_listener(cfg) >= 0)
 			fprintf(stderr, "corral: note: TLS listeners are validated but not yet "
 					"served by this build (corral will not start with one)\n");
-		if (config_tls_backend(cfg) >= 0)
-			fprintf(stderr, "corral: note: TLS to backends is validated but not yet "
-					"spoken by this build (corral will not start with it)\n");
 		free(cfg);
 		return 0;
 	}
-	if (refuse_tls(cfg, err, sizeof(err)) < 0 ||
-	    refuse_backend_tls(cfg, err, sizeof(err)) < 0) {
+	if (refuse_tls(cfg, err, sizeof(err)) < 0) {
 		log_err("%s", err);
 		free(cfg);
 		return 1;
@@ -1477,7 +1500,15 @@ int main(int argc, char **argv)
 		goto out_steer;
 	}
 	startup_cfg = cfg;
-	snapshot_publish(snapshot_build(cfg));
+	{
+		struct snapshot *s0 = snapshot_build(cfg);
+
+		if (!s0) {
+			rc = 1;
+			goto out_steer;
+		}
+		snapshot_publish(s0);
+	}
 	/* A successor keeps the predecessor's policy, weights and drains (corralctl's changes). */
 	if (steer_carried(D.steer))
 		log_info("steering: carried over from pid %d: policy %s", (int)UE.from_pid,
@@ -1697,6 +1728,7 @@ out_workers:
 	free(D.workers);
 out_steer:
 	steer_close(D.steer);
+	snapshot_free_btls(D.snap);
 	free(D.snap);
 	free(cfg);
 	close(sfd);

@@ -181,6 +181,13 @@ static const struct metrics_field metrics_fields[] = {
 	MF("corral_proxy_protocol_errors_total", "counter",
 	   "Connections on a proxy_protocol listener closed without a valid PROXY header.",
 	   proxy_protocol_errors),
+	MF("corral_upstream_tls_handshakes_total", "counter",
+	   "TLS handshakes to backends that completed.", ups_tls_handshakes),
+	MF("corral_upstream_tls_resumed_total", "counter",
+	   "TLS handshakes to backends that resumed a session.", ups_tls_resumed),
+	MF("corral_upstream_tls_failures_total", "counter",
+	   "TLS handshakes to backends that failed (verification, protocol, closed).",
+	   ups_tls_failures),
 };
 #undef MF
 

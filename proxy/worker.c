@@ -69,6 +69,8 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->conns = map_zero((size_t)w->conn_cap * sizeof(struct conn));
 	w->conn_next_free = calloc(w->conn_cap, sizeof(uint32_t));
 	w->ups = map_zero((size_t)w->ups_cap * sizeof(struct ups));
+	w->utls = map_zero((size_t)w->ups_cap * sizeof(struct utls));
+	w->utls_sess = calloc(BACKEND_IDS_MAX, sizeof(struct tls_sess_slot));
 	w->bufs = map_zero((size_t)w->nbufs * w->buf_size);
 	w->hbufs = map_zero((size_t)w->hbuf_n * w->hbuf_size);
 	w->hbuf_next = calloc(w->hbuf_n, sizeof(uint32_t));
@@ -78,9 +80,10 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->wait_in = calloc(w->conn_cap, sizeof(uint8_t));
 	w->stats = aligned_alloc(64, sizeof(struct stats_worker));
 	w->bstats = aligned_alloc(64, sizeof(struct stats_backend) * BACKEND_IDS_MAX);
-	if (!w->conns || !w->conn_next_free || !w->ups || !w->bufs || !w->hbufs || !w->hbuf_next ||
-	    !w->hdr_scratch || !w->bp_ids || !w->wait_next || !w->wait_in || !w->stats ||
-	    !w->bstats || bufpool_init(&w->bp, w->nbufs, BUF_RING_MIN) < 0)
+	if (!w->conns || !w->conn_next_free || !w->ups || !w->utls || !w->utls_sess || !w->bufs ||
+	    !w->hbufs || !w->hbuf_next || !w->hdr_scratch || !w->bp_ids || !w->wait_next ||
+	    !w->wait_in || !w->stats || !w->bstats ||
+	    bufpool_init(&w->bp, w->nbufs, BUF_RING_MIN) < 0)
 		return -ENOMEM;
 	memset(w->stats, 0, sizeof(*w->stats));
 	memset(w->bstats, 0, sizeof(struct stats_backend) * BACKEND_IDS_MAX);
@@ -93,6 +96,9 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 		w->ups[i].pool_next = i + 1 < w->ups_cap ? i + 1 : NIL;
 	}
 	w->ups_free = 0;
+	for (i = 0; i < w->ups_cap; i++)
+		w->utls[i].next_free = i + 1 < w->ups_cap ? i + 1 : NIL;
+	w->utls_free = 0;
 	for (i = 0; i < w->hbuf_n; i++)
 		w->hbuf_next[i] = i + 1 < w->hbuf_n ? i + 1 : NIL;
 	w->hbuf_free = 0;
@@ -118,6 +124,11 @@ void worker_free(struct worker *w)
 		munmap(w->conns, (size_t)w->conn_cap * sizeof(struct conn));
 	if (w->ups)
 		munmap(w->ups, (size_t)w->ups_cap * sizeof(struct ups));
+	if (w->utls)
+		munmap(w->utls, (size_t)w->ups_cap * sizeof(struct utls));
+	for (uint32_t b = 0; w->utls_sess && b < BACKEND_IDS_MAX; b++)
+		tls_sess_slot_clear(&w->utls_sess[b]);
+	free(w->utls_sess);
 	if (w->bufs)
 		munmap(w->bufs, (size_t)w->nbufs * w->buf_size);
 	if (w->hbufs)
@@ -611,6 +622,7 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_U_RECV:
 	case OP_U_SEND:
 	case OP_U_CANCEL:
+	case OP_U_TLS:
 		ups_on_cqe(w, ud.op, ud.idx, ud.gen, cqe->res, cqe->flags);
 		break;
 	default:

@@ -1,17 +1,231 @@
-"""TLS to backends (backends[i].tls): `--check` validates the tls mapping with file:line: key:
-errors, and until the upstream side speaks TLS neither start-up nor a reload accepts one (the
-backend would be sent plaintext)."""
-import signal
+"""TLS to backends (backends[i].tls): requests re-encrypted to a Python ssl backend, pooled TLS
+connections, verification failures as upstream failures (failover, 502, counted, logged),
+verify: false, health checks over TLS, reload semantics, and `--check`'s file:line: key:
+errors."""
+import hashlib
+import os
+import socket
 import subprocess
+import threading
 
 import pytest
 import yaml
 
 from conftest import SLOW, binary
-from upstreams import make_tls_cert
-from util import simple_get
+from upstreams import TLSBackend, backends, ctl_json, make_tls_cert, reload_with, scrape, wait_until
+from util import Client, simple_get
 
-REFUSED = "TLS to backends is validated but not yet spoken by this build"
+
+def total(p, name):
+    """A per-core counter of /metrics summed over the cores."""
+    n = 0
+    for line in scrape(p)[2].splitlines():
+        if line.startswith(name + "{"):
+            n += float(line.rpartition(" ")[2])
+    return n
+
+
+@pytest.fixture
+def certs(tmp_path):
+    d = str(tmp_path)
+    return {
+        "a": make_tls_cert(d, "a", "a.test", "DNS:a.test"),      # names a.test
+        "ip": make_tls_cert(d, "ip", "ip", "IP:127.0.0.1"),      # names the address
+        "other": make_tls_cert(d, "other", "other.test", "DNS:other.test"),
+    }
+
+
+@pytest.fixture
+def tls_backends():
+    started = []
+
+    def start(cert, key, **kw):
+        b = TLSBackend(cert, key, **kw)
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        b.stop()
+
+
+def row(b, **tls):
+    return {"address": b.address, "weight": 1, "tls": tls}
+
+
+def get(port, path="/", c=None):
+    own = c is None
+    c = c or Client(port, timeout=10 * SLOW)
+    try:
+        return c.get(path)
+    finally:
+        if own:
+            c.close()
+
+
+@pytest.mark.corral_only
+def test_get_and_post_go_through_re_encrypted(corral, certs, tls_backends):
+    cert, key = certs["a"]
+    b = tls_backends(cert, key)
+    p = corral([row(b, ca=cert, sni="a.test")])
+    r = get(p.port, "/hello")
+    assert r.status == 200, r
+    assert r.body == b"tls backend: /hello"
+    assert b.snis == ["a.test"], "the configured sni is sent"
+
+    body = os.urandom(300 * 1024)  # several TLS records and receive buffers each way
+    c = Client(p.port, timeout=10 * SLOW)
+    try:
+        r = c.request("POST", "/up", body=body)
+    finally:
+        c.close()
+    assert r.status == 200, r
+    assert r.body == ("%d %s" % (len(body), hashlib.sha256(body).hexdigest())).encode()
+    assert total(p, "corral_upstream_tls_handshakes_total") >= 1
+
+
+@pytest.mark.corral_only
+def test_one_pooled_tls_connection_serves_many_requests(corral, certs, tls_backends):
+    cert, key = certs["ip"]
+    b = tls_backends(cert, key)
+    # No sni: the certificate is verified against the backend's IP address.
+    p = corral([row(b, ca=cert)], workers={"cores": [0]})
+    c = Client(p.port, timeout=10 * SLOW)
+    try:
+        for i in range(20):
+            r = c.get("/n%d" % i)
+            assert r.status == 200, r
+            assert r.body == ("tls backend: /n%d" % i).encode()
+    finally:
+        c.close()
+    assert b.requests == 20
+    assert b.handshakes == 1, "one pooled TLS connection for every request (got %d)" % b.handshakes
+    assert b.snis == [None], "no SNI for a numeric address"
+    assert total(p, "corral_upstream_pool_hits_total") >= 19
+
+
+@pytest.mark.corral_only
+def test_a_new_connection_resumes_the_session(corral, certs, tls_backends):
+    cert, key = certs["a"]
+    b = tls_backends(cert, key)
+    # upstream_idle_ms short: the pooled connection expires, the next request opens a new one.
+    p = corral([row(b, ca=cert, sni="a.test")], workers={"cores": [0]},
+               timeouts={"upstream_idle_ms": 200})
+    assert get(p.port, "/1").status == 200
+    assert wait_until(lambda: ctl_json(p, "stats")["total"]["pool"]["idle"] == 0, 10)
+    assert get(p.port, "/2").status == 200
+    assert b.handshakes == 2
+    assert b.resumed == 1, "the second connection resumed the first one's session"
+    assert total(p, "corral_upstream_tls_resumed_total") == 1
+    # The expired connection was closed cleanly: close_notify first.
+    assert wait_until(lambda: b.close_notify >= 1, 5), "no close_notify on a clean close"
+
+
+@pytest.mark.corral_only
+def test_a_wrong_ca_fails_over_and_is_a_502_alone(corral, certs, tls_backends, backend):
+    cert, key = certs["a"]
+    other, _ = certs["other"]
+    bad = tls_backends(cert, key)
+    p = corral([row(bad, ca=other, sni="a.test"), backend], balance="round-robin",
+               workers={"cores": [0]})
+    # Every request lands: the TLS backend fails verification and the next backend answers.
+    for i in range(4):
+        assert get(p.port, "/").status == 200
+    assert bad.requests == 0, "nothing was sent to a backend that failed verification"
+    assert total(p, "corral_upstream_tls_failures_total") >= 1
+    assert p.err.wait_for(r"TLS handshake with backend 127\.0\.0\.1:%d failed: certificate verify "
+                          r"failed: self-signed certificate" % bad.port, 5 * SLOW), p.log()[-3000:]
+
+    # Alone, it is a 502.
+    q = corral([row(bad, ca=other, sni="a.test")])
+    r = get(q.port, "/alone")
+    assert r.status == 502, r
+    assert bad.requests == 0
+
+
+@pytest.mark.corral_only
+def test_a_wrong_name_fails_and_verify_false_accepts_it(corral, certs, tls_backends):
+    cert, key = certs["a"]
+    b = tls_backends(cert, key)
+    p = corral([row(b, ca=cert, sni="b.test")])
+    assert get(p.port, "/").status == 502
+    assert p.err.wait_for(r"certificate verify failed: hostname mismatch", 5 * SLOW), p.log()[-3000:]
+    assert b.requests == 0
+
+    # verify: false: the same certificate with the wrong name is accepted.
+    q = corral([row(b, verify=False, sni="b.test")])
+    r = get(q.port, "/ok")
+    assert r.status == 200, r
+    assert r.body == b"tls backend: /ok"
+
+
+@pytest.mark.corral_only
+def test_a_plaintext_backend_configured_for_tls_is_a_failure(corral):
+    """A backend that answers the ClientHello in plaintext HTTP (as a plaintext server's 400)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(10 * SLOW)
+
+    def answer():
+        try:
+            s, _ = srv.accept()
+            s.recv(4096)
+            s.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            s.close()
+        except OSError:
+            pass
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    addr = "127.0.0.1:%d" % srv.getsockname()[1]
+    try:
+        p = corral([{"address": addr, "weight": 1, "tls": {"verify": False}}])
+        assert get(p.port, "/").status == 502
+        assert p.err.wait_for(r"TLS handshake with backend %s failed: the backend answered in "
+                              r"plaintext" % addr.replace(".", r"\."), 5 * SLOW), p.log()[-3000:]
+    finally:
+        srv.close()
+        t.join(5)
+
+
+@pytest.mark.corral_only
+def test_health_checks_speak_tls(corral, certs, tls_backends):
+    cert, key = certs["a"]
+    good = tls_backends(cert, key)
+    bad = tls_backends(cert, key)
+    health = {"path": "/health", "interval_ms": 200, "timeout_ms": 200, "rise": 1, "fall": 1}
+    other, _ = certs["other"]
+    p = corral([dict(row(good, ca=cert, sni="a.test"), health=health),
+                dict(row(bad, ca=other, sni="a.test"), health=health)])
+
+    def ok():
+        st = backends(p)
+        return (st[good.address].get("last_check") or {}).get("ok") and st[bad.address]["state"] == "down"
+    assert wait_until(ok, 10), "health over TLS: %s" % backends(p)
+    assert "200" == backends(p)[good.address]["last_check"]["result"]
+    assert "verify" in backends(p)[bad.address]["last_check"]["result"], backends(p)[bad.address]
+    assert good.requests >= 1, "the check reached the TLS backend's HTTP layer"
+    assert "a.test" in good.snis
+
+
+@pytest.mark.corral_only
+def test_reload_that_changes_tls_never_reuses_a_pooled_connection(corral, certs, tls_backends):
+    cert, key = certs["a"]
+    b = tls_backends(cert, key)
+    p = corral([row(b, verify=False)], workers={"cores": [0]})
+    c = Client(p.port, timeout=10 * SLOW)
+    try:
+        assert c.get("/1").status == 200
+        assert b.handshakes == 1
+        reload_with(p, backends=[row(b, ca=cert, sni="a.test")])
+        assert c.get("/2").status == 200
+        assert b.handshakes == 2, "the connection pooled under verify: false was reused"
+        # The same settings again: the pooled connection is reused.
+        reload_with(p, backends=[row(b, ca=cert, sni="a.test")])
+        assert c.get("/3").status == 200
+        assert b.handshakes == 2
+    finally:
+        c.close()
 
 
 def write_cfg(tmp, backends):
@@ -29,6 +243,9 @@ def check(path):
 @pytest.mark.corral_only
 def test_check_reports_each_backend_tls_error_with_file_line_and_key(tmp_path):
     ca, _ = make_tls_cert(str(tmp_path), "ca", "a.test", "DNS:a.test")
+    good = write_cfg(tmp_path, [{"address": "127.0.0.1:9443", "tls": {"ca": ca, "sni": "a.test"}}])
+    r = check(good)
+    assert r.returncode == 0 and "configuration OK" in r.stdout, r.stderr
     # Lines: 4 "- address:", 5 "tls:", then one per key from 6.
     cases = [
         ({"verify": True}, "up-tls.yaml:6: backends[0].tls.ca: is required when verify is true"),
@@ -51,35 +268,18 @@ def test_check_reports_each_backend_tls_error_with_file_line_and_key(tmp_path):
 
 
 @pytest.mark.corral_only
-def test_check_accepts_good_backend_tls_and_start_refuses_it(tmp_path):
-    ca, _ = make_tls_cert(str(tmp_path), "ca", "a.test", "DNS:a.test")
-    good = write_cfg(tmp_path, ["127.0.0.1:9000",
-                                {"address": "127.0.0.1:9443", "tls": {"ca": ca, "sni": "a.test"}}])
-    r = check(good)
-    assert r.returncode == 0, r.stderr
-    assert "configuration OK" in r.stdout
-    assert REFUSED in r.stderr, "--check does not say the daemon will refuse the TLS backend"
-
-    r = subprocess.run([binary("corral"), "-c", str(good)], capture_output=True, text=True,
-                       timeout=20 * SLOW, stdin=subprocess.DEVNULL)
-    assert r.returncode != 0
-    assert "backends[1] 127.0.0.1:9443: " + REFUSED in r.stderr, r.stderr
-    assert "listening on" not in r.stderr and "ready" not in r.stderr, r.stderr
-
-
-@pytest.mark.corral_only
-def test_reload_cannot_add_tls_to_a_backend(corral, backend, tmp_path):
-    """The same backend address with tls: added: a reload must not go on sending it plaintext."""
-    p = corral([backend])
-    ca, _ = make_tls_cert(str(tmp_path), "ca", "a.test", "DNS:a.test")
+def test_a_reload_with_a_bad_ca_is_refused_and_the_old_one_serves(corral, certs, tls_backends, tmp_path):
+    cert, key = certs["a"]
+    b = tls_backends(cert, key)
+    p = corral([row(b, ca=cert, sni="a.test")])
     cfg = dict(p.cfg)
-    cfg["backends"] = [{"address": backend.address, "tls": {"verify": False}}]
+    cfg["backends"] = [row(b, ca=str(tmp_path / "missing.pem"), sni="a.test")]
     with open(p.cfg_path, "w") as f:
         yaml.safe_dump(cfg, f, sort_keys=False)
     mark = len(p.err.lines)
-    p.proc.send_signal(signal.SIGHUP)
-    m = p.err.wait_for(r"reload rejected, old configuration kept: (.*)", 10 * SLOW, start=mark)
-    assert m, "no reload verdict; log:\n%s" % p.log()[-3000:]
-    assert REFUSED in m.group(1)
-    assert p.err.wait_for(r"configuration reloaded", 0.5, start=mark) is None
+    r = subprocess.run([binary("corralctl"), "-s", p.cfg["admin"]["socket"], "reload"],
+                       capture_output=True, text=True, timeout=10 * SLOW)
+    assert r.returncode != 0
+    assert "backends[0].tls.ca: %s: cannot read" % (tmp_path / "missing.pem") in r.stderr + r.stdout
+    assert p.err.wait_for(r"reload rejected", 5 * SLOW, start=mark)
     assert simple_get(p.port).status == 200, "the old configuration still serves"
