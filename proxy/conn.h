@@ -174,7 +174,7 @@ bool utls_on_send(struct worker *w, struct conn *c, struct ups *u, int *res);
  */
 bool utls_idle_recv(struct worker *w, struct ups *u, int32_t bid, int n);
 /* May u go back to its pool (nothing unread in the session, no send in flight)? */
-bool utls_poolable(struct worker *w, const struct ups *u);
+bool utls_poolable(struct worker *w, struct ups *u);
 /* A clean close (ups_close): close_notify goes out first when the session can say it. */
 void utls_close_notify(struct worker *w, struct ups *u);
 

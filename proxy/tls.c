@@ -864,6 +864,11 @@ void tls_abort(struct tls_conn *t)
 		SSL_set_quiet_shutdown(t->ssl, 1);
 }
 
+bool tls_has_pending(const struct tls_conn *t)
+{
+	return t->in_len != 0 || (t->ssl && SSL_has_pending(t->ssl) == 1);
+}
+
 bool tls_resumed(const struct tls_conn *t)
 {
 	return SSL_session_reused(t->ssl) == 1;

@@ -114,6 +114,9 @@ int tls_close(struct tls_conn *t);
  */
 void tls_abort(struct tls_conn *t);
 
+/* Is there input the session has not given out yet (lent ciphertext, or buffered records)? */
+bool tls_has_pending(const struct tls_conn *t);
+
 /* Facts about an open session (after the handshake). */
 bool tls_resumed(const struct tls_conn *t);
 const char *tls_version(const struct tls_conn *t); /* "TLSv1.3" */

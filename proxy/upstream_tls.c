@@ -411,12 +411,16 @@ bool utls_idle_recv(struct worker *w, struct ups *u, int32_t bid, int n)
 	return true;
 }
 
-bool utls_poolable(struct worker *w, const struct ups *u)
+bool utls_poolable(struct worker *w, struct ups *u)
 {
-	const struct utls *x = ups_tls(w, u);
+	struct utls *x = ups_tls(w, u);
 
-	return x->t.state == TLS_OPEN && x->cbid < 0 && !(x->flags & (UT_MORE | UT_SEND_BUSY)) &&
-	       x->t.out == NULL;
+	if (x->t.state != TLS_OPEN || x->cbid >= 0 || tls_has_pending(&x->t) ||
+	    (x->flags & UT_SEND_BUSY) || x->t.out)
+		return false;
+	/* A read that filled its buffer exactly left "more" set: there is none. */
+	x->flags &= ~UT_MORE;
+	return true;
 }
 
 void utls_close_notify(struct worker *w, struct ups *u)

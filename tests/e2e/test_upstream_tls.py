@@ -7,13 +7,14 @@ import os
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 import yaml
 
 from conftest import SLOW, binary
 from upstreams import TLSBackend, backends, ctl_json, make_tls_cert, reload_with, scrape, wait_until
-from util import Client, simple_get
+from util import Client, exchange, pattern, simple_get
 
 
 def total(p, name):
@@ -283,3 +284,55 @@ def test_a_reload_with_a_bad_ca_is_refused_and_the_old_one_serves(corral, certs,
     assert "backends[0].tls.ca: %s: cannot read" % (tmp_path / "missing.pem") in r.stderr + r.stdout
     assert p.err.wait_for(r"reload rejected", 5 * SLOW, start=mark)
     assert simple_get(p.port).status == 200, "the old configuration still serves"
+
+
+@pytest.mark.corral_only
+def test_large_downloads_keep_every_byte(corral, certs, tls_backends):
+    cert, key = certs["a"]
+    b = tls_backends(cert, key)
+    p = corral([row(b, ca=cert, sni="a.test")], workers={"cores": [0]})
+    c = Client(p.port, timeout=20 * SLOW)
+    try:
+        for n in (1, 16383, 16384, 70000, 3 * 1024 * 1024 + 7):
+            r = c.get("/big/%d" % n)
+            assert r.status == 200, r
+            assert len(r.body) == n
+            assert hashlib.sha256(r.body).digest() == hashlib.sha256(pattern(0, n)).digest(), n
+    finally:
+        c.close()
+    assert b.handshakes == 1
+
+
+@pytest.mark.corral_only
+def test_a_close_delimited_body_ends_only_with_close_notify(corral, certs, tls_backends):
+    """A TCP close without close_notify may be an attacker's truncation: the client's response
+    is aborted (no last chunk), while the same body ended by close_notify is complete."""
+    cert, key = certs["a"]
+    b = tls_backends(cert, key)
+    p = corral([row(b, ca=cert, sni="a.test")])
+    r = get(p.port, "/close/notify")
+    assert r.status == 200 and r.body == b"close-delimited body", r
+
+    raw = exchange(p.port, b"GET /close/raw HTTP/1.1\r\nHost: x\r\n\r\n", 10 * SLOW,
+                   ends=(ConnectionResetError,))
+    assert raw.startswith(b"HTTP/1.1 200"), raw
+    assert not raw.endswith(b"0\r\n\r\n"), "a truncated body was completed: %r" % raw
+
+
+@pytest.mark.corral_only
+def test_a_silent_handshake_is_bounded_by_upstream_connect_ms(corral):
+    """A backend that accepts the connection but never answers the ClientHello."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    addr = "127.0.0.1:%d" % srv.getsockname()[1]
+    try:
+        p = corral([{"address": addr, "weight": 1, "tls": {"verify": False}}],
+                   timeouts={"upstream_connect_ms": int(300 * SLOW)})
+        t0 = time.monotonic()
+        r = get(p.port, "/")
+        took = time.monotonic() - t0
+        assert r.status == 504, r
+        assert took < 3 * SLOW, took
+    finally:
+        srv.close()

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import SLOW, UNDER_ASAN, binary
-from util import Client, exchange, sanitizer_report, status_of
+from util import Client, exchange, pattern, sanitizer_report, status_of
 
 
 def ctl(proxy, *args, timeout=10):
@@ -486,12 +486,12 @@ class TLSBackend:
                     super().handle()
 
             def finish(self):
-                if not self.ok:
-                    return
                 try:
                     super().finish()
-                except OSError:
+                except (OSError, AttributeError):
                     pass
+                if not self.ok:
+                    return
                 # A clean TLS end from corral is a close_notify before the FIN: unwrap() reads
                 # it (and answers with ours).
                 try:
@@ -511,7 +511,22 @@ class TLSBackend:
                 self.wfile.write(body)
 
             def do_GET(self):
-                self._reply(("tls backend: %s" % self.path).encode())
+                if self.path.startswith("/big/"):
+                    self._reply(pattern(0, int(self.path[5:])))
+                elif self.path.startswith("/close/"):
+                    # A close-delimited body, ended with close_notify ("/close/notify") or
+                    # with a bare TCP close (anything else): a truncation as TLS sees it.
+                    with owner.lock:
+                        owner.requests += 1
+                    self.send_response(200)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(b"close-delimited body")
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.ok = self.path == "/close/notify"  # finish() unwraps only then
+                else:
+                    self._reply(("tls backend: %s" % self.path).encode())
 
             def do_POST(self):
                 n = int(self.headers.get("Content-Length", "0"))
