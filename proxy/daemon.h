@@ -15,6 +15,7 @@
 struct worker;
 struct steer;
 struct tls_client;
+struct tls_server;
 
 /*
  * CROSS-THREAD (shared-only pool 2, backend health and weights): one entry per backend id.
@@ -58,6 +59,13 @@ struct snapshot {
 	 * alive by its own reference, so a reload never touches established connections.
 	 */
 	struct tls_client *btls[CFG_BACKENDS_MAX];
+	/*
+	 * Per listen entry: its TLS contexts (built from cfg.listen_tls with the process-wide
+	 * ticket keys), or NULL for a plaintext listener. Owned by the snapshot: freed with it,
+	 * after every worker passed a quiescent point; a session that still uses a context keeps
+	 * it alive by its own reference (tls.h), so a reload never touches established sessions.
+	 */
+	struct tls_server *tls[CFG_LISTEN_MAX];
 };
 
 /* Per-backend per-worker counters (single writer: the worker). */

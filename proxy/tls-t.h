@@ -61,8 +61,12 @@ enum tls_fail {
 	TLS_FAIL_HANDSHAKE,	   /* any other handshake or protocol failure */
 	TLS_FAIL_NOMEM,		   /* OpenSSL or corral could not allocate */
 	TLS_FAIL_TIMEOUT,	   /* set by the caller: the handshake deadline passed */
-	TLS_FAIL_VERIFY, /* client side: the backend's certificate or name did not verify */
 	TLS_FAIL_REASONS,
+	/*
+	 * Client side only (a backend's certificate or name did not verify): past the listener
+	 * counters' reasons, which it can never be (corral asks clients for no certificate).
+	 */
+	TLS_FAIL_VERIFY = TLS_FAIL_REASONS,
 };
 
 /*

@@ -926,9 +926,10 @@ const char *tls_fail_name(enum tls_fail f)
 		[TLS_FAIL_HANDSHAKE] = "handshake",
 		[TLS_FAIL_NOMEM] = "nomem",
 		[TLS_FAIL_TIMEOUT] = "timeout",
-		[TLS_FAIL_VERIFY] = "verify",
 	};
 
+	if (f == TLS_FAIL_VERIFY)
+		return "verify";
 	return (unsigned)f < TLS_FAIL_REASONS && names[f] ? names[f] : "unknown";
 }
 

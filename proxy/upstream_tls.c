@@ -10,7 +10,8 @@
  * the next backend is tried, the failure is counted and logged with OpenSSL's reason.
  *
  * Receive: a completion's provided buffer of ciphertext is lent to the session (tls_feed) and
- * decrypted into a head buffer, which becomes u->in; the ciphertext buffer goes back as soon
+ * decrypted into a second buffer of the same pool (a head buffer when none is free), which
+ * becomes u->in; the ciphertext buffer goes back as soon
  * as the session has read all of it. When the plaintext fills its buffer the session may hold
  * more: the next receive the exchange arms is then an IORING_OP_NOP (OP_U_TLS) whose
  * completion reads it, so the exchange is never re-entered from inside itself.
@@ -124,12 +125,6 @@ static void utls_opened(struct worker *w, struct conn *c, struct ups *u, struct 
 	exchange_on_connect(w, c, u, 0);
 }
 
-/* A plaintext buffer for u->in: a head buffer (at least a receive buffer's size), or NIL. */
-static uint32_t utls_plain_buf(struct worker *w)
-{
-	return hbuf_get(w);
-}
-
 /*
  * Reads what the session has for the exchange: drives the handshake, decrypts into a fresh
  * buffer and hands a non-empty result to the exchange as u->in. With nothing decrypted it
@@ -139,7 +134,8 @@ static void utls_deliver(struct worker *w, struct conn *c, struct ups *u, struct
 {
 	struct tls_conn *t = &x->t;
 	bool eof = false, fail = false;
-	uint32_t cap, len = 0, hb;
+	uint32_t cap, len = 0, hb = NIL;
+	int32_t pbid;
 	ssize_t n;
 	char *p;
 	int r;
@@ -167,16 +163,22 @@ static void utls_deliver(struct worker *w, struct conn *c, struct ups *u, struct
 		utls_opened(w, c, u, x);
 		return;
 	}
-	hb = utls_plain_buf(w);
-	if (hb == NIL) {
-		/* No buffer: wait for one, as a receive that found none does. */
-		x->flags |= UT_MORE;
-		c->flags |= CF_UPS_RECV_WANTED;
-		wait_push(w, cidx(w, c));
-		return;
+	/* A receive buffer from the pool, as the socket would have filled; else a head buffer. */
+	pbid = buf_take(w);
+	if (pbid >= 0) {
+		p = buf_addr(w, (uint32_t)pbid);
+	} else {
+		hb = hbuf_get(w);
+		if (hb == NIL) {
+			/* No buffer: wait for one, as a receive that found none does. */
+			x->flags |= UT_MORE;
+			c->flags |= CF_UPS_RECV_WANTED;
+			wait_push(w, cidx(w, c));
+			return;
+		}
+		p = hbuf_addr(w, hb);
 	}
-	p = hbuf_addr(w, hb);
-	cap = w->buf_size; /* a receive's worth, as from the socket */
+	cap = w->buf_size; /* a receive's worth in either */
 	for (;;) {
 		n = tls_read(t, (uint8_t *)p + len, cap - len);
 		if (n > 0) {
@@ -193,8 +195,10 @@ static void utls_deliver(struct worker *w, struct conn *c, struct ups *u, struct
 		}
 		break;
 	}
-	if (fail || len == 0)
+	if (fail || len == 0) {
+		buf_put(w, pbid);
 		hbuf_put(w, hb);
+	}
 	utls_flush(w, u, x);
 	utls_release_in(w, x);
 	if (fail) {
@@ -217,7 +221,7 @@ static void utls_deliver(struct worker *w, struct conn *c, struct ups *u, struct
 	u->in.base = p;
 	u->in.off = 0;
 	u->in.len = len;
-	u->in.bid = -1;
+	u->in.bid = pbid;
 	u->in.hbuf = hb;
 	c->flags |= CF_UPS_BYTE_SEEN;
 	resp_process(w, c);
