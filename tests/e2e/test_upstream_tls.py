@@ -336,3 +336,26 @@ def test_a_silent_handshake_is_bounded_by_upstream_connect_ms(corral):
         assert took < 3 * SLOW, took
     finally:
         srv.close()
+
+
+@pytest.mark.corral_only
+def test_tls_in_and_tls_out_both_ways(corral, certs, tls_backends):
+    """Terminated on the listener and re-encrypted to the backend: a keep-alive client's
+    requests (GET and a large POST) over one TLS connection each side."""
+    from test_tls import TLSClient, tls_entry, tls_port
+    cert, key = certs["a"]
+    b = tls_backends(cert, key)
+    p = corral([row(b, ca=cert, sni="a.test")], workers={"cores": [0]},
+               listen=["127.0.0.1:0", tls_entry([certs["a"]])])
+    c = TLSClient(tls_port(p))
+    try:
+        r = c.get("/in")
+        assert r.status == 200 and r.body == b"tls backend: /in", r
+        body = os.urandom(200 * 1024)
+        r = c.request("POST", "/up", body=body)
+        assert r.body == ("%d %s" % (len(body), hashlib.sha256(body).hexdigest())).encode(), r
+        r = c.get("/big/%d" % (1 << 20))
+        assert r.body == pattern(0, 1 << 20)
+    finally:
+        c.close()
+    assert b.handshakes == 1
