@@ -39,16 +39,28 @@ static struct utls *ups_tls(struct worker *w, const struct ups *u)
 	return u->tls ? &w->utls[u->tls - 1] : NULL;
 }
 
+/* The request direction's send queue of the exchange that owns u (exchange.c's). */
+static struct sendq *req_out(struct conn *c)
+{
+	return &c->req.out;
+}
+
 int utls_start(struct worker *w, struct ups *u, const struct tls_client *cl)
 {
 	uint32_t i = w->utls_free;
 	struct utls *x;
 	int r;
 
-	if (i == NIL)
+	if (i != NIL) {
+		x = &w->utls[i];
+		w->utls_free = x->next_free;
+	} else if (w->utls_high < w->ups_cap) {
+		/* A slot never used: the table stays untouched (not resident) beyond the high mark. */
+		i = w->utls_high++;
+		x = &w->utls[i];
+	} else {
 		return -ENOBUFS; /* cannot happen: one slot per upstream slot */
-	x = &w->utls[i];
-	w->utls_free = x->next_free;
+	}
 	r = tls_conn_init_client(&x->t, cl, &w->utls_sess[u->backend]);
 	if (r < 0) {
 		x->next_free = w->utls_free;
@@ -340,8 +352,8 @@ void utls_send(struct worker *w, struct conn *c, struct ups *u)
 {
 	struct utls *x = ups_tls(w, u);
 
-	c->req.out.busy = true;
-	if (utls_encrypt(x, &c->req.out) < 0) {
+	req_out(c)->busy = true;
+	if (utls_encrypt(x, req_out(c)) < 0) {
 		utls_send_fail(w, u, x);
 		return;
 	}
@@ -353,7 +365,7 @@ void utls_send(struct worker *w, struct conn *c, struct ups *u)
 bool utls_on_send(struct worker *w, struct conn *c, struct ups *u, int *res)
 {
 	struct utls *x = ups_tls(w, u);
-	struct sendq *q = &c->req.out;
+	struct sendq *q = req_out(c);
 
 	x->flags &= ~UT_SEND_BUSY;
 	if (x->flags & UT_ERR) {

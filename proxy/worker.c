@@ -98,9 +98,9 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 		w->ups[i].pool_next = i + 1 < w->ups_cap ? i + 1 : NIL;
 	}
 	w->ups_free = 0;
-	for (i = 0; i < w->ups_cap; i++)
-		w->utls[i].next_free = i + 1 < w->ups_cap ? i + 1 : NIL;
-	w->utls_free = 0;
+	/* TLS upstream slots come from utls_high up as first needed: none is touched before. */
+	w->utls_free = NIL;
+	w->utls_high = 0;
 	for (i = 0; i < w->conn_cap; i++)
 		w->tls[i].next_free = i + 1 < w->conn_cap ? i + 1 : NIL;
 	w->tls_free = 0;
