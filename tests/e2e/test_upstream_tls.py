@@ -359,3 +359,17 @@ def test_tls_in_and_tls_out_both_ways(corral, certs, tls_backends):
     finally:
         c.close()
     assert b.handshakes == 1
+
+
+@pytest.mark.corral_only
+def test_an_upgrade_tunnel_runs_over_the_tls_backend(corral, certs, tls_backends):
+    cert, key = certs["a"]
+    b = tls_backends(cert, key)
+    p = corral([row(b, ca=cert, sni="a.test")], timeouts={"tunnel_idle_ms": int(3000 * SLOW)})
+    with Client(p.port, timeout=10 * SLOW) as c:
+        c.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 101, r
+        for msg in (b"hello", b"\x00\x01binary\xff", os.urandom(100000).hex().encode()):
+            c.send(msg)
+            assert c.read_at_least(len(msg)) == msg.upper()

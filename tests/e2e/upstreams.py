@@ -511,7 +511,23 @@ class TLSBackend:
                 self.wfile.write(body)
 
             def do_GET(self):
-                if self.path.startswith("/big/"):
+                if self.path == "/ws" and self.headers.get("Upgrade"):
+                    # A tunnel after a 101: what comes is sent back upper-cased, until EOF.
+                    self.send_response(101)
+                    self.send_header("Upgrade", self.headers["Upgrade"])
+                    self.send_header("Connection", "Upgrade")
+                    self.end_headers()
+                    self.wfile.flush()
+                    self.close_connection = True
+                    while True:
+                        try:
+                            d = self.connection.recv(65536)
+                        except OSError:
+                            break
+                        if not d:
+                            break
+                        self.connection.sendall(d.upper())
+                elif self.path.startswith("/big/"):
                     self._reply(pattern(0, int(self.path[5:])))
                 elif self.path.startswith("/close/"):
                     # A close-delimited body, ended with close_notify ("/close/notify") or
