@@ -36,8 +36,6 @@ void conn_accept(struct worker *w, int fd, uint32_t li);
  * and the idle connections to shed for an fd shortage (w->shed_want).
  */
 void conn_accept_deferred(struct worker *w);
-/* Answers fd with a canned 503 and closes it (no slot taken). */
-void conn_refuse(struct worker *w, int fd);
 /*
  * File descriptors ran out (EMFILE/ENFILE): closes up to n idle pooled upstream connections
  * and idle client connections (no request in flight). Returns how many were closed; their

@@ -1310,9 +1310,10 @@ static int drop_privileges(const struct config *cfg, char *err, size_t errlen)
 }
 
 /*
- * File descriptors each worker opens after fd_budget() counts: its ring, its eventfd and the
- * reserve fd it gives up to refuse a connection at EMFILE (worker.c). The slack covers the
- * admin plane (16 metrics scrapes, control clients) and the odd short-lived fd.
+ * File descriptors each worker opens after fd_budget() counts: its ring, its eventfd and one
+ * spare (refusing a connection at EMFILE takes none: worker.c accepts it into the ring's
+ * fixed-file table). The slack covers the admin plane (16 metrics scrapes, control clients)
+ * and the odd short-lived fd.
  */
 #define FD_PER_WORKER 3
 #define FD_SLACK      32

@@ -287,6 +287,25 @@ def test_garbage_is_a_bad_record(corral, backend, certs):
 
 
 @pytest.mark.corral_only
+def test_a_full_table_closes_a_tls_client_without_a_503_in_clear(corral, backend, certs):
+    p = start_tls(corral, [backend], [certs["a"]], workers={"cores": [0]},
+                  limits={"connections_per_core": 4})
+    held = [TLSClient(p.tls_port) for _ in range(4)]
+    try:
+        for c in held:
+            assert c.get("/").status == 200
+        with socket.create_connection(("127.0.0.1", p.tls_port), timeout=IO) as s:
+            s.sendall(client_hello(0x0303))
+            got, how = read_until_closed(s, IO)
+        assert how != "open" and got == b"", "a TLS client must not get plaintext: %r" % got[:80]
+        assert p.stats()["total"]["conns_rejected"] == 1
+        assert held[0].get("/").status == 200
+    finally:
+        for c in held:
+            c.close()
+
+
+@pytest.mark.corral_only
 def test_x_forwarded_proto_is_https_over_tls(corral, certs):
     rec = Recorder()
     try:
@@ -358,6 +377,56 @@ def test_large_upload_download_and_pipelining(corral, backend, certs):
         for n in (10, 20000, 30):
             r = c.read_response("GET")
             assert r.status == 200 and r.body == pattern(0, n)
+
+
+@pytest.mark.corral_only
+@pytest.mark.deadline(120)
+def test_full_duplex_echo_over_tls(corral, backend, certs):
+    """/echo streams the body back while it is still being uploaded: both directions at once,
+    from one client thread (an SSL object is not for two threads) with non-blocking I/O."""
+    import select
+    total = 40 << 20
+    p = start_tls(corral, [backend], [certs["a"]], limits={"body_bytes_max": 64 << 20})
+    c = TLSClient(p.tls_port)
+    c.send(build_request("POST", "/echo", [("Content-Length", str(total))]))
+    c.sock.setblocking(False)
+    block = os.urandom(65536)
+    sent_h, got = hashlib.sha256(), bytearray()
+    got_h, sent, body_seen, head = hashlib.sha256(), 0, 0, None
+    pending = b""
+    deadline = time.monotonic() + 90 * SLOW
+    while head is None or body_seen < total:
+        assert time.monotonic() < deadline, "stalled at %d sent, %d received" % (sent, body_seen)
+        want_w = sent < total or pending
+        r, w, _ = select.select([c.sock], [c.sock] if want_w else [], [], 1.0)
+        if w:
+            if not pending:
+                n = min(len(block), total - sent)
+                pending = block[:n]
+                sent_h.update(pending)
+                sent += n
+            try:
+                pending = pending[c.sock.send(pending):]
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                pass
+        while True:
+            try:
+                d = c.sock.recv(262144)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            assert d, "closed after %d body bytes" % body_seen
+            if head is None:
+                got += d
+                i = got.find(b"\r\n\r\n")
+                if i < 0:
+                    continue
+                head = bytes(got[:i])
+                d = bytes(got[i + 4:])
+                assert head.startswith(b"HTTP/1.1 200"), head
+            got_h.update(d)
+            body_seen += len(d)
+    assert body_seen == total and got_h.hexdigest() == sent_h.hexdigest()
+    c.close()
 
 
 @pytest.mark.corral_only
