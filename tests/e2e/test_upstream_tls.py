@@ -373,3 +373,16 @@ def test_an_upgrade_tunnel_runs_over_the_tls_backend(corral, certs, tls_backends
         for msg in (b"hello", b"\x00\x01binary\xff", os.urandom(100000).hex().encode()):
             c.send(msg)
             assert c.read_at_least(len(msg)) == msg.upper()
+
+
+@pytest.mark.corral_only
+def test_a_tls12_only_backend_is_spoken_to_and_resumed(corral, certs, tls_backends):
+    import ssl
+    cert, key = certs["a"]
+    b = tls_backends(cert, key, protocols=(ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2))
+    p = corral([row(b, ca=cert, sni="a.test")], workers={"cores": [0]},
+               timeouts={"upstream_idle_ms": 200})
+    assert get(p.port, "/1").body == b"tls backend: /1"
+    assert wait_until(lambda: ctl_json(p, "stats")["total"]["pool"]["idle"] == 0, 10)
+    assert get(p.port, "/2").body == b"tls backend: /2"
+    assert b.handshakes == 2 and b.resumed == 1, (b.handshakes, b.resumed)
