@@ -417,8 +417,13 @@ bool utls_idle_recv(struct worker *w, struct ups *u, int32_t bid, int n)
 	}
 	r = tls_read(&x->t, sink, sizeof(sink));
 	if (r != -EAGAIN || tls_in_pending(&x->t) || tls_out(&x->t, &x->iov)) {
-		/* Data, close_notify, an error, or something to answer: the connection goes. */
-		tls_abort(&x->t);
+		/*
+		 * Data, close_notify, an error, or something to answer: the connection goes. Only
+		 * the backend's close_notify is answered with ours (ups_close); anything else ends
+		 * without one.
+		 */
+		if (r != 0)
+			tls_abort(&x->t);
 		buf_put(w, bid);
 		return false;
 	}

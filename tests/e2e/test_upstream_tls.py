@@ -386,3 +386,23 @@ def test_a_tls12_only_backend_is_spoken_to_and_resumed(corral, certs, tls_backen
     assert wait_until(lambda: ctl_json(p, "stats")["total"]["pool"]["idle"] == 0, 10)
     assert get(p.port, "/2").body == b"tls backend: /2"
     assert b.handshakes == 2 and b.resumed == 1, (b.handshakes, b.resumed)
+
+
+@pytest.mark.corral_only
+def test_a_pooled_connection_the_backend_closed_is_not_used(corral, certs, tls_backends):
+    """The backend ends an idle keep-alive connection (close_notify, FIN) while it is pooled:
+    corral drops it, and the next request gets a fresh connection, not an error."""
+    cert, key = certs["a"]
+    b = tls_backends(cert, key, idle_timeout=0.2 * SLOW)
+    p = corral([row(b, ca=cert, sni="a.test")], workers={"cores": [0]})
+    c = Client(p.port, timeout=10 * SLOW)
+    try:
+        assert c.get("/1").status == 200
+        assert wait_until(lambda: b.close_notify >= 1, 5), "the backend did not close it"
+        assert wait_until(lambda: ctl_json(p, "stats")["total"]["pool"]["idle"] == 0, 5)
+        r = c.get("/2")
+        assert r.status == 200 and r.body == b"tls backend: /2", r
+    finally:
+        c.close()
+    assert b.handshakes == 2
+    assert total(p, "corral_upstream_errors_total") == 0

@@ -443,7 +443,7 @@ class TLSBackend:
     (handshakes that completed), the ones that failed, the requests, the server names the
     clients sent and the connections that ended with a close_notify."""
 
-    def __init__(self, cert, key, protocols=None):
+    def __init__(self, cert, key, protocols=None, idle_timeout=None):
         import hashlib
         import ssl
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -480,6 +480,9 @@ class TLSBackend:
                     owner.handshakes += 1
                     owner.resumed += 1 if self.request.session_reused else 0
                 super().setup()
+                if idle_timeout:
+                    # An idle keep-alive connection is ended by the backend (close_notify).
+                    self.request.settimeout(idle_timeout)
 
             def handle(self):
                 if self.ok:
@@ -551,6 +554,12 @@ class TLSBackend:
 
             def log_message(self, *a):
                 pass
+
+            def handle_one_request(self):
+                try:
+                    super().handle_one_request()
+                except TimeoutError:
+                    self.close_connection = True
 
         ThreadingHTTPServer.daemon_threads = True
         self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
