@@ -118,6 +118,8 @@ def test_a_new_connection_resumes_the_session(corral, certs, tls_backends):
     assert b.handshakes == 2
     assert b.resumed == 1, "the second connection resumed the first one's session"
     assert total(p, "corral_upstream_tls_resumed_total") == 1
+    st = ctl_json(p, "stats")["total"]["upstream_tls"]
+    assert st == {"handshakes": 2, "resumed": 1, "failures": 0}, st
     # The expired connection was closed cleanly: close_notify first.
     assert wait_until(lambda: b.close_notify >= 1, 5), "no close_notify on a clean close"
 
