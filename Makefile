@@ -136,6 +136,10 @@ $(B)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/check.h proxy/http.c $(wildcard
 $(B)/fuzz/fuzz_tls: tests/fuzz/fuzz_tls.c tests/fuzz/check.h proxy/tls.c proxy/util.c $(wildcard proxy/*.h)
 	@mkdir -p $(@D)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $< proxy/tls.c proxy/util.c -lssl -lcrypto -lurcu-qsbr
+# Its client side (TLS to backends), against corral's own server session.
+$(B)/fuzz/fuzz_tls_client: tests/fuzz/fuzz_tls_client.c tests/fuzz/check.h proxy/tls.c proxy/util.c $(wildcard proxy/*.h)
+	@mkdir -p $(@D)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $< proxy/tls.c proxy/util.c -lssl -lcrypto -lurcu-qsbr
 
 # One rule per target, so that make -j2 fuzzes two targets at once (each for FUZZ_SECONDS).
 FUZZ_RUN := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/fuzz/%.run)

@@ -170,6 +170,13 @@ static json_t *ctl_counters_json(const struct stats_worker *s, uint64_t steered,
 
 	if (o)
 		json_object_set_new(o, "tls", ctl_tls_json(s));
+	/* TLS to backends (upstream_tls.c). */
+	if (o)
+		json_object_set_new(o, "upstream_tls",
+				    json_pack("{s:I, s:I, s:I}", "handshakes",
+					      (json_int_t)s->ups_tls_handshakes, "resumed",
+					      (json_int_t)s->ups_tls_resumed, "failures",
+					      (json_int_t)s->ups_tls_failures));
 	return o;
 }
 

@@ -80,6 +80,8 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->conns = map_zero((size_t)w->conn_cap * sizeof(struct conn));
 	w->conn_next_free = calloc(w->conn_cap, sizeof(uint32_t));
 	w->ups = map_zero((size_t)w->ups_cap * sizeof(struct ups));
+	w->utls = map_zero((size_t)w->ups_cap * sizeof(struct utls));
+	w->utls_sess = calloc(BACKEND_IDS_MAX, sizeof(struct tls_sess_slot));
 	w->tls = map_zero((size_t)w->conn_cap * sizeof(struct ctls));
 	w->tls_gather = malloc(CTLS_GATHER_MAX);
 	w->bufs = map_zero((size_t)w->nbufs * w->buf_size);
@@ -91,9 +93,9 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->wait_in = calloc(w->conn_cap, sizeof(uint8_t));
 	w->stats = aligned_alloc(64, sizeof(struct stats_worker));
 	w->bstats = aligned_alloc(64, sizeof(struct stats_backend) * BACKEND_IDS_MAX);
-	if (!w->conns || !w->conn_next_free || !w->ups || !w->tls || !w->tls_gather || !w->bufs ||
-	    !w->hbufs || !w->hbuf_next || !w->hdr_scratch || !w->bp_ids || !w->wait_next ||
-	    !w->wait_in || !w->stats || !w->bstats ||
+	if (!w->conns || !w->conn_next_free || !w->ups || !w->utls || !w->utls_sess || !w->tls ||
+	    !w->tls_gather || !w->bufs || !w->hbufs || !w->hbuf_next || !w->hdr_scratch ||
+	    !w->bp_ids || !w->wait_next || !w->wait_in || !w->stats || !w->bstats ||
 	    bufpool_init(&w->bp, w->nbufs, BUF_RING_MIN) < 0)
 		return -ENOMEM;
 	memset(w->stats, 0, sizeof(*w->stats));
@@ -107,6 +109,9 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 		w->ups[i].pool_next = i + 1 < w->ups_cap ? i + 1 : NIL;
 	}
 	w->ups_free = 0;
+	/* TLS upstream slots come from utls_high up as first needed: none is touched before. */
+	w->utls_free = NIL;
+	w->utls_high = 0;
 	for (i = 0; i < w->conn_cap; i++)
 		w->tls[i].next_free = i + 1 < w->conn_cap ? i + 1 : NIL;
 	w->tls_free = 0;
@@ -137,6 +142,11 @@ void worker_free(struct worker *w)
 		munmap(w->conns, (size_t)w->conn_cap * sizeof(struct conn));
 	if (w->ups)
 		munmap(w->ups, (size_t)w->ups_cap * sizeof(struct ups));
+	if (w->utls)
+		munmap(w->utls, (size_t)w->ups_cap * sizeof(struct utls));
+	for (uint32_t b = 0; w->utls_sess && b < BACKEND_IDS_MAX; b++)
+		tls_sess_slot_clear(&w->utls_sess[b]);
+	free(w->utls_sess);
 	if (w->tls)
 		munmap(w->tls, (size_t)w->conn_cap * sizeof(struct ctls));
 	if (w->bufs)
@@ -696,6 +706,7 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_U_RECV:
 	case OP_U_SEND:
 	case OP_U_CANCEL:
+	case OP_U_TLS:
 		ups_on_cqe(w, ud.op, ud.idx, ud.gen, cqe->res, cqe->flags);
 		break;
 	default:

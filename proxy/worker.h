@@ -86,6 +86,12 @@ struct worker {
 	uint32_t pool_head[BACKEND_IDS_MAX], pool_tail[BACKEND_IDS_MAX];
 	uint32_t pool_n[BACKEND_IDS_MAX];
 	uint32_t ups_open;
+	/* TLS upstream sessions (ups.tls): ups_cap slots, touched only when used */
+	struct utls *utls;
+	uint32_t utls_free,
+		utls_high; /* free list of given-back slots; never-used ones from high */
+	/* per backend id: the session the next TLS connection to it resumes (upstream_tls.c) */
+	struct tls_sess_slot *utls_sess;
 
 	/* timers: FIFO lists per class */
 	uint32_t thead[T_CLASSES], ttail[T_CLASSES];
