@@ -201,7 +201,7 @@ static void ctls_deliver(struct worker *w, struct conn *c, struct ctls *x)
 			return;
 		}
 		p = hbuf_addr(w, hb);
-		cap = w->hbuf_size;
+		cap = w->buf_size; /* no more than a receive: what HTTP expects c->in to hold */
 	}
 	for (;;) {
 		n = tls_read(t, (uint8_t *)p + len, cap - len);
