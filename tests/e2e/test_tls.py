@@ -437,6 +437,25 @@ def test_full_duplex_echo_over_tls(corral, backend, certs):
 
 
 @pytest.mark.corral_only
+def test_tls_with_every_free_buffer_in_the_ring(corral, backend, certs):
+    """16 receive buffers, all posted to the kernel's ring: the plaintext goes into head buffers
+    (and 4 KiB buffers split every TLS record over several receives)."""
+    p = start_tls(corral, [backend], [certs["a"]], workers={"cores": [0]},
+                  limits={"buffers_per_core": 16, "buffer_bytes": 4096})
+    with TLSClient(p.tls_port) as c:
+        for n in (10, 70000):
+            r = c.get("/bytes/%d" % n)
+            assert r.status == 200 and r.body == pattern(0, n)
+        body = os.urandom(300000)
+        r = c.request("POST", "/echo", body=body)
+        assert r.status == 200 and r.body == body
+        c.send(b"".join(build_request("GET", "/bytes/%d" % n) for n in (1, 2, 3)))
+        for n in (1, 2, 3):
+            assert c.read_response("GET").body == pattern(0, n)
+    p.wait_idle()
+
+
+@pytest.mark.corral_only
 def test_expect_100_continue_over_tls(corral, backend, certs):
     p = start_tls(corral, [backend], [certs["a"]])
     with TLSClient(p.tls_port) as c:
