@@ -192,7 +192,7 @@ static void ctls_deliver(struct worker *w, struct conn *c, struct ctls *x)
 		p = buf_addr(w, (uint32_t)pbid);
 		cap = w->buf_size;
 	} else {
-		/* Every free buffer is in the ring: a head buffer (larger) holds it instead. */
+		/* Every free buffer is in the kernel's ring: a head buffer holds it instead. */
 		hb = hbuf_get(w);
 		if (hb == NIL) {
 			x->flags |= CT_MORE;
