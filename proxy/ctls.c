@@ -50,6 +50,7 @@ int ctls_start(struct worker *w, struct conn *c, SSL_CTX *ctx)
 		w->tls_free = i;
 		return r;
 	}
+	x->t.oc = &w->tls_oc; /* a response's output buffer comes from the worker's spares */
 	x->cin = (struct inbuf){ .bid = -1, .hbuf = NIL };
 	x->plain_enc = 0;
 	x->flags = 0;

@@ -14,6 +14,7 @@
 #include <sys/syscall.h>
 #include <urcu-qsbr.h>
 #include "conn.h"
+#include "tls.h"
 #include "constants.h"
 #include "steer.h"
 #include "worker.h"
@@ -156,6 +157,7 @@ void worker_free(struct worker *w)
 		munmap(w->br, (size_t)w->nbufs * sizeof(struct io_uring_buf));
 	free(w->conn_next_free);
 	free(w->tls_gather);
+	tls_outcache_drain(&w->tls_oc);
 	free(w->hbuf_next);
 	free(w->hdr_scratch);
 	free(w->bp_ids);
