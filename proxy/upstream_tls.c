@@ -67,6 +67,7 @@ int utls_start(struct worker *w, struct ups *u, const struct tls_client *cl)
 		w->utls_free = i;
 		return r;
 	}
+	x->t.oc = &w->tls_oc; /* output buffers from the worker's spares, as client sessions */
 	x->cbid = -1;
 	x->plain_enc = 0;
 	x->flags = 0;
