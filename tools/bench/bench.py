@@ -21,12 +21,15 @@ PY = "/usr/bin/python3"
 MODES = {
     # rounds, seconds per measured run, warm-up seconds, hello connection counts (1 worker, 2 workers)
     # warm: unmeasured seconds before every measured run; warm_once: before a contender's first run only
-    # tls: TLS 1.3 keep-alive connection counts; tls_hs: handshake clients; tls_idle: idle TLS counts
+    # tls: TLS 1.3 keep-alive connection counts; tls_hs: handshake clients; tls_idle: idle TLS counts;
+    # tls_secs: seconds per measured TLS run (shorter than secs to keep the totals: docs/benchmarks.md);
+    # tls_check_wrk: also show, in NGINX's log, what wrk negotiates and that it resumes with Connection: close
     "quick": dict(rounds=2, secs=2, warm=0, warm_once=1, hello1=[256], hello2=[], work=False, large_up=False,
-                  idle=[5000], slow=False, slow_secs=0, tls=[256], tls_hs=[32], tls_idle=[2000]),
+                  idle=[5000], slow=False, slow_secs=0, tls=[256], tls_hs=[32], tls_idle=[1000], tls_secs=1,
+                  tls_check_wrk=False),
     "full": dict(rounds=3, secs=3, warm=0, warm_once=1, hello1=[64, 256, 1024], hello2=[256], work=True,
                  large_up=True, idle=[10000, 19000], slow=True, slow_secs=15, tls=[64, 256], tls_hs=[32],
-                 tls_idle=[2000, 5000]),
+                 tls_idle=[2000, 5000], tls_secs=2, tls_check_wrk=True),
 }
 POOL = 1024            # upstream keep-alive connections each proxy may keep: >= the largest -c
 REQS_PER_CONN = 1000000  # keep-alive requests per client connection: never reached in a run
@@ -46,7 +49,7 @@ class Bench:
     def __init__(self, build, mode):
         self.build = os.path.abspath(build)
         self.m = dict(MODES[mode])
-        for k in ("rounds", "secs"):
+        for k in ("rounds", "secs", "tls_secs"):
             if os.environ.get("BENCH_" + k.upper()):
                 self.m[k] = int(os.environ["BENCH_" + k.upper()])
         for k in ("hello1", "hello2", "tls", "tls_hs", "tls_idle"):
@@ -261,6 +264,8 @@ class Bench:
             return {"BIND_TLS": f" ssl crt {t['bundle']}", "PROTO": "https",
                     "TLS_GLOBAL": f"\tssl-default-bind-ciphersuites {TLS_SUITE}\n"
                                   "\tssl-default-bind-options ssl-min-ver TLSv1.3\n"
+                                  # stateless tickets only, no server-side session cache, as corral and NGINX
+                                  "\ttune.ssl.cachesize 0\n"
                                   # no haproxy.cfg keyword sets the number of TLS 1.3 tickets: the
                                   # OpenSSL config below (OPENSSL_CONF, system_default) does
                                   "\t# tickets: NumTickets via OPENSSL_CONF (bench.py)"}
@@ -404,7 +409,7 @@ class Bench:
         if loads[0][1].get("tlsload"):
             # corral-tls-load opens its window after its set-up (handshakes): the CPU is read from there.
             mark = os.path.join(self.run, f"mark-{scen}-{case}-{c['name']}-{rnd}")
-            ws = [self.wrk(c["port"], log=logs[0], secs=self.m["secs"], mark=mark, **loads[0][1])]
+            ws = [self.wrk(c["port"], log=logs[0], secs=self.m["tls_secs"], mark=mark, **loads[0][1])]
             end = time.monotonic() + 30
             while not os.path.exists(mark) and ws[0].poll() is None and time.monotonic() < end:
                 time.sleep(0.002)
@@ -460,7 +465,9 @@ class Bench:
             if c:
                 up.append(c)
         try:
-            if self.m["warm_once"]:
+            # corral-tls-load's own set-up (every connection handshaken and answered once before its
+            # window opens) is the TLS scenarios' warm-up.
+            if self.m["warm_once"] and not cases[0][1][0][1].get("tlsload"):
                 for c in up:
                     ws = [self.wrk(c["port"], **dict(kw, secs=self.m["warm_once"])) for _, kw in cases[0][1]]
                     for w in ws:
@@ -494,11 +501,12 @@ class Bench:
                 self.note("TLS check: NGINX with TLS did not start")
                 return
             res = {}
-            for label, kw in [("wrk", dict(conns=4)), ("wrk-close", dict(conns=4, close=True)),
-                              ("tls-load", dict(conns=4, tlsload=True)),
-                              ("tls-load-churn", dict(conns=4, tlsload=True, churn=True))]:
+            probes = [("tls-load", dict(conns=4, tlsload=True)), ("tls-load-churn", dict(conns=4, tlsload=True, churn=True))]
+            if self.m["tls_check_wrk"]:
+                probes = [("wrk", dict(conns=4, secs=1)), ("wrk-close", dict(conns=4, close=True, secs=1))] + probes
+            for label, kw in probes:
                 off = os.path.getsize(log) if os.path.exists(log) else 0
-                self.wrk(c["port"], secs=1, tls=True, cpus="1", **kw).wait()
+                self.wrk(c["port"], **dict(dict(secs=0.5, tls=True, cpus="1"), **kw)).wait()
                 time.sleep(0.2)
                 with open(log) as f:
                     f.seek(off)
@@ -540,7 +548,8 @@ class Bench:
         log = os.path.join(self.run, f"{scen}-{name}-{n}.log")
         r = subprocess.run(["timeout", "200", "taskset", "-c", "1", PY, os.path.join(HERE, "idle_conns.py"),
                             "--port", str(c["port"]), "--pid", str(c["rss"][0]), "--count", str(n),
-                            "--timeout", "150"] + (["--tls"] if tls else []), capture_output=True, text=True)
+                            "--timeout", "150"] + (["--tls"] if tls else [])
+                           + (["--settle", "0.5"] if tls and self.mode == "quick" else []), capture_output=True, text=True)
         open(log, "w").write(r.stdout + r.stderr)
         lines = [x for x in r.stdout.splitlines() if x.startswith("{")]
         if lines:

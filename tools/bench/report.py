@@ -175,6 +175,7 @@ def main():
     P(f"Medians of {st.get('rounds')} interleaved rounds of {st.get('secs')} s per contender "
       + (f"(warm-up {st.get('warm')} s before each)" if st.get("warm") else
          f"(warm-up {st.get('warm_once')} s before a contender's first run)")
+      + (f"; TLS runs {st.get('tls_secs')} s each" if st.get("tls_secs") else "")
       + f"; floor = `{FLOOR}` (unparsed io_uring relay), reference = HAProxy. "
       f"NGINX {meta.get('nginx')}, HAProxy {meta.get('haproxy')}, wrk {meta.get('wrk')}.")
     for scen in ("hello", "work", "uneven", "churn", "large", "tls", "tlshs"):
@@ -202,7 +203,7 @@ def main():
               f"{fmt(x.get('rss_after_kb', 0) / 1024, 1)} | {x.get('failed')} | {x.get('lost')} |")
     if tidle:
         P("")
-        P("### memory: RSS per idle TLS 1.3 keep-alive connection (1 worker; one GET each; after 2 s of TLS load)")
+        P("### memory: RSS per idle TLS 1.3 keep-alive connection (1 worker; one GET each; after a short TLS load warm-up)")
         P("")
         P("| connections | contender | bytes/conn | ÷ NGINX | ÷ HAProxy | RSS MiB | failed | lost |")
         P("|---:|---|---:|---:|---:|---:|---:|---:|")
