@@ -313,6 +313,13 @@ static void conn_accept_now(struct worker *w, int fd, uint32_t li)
 	STAT_ADD(w->stats->conns_accepted, 1);
 	STAT_SET(w->stats->conns_active, w->conns_active);
 	steer_conn_opened(w->sc);
+	/* A TLS listener's (in the snapshot, so a reload's certificates apply to new ones). */
+	if (li < CFG_LISTEN_MAX && w->snap->tls[li] &&
+	    ctls_start(w, c, tls_server_ctx(w->snap->tls[li])) < 0) {
+		STAT_ADD(w->stats->tls_failures[TLS_FAIL_NOMEM], 1);
+		conn_abort(w, c);
+		return;
+	}
 	conn_arm_recv(w, c);
 	conn_timer_update(w, c);
 }
@@ -377,6 +384,7 @@ void conn_try_finish(struct worker *w, struct conn *c)
 		c->ups = NIL;
 	}
 	timer_clear(w, &c->t);
+	ctls_free(w, c);
 	inbuf_release(w, &c->in);
 	inbuf_release(w, &c->req.accum);
 	inbuf_release(w, &c->resp.accum);
@@ -436,6 +444,7 @@ void conn_abort(struct worker *w, struct conn *c)
 void conn_abort_reset(struct worker *w, struct conn *c)
 {
 	c->flags |= CF_RESET_CLOSE;
+	ctls_abort(w, c); /* and over TLS no close_notify: the truncation stays visible */
 	conn_abort(w, c);
 }
 
@@ -514,6 +523,9 @@ void conn_close_graceful(struct worker *w, struct conn *c)
 	int unread = 0;
 
 	exchange_abort_ups(w, c);
+	/* Over TLS, close_notify goes first: this goes on once it is sent. */
+	if (c->tls && ctls_close_notify(w, c))
+		return;
 	/*
 	 * Linger only when the client may still be sending: bytes already received but not
 	 * processed, or bytes waiting in the socket. A client that is done sending gets our FIN
@@ -890,6 +902,39 @@ static void req_discard(struct worker *w, struct conn *c)
 	conn_arm_recv(w, c);
 }
 
+void conn_on_eof(struct worker *w, struct conn *c, int res)
+{
+	c->flags |= CF_EOF;
+	if (conn_has(c, CF_PP_WAIT)) {
+		/* A connect and close without a byte (a TCP check) is no error. */
+		if (conn_head_partial(c))
+			pp_fail(w, c, "PROXY header cut short");
+		else
+			conn_abort(w, c);
+		return;
+	}
+	if (c->rs_state == RS_TUNNEL) {
+		conn_close_graceful(w, c);
+		return;
+	}
+	if (c->req_state == RQ_HEAD && c->rs_state == RS_NONE && conn_head_partial(c) && res == 0) {
+		/* A partial head then EOF: nothing to answer to. */
+		conn_abort(w, c);
+		return;
+	}
+	conn_client_gone(w, c); /* logs 499 when an exchange was in flight */
+}
+
+void conn_on_input(struct worker *w, struct conn *c)
+{
+	if (c->req_state == RQ_BODY && c->rs_state == RS_NONE)
+		req_discard(w, c);
+	else if (c->rs_state == RS_TUNNEL || c->req_state == RQ_BODY)
+		exchange_req_pump(w, c);
+	else if (c->req_state == RQ_HEAD && c->rs_state == RS_NONE)
+		req_process(w, c);
+}
+
 static void c_on_recv(struct worker *w, struct conn *c, int res, uint32_t flags)
 {
 	int32_t bid = cqe_bid(res, flags);
@@ -913,42 +958,22 @@ static void c_on_recv(struct worker *w, struct conn *c, int res, uint32_t flags)
 	}
 	if (res <= 0) {
 		buf_put(w, bid);
-		c->flags |= CF_EOF;
-		if (conn_has(c, CF_PP_WAIT)) {
-			/* A connect and close without a byte (a TCP check) is no error. */
-			if (conn_head_partial(c))
-				pp_fail(w, c, "PROXY header cut short");
-			else
-				conn_abort(w, c);
-			return;
-		}
-		if (c->rs_state == RS_TUNNEL) {
-			conn_close_graceful(w, c);
-			return;
-		}
-		if (c->req_state == RQ_HEAD && c->rs_state == RS_NONE && conn_head_partial(c) &&
-		    res == 0) {
-			/* A partial head then EOF: nothing to answer to. */
-			conn_abort(w, c);
-			return;
-		}
-		conn_client_gone(w, c); /* logs 499 when an exchange was in flight */
+		conn_on_eof(w, c, res);
 		return;
 	}
 	BUG_ON(bid < 0);
 	BUG_ON(c->in.len != 0);
+	if (c->tls) {
+		ctls_on_recv(w, c, bid, res); /* ciphertext: decrypted into c->in */
+		return;
+	}
 	inbuf_release(w, &c->in);
 	c->in.base = buf_addr(w, (uint32_t)bid);
 	c->in.off = 0;
 	c->in.len = (uint32_t)res;
 	c->in.bid = bid;
 	STAT_ADD(w->stats->bytes_in, (uint64_t)res);
-	if (c->req_state == RQ_BODY && c->rs_state == RS_NONE)
-		req_discard(w, c);
-	else if (c->rs_state == RS_TUNNEL || c->req_state == RQ_BODY)
-		exchange_req_pump(w, c);
-	else if (c->req_state == RQ_HEAD && c->rs_state == RS_NONE)
-		req_process(w, c);
+	conn_on_input(w, c);
 }
 
 static void c_on_send(struct worker *w, struct conn *c, int res)
@@ -956,6 +981,9 @@ static void c_on_send(struct worker *w, struct conn *c, int res)
 	struct sendq *q = &c->resp.out;
 	struct ups *u = conn_ups(w, c);
 
+	/* Over TLS: ciphertext sent, reported here in plaintext bytes of q once all of it is. */
+	if (c->tls && !ctls_on_send(w, c, &res))
+		return;
 	q->busy = false;
 	if (conn_has(c, CF_CLOSING)) {
 		conn_try_finish(w, c);
@@ -965,7 +993,8 @@ static void c_on_send(struct worker *w, struct conn *c, int res)
 		conn_client_gone(w, c);
 		return;
 	}
-	STAT_ADD(w->stats->bytes_out, (uint64_t)res);
+	if (!c->tls)
+		STAT_ADD(w->stats->bytes_out, (uint64_t)res); /* TLS counts the ciphertext */
 	if (!c->pending_status && c->resp_code)
 		c->x_bytes_out += (uint64_t)res;
 	if (!sendq_advance(q, (size_t)res)) {
@@ -1031,6 +1060,9 @@ void conn_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int 
 	case OP_C_POLL:
 		c_on_poll(w, c, res);
 		break;
+	case OP_C_TLS:
+		ctls_on_pump(w, c);
+		break;
 	default:
 		BUG_ON(1);
 	}
@@ -1071,6 +1103,7 @@ void conn_on_timeout(struct worker *w, uint32_t idx, enum tclass cls)
 	case T_HEADER:
 		partial = conn_head_partial(c);
 		STAT_ADD(w->stats->timeouts, 1);
+		ctls_on_header_timeout(w, c);
 		if (conn_has(c, CF_PP_WAIT))
 			pp_fail(w, c, "PROXY header timeout");
 		else if (partial)

@@ -69,6 +69,8 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->conns = map_zero((size_t)w->conn_cap * sizeof(struct conn));
 	w->conn_next_free = calloc(w->conn_cap, sizeof(uint32_t));
 	w->ups = map_zero((size_t)w->ups_cap * sizeof(struct ups));
+	w->tls = map_zero((size_t)w->conn_cap * sizeof(struct ctls));
+	w->tls_gather = malloc(CTLS_GATHER_MAX);
 	w->bufs = map_zero((size_t)w->nbufs * w->buf_size);
 	w->hbufs = map_zero((size_t)w->hbuf_n * w->hbuf_size);
 	w->hbuf_next = calloc(w->hbuf_n, sizeof(uint32_t));
@@ -78,9 +80,10 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->wait_in = calloc(w->conn_cap, sizeof(uint8_t));
 	w->stats = aligned_alloc(64, sizeof(struct stats_worker));
 	w->bstats = aligned_alloc(64, sizeof(struct stats_backend) * BACKEND_IDS_MAX);
-	if (!w->conns || !w->conn_next_free || !w->ups || !w->bufs || !w->hbufs || !w->hbuf_next ||
-	    !w->hdr_scratch || !w->bp_ids || !w->wait_next || !w->wait_in || !w->stats ||
-	    !w->bstats || bufpool_init(&w->bp, w->nbufs, BUF_RING_MIN) < 0)
+	if (!w->conns || !w->conn_next_free || !w->ups || !w->tls || !w->tls_gather || !w->bufs ||
+	    !w->hbufs || !w->hbuf_next || !w->hdr_scratch || !w->bp_ids || !w->wait_next ||
+	    !w->wait_in || !w->stats || !w->bstats ||
+	    bufpool_init(&w->bp, w->nbufs, BUF_RING_MIN) < 0)
 		return -ENOMEM;
 	memset(w->stats, 0, sizeof(*w->stats));
 	memset(w->bstats, 0, sizeof(struct stats_backend) * BACKEND_IDS_MAX);
@@ -93,6 +96,9 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 		w->ups[i].pool_next = i + 1 < w->ups_cap ? i + 1 : NIL;
 	}
 	w->ups_free = 0;
+	for (i = 0; i < w->conn_cap; i++)
+		w->tls[i].next_free = i + 1 < w->conn_cap ? i + 1 : NIL;
+	w->tls_free = 0;
 	for (i = 0; i < w->hbuf_n; i++)
 		w->hbuf_next[i] = i + 1 < w->hbuf_n ? i + 1 : NIL;
 	w->hbuf_free = 0;
@@ -118,6 +124,8 @@ void worker_free(struct worker *w)
 		munmap(w->conns, (size_t)w->conn_cap * sizeof(struct conn));
 	if (w->ups)
 		munmap(w->ups, (size_t)w->ups_cap * sizeof(struct ups));
+	if (w->tls)
+		munmap(w->tls, (size_t)w->conn_cap * sizeof(struct ctls));
 	if (w->bufs)
 		munmap(w->bufs, (size_t)w->nbufs * w->buf_size);
 	if (w->hbufs)
@@ -125,6 +133,7 @@ void worker_free(struct worker *w)
 	if (w->br)
 		munmap(w->br, (size_t)w->nbufs * sizeof(struct io_uring_buf));
 	free(w->conn_next_free);
+	free(w->tls_gather);
 	free(w->hbuf_next);
 	free(w->hdr_scratch);
 	free(w->bp_ids);
@@ -227,6 +236,16 @@ void buf_put(struct worker *w, int32_t bid)
 	BUG_ON(bufpool_put(&w->bp, (uint32_t)bid) < 0);
 	w->bufs_out--;
 	buf_ring_fill(w);
+}
+
+int32_t buf_take(struct worker *w)
+{
+	int r = bufpool_take(&w->bp);
+
+	if (r < 0)
+		return r;
+	w->bufs_out++;
+	return r;
 }
 
 uint32_t hbuf_get(struct worker *w)
@@ -605,6 +624,7 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_C_SEND:
 	case OP_C_CANCEL:
 	case OP_C_POLL:
+	case OP_C_TLS:
 		conn_on_cqe(w, ud.op, ud.idx, ud.gen, cqe->res, cqe->flags);
 		break;
 	case OP_U_CONNECT:
