@@ -29,7 +29,7 @@ MODES = {
                   tls_check_wrk=False),
     "full": dict(rounds=3, secs=3, warm=0, warm_once=1, hello1=[64, 256, 1024], hello2=[256], work=True,
                  large_up=True, idle=[10000, 19000], slow=True, slow_secs=15, tls=[64, 256], tls_hs=[32],
-                 tls_idle=[2000, 5000], tls_secs=2, tls_check_wrk=True),
+                 tls_idle=[2000, 5000], tls_secs=1.5, tls_check_wrk=True),
 }
 POOL = 1024            # upstream keep-alive connections each proxy may keep: >= the largest -c
 REQS_PER_CONN = 1000000  # keep-alive requests per client connection: never reached in a run
@@ -51,7 +51,7 @@ class Bench:
         self.m = dict(MODES[mode])
         for k in ("rounds", "secs", "tls_secs"):
             if os.environ.get("BENCH_" + k.upper()):
-                self.m[k] = int(os.environ["BENCH_" + k.upper()])
+                self.m[k] = (float if k == "tls_secs" else int)(os.environ["BENCH_" + k.upper()])
         for k in ("hello1", "hello2", "tls", "tls_hs", "tls_idle"):
             if os.environ.get("BENCH_" + k.upper()) is not None:
                 self.m[k] = [int(x) for x in os.environ["BENCH_" + k.upper()].split()]
@@ -528,36 +528,62 @@ class Bench:
             self.stop(self.backend[0])
 
     def tls_idle(self):
-        """RSS per idle TLS keep-alive connection (one request each), corral vs NGINX vs HAProxy."""
+        """RSS per idle TLS keep-alive connection (one request each), corral vs NGINX vs HAProxy:
+        one instance per contender opens the largest count, pausing at the smaller ones to read
+        the RSS; each count gets (RSS there - RSS before) / count, and the last also the marginal
+        figure between the last two counts (free of any one-off growth at the start)."""
         if self.only is not None and "tlsidle" not in self.only:
             return
+        counts = sorted(self.m["tls_idle"])
         bport = self.start_backend("1", 1)
         try:
-            for n in self.m["tls_idle"]:
-                for name in TLS_CONTENDERS:
-                    self.idle_one("tlsidle", name, n, bport, tls=True)
+            for name in TLS_CONTENDERS:
+                self.idle_one("tlsidle", name, counts[-1], bport, tls=True, steps=counts[:-1])
         finally:
             self.stop(self.backend[0])
 
-    def idle_one(self, scen, name, n, bport, tls=False):
+    def idle_one(self, scen, name, n, bport, tls=False, steps=()):
         c = self.start(name, 1, "0", bport, maxconn=n + 512, tls=tls)
         if not c:
             return
-        # The loaded steady state first: pools, rings and caches touched once.
-        self.wrk(c["port"], 64, 1 if self.mode == "quick" else 2, cpus="1", tls=tls).wait()
+        # The loaded steady state first: pools, rings and caches touched once. TLS: as many
+        # connections at once as idle_conns.py opens at once (its --window, 256), each with its
+        # handshake, so the buffers a handshake needs are touched before the first RSS figure.
+        if tls:
+            self.wrk(c["port"], 256, 1, cpus="1", tlsload=True).wait()
+        else:
+            self.wrk(c["port"], 64, 1 if self.mode == "quick" else 2, cpus="1").wait()
         log = os.path.join(self.run, f"{scen}-{name}-{n}.log")
         r = subprocess.run(["timeout", "200", "taskset", "-c", "1", PY, os.path.join(HERE, "idle_conns.py"),
                             "--port", str(c["port"]), "--pid", str(c["rss"][0]), "--count", str(n),
                             "--timeout", "150"] + (["--tls"] if tls else [])
-                           + (["--settle", "0.5"] if tls and self.mode == "quick" else []), capture_output=True, text=True)
+                           + (["--settle", "0.5"] if tls else [])
+                           + (["--steps", ",".join(str(x) for x in steps)] if steps else []),
+                           capture_output=True, text=True)
         open(log, "w").write(r.stdout + r.stderr)
         lines = [x for x in r.stdout.splitlines() if x.startswith("{")]
         if lines:
             res = json.loads(lines[-1])
-            self.samples.write(json.dumps({"scenario": scen, "case": f"{n}", "contender": name,
-                                           "workers": 1, "round": 1, "idle": res}) + "\n")
+            out = [res]
+            if steps and "steps" in res and len(res["steps"]) == len(steps) + 1:
+                out = []
+                prev = None
+                for want, st in zip(list(steps) + [n], res["steps"]):
+                    x = dict(res, count=want, idle=st["idle"], rss_after_kb=st["rss_kb"],
+                             bytes_per_conn=round((st["rss_kb"] - res["rss_before_kb"]) * 1024 / max(1, st["idle"]), 1))
+                    if prev:
+                        x["marginal_bytes_per_conn"] = round((st["rss_kb"] - prev["rss_kb"]) * 1024
+                                                             / max(1, st["idle"] - prev["idle"]), 1)
+                        x["marginal_from"] = prev["idle"]
+                    if st is not res["steps"][-1]:
+                        x["failed"] = x["lost"] = 0  # counted at the end, over all connections
+                    out.append(x)
+                    prev = st
+            for x in out:
+                self.samples.write(json.dumps({"scenario": scen, "case": f"{x['count']}", "contender": name,
+                                               "workers": 1, "round": 1, "idle": x}) + "\n")
+                print(f"bench: {scen:7s} {x['count']:6d} {name:8s} {x}", file=sys.stderr, flush=True)
             self.samples.flush()
-            print(f"bench: {scen:7s} {n:6d} {name:8s} {res}", file=sys.stderr, flush=True)
         else:
             self.note(f"{scen} {name} {n}: no result: {(r.stdout + r.stderr)[-300:]}")
         self.stop(c["proc"])

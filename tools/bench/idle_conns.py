@@ -103,6 +103,8 @@ def main():
     ap.add_argument("--settle", type=float, default=1.0)
     ap.add_argument("--timeout", type=float, default=90.0)
     ap.add_argument("--tls", action="store_true", help="TLS 1.3 connections")
+    ap.add_argument("--steps", default="", help="counts below --count (e.g. 2000) where opening pauses "
+                    "until all are idle and the RSS is read: the output's steps give the RSS at each")
     a = ap.parse_args()
 
     deadline = time.monotonic() + a.timeout
@@ -147,11 +149,17 @@ def main():
         active -= 1
         failed += 1
 
+    targets = sorted(int(x) for x in a.steps.split(",") if x and 0 < int(x) < a.count) + [a.count]
+    steps = []
     while idle + failed < a.count:
         if time.monotonic() > deadline:
             print(json.dumps({"error": "timeout", "idle": idle, "failed": failed}))
             return 1
-        while active < a.window and next_new < a.count:
+        if idle + failed >= targets[0]:
+            time.sleep(a.settle)
+            steps.append({"idle": idle, "rss_kb": vmrss_kb(a.pid)})
+            targets.pop(0)
+        while active < a.window and next_new < targets[0]:
             start(conns[next_new])
             next_new += 1
             active += 1
@@ -235,11 +243,13 @@ def main():
         if c.sock is not None and c.state == "idle":
             c.sock.close()
     delta = (rss_after - rss_before) * 1024
+    steps.append({"idle": idle, "rss_kb": rss_after})
     print(json.dumps({
         "count": a.count, "idle": idle, "failed": failed, "lost": lost,
         "open_seconds": round(open_s, 2),
         "rss_before_kb": rss_before, "rss_after_kb": rss_after,
         "bytes_per_conn": round(delta / max(1, idle - lost), 1),
+        "steps": steps,
     }))
     return 0 if failed == 0 and lost == 0 else 2
 
