@@ -98,7 +98,7 @@ void conn_exchange_done(struct worker *w, struct conn *c);
 
 /* --- exchange.c, for client.c and upstream.c ------------------------------------------- */
 
-/* A request head was parsed (c->req.head holds it): pick a backend and connect or reuse. */
+/* A request head was parsed (c->x->req.head holds it): pick a backend and connect or reuse. */
 void exchange_connect(struct worker *w, struct conn *c);
 /* Sends what the request direction has ready (head, then body, or tunnel bytes). */
 void exchange_req_pump(struct worker *w, struct conn *c);
@@ -174,10 +174,13 @@ static inline enum conn_phase conn_phase(const struct conn *c)
 	return c->req_state == RQ_BODY ? CP_DISCARD : CP_HEAD;
 }
 
-/* In CP_HEAD: some bytes of the next head were read (a 408 on timeout, not a silent close). */
+/*
+ * In CP_HEAD: some bytes of the next head were read (a 408 on timeout, not a silent close);
+ * exactly then the connection holds an exchange slot (conn_check).
+ */
 static inline bool conn_head_partial(const struct conn *c)
 {
-	return c->req.accum.hbuf != NIL || c->in.len > 0;
+	return (c->x && c->x->req.accum.hbuf != NIL) || c->in.len > 0;
 }
 
 static inline uint32_t cidx(const struct worker *w, const struct conn *c)
@@ -319,10 +322,10 @@ static inline void conn_arm_recv(struct worker *w, struct conn *c)
 	c->inflight++;
 }
 
-/* Submits c->resp.out. */
+/* Submits c->x->resp.out. */
 static inline void conn_send(struct worker *w, struct conn *c)
 {
-	sendq_submit(w, &c->resp.out, c->fd, OP_C_SEND, cidx(w, c), c->gen);
+	sendq_submit(w, &c->x->resp.out, c->fd, OP_C_SEND, cidx(w, c), c->gen);
 	c->inflight++;
 }
 
@@ -341,10 +344,10 @@ static inline void ups_arm_recv(struct worker *w, struct ups *u)
 	u->inflight++;
 }
 
-/* Submits c->req.out on u. */
+/* Submits c->x->req.out on u. */
 static inline void ups_send(struct worker *w, struct conn *c, struct ups *u)
 {
-	sendq_submit(w, &c->req.out, u->fd, OP_U_SEND, uidx(w, u), u->gen);
+	sendq_submit(w, &c->x->req.out, u->fd, OP_U_SEND, uidx(w, u), u->gen);
 	u->inflight++;
 }
 

@@ -252,7 +252,7 @@ void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int r
 		/* Aborted: the connection finishes (and frees u) once every op has completed. */
 		buf_put(w, bid);
 		if (op == OP_U_SEND)
-			c->req.out.busy = false;
+			c->x->req.out.busy = false;
 		if (conn_has(c, CF_CLOSING))
 			conn_try_finish(w, c);
 		return;
