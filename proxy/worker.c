@@ -91,11 +91,12 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 		w->conn_next_free[i] = i + 1 < w->conn_cap ? i + 1 : NIL;
 	w->conn_free = 0;
 	w->x_free = NIL; /* x_high = 0: no slot touched yet */
-	for (i = 0; i < w->ups_cap; i++) {
-		w->ups[i].fd = -1;
-		w->ups[i].pool_next = i + 1 < w->ups_cap ? i + 1 : NIL;
-	}
-	w->ups_free = 0;
+	/*
+	 * Upstream slots are taken from ups_high up as they are first needed (upstream.c): a
+	 * free list through all of them would make the whole table (2 x connections, 216 bytes
+	 * each: 8.5 MiB at 19,512 connections) resident at start-up.
+	 */
+	w->ups_free = NIL;
 	for (i = 0; i < w->hbuf_n; i++)
 		w->hbuf_next[i] = i + 1 < w->hbuf_n ? i + 1 : NIL;
 	w->hbuf_free = 0;

@@ -81,7 +81,8 @@ struct worker {
 
 	/* upstream connections */
 	struct ups *ups;
-	uint32_t ups_cap, ups_free;
+	/* ups_free: released slots (LIFO); ups_high: slots ever used, the rest never touched */
+	uint32_t ups_cap, ups_free, ups_high;
 	uint32_t pool_head[BACKEND_IDS_MAX], pool_tail[BACKEND_IDS_MAX];
 	uint32_t pool_n[BACKEND_IDS_MAX];
 	uint32_t ups_open;
