@@ -1065,6 +1065,15 @@ static void c_on_send(struct worker *w, struct conn *c, int res)
 		conn_send(w, c);
 		return;
 	}
+	/*
+	 * Drained: no iovec points into the response head buffer any more. A response that
+	 * streams for long (a slow reader) need not keep a page of it; the next head (the final
+	 * one after an interim, or an error) takes one again.
+	 */
+	if (c->x->resp.head != NIL) {
+		hbuf_put(w, c->x->resp.head);
+		c->x->resp.head = NIL;
+	}
 	if (c->x->pending_status) {
 		int s = c->x->pending_status;
 

@@ -242,6 +242,7 @@ void exchange_fail(struct worker *w, struct conn *c, enum ups_fail why)
 	case UF_BAD_BODY:
 		c->flags &= ~CF_UPS_REUSABLE;
 		if (conn_has(c, CF_RESP_STARTED) && c->x->resp.out.iov_n &&
+		    c->x->resp.head != NIL &&
 		    c->x->resp.out.iov[0].iov_base == hbuf_addr(w, c->x->resp.head)) {
 			/* The head is only queued, not sent: the client can still get a 502. */
 			count_status_n(w, c->x->resp_code, -1);
