@@ -63,6 +63,23 @@ int bufpool_taken(struct bufpool *p, uint32_t id)
 	return 0;
 }
 
+int bufpool_take(struct bufpool *p)
+{
+	uint32_t id;
+
+	if (p->depth == 0)
+		return -ENOBUFS;
+	id = p->stack[--p->depth];
+	p->state[id] = BP_OUT;
+	p->out++;
+	p->taken_total++;
+	if (p->depth < p->depth_low)
+		p->depth_low = p->depth;
+	if (p->depth < p->clean)
+		p->clean = p->depth;
+	return (int)id;
+}
+
 int bufpool_put(struct bufpool *p, uint32_t id)
 {
 	if (id >= p->n || p->state[id] != BP_OUT || p->out == 0 || p->depth >= p->n)

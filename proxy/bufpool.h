@@ -59,6 +59,13 @@ uint32_t bufpool_refill(struct bufpool *p, uint32_t *ids, uint32_t max);
 /* A CQE named id (IORING_CQE_F_BUFFER): RING -> OUT. -EINVAL when id is not in the ring. */
 int bufpool_taken(struct bufpool *p, uint32_t id);
 
+/*
+ * A buffer for user space to fill (TLS plaintext): the top of the LIFO, FREE -> OUT, given
+ * back with bufpool_put like any other. Returns its id, or -ENOBUFS when none is free (every
+ * free buffer is posted to the ring).
+ */
+int bufpool_take(struct bufpool *p);
+
 /* A connection gave id back: OUT -> FREE, on top of the LIFO. -EINVAL when id is not out. */
 int bufpool_put(struct bufpool *p, uint32_t id);
 

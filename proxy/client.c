@@ -119,8 +119,13 @@ void conn_check(struct worker *w, struct conn *c)
 	CONN_BUG_ON_HOT(w, c, u && !x);
 	switch (conn_phase(c)) {
 	case CP_HEAD:
-		/* A slot iff a byte of the next head (or PROXY header) is held. */
-		CONN_BUG_ON_HOT(w, c, !x != !conn_head_partial(c));
+		/*
+		 * A slot iff a byte of the next head (or PROXY header) is held, or the last
+		 * exchange's close waits for its close_notify to be sent (conn_close_graceful).
+		 */
+		CONN_BUG_ON_HOT(w, c,
+				!x != !conn_head_partial(c) &&
+					!(c->tls && (conn_tls(w, c)->flags & CT_CLOSE_WAIT)));
 		CONN_BUG_ON_HOT(w, c,
 				x && (u || x->req.head != NIL || x->resp.head != NIL ||
 				      x->resp.accum.hbuf != NIL));
@@ -346,6 +351,13 @@ static void conn_accept_now(struct worker *w, int fd, uint32_t li)
 	STAT_ADD(w->stats->conns_accepted, 1);
 	STAT_SET(w->stats->conns_active, w->conns_active);
 	steer_conn_opened(w->sc);
+	/* A TLS listener's (in the snapshot, so a reload's certificates apply to new ones). */
+	if (li < CFG_LISTEN_MAX && w->snap->tls[li] &&
+	    ctls_start(w, c, tls_server_ctx(w->snap->tls[li])) < 0) {
+		STAT_ADD(w->stats->tls_failures[TLS_FAIL_NOMEM], 1);
+		conn_abort(w, c);
+		return;
+	}
 	conn_arm_recv(w, c);
 	conn_timer_update(w, c);
 }
@@ -355,12 +367,12 @@ static void conn_accept_now(struct worker *w, int fd, uint32_t li)
  * the keep-alive idle timer list (FIFO: the longest idle first), else the oldest connection
  * that has not sent a byte (on the head-deadline list; a few are looked at, not all).
  */
-static bool reclaimable(const struct conn *c)
+static bool reclaimable(struct worker *w, const struct conn *c)
 {
 	int unread = 0;
 
 	/* Bytes in the socket not read yet are a request on its way: not idle after all. */
-	return !conn_has(c, CF_CLOSING) && !conn_head_partial(c) &&
+	return !conn_has(c, CF_CLOSING) && !conn_head_partial(c) && !ctls_busy(w, c) &&
 	       ioctl(c->fd, FIONREAD, &unread) == 0 && unread == 0;
 }
 
@@ -369,12 +381,12 @@ static bool conn_reclaim(struct worker *w)
 	uint32_t i, n = 0;
 
 	for (i = w->thead[T_IDLE]; i != NIL && n < 64; i = w->conns[i].t.next, n++)
-		if (reclaimable(&w->conns[i]))
+		if (reclaimable(w, &w->conns[i]))
 			break;
 	if (i == NIL || n == 64) {
 		n = 0;
 		for (i = w->thead[T_HEADER]; i != NIL && n < 64; i = w->conns[i].t.next, n++)
-			if (w->conns[i].requests == 0 && reclaimable(&w->conns[i]))
+			if (w->conns[i].requests == 0 && reclaimable(w, &w->conns[i]))
 				break;
 		if (n == 64)
 			i = NIL;
@@ -410,6 +422,7 @@ void conn_try_finish(struct worker *w, struct conn *c)
 		c->ups = NIL;
 	}
 	timer_clear(w, &c->t);
+	ctls_free(w, c);
 	inbuf_release(w, &c->in);
 	conn_x_detach(w, c);
 	if (conn_has(c, CF_RESET_CLOSE)) {
@@ -464,6 +477,7 @@ void conn_abort(struct worker *w, struct conn *c)
 void conn_abort_reset(struct worker *w, struct conn *c)
 {
 	c->flags |= CF_RESET_CLOSE;
+	ctls_abort(w, c); /* and over TLS no close_notify: the truncation stays visible */
 	conn_abort(w, c);
 }
 
@@ -593,6 +607,9 @@ void conn_close_graceful(struct worker *w, struct conn *c)
 	int unread = 0;
 
 	exchange_abort_ups(w, c);
+	/* Over TLS, close_notify goes first: this goes on once it is sent. */
+	if (c->tls && ctls_close_notify(w, c))
+		return;
 	/*
 	 * Linger only when the client may still be sending: bytes already received but not
 	 * processed, or bytes waiting in the socket. A client that is done sending gets our FIN
@@ -654,6 +671,10 @@ void conn_log(struct worker *w, struct conn *c, int status)
 		alog_rejected_line(c->rej_line, c->rej_len, &e);
 	}
 	e.reason = c->rej_reason;
+	if (c->tls && conn_tls(w, c)->t.state != TLS_HANDSHAKE) {
+		e.tls_version = tls_version(&conn_tls(w, c)->t);
+		e.tls_cipher = tls_cipher(&conn_tls(w, c)->t);
+	}
 	e.version_minor = c->client_minor;
 	e.status = (uint16_t)status;
 	if (x) {
@@ -744,7 +765,7 @@ static void req_reject_src(struct worker *w, struct conn *c, const struct inbuf 
 static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, const char *base)
 {
 	const struct config *cfg = &w->snap->cfg;
-	struct http_fwd fwd = { .client_ip = c->peer_ip, .proto = "http" };
+	struct http_fwd fwd = { .client_ip = c->peer_ip, .proto = c->tls ? "https" : "http" };
 	uint32_t hb;
 	int n;
 
@@ -889,6 +910,12 @@ again:
 	if (conn_has(c, CF_PP_WAIT)) {
 		if (!pp_read(w, c, src))
 			return;
+		if (c->tls) {
+			/* The TLS stream follows: no byte of a head yet, so no exchange slot. */
+			conn_x_detach(w, c);
+			ctls_after_proxy_header(w, c); /* what followed is the TLS stream */
+			return;
+		}
 		goto again; /* what followed the header is the start of the request */
 	}
 	/* Known before the head is complete, so that an error answer to a HEAD has no body. */
@@ -983,6 +1010,39 @@ static void req_discard(struct worker *w, struct conn *c)
 	conn_arm_recv(w, c);
 }
 
+void conn_on_eof(struct worker *w, struct conn *c, int res)
+{
+	c->flags |= CF_EOF;
+	if (conn_has(c, CF_PP_WAIT)) {
+		/* A connect and close without a byte (a TCP check) is no error. */
+		if (conn_head_partial(c))
+			pp_fail(w, c, "PROXY header cut short");
+		else
+			conn_abort(w, c);
+		return;
+	}
+	if (c->rs_state == RS_TUNNEL) {
+		conn_close_graceful(w, c);
+		return;
+	}
+	if (c->req_state == RQ_HEAD && c->rs_state == RS_NONE && conn_head_partial(c) && res == 0) {
+		/* A partial head then EOF: nothing to answer to. */
+		conn_abort(w, c);
+		return;
+	}
+	conn_client_gone(w, c); /* logs 499 when an exchange was in flight */
+}
+
+void conn_on_input(struct worker *w, struct conn *c)
+{
+	if (c->req_state == RQ_BODY && c->rs_state == RS_NONE)
+		req_discard(w, c);
+	else if (c->rs_state == RS_TUNNEL || c->req_state == RQ_BODY)
+		exchange_req_pump(w, c);
+	else if (c->req_state == RQ_HEAD && c->rs_state == RS_NONE)
+		req_process(w, c);
+}
+
 static void c_on_recv(struct worker *w, struct conn *c, int res, uint32_t flags)
 {
 	int32_t bid = cqe_bid(res, flags);
@@ -1006,49 +1066,41 @@ static void c_on_recv(struct worker *w, struct conn *c, int res, uint32_t flags)
 	}
 	if (res <= 0) {
 		buf_put(w, bid);
-		c->flags |= CF_EOF;
-		if (conn_has(c, CF_PP_WAIT)) {
-			/* A connect and close without a byte (a TCP check) is no error. */
-			if (conn_head_partial(c))
-				pp_fail(w, c, "PROXY header cut short");
-			else
-				conn_abort(w, c);
-			return;
-		}
-		if (c->rs_state == RS_TUNNEL) {
-			conn_close_graceful(w, c);
-			return;
-		}
-		if (c->req_state == RQ_HEAD && c->rs_state == RS_NONE && conn_head_partial(c) &&
-		    res == 0) {
-			/* A partial head then EOF: nothing to answer to. */
-			conn_abort(w, c);
-			return;
-		}
-		conn_client_gone(w, c); /* logs 499 when an exchange was in flight */
+		conn_on_eof(w, c, res);
 		return;
 	}
 	BUG_ON(bid < 0);
 	BUG_ON(c->in.len != 0);
+	if (c->tls && !conn_has(c, CF_PP_WAIT)) {
+		ctls_on_recv(w, c, bid, res); /* ciphertext: decrypted into c->in */
+		return;
+	}
 	inbuf_release(w, &c->in);
 	c->in.base = buf_addr(w, (uint32_t)bid);
 	c->in.off = 0;
 	c->in.len = (uint32_t)res;
 	c->in.bid = bid;
 	STAT_ADD(w->stats->bytes_in, (uint64_t)res);
-	if (c->req_state == RQ_BODY && c->rs_state == RS_NONE)
-		req_discard(w, c);
-	else if (c->rs_state == RS_TUNNEL || c->req_state == RQ_BODY)
-		exchange_req_pump(w, c);
-	else if (c->req_state == RQ_HEAD && c->rs_state == RS_NONE)
-		req_process(w, c);
+	conn_on_input(w, c);
 }
 
 static void c_on_send(struct worker *w, struct conn *c, int res)
 {
-	struct sendq *q = &c->x->resp.out;
 	struct ups *u = conn_ups(w, c);
+	struct sendq *q;
 
+	/* Over TLS: ciphertext sent, reported here in plaintext bytes of q once all of it is. */
+	if (c->tls && !ctls_on_send(w, c, &res))
+		return;
+	if (!c->x) {
+		/* TLS bytes of no exchange (a handshake, an alert) that ended or failed. */
+		if (conn_has(c, CF_CLOSING))
+			conn_try_finish(w, c);
+		else
+			conn_client_gone(w, c);
+		return;
+	}
+	q = &c->x->resp.out;
 	q->busy = false;
 	if (conn_has(c, CF_CLOSING)) {
 		conn_try_finish(w, c);
@@ -1058,7 +1110,8 @@ static void c_on_send(struct worker *w, struct conn *c, int res)
 		conn_client_gone(w, c);
 		return;
 	}
-	STAT_ADD(w->stats->bytes_out, (uint64_t)res);
+	if (!c->tls)
+		STAT_ADD(w->stats->bytes_out, (uint64_t)res); /* TLS counts the ciphertext */
 	if (!c->x->pending_status && c->x->resp_code)
 		c->x->x_bytes_out += (uint64_t)res;
 	if (!sendq_advance(q, (size_t)res)) {
@@ -1133,6 +1186,9 @@ void conn_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int 
 	case OP_C_POLL:
 		c_on_poll(w, c, res);
 		break;
+	case OP_C_TLS:
+		ctls_on_pump(w, c);
+		break;
 	default:
 		BUG_ON(1);
 	}
@@ -1173,6 +1229,7 @@ void conn_on_timeout(struct worker *w, uint32_t idx, enum tclass cls)
 	case T_HEADER:
 		partial = conn_head_partial(c);
 		STAT_ADD(w->stats->timeouts, 1);
+		ctls_on_header_timeout(w, c);
 		if (conn_has(c, CF_PP_WAIT))
 			pp_fail(w, c, "PROXY header timeout");
 		else if (partial)
@@ -1228,7 +1285,8 @@ void conn_stop_all(struct worker *w, bool force)
 			c->flags &= ~CF_KEEPALIVE;
 		if (w->d->handover)
 			continue;
-		if (c->rs_state == RS_NONE && c->req_state == RQ_HEAD && !conn_head_partial(c))
+		if (c->rs_state == RS_NONE && c->req_state == RQ_HEAD && !conn_head_partial(c) &&
+		    !ctls_busy(w, c))
 			conn_abort(w, c);
 	}
 }

@@ -13,6 +13,7 @@
 #include "balance-t.h"
 #include "http-t.h"
 #include "proxyproto.h"
+#include "tls-t.h"
 #include "worker-t.h"
 
 enum req_state {
@@ -206,6 +207,37 @@ struct exchange {
 	struct conn_dir resp; /* upstream -> client */
 };
 
+/* One TLS record's plaintext at most (RFC 8446 5.1): the worker's gathering buffer (ctls.c). */
+#define CTLS_GATHER_MAX 16384
+
+/* What a TLS client connection's transport is doing (bits of struct ctls.flags). */
+enum ctls_flag {
+	CT_SEND_BUSY = 1u << 0,	 /* a sendmsg of ciphertext is in flight */
+	CT_MORE = 1u << 1,	 /* the transport may hold plaintext: the next "receive" reads it */
+	CT_HS_MORE = 1u << 2,	 /* read on once the output is sent (it was full) */
+	CT_CLOSE_WAIT = 1u << 3, /* close_notify is queued: the graceful close goes on when sent */
+	CT_NOTIFIED = 1u << 4,	 /* close_notify was sent (or cannot be) */
+	CT_FAIL_CLOSE = 1u << 5, /* the session failed: close once its alert is sent */
+	CT_COUNTED = 1u << 6,	 /* the handshake is counted */
+	CT_ERR = 1u << 7,	 /* encrypting failed: the send completes as an error */
+};
+
+/*
+ * The TLS side of a client connection on a TLS listener (ctls.c): the session and what the
+ * send and receive paths keep between completions. One per TLS connection, in a per-worker
+ * pool (w->tls), so a plaintext connection pays only conn.tls. Must not move while in use
+ * (the session's BIO points into it).
+ */
+struct ctls {
+	struct tls_conn t;
+	struct iovec iov;   /* the ciphertext send in flight */
+	struct inbuf cin;   /* the received ciphertext the session still reads (lent to it) */
+	uint32_t plain_enc; /* bytes of c->x->resp.out encrypted and not yet reported sent */
+	uint32_t next_free; /* free list */
+	uint8_t flags;	    /* enum ctls_flag */
+};
+
+
 /*
  * A client connection: a scoped task. Everything it owns is released in conn_finish(). An
  * idle keep-alive connection is this struct alone (its socket, its timer links, its
@@ -222,6 +254,7 @@ struct conn {
 	uint8_t rs_state;  /* enum rs_state */
 	uint8_t client_minor; /* the last request's HTTP minor version (a rejected head's log) */
 	uint32_t requests;    /* served on this connection */
+	uint32_t tls;	      /* 1 + its struct ctls index in w->tls; 0 = plaintext */
 	uint32_t ups;	      /* upstream index or NIL */
 	struct exchange *x;   /* the exchange in progress, or NULL (idle between requests) */
 	struct tlink t;

@@ -19,6 +19,7 @@
 #include "balance.h"
 #include "http.h"
 #include "stats.h"
+#include "tls.h"
 #include "worker.h"
 
 /* --- the worker's entry points (client.c) ---------------------------------------------- */
@@ -95,6 +96,10 @@ void conn_req_reject(struct worker *w, struct conn *c, const char *head, uint32_
 void conn_log(struct worker *w, struct conn *c, int status);
 /* The exchange ended and its resources are back: the next request, discard, or close. */
 void conn_exchange_done(struct worker *w, struct conn *c);
+/* New client bytes are in c->in: the request head, body, discard or tunnel takes them. */
+void conn_on_input(struct worker *w, struct conn *c);
+/* The client's end of input: res 0 (EOF, or a TLS close_notify) or -errno. */
+void conn_on_eof(struct worker *w, struct conn *c, int res);
 
 /* --- exchange.c, for client.c and upstream.c ------------------------------------------- */
 
@@ -137,6 +142,53 @@ uint32_t ups_pool_shed(struct worker *w, uint32_t n);
  * NULL with *err: -ENOBUFS when every upstream slot is in use, else socket()'s -errno.
  */
 struct ups *ups_connect(struct worker *w, const struct cfg_backend *be, uint16_t id, int *err);
+
+/* --- ctls.c: the TLS transport of a client connection, for client.c and exchange.c ------- */
+
+/*
+ * Between the client socket's completions and HTTP on a TLS listener's connection: received
+ * ciphertext is decrypted into c->in, what c->x->resp.out queues is encrypted and its
+ * ciphertext sent, and the send's completion reports progress in plaintext bytes.
+ */
+
+/* A new connection on a TLS listener: its session on the listener's contexts. 0 or -errno. */
+int ctls_start(struct worker *w, struct conn *c, SSL_CTX *ctx);
+/* Frees the session and what it holds (teardown, nothing in flight). */
+void ctls_free(struct worker *w, struct conn *c);
+/* A receive completed with n ciphertext bytes in buffer bid. */
+void ctls_on_recv(struct worker *w, struct conn *c, int32_t bid, int n);
+/*
+ * A proxy_protocol TLS listener's connection: the PROXY header (in clear) is read; what
+ * followed it in c->in is the start of the TLS stream.
+ */
+void ctls_after_proxy_header(struct worker *w, struct conn *c);
+/* The OP_C_TLS completion: read what the transport holds (conn_arm_recv submitted it). */
+void ctls_on_pump(struct worker *w, struct conn *c);
+/* conn_arm_recv: true when the transport holds input to read first (it submitted OP_C_TLS). */
+bool ctls_arm_pump(struct worker *w, struct conn *c);
+/* conn_send for a TLS connection: encrypts c->x->resp.out and sends the ciphertext. */
+void ctls_send(struct worker *w, struct conn *c);
+/*
+ * A send completion on a TLS connection. true: *res is now the plaintext progress of
+ * c->x->resp.out (or an error) and the caller goes on with it; false: handled here.
+ */
+bool ctls_on_send(struct worker *w, struct conn *c, int *res);
+/* Graceful close: true while close_notify is on its way (the close goes on once sent). */
+bool ctls_close_notify(struct worker *w, struct conn *c);
+/* The response is cut short: no close_notify, drop what is unsent (the caller resets). */
+void ctls_abort(struct worker *w, struct conn *c);
+/* The T_HEADER deadline passed: counted as a TLS timeout while the handshake was running. */
+void ctls_on_header_timeout(struct worker *w, struct conn *c);
+/*
+ * Whether c's TLS session is in the middle of something that is not idle: a handshake under
+ * way, or received bytes not yet handed to HTTP. false for a plaintext connection.
+ */
+bool ctls_busy(struct worker *w, const struct conn *c);
+/* The session of c, or NULL for a plaintext connection. */
+static inline struct ctls *conn_tls(struct worker *w, const struct conn *c)
+{
+	return c->tls ? &w->tls[c->tls - 1] : NULL;
+}
 
 /* --- shared inline helpers -------------------------------------------------------------- */
 
@@ -313,6 +365,8 @@ static inline void conn_arm_recv(struct worker *w, struct conn *c)
 
 	if (conn_has(c, CF_RECV_ARMED) || conn_has(c, CF_RECV_WANTED))
 		return;
+	if (c->tls && ctls_arm_pump(w, c))
+		return;
 	sqe = worker_sqe(w);
 	io_uring_prep_recv(sqe, c->fd, NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
@@ -325,6 +379,10 @@ static inline void conn_arm_recv(struct worker *w, struct conn *c)
 /* Submits c->x->resp.out. */
 static inline void conn_send(struct worker *w, struct conn *c)
 {
+	if (c->tls) {
+		ctls_send(w, c);
+		return;
+	}
 	sendq_submit(w, &c->x->resp.out, c->fd, OP_C_SEND, cidx(w, c), c->gen);
 	c->inflight++;
 }

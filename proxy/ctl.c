@@ -18,6 +18,7 @@
 
 #include "admin.h"
 #include "stats.h"
+#include "tls.h"
 
 /* corralctl opens one connection per command; 32 covers several `top`s plus scripts. */
 #define CTL_CLIENTS_MAX 32
@@ -123,10 +124,22 @@ static const char *ctl_state_name(enum admin_core_state s)
 }
 
 /* The counters of one core (or of the total) in the `stats --json` shape. */
+/* The TLS counters of one core (or of the total): handshakes, resumed, failures by reason. */
+static json_t *ctl_tls_json(const struct stats_worker *s)
+{
+	json_t *f = json_object();
+
+	for (int i = TLS_FAIL_NONE + 1; i < TLS_FAIL_REASONS; i++)
+		json_object_set_new(f, tls_fail_name((enum tls_fail)i),
+				    json_integer((json_int_t)s->tls_failures[i]));
+	return json_pack("{s:I, s:I, s:o}", "handshakes", (json_int_t)s->tls_handshakes, "resumed",
+			 (json_int_t)s->tls_resumed, "failures", f);
+}
+
 static json_t *ctl_counters_json(const struct stats_worker *s, uint64_t steered,
 				 uint64_t accept_queue, double rps, double cpu_pct)
 {
-	return json_pack(
+	json_t *o = json_pack(
 		"{s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:I,"
 		" s:{s:I, s:I, s:I, s:I, s:I}, s:I, s:I, s:I, s:I,"
 		" s:{s:I, s:I, s:I}, s:{s:I, s:I, s:I}, s:I, s:f, s:I, s:I, s:I, s:I, s:I, s:I, "
@@ -152,6 +165,10 @@ static json_t *ctl_counters_json(const struct stats_worker *s, uint64_t steered,
 		"conns_reclaimed", (json_int_t)s->conns_reclaimed, "fd_exhausted",
 		(json_int_t)s->fd_exhausted, "proxy_protocol_errors",
 		(json_int_t)s->proxy_protocol_errors);
+
+	if (o)
+		json_object_set_new(o, "tls", ctl_tls_json(s));
+	return o;
 }
 
 static json_t *ctl_steering_json(const struct ctl *c)

@@ -14,6 +14,7 @@
 
 struct worker;
 struct steer;
+struct tls_server;
 
 /*
  * CROSS-THREAD (shared-only pool 2, backend health and weights): one entry per backend id.
@@ -50,6 +51,13 @@ struct snapshot {
 	uint32_t backend_id[CFG_BACKENDS_MAX];
 	/* backend id -> generation of its address in this snapshot; 0 = not listed */
 	uint32_t id_gen[BACKEND_IDS_MAX];
+	/*
+	 * Per listen entry: its TLS contexts (built from cfg.listen_tls with the process-wide
+	 * ticket keys), or NULL for a plaintext listener. Owned by the snapshot: freed with it,
+	 * after every worker passed a quiescent point; a session that still uses a context keeps
+	 * it alive by its own reference (tls.h), so a reload never touches established sessions.
+	 */
+	struct tls_server *tls[CFG_LISTEN_MAX];
 };
 
 /* Per-backend per-worker counters (single writer: the worker). */

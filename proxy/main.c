@@ -29,6 +29,7 @@
 #include "sdnotify.h"
 #include "stats.h"
 #include "steer.h"
+#include "tls.h"
 #include "upgrade.h"
 #include "worker.h"
 
@@ -346,13 +347,76 @@ static void backend_base_take(uint32_t id)
  * Builds the next snapshot and its id map. Touches only ids no published snapshot lists (a
  * new address's) and the weights of kept ones; removed ids are freed by snapshot_publish.
  */
-static struct snapshot *snapshot_build(const struct config *cfg)
+/*
+ * The process-wide TLS session-ticket keys (tls.h): one pool for every listener, worker and
+ * snapshot, so a ticket issued on one core resumes on another and across reloads. Created
+ * with the first snapshot; rotated by the main loop (tls_keys_maybe_rotate).
+ */
+static struct tls_keys *tls_keys;
+
+static void snapshot_free(struct snapshot *s)
+{
+	if (!s)
+		return;
+	for (uint32_t i = 0; i < CFG_LISTEN_MAX; i++)
+		tls_server_free(s->tls[i]);
+	free(s);
+}
+
+/*
+ * Builds every TLS listener's contexts for s (reading the certificate and key files again:
+ * config_load checked them, but they may have changed since). 0, or -EINVAL / -ENOMEM with
+ * a "listen[N].tls...: message" in err; nothing of s's TLS is left built then.
+ */
+static int snapshot_tls(struct snapshot *s, char *err, size_t errlen)
+{
+	const struct config *cfg = &s->cfg;
+	struct tls_ctx_err e;
+	int r;
+
+	if (!tls_keys && config_tls_listener(cfg) >= 0) {
+		r = tls_keys_new(&tls_keys, now_ms());
+		if (r < 0) {
+			snprintf(err, errlen, "TLS ticket keys: %s", strerror(-r));
+			return r;
+		}
+	}
+	for (uint32_t i = 0; i < cfg->listen_n; i++) {
+		char where[48] = "";
+
+		if (!cfg->listen_tls[i].on)
+			continue;
+		r = tls_server_new(&s->tls[i], &cfg->listen_tls[i], tls_keys, &e);
+		if (r == 0)
+			continue;
+		s->tls[i] = NULL;
+		if (e.cert >= 0)
+			snprintf(where, sizeof(where), ".certificates[%d]", e.cert);
+		snprintf(err, errlen, "listen[%u].tls%s%s%s: %s", i, where, e.key[0] ? "." : "",
+			 e.key, r == -ENOMEM ? "out of memory" : e.msg);
+		for (uint32_t j = 0; j < i; j++) {
+			tls_server_free(s->tls[j]);
+			s->tls[j] = NULL;
+		}
+		return r;
+	}
+	return 0;
+}
+
+static struct snapshot *snapshot_build(const struct config *cfg, char *err, size_t errlen)
 {
 	struct snapshot *s = calloc(1, sizeof(*s));
 
-	if (!s)
+	if (!s) {
+		snprintf(err, errlen, "out of memory");
 		return NULL;
+	}
 	s->cfg = *cfg;
+	/* TLS first: a refused certificate must leave no backend id assigned. */
+	if (snapshot_tls(s, err, errlen) < 0) {
+		free(s);
+		return NULL;
+	}
 	s->version = ++snap_version;
 	for (uint32_t i = 0; i < cfg->backends_n; i++) {
 		int id = backend_id_for(D.snap, cfg->backends[i].addr.text);
@@ -393,7 +457,7 @@ static void snapshot_publish(struct snapshot *s)
 				D.backends[id].retired_seq = ++backend_retire_last;
 			}
 		}
-		free(old);
+		snapshot_free(old);
 	}
 }
 
@@ -448,23 +512,6 @@ static void config_warn(const char *w, bool to_log)
 }
 
 /*
- * TLS listeners are parsed and validated (certificates, keys, protocols) but the data path
- * does not run TLS yet: a config with one must never be served in plaintext, so start-up and
- * reload refuse it with this reason. 0, or -EOPNOTSUPP with the message in err.
- */
-static int refuse_tls(const struct config *cfg, char *err, size_t errlen)
-{
-	int l = config_tls_listener(cfg);
-
-	if (l < 0)
-		return 0;
-	snprintf(err, errlen,
-		 "listen[%d] %s: TLS listeners are validated but not yet served by this build", l,
-		 cfg->listen[l].text);
-	return -EOPNOTSUPP;
-}
-
-/*
  * Keys fixed at start-up (listeners, worker threads, tables and buffer rings, the access log
  * and admin listeners are set up once): a new value is not applied, the running one stays in
  * cfg, and the key is named in reload_restart_keys for the reply and the log.
@@ -480,6 +527,8 @@ static void restart_only_keep(struct config *cfg)
 		restart_key("listen");
 		memcpy(cfg->listen, run->listen, sizeof(cfg->listen));
 		cfg->listen_n = run->listen_n;
+		/* The running listeners keep the TLS settings (and certificates) they have now. */
+		memcpy(cfg->listen_tls, D.snap->cfg.listen_tls, sizeof(cfg->listen_tls));
 	}
 	/* Workers read the PROXY expectation of their listeners once, at start-up. */
 	if (memcmp(cfg->listen_pp, run->listen_pp, sizeof(cfg->listen_pp)) != 0) {
@@ -586,17 +635,15 @@ static int do_reload_cfg(char *err, size_t errlen)
 		free(cfg);
 		return -EINVAL;
 	}
-	if (refuse_tls(cfg, err, errlen) < 0) {
-		log_err("reload rejected, old configuration kept: %s", err);
-		free(cfg);
-		return -EINVAL;
-	}
 	config_warn(cfg->warnings, true);
 	restart_only_keep(cfg);
-	s = snapshot_build(cfg);
+	s = snapshot_build(cfg, err, errlen);
 	free(cfg);
-	if (!s)
-		return -ENOMEM;
+	if (!s) {
+		/* A certificate that went bad since the check: the old ones keep serving. */
+		log_err("reload rejected, old configuration kept: %s", err);
+		return -EINVAL;
+	}
 	steering_apply(&s->cfg);
 	snapshot_publish(s);
 	health_sync(HC, s);
@@ -1364,16 +1411,8 @@ int main(int argc, char **argv)
 	config_warn(cfg->warnings, !check);
 	if (check) {
 		printf("corral: %s: configuration OK\n", config_path);
-		if (config_tls_listener(cfg) >= 0)
-			fprintf(stderr, "corral: note: TLS listeners are validated but not yet "
-					"served by this build (corral will not start with one)\n");
 		free(cfg);
 		return 0;
-	}
-	if (refuse_tls(cfg, err, sizeof(err)) < 0) {
-		log_err("%s", err);
-		free(cfg);
-		return 1;
 	}
 
 	signal(SIGPIPE, SIG_IGN);
@@ -1437,7 +1476,17 @@ int main(int argc, char **argv)
 		goto out_steer;
 	}
 	startup_cfg = cfg;
-	snapshot_publish(snapshot_build(cfg));
+	{
+		struct snapshot *s0 = snapshot_build(cfg, err, sizeof(err));
+
+		if (!s0) {
+			log_err("%s", err);
+			upgrade_fail_say(err);
+			rc = 1;
+			goto out_steer;
+		}
+		snapshot_publish(s0);
+	}
 	/* A successor keeps the predecessor's policy, weights and drains (corralctl's changes). */
 	if (steer_carried(D.steer))
 		log_info("steering: carried over from pid %d: policy %s", (int)UE.from_pid,
@@ -1555,6 +1604,9 @@ int main(int argc, char **argv)
 			break;
 		health_scan();
 		health_service(HC);
+		/* Ticket keys: a new one every TLS_TICKET_ROTATE_MS, the previous still decrypts. */
+		if (tls_keys && tls_keys_maybe_rotate(tls_keys, now_ms()) < 0)
+			log_warn("TLS ticket keys: rotation failed (the current key stays)");
 		upgrade_pred_service();
 		upgrade_service();
 		if (handing_over)
@@ -1657,7 +1709,10 @@ out_workers:
 	free(D.workers);
 out_steer:
 	steer_close(D.steer);
-	free(D.snap);
+	snapshot_free(D.snap);
+	D.snap = NULL;
+	tls_keys_free(tls_keys);
+	tls_keys = NULL;
 	free(cfg);
 	close(sfd);
 	sdnotify_close();

@@ -3,6 +3,7 @@
 #define CORRAL_STATS_T_H
 
 #include <stdint.h>
+#include "tls-t.h"
 
 /*
  * Latency histogram: log-linear buckets over microseconds. Bucket i covers
@@ -51,6 +52,9 @@ struct stats_worker {
 	uint64_t log_lines_dropped; /* access-log lines lost: every chunk full (accesslog.h) */
 	uint64_t
 		proxy_protocol_errors; /* proxy_protocol connections closed without a valid header */
+	uint64_t tls_handshakes;       /* TLS handshakes completed on client connections */
+	uint64_t tls_resumed;	       /* of those, resumed from a session ticket */
+	uint64_t tls_failures[TLS_FAIL_REASONS]; /* TLS sessions that failed, by enum tls_fail */
 	uint64_t draining; /* 0/1, set by the worker when its listener is shut down (keep last) */
 	uint64_t heartbeat_ms; /* now_ms() of the worker's last timer tick: liveness (/healthz) */
 } __attribute__((aligned(64)));

@@ -28,6 +28,7 @@ enum wop {
 	OP_C_SEND,   /* client sendmsg */
 	OP_C_CANCEL, /* cancel of client ops */
 	OP_C_POLL,   /* client EOF/RST watch while no receive is armed (client.c) */
+	OP_C_TLS,    /* a TLS client's "receive" of plaintext already decrypted (ctls.c) */
 	OP_U_CONNECT,
 	OP_U_RECV,
 	OP_U_SEND,

@@ -71,6 +71,8 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->conn_next_free = calloc(w->conn_cap, sizeof(uint32_t));
 	w->xs = map_zero((size_t)w->x_cap * sizeof(struct exchange));
 	w->ups = map_zero((size_t)w->ups_cap * sizeof(struct ups));
+	w->tls = map_zero((size_t)w->conn_cap * sizeof(struct ctls));
+	w->tls_gather = malloc(CTLS_GATHER_MAX);
 	w->bufs = map_zero((size_t)w->nbufs * w->buf_size);
 	w->hbufs = map_zero((size_t)w->hbuf_n * w->hbuf_size);
 	w->hbuf_next = calloc(w->hbuf_n, sizeof(uint32_t));
@@ -80,9 +82,10 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->wait_in = calloc(w->conn_cap, sizeof(uint8_t));
 	w->stats = aligned_alloc(64, sizeof(struct stats_worker));
 	w->bstats = aligned_alloc(64, sizeof(struct stats_backend) * BACKEND_IDS_MAX);
-	if (!w->conns || !w->conn_next_free || !w->xs || !w->ups || !w->bufs || !w->hbufs || !w->hbuf_next ||
-	    !w->hdr_scratch || !w->bp_ids || !w->wait_next || !w->wait_in || !w->stats ||
-	    !w->bstats || bufpool_init(&w->bp, w->nbufs, BUF_RING_MIN) < 0)
+	if (!w->conns || !w->conn_next_free || !w->xs || !w->ups || !w->tls || !w->tls_gather ||
+	    !w->bufs || !w->hbufs || !w->hbuf_next || !w->hdr_scratch || !w->bp_ids ||
+	    !w->wait_next || !w->wait_in || !w->stats || !w->bstats ||
+	    bufpool_init(&w->bp, w->nbufs, BUF_RING_MIN) < 0)
 		return -ENOMEM;
 	memset(w->stats, 0, sizeof(*w->stats));
 	memset(w->bstats, 0, sizeof(struct stats_backend) * BACKEND_IDS_MAX);
@@ -92,11 +95,13 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->conn_free = 0;
 	w->x_free = NIL; /* x_high = 0: no slot touched yet */
 	/*
-	 * Upstream slots are taken from ups_high up as they are first needed (upstream.c): a
-	 * free list through all of them would make the whole table (2 x connections, 216 bytes
-	 * each: 8.5 MiB at 19,512 connections) resident at start-up.
+	 * Upstream and TLS slots are taken from ups_high / tls_high up as they are first needed
+	 * (upstream.c, ctls.c): a free list through all of them would make the whole table
+	 * resident at start-up (the upstream one: 2 x connections, 216 bytes each, 8.5 MiB at
+	 * 19,512 connections).
 	 */
 	w->ups_free = NIL;
+	w->tls_free = NIL;
 	for (i = 0; i < w->hbuf_n; i++)
 		w->hbuf_next[i] = i + 1 < w->hbuf_n ? i + 1 : NIL;
 	w->hbuf_free = 0;
@@ -124,6 +129,8 @@ void worker_free(struct worker *w)
 		munmap(w->xs, (size_t)w->x_cap * sizeof(struct exchange));
 	if (w->ups)
 		munmap(w->ups, (size_t)w->ups_cap * sizeof(struct ups));
+	if (w->tls)
+		munmap(w->tls, (size_t)w->conn_cap * sizeof(struct ctls));
 	if (w->bufs)
 		munmap(w->bufs, (size_t)w->nbufs * w->buf_size);
 	if (w->hbufs)
@@ -131,6 +138,7 @@ void worker_free(struct worker *w)
 	if (w->br)
 		munmap(w->br, (size_t)w->nbufs * sizeof(struct io_uring_buf));
 	free(w->conn_next_free);
+	free(w->tls_gather);
 	free(w->hbuf_next);
 	free(w->hdr_scratch);
 	free(w->bp_ids);
@@ -233,6 +241,16 @@ void buf_put(struct worker *w, int32_t bid)
 	BUG_ON(bufpool_put(&w->bp, (uint32_t)bid) < 0);
 	w->bufs_out--;
 	buf_ring_fill(w);
+}
+
+int32_t buf_take(struct worker *w)
+{
+	int r = bufpool_take(&w->bp);
+
+	if (r < 0)
+		return r;
+	w->bufs_out++;
+	return r;
 }
 
 uint32_t hbuf_get(struct worker *w)
@@ -649,6 +667,7 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_C_SEND:
 	case OP_C_CANCEL:
 	case OP_C_POLL:
+	case OP_C_TLS:
 		conn_on_cqe(w, ud.op, ud.idx, ud.gen, cqe->res, cqe->flags);
 		break;
 	case OP_U_CONNECT:

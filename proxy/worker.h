@@ -79,6 +79,11 @@ struct worker {
 	uint64_t fd_warned_ms;	  /* last warning (one per 10 s) */
 	uint64_t fd_errors;	  /* failures since that warning */
 
+	/* TLS client sessions (conn.tls): conn_cap slots, touched only when used */
+	struct ctls *tls;
+	uint32_t tls_free, tls_high; /* released slots (LIFO); slots ever used (ctls.c) */
+	uint8_t *tls_gather; /* one record's plaintext: small pieces of a send go out together */
+
 	/* upstream connections */
 	struct ups *ups;
 	/* ups_free: released slots (LIFO); ups_high: slots ever used, the rest never touched */
@@ -169,6 +174,8 @@ static inline char *buf_addr(struct worker *w, uint32_t bid)
 	return w->bufs + (size_t)bid * w->buf_size;
 }
 void buf_put(struct worker *w, int32_t bid);
+/* A free buffer for user space to fill (counted out like a received one), or -ENOBUFS. */
+int32_t buf_take(struct worker *w);
 
 /* head buffers */
 uint32_t hbuf_get(struct worker *w);

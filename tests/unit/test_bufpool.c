@@ -299,3 +299,27 @@ Test(bufpool, release_respects_max)
 	cr_assert_eq(p.released_total, 32);
 	bufpool_free(&p);
 }
+
+Test(bufpool, take_gives_a_free_buffer_out_of_the_ring_and_put_takes_it_back)
+{
+	struct bufpool p;
+	struct kring k = { 0 };
+	int a, b;
+
+	cr_assert_eq(bufpool_init(&p, 4, 2), 0);
+	fill(&k, &p); /* two in the ring, two free */
+	a = bufpool_take(&p);
+	b = bufpool_take(&p);
+	cr_assert(a >= 0 && b >= 0 && a != b);
+	cr_assert_eq(p.state[a], BP_OUT);
+	cr_assert_eq(bufpool_take(&p), -ENOBUFS, "the ring's buffers are not free");
+	check_counts(&p, &k);
+	cr_assert_eq(bufpool_taken(&p, (uint32_t)a), -EINVAL, "a taken buffer is not in the ring");
+	cr_assert_eq(bufpool_put(&p, (uint32_t)a), 0);
+	cr_assert_eq(bufpool_put(&p, (uint32_t)a), -EINVAL, "returned twice");
+	cr_assert_eq(bufpool_take(&p), a, "the most recently freed comes first");
+	cr_assert_eq(bufpool_put(&p, (uint32_t)a), 0);
+	cr_assert_eq(bufpool_put(&p, (uint32_t)b), 0);
+	cr_assert_eq(p.taken_total, p.returned_total);
+	bufpool_free(&p);
+}
