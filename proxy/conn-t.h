@@ -130,8 +130,8 @@ enum ups_fail {
 
 /*
  * One direction of an exchange (the conn_dir of liburing's proxy example), in the exchange
- * slot: x->req is client -> upstream, x->resp is upstream -> client. The bytes coming in stay where their socket's owner
- * keeps them (c->in, u->in: a pooled upstream owns its input).
+ * slot: x->req is client -> upstream, x->resp is upstream -> client. The bytes coming in
+ * stay where their socket's owner keeps them (c->in, u->in: a pooled upstream owns its input).
  */
 struct conn_dir {
 	struct inbuf accum; /* this direction's head while it arrives in pieces */

@@ -5,9 +5,10 @@
  *
  * Owns: c->ups while attached, rs_state and the exchange slot's fields (c->x: attempts,
  * tried, the response body and framing, req.out / resp.out while streaming; client.c takes
- * and returns the slot), the backend's in-flight count (be_active_*). May touch: balance_pick and the per-core balance state, the
- * backend statistics, upstream.c's object API (pool take/put, connect, close). Goes back to
- * the client side only through conn.h's conn_* entry points.
+ * and returns the slot), the backend's in-flight count (be_active_*). May touch:
+ * balance_pick and the per-core balance state, the backend statistics, upstream.c's object
+ * API (pool take/put, connect, close). Goes back to the client side only through conn.h's
+ * conn_* entry points.
  */
 #include <errno.h>
 #include <string.h>

@@ -2,9 +2,9 @@
  * The upstream connection object (struct ups): slot allocation and release, connect, the
  * per-core idle pools per backend id (take, put, expire, shed), and its completions.
  *
- * Owns: w->ups, w->ups_free, w->ups_high, w->pool_head / pool_tail / pool_n, w->ups_open, and each upstream
- * fd. May touch: the owning connection only to hand it events (exchange_on_*, and
- * conn_try_finish / conn_timer_update when it is being torn down). Knows nothing of HTTP.
+ * Owns: w->ups, w->ups_free, w->ups_high, w->pool_head / pool_tail / pool_n, w->ups_open, and
+ * each upstream fd. May touch: the owning connection only to hand it events (exchange_on_*,
+ * and conn_try_finish / conn_timer_update when it is being torn down). Knows nothing of HTTP.
  */
 #include <errno.h>
 #include <string.h>
