@@ -16,7 +16,7 @@
  * more: the next receive the exchange arms is then an IORING_OP_NOP (OP_U_TLS) whose
  * completion reads it, so the exchange is never re-entered from inside itself.
  *
- * Send: what c->req.out queues is encrypted into the session's output (a send_proxy
+ * Send: what c->x->req.out queues is encrypted into the session's output (a send_proxy
  * backend's PROXY header goes in clear before the handshake instead) and that ciphertext goes out in one send; the exchange is told the
  * plaintext bytes once their ciphertext is all sent, so its accounting stays as it is.
  *
@@ -42,7 +42,7 @@ static struct utls *ups_tls(struct worker *w, const struct ups *u)
 /* The request direction's send queue of the exchange that owns u (exchange.c's). */
 static struct sendq *req_out(struct conn *c)
 {
-	return &c->req.out;
+	return &c->x->req.out;
 }
 
 int utls_start(struct worker *w, struct ups *u, const struct tls_client *cl)
