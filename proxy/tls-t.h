@@ -104,8 +104,8 @@ struct tls_conn {
 	bool client;	   /* the client end (to a backend) */
 	bool saved;	   /* client side: this session saved a session in slot */
 	const char *why;   /* OpenSSL's reason text when state == TLS_FAILED (static string) */
-	struct tls_sess_slot *slot; /* client side: where a new session is saved, or NULL */
 	struct tls_outcache *oc;    /* where out comes from and goes back to, or NULL (malloc) */
+	struct tls_sess_slot *slot; /* client side: where a new session is saved, or NULL */
 };
 
 /* Where a listener's TLS settings are wrong, for a "file:line: key: message" report. */
