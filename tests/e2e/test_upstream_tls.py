@@ -489,3 +489,40 @@ def test_send_proxy_goes_in_clear_before_the_handshake(corral, certs):
         assert not b.errors, b.errors
     finally:
         b.stop()
+
+
+@pytest.mark.corral_only
+def test_concurrent_clients_share_the_pooled_tls_connections(corral, certs, tls_backends):
+    """8 keep-alive clients at once, GETs and POSTs mixed: every answer is the right one, and
+    corral opens no more TLS connections than there are clients at a time."""
+    cert, key = certs["a"]
+    b = tls_backends(cert, key)
+    p = corral([row(b, ca=cert, sni="a.test")])
+    errors = []
+
+    def client(k):
+        c = Client(p.port, timeout=20 * SLOW)
+        try:
+            for i in range(25):
+                if i % 3 == 0:
+                    body = os.urandom(1000 + 997 * i)
+                    r = c.request("POST", "/c%d" % k, body=body)
+                    want = ("%d %s" % (len(body), hashlib.sha256(body).hexdigest())).encode()
+                else:
+                    r = c.get("/c%d/%d" % (k, i))
+                    want = ("tls backend: /c%d/%d" % (k, i)).encode()
+                if r.status != 200 or r.body != want:
+                    errors.append((k, i, r.status, r.body[:80]))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append((k, repr(e)))
+        finally:
+            c.close()
+    ts = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120 * SLOW)
+    assert not errors, errors[:5]
+    assert b.requests == 200
+    assert b.handshakes <= 8, b.handshakes
+    assert total(p, "corral_upstream_errors_total") == 0
