@@ -570,11 +570,13 @@ static void c_on_poll(struct worker *w, struct conn *c, int res)
 		conn_client_gone(w, c); /* a reset: no byte will reach the client any more */
 		return;
 	}
-	if (c->req_state == RQ_BODY && !c->in.len && !c->x->req.out.busy &&
-	    !conn_has(c, CF_RECV_ARMED)) {
-		conn_client_gone(w, c); /* the body can never be completed */
-		return;
-	}
+	/*
+	 * The FIN follows whatever the client sent before it, which may still wait in the socket
+	 * (or, over TLS, in records already read): a receive reads the rest of the body, or
+	 * returns the EOF (conn_on_eof: 499 when the body is incomplete).
+	 */
+	if (c->req_state == RQ_BODY && !c->in.len && !c->x->req.out.busy)
+		conn_arm_recv(w, c);
 	/*
 	 * A FIN alone is a client that gave up, or one that half-closed and still reads
 	 * (shutdown(SHUT_WR) after its request). Ask: an interim 100 is harmless to an HTTP/1.1
