@@ -974,10 +974,12 @@ static void req_next(struct worker *w, struct conn *c)
 		/* Idle keep-alive: the exchange's slot goes back to the pool. */
 		inbuf_release(w, &c->in);
 		conn_x_detach(w, c);
-		if (conn_has(c, CF_EOF))
-			conn_abort(w, c);
-		else
-			conn_arm_recv(w, c);
+		/*
+		 * Even after a FIN the EOF poll saw (CF_EOF): a request pipelined before it may
+		 * still wait in the socket (or, over TLS, in its records). The receive reads it,
+		 * or returns the EOF and the connection closes (conn_on_eof).
+		 */
+		conn_arm_recv(w, c);
 	}
 }
 
@@ -1004,11 +1006,7 @@ static void req_discard(struct worker *w, struct conn *c)
 		return;
 	}
 	inbuf_release(w, &c->in);
-	if (conn_has(c, CF_EOF)) {
-		conn_abort(w, c);
-		return;
-	}
-	conn_arm_recv(w, c);
+	conn_arm_recv(w, c); /* after a FIN too: the rest may wait in the socket (req_next) */
 }
 
 void conn_on_eof(struct worker *w, struct conn *c, int res)

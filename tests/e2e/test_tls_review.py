@@ -4,6 +4,7 @@ it runs through: each test here shows a defect that review found (seen failing b
 Every proxy has its TLS listener first (proxy.port is a util.TlsPort: util.Client speaks TLS to
 it) and a plaintext listener second, where the same defect showed over TCP too."""
 import re
+import time
 import socket
 
 import pytest
@@ -51,3 +52,21 @@ def test_an_upload_followed_by_a_fin_is_forwarded_whole(corral, backend, tls_cer
             r = c.read_response("POST")
             assert r.status == 200 and r.body == body, (i, r.status, len(r.body))
     assert p.stats()["total"]["client_aborts"] == 0, p.stats()["total"]
+
+
+@pytest.mark.parametrize("how", ["tls", "plain"])
+def test_a_request_pipelined_before_a_fin_is_answered(corral, backend, tls_cert, how):
+    """client.c:req_next closed the connection once an exchange ended with nothing in c->in when
+    the EOF poll had seen the client's FIN, though the request the client pipelined before that
+    FIN still waited in the socket (over TLS: in its records): it was never answered."""
+    p = start(corral, [backend], tls_cert)
+    port = p.plain_port if how == "plain" else p.port
+    with Client(port, timeout=IO) as c:
+        c.send(b"GET /delay/%d HTTP/1.1\r\nHost: e2e.test\r\n\r\n" % int(300 * SLOW))
+        time.sleep(0.1 * SLOW)  # the first request is read and its exchange is under way
+        c.send(b"GET /bytes/10 HTTP/1.1\r\nHost: e2e.test\r\n\r\n")
+        getattr(c.sock, "raw", c.sock).shutdown(socket.SHUT_WR)
+        r = c.read_response()
+        assert r.status == 200, r
+        r = c.read_response()
+        assert r.status == 200 and r.body == pattern(0, 10), r
