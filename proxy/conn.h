@@ -101,7 +101,7 @@ void conn_on_eof(struct worker *w, struct conn *c, int res);
 
 /* --- exchange.c, for client.c and upstream.c ------------------------------------------- */
 
-/* A request head was parsed (c->req.head holds it): pick a backend and connect or reuse. */
+/* A request head was parsed (c->x->req.head holds it): pick a backend and connect or reuse. */
 void exchange_connect(struct worker *w, struct conn *c);
 /* Sends what the request direction has ready (head, then body, or tunnel bytes). */
 void exchange_req_pump(struct worker *w, struct conn *c);
@@ -183,7 +183,7 @@ void utls_close_notify(struct worker *w, struct ups *u);
 
 /*
  * Between the client socket's completions and HTTP on a TLS listener's connection: received
- * ciphertext is decrypted into c->in, what c->resp.out queues is encrypted and its
+ * ciphertext is decrypted into c->in, what c->x->resp.out queues is encrypted and its
  * ciphertext sent, and the send's completion reports progress in plaintext bytes.
  */
 
@@ -202,11 +202,11 @@ void ctls_after_proxy_header(struct worker *w, struct conn *c);
 void ctls_on_pump(struct worker *w, struct conn *c);
 /* conn_arm_recv: true when the transport holds input to read first (it submitted OP_C_TLS). */
 bool ctls_arm_pump(struct worker *w, struct conn *c);
-/* conn_send for a TLS connection: encrypts c->resp.out and sends the ciphertext. */
+/* conn_send for a TLS connection: encrypts c->x->resp.out and sends the ciphertext. */
 void ctls_send(struct worker *w, struct conn *c);
 /*
  * A send completion on a TLS connection. true: *res is now the plaintext progress of
- * c->resp.out (or an error) and the caller goes on with it; false: handled here.
+ * c->x->resp.out (or an error) and the caller goes on with it; false: handled here.
  */
 bool ctls_on_send(struct worker *w, struct conn *c, int *res);
 /* Graceful close: true while close_notify is on its way (the close goes on once sent). */
@@ -262,10 +262,13 @@ static inline enum conn_phase conn_phase(const struct conn *c)
 	return c->req_state == RQ_BODY ? CP_DISCARD : CP_HEAD;
 }
 
-/* In CP_HEAD: some bytes of the next head were read (a 408 on timeout, not a silent close). */
+/*
+ * In CP_HEAD: some bytes of the next head were read (a 408 on timeout, not a silent close);
+ * exactly then the connection holds an exchange slot (conn_check).
+ */
 static inline bool conn_head_partial(const struct conn *c)
 {
-	return c->req.accum.hbuf != NIL || c->in.len > 0;
+	return (c->x && c->x->req.accum.hbuf != NIL) || c->in.len > 0;
 }
 
 static inline uint32_t cidx(const struct worker *w, const struct conn *c)
@@ -409,14 +412,14 @@ static inline void conn_arm_recv(struct worker *w, struct conn *c)
 	c->inflight++;
 }
 
-/* Submits c->resp.out. */
+/* Submits c->x->resp.out. */
 static inline void conn_send(struct worker *w, struct conn *c)
 {
 	if (c->tls) {
 		ctls_send(w, c);
 		return;
 	}
-	sendq_submit(w, &c->resp.out, c->fd, OP_C_SEND, cidx(w, c), c->gen);
+	sendq_submit(w, &c->x->resp.out, c->fd, OP_C_SEND, cidx(w, c), c->gen);
 	c->inflight++;
 }
 
@@ -437,14 +440,14 @@ static inline void ups_arm_recv(struct worker *w, struct ups *u)
 	u->inflight++;
 }
 
-/* Submits c->req.out on u. */
+/* Submits c->x->req.out on u. */
 static inline void ups_send(struct worker *w, struct conn *c, struct ups *u)
 {
 	if (u->tls) {
 		utls_send(w, c, u);
 		return;
 	}
-	sendq_submit(w, &c->req.out, u->fd, OP_U_SEND, uidx(w, u), u->gen);
+	sendq_submit(w, &c->x->req.out, u->fd, OP_U_SEND, uidx(w, u), u->gen);
 	u->inflight++;
 }
 

@@ -83,9 +83,9 @@ enum tls_fail {
 
 /*
  * One TLS session, server side (a client connection) or client side (an upstream connection
- * to a TLS backend: tls_conn_init_client); both use the same feed/read/write/out calls. It lives inside its connection slot and must not move after
- * tls_conn_init (the BIO points back at it). Single-threaded: only the connection's worker
- * touches it.
+ * to a TLS backend: tls_conn_init_client); both use the same feed/read/write/out calls. It
+ * lives inside its connection slot and must not move after tls_conn_init (the BIO points back
+ * at it). Single-threaded: only the connection's worker touches it.
  *
  * Input is zero-copy: tls_feed() lends the transport a window of received ciphertext (a
  * provided buffer), which OpenSSL reads straight into its record buffer. Output is one copy:

@@ -2,9 +2,9 @@
  * The upstream connection object (struct ups): slot allocation and release, connect, the
  * per-core idle pools per backend id (take, put, expire, shed), and its completions.
  *
- * Owns: w->ups, w->ups_free, w->pool_head / pool_tail / pool_n, w->ups_open, and each upstream
- * fd. May touch: the owning connection only to hand it events (exchange_on_*, and
- * conn_try_finish / conn_timer_update when it is being torn down). Knows nothing of HTTP.
+ * Owns: w->ups, w->ups_free, w->ups_high, w->pool_head / pool_tail / pool_n, w->ups_open, and
+ * each upstream fd. May touch: the owning connection only to hand it events (exchange_on_*,
+ * and conn_try_finish / conn_timer_update when it is being torn down). Knows nothing of HTTP.
  */
 #include <errno.h>
 #include <string.h>
@@ -19,10 +19,15 @@ static struct ups *ups_alloc(struct worker *w)
 	struct ups *u;
 	uint32_t idx = w->ups_free;
 
-	if (idx == NIL)
+	/* Released slots first (LIFO), else the next never-used one: untouched ones cost nothing. */
+	if (idx != NIL) {
+		u = &w->ups[idx];
+		w->ups_free = u->pool_next;
+	} else if (w->ups_high < w->ups_cap) {
+		u = &w->ups[w->ups_high++];
+	} else {
 		return NULL;
-	u = &w->ups[idx];
-	w->ups_free = u->pool_next;
+	}
 	u->fd = -1;
 	u->inflight = 0;
 	u->connected = u->recv_armed = u->closing = u->reused = u->pp_queued = false;
@@ -274,7 +279,7 @@ void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int r
 		/* Aborted: the connection finishes (and frees u) once every op has completed. */
 		buf_put(w, bid);
 		if (op == OP_U_SEND)
-			c->req.out.busy = false;
+			c->x->req.out.busy = false;
 		if (conn_has(c, CF_CLOSING))
 			conn_try_finish(w, c);
 		return;

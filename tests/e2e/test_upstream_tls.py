@@ -408,3 +408,84 @@ def test_a_pooled_connection_the_backend_closed_is_not_used(corral, certs, tls_b
         c.close()
     assert b.handshakes == 2
     assert total(p, "corral_upstream_errors_total") == 0
+
+
+class ProxyTLSBackend:
+    """A backend that wants a PROXY v1 header in clear, then TLS: it answers each request with
+    the header line it got first (one request per connection, as corral never pools these)."""
+
+    def __init__(self, cert, key):
+        import ssl
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.srv.settimeout(0.1)
+        self.address = "127.0.0.1:%d" % self.srv.getsockname()[1]
+        self.headers, self.errors = [], []
+        self.stopping = False
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.stopping:
+            try:
+                s, _ = self.srv.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._one, args=(s,), daemon=True).start()
+
+    def _one(self, s):
+        try:
+            s.settimeout(10 * SLOW)
+            line = b""
+            while not line.endswith(b"\r\n") and len(line) < 108:
+                line += s.recv(1)  # byte by byte: nothing of the TLS stream is taken
+            self.headers.append(line)
+            t = self.ctx.wrap_socket(s, server_side=True)
+            req = b""
+            while b"\r\n\r\n" not in req:
+                d = t.recv(4096)
+                if not d:
+                    return
+                req += d
+            t.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(line), line))
+            t.close()
+        except (OSError, ValueError) as e:
+            self.errors.append(repr(e))
+
+    def stop(self):
+        self.stopping = True
+        self.t.join(5)
+        self.srv.close()
+
+
+@pytest.mark.corral_only
+def test_send_proxy_goes_in_clear_before_the_handshake(corral, certs):
+    cert, key = certs["a"]
+    b = ProxyTLSBackend(cert, key)
+    try:
+        p = corral([{"address": b.address, "weight": 1, "send_proxy": "v1",
+                     "tls": {"ca": cert, "sni": "a.test"}}])
+        for i in range(2):
+            c = Client(p.port, timeout=10 * SLOW)
+            try:
+                r = c.get("/pp%d" % i)
+            finally:
+                c.close()
+            assert r.status == 200, r
+            assert r.body.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 "), r.body
+        assert len(b.headers) == 2, "one connection (and header) per request: %r" % b.headers
+        assert not b.errors, b.errors
+
+        # Its health checks too: a LOCAL-style UNKNOWN header in clear, then the check in TLS.
+        q = corral([{"address": b.address, "weight": 1, "send_proxy": "v1",
+                     "tls": {"ca": cert, "sni": "a.test"},
+                     "health": {"path": "/h", "interval_ms": 200, "timeout_ms": 200}}])
+        assert wait_until(lambda: (backends(q)[b.address].get("last_check") or {}).get("ok"), 10), \
+            backends(q)[b.address]
+        assert b"PROXY UNKNOWN\r\n" in b.headers, b.headers
+        assert not b.errors, b.errors
+    finally:
+        b.stop()
