@@ -23,14 +23,17 @@ _Static_assert(ALOG_CHUNKS >= 2, "one chunk is written while another fills");
 #define ALOG_MAX_REFERER 512
 #define ALOG_MAX_UA	 512
 #define ALOG_MAX_ADDR	 64 /* client and upstream addresses */
+#define ALOG_MAX_TLS	 32 /* TLS version and cipher names (OpenSSL's are under 30) */
 #define ALOG_MAX_PROTO	 16 /* a rejected request's version as received */
 #define ALOG_MAX_REASON	 96
 /* The fixed text of a JSON line (keys, quotes, time, five numbers) is under 384 bytes. */
 #define ALOG_FIXED_MAX 384
+/* The keys and quotes of the TLS fields. */
+#define ALOG_TLS_FIXED 32
 
 _Static_assert(ALOG_MAX_METHOD + ALOG_MAX_TARGET + ALOG_MAX_HOST + ALOG_MAX_REFERER + ALOG_MAX_UA +
 			       2 * ALOG_MAX_ADDR + ALOG_MAX_PROTO + ALOG_MAX_REASON +
-			       ALOG_FIXED_MAX <
+			       2 * ALOG_MAX_TLS + ALOG_TLS_FIXED + ALOG_FIXED_MAX <
 		       ALOG_LINE_MAX,
 	       "access log field budgets must fit in one line");
 
@@ -276,6 +279,17 @@ size_t alog_format(char *out, enum cfg_log_format format, const struct alog_entr
 		w_lit(&w, "\",\"reason\":\"");
 		w_json(&w, e->reason, strlen(e->reason), ALOG_MAX_REASON);
 	}
+	/* TLS version and cipher of the connection the request came on; "-" in plaintext. */
+	w_lit(&w, "\",\"tls\":\"");
+	if (e->tls_version)
+		w_json(&w, e->tls_version, strlen(e->tls_version), ALOG_MAX_TLS);
+	else
+		w_lit(&w, "-");
+	w_lit(&w, "\",\"tls_cipher\":\"");
+	if (e->tls_cipher)
+		w_json(&w, e->tls_cipher, strlen(e->tls_cipher), ALOG_MAX_TLS);
+	else
+		w_lit(&w, "-");
 	w_lit(&w, "\"}\n");
 	return w.len;
 }

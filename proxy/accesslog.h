@@ -50,6 +50,8 @@ struct alog_entry {
 	const char *reason;	  /* why corral rejected the request, or NULL */
 	struct alog_str protocol; /* the version as received, when it is not HTTP/1.x */
 	bool protocol_unknown;	  /* no version could be read (JSON null, combined "-") */
+	const char *tls_version;  /* "TLSv1.3" over TLS; NULL in plaintext (logged "-") */
+	const char *tls_cipher;	  /* "TLS_AES_128_GCM_SHA256" over TLS; NULL in plaintext */
 };
 
 /* A span of a parsed buffer as an alog_str (for method, target, host). */

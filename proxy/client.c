@@ -213,21 +213,25 @@ static void c_arm_poll(struct worker *w, struct conn *c)
 	c->inflight++;
 }
 
-static void reject_full(struct worker *w, int fd)
+static void reject_full(struct worker *w, int fd, uint32_t li)
 {
 	char out[256];
 	int n = http_error_response(out, sizeof(out), 503, true);
 
-	/* Rare overload path: one non-blocking send of a canned 503, then close. */
-	if (n > 0 && send(fd, out, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) > 0)
+	/*
+	 * Rare overload path: one non-blocking send of a canned 503, then close. Not on a TLS
+	 * listener: a 503 in clear would only be a bad record to a TLS client.
+	 */
+	if ((li >= CFG_LISTEN_MAX || !w->snap->tls[li]) && n > 0 &&
+	    send(fd, out, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) > 0)
 		count_status(w, 503);
 	STAT_ADD(w->stats->conns_rejected, 1);
 	close(fd);
 }
 
-void conn_refuse(struct worker *w, int fd)
+void conn_refuse(struct worker *w, int fd, uint32_t li)
 {
-	reject_full(w, fd);
+	reject_full(w, fd, li);
 }
 
 void conn_accept(struct worker *w, int fd, uint32_t li)
@@ -244,7 +248,7 @@ void conn_accept(struct worker *w, int fd, uint32_t li)
 			w->accept_defer[w->accept_defer_n++] = fd;
 			return;
 		}
-		reject_full(w, fd);
+		reject_full(w, fd, li);
 		return;
 	}
 	conn_accept_now(w, fd, li);
@@ -261,7 +265,7 @@ void conn_accept_deferred(struct worker *w)
 
 		/* The slot of the connection closed for it frees once its ops complete. */
 		if (w->conns_active >= w->conn_limit && (w->stopping || !conn_reclaim(w)))
-			reject_full(w, fd);
+			reject_full(w, fd, w->accept_defer_li[i]);
 		else
 			conn_accept_now(w, fd, w->accept_defer_li[i]);
 	}
@@ -287,7 +291,7 @@ static void conn_accept_now(struct worker *w, int fd, uint32_t li)
 
 	/* In an upgrade's drain a connection accepted late is still served (with close). */
 	if (w->conn_free == NIL || (w->stopping && !w->d->handover)) {
-		reject_full(w, fd);
+		reject_full(w, fd, li);
 		return;
 	}
 	idx = w->conn_free;
@@ -329,12 +333,12 @@ static void conn_accept_now(struct worker *w, int fd, uint32_t li)
  * the keep-alive idle timer list (FIFO: the longest idle first), else the oldest connection
  * that has not sent a byte (on the head-deadline list; a few are looked at, not all).
  */
-static bool reclaimable(const struct conn *c)
+static bool reclaimable(struct worker *w, const struct conn *c)
 {
 	int unread = 0;
 
 	/* Bytes in the socket not read yet are a request on its way: not idle after all. */
-	return !conn_has(c, CF_CLOSING) && !conn_head_partial(c) &&
+	return !conn_has(c, CF_CLOSING) && !conn_head_partial(c) && !ctls_busy(w, c) &&
 	       ioctl(c->fd, FIONREAD, &unread) == 0 && unread == 0;
 }
 
@@ -343,12 +347,12 @@ static bool conn_reclaim(struct worker *w)
 	uint32_t i, n = 0;
 
 	for (i = w->thead[T_IDLE]; i != NIL && n < 64; i = w->conns[i].t.next, n++)
-		if (reclaimable(&w->conns[i]))
+		if (reclaimable(w, &w->conns[i]))
 			break;
 	if (i == NIL || n == 64) {
 		n = 0;
 		for (i = w->thead[T_HEADER]; i != NIL && n < 64; i = w->conns[i].t.next, n++)
-			if (w->conns[i].requests == 0 && reclaimable(&w->conns[i]))
+			if (w->conns[i].requests == 0 && reclaimable(w, &w->conns[i]))
 				break;
 		if (n == 64)
 			i = NIL;
@@ -584,6 +588,10 @@ void conn_log(struct worker *w, struct conn *c, int status)
 		alog_rejected_line(c->rej_line, c->rej_len, &e);
 	}
 	e.reason = c->rej_reason;
+	if (c->tls && conn_tls(w, c)->t.state != TLS_HANDSHAKE) {
+		e.tls_version = tls_version(&conn_tls(w, c)->t);
+		e.tls_cipher = tls_cipher(&conn_tls(w, c)->t);
+	}
 	e.version_minor = c->client_minor;
 	e.status = (uint16_t)status;
 	e.bytes_in = c->req_in_head_len + c->req.body.total;
@@ -670,7 +678,7 @@ static void req_reject_src(struct worker *w, struct conn *c, const struct inbuf 
 static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, const char *base)
 {
 	const struct config *cfg = &w->snap->cfg;
-	struct http_fwd fwd = { .client_ip = c->peer_ip, .proto = "http" };
+	struct http_fwd fwd = { .client_ip = c->peer_ip, .proto = c->tls ? "https" : "http" };
 	uint32_t hb;
 	int n;
 
@@ -810,6 +818,10 @@ again:
 	if (conn_has(c, CF_PP_WAIT)) {
 		if (!pp_read(w, c, src))
 			return;
+		if (c->tls) {
+			ctls_after_proxy_header(w, c); /* what followed is the TLS stream */
+			return;
+		}
 		goto again; /* what followed the header is the start of the request */
 	}
 	/* Known before the head is complete, so that an error answer to a HEAD has no body. */
@@ -963,7 +975,7 @@ static void c_on_recv(struct worker *w, struct conn *c, int res, uint32_t flags)
 	}
 	BUG_ON(bid < 0);
 	BUG_ON(c->in.len != 0);
-	if (c->tls) {
+	if (c->tls && !conn_has(c, CF_PP_WAIT)) {
 		ctls_on_recv(w, c, bid, res); /* ciphertext: decrypted into c->in */
 		return;
 	}
@@ -1160,7 +1172,12 @@ void conn_stop_all(struct worker *w, bool force)
 		if (w->d->handover)
 			continue;
 		if (c->rs_state == RS_NONE && c->req_state == RQ_HEAD && c->in.len == 0 &&
-		    c->req.accum.hbuf == NIL)
-			conn_abort(w, c);
+		    c->req.accum.hbuf == NIL && !ctls_busy(w, c)) {
+			/* Over TLS an idle connection ends cleanly: close_notify, then the close. */
+			if (c->tls && c->requests)
+				conn_close_graceful(w, c);
+			else
+				conn_abort(w, c);
+		}
 	}
 }

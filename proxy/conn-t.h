@@ -183,7 +183,7 @@ enum ctls_flag {
 struct ctls {
 	struct tls_conn t;
 	struct iovec iov;   /* the ciphertext send in flight */
-	int32_t cbid;	    /* the received ciphertext buffer the session still reads, or -1 */
+	struct inbuf cin;   /* the received ciphertext the session still reads (lent to it) */
 	uint32_t plain_enc; /* bytes of c->resp.out encrypted and not yet reported sent */
 	uint32_t next_free; /* free list */
 	uint8_t flags;	    /* enum ctls_flag */

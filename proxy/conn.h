@@ -36,8 +36,8 @@ void conn_accept(struct worker *w, int fd, uint32_t li);
  * and the idle connections to shed for an fd shortage (w->shed_want).
  */
 void conn_accept_deferred(struct worker *w);
-/* Answers fd with a canned 503 and closes it (no slot taken). */
-void conn_refuse(struct worker *w, int fd);
+/* Answers fd (from listener li) with a canned 503 and closes it (no slot taken; TLS: closed). */
+void conn_refuse(struct worker *w, int fd, uint32_t li);
 /*
  * File descriptors ran out (EMFILE/ENFILE): closes up to n idle pooled upstream connections
  * and idle client connections (no request in flight). Returns how many were closed; their
@@ -157,6 +157,11 @@ int ctls_start(struct worker *w, struct conn *c, SSL_CTX *ctx);
 void ctls_free(struct worker *w, struct conn *c);
 /* A receive completed with n ciphertext bytes in buffer bid. */
 void ctls_on_recv(struct worker *w, struct conn *c, int32_t bid, int n);
+/*
+ * A proxy_protocol TLS listener's connection: the PROXY header (in clear) is read; what
+ * followed it in c->in is the start of the TLS stream.
+ */
+void ctls_after_proxy_header(struct worker *w, struct conn *c);
 /* The OP_C_TLS completion: read what the transport holds (conn_arm_recv submitted it). */
 void ctls_on_pump(struct worker *w, struct conn *c);
 /* conn_arm_recv: true when the transport holds input to read first (it submitted OP_C_TLS). */
@@ -174,6 +179,11 @@ bool ctls_close_notify(struct worker *w, struct conn *c);
 void ctls_abort(struct worker *w, struct conn *c);
 /* The T_HEADER deadline passed: counted as a TLS timeout while the handshake was running. */
 void ctls_on_header_timeout(struct worker *w, struct conn *c);
+/*
+ * Whether c's TLS session is in the middle of something that is not idle: a handshake under
+ * way, or received bytes not yet handed to HTTP. false for a plaintext connection.
+ */
+bool ctls_busy(struct worker *w, const struct conn *c);
 /* The session of c, or NULL for a plaintext connection. */
 static inline struct ctls *conn_tls(struct worker *w, const struct conn *c)
 {

@@ -50,7 +50,8 @@ int ctls_start(struct worker *w, struct conn *c, SSL_CTX *ctx)
 		w->tls_free = i;
 		return r;
 	}
-	x->cbid = -1;
+	x->t.oc = &w->tls_oc; /* a response's output buffer comes from the worker's spares */
+	x->cin = (struct inbuf){ .bid = -1, .hbuf = NIL };
 	x->plain_enc = 0;
 	x->flags = 0;
 	c->tls = i + 1;
@@ -64,11 +65,16 @@ void ctls_free(struct worker *w, struct conn *c)
 	if (!x)
 		return;
 	tls_conn_free(&x->t);
-	buf_put(w, x->cbid);
-	x->cbid = -1;
+	inbuf_release(w, &x->cin);
 	x->next_free = w->tls_free;
 	w->tls_free = c->tls - 1;
 	c->tls = 0;
+}
+
+/* Whether the session holds lent ciphertext. */
+static bool ctls_lent(const struct ctls *x)
+{
+	return x->cin.bid >= 0 || x->cin.hbuf != NIL;
 }
 
 static void ctls_count_fail(struct worker *w, enum tls_fail f)
@@ -81,10 +87,8 @@ static void ctls_count_fail(struct worker *w, enum tls_fail f)
 /* The lent ciphertext buffer goes back once the session has read all of it. */
 static void ctls_release_in(struct worker *w, struct ctls *x)
 {
-	if (x->cbid >= 0 && tls_in_pending(&x->t) == 0) {
-		buf_put(w, x->cbid);
-		x->cbid = -1;
-	}
+	if (ctls_lent(x) && tls_in_pending(&x->t) == 0)
+		inbuf_release(w, &x->cin);
 }
 
 /* Sends what the session's output holds, unless a send is in flight (its completion will). */
@@ -177,7 +181,8 @@ static void ctls_deliver(struct worker *w, struct conn *c, struct ctls *x)
 			return;
 		}
 		ctls_opened(w, x);
-		if (x->cbid < 0) {
+		ctls_release_in(w, x);
+		if (!ctls_lent(x)) {
 			conn_arm_recv(w, c); /* the client's Finished came alone */
 			return;
 		}
@@ -187,7 +192,7 @@ static void ctls_deliver(struct worker *w, struct conn *c, struct ctls *x)
 		p = buf_addr(w, (uint32_t)pbid);
 		cap = w->buf_size;
 	} else {
-		/* Every free buffer is in the ring: a head buffer (larger) holds it instead. */
+		/* Every free buffer is in the kernel's ring: a head buffer holds it instead. */
 		hb = hbuf_get(w);
 		if (hb == NIL) {
 			x->flags |= CT_MORE;
@@ -196,7 +201,7 @@ static void ctls_deliver(struct worker *w, struct conn *c, struct ctls *x)
 			return;
 		}
 		p = hbuf_addr(w, hb);
-		cap = w->hbuf_size;
+		cap = w->buf_size; /* no more than a receive: what HTTP expects c->in to hold */
 	}
 	for (;;) {
 		n = tls_read(t, (uint8_t *)p + len, cap - len);
@@ -226,9 +231,14 @@ static void ctls_deliver(struct worker *w, struct conn *c, struct ctls *x)
 	ctls_flush(w, c, x);
 	ctls_release_in(w, x);
 	if (len == 0) {
-		if (eof)
+		if (eof && c->req_state == RQ_HEAD && c->rs_state == RS_NONE &&
+		    !conn_head_partial(c)) {
+			/* close_notify between requests: ours in answer, then the close. */
+			c->flags |= CF_EOF;
+			conn_close_graceful(w, c);
+		} else if (eof) {
 			conn_on_eof(w, c, 0);
-		else if (!(x->flags & CT_HS_MORE))
+		} else if (!(x->flags & CT_HS_MORE))
 			conn_arm_recv(w, c);
 		return;
 	}
@@ -244,6 +254,20 @@ static void ctls_deliver(struct worker *w, struct conn *c, struct ctls *x)
 	conn_on_input(w, c);
 }
 
+/* Lends x->cin to the session and reads it. */
+static void ctls_take_in(struct worker *w, struct conn *c, struct ctls *x)
+{
+	if (tls_feed(&x->t, (const uint8_t *)x->cin.base + x->cin.off, x->cin.len) < 0) {
+		inbuf_release(w, &x->cin);
+		if (x->t.fail == TLS_FAIL_PLAINTEXT)
+			ctls_plain_answer(c);
+		ctls_count_fail(w, (enum tls_fail)x->t.fail);
+		conn_abort(w, c);
+		return;
+	}
+	ctls_deliver(w, c, x);
+}
+
 void ctls_on_recv(struct worker *w, struct conn *c, int32_t bid, int n)
 {
 	struct ctls *x = conn_tls(w, c);
@@ -253,17 +277,26 @@ void ctls_on_recv(struct worker *w, struct conn *c, int32_t bid, int n)
 		buf_put(w, bid); /* closing: nothing more is read */
 		return;
 	}
-	CONN_BUG_ON(w, c, x->cbid >= 0);
-	if (tls_feed(&x->t, (const uint8_t *)buf_addr(w, (uint32_t)bid), (size_t)n) < 0) {
-		buf_put(w, bid);
-		if (x->t.fail == TLS_FAIL_PLAINTEXT)
-			ctls_plain_answer(c);
-		ctls_count_fail(w, (enum tls_fail)x->t.fail);
-		conn_abort(w, c);
+	CONN_BUG_ON(w, c, ctls_lent(x));
+	x->cin = (struct inbuf){
+		.base = buf_addr(w, (uint32_t)bid), .len = (uint32_t)n, .bid = bid, .hbuf = NIL
+	};
+	ctls_take_in(w, c, x);
+}
+
+void ctls_after_proxy_header(struct worker *w, struct conn *c)
+{
+	struct ctls *x = conn_tls(w, c);
+
+	if (c->in.len == 0) {
+		inbuf_release(w, &c->in);
+		conn_arm_recv(w, c);
 		return;
 	}
-	x->cbid = bid;
-	ctls_deliver(w, c, x);
+	/* What followed the header (in a receive buffer, or the head buffer it was put together in). */
+	x->cin = c->in;
+	c->in = (struct inbuf){ .bid = -1, .hbuf = NIL };
+	ctls_take_in(w, c, x);
 }
 
 bool ctls_arm_pump(struct worker *w, struct conn *c)
@@ -271,7 +304,7 @@ bool ctls_arm_pump(struct worker *w, struct conn *c)
 	struct ctls *x = conn_tls(w, c);
 	struct io_uring_sqe *sqe;
 
-	if (conn_has(c, CF_CLOSING) || (x->cbid < 0 && !(x->flags & CT_MORE)))
+	if (conn_has(c, CF_CLOSING) || (!ctls_lent(x) && !(x->flags & CT_MORE)))
 		return false;
 	sqe = worker_sqe(w);
 	io_uring_prep_nop(sqe);
@@ -287,10 +320,7 @@ void ctls_on_pump(struct worker *w, struct conn *c)
 
 	c->flags &= ~CF_RECV_ARMED;
 	if (conn_has(c, CF_CLOSING)) {
-		if (x->cbid >= 0) {
-			buf_put(w, x->cbid); /* never read now */
-			x->cbid = -1;
-		}
+		inbuf_release(w, &x->cin); /* never read now */
 		x->flags &= ~CT_MORE;
 		if (conn_has(c, CF_LINGERING))
 			conn_arm_recv(w, c); /* lingering reads raw bytes */
@@ -467,4 +497,12 @@ void ctls_on_header_timeout(struct worker *w, struct conn *c)
 
 	if (x && x->t.state == TLS_HANDSHAKE)
 		ctls_count_fail(w, TLS_FAIL_TIMEOUT);
+}
+
+bool ctls_busy(struct worker *w, const struct conn *c)
+{
+	const struct ctls *x = conn_tls(w, c);
+
+	return x && (ctls_lent(x) || (x->flags & CT_MORE) ||
+		     (x->t.state == TLS_HANDSHAKE && x->t.fed > 0));
 }

@@ -17,6 +17,7 @@
 #include "admin.h"
 #include "daemon.h"
 #include "stats.h"
+#include "tls.h"
 
 /* Scrapers are few (Prometheus, an agent, a curl): more than this at once is abuse. */
 #define METRICS_CONNS_MAX 16
@@ -181,6 +182,10 @@ static const struct metrics_field metrics_fields[] = {
 	MF("corral_proxy_protocol_errors_total", "counter",
 	   "Connections on a proxy_protocol listener closed without a valid PROXY header.",
 	   proxy_protocol_errors),
+	MF("corral_tls_handshakes_total", "counter",
+	   "TLS handshakes completed on client connections.", tls_handshakes),
+	MF("corral_tls_resumed_total", "counter",
+	   "TLS handshakes that resumed a session from a ticket.", tls_resumed),
 };
 #undef MF
 
@@ -288,6 +293,13 @@ static void metrics_render(struct metrics *m, struct metrics_buf *b)
 		for (k = 0; k < STATS_CLASSES && ok[i]; k++)
 			mb_printf(b, "corral_responses_total{core=\"%u\",class=\"%s\"} %llu\n", i,
 				  metrics_class[k], (unsigned long long)st[i].responses[k]);
+	metrics_head(b, "corral_tls_failures_total", "counter",
+		     "TLS sessions on client connections that failed, by reason.");
+	for (i = 0; i < n; i++)
+		for (k = TLS_FAIL_NONE + 1; ok[i] && k < TLS_FAIL_REASONS; k++)
+			mb_printf(b, "corral_tls_failures_total{core=\"%u\",reason=\"%s\"} %llu\n",
+				  i, tls_fail_name((enum tls_fail)k),
+				  (unsigned long long)st[i].tls_failures[k]);
 	metrics_head(b, "corral_worker_cpu_seconds_total", "counter",
 		     "CPU time used by the worker thread.");
 	for (i = 0; i < n; i++)

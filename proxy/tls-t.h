@@ -29,6 +29,18 @@ struct ssl_ctx_st; /* OpenSSL's SSL_CTX */
  */
 #define TLS_TICKET_ROTATE_MS (12ULL * 3600 * 1000)
 
+/*
+ * Spare output buffers (TLS_OUT_BYTES each) of one worker: a session takes one when it has
+ * something to send and gives it back when all of it was sent, so a keep-alive response
+ * costs no allocation while an idle session still holds none. A few cover the sessions that
+ * send at the same moment; beyond that they are allocated and freed as without a cache.
+ */
+#define TLS_OUTCACHE_MAX 4
+struct tls_outcache {
+	uint8_t *buf[TLS_OUTCACHE_MAX];
+	uint32_t n;
+};
+
 enum tls_state {
 	TLS_HANDSHAKE = 0, /* ClientHello not yet answered or handshake not finished */
 	TLS_OPEN,	   /* application data both ways */
@@ -73,6 +85,7 @@ struct tls_conn {
 	uint8_t state;	   /* enum tls_state */
 	uint8_t fail;	   /* enum tls_fail */
 	const char *why;   /* OpenSSL's reason text when state == TLS_FAILED (static string) */
+	struct tls_outcache *oc; /* where out comes from and goes back to, or NULL (malloc) */
 };
 
 /* Where a listener's TLS settings are wrong, for a "file:line: key: message" report. */

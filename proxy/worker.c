@@ -14,6 +14,7 @@
 #include <sys/syscall.h>
 #include <urcu-qsbr.h>
 #include "conn.h"
+#include "tls.h"
 #include "constants.h"
 #include "steer.h"
 #include "worker.h"
@@ -134,6 +135,7 @@ void worker_free(struct worker *w)
 		munmap(w->br, (size_t)w->nbufs * sizeof(struct io_uring_buf));
 	free(w->conn_next_free);
 	free(w->tls_gather);
+	tls_outcache_drain(&w->tls_oc);
 	free(w->hbuf_next);
 	free(w->hdr_scratch);
 	free(w->bp_ids);
@@ -555,7 +557,7 @@ static void accept_fd_short(struct worker *w)
 		close(w->reserve_fd);
 		fd = accept4(w->listen_fd[li], NULL, NULL, SOCK_CLOEXEC);
 		if (fd >= 0)
-			conn_refuse(w, fd);
+			conn_refuse(w, fd, li);
 		w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	}
 	w->fd_short = 0;

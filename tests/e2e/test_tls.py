@@ -55,6 +55,9 @@ def start_tls(corral, backends, certs, tls_extra=None, **over):
 
 def client_ctx(cafile=None, minv=None, maxv=None, alpn=None):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # Python sets OP_IGNORE_UNEXPECTED_EOF by default, so an EOF without close_notify would read
+    # as a clean end: the tests must tell the two apart.
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
     if cafile:
         ctx.load_verify_locations(cafile)
     else:
@@ -75,7 +78,6 @@ class TLSClient(Client):
     def __init__(self, port, ctx=None, sni="a.test", session=None, timeout=IO):
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.raw = raw
         self.sock = (ctx or client_ctx()).wrap_socket(raw, server_hostname=sni, session=session,
                                                       suppress_ragged_eofs=False)
         self.buf = bytearray()
@@ -85,6 +87,10 @@ class TLSClient(Client):
         try:
             data = self.sock.recv(want)
         except (ssl.SSLEOFError, ConnectionResetError) as e:
+            raise Truncated(repr(e)) from e
+        except ssl.SSLError as e:
+            if "UNEXPECTED_EOF" not in str(e):
+                raise
             raise Truncated(repr(e)) from e
         if not data:
             raise Closed("close_notify")
@@ -288,6 +294,70 @@ def test_garbage_is_a_bad_record(corral, backend, certs):
 
 
 @pytest.mark.corral_only
+def test_a_full_table_closes_a_tls_client_without_a_503_in_clear(corral, backend, certs):
+    p = start_tls(corral, [backend], [certs["a"]], workers={"cores": [0]},
+                  limits={"connections_per_core": 4})
+    held = [TLSClient(p.tls_port) for _ in range(4)]
+    try:
+        for c in held:
+            assert c.get("/").status == 200
+        with socket.create_connection(("127.0.0.1", p.tls_port), timeout=IO) as s:
+            s.sendall(client_hello(0x0303))
+            got, how = read_until_closed(s, IO)
+        assert how != "open" and got == b"", "a TLS client must not get plaintext: %r" % got[:80]
+        assert p.stats()["total"]["conns_rejected"] == 1
+        assert held[0].get("/").status == 200
+    finally:
+        for c in held:
+            c.close()
+
+
+@pytest.mark.corral_only
+def test_x_forwarded_proto_is_https_over_tls(corral, certs):
+    rec = Recorder()
+    try:
+        p = start_tls(corral, [rec.address], [certs["a"]])
+        with TLSClient(p.tls_port) as c:
+            assert c.get("/tls").status == 200
+        assert simple_get(p.port, "/?plain").status == 200
+        assert rec.wait_requests(2, 5 * SLOW)
+        by = {r.target: r for r in rec.requests}
+        assert by["/tls"].header("X-Forwarded-Proto") == "https", by["/tls"].headers
+        assert by["/?plain"].header("X-Forwarded-Proto") == "http", by["/?plain"].headers
+    finally:
+        rec.close()
+
+
+@pytest.mark.corral_only
+def test_proxy_protocol_header_before_tls(corral, certs):
+    """A proxy_protocol TLS listener (behind an L4 balancer): the PROXY header comes in clear,
+    the TLS stream right behind it, in the same packet or not."""
+    rec = Recorder()
+    try:
+        entry = dict(tls_entry([certs["a"]]), proxy_protocol=True)
+        p = corral([rec.address], listen=["127.0.0.1:0", entry])
+        port = tls_port(p)
+        for i, split in enumerate((False, True)):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=IO)
+            hdr = b"PROXY TCP4 203.0.113.%d 192.0.2.1 4000 443\r\n" % (i + 1)
+            if split:
+                raw.sendall(hdr[:10])
+                time.sleep(0.05)
+                raw.sendall(hdr[10:])
+            else:
+                raw.sendall(hdr)
+            with client_ctx().wrap_socket(raw, server_hostname="a.test") as s:
+                s.sendall(build_request("GET", "/pp%d" % i))
+                assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert rec.wait_requests(2, 5 * SLOW)
+        for i, r in enumerate(sorted(rec.requests, key=lambda r: r.target)):
+            assert r.header("X-Forwarded-For") == "203.0.113.%d" % (i + 1), r.headers
+            assert r.header("X-Forwarded-Proto") == "https"
+    finally:
+        rec.close()
+
+
+@pytest.mark.corral_only
 @pytest.mark.deadline(120)
 def test_large_upload_download_and_pipelining(corral, backend, certs):
     p = start_tls(corral, [backend], [certs["a"]])
@@ -317,6 +387,75 @@ def test_large_upload_download_and_pipelining(corral, backend, certs):
 
 
 @pytest.mark.corral_only
+@pytest.mark.deadline(120)
+def test_full_duplex_echo_over_tls(corral, backend, certs):
+    """/echo streams the body back while it is still being uploaded: both directions at once,
+    from one client thread (an SSL object is not for two threads) with non-blocking I/O."""
+    import select
+    total = 40 << 20
+    p = start_tls(corral, [backend], [certs["a"]], limits={"body_bytes_max": 64 << 20})
+    c = TLSClient(p.tls_port)
+    c.send(build_request("POST", "/echo", [("Content-Length", str(total))]))
+    c.sock.setblocking(False)
+    block = os.urandom(65536)
+    sent_h, got = hashlib.sha256(), bytearray()
+    got_h, sent, body_seen, head = hashlib.sha256(), 0, 0, None
+    pending = b""
+    deadline = time.monotonic() + 90 * SLOW
+    while head is None or body_seen < total:
+        assert time.monotonic() < deadline, "stalled at %d sent, %d received" % (sent, body_seen)
+        want_w = sent < total or pending
+        r, w, _ = select.select([c.sock], [c.sock] if want_w else [], [], 1.0)
+        if w:
+            if not pending:
+                n = min(len(block), total - sent)
+                pending = block[:n]
+                sent_h.update(pending)
+                sent += n
+            try:
+                pending = pending[c.sock.send(pending):]
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                pass
+        while True:
+            try:
+                d = c.sock.recv(262144)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            assert d, "closed after %d body bytes" % body_seen
+            if head is None:
+                got += d
+                i = got.find(b"\r\n\r\n")
+                if i < 0:
+                    continue
+                head = bytes(got[:i])
+                d = bytes(got[i + 4:])
+                assert head.startswith(b"HTTP/1.1 200"), head
+            got_h.update(d)
+            body_seen += len(d)
+    assert body_seen == total and got_h.hexdigest() == sent_h.hexdigest()
+    c.close()
+
+
+@pytest.mark.corral_only
+def test_tls_with_every_free_buffer_in_the_ring(corral, backend, certs):
+    """16 receive buffers, all posted to the kernel's ring: the plaintext goes into head buffers
+    (and 4 KiB buffers split every TLS record over several receives)."""
+    p = start_tls(corral, [backend], [certs["a"]], workers={"cores": [0]},
+                  limits={"buffers_per_core": 16, "buffer_bytes": 4096})
+    with TLSClient(p.tls_port) as c:
+        for n in (10, 70000):
+            r = c.get("/bytes/%d" % n)
+            assert r.status == 200 and r.body == pattern(0, n)
+        body = os.urandom(300000)
+        r = c.request("POST", "/echo", body=body)
+        assert r.status == 200 and r.body == body
+        c.send(b"".join(build_request("GET", "/bytes/%d" % n) for n in (1, 2, 3)))
+        for n in (1, 2, 3):
+            assert c.read_response("GET").body == pattern(0, n)
+    p.wait_idle()
+
+
+@pytest.mark.corral_only
 def test_expect_100_continue_over_tls(corral, backend, certs):
     p = start_tls(corral, [backend], [certs["a"]])
     with TLSClient(p.tls_port) as c:
@@ -337,6 +476,88 @@ def test_connection_close_ends_with_close_notify(corral, backend, certs):
         with pytest.raises(Closed) as e:
             c._fill()
         assert not isinstance(e.value, Truncated), "a clean close must send close_notify: %r" % e.value
+
+
+class BioClient:
+    """A TLS client over a memory BIO, so the test decides when close_notify goes out (TLS's
+    half-close) and sees exactly what comes back."""
+
+    def __init__(self, port):
+        self.raw = socket.create_connection(("127.0.0.1", port), timeout=IO)
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.o = client_ctx().wrap_bio(self.inc, self.out, server_hostname="a.test")
+        self.step(self.o.do_handshake)
+
+    def step(self, fn, *a):
+        while True:
+            try:
+                r = fn(*a)
+                self.raw.sendall(self.out.read())
+                return r
+            except ssl.SSLWantReadError:
+                self.raw.sendall(self.out.read())
+                d = self.raw.recv(65536)
+                assert d, "closed early"
+                self.inc.write(d)
+
+    def send_close_notify(self):
+        try:
+            self.o.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        self.raw.sendall(self.out.read())
+
+    def read_to_close(self):
+        """Everything until the TCP close; raises unless corral's close_notify ended it."""
+        got, how = read_until_closed(self.raw, IO)
+        assert how != "open"
+        self.inc.write(got)
+        plain = b""
+        while True:
+            try:
+                d = self.o.read(65536)
+            except ssl.SSLZeroReturnError:
+                return plain
+            assert d, plain
+            plain += d
+
+
+@pytest.mark.corral_only
+def test_a_client_close_notify_is_answered_with_close_notify(corral, backend, certs):
+    p = start_tls(corral, [backend], [certs["a"]])
+    c = BioClient(p.tls_port)
+    c.step(c.o.write, build_request("GET", "/"))
+    assert c.step(c.o.read, 65536).startswith(b"HTTP/1.1 200 ")
+    c.send_close_notify()
+    assert c.read_to_close() == b""
+    c.raw.close()
+    p.wait_idle()
+
+
+@pytest.mark.corral_only
+def test_a_half_closed_tls_client_gets_its_whole_response(corral, backend, certs):
+    """close_notify right behind the request (TLS's half-close): the response still comes, all
+    of it, then corral's close_notify."""
+    p = start_tls(corral, [backend], [certs["a"]])
+    c = BioClient(p.tls_port)
+    c.step(c.o.write, build_request("GET", "/bytes/300000"))
+    c.send_close_notify()
+    got = c.read_to_close()
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and body == pattern(0, 300000), head
+    c.raw.close()
+
+
+@pytest.mark.corral_only
+def test_a_graceful_stop_ends_idle_tls_connections_with_close_notify(corral, backend, certs):
+    p = start_tls(corral, [backend], [certs["a"]])
+    with TLSClient(p.tls_port) as c:
+        assert c.get("/").status == 200
+        p.signal_graceful()
+        with pytest.raises(Closed) as e:
+            c._fill()
+        assert not isinstance(e.value, Truncated), "an idle connection was cut: %r" % e.value
+    assert p.stop() == 0
 
 
 @pytest.mark.corral_only
@@ -362,6 +583,90 @@ def test_a_response_cut_by_the_backend_ends_without_close_notify(corral, certs):
         rec.close()
 
 
+def ws_echo(up, req):
+    """101, then every tunnel byte echoed back upper-cased (it went through the backend)."""
+    up.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    if up.buf:
+        up.send(bytes(up.buf).upper())
+        up.buf.clear()
+    while True:
+        try:
+            d = up.sock.recv(65536)
+        except OSError:
+            d = b""
+        if not d:
+            return "done"
+        up.send(d.upper())
+
+
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: e2e.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+
+
+@pytest.mark.corral_only
+def test_upgrade_tunnels_both_ways_over_tls(corral, certs):
+    rec = Recorder(ws_echo)
+    try:
+        p = start_tls(corral, [rec.address], [certs["a"]], timeouts={"tunnel_idle_ms": ms(3000)})
+        with TLSClient(p.tls_port) as c:
+            c.send(UPGRADE + b"early")
+            r = c.read_response()
+            assert r.status == 101, r
+            assert c.read_at_least(5) == b"EARLY"
+            big = os.urandom(200000).replace(b"\x00", b"a")
+            for msg in (b"hello", b"GET / HTTP/1.1\r\n\r\n", big):
+                c.send(msg)
+                assert c.read_at_least(len(msg)) == msg.upper()
+        assert len(rec.requests) == 1
+    finally:
+        rec.close()
+
+
+@pytest.mark.corral_only
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_a_tls_client_that_gives_up_aborts_the_upstream_exchange(corral, certs, how):
+    def hold(up, req):
+        return "hold"
+
+    rec = Recorder(hold)
+    try:
+        p = start_tls(corral, [rec.address], [certs["a"]], workers={"cores": [0]})
+        c = TLSClient(p.tls_port)
+        c.send(build_request("GET", "/slow"))
+        assert rec.wait_conns(1, 5 * SLOW)
+        deadline = time.monotonic() + 5 * SLOW
+        while not rec.conns[0].data and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if how == "reset":
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.sock.close()  # no close_notify: the socket just goes
+        t0 = time.monotonic()
+        while not rec.conns[0].eof and time.monotonic() < t0 + 5 * SLOW:
+            time.sleep(0.01)
+        assert rec.conns[0].eof, "the upstream exchange outlived the client"
+        assert time.monotonic() - t0 < 1.0 * SLOW
+        assert p.stats()["total"]["client_aborts"] == 1
+    finally:
+        rec.close()
+
+
+@pytest.mark.corral_only
+def test_lingering_close_over_tls_delivers_the_response(corral, backend, certs):
+    """An error answer with request bytes still coming: the response and close_notify arrive."""
+    p = start_tls(corral, [backend], [certs["a"]], limits={"body_bytes_max": 1000})
+    with TLSClient(p.tls_port) as c:
+        c.send(b"POST /echo HTTP/1.1\r\nHost: e2e.test\r\nContent-Length: 5000\r\n\r\n" + b"x" * 2000)
+        r = c.read_response("POST")
+        assert r.status == 413, r
+        try:
+            c.send(b"y" * 3000)  # late bytes the linger reads and drops
+        except OSError:
+            pass
+        with pytest.raises(Closed) as e:
+            c._fill()
+        assert not isinstance(e.value, Truncated), e.value
+
+
 # --- sessions and reloads ------------------------------------------------------------------------
 
 
@@ -381,6 +686,11 @@ def test_tickets_resume_across_workers(corral, backend, certs):
     per_core = [core["tls"]["resumed"] for core in st["cores"]]
     assert sum(per_core) == 8, st["cores"]
     assert all(n > 0 for n in per_core), "every worker must resume the others' tickets: %s" % per_core
+    # And after a reload (new contexts, the same ticket keys).
+    reload(p, "configuration reloaded")
+    with TLSClient(p.tls_port, ctx, session=sess) as c:
+        assert c.get("/").status == 200
+        assert c.sock.session_reused, "a ticket from before the reload did not resume"
 
 
 def write_cfg(p, cfg):
@@ -436,3 +746,40 @@ def test_reload_can_turn_a_plaintext_listener_into_tls(corral, backend, certs):
     reload(p, "configuration reloaded")
     with TLSClient(p.port) as c:
         assert c.get("/").status == 200
+
+
+# --- observability -------------------------------------------------------------------------------
+
+
+@pytest.mark.corral_only
+def test_counters_metrics_and_access_log(corral, backend, certs, tmp_path):
+    log = str(tmp_path / "access.log")
+    p = start_tls(corral, [backend], [certs["a"]], access_log={"path": log, "format": "json"},
+                  workers={"cores": [0]})
+    with TLSClient(p.tls_port, client_ctx(maxv=ssl.TLSVersion.TLSv1_2)) as c:
+        assert c.get("/?tls12").status == 200
+        cipher12 = c.sock.cipher()[0]
+    with TLSClient(p.tls_port) as c:
+        assert c.get("/?tls13").status == 200
+        cipher13 = c.sock.cipher()[0]
+    assert simple_get(p.port, "/?plain").status == 200
+    with socket.create_connection(("127.0.0.1", p.tls_port), timeout=IO) as s:
+        s.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        read_until_closed(s, IO)
+    s = wait_stat(p, lambda s: s["failures"]["plaintext"] == 1, "plaintext not counted")
+    assert s["handshakes"] == 2, s
+    out = subprocess.run(["curl", "-s", "http://127.0.0.1:%d/metrics" % p.metrics_port], capture_output=True,
+                         text=True, timeout=10 * SLOW)
+    assert 'corral_tls_handshakes_total{core="0"} 2' in out.stdout, out.stdout[-3000:]
+    assert 'corral_tls_failures_total{core="0",reason="plaintext"} 1' in out.stdout, out.stdout[-3000:]
+    assert 'corral_tls_resumed_total{core="0"} 0' in out.stdout
+    deadline = time.monotonic() + 5 * SLOW
+    while True:
+        lines = [json.loads(x) for x in open(log).read().splitlines() if x.strip()]
+        if len(lines) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    by = {ln["uri"]: ln for ln in lines}
+    assert by["/?tls12"]["tls"] == "TLSv1.2" and by["/?tls12"]["tls_cipher"] == cipher12, by["/?tls12"]
+    assert by["/?tls13"]["tls"] == "TLSv1.3" and by["/?tls13"]["tls_cipher"] == cipher13, by["/?tls13"]
+    assert by["/?plain"]["tls"] == "-" and by["/?plain"]["tls_cipher"] == "-", by["/?plain"]

@@ -537,3 +537,32 @@ Test(accesslog, a_rejected_line_keeps_what_can_be_read)
 	alog_rejected_line(NULL, 0, &e);
 	cr_assert(e.protocol_unknown && str_is(e.method, NULL));
 }
+
+Test(accesslog, json_line_says_the_tls_version_and_cipher_or_dash)
+{
+	char line[ALOG_LINE_MAX];
+	struct alog_entry e = entry();
+	json_error_t jerr;
+	size_t n;
+	json_t *j;
+
+	n = alog_format(line, CFG_LOG_JSON, &e, NULL);
+	j = json_loadb(line, n, 0, &jerr);
+	cr_assert_not_null(j, "%.*s: %s", (int)n, line, jerr.text);
+	cr_assert_str_eq(json_string_value(json_object_get(j, "tls")), "-");
+	cr_assert_str_eq(json_string_value(json_object_get(j, "tls_cipher")), "-");
+	json_decref(j);
+
+	e.tls_version = "TLSv1.3";
+	e.tls_cipher = "TLS_AES_128_GCM_SHA256";
+	n = alog_format(line, CFG_LOG_JSON, &e, NULL);
+	j = json_loadb(line, n, 0, &jerr);
+	cr_assert_not_null(j, "%.*s: %s", (int)n, line, jerr.text);
+	cr_assert_str_eq(json_string_value(json_object_get(j, "tls")), "TLSv1.3");
+	cr_assert_str_eq(json_string_value(json_object_get(j, "tls_cipher")),
+			 "TLS_AES_128_GCM_SHA256");
+	json_decref(j);
+	/* The combined format stays the Apache one: the TLS fields are not in it. */
+	n = alog_format(line, CFG_LOG_COMBINED, &e, NULL);
+	cr_assert_null(memmem(line, n, "TLSv1.3", 7), "%.*s", (int)n, line);
+}
