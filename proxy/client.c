@@ -252,21 +252,20 @@ static void c_arm_poll(struct worker *w, struct conn *c)
 	c->inflight++;
 }
 
-static void reject_full(struct worker *w, int fd)
+static void reject_full(struct worker *w, int fd, uint32_t li)
 {
 	char out[256];
 	int n = http_error_response(out, sizeof(out), 503, true);
 
-	/* Rare overload path: one non-blocking send of a canned 503, then close. */
-	if (n > 0 && send(fd, out, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) > 0)
+	/*
+	 * Rare overload path: one non-blocking send of a canned 503, then close. Not on a TLS
+	 * listener: a 503 in clear would only be a bad record to a TLS client.
+	 */
+	if ((li >= CFG_LISTEN_MAX || !w->snap->tls[li]) && n > 0 &&
+	    send(fd, out, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) > 0)
 		count_status(w, 503);
 	STAT_ADD(w->stats->conns_rejected, 1);
 	close(fd);
-}
-
-void conn_refuse(struct worker *w, int fd)
-{
-	reject_full(w, fd);
 }
 
 void conn_accept(struct worker *w, int fd, uint32_t li)
@@ -283,7 +282,7 @@ void conn_accept(struct worker *w, int fd, uint32_t li)
 			w->accept_defer[w->accept_defer_n++] = fd;
 			return;
 		}
-		reject_full(w, fd);
+		reject_full(w, fd, li);
 		return;
 	}
 	conn_accept_now(w, fd, li);
@@ -300,7 +299,7 @@ void conn_accept_deferred(struct worker *w)
 
 		/* The slot of the connection closed for it frees once its ops complete. */
 		if (w->conns_active >= w->conn_limit && (w->stopping || !conn_reclaim(w)))
-			reject_full(w, fd);
+			reject_full(w, fd, w->accept_defer_li[i]);
 		else
 			conn_accept_now(w, fd, w->accept_defer_li[i]);
 	}
@@ -326,7 +325,7 @@ static void conn_accept_now(struct worker *w, int fd, uint32_t li)
 
 	/* In an upgrade's drain a connection accepted late is still served (with close). */
 	if (w->conn_free == NIL || (w->stopping && !w->d->handover)) {
-		reject_full(w, fd);
+		reject_full(w, fd, li);
 		return;
 	}
 	idx = w->conn_free;
@@ -1286,7 +1285,12 @@ void conn_stop_all(struct worker *w, bool force)
 		if (w->d->handover)
 			continue;
 		if (c->rs_state == RS_NONE && c->req_state == RQ_HEAD && !conn_head_partial(c) &&
-		    !ctls_busy(w, c))
-			conn_abort(w, c);
+		    !ctls_busy(w, c)) {
+			/* Over TLS an idle connection ends cleanly: close_notify, then the close. */
+			if (c->tls && c->requests)
+				conn_close_graceful(w, c);
+			else
+				conn_abort(w, c);
+		}
 	}
 }

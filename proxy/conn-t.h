@@ -166,6 +166,31 @@ struct ups {
 	uint32_t pool_prev, pool_next; /* idle pool list (per backend) or free list */
 	uint64_t idle_since_ms;
 	struct inbuf in; /* response bytes not yet processed */
+	uint32_t tls;	 /* 1 + its struct utls index in w->utls; 0 = plaintext */
+};
+
+/* What an upstream connection's TLS transport is doing (bits of struct utls.flags). */
+enum utls_flag {
+	UT_SEND_BUSY = 1u << 0, /* a send of ciphertext is in flight */
+	UT_MORE = 1u << 1,	/* the session may hold plaintext: the next "receive" reads it */
+	UT_HS_MORE = 1u << 2,	/* read on once the output is sent (it was full) */
+	UT_OPEN = 1u << 3,	/* the handshake finished (and was counted) */
+	UT_ERR = 1u << 4,	/* encrypting failed: the send completes as an error */
+};
+
+/*
+ * The TLS side of an upstream connection to a TLS backend (upstream_tls.c): the client
+ * session and what the send and receive paths keep between completions. One per TLS
+ * upstream, in a per-worker pool (w->utls), so a plaintext upstream pays only ups.tls. Must
+ * not move while in use (the session's BIO points into it). A pooled connection keeps it.
+ */
+struct utls {
+	struct tls_conn t;
+	struct iovec iov;   /* the ciphertext send in flight */
+	int32_t cbid;	    /* the received ciphertext buffer the session still reads, or -1 */
+	uint32_t plain_enc; /* bytes of c->x->req.out encrypted and not yet reported sent */
+	uint32_t next_free; /* free list */
+	uint8_t flags;	    /* enum utls_flag */
 };
 
 /*

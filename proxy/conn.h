@@ -36,8 +36,6 @@ void conn_accept(struct worker *w, int fd, uint32_t li);
  * and the idle connections to shed for an fd shortage (w->shed_want).
  */
 void conn_accept_deferred(struct worker *w);
-/* Answers fd with a canned 503 and closes it (no slot taken). */
-void conn_refuse(struct worker *w, int fd);
 /*
  * File descriptors ran out (EMFILE/ENFILE): closes up to n idle pooled upstream connections
  * and idle client connections (no request in flight). Returns how many were closed; their
@@ -143,6 +141,44 @@ uint32_t ups_pool_shed(struct worker *w, uint32_t n);
  */
 struct ups *ups_connect(struct worker *w, const struct cfg_backend *be, uint16_t id, int *err);
 
+/* --- upstream_tls.c: the TLS transport of an upstream connection, for upstream.c --------- */
+
+/*
+ * Between a TLS backend's socket completions and the exchange: after the connect the
+ * handshake runs (still RS_CONNECT, so upstream_connect_ms bounds connect and handshake
+ * together), then what c->x->req.out queues is encrypted and sent, and received ciphertext is
+ * decrypted into u->in. A failed handshake or verification is the attempt's UF_CONNECT.
+ */
+
+/* A new upstream to a TLS backend: its client session on cl. 0 or -errno. */
+int utls_start(struct worker *w, struct ups *u, const struct tls_client *cl);
+/* Frees the session and what it holds (ups_release: nothing in flight). */
+void utls_free(struct worker *w, struct ups *u);
+/* The connect completed (res >= 0): the handshake starts. */
+void utls_on_connect(struct worker *w, struct conn *c, struct ups *u);
+/* A receive completed on an attached TLS upstream. */
+void utls_on_recv(struct worker *w, struct conn *c, struct ups *u, int res, uint32_t flags);
+/* The OP_U_TLS completion: read what the session holds (ups_arm_recv submitted it). */
+void utls_on_pump(struct worker *w, struct conn *c, struct ups *u);
+/* ups_arm_recv: true when the session holds input to read first (it submitted OP_U_TLS). */
+bool utls_arm_pump(struct worker *w, struct ups *u);
+/* ups_send for a TLS upstream: encrypts c->x->req.out and sends the ciphertext. */
+void utls_send(struct worker *w, struct conn *c, struct ups *u);
+/*
+ * A send completion on an attached TLS upstream. true: *res is now the plaintext progress of
+ * c->x->req.out (or an error) and the caller goes on with it; false: handled here.
+ */
+bool utls_on_send(struct worker *w, struct conn *c, struct ups *u, int *res);
+/*
+ * A receive completed on an idle pooled TLS upstream (bid, n bytes). true: only TLS records
+ * came (a session ticket), the connection stays pooled and its receive is armed again;
+ * false: it must be closed (data, close_notify, an error).
+ */
+bool utls_idle_recv(struct worker *w, struct ups *u, int32_t bid, int n);
+/* May u go back to its pool (nothing unread in the session, no send in flight)? */
+bool utls_poolable(struct worker *w, struct ups *u);
+/* A clean close (ups_close): close_notify goes out first when the session can say it. */
+void utls_close_notify(struct worker *w, struct ups *u);
 /* --- ctls.c: the TLS transport of a client connection, for client.c and exchange.c ------- */
 
 /*
@@ -393,6 +429,8 @@ static inline void ups_arm_recv(struct worker *w, struct ups *u)
 
 	if (u->recv_armed)
 		return;
+	if (u->tls && utls_arm_pump(w, u))
+		return;
 	sqe = worker_sqe(w);
 	io_uring_prep_recv(sqe, u->fd, NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
@@ -405,6 +443,10 @@ static inline void ups_arm_recv(struct worker *w, struct ups *u)
 /* Submits c->x->req.out on u. */
 static inline void ups_send(struct worker *w, struct conn *c, struct ups *u)
 {
+	if (u->tls) {
+		utls_send(w, c, u);
+		return;
+	}
 	sendq_submit(w, &c->x->req.out, u->fd, OP_U_SEND, uidx(w, u), u->gen);
 	u->inflight++;
 }

@@ -234,9 +234,14 @@ static void ctls_deliver(struct worker *w, struct conn *c, struct ctls *x)
 	ctls_flush(w, c, x);
 	ctls_release_in(w, x);
 	if (len == 0) {
-		if (eof)
+		if (eof && c->req_state == RQ_HEAD && c->rs_state == RS_NONE &&
+		    !conn_head_partial(c)) {
+			/* close_notify between requests: ours in answer, then the close. */
+			c->flags |= CF_EOF;
+			conn_close_graceful(w, c);
+		} else if (eof) {
 			conn_on_eof(w, c, 0);
-		else if (!(x->flags & CT_HS_MORE))
+		} else if (!(x->flags & CT_HS_MORE))
 			conn_arm_recv(w, c);
 		return;
 	}

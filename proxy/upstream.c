@@ -36,6 +36,7 @@ static struct ups *ups_alloc(struct worker *w)
 	u->in.hbuf = NIL;
 	u->in.len = u->in.off = 0;
 	u->pool_prev = u->pool_next = NIL;
+	u->tls = 0;
 	w->ups_open++;
 	return u;
 }
@@ -43,6 +44,8 @@ static struct ups *ups_alloc(struct worker *w)
 void ups_release(struct worker *w, struct ups *u)
 {
 	BUG_ON(u->inflight != 0);
+	if (u->tls)
+		utls_free(w, u);
 	if (u->fd >= 0)
 		close(u->fd);
 	u->fd = -1;
@@ -58,6 +61,8 @@ void ups_release(struct worker *w, struct ups *u)
 /* Starts closing an upstream that no connection owns any more. */
 void ups_close(struct worker *w, struct ups *u)
 {
+	if (u->tls && !u->closing)
+		utls_close_notify(w, u);
 	u->owner = NIL;
 	if (u->inflight == 0) {
 		ups_release(w, u);
@@ -99,7 +104,8 @@ void ups_pool_put(struct worker *w, struct ups *u)
 	 * that began with a PROXY header speaks for its client only: never pooled.
 	 */
 	if (u->closing || w->pool_n[b] >= w->snap->cfg.limits.upstream_idle_per_backend ||
-	    w->stopping || w->snap->id_gen[b] != u->be_gen || u->pp_len) {
+	    w->stopping || w->snap->id_gen[b] != u->be_gen || u->pp_len ||
+	    (u->tls && !utls_poolable(w, u))) {
 		ups_close(w, u);
 		return;
 	}
@@ -209,6 +215,14 @@ struct ups *ups_connect(struct worker *w, const struct cfg_backend *be, uint16_t
 	u->be_gen = w->snap->id_gen[id];
 	memcpy(&u->addr, &be->addr.ss, be->addr.len);
 	u->addr_len = be->addr.len;
+	if (be->tls.on) {
+		/* The snapshot's context for this backend entry (main.c builds one per entry). */
+		*err = utls_start(w, u, w->snap->btls[be - w->snap->cfg.backends]);
+		if (*err < 0) {
+			ups_release(w, u);
+			return NULL;
+		}
+	}
 	sqe = worker_sqe(w);
 	io_uring_prep_connect(sqe, fd, (struct sockaddr *)&u->addr, u->addr_len);
 	sqe->user_data = ud_pack(OP_U_CONNECT, uidx(w, u), u->gen);
@@ -233,13 +247,21 @@ void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int r
 	}
 	BUG_ON(u->inflight == 0);
 	u->inflight--;
-	if (op == OP_U_RECV)
+	if (op == OP_U_RECV || op == OP_U_TLS)
 		u->recv_armed = false;
 	if (u->owner != NIL) {
 		c = &w->conns[u->owner];
 		CONN_BUG_ON(w, c, !c->active || c->gen != u->owner_gen || c->ups != idx);
 	}
 	if (!c) {
+		/* A pooled TLS upstream may get a session ticket: it stays (the buffer is taken). */
+		if (op == OP_U_RECV && u->tls && !u->closing && res > 0) {
+			bool keep = utls_idle_recv(w, u, bid, res);
+
+			bid = -1;
+			if (keep)
+				return;
+		}
 		/* Pooled or detached. Any completion on an idle pooled connection ends it. */
 		buf_put(w, bid);
 		if (u->closing) {
@@ -247,7 +269,7 @@ void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int r
 				ups_release(w, u);
 			return;
 		}
-		if (op == OP_U_RECV) {
+		if (op == OP_U_RECV || op == OP_U_TLS) {
 			ups_pool_unlink(w, u);
 			ups_close(w, u);
 		}
@@ -264,13 +286,23 @@ void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int r
 	}
 	switch (op) {
 	case OP_U_CONNECT:
-		exchange_on_connect(w, c, u, res);
+		if (u->tls && res >= 0)
+			utls_on_connect(w, c, u);
+		else
+			exchange_on_connect(w, c, u, res);
 		break;
 	case OP_U_SEND:
-		exchange_on_send(w, c, u, res);
+		if (!u->tls || utls_on_send(w, c, u, &res))
+			exchange_on_send(w, c, u, res);
 		break;
 	case OP_U_RECV:
-		exchange_on_recv(w, c, u, res, flags);
+		if (u->tls)
+			utls_on_recv(w, c, u, res, flags);
+		else
+			exchange_on_recv(w, c, u, res, flags);
+		break;
+	case OP_U_TLS:
+		utls_on_pump(w, c, u);
 		break;
 	case OP_U_CANCEL:
 		break;

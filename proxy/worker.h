@@ -74,7 +74,10 @@ struct worker {
 	uint32_t fd_short;  /* listeners whose accept ran out of fds in this batch (bit mask) */
 
 	/* file-descriptor exhaustion (EMFILE/ENFILE) */
-	int reserve_fd;		  /* given up to accept and refuse one connection, then re-taken */
+	uint32_t refusing;    /* listeners whose refusal (accept, 503, close) is in flight */
+	bool refuse_may_wait; /* the kernel lacks IORING_ACCEPT_DONTWAIT (before 6.10) */
+	char refuse_msg[128]; /* the 503 a refusal sends (read by the kernel) */
+	uint32_t refuse_len;
 	uint64_t accept_retry_ms; /* accepts paused by EMFILE resume at this tick (0: none) */
 	uint64_t fd_warned_ms;	  /* last warning (one per 10 s) */
 	uint64_t fd_errors;	  /* failures since that warning */
@@ -91,6 +94,12 @@ struct worker {
 	uint32_t pool_head[BACKEND_IDS_MAX], pool_tail[BACKEND_IDS_MAX];
 	uint32_t pool_n[BACKEND_IDS_MAX];
 	uint32_t ups_open;
+	/* TLS upstream sessions (ups.tls): ups_cap slots, touched only when used */
+	struct utls *utls;
+	uint32_t utls_free,
+		utls_high; /* free list of given-back slots; never-used ones from high */
+	/* per backend id: the session the next TLS connection to it resumes (upstream_tls.c) */
+	struct tls_sess_slot *utls_sess;
 
 	/* timers: FIFO lists per class */
 	uint32_t thead[T_CLASSES], ttail[T_CLASSES];
@@ -147,7 +156,7 @@ struct ud {
 	uint32_t idx;
 	uint32_t gen;
 };
-_Static_assert(OP_LOG_WRITE < (1 << UD_OP_BITS), "every op fits user_data");
+_Static_assert(OP_REFUSE < (1 << UD_OP_BITS), "every op fits user_data");
 
 static inline uint64_t ud_pack(enum wop op, uint32_t idx, uint32_t gen)
 {

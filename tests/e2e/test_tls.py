@@ -55,6 +55,9 @@ def start_tls(corral, backends, certs, tls_extra=None, **over):
 
 def client_ctx(cafile=None, minv=None, maxv=None, alpn=None):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # Python sets OP_IGNORE_UNEXPECTED_EOF by default, so an EOF without close_notify would read
+    # as a clean end: the tests must tell the two apart.
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
     if cafile:
         ctx.load_verify_locations(cafile)
     else:
@@ -84,6 +87,10 @@ class TLSClient(Client):
         try:
             data = self.sock.recv(want)
         except (ssl.SSLEOFError, ConnectionResetError) as e:
+            raise Truncated(repr(e)) from e
+        except ssl.SSLError as e:
+            if "UNEXPECTED_EOF" not in str(e):
+                raise
             raise Truncated(repr(e)) from e
         if not data:
             raise Closed("close_notify")
@@ -287,6 +294,25 @@ def test_garbage_is_a_bad_record(corral, backend, certs):
 
 
 @pytest.mark.corral_only
+def test_a_full_table_closes_a_tls_client_without_a_503_in_clear(corral, backend, certs):
+    p = start_tls(corral, [backend], [certs["a"]], workers={"cores": [0]},
+                  limits={"connections_per_core": 4})
+    held = [TLSClient(p.tls_port) for _ in range(4)]
+    try:
+        for c in held:
+            assert c.get("/").status == 200
+        with socket.create_connection(("127.0.0.1", p.tls_port), timeout=IO) as s:
+            s.sendall(client_hello(0x0303))
+            got, how = read_until_closed(s, IO)
+        assert how != "open" and got == b"", "a TLS client must not get plaintext: %r" % got[:80]
+        assert p.stats()["total"]["conns_rejected"] == 1
+        assert held[0].get("/").status == 200
+    finally:
+        for c in held:
+            c.close()
+
+
+@pytest.mark.corral_only
 def test_x_forwarded_proto_is_https_over_tls(corral, certs):
     rec = Recorder()
     try:
@@ -361,6 +387,56 @@ def test_large_upload_download_and_pipelining(corral, backend, certs):
 
 
 @pytest.mark.corral_only
+@pytest.mark.deadline(120)
+def test_full_duplex_echo_over_tls(corral, backend, certs):
+    """/echo streams the body back while it is still being uploaded: both directions at once,
+    from one client thread (an SSL object is not for two threads) with non-blocking I/O."""
+    import select
+    total = 40 << 20
+    p = start_tls(corral, [backend], [certs["a"]], limits={"body_bytes_max": 64 << 20})
+    c = TLSClient(p.tls_port)
+    c.send(build_request("POST", "/echo", [("Content-Length", str(total))]))
+    c.sock.setblocking(False)
+    block = os.urandom(65536)
+    sent_h, got = hashlib.sha256(), bytearray()
+    got_h, sent, body_seen, head = hashlib.sha256(), 0, 0, None
+    pending = b""
+    deadline = time.monotonic() + 90 * SLOW
+    while head is None or body_seen < total:
+        assert time.monotonic() < deadline, "stalled at %d sent, %d received" % (sent, body_seen)
+        want_w = sent < total or pending
+        r, w, _ = select.select([c.sock], [c.sock] if want_w else [], [], 1.0)
+        if w:
+            if not pending:
+                n = min(len(block), total - sent)
+                pending = block[:n]
+                sent_h.update(pending)
+                sent += n
+            try:
+                pending = pending[c.sock.send(pending):]
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                pass
+        while True:
+            try:
+                d = c.sock.recv(262144)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            assert d, "closed after %d body bytes" % body_seen
+            if head is None:
+                got += d
+                i = got.find(b"\r\n\r\n")
+                if i < 0:
+                    continue
+                head = bytes(got[:i])
+                d = bytes(got[i + 4:])
+                assert head.startswith(b"HTTP/1.1 200"), head
+            got_h.update(d)
+            body_seen += len(d)
+    assert body_seen == total and got_h.hexdigest() == sent_h.hexdigest()
+    c.close()
+
+
+@pytest.mark.corral_only
 def test_expect_100_continue_over_tls(corral, backend, certs):
     p = start_tls(corral, [backend], [certs["a"]])
     with TLSClient(p.tls_port) as c:
@@ -381,6 +457,53 @@ def test_connection_close_ends_with_close_notify(corral, backend, certs):
         with pytest.raises(Closed) as e:
             c._fill()
         assert not isinstance(e.value, Truncated), "a clean close must send close_notify: %r" % e.value
+
+
+@pytest.mark.corral_only
+def test_a_client_close_notify_is_answered_with_close_notify(corral, backend, certs):
+    p = start_tls(corral, [backend], [certs["a"]])
+    raw = socket.create_connection(("127.0.0.1", p.tls_port), timeout=IO)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    o = client_ctx().wrap_bio(inc, out, server_hostname="a.test")
+
+    def step(fn, *a):
+        while True:
+            try:
+                r = fn(*a)
+                raw.sendall(out.read())
+                return r
+            except ssl.SSLWantReadError:
+                raw.sendall(out.read())
+                d = raw.recv(65536)
+                assert d, "closed early"
+                inc.write(d)
+
+    step(o.do_handshake)
+    step(o.write, build_request("GET", "/"))
+    assert step(o.read, 65536).startswith(b"HTTP/1.1 200 ")
+    try:
+        o.unwrap()  # our close_notify
+    except ssl.SSLWantReadError:
+        pass
+    raw.sendall(out.read())
+    got, how = read_until_closed(raw, IO)
+    raw.close()
+    inc.write(got)
+    assert how != "open"
+    o.unwrap()  # raises unless corral's close_notify is among what came back
+    p.wait_idle()
+
+
+@pytest.mark.corral_only
+def test_a_graceful_stop_ends_idle_tls_connections_with_close_notify(corral, backend, certs):
+    p = start_tls(corral, [backend], [certs["a"]])
+    with TLSClient(p.tls_port) as c:
+        assert c.get("/").status == 200
+        p.signal_graceful()
+        with pytest.raises(Closed) as e:
+            c._fill()
+        assert not isinstance(e.value, Truncated), "an idle connection was cut: %r" % e.value
+    assert p.stop() == 0
 
 
 @pytest.mark.corral_only
@@ -509,6 +632,11 @@ def test_tickets_resume_across_workers(corral, backend, certs):
     per_core = [core["tls"]["resumed"] for core in st["cores"]]
     assert sum(per_core) == 8, st["cores"]
     assert all(n > 0 for n in per_core), "every worker must resume the others' tickets: %s" % per_core
+    # And after a reload (new contexts, the same ticket keys).
+    reload(p, "configuration reloaded")
+    with TLSClient(p.tls_port, ctx, session=sess) as c:
+        assert c.get("/").status == 200
+        assert c.sock.session_reused, "a ticket from before the reload did not resume"
 
 
 def write_cfg(p, cfg):
