@@ -188,7 +188,7 @@ struct utls {
 	struct tls_conn t;
 	struct iovec iov;   /* the ciphertext send in flight */
 	int32_t cbid;	    /* the received ciphertext buffer the session still reads, or -1 */
-	uint32_t plain_enc; /* bytes of c->req.out encrypted and not yet reported sent */
+	uint32_t plain_enc; /* bytes of c->x->req.out encrypted and not yet reported sent */
 	uint32_t next_free; /* free list */
 	uint8_t flags;	    /* enum utls_flag */
 };

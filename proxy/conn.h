@@ -146,7 +146,7 @@ struct ups *ups_connect(struct worker *w, const struct cfg_backend *be, uint16_t
 /*
  * Between a TLS backend's socket completions and the exchange: after the connect the
  * handshake runs (still RS_CONNECT, so upstream_connect_ms bounds connect and handshake
- * together), then what c->req.out queues is encrypted and sent, and received ciphertext is
+ * together), then what c->x->req.out queues is encrypted and sent, and received ciphertext is
  * decrypted into u->in. A failed handshake or verification is the attempt's UF_CONNECT.
  */
 
@@ -162,11 +162,11 @@ void utls_on_recv(struct worker *w, struct conn *c, struct ups *u, int res, uint
 void utls_on_pump(struct worker *w, struct conn *c, struct ups *u);
 /* ups_arm_recv: true when the session holds input to read first (it submitted OP_U_TLS). */
 bool utls_arm_pump(struct worker *w, struct ups *u);
-/* ups_send for a TLS upstream: encrypts c->req.out and sends the ciphertext. */
+/* ups_send for a TLS upstream: encrypts c->x->req.out and sends the ciphertext. */
 void utls_send(struct worker *w, struct conn *c, struct ups *u);
 /*
  * A send completion on an attached TLS upstream. true: *res is now the plaintext progress of
- * c->req.out (or an error) and the caller goes on with it; false: handled here.
+ * c->x->req.out (or an error) and the caller goes on with it; false: handled here.
  */
 bool utls_on_send(struct worker *w, struct conn *c, struct ups *u, int *res);
 /*

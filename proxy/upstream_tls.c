@@ -17,8 +17,9 @@
  * completion reads it, so the exchange is never re-entered from inside itself.
  *
  * Send: what c->x->req.out queues is encrypted into the session's output (a send_proxy
- * backend's PROXY header goes in clear before the handshake instead) and that ciphertext goes out in one send; the exchange is told the
- * plaintext bytes once their ciphertext is all sent, so its accounting stays as it is.
+ * backend's PROXY header goes in clear before the handshake instead) and that ciphertext
+ * goes out in one send; the exchange is told the plaintext bytes once their ciphertext is all
+ * sent, so its accounting stays as it is.
  *
  * Pooling: a pooled connection keeps its session (and a receive armed: a session ticket that
  * comes while it idles keeps it pooled; anything else closes it). The worker keeps one
@@ -42,7 +43,7 @@ static struct utls *ups_tls(struct worker *w, const struct ups *u)
 /* The request direction's send queue of the exchange that owns u (exchange.c's). */
 static struct sendq *req_out(struct conn *c)
 {
-	return &c->x->req.out;
+	return &c->x->req.out; /* an upstream is owned only by a connection in an exchange */
 }
 
 int utls_start(struct worker *w, struct ups *u, const struct tls_client *cl)

@@ -96,8 +96,9 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->stats = aligned_alloc(64, sizeof(struct stats_worker));
 	w->bstats = aligned_alloc(64, sizeof(struct stats_backend) * BACKEND_IDS_MAX);
 	if (!w->conns || !w->conn_next_free || !w->xs || !w->ups || !w->utls || !w->utls_sess ||
-	    !w->tls || !w->tls_gather || !w->bufs || !w->hbufs || !w->hbuf_next || !w->hdr_scratch ||
-	    !w->bp_ids || !w->wait_next || !w->wait_in || !w->stats || !w->bstats ||
+	    !w->tls || !w->tls_gather || !w->bufs || !w->hbufs || !w->hbuf_next ||
+	    !w->hdr_scratch || !w->bp_ids || !w->wait_next || !w->wait_in || !w->stats ||
+	    !w->bstats ||
 	    bufpool_init(&w->bp, w->nbufs, BUF_RING_MIN) < 0)
 		return -ENOMEM;
 	memset(w->stats, 0, sizeof(*w->stats));
@@ -108,10 +109,10 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->conn_free = 0;
 	w->x_free = NIL; /* x_high = 0: no slot touched yet */
 	/*
-	 * Upstream and TLS slots are taken from ups_high / tls_high up as they are first needed
-	 * (upstream.c, ctls.c): a free list through all of them would make the whole table
-	 * resident at start-up (the upstream one: 2 x connections, 216 bytes each, 8.5 MiB at
-	 * 19,512 connections).
+	 * Upstream, TLS and upstream-TLS slots are taken from ups_high / tls_high / utls_high up
+	 * as they are first needed (upstream.c, ctls.c, utls.c): a free list through all of them
+	 * would make the whole table resident at start-up (the upstream one: 2 x connections,
+	 * 216 bytes each, 8.5 MiB at 19,512 connections).
 	 */
 	w->ups_free = NIL;
 	w->tls_free = NIL;

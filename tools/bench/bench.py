@@ -26,6 +26,8 @@ MODES = {
     # handshakes of thousands of connections do not fit 3 minutes on this machine);
     # tls_secs: seconds per measured TLS run (shorter than secs to keep the totals: docs/benchmarks.md);
     # tls_check_wrk: also show, in NGINX's log, what wrk negotiates and that it resumes with Connection: close
+    # scen_secs: seconds per measured run where not `secs` (full: hello keeps 3 s, the rest 2 s, to
+    # stay under 15 minutes with the TLS scenarios; BENCH_SECS sets all);
     # no_warm: scenarios without the warm-up (churn and large set up what they need in their first
     # milliseconds; the time goes to the TLS scenarios); uneven_relay: the relay in uneven (not in quick)
     "quick": dict(rounds=2, secs=2, warm=0, warm_once=1, hello1=[256], hello2=[], work=False, large_up=False,
@@ -34,7 +36,7 @@ MODES = {
     "full": dict(rounds=3, secs=3, warm=0, warm_once=1, hello1=[64, 256, 1024], hello2=[256], work=True,
                  large_up=True, idle=[10000, 19000], slow=True, slow_secs=15, tls=[64, 256], tls_hs=[32],
                  tls_idle=[2000, 4000], tls_secs=1.5, tls_check_wrk=True, no_warm=["churn", "large"],
-                 uneven_relay=True),
+                 uneven_relay=True, scen_secs={"work": 2, "uneven": 2, "churn": 2, "large": 2}),
 }
 POOL = 1024            # upstream keep-alive connections each proxy may keep: >= the largest -c
 REQS_PER_CONN = 1000000  # keep-alive requests per client connection: never reached in a run
@@ -54,6 +56,8 @@ class Bench:
     def __init__(self, build, mode):
         self.build = os.path.abspath(build)
         self.m = dict(MODES[mode])
+        if os.environ.get("BENCH_SECS"):
+            self.m["scen_secs"] = {}
         for k in ("rounds", "secs", "tls_secs"):
             if os.environ.get("BENCH_" + k.upper()):
                 self.m[k] = (float if k == "tls_secs" else int)(os.environ["BENCH_" + k.upper()])
@@ -422,7 +426,8 @@ class Bench:
         b0 = self.tasks([self.backend[0].pid])
         k0 = self.cores()
         if not mark:
-            ws = [self.wrk(c["port"], log=lg, secs=self.m["secs"], **kw) for (_, kw), lg in zip(loads, logs)]
+            secs = self.m.get("scen_secs", {}).get(scen, self.m["secs"])
+            ws = [self.wrk(c["port"], log=lg, secs=secs, **kw) for (_, kw), lg in zip(loads, logs)]
         for w in ws:
             w.wait()
         t1 = self.tasks(c["pids"])

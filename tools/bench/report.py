@@ -172,9 +172,12 @@ def main():
     P(f"## corral bench ({meta.get('mode')}): {stamp}")
     st = meta.get("settings") or {}
     P("")
+    other = ", ".join(f"{k} {v} s" for k, v in (st.get("scen_secs") or {}).items())
     P(f"Medians of {st.get('rounds')} interleaved rounds of {st.get('secs')} s per contender "
+      + (f"({other}) " if other else "")
       + (f"(warm-up {st.get('warm')} s before each)" if st.get("warm") else
-         f"(warm-up {st.get('warm_once')} s before a contender's first run)")
+         f"(warm-up {st.get('warm_once')} s before a contender's first run"
+         + (f", none in {', '.join(st['no_warm'])} and TLS)" if st.get("no_warm") else ")"))
       + (f"; TLS runs {st.get('tls_secs')} s each" if st.get("tls_secs") else "")
       + f"; floor = `{FLOOR}` (unparsed io_uring relay), reference = HAProxy. "
       f"NGINX {meta.get('nginx')}, HAProxy {meta.get('haproxy')}, wrk {meta.get('wrk')}.")

@@ -11,7 +11,7 @@
  *   Latency: from connect() to the response's last byte.
  * keep-alive (the default): N connections, each handshakes once, then GETs back to back. wrk
  *   would do the same, but it makes its N handshakes inside the measured window, and for TLS
- *   they are not negligible (256 full handshakes are 0.1 s or more of proxy CPU, a contender
+ *   they are not negligible (256 full handshakes are 0.15 s or more of proxy CPU, a contender
  *   with dearer handshakes would pay them in its per-request figure). Here the measured window
  *   opens only once every connection has its first response. Latency: request to response.
  *
