@@ -500,7 +500,8 @@ static bool conn_x_attach(struct worker *w, struct conn *c)
 		return true;
 	}
 	n = http_error_response(out, sizeof(out), 503, true);
-	if (n > 0 && send(c->fd, out, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) > 0)
+	/* Not over TLS: a 503 in clear inside the session would only be a bad record. */
+	if (!c->tls && n > 0 && send(c->fd, out, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) > 0)
 		count_status(w, 503);
 	STAT_ADD(w->stats->conns_rejected, 1);
 	c->rej_reason = "no exchange slot free";
