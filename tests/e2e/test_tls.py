@@ -55,6 +55,9 @@ def start_tls(corral, backends, certs, tls_extra=None, **over):
 
 def client_ctx(cafile=None, minv=None, maxv=None, alpn=None):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # Python sets OP_IGNORE_UNEXPECTED_EOF by default, so an EOF without close_notify would read
+    # as a clean end: the tests must tell the two apart.
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
     if cafile:
         ctx.load_verify_locations(cafile)
     else:
@@ -84,6 +87,10 @@ class TLSClient(Client):
         try:
             data = self.sock.recv(want)
         except (ssl.SSLEOFError, ConnectionResetError) as e:
+            raise Truncated(repr(e)) from e
+        except ssl.SSLError as e:
+            if "UNEXPECTED_EOF" not in str(e):
+                raise
             raise Truncated(repr(e)) from e
         if not data:
             raise Closed("close_notify")
@@ -430,6 +437,25 @@ def test_full_duplex_echo_over_tls(corral, backend, certs):
 
 
 @pytest.mark.corral_only
+def test_tls_with_every_free_buffer_in_the_ring(corral, backend, certs):
+    """16 receive buffers, all posted to the kernel's ring: the plaintext goes into head buffers
+    (and 4 KiB buffers split every TLS record over several receives)."""
+    p = start_tls(corral, [backend], [certs["a"]], workers={"cores": [0]},
+                  limits={"buffers_per_core": 16, "buffer_bytes": 4096})
+    with TLSClient(p.tls_port) as c:
+        for n in (10, 70000):
+            r = c.get("/bytes/%d" % n)
+            assert r.status == 200 and r.body == pattern(0, n)
+        body = os.urandom(300000)
+        r = c.request("POST", "/echo", body=body)
+        assert r.status == 200 and r.body == body
+        c.send(b"".join(build_request("GET", "/bytes/%d" % n) for n in (1, 2, 3)))
+        for n in (1, 2, 3):
+            assert c.read_response("GET").body == pattern(0, n)
+    p.wait_idle()
+
+
+@pytest.mark.corral_only
 def test_expect_100_continue_over_tls(corral, backend, certs):
     p = start_tls(corral, [backend], [certs["a"]])
     with TLSClient(p.tls_port) as c:
@@ -450,6 +476,88 @@ def test_connection_close_ends_with_close_notify(corral, backend, certs):
         with pytest.raises(Closed) as e:
             c._fill()
         assert not isinstance(e.value, Truncated), "a clean close must send close_notify: %r" % e.value
+
+
+class BioClient:
+    """A TLS client over a memory BIO, so the test decides when close_notify goes out (TLS's
+    half-close) and sees exactly what comes back."""
+
+    def __init__(self, port):
+        self.raw = socket.create_connection(("127.0.0.1", port), timeout=IO)
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.o = client_ctx().wrap_bio(self.inc, self.out, server_hostname="a.test")
+        self.step(self.o.do_handshake)
+
+    def step(self, fn, *a):
+        while True:
+            try:
+                r = fn(*a)
+                self.raw.sendall(self.out.read())
+                return r
+            except ssl.SSLWantReadError:
+                self.raw.sendall(self.out.read())
+                d = self.raw.recv(65536)
+                assert d, "closed early"
+                self.inc.write(d)
+
+    def send_close_notify(self):
+        try:
+            self.o.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        self.raw.sendall(self.out.read())
+
+    def read_to_close(self):
+        """Everything until the TCP close; raises unless corral's close_notify ended it."""
+        got, how = read_until_closed(self.raw, IO)
+        assert how != "open"
+        self.inc.write(got)
+        plain = b""
+        while True:
+            try:
+                d = self.o.read(65536)
+            except ssl.SSLZeroReturnError:
+                return plain
+            assert d, plain
+            plain += d
+
+
+@pytest.mark.corral_only
+def test_a_client_close_notify_is_answered_with_close_notify(corral, backend, certs):
+    p = start_tls(corral, [backend], [certs["a"]])
+    c = BioClient(p.tls_port)
+    c.step(c.o.write, build_request("GET", "/"))
+    assert c.step(c.o.read, 65536).startswith(b"HTTP/1.1 200 ")
+    c.send_close_notify()
+    assert c.read_to_close() == b""
+    c.raw.close()
+    p.wait_idle()
+
+
+@pytest.mark.corral_only
+def test_a_half_closed_tls_client_gets_its_whole_response(corral, backend, certs):
+    """close_notify right behind the request (TLS's half-close): the response still comes, all
+    of it, then corral's close_notify."""
+    p = start_tls(corral, [backend], [certs["a"]])
+    c = BioClient(p.tls_port)
+    c.step(c.o.write, build_request("GET", "/bytes/300000"))
+    c.send_close_notify()
+    got = c.read_to_close()
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and body == pattern(0, 300000), head
+    c.raw.close()
+
+
+@pytest.mark.corral_only
+def test_a_graceful_stop_ends_idle_tls_connections_with_close_notify(corral, backend, certs):
+    p = start_tls(corral, [backend], [certs["a"]])
+    with TLSClient(p.tls_port) as c:
+        assert c.get("/").status == 200
+        p.signal_graceful()
+        with pytest.raises(Closed) as e:
+            c._fill()
+        assert not isinstance(e.value, Truncated), "an idle connection was cut: %r" % e.value
+    assert p.stop() == 0
 
 
 @pytest.mark.corral_only
@@ -578,6 +686,11 @@ def test_tickets_resume_across_workers(corral, backend, certs):
     per_core = [core["tls"]["resumed"] for core in st["cores"]]
     assert sum(per_core) == 8, st["cores"]
     assert all(n > 0 for n in per_core), "every worker must resume the others' tickets: %s" % per_core
+    # And after a reload (new contexts, the same ticket keys).
+    reload(p, "configuration reloaded")
+    with TLSClient(p.tls_port, ctx, session=sess) as c:
+        assert c.get("/").status == 200
+        assert c.sock.session_reused, "a ticket from before the reload did not resume"
 
 
 def write_cfg(p, cfg):
