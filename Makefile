@@ -96,8 +96,13 @@ $(B)/tests/test_%: $(B)/obj/tests/unit/test_%.o $(LIB_OBJ) $(LLHTTP_LIB)
 unit: $(UNIT_BIN)
 	@bash tests/run-unit.sh $(UNIT_BIN)
 
+# E2E_JOBS pytest processes (pytest-xdist, in the test set): the tests are independent (ports
+# from the kernel, their own instances, BPF pin folders and temp folders) and mostly wait on
+# sockets, so two share the two CPUs well. E2E_JOBS=1, or no xdist, runs them in one process.
+E2E_JOBS ?= 2
+E2E_XDIST = $(if $(filter-out 0 1,$(E2E_JOBS)),$(shell $(PYTHON) -c 'import xdist' 2>/dev/null && printf -- '-n %s' '$(E2E_JOBS)'))
 e2e: $(BINS)
-	CORRAL_BUILD=$(abspath $(B)) $(PYTHON) -m pytest -q -rsx -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
+	CORRAL_BUILD=$(abspath $(B)) $(PYTHON) -m pytest -q -rsx -p no:cacheprovider $(E2E_XDIST) tests/e2e $(PYTEST_ARGS)
 
 test: deps-test
 	$(MAKE) all
@@ -105,12 +110,15 @@ test: deps-test
 	$(MAKE) fuzz-smoke
 	$(MAKE) e2e
 
-# The same tests, built with AddressSanitizer + UBSan into build/asan.
+# The same tests, built with AddressSanitizer + UBSan into build/asan. unit, then e2e: under
+# make -j2 two goals of one make would run at once.
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 asan: deps-test
 	$(MAKE) B=build/asan SAN="$(ASAN_FLAGS)" OPT="-O1 -g" all
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-		$(MAKE) B=build/asan SAN="$(ASAN_FLAGS)" OPT="-O1 -g" unit e2e
+		$(MAKE) B=build/asan SAN="$(ASAN_FLAGS)" OPT="-O1 -g" unit
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		$(MAKE) B=build/asan SAN="$(ASAN_FLAGS)" OPT="-O1 -g" e2e
 
 # --- fuzzing (clang libFuzzer) ----------------------------------------------------
 FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE -Iproxy -Ibpf -I$(LLHTTP_INC)
@@ -128,16 +136,24 @@ $(B)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/check.h proxy/http.c $(wildcard
 $(B)/fuzz/fuzz_tls: tests/fuzz/fuzz_tls.c tests/fuzz/check.h proxy/tls.c proxy/util.c $(wildcard proxy/*.h)
 	@mkdir -p $(@D)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $< proxy/tls.c proxy/util.c -lssl -lcrypto -lurcu-qsbr
+# Its client side (TLS to backends), against corral's own server session.
+$(B)/fuzz/fuzz_tls_client: tests/fuzz/fuzz_tls_client.c tests/fuzz/check.h proxy/tls.c proxy/util.c $(wildcard proxy/*.h)
+	@mkdir -p $(@D)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $< proxy/tls.c proxy/util.c -lssl -lcrypto -lurcu-qsbr
 
-fuzz: $(FUZZ_SRC:tests/fuzz/%.c=$(B)/fuzz/%)
-	@for f in $^; do n=$$(basename $$f); mkdir -p $(B)/fuzz/corpus-$$n; \
+# One rule per target, so that make -j2 fuzzes two targets at once (each for FUZZ_SECONDS).
+FUZZ_RUN := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/fuzz/%.run)
+.PHONY: $(FUZZ_RUN)
+fuzz: $(FUZZ_RUN)
+$(FUZZ_RUN): %.run: %
+	@n=$$(basename $<); mkdir -p $(B)/fuzz/corpus-$$n; \
 		echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
 		seeds=tests/fuzz/corpus/$$n; [ -d $$seeds ] || seeds=; \
-		$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=$(B)/fuzz/$$n- \
-			$(B)/fuzz/corpus-$$n $$seeds || exit 1; done
+		$< -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=$(B)/fuzz/$$n- \
+			$(B)/fuzz/corpus-$$n $$seeds
 
 fuzz-smoke:
-	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
+	@$(MAKE) --no-print-directory --output-sync=target fuzz FUZZ_SECONDS=10
 
 # --- run, bench -----------------------------------------------------------------------
 # The binaries only: the unit tests (all) would need the test set's Criterion.

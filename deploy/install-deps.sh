@@ -22,7 +22,7 @@ RUN_PKGS=(
 )
 TEST_PKGS=(
 	libcriterion-dev libclang-rt-14-dev clang-format
-	python3 python3-pytest python3-yaml python3-prometheus-client tmux curl iproute2
+	python3 python3-pytest python3-pytest-xdist python3-yaml python3-prometheus-client tmux curl iproute2
 	systemd cppcheck openssl wrk haproxy
 )
 # The peers and the load generator, plus what tools/bench/ builds and plots: cargo and the Rust

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include "config-t.h"
 #include "stats-t.h"
+#include "tls-t.h"
 
 /*
  * The daemon describes itself through struct admin_ops: plain callbacks, all of them called
@@ -60,6 +61,23 @@ struct admin_backend {
 	uint64_t transitions; /* up <-> down changes */
 };
 
+/* One certificate a TLS listener serves, as loaded now. Filled by ops->cert(). */
+struct admin_cert {
+	uint32_t listener;	   /* listen[] index */
+	char listen[64];	   /* that listener's address as configured */
+	uint32_t index;		   /* certificates[] index: 0 is the default (no SNI, no match) */
+	char file[CFG_PATH_MAX];   /* the cert file it was read from */
+	struct tls_cert_info info; /* what the certificate says */
+};
+
+struct snapshot;
+/*
+ * certs_n/cert for a daemon: the certificates of the TLS listeners of snapshot s (main
+ * thread, on the published snapshot), listen[] then certificates[] order.
+ */
+uint32_t ctl_snapshot_certs_n(const struct snapshot *s);
+int ctl_snapshot_cert(const struct snapshot *s, uint32_t i, struct admin_cert *out);
+
 /* How this process came to be: filled by ops->upgrade_info(). */
 struct admin_upgrade {
 	uint32_t count;	  /* upgrades in this line of processes; 0 = started plainly */
@@ -87,6 +105,13 @@ struct admin_ops {
 	int (*backend)(void *ctx, uint32_t i, struct admin_backend *out);
 	uint64_t (*steer_fallbacks)(void *ctx); /* SYNs the program left to the kernel hash */
 	uint64_t (*config_version)(void *ctx);	/* snapshot version, bumped by every reload */
+	/*
+	 * The certificates of every TLS listener in the published snapshot, listen[] order then
+	 * certificates[] order (`certs`, and `status`'s certificates). Fills *out for i <
+	 * certs_n(); 0 or -ENOENT.
+	 */
+	uint32_t (*certs_n)(void *ctx);
+	int (*cert)(void *ctx, uint32_t i, struct admin_cert *out);
 
 	/* Readiness and liveness (optional): GET /ready and /healthz on the metrics listener. */
 	bool (*accepting)(void *ctx); /* false once draining for shutdown: /ready answers 503 */

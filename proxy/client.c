@@ -2,7 +2,8 @@
  * The client side of a connection task: accept, the client socket's completions, the request
  * head, the client-abort watch, lingering close, and teardown.
  *
- * Owns: struct conn's slot, its client fd and ops, c->in / c->req.accum while a head is read, the
+ * Owns: struct conn's slot, its client fd and ops, c->in / c->x->req.accum while a head is
+ * read, taking and returning the exchange slot c->x (conn_x_attach / conn_x_detach), the
  * timers of the connection (conn_timer_update), and teardown (conn_try_finish, the one place
  * a slot is freed). May touch: the worker's connection table and generic services (SQEs,
  * buffers, head buffers, timers, the buffer wait queue), steer counters. It hands a parsed
@@ -31,6 +32,19 @@ static void req_discard(struct worker *w, struct conn *c);
 static bool conn_reclaim(struct worker *w);
 static void conn_accept_now(struct worker *w, int fd, uint32_t li);
 static bool exchange_in_flight(const struct conn *c);
+static bool conn_x_attach(struct worker *w, struct conn *c);
+static void conn_x_detach(struct worker *w, struct conn *c);
+
+/*
+ * An idle keep-alive connection is its struct conn alone (the exchange state is in a slot of
+ * the pool, c->x, only while a request is in progress), and the worker's table holds one per
+ * connection, all of whose pages an idle crowd touches: issue 12 wants at most 512 bytes of
+ * resident memory per idle connection, and the table's share must leave room below that for
+ * the rest (the free list, the kernel's share of the io_uring state in the process's pages).
+ */
+#define CONN_BYTES_MAX 320
+_Static_assert(sizeof(struct conn) <= CONN_BYTES_MAX,
+	       "struct conn is what every idle connection costs: keep exchange state in c->x");
 
 /*
  * Puts the connection on the timer list its state calls for. Called once per event, where
@@ -75,7 +89,7 @@ void conn_timer_update(struct worker *w, struct conn *c)
 		if (c->rs_state == RS_CONNECT) {
 			cls = T_CONNECT;
 			ms = t->upstream_connect_ms;
-		} else if (c->resp.out.busy || c->req_state == RQ_BODY) {
+		} else if (c->x->resp.out.busy || c->req_state == RQ_BODY) {
 			cls = T_BODY;
 			ms = t->client_body_ms;
 		} else {
@@ -94,29 +108,49 @@ void conn_check(struct worker *w, struct conn *c)
 {
 	struct ups *u = conn_ups(w, c);
 
+	const struct exchange *x = c->x;
+
 	/* At most one each of receive, send, EOF poll and cancel. */
 	CONN_BUG_ON_HOT(w, c, c->inflight > 4);
 	CONN_BUG_ON_HOT(w, c, conn_has(c, CF_RECV_ARMED) && conn_has(c, CF_RECV_WANTED));
 	CONN_BUG_ON_HOT(w, c, u && (u->owner != cidx(w, c) || u->owner_gen != c->gen));
+	/* The exchange slot is this connection's alone, and an upstream is one exchange's. */
+	CONN_BUG_ON_HOT(w, c, x && (x->owner != cidx(w, c) || x->owner_gen != c->gen));
+	CONN_BUG_ON_HOT(w, c, u && !x);
 	switch (conn_phase(c)) {
 	case CP_HEAD:
+		/*
+		 * A slot iff a byte of the next head (or PROXY header) is held, or the last
+		 * exchange's close waits for its close_notify to be sent (conn_close_graceful).
+		 */
+		CONN_BUG_ON_HOT(w, c,
+				!x != !conn_head_partial(c) &&
+					!(c->tls && (conn_tls(w, c)->flags & CT_CLOSE_WAIT)));
+		CONN_BUG_ON_HOT(w, c,
+				x && (u || x->req.head != NIL || x->resp.head != NIL ||
+				      x->resp.accum.hbuf != NIL));
+		break;
 	case CP_DISCARD:
 		CONN_BUG_ON_HOT(w, c,
-				u || c->req.head != NIL || c->resp.head != NIL ||
-					c->resp.accum.hbuf != NIL);
+				!x || u || x->req.head != NIL || x->resp.head != NIL ||
+					x->resp.accum.hbuf != NIL);
 		break;
 	case CP_EXCHANGE:
+		CONN_BUG_ON_HOT(w, c, !x);
 		CONN_BUG_ON_HOT(w, c, c->rs_state != RS_DONE && !u);
 		CONN_BUG_ON_HOT(w, c, c->rs_state == RS_CONNECT && u->connected);
 		break;
 	case CP_TUNNEL:
 		CONN_BUG_ON_HOT(w, c,
-				!u || conn_has(c, CF_KEEPALIVE) || conn_has(c, CF_UPS_REUSABLE));
+				!x || !u || conn_has(c, CF_KEEPALIVE) ||
+					conn_has(c, CF_UPS_REUSABLE));
 		break;
 	case CP_LINGER:
+		/* The slot, if any, stays until teardown: a send of it may still be in flight. */
 		CONN_BUG_ON_HOT(w, c,
-				(u && !u->closing) || c->req.accum.hbuf != NIL ||
-					c->resp.accum.hbuf != NIL);
+				(u && !u->closing) ||
+					(x && (x->req.accum.hbuf != NIL ||
+					       x->resp.accum.hbuf != NIL)));
 		break;
 	case CP_CLOSING:
 		CONN_BUG_ON_HOT(w, c, c->t.tclass != T_NONE);
@@ -131,21 +165,26 @@ int conn_show(struct worker *w, const struct conn *c, char *buf, size_t n)
 	static const char *const rq[] = { "head", "body", "done" };
 	static const char *const rs[] = { "none", "connect", "head", "body", "done", "tunnel" };
 	const struct ups *u = c->ups == NIL ? NULL : &w->ups[c->ups];
+	static const struct exchange none = {
+		.req = { .head = NIL, .accum = { .hbuf = NIL } },
+		.resp = { .head = NIL, .accum = { .hbuf = NIL } },
+	};
+	const struct exchange *x = c->x ? c->x : &none;
 	int k;
 
 	k = snprintf(
 		buf, n,
 		"conn %u gen %u fd %d phase %s req %s resp %s inflight %u timer %u "
-		"requests %u backend %u attempts %u fail %u hbuf req %d resp %d accum req %d "
+		"requests %u exchange %d backend %u attempts %u fail %u hbuf req %d resp %d accum req %d "
 		"resp %d in %u flags%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s",
 		(unsigned)(c - w->conns), c->gen, c->fd, phase[conn_phase(c)],
 		c->req_state < 3 ? rq[c->req_state] : "?", c->rs_state < 6 ? rs[c->rs_state] : "?",
-		c->inflight, c->t.tclass, c->requests, c->backend, c->attempts, c->fail,
-		(int)c->req.head, (int)c->resp.head, (int)c->req.accum.hbuf,
-		(int)c->resp.accum.hbuf, c->in.len, conn_has(c, CF_RECV_ARMED) ? " recv" : "",
+		c->inflight, c->t.tclass, c->requests, c->x ? (int)xidx(w, c->x) : -1, x->backend,
+		x->attempts, x->fail, (int)x->req.head, (int)x->resp.head, (int)x->req.accum.hbuf,
+		(int)x->resp.accum.hbuf, c->in.len, conn_has(c, CF_RECV_ARMED) ? " recv" : "",
 		conn_has(c, CF_RECV_WANTED) ? " recv-wanted" : "",
-		conn_has(c, CF_POLL_ARMED) ? " poll" : "", c->resp.out.busy ? " send-client" : "",
-		c->req.out.busy ? " send-ups" : "", conn_has(c, CF_CANCEL_SENT) ? " cancel" : "",
+		conn_has(c, CF_POLL_ARMED) ? " poll" : "", x->resp.out.busy ? " send-client" : "",
+		x->req.out.busy ? " send-ups" : "", conn_has(c, CF_CANCEL_SENT) ? " cancel" : "",
 		conn_has(c, CF_EOF) ? " eof" : "", conn_has(c, CF_RESET_CLOSE) ? " rst" : "",
 		conn_has(c, CF_KEEPALIVE) ? " keepalive" : "",
 		conn_has(c, CF_CLOSE_AFTER) ? " close-after" : "",
@@ -229,11 +268,6 @@ static void reject_full(struct worker *w, int fd, uint32_t li)
 	close(fd);
 }
 
-void conn_refuse(struct worker *w, int fd, uint32_t li)
-{
-	reject_full(w, fd, li);
-}
-
 void conn_accept(struct worker *w, int fd, uint32_t li)
 {
 	if (!w->stopping && w->conns_active + w->accept_defer_n >= w->conn_limit) {
@@ -303,9 +337,8 @@ static void conn_accept_now(struct worker *w, int fd, uint32_t li)
 	c->fd = fd;
 	c->active = true;
 	c->ups = NIL;
-	c->req.head = c->resp.head = NIL;
-	c->in.bid = c->req.accum.bid = c->resp.accum.bid = -1;
-	c->in.hbuf = c->req.accum.hbuf = c->resp.accum.hbuf = NIL;
+	c->in.bid = -1;
+	c->in.hbuf = NIL;
 	c->t.prev = c->t.next = NIL;
 	sl = sizeof(c->peer);
 	if (getpeername(fd, (struct sockaddr *)&c->peer, &sl) != 0)
@@ -390,12 +423,7 @@ void conn_try_finish(struct worker *w, struct conn *c)
 	timer_clear(w, &c->t);
 	ctls_free(w, c);
 	inbuf_release(w, &c->in);
-	inbuf_release(w, &c->req.accum);
-	inbuf_release(w, &c->resp.accum);
-	if (c->req.head != NIL)
-		hbuf_put(w, c->req.head);
-	if (c->resp.head != NIL)
-		hbuf_put(w, c->resp.head);
+	conn_x_detach(w, c);
 	if (conn_has(c, CF_RESET_CLOSE)) {
 		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
 
@@ -418,7 +446,7 @@ void conn_abort(struct worker *w, struct conn *c)
 {
 	/* A response cut short (upstream failure, timeout): its one log line, status as sent. */
 	if (!conn_has(c, CF_CLOSING) && conn_has(c, CF_RESP_STARTED) && exchange_in_flight(c))
-		conn_log(w, c, c->resp_code);
+		conn_log(w, c, c->x->resp_code);
 	c->flags |= CF_CLOSING;
 	c->flags &= ~CF_LINGERING;
 	timer_clear(w, &c->t);
@@ -452,10 +480,61 @@ void conn_abort_reset(struct worker *w, struct conn *c)
 	conn_abort(w, c);
 }
 
+/*
+ * Takes an exchange slot for c (the first bytes of a request head or PROXY header arrived, or
+ * corral answers it). false: every slot of the pool is in use (only possible beyond the
+ * connection limit, in an upgrade's drain: conn-t.h, XSLOT_COUNT); the request gets a canned
+ * 503, sent at once without a slot like the 503 beyond the connection limit at accept, and
+ * the connection is closed.
+ */
+static bool conn_x_attach(struct worker *w, struct conn *c)
+{
+	struct exchange *x = xslot_get(w);
+	char out[256];
+	int n;
+
+	if (x) {
+		x->owner = cidx(w, c);
+		x->owner_gen = c->gen;
+		c->x = x;
+		return true;
+	}
+	n = http_error_response(out, sizeof(out), 503, true);
+	if (n > 0 && send(c->fd, out, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) > 0)
+		count_status(w, 503);
+	STAT_ADD(w->stats->conns_rejected, 1);
+	c->rej_reason = "no exchange slot free";
+	c->rej_line = NULL;
+	c->rej_len = c->in.len;
+	conn_log(w, c, 503);
+	c->rej_reason = NULL;
+	c->rej_len = 0;
+	c->flags &= ~CF_LINGERING;
+	conn_abort(w, c);
+	return false;
+}
+
+/* The exchange ended (or the connection did): its slot, and what it still holds, go back. */
+static void conn_x_detach(struct worker *w, struct conn *c)
+{
+	struct exchange *x = c->x;
+
+	if (!x)
+		return;
+	inbuf_release(w, &x->req.accum);
+	inbuf_release(w, &x->resp.accum);
+	hbuf_put(w, x->req.head);
+	hbuf_put(w, x->resp.head);
+	x->req.head = x->resp.head = NIL;
+	c->x = NULL;
+	xslot_put(w, x);
+}
+
 /* The exchange's request head was parsed and its log line is not written yet. */
 static bool exchange_in_flight(const struct conn *c)
 {
-	return c->req.head != NIL && !conn_has(c, CF_LOGGED) && c->rs_state != RS_TUNNEL;
+	return c->x && c->x->req.head != NIL && !conn_has(c, CF_LOGGED) &&
+	       c->rs_state != RS_TUNNEL;
 }
 
 /*
@@ -491,7 +570,7 @@ static void c_on_poll(struct worker *w, struct conn *c, int res)
 		conn_client_gone(w, c); /* a reset: no byte will reach the client any more */
 		return;
 	}
-	if (c->req_state == RQ_BODY && !c->in.len && !c->req.out.busy &&
+	if (c->req_state == RQ_BODY && !c->in.len && !c->x->req.out.busy &&
 	    !conn_has(c, CF_RECV_ARMED)) {
 		conn_client_gone(w, c); /* the body can never be completed */
 		return;
@@ -504,14 +583,14 @@ static void c_on_poll(struct worker *w, struct conn *c, int res)
 	 * Once the response has started its own bytes do the asking; an HTTP/1.0 client cannot
 	 * be sent a 1xx and is assumed to still read.
 	 */
-	if (!conn_has(c, CF_PROBED) && !conn_has(c, CF_RESP_STARTED) && !c->resp.out.busy &&
+	if (!conn_has(c, CF_PROBED) && !conn_has(c, CF_RESP_STARTED) && !c->x->resp.out.busy &&
 	    c->client_minor == 1 && c->req_state == RQ_DONE) {
 		static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
 
 		c->flags |= CF_PROBED; /* once: the re-armed poll fires again while the FIN stays */
-		sendq_reset(&c->resp.out);
-		sendq_add(&c->resp.out, probe, sizeof(probe) - 1);
-		c->x_bytes_out += sizeof(probe) - 1;
+		sendq_reset(&c->x->resp.out);
+		sendq_add(&c->x->resp.out, probe, sizeof(probe) - 1);
+		c->x->x_bytes_out += sizeof(probe) - 1;
 		conn_send(w, c);
 	}
 	c_arm_poll(w, c);
@@ -535,7 +614,7 @@ void conn_close_graceful(struct worker *w, struct conn *c)
 	 * processed, or bytes waiting in the socket. A client that is done sending gets our FIN
 	 * and the slot is freed at once.
 	 */
-	if (c->in.len == 0 && c->req.accum.len == 0 && c->req_state != RQ_BODY &&
+	if (c->in.len == 0 && (!c->x || c->x->req.accum.len == 0) && c->req_state != RQ_BODY &&
 	    ioctl(c->fd, FIONREAD, &unread) == 0 && unread == 0)
 		c->flags |= CF_EOF;
 	if (conn_has(c, CF_EOF)) {
@@ -547,8 +626,10 @@ void conn_close_graceful(struct worker *w, struct conn *c)
 	c->flags |= CF_CLOSING;
 	c->flags |= CF_LINGERING;
 	inbuf_release(w, &c->in);
-	inbuf_release(w, &c->req.accum);
-	inbuf_release(w, &c->resp.accum);
+	if (c->x) {
+		inbuf_release(w, &c->x->req.accum);
+		inbuf_release(w, &c->x->resp.accum);
+	}
 	conn_arm_recv(w, c);
 }
 
@@ -568,6 +649,7 @@ static void linger_recv(struct worker *w, struct conn *c, int res, int32_t bid)
 /* One access-log line for the exchange that just ended with status. */
 void conn_log(struct worker *w, struct conn *c, int status)
 {
+	const struct exchange *x = c->x;
 	struct alog_entry e;
 	struct timespec ts;
 
@@ -579,11 +661,11 @@ void conn_log(struct worker *w, struct conn *c, int status)
 	e.time_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 	e.core = w->id;
 	e.client = c->peer_ip;
-	if (c->req.head != NIL) {
+	if (x && x->req.head != NIL) {
 		/* The serialised head outlives the client's buffers; the parse does not. */
-		alog_entry_set_head(&e, hbuf_addr(w, c->req.head), c->req.head_len);
-		if (c->attempts)
-			e.upstream = w->d->backends[c->backend].addr;
+		alog_entry_set_head(&e, hbuf_addr(w, x->req.head), x->req.head_len);
+		if (x->attempts)
+			e.upstream = w->d->backends[x->backend].addr;
 	} else if (c->rej_reason) {
 		alog_rejected_line(c->rej_line, c->rej_len, &e);
 	}
@@ -594,10 +676,12 @@ void conn_log(struct worker *w, struct conn *c, int status)
 	}
 	e.version_minor = c->client_minor;
 	e.status = (uint16_t)status;
-	e.bytes_in = c->req_in_head_len + c->req.body.total;
-	e.bytes_out = c->x_bytes_out;
-	e.duration_us = c->req_start_ns ? (now_ns() - c->req_start_ns) / 1000 : 0;
-	if (c->req.head == NIL && c->rej_reason) {
+	if (x) {
+		e.bytes_in = x->req_in_head_len + x->req.body.total;
+		e.bytes_out = x->x_bytes_out;
+		e.duration_us = x->req_start_ns ? (now_ns() - x->req_start_ns) / 1000 : 0;
+	}
+	if ((!x || x->req.head == NIL) && c->rej_reason) {
 		/* Rejected before an exchange began: nothing of a previous one applies. */
 		e.bytes_in = c->rej_len;
 		e.duration_us = 0;
@@ -611,6 +695,8 @@ void conn_send_error(struct worker *w, struct conn *c, int status)
 	uint32_t hb;
 	int n;
 
+	if (!c->x && !conn_x_attach(w, c))
+		return; /* answered (a canned 503) and closing */
 	c->flags |= CF_CLOSE_AFTER;
 	c->flags &= ~CF_KEEPALIVE;
 	c->req_state = RQ_DONE;
@@ -620,16 +706,16 @@ void conn_send_error(struct worker *w, struct conn *c, int status)
 		conn_abort(w, c);
 		return;
 	}
-	if (c->resp.out.busy) {
-		c->pending_status = (uint16_t)status;
+	if (c->x->resp.out.busy) {
+		c->x->pending_status = (uint16_t)status;
 		return;
 	}
-	hb = c->resp.head != NIL ? c->resp.head : hbuf_get(w);
+	hb = c->x->resp.head != NIL ? c->x->resp.head : hbuf_get(w);
 	if (hb == NIL) {
 		conn_abort(w, c);
 		return;
 	}
-	c->resp.head = hb;
+	c->x->resp.head = hb;
 	n = http_error_response(hbuf_addr(w, hb), w->hbuf_size, status, true);
 	BUG_ON(n <= 0);
 	if (conn_has(c, CF_REQ_HEAD)) {
@@ -640,12 +726,12 @@ void conn_send_error(struct worker *w, struct conn *c, int status)
 		n = (int)(e + 4 - h);
 	}
 	c->flags |= CF_RESP_STARTED;
-	c->resp_code = (uint16_t)status;
+	c->x->resp_code = (uint16_t)status;
 	count_status(w, status);
-	c->x_bytes_out += (uint64_t)n;
+	c->x->x_bytes_out += (uint64_t)n;
 	conn_log(w, c, status);
-	sendq_reset(&c->resp.out);
-	sendq_add(&c->resp.out, hbuf_addr(w, hb), (size_t)n);
+	sendq_reset(&c->x->resp.out);
+	sendq_add(&c->x->resp.out, hbuf_addr(w, hb), (size_t)n);
 	conn_send(w, c);
 }
 
@@ -659,8 +745,8 @@ void conn_req_reject(struct worker *w, struct conn *c, const char *head, uint32_
 	c->rej_line = head;
 	c->rej_len = n;
 	c->rej_reason = reason ? reason : http_status_text(status);
-	if (c->req.head == NIL)
-		c->x_bytes_out = 0;
+	if (c->x->req.head == NIL)
+		c->x->x_bytes_out = 0;
 	conn_send_error(w, c, status);
 	c->rej_line = NULL;
 	c->rej_len = 0;
@@ -684,9 +770,9 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 
 	c->requests++;
 	c->flags &= ~CF_LOGGED;
-	c->req_start_ns = now_ns();
-	c->req_in_head_len = req->head_len;
-	c->x_bytes_out = 0;
+	c->x->req_start_ns = now_ns();
+	c->x->req_in_head_len = req->head_len;
+	c->x->x_bytes_out = 0;
 	STAT_ADD(w->stats->requests, 1);
 	steer_req_started(w->sc);
 	c->client_minor = req->version_minor;
@@ -698,14 +784,14 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 			 !w->stopping);
 	c->flags &= ~(CF_CLOSE_AFTER | CF_RESP_STARTED | CF_UPS_BYTE_SEEN | CF_REQ_HEAD_SENT |
 		      CF_END_PENDING | CF_NO_POOL);
-	c->attempts = 0;
-	c->fail = UF_NONE;
-	tried_clear(&c->tried);
-	c->resp_code = 0;
+	c->x->attempts = 0;
+	c->x->fail = UF_NONE;
+	tried_clear(&c->x->tried);
+	c->x->resp_code = 0;
 	if (cfg->balance == CFG_BALANCE_HASH_URI)
-		c->hkey = XXH3_64bits(base + req->target.off, req->target.len);
+		c->x->hkey = XXH3_64bits(base + req->target.off, req->target.len);
 	else if (cfg->balance == CFG_BALANCE_HASH_CLIENT)
-		c->hkey = XXH3_64bits(c->peer_ip, strlen(c->peer_ip));
+		c->x->hkey = XXH3_64bits(c->peer_ip, strlen(c->peer_ip));
 
 	hb = hbuf_get(w);
 	if (hb == NIL) {
@@ -718,13 +804,13 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 		conn_req_reject(w, c, base, req->head_len, 431, "head too large to forward");
 		return false;
 	}
-	c->req.head = hb;
-	c->req.head_len = (uint32_t)n;
-	http_body_init(&c->req.body, req->framing, req->content_length, cfg->limits.body_bytes_max);
+	c->x->req.head = hb;
+	c->x->req.head_len = (uint32_t)n;
+	http_body_init(&c->x->req.body, req->framing, req->content_length, cfg->limits.body_bytes_max);
 	/* Content-Length: 0 is forwarded as such, but there is no body to wait for. */
 	if (req->framing == HTTP_BODY_NONE ||
 	    (req->framing == HTTP_BODY_LENGTH && req->content_length == 0)) {
-		c->req.body.done = true;
+		c->x->req.body.done = true;
 		c->req_state = RQ_DONE;
 	} else {
 		c->req_state = RQ_BODY;
@@ -742,7 +828,7 @@ static void pp_fail(struct worker *w, struct conn *c, const char *reason)
 	STAT_ADD(w->stats->proxy_protocol_errors, 1);
 	c->rej_reason = reason;
 	c->rej_line = NULL;
-	c->rej_len = (c->req.accum.hbuf != NIL ? c->req.accum.len : 0) + c->in.len;
+	c->rej_len = (c->x && c->x->req.accum.hbuf != NIL ? c->x->req.accum.len : 0) + c->in.len;
 	conn_log(w, c, 400);
 	c->rej_reason = NULL;
 	conn_abort(w, c);
@@ -750,7 +836,7 @@ static void pp_fail(struct worker *w, struct conn *c, const char *reason)
 
 /*
  * The PROXY header a proxy_protocol listener's connection starts with, parsed from src (the
- * bytes so far, assembled in c->req.accum when they come in pieces; pp_parse bounds them by
+ * bytes so far, assembled in c->x->req.accum when they come in pieces; pp_parse bounds them by
  * the header's maximum, the client_header_ms deadline bounds the time). true: the header is
  * consumed and its source address is the client's from now on; false: more bytes are wanted
  * (a receive is armed) or the connection is closed.
@@ -762,7 +848,7 @@ static bool pp_read(struct worker *w, struct conn *c, struct inbuf *src)
 
 	r = pp_parse((const uint8_t *)src->base + src->off, src->len, &pi);
 	if (r == 0) {
-		if (!inbuf_head_keep(w, &c->req.accum, &c->in, src)) {
+		if (!inbuf_head_keep(w, &c->x->req.accum, &c->in, src)) {
 			pp_fail(w, c, "no head buffer for the PROXY header");
 			return false;
 		}
@@ -783,11 +869,11 @@ static bool pp_read(struct worker *w, struct conn *c, struct inbuf *src)
 		memcpy(&c->local, &pi.dst, pi.addr_len);
 		conn_peer_text(c);
 	}
-	inbuf_head_consume(w, &c->req.accum, &c->in, src, (uint32_t)r);
+	inbuf_head_consume(w, &c->x->req.accum, &c->in, src, (uint32_t)r);
 	return true;
 }
 
-/* Parses the next request head from c->in / c->req.accum and starts its exchange. */
+/* Parses the next request head from c->in / c->x->req.accum and starts its exchange. */
 static void req_process(struct worker *w, struct conn *c)
 {
 	struct http_limits lim;
@@ -796,22 +882,27 @@ static void req_process(struct worker *w, struct conn *c)
 	int r;
 
 	BUG_ON(c->req_state != RQ_HEAD || c->rs_state != RS_NONE);
+	/* The first bytes of a head (or of a PROXY header): the exchange begins here. */
+	if (!c->x && !conn_x_attach(w, c))
+		return;
 	limits_of(w, &lim);
 	req.hdr = w->hdr_scratch; /* http_req_parse clears the rest */
 	req.hdr_cap = w->hdr_cap;
 
 again:
-	src = inbuf_head_src(w, &c->req.accum, &c->in);
+	src = inbuf_head_src(w, &c->x->req.accum, &c->in);
 	if (!src && conn_has(c, CF_PP_WAIT)) {
 		pp_fail(w, c, "PROXY header over the buffer");
 		return;
 	}
 	if (!src) {
-		req_reject_src(w, c, &c->req.accum, 431, "request head over the buffer");
+		req_reject_src(w, c, &c->x->req.accum, 431, "request head over the buffer");
 		return;
 	}
 	if (src->len == 0) {
+		/* Nothing of a head after all (a PROXY header alone): idle again, no slot. */
 		inbuf_release(w, &c->in);
+		conn_x_detach(w, c);
 		conn_arm_recv(w, c);
 		return;
 	}
@@ -819,6 +910,8 @@ again:
 		if (!pp_read(w, c, src))
 			return;
 		if (c->tls) {
+			/* The TLS stream follows: no byte of a head yet, so no exchange slot. */
+			conn_x_detach(w, c);
 			ctls_after_proxy_header(w, c); /* what followed is the TLS stream */
 			return;
 		}
@@ -828,7 +921,7 @@ again:
 	conn_put(c, CF_REQ_HEAD, src->len >= 5 && memcmp(src->base + src->off, "HEAD ", 5) == 0);
 	r = http_req_parse(&req, src->base + src->off, src->len, &lim);
 	if (r == -EAGAIN) {
-		if (!inbuf_head_keep(w, &c->req.accum, &c->in, src)) {
+		if (!inbuf_head_keep(w, &c->x->req.accum, &c->in, src)) {
 			conn_send_error(w, c, 503);
 			return;
 		}
@@ -843,7 +936,7 @@ again:
 	/* The head is parsed; what follows it is body or the next request. */
 	if (!req_begin(w, c, &req, src->base + src->off))
 		return;
-	inbuf_head_consume(w, &c->req.accum, &c->in, src, (uint32_t)r);
+	inbuf_head_consume(w, &c->x->req.accum, &c->in, src, (uint32_t)r);
 	c_arm_poll(w, c);
 	exchange_connect(w, c);
 }
@@ -874,9 +967,11 @@ static void req_next(struct worker *w, struct conn *c)
 {
 	c->req_state = RQ_HEAD;
 	if (c->in.len) {
-		req_process(w, c);
+		req_process(w, c); /* pipelined: the slot goes on to the next exchange */
 	} else {
+		/* Idle keep-alive: the exchange's slot goes back to the pool. */
 		inbuf_release(w, &c->in);
+		conn_x_detach(w, c);
 		if (conn_has(c, CF_EOF))
 			conn_abort(w, c);
 		else
@@ -893,8 +988,8 @@ static void req_discard(struct worker *w, struct conn *c)
 	size_t payload;
 	ssize_t k;
 
-	while (c->in.len && !c->req.body.done) {
-		k = http_body_decode(&c->req.body, c->in.base + c->in.off, c->in.len, &payload);
+	while (c->in.len && !c->x->req.body.done) {
+		k = http_body_decode(&c->x->req.body, c->in.base + c->in.off, c->in.len, &payload);
 		if (k < 0) {
 			conn_abort(w, c); /* the response is out: nothing left to answer */
 			return;
@@ -902,7 +997,7 @@ static void req_discard(struct worker *w, struct conn *c)
 		c->in.off += (uint32_t)k;
 		c->in.len -= (uint32_t)k;
 	}
-	if (c->req.body.done) {
+	if (c->x->req.body.done) {
 		req_next(w, c);
 		return;
 	}
@@ -990,12 +1085,21 @@ static void c_on_recv(struct worker *w, struct conn *c, int res, uint32_t flags)
 
 static void c_on_send(struct worker *w, struct conn *c, int res)
 {
-	struct sendq *q = &c->resp.out;
 	struct ups *u = conn_ups(w, c);
+	struct sendq *q;
 
 	/* Over TLS: ciphertext sent, reported here in plaintext bytes of q once all of it is. */
 	if (c->tls && !ctls_on_send(w, c, &res))
 		return;
+	if (!c->x) {
+		/* TLS bytes of no exchange (a handshake, an alert) that ended or failed. */
+		if (conn_has(c, CF_CLOSING))
+			conn_try_finish(w, c);
+		else
+			conn_client_gone(w, c);
+		return;
+	}
+	q = &c->x->resp.out;
 	q->busy = false;
 	if (conn_has(c, CF_CLOSING)) {
 		conn_try_finish(w, c);
@@ -1007,16 +1111,25 @@ static void c_on_send(struct worker *w, struct conn *c, int res)
 	}
 	if (!c->tls)
 		STAT_ADD(w->stats->bytes_out, (uint64_t)res); /* TLS counts the ciphertext */
-	if (!c->pending_status && c->resp_code)
-		c->x_bytes_out += (uint64_t)res;
+	if (!c->x->pending_status && c->x->resp_code)
+		c->x->x_bytes_out += (uint64_t)res;
 	if (!sendq_advance(q, (size_t)res)) {
 		conn_send(w, c);
 		return;
 	}
-	if (c->pending_status) {
-		int s = c->pending_status;
+	/*
+	 * Drained: no iovec points into the response head buffer any more. A response that
+	 * streams for long (a slow reader) need not keep a page of it; the next head (the final
+	 * one after an interim, or an error) takes one again.
+	 */
+	if (c->x->resp.head != NIL) {
+		hbuf_put(w, c->x->resp.head);
+		c->x->resp.head = NIL;
+	}
+	if (c->x->pending_status) {
+		int s = c->x->pending_status;
 
-		c->pending_status = 0;
+		c->x->pending_status = 0;
 		conn_send_error(w, c, s);
 		return;
 	}
@@ -1119,7 +1232,7 @@ void conn_on_timeout(struct worker *w, uint32_t idx, enum tclass cls)
 		if (conn_has(c, CF_PP_WAIT))
 			pp_fail(w, c, "PROXY header timeout");
 		else if (partial)
-			req_reject_src(w, c, c->req.accum.hbuf != NIL ? &c->req.accum : &c->in, 408,
+			req_reject_src(w, c, c->x->req.accum.hbuf != NIL ? &c->x->req.accum : &c->in, 408,
 				       "request head timeout");
 		else
 			conn_abort(w, c);
@@ -1171,8 +1284,8 @@ void conn_stop_all(struct worker *w, bool force)
 			c->flags &= ~CF_KEEPALIVE;
 		if (w->d->handover)
 			continue;
-		if (c->rs_state == RS_NONE && c->req_state == RQ_HEAD && c->in.len == 0 &&
-		    c->req.accum.hbuf == NIL && !ctls_busy(w, c)) {
+		if (c->rs_state == RS_NONE && c->req_state == RQ_HEAD && !conn_head_partial(c) &&
+		    !ctls_busy(w, c)) {
 			/* Over TLS an idle connection ends cleanly: close_notify, then the close. */
 			if (c->tls && c->requests)
 				conn_close_graceful(w, c);

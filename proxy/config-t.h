@@ -164,11 +164,30 @@ struct cfg_tls {
 	char ciphersuites[256]; /* TLS 1.3 suites (OpenSSL syntax); "" = OpenSSL's default */
 };
 
+/* A host name in a backend's tls.sni: at most 253 characters (RFC 1035's limit of a name). */
+#define CFG_TLS_SNI_MAX 254
+
+/*
+ * A backend entry's tls: mapping: corral re-encrypts to that backend. on == false: plaintext.
+ * verify: the backend's certificate must chain to a certificate in ca and name sni (or, with
+ * no sni, the backend's IP address). ca is required when verify is true: the hop behind a
+ * proxy is signed by a private CA as a rule, and the system store would trust every public CA
+ * for it. Two backends with different tls settings never share a pooled connection, and a
+ * reload that changes one is a new backend identity for pooling (main.c).
+ */
+struct cfg_backend_tls {
+	bool on;
+	bool verify;		   /* default true */
+	char ca[CFG_PATH_MAX];	   /* PEM CA certificates; "" only when verify is false */
+	char sni[CFG_TLS_SNI_MAX]; /* server name sent (and verified); "" = none */
+};
+
 struct cfg_backend {
 	struct cfg_addr addr;
 	uint32_t weight;	  /* 0 = configured but takes no traffic */
 	uint8_t send_proxy;	  /* 0, or the PROXY version (1, 2) sent on each new connection */
 	struct cfg_health health; /* top-level health merged with this entry's own keys */
+	struct cfg_backend_tls tls;
 };
 
 struct cfg_timeouts {

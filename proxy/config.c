@@ -112,6 +112,11 @@ struct cfg_tls_lines {
 	size_t cert[CFG_TLS_CERTS_MAX], key[CFG_TLS_CERTS_MAX], entry[CFG_TLS_CERTS_MAX];
 };
 
+/* Where a backend entry's tls: keys were written (0 = absent). */
+struct cfg_btls_lines {
+	size_t tls, verify, ca, sni;
+};
+
 /* State of one parse: where messages go, and the lines that checks after the walk cite. */
 struct cfg_parse {
 	const char *name;
@@ -130,6 +135,7 @@ struct cfg_parse {
 	size_t line_backend_health[CFG_BACKENDS_MAX]; /* a backend's own health, 0 if absent */
 	const char *key_buffers;		      /* and its name */
 	struct cfg_tls_lines tls_lines[CFG_LISTEN_MAX];
+	struct cfg_btls_lines btls_lines[CFG_BACKENDS_MAX];
 };
 
 /* Key handlers return this for a key they do not know; the walker turns it into the error. */
@@ -1018,6 +1024,113 @@ static void health_merge(struct cfg_health *b, const struct cfg_health *top)
 	*b = out;
 }
 
+/*
+ * A backend's tls.sni: a host name (RFC 1123 labels of letters, digits and '-', 1..63 each),
+ * never an address literal (RFC 6066 3: SNI carries host names only).
+ */
+static const char *sni_why(const char *s)
+{
+	struct in6_addr a6;
+	size_t label = 0;
+
+	if (inet_pton(AF_INET, s, &a6) == 1 || inet_pton(AF_INET6, s, &a6) == 1)
+		return "is an IP address; SNI carries host names only (leave sni out to verify the "
+		       "certificate against the backend's address)";
+	for (; *s; s++) {
+		if (*s == '.') {
+			if (label == 0 || s[-1] == '-')
+				return "is not a host name (an empty label, or one ending in '-')";
+			label = 0;
+			continue;
+		}
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		      (*s >= '0' && *s <= '9') || *s == '-'))
+			return "is not a host name (letters, digits, '-' and '.' only)";
+		if ((label == 0 && *s == '-') || ++label > 63)
+			return "is not a host name (a label starts with '-' or is over 63 "
+			       "characters)";
+	}
+	if (label == 0 || s[-1] == '-')
+		return "is not a host name (an empty label, or one ending in '-')";
+	return NULL;
+}
+
+static int btls_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, const char *path,
+		     void *arg)
+{
+	struct cfg_backend *b = arg;
+	struct cfg_btls_lines *ln = &p->btls_lines[b - p->cfg->backends];
+	const char *why;
+	int r;
+
+	if (!strcmp(key, "verify")) {
+		ln->verify = node_line(v);
+		return get_bool(p, v, path, &b->tls.verify);
+	}
+	if (!strcmp(key, "ca")) {
+		ln->ca = node_line(v);
+		return get_str(p, v, path, b->tls.ca, sizeof(b->tls.ca), false);
+	}
+	if (!strcmp(key, "sni")) {
+		ln->sni = node_line(v);
+		r = get_str(p, v, path, b->tls.sni, sizeof(b->tls.sni), false);
+		why = r == 0 ? sni_why(b->tls.sni) : NULL;
+		if (why)
+			return cfg_err(p, node_line(v), path, "\"%s\" %s", b->tls.sni, why);
+		return r;
+	}
+	return CFG_UNKNOWN;
+}
+
+/*
+ * A backend entry's tls: { verify, ca, sni }. verify defaults to true and then needs ca; sni
+ * defaults to the host name the address was written with (only "localhost" can be one).
+ */
+static int parse_backend_tls(struct cfg_parse *p, yaml_node_t *v, const char *path,
+			     struct cfg_backend *b)
+{
+	struct cfg_btls_lines *ln = &p->btls_lines[b - p->cfg->backends];
+	char sub[CFG_KEY_PATH_MAX];
+	int r;
+
+	if (v->type != YAML_MAPPING_NODE)
+		return cfg_err(p, node_line(v), path,
+			       "must be a mapping such as { verify: true, ca: /etc/corral/ca.pem, "
+			       "sni: backend.internal }");
+	b->tls.on = true;
+	b->tls.verify = true;
+	ln->tls = node_line(v);
+	r = walk_map(p, v, path, btls_pair, b);
+	if (r < 0)
+		return r;
+	if (b->tls.verify && !b->tls.ca[0]) {
+		path_join(sub, path, "ca");
+		return cfg_err(p, node_line(v), sub,
+			       "is required when verify is true (a PEM file of the CA certificates "
+			       "the backend's certificate must chain to; verify: false accepts any "
+			       "certificate)");
+	}
+	if (!b->tls.verify && b->tls.ca[0]) {
+		path_join(sub, path, "ca");
+		return cfg_err(p, ln->ca, sub,
+			       "is not used when verify is false (remove it, or set verify: true)");
+	}
+	return 0;
+}
+
+/* The default tls.sni: the address's host when it was written as a name. */
+static void backend_tls_default_sni(struct cfg_backend *b)
+{
+	const char *colon = strrchr(b->addr.text, ':');
+	size_t n = colon ? (size_t)(colon - b->addr.text) : 0;
+
+	if (!b->tls.on || b->tls.sni[0] || n == 0 || n >= sizeof(b->tls.sni) ||
+	    b->addr.text[0] == '[' || !addr_has_letter(b->addr.text, n))
+		return;
+	memcpy(b->tls.sni, b->addr.text, n);
+	b->tls.sni[n] = 0;
+}
+
 static int backend_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, const char *path,
 			void *arg)
 {
@@ -1047,6 +1160,8 @@ static int backend_pair(struct cfg_parse *p, const char *key, yaml_node_t *v, co
 		p->line_backend_health[b - p->cfg->backends] = node_line(v);
 		return parse_health(p, v, path, &b->health);
 	}
+	if (!strcmp(key, "tls"))
+		return parse_backend_tls(p, v, path, b);
 	return CFG_UNKNOWN;
 }
 
@@ -1065,6 +1180,7 @@ static int add_backend(struct cfg_parse *p, yaml_node_t *n, const char *path)
 	memset(b, 0, sizeof(*b));
 	b->weight = 1;
 	p->line_backend_health[cfg->backends_n] = 0;
+	memset(&p->btls_lines[cfg->backends_n], 0, sizeof(p->btls_lines[0]));
 	if (n->type == YAML_SCALAR_NODE && !node_is_null(n)) {
 		/* Shorthand: "- 127.0.0.1:9000" is { address: 127.0.0.1:9000, weight: 1 }. */
 		r = get_addr(p, n, path, &b->addr);
@@ -1080,6 +1196,7 @@ static int add_backend(struct cfg_parse *p, yaml_node_t *n, const char *path)
 	}
 	if (r < 0)
 		return r;
+	backend_tls_default_sni(b);
 	if (addr_port(&b->addr) == 0)
 		return cfg_err(p, node_line(n), path,
 			       "%s: port 0 cannot be connected to (use 1..65535)", b->addr.text);
@@ -1399,6 +1516,39 @@ static int check_tls(struct cfg_parse *p)
 	return 0;
 }
 
+/*
+ * Every TLS backend's client context is built once here as the daemon would build it (the CA
+ * file read and parsed, the name set) and thrown away, so that --check and a reload refuse what
+ * start-up would.
+ */
+static int check_backend_tls(struct cfg_parse *p)
+{
+	struct config *cfg = p->cfg;
+	char path[CFG_KEY_PATH_MAX];
+	struct tls_ctx_err e;
+	uint32_t i;
+	size_t line;
+
+	for (i = 0; i < cfg->backends_n; i++) {
+		const struct cfg_btls_lines *ln = &p->btls_lines[i];
+
+		if (!cfg->backends[i].tls.on || tls_client_check(&cfg->backends[i], &e) == 0)
+			continue;
+		line = !strcmp(e.key, "ca") ? ln->ca : !strcmp(e.key, "sni") ? ln->sni : 0;
+		snprintf(path, sizeof(path), "backends[%u].tls%s%s", i, e.key[0] ? "." : "", e.key);
+		return cfg_err(p, line ? line : ln->tls, path, "%s", e.msg);
+	}
+	return 0;
+}
+
+int config_tls_backend(const struct config *cfg)
+{
+	for (uint32_t i = 0; i < cfg->backends_n; i++)
+		if (cfg->backends[i].tls.on)
+			return (int)i;
+	return -1;
+}
+
 int config_tls_listener(const struct config *cfg)
 {
 	for (uint32_t i = 0; i < cfg->listen_n; i++)
@@ -1471,6 +1621,8 @@ static int check_whole(struct cfg_parse *p)
 			       " bytes per core; at most %llu (1 GiB) is allowed",
 			       (uint64_t)cfg->limits.buffers_per_core * cfg->limits.buffer_bytes,
 			       CFG_BUFFER_MEM_PER_CORE_MAX);
+	if (check_backend_tls(p) < 0)
+		return -EINVAL;
 	return check_tls(p);
 }
 

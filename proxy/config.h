@@ -38,5 +38,7 @@ int config_check_core_weights(const uint32_t *w, uint32_t n, char *err, size_t e
 int config_check_backend_weights(const uint32_t *w, uint32_t n, char *err, size_t errlen);
 /* Index of the first listen entry with tls:, or -1 when every listener is plaintext. */
 int config_tls_listener(const struct config *cfg);
+/* Index of the first backend entry with tls:, or -1 when every backend is plaintext. */
+int config_tls_backend(const struct config *cfg);
 
 #endif

@@ -38,31 +38,40 @@ enum rs_state {
  */
 enum conn_phase {
 	/*
-	 * Reading a request head: no upstream attached, no serialised head held (req.head and
-	 * resp.head NIL), not counted in the balancer's in-flight counts; in / req.accum may hold a
-	 * partial head. Timer T_HEADER (a partial head, or the first request), else T_IDLE.
+	 * Reading a request head: no upstream attached, no serialised head held (x->req.head
+	 * and x->resp.head NIL), not counted in the balancer's in-flight counts; in / x->req.accum
+	 * may hold a partial head. An exchange slot (c->x) is attached exactly when a byte of the
+	 * head (or of a PROXY header) is held (conn_head_partial): an idle keep-alive connection
+	 * has none. Timer T_HEADER (a partial head, or the first request), else T_IDLE.
 	 */
 	CP_HEAD,
 	/*
-	 * One exchange (rs_state CONNECT, HEAD, BODY or DONE): an attached upstream is owned by
+	 * One exchange (rs_state CONNECT, HEAD, BODY or DONE), in an exchange slot (c->x, owned
+	 * by this connection: owner and generation match), as in every phase but CP_HEAD's idle
+	 * wait and, optionally, LINGER and CLOSING. An attached upstream is owned by
 	 * this connection (owner and generation match); CONNECT, HEAD and BODY have one attached.
 	 * Counted in bal.inflight[backend] while the upstream is attached and not closing. Timer
 	 * T_CONNECT, T_UPSTREAM, or T_BODY (the client reads slowly, or a request body comes).
 	 */
 	CP_EXCHANGE,
 	/*
-	 * The response is complete and the rest of the request body is read and dropped: no
-	 * upstream, no head buffers. Timer T_BODY; a 408 here is never sent.
+	 * The response is complete and the rest of the request body is read and dropped (with
+	 * the slot's x->req.body): no upstream, no head buffers. Timer T_BODY; a 408 here is
+	 * never sent.
 	 */
 	CP_DISCARD,
 	/* After a 101: raw bytes both ways; the upstream is never pooled, keep_alive is off. T_TUNNEL. */
 	CP_TUNNEL,
 	/*
 	 * Write side shut, reading and dropping what the client still sends: an attached
-	 * upstream is closing, no head is assembled, linger_bytes < linger_bytes_max. T_LINGER.
+	 * upstream is closing, no head is assembled, linger_bytes < linger_bytes_max. An
+	 * exchange slot stays attached until teardown (a send of it may be in flight). T_LINGER.
 	 */
 	CP_LINGER,
-	/* Teardown: only cancels are in flight, no timer; the slot frees when nothing is. */
+	/*
+	 * Teardown: only cancels are in flight, no timer; the slot, and the exchange slot with
+	 * it, frees when nothing is.
+	 */
 	CP_CLOSING,
 };
 
@@ -120,9 +129,9 @@ enum ups_fail {
 };
 
 /*
- * One direction of an exchange (the conn_dir of liburing's proxy example): req is client ->
- * upstream, resp is upstream -> client. The bytes coming in stay where their socket's owner
- * keeps them (c->in, u->in: a pooled upstream owns its input).
+ * One direction of an exchange (the conn_dir of liburing's proxy example), in the exchange
+ * slot: x->req is client -> upstream, x->resp is upstream -> client. The bytes coming in
+ * stay where their socket's owner keeps them (c->in, u->in: a pooled upstream owns its input).
  */
 struct conn_dir {
 	struct inbuf accum; /* this direction's head while it arrives in pieces */
@@ -157,6 +166,70 @@ struct ups {
 	uint32_t pool_prev, pool_next; /* idle pool list (per backend) or free list */
 	uint64_t idle_since_ms;
 	struct inbuf in; /* response bytes not yet processed */
+	uint32_t tls;	 /* 1 + its struct utls index in w->utls; 0 = plaintext */
+};
+
+/* What an upstream connection's TLS transport is doing (bits of struct utls.flags). */
+enum utls_flag {
+	UT_SEND_BUSY = 1u << 0, /* a send of ciphertext is in flight */
+	UT_MORE = 1u << 1,	/* the session may hold plaintext: the next "receive" reads it */
+	UT_HS_MORE = 1u << 2,	/* read on once the output is sent (it was full) */
+	UT_OPEN = 1u << 3,	/* the handshake finished (and was counted) */
+	UT_ERR = 1u << 4,	/* encrypting failed: the send completes as an error */
+};
+
+/*
+ * The TLS side of an upstream connection to a TLS backend (upstream_tls.c): the client
+ * session and what the send and receive paths keep between completions. One per TLS
+ * upstream, in a per-worker pool (w->utls), so a plaintext upstream pays only ups.tls. Must
+ * not move while in use (the session's BIO points into it). A pooled connection keeps it.
+ */
+struct utls {
+	struct tls_conn t;
+	struct iovec iov;   /* the ciphertext send in flight */
+	int32_t cbid;	    /* the received ciphertext buffer the session still reads, or -1 */
+	uint32_t plain_enc; /* bytes of c->x->req.out encrypted and not yet reported sent */
+	uint32_t next_free; /* free list */
+	uint8_t flags;	    /* enum utls_flag */
+};
+
+/*
+ * Exchange slots per core: one for each connection connections_per_core admits. Outside an
+ * upgrade's drain (which serves the connections it accepts late, beyond the limit, in the
+ * connection table's headroom) no more connections than that hold one, since an idle one
+ * holds none and the one closed to make room for a new one was idle. When every slot is in
+ * use anyway, a request that starts gets a canned 503 and its connection is closed
+ * (conn_x_attach in client.c), as at accept beyond the limit. Untouched slots cost no memory.
+ */
+#define XSLOT_COUNT(connections_per_core) (connections_per_core)
+
+/*
+ * The state of one exchange: everything that means something only while a request is in
+ * progress (both directions' head buffers, body framing and send queues, the retry state,
+ * the hash key, the per-exchange counters). A slot of the worker's exchange pool (w->xs,
+ * xslot_get / xslot_put in worker.c), attached to its connection as c->x from the first byte
+ * of a request head (or of a PROXY header) until the exchange ends: back to an idle
+ * keep-alive wait with no byte of the next head (req_next), or the connection's teardown
+ * (conn_try_finish). The connection is the outer scope, the exchange the inner one: an idle
+ * keep-alive connection holds no slot, so it costs only its struct conn.
+ */
+struct exchange {
+	uint32_t owner;	    /* connection index while attached, NIL when free */
+	uint32_t owner_gen; /* its generation */
+	uint32_t next_free; /* the pool's LIFO of returned slots */
+	uint8_t out_framing;	 /* framing to the client (enum http_framing) */
+	uint8_t attempts;	 /* upstream connect attempts for this request */
+	uint8_t fail;		 /* enum ups_fail: this request's last upstream failure */
+	uint16_t pending_status; /* error response to send, 0 = none */
+	uint16_t backend;	 /* backend id of the current (last) attempt */
+	uint16_t resp_code;
+	uint32_t req_in_head_len; /* bytes of the client's request head */
+	struct tried_set tried;	  /* backend ids tried for this request */
+	uint64_t hkey;		  /* hash key for hash-uri / hash-client */
+	uint64_t req_start_ns;
+	uint64_t x_bytes_out; /* this exchange's bytes to the client (access log) */
+	struct conn_dir req;  /* client -> upstream */
+	struct conn_dir resp; /* upstream -> client */
 };
 
 /* One TLS record's plaintext at most (RFC 8446 5.1): the worker's gathering buffer (ctls.c). */
@@ -184,12 +257,18 @@ struct ctls {
 	struct tls_conn t;
 	struct iovec iov;   /* the ciphertext send in flight */
 	struct inbuf cin;   /* the received ciphertext the session still reads (lent to it) */
-	uint32_t plain_enc; /* bytes of c->resp.out encrypted and not yet reported sent */
+	uint32_t plain_enc; /* bytes of c->x->resp.out encrypted and not yet reported sent */
 	uint32_t next_free; /* free list */
 	uint8_t flags;	    /* enum ctls_flag */
 };
 
-/* A client connection: a scoped task. Everything it owns is released in conn_finish(). */
+
+/*
+ * A client connection: a scoped task. Everything it owns is released in conn_finish(). An
+ * idle keep-alive connection is this struct alone (its socket, its timer links, its
+ * generation, its peer), so the worker's table of them costs little per connection; the
+ * bound is a static assert in client.c. The state of a request in progress is in c->x.
+ */
 struct conn {
 	int fd;
 	uint32_t gen;
@@ -198,27 +277,16 @@ struct conn {
 	uint32_t flags;	   /* enum conn_flag */
 	uint8_t req_state; /* enum req_state */
 	uint8_t rs_state;  /* enum rs_state */
-	uint8_t client_minor;
-	uint8_t out_framing;	 /* framing to the client (enum http_framing) */
-	uint8_t attempts;	 /* upstream connect attempts for this request */
-	uint8_t fail;		 /* enum ups_fail: this request's last upstream failure */
-	struct tried_set tried;	 /* backend ids tried for this request */
-	uint64_t hkey;		 /* hash key for hash-uri / hash-client */
-	uint16_t pending_status; /* error response to send, 0 = none */
-	uint32_t requests;	 /* served on this connection */
-	uint32_t tls;		 /* 1 + its struct ctls index in w->tls; 0 = plaintext */
-	uint32_t ups;		 /* upstream index or NIL */
+	uint8_t client_minor; /* the last request's HTTP minor version (a rejected head's log) */
+	uint32_t requests;    /* served on this connection */
+	uint32_t tls;	      /* 1 + its struct ctls index in w->tls; 0 = plaintext */
+	uint32_t ups;	      /* upstream index or NIL */
+	struct exchange *x;   /* the exchange in progress, or NULL (idle between requests) */
 	struct tlink t;
-	struct inbuf in;      /* client bytes not yet processed */
-	struct conn_dir req;  /* client -> upstream */
-	struct conn_dir resp; /* upstream -> client */
-	uint64_t req_start_ns;
-	uint16_t backend;
-	uint16_t resp_code;
+	struct inbuf in; /* client bytes not yet processed */
 	uint32_t linger_bytes;
-	uint64_t x_bytes_out;	  /* this exchange's bytes to the client (access log) */
-	uint32_t req_in_head_len; /* bytes of the client's request head */
-	const char *rej_line;	  /* a rejected head's bytes, while its error is logged */
+	/* A rejection being logged: set only around one conn_log() call (also without c->x). */
+	const char *rej_line; /* a rejected head's bytes */
 	uint32_t rej_len;
 	const char *rej_reason; /* why the request is rejected (a static string), or NULL */
 	union {

@@ -36,8 +36,6 @@ void conn_accept(struct worker *w, int fd, uint32_t li);
  * and the idle connections to shed for an fd shortage (w->shed_want).
  */
 void conn_accept_deferred(struct worker *w);
-/* Answers fd (from listener li) with a canned 503 and closes it (no slot taken; TLS: closed). */
-void conn_refuse(struct worker *w, int fd, uint32_t li);
 /*
  * File descriptors ran out (EMFILE/ENFILE): closes up to n idle pooled upstream connections
  * and idle client connections (no request in flight). Returns how many were closed; their
@@ -103,7 +101,7 @@ void conn_on_eof(struct worker *w, struct conn *c, int res);
 
 /* --- exchange.c, for client.c and upstream.c ------------------------------------------- */
 
-/* A request head was parsed (c->req.head holds it): pick a backend and connect or reuse. */
+/* A request head was parsed (c->x->req.head holds it): pick a backend and connect or reuse. */
 void exchange_connect(struct worker *w, struct conn *c);
 /* Sends what the request direction has ready (head, then body, or tunnel bytes). */
 void exchange_req_pump(struct worker *w, struct conn *c);
@@ -143,11 +141,49 @@ uint32_t ups_pool_shed(struct worker *w, uint32_t n);
  */
 struct ups *ups_connect(struct worker *w, const struct cfg_backend *be, uint16_t id, int *err);
 
+/* --- upstream_tls.c: the TLS transport of an upstream connection, for upstream.c --------- */
+
+/*
+ * Between a TLS backend's socket completions and the exchange: after the connect the
+ * handshake runs (still RS_CONNECT, so upstream_connect_ms bounds connect and handshake
+ * together), then what c->x->req.out queues is encrypted and sent, and received ciphertext is
+ * decrypted into u->in. A failed handshake or verification is the attempt's UF_CONNECT.
+ */
+
+/* A new upstream to a TLS backend: its client session on cl. 0 or -errno. */
+int utls_start(struct worker *w, struct ups *u, const struct tls_client *cl);
+/* Frees the session and what it holds (ups_release: nothing in flight). */
+void utls_free(struct worker *w, struct ups *u);
+/* The connect completed (res >= 0): the handshake starts. */
+void utls_on_connect(struct worker *w, struct conn *c, struct ups *u);
+/* A receive completed on an attached TLS upstream. */
+void utls_on_recv(struct worker *w, struct conn *c, struct ups *u, int res, uint32_t flags);
+/* The OP_U_TLS completion: read what the session holds (ups_arm_recv submitted it). */
+void utls_on_pump(struct worker *w, struct conn *c, struct ups *u);
+/* ups_arm_recv: true when the session holds input to read first (it submitted OP_U_TLS). */
+bool utls_arm_pump(struct worker *w, struct ups *u);
+/* ups_send for a TLS upstream: encrypts c->x->req.out and sends the ciphertext. */
+void utls_send(struct worker *w, struct conn *c, struct ups *u);
+/*
+ * A send completion on an attached TLS upstream. true: *res is now the plaintext progress of
+ * c->x->req.out (or an error) and the caller goes on with it; false: handled here.
+ */
+bool utls_on_send(struct worker *w, struct conn *c, struct ups *u, int *res);
+/*
+ * A receive completed on an idle pooled TLS upstream (bid, n bytes). true: only TLS records
+ * came (a session ticket), the connection stays pooled and its receive is armed again;
+ * false: it must be closed (data, close_notify, an error).
+ */
+bool utls_idle_recv(struct worker *w, struct ups *u, int32_t bid, int n);
+/* May u go back to its pool (nothing unread in the session, no send in flight)? */
+bool utls_poolable(struct worker *w, struct ups *u);
+/* A clean close (ups_close): close_notify goes out first when the session can say it. */
+void utls_close_notify(struct worker *w, struct ups *u);
 /* --- ctls.c: the TLS transport of a client connection, for client.c and exchange.c ------- */
 
 /*
  * Between the client socket's completions and HTTP on a TLS listener's connection: received
- * ciphertext is decrypted into c->in, what c->resp.out queues is encrypted and its
+ * ciphertext is decrypted into c->in, what c->x->resp.out queues is encrypted and its
  * ciphertext sent, and the send's completion reports progress in plaintext bytes.
  */
 
@@ -166,11 +202,11 @@ void ctls_after_proxy_header(struct worker *w, struct conn *c);
 void ctls_on_pump(struct worker *w, struct conn *c);
 /* conn_arm_recv: true when the transport holds input to read first (it submitted OP_C_TLS). */
 bool ctls_arm_pump(struct worker *w, struct conn *c);
-/* conn_send for a TLS connection: encrypts c->resp.out and sends the ciphertext. */
+/* conn_send for a TLS connection: encrypts c->x->resp.out and sends the ciphertext. */
 void ctls_send(struct worker *w, struct conn *c);
 /*
  * A send completion on a TLS connection. true: *res is now the plaintext progress of
- * c->resp.out (or an error) and the caller goes on with it; false: handled here.
+ * c->x->resp.out (or an error) and the caller goes on with it; false: handled here.
  */
 bool ctls_on_send(struct worker *w, struct conn *c, int *res);
 /* Graceful close: true while close_notify is on its way (the close goes on once sent). */
@@ -226,10 +262,13 @@ static inline enum conn_phase conn_phase(const struct conn *c)
 	return c->req_state == RQ_BODY ? CP_DISCARD : CP_HEAD;
 }
 
-/* In CP_HEAD: some bytes of the next head were read (a 408 on timeout, not a silent close). */
+/*
+ * In CP_HEAD: some bytes of the next head were read (a 408 on timeout, not a silent close);
+ * exactly then the connection holds an exchange slot (conn_check).
+ */
 static inline bool conn_head_partial(const struct conn *c)
 {
-	return c->req.accum.hbuf != NIL || c->in.len > 0;
+	return (c->x && c->x->req.accum.hbuf != NIL) || c->in.len > 0;
 }
 
 static inline uint32_t cidx(const struct worker *w, const struct conn *c)
@@ -373,14 +412,14 @@ static inline void conn_arm_recv(struct worker *w, struct conn *c)
 	c->inflight++;
 }
 
-/* Submits c->resp.out. */
+/* Submits c->x->resp.out. */
 static inline void conn_send(struct worker *w, struct conn *c)
 {
 	if (c->tls) {
 		ctls_send(w, c);
 		return;
 	}
-	sendq_submit(w, &c->resp.out, c->fd, OP_C_SEND, cidx(w, c), c->gen);
+	sendq_submit(w, &c->x->resp.out, c->fd, OP_C_SEND, cidx(w, c), c->gen);
 	c->inflight++;
 }
 
@@ -389,6 +428,8 @@ static inline void ups_arm_recv(struct worker *w, struct ups *u)
 	struct io_uring_sqe *sqe;
 
 	if (u->recv_armed)
+		return;
+	if (u->tls && utls_arm_pump(w, u))
 		return;
 	sqe = worker_sqe(w);
 	io_uring_prep_recv(sqe, u->fd, NULL, 0, 0);
@@ -399,10 +440,14 @@ static inline void ups_arm_recv(struct worker *w, struct ups *u)
 	u->inflight++;
 }
 
-/* Submits c->req.out on u. */
+/* Submits c->x->req.out on u. */
 static inline void ups_send(struct worker *w, struct conn *c, struct ups *u)
 {
-	sendq_submit(w, &c->req.out, u->fd, OP_U_SEND, uidx(w, u), u->gen);
+	if (u->tls) {
+		utls_send(w, c, u);
+		return;
+	}
+	sendq_submit(w, &c->x->req.out, u->fd, OP_U_SEND, uidx(w, u), u->gen);
 	u->inflight++;
 }
 

@@ -95,7 +95,7 @@
  *   1. c->in: the rest of an assembled request head's buffer (body or pipelined bytes);
  *   2. c->req.head: the serialised request head, until the exchange ends;
  *   3. c->resp.accum, later u->in: the response head being assembled, then its remainder;
- *   4. c->resp.head: the serialised response head (or corral's error response).
+ *   4. c->resp.head: the serialised response head (or corral's error response), until sent.
  * (c->req.accum is empty again by the time the exchange starts: it became c->in.)
  * The table is mapped with MAP_NORESERVE and handed out LIFO: untouched ones cost no memory.
  */

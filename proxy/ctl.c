@@ -17,7 +17,9 @@
 #include <jansson.h>
 
 #include "admin.h"
+#include "daemon.h"
 #include "stats.h"
+#include "tls.h"
 #include "tls.h"
 
 /* corralctl opens one connection per command; 32 covers several `top`s plus scripts. */
@@ -168,6 +170,13 @@ static json_t *ctl_counters_json(const struct stats_worker *s, uint64_t steered,
 
 	if (o)
 		json_object_set_new(o, "tls", ctl_tls_json(s));
+	/* TLS to backends (upstream_tls.c). */
+	if (o)
+		json_object_set_new(o, "upstream_tls",
+				    json_pack("{s:I, s:I, s:I}", "handshakes",
+					      (json_int_t)s->ups_tls_handshakes, "resumed",
+					      (json_int_t)s->ups_tls_resumed, "failures",
+					      (json_int_t)s->ups_tls_failures));
 	return o;
 }
 
@@ -252,6 +261,94 @@ static json_t *ctl_stats(struct ctl *c)
 	return reply;
 }
 
+uint32_t ctl_snapshot_certs_n(const struct snapshot *s)
+{
+	uint32_t l, n = 0;
+
+	for (l = 0; l < s->cfg.listen_n && l < CFG_LISTEN_MAX; l++)
+		if (s->tls[l])
+			n += tls_server_certs_n(s->tls[l]);
+	return n;
+}
+
+int ctl_snapshot_cert(const struct snapshot *s, uint32_t i, struct admin_cert *out)
+{
+	uint32_t l, k;
+
+	memset(out, 0, sizeof(*out));
+	for (l = 0; l < s->cfg.listen_n && l < CFG_LISTEN_MAX; l++) {
+		if (!s->tls[l])
+			continue;
+		k = tls_server_certs_n(s->tls[l]);
+		if (i >= k) {
+			i -= k;
+			continue;
+		}
+		out->listener = l;
+		out->index = i;
+		snprintf(out->listen, sizeof(out->listen), "%s", s->cfg.listen[l].text);
+		snprintf(out->file, sizeof(out->file), "%s", s->cfg.listen_tls[l].certs[i].cert);
+		return tls_server_cert_info(s->tls[l], i, &out->info);
+	}
+	return -ENOENT;
+}
+
+static void ctl_iso_time(int64_t t, char *out, size_t len)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+
+	if (!gmtime_r(&tt, &tm) || strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+		snprintf(out, len, "?");
+}
+
+/* Every loaded certificate of every TLS listener (an empty array when there is none). */
+static json_t *ctl_certs_json(struct ctl *c)
+{
+	uint32_t i, n = c->ops->certs_n && c->ops->cert ? c->ops->certs_n(c->ops->ctx) : 0;
+	int64_t now = (int64_t)time(NULL);
+	json_t *arr = json_array();
+
+	for (i = 0; arr && i < n; i++) {
+		struct admin_cert *ac = calloc(1, sizeof(*ac)); /* 2.6 KiB: off the stack */
+		char before[32], after[32];
+		json_t *o, *names;
+		uint32_t k;
+
+		if (!ac)
+			break;
+		if (c->ops->cert(c->ops->ctx, i, ac) < 0) {
+			free(ac);
+			continue;
+		}
+		ac->listen[sizeof(ac->listen) - 1] = '\0';
+		ac->file[sizeof(ac->file) - 1] = '\0';
+		ac->info.subject[sizeof(ac->info.subject) - 1] = '\0';
+		ac->info.issuer[sizeof(ac->info.issuer) - 1] = '\0';
+		names = json_array();
+		for (k = 0; names && k < ac->info.names_n && k < TLS_CERT_NAMES_MAX; k++) {
+			ac->info.names[k][sizeof(ac->info.names[k]) - 1] = '\0';
+			json_array_append_new(names, json_string(ac->info.names[k]));
+		}
+		ctl_iso_time(ac->info.not_before, before, sizeof(before));
+		ctl_iso_time(ac->info.not_after, after, sizeof(after));
+		o = json_pack(
+			"{s:I, s:s, s:I, s:b, s:s, s:s, s:o*, s:I, s:s, s:s, s:s, s:I, s:I, s:b}",
+			"listener", (json_int_t)ac->listener, "listen", ac->listen, "index",
+			(json_int_t)ac->index, "default", ac->index == 0, "file", ac->file,
+			"subject", ac->info.subject, "names", names, "names_total",
+			(json_int_t)ac->info.names_total, "issuer", ac->info.issuer, "not_before",
+			before, "not_after", after, "not_after_unix",
+			(json_int_t)ac->info.not_after, "expires_in_s",
+			(json_int_t)(ac->info.not_after - now), "expired",
+			ac->info.not_after < now);
+		if (o)
+			json_array_append_new(arr, o);
+		free(ac);
+	}
+	return arr;
+}
+
 static json_t *ctl_status(struct ctl *c)
 {
 	uint32_t i, n = ctl_cores_n(c);
@@ -290,6 +387,8 @@ static json_t *ctl_status(struct ctl *c)
 					    : json_null());
 		json_object_set_new(reply, "upgrading", json_boolean(u.in_progress));
 	}
+	if (reply && c->ops->certs_n && c->ops->cert)
+		json_object_set_new(reply, "certificates", ctl_certs_json(c));
 	return reply;
 }
 
@@ -386,6 +485,13 @@ static json_t *ctl_core_arg(struct ctl *c, json_t *req, uint32_t *core)
 	return NULL;
 }
 
+static json_t *ctl_certs(struct ctl *c)
+{
+	if (!c->ops->certs_n || !c->ops->cert)
+		return ctl_error("certs: not supported by this daemon");
+	return json_pack("{s:b, s:o}", "ok", 1, "certificates", ctl_certs_json(c));
+}
+
 static json_t *ctl_dispatch(struct ctl *c, json_t *req, bool *defer)
 {
 	const struct admin_ops *ops = c->ops;
@@ -405,6 +511,8 @@ static json_t *ctl_dispatch(struct ctl *c, json_t *req, bool *defer)
 		return ctl_stats(c);
 	if (!strcmp(cmd, "backends"))
 		return ctl_backends(c);
+	if (!strcmp(cmd, "certs"))
+		return ctl_certs(c);
 	if (!strcmp(cmd, "policy")) {
 		s = json_string_value(json_object_get(req, "set"));
 		if (!s)

@@ -9,7 +9,7 @@
  * HTTP layer arms is then an IORING_OP_NOP (OP_C_TLS) whose completion reads it, so the
  * state machine is never re-entered from inside itself.
  *
- * Send: what c->resp.out queues (head, chunk lines, payload, corral's own answers) is encrypted
+ * Send: what c->x->resp.out queues (head, chunk lines, payload, corral's own answers) is encrypted
  * into the session's output (small pieces gathered into one record, large ones encrypted where
  * they are) and that ciphertext goes out in one send; progress is reported to client.c in
  * plaintext bytes once the ciphertext of them is all sent, so the HTTP layer's accounting and
@@ -27,7 +27,7 @@
 #include "conn.h"
 
 /*
- * Pieces of c->resp.out shorter than this are copied together into one record (a head and a
+ * Pieces of c->x->resp.out shorter than this are copied together into one record (a head and a
  * small body: one record, one AEAD pass, 22 bytes of overhead instead of two); longer ones are
  * encrypted in place, so a body streamed from the upstream is never copied before OpenSSL.
  */
@@ -40,10 +40,14 @@ int ctls_start(struct worker *w, struct conn *c, SSL_CTX *ctx)
 	struct ctls *x;
 	int r;
 
-	if (i == NIL)
+	/* Released slots first (LIFO), else the next never-used one: untouched ones cost nothing. */
+	if (i != NIL)
+		w->tls_free = w->tls[i].next_free;
+	else if (w->tls_high < w->conn_cap)
+		i = w->tls_high++;
+	else
 		return -ENOBUFS; /* cannot happen: one slot per connection slot */
 	x = &w->tls[i];
-	w->tls_free = x->next_free;
 	r = tls_conn_init(&x->t, ctx);
 	if (r < 0) {
 		x->next_free = w->tls_free;
@@ -332,7 +336,7 @@ void ctls_on_pump(struct worker *w, struct conn *c)
 }
 
 /*
- * Encrypts c->resp.out from its first byte not yet encrypted into the session's output, until
+ * Encrypts c->x->resp.out from its first byte not yet encrypted into the session's output, until
  * all of it is in or the output is full. Pieces shorter than CTLS_GATHER_PIECE are gathered
  * into one record; the same bytes are gathered again when a record must be retried (its
  * ciphertext did not fit), as tls_write asks. 0, or the -errno of tls_write.
@@ -395,8 +399,8 @@ void ctls_send(struct worker *w, struct conn *c)
 {
 	struct ctls *x = conn_tls(w, c);
 
-	c->resp.out.busy = true;
-	if (ctls_encrypt(w, x, &c->resp.out) < 0) {
+	c->x->resp.out.busy = true;
+	if (ctls_encrypt(w, x, &c->x->resp.out) < 0) {
 		ctls_send_fail(w, c, x);
 		return;
 	}
@@ -408,7 +412,8 @@ void ctls_send(struct worker *w, struct conn *c)
 bool ctls_on_send(struct worker *w, struct conn *c, int *res)
 {
 	struct ctls *x = conn_tls(w, c);
-	struct sendq *q = &c->resp.out;
+	/* Handshake bytes, tickets and alerts go out with no exchange attached (c->x NULL). */
+	struct sendq *q = c->x ? &c->x->resp.out : NULL;
 
 	x->flags &= ~CT_SEND_BUSY;
 	if (conn_has(c, CF_CLOSING))
@@ -443,7 +448,7 @@ bool ctls_on_send(struct worker *w, struct conn *c, int *res)
 		if (!conn_has(c, CF_RECV_WANTED))
 			conn_arm_recv(w, c);
 	}
-	if (!q->busy)
+	if (!q || !q->busy)
 		return false; /* handshake bytes, tickets: nothing the HTTP layer waits for */
 	if (x->plain_enc == 0) {
 		/* The output was full of other bytes: the queue's turn now. */

@@ -14,6 +14,7 @@
 
 struct worker;
 struct steer;
+struct tls_client;
 struct tls_server;
 
 /*
@@ -51,6 +52,13 @@ struct snapshot {
 	uint32_t backend_id[CFG_BACKENDS_MAX];
 	/* backend id -> generation of its address in this snapshot; 0 = not listed */
 	uint32_t id_gen[BACKEND_IDS_MAX];
+	/*
+	 * Per backend entry (cfg.backends index): its TLS client context, or NULL for a plaintext
+	 * backend. Built from cfg.backends[i].tls when the snapshot is (the CA file read again)
+	 * and owned by it; a session that still uses a context (a pooled connection) keeps it
+	 * alive by its own reference, so a reload never touches established connections.
+	 */
+	struct tls_client *btls[CFG_BACKENDS_MAX];
 	/*
 	 * Per listen entry: its TLS contexts (built from cfg.listen_tls with the process-wide
 	 * ticket keys), or NULL for a plaintext listener. Owned by the snapshot: freed with it,

@@ -3,11 +3,12 @@
  * the request body towards the upstream, the response head and body towards the client, the
  * tunnel after a 101, and the end of the exchange.
  *
- * Owns: c->ups while attached, the exchange's fields of struct conn (rs_state, attempts,
- * tried, the response body and framing, req.out / resp.out while streaming), the backend's
- * in-flight count (be_active_*). May touch: balance_pick and the per-core balance state, the
- * backend statistics, upstream.c's object API (pool take/put, connect, close). Goes back to
- * the client side only through conn.h's conn_* entry points.
+ * Owns: c->ups while attached, rs_state and the exchange slot's fields (c->x: attempts,
+ * tried, the response body and framing, req.out / resp.out while streaming; client.c takes
+ * and returns the slot), the backend's in-flight count (be_active_*). May touch:
+ * balance_pick and the per-core balance state, the backend statistics, upstream.c's object
+ * API (pool take/put, connect, close). Goes back to the client side only through conn.h's
+ * conn_* entry points.
  */
 #include <errno.h>
 #include <string.h>
@@ -52,13 +53,13 @@ void exchange_abort_ups(struct worker *w, struct conn *c)
 	}
 	/* Still attached and not closing: still counted (every other decrement detaches). */
 	if (c->rs_state != RS_NONE)
-		be_active_dec(w, c->backend);
+		be_active_dec(w, c->x->backend);
 }
 
 /* The answer for a request whose every attempt failed: the last failure's. */
 static int fail_status(const struct conn *c)
 {
-	return c->fail == UF_CONNECT_TIMEOUT ? 504 : 502;
+	return c->x->fail == UF_CONNECT_TIMEOUT ? 504 : 502;
 }
 
 /*
@@ -95,22 +96,22 @@ static void exchange_attempt(struct worker *w, struct conn *c, bool retry)
 	int bi, err;
 	uint16_t id;
 
-	if (c->attempts >= max_attempts) {
+	if (c->x->attempts >= max_attempts) {
 		/* The last attempt's failure (already counted) stands. */
 		conn_send_error(w, c, fail_status(c));
 		return;
 	}
-	c->attempts++;
-	bi = balance_pick(s, w->d->backends, &w->bal, w->now_ms, c->hkey, &c->tried);
-	if (bi < 0 && c->attempts > 1) {
+	c->x->attempts++;
+	bi = balance_pick(s, w->d->backends, &w->bal, w->now_ms, c->x->hkey, &c->x->tried);
+	if (bi < 0 && c->x->attempts > 1) {
 		/* A retry found no other backend: the last one's failure (already counted) stands. */
-		c->attempts--;
+		c->x->attempts--;
 		conn_send_error(w, c, fail_status(c));
 		return;
 	}
 	if (bi < 0) {
 		/* No backend is eligible: no backend's error, and none in the log (upstream: null). */
-		c->attempts = 0;
+		c->x->attempts = 0;
 		STAT_ADD(w->stats->no_backend, 1);
 		conn_send_error(w, c, 503);
 		return;
@@ -119,8 +120,8 @@ static void exchange_attempt(struct worker *w, struct conn *c, bool retry)
 		STAT_ADD(w->stats->upstream_retries, 1);
 	be = &s->cfg.backends[bi];
 	id = (uint16_t)s->backend_id[bi];
-	c->backend = id;
-	tried_add(&c->tried, id);
+	c->x->backend = id;
+	tried_add(&c->x->tried, id);
 	be_active_inc(w, id);
 
 	/* A pooled connection, unless this is a retry after a pooled one failed. */
@@ -159,7 +160,7 @@ void exchange_connect(struct worker *w, struct conn *c)
 /* Gives up the upstream of a failed attempt, which stays counted until here. */
 static void exchange_drop_attempt(struct worker *w, struct conn *c)
 {
-	be_active_dec(w, c->backend);
+	be_active_dec(w, c->x->backend);
 	exchange_detach_ups(w, c);
 	c->flags &= ~CF_REQ_HEAD_SENT;
 	c->rs_state = RS_NONE;
@@ -171,7 +172,7 @@ static bool stale_retry_ok(struct worker *w, struct conn *c)
 	struct ups *u = conn_ups(w, c);
 
 	return u && u->reused && conn_has(c, CF_REQ_IDEMPOTENT) && c->req_state == RQ_DONE &&
-	       c->req.body.framing == HTTP_BODY_NONE && !c->req.out.busy &&
+	       c->x->req.body.framing == HTTP_BODY_NONE && !c->x->req.out.busy &&
 	       !conn_has(c, CF_NO_POOL);
 }
 
@@ -199,19 +200,19 @@ static bool stale_retry_ok(struct worker *w, struct conn *c)
 void exchange_fail(struct worker *w, struct conn *c, enum ups_fail why)
 {
 	struct ups *u = conn_ups(w, c);
-	uint16_t b = c->backend;
+	uint16_t b = c->x->backend;
 	int status = 502;
 
 	if (why == UF_STALE_POOLED && stale_retry_ok(w, c)) {
 		/* Not a failed attempt: the same backend, on a fresh connection. */
 		exchange_drop_attempt(w, c);
-		c->attempts--;
-		tried_del(&c->tried, b);
+		c->x->attempts--;
+		tried_del(&c->x->tried, b);
 		c->flags |= CF_NO_POOL;
 		exchange_attempt(w, c, true);
 		return;
 	}
-	c->fail = (uint8_t)why;
+	c->x->fail = (uint8_t)why;
 	STAT_ADD(w->stats->upstream_errors, 1);
 	STAT_ADD(w->bstats[b].errors, 1);
 	switch (why) {
@@ -241,12 +242,13 @@ void exchange_fail(struct worker *w, struct conn *c, enum ups_fail why)
 		break;
 	case UF_BAD_BODY:
 		c->flags &= ~CF_UPS_REUSABLE;
-		if (conn_has(c, CF_RESP_STARTED) && c->resp.out.iov_n &&
-		    c->resp.out.iov[0].iov_base == hbuf_addr(w, c->resp.head)) {
+		if (conn_has(c, CF_RESP_STARTED) && c->x->resp.out.iov_n &&
+		    c->x->resp.head != NIL &&
+		    c->x->resp.out.iov[0].iov_base == hbuf_addr(w, c->x->resp.head)) {
 			/* The head is only queued, not sent: the client can still get a 502. */
-			count_status_n(w, c->resp_code, -1);
+			count_status_n(w, c->x->resp_code, -1);
 			c->flags &= ~CF_RESP_STARTED;
-			sendq_reset(&c->resp.out);
+			sendq_reset(&c->x->resp.out);
 		}
 		break;
 	case UF_RESPONSE_TIMEOUT:
@@ -270,7 +272,7 @@ void exchange_fail(struct worker *w, struct conn *c, enum ups_fail why)
 void exchange_req_pump(struct worker *w, struct conn *c)
 {
 	struct ups *u = conn_ups(w, c);
-	struct sendq *q = &c->req.out;
+	struct sendq *q = &c->x->req.out;
 	size_t payload = 0;
 	ssize_t k;
 	char *p;
@@ -283,7 +285,7 @@ void exchange_req_pump(struct worker *w, struct conn *c)
 		u->pp_queued = true;
 	}
 	if (!conn_has(c, CF_REQ_HEAD_SENT)) {
-		sendq_add(q, hbuf_addr(w, c->req.head), c->req.head_len);
+		sendq_add(q, hbuf_addr(w, c->x->req.head), c->x->req.head_len);
 		c->flags |= CF_REQ_HEAD_SENT;
 	}
 	if (c->rs_state == RS_TUNNEL) {
@@ -294,7 +296,7 @@ void exchange_req_pump(struct worker *w, struct conn *c)
 		}
 	} else if (c->req_state == RQ_BODY && c->in.len) {
 		p = c->in.base + c->in.off;
-		k = http_body_decode(&c->req.body, p, c->in.len, &payload);
+		k = http_body_decode(&c->x->req.body, p, c->in.len, &payload);
 		if (k < 0) {
 			STAT_ADD(w->stats->parse_errors, 1);
 			conn_req_reject(w, c, NULL, 0, k == -EFBIG ? 413 : 400,
@@ -304,11 +306,11 @@ void exchange_req_pump(struct worker *w, struct conn *c)
 		}
 		c->in.off += (uint32_t)k;
 		c->in.len -= (uint32_t)k;
-		if (c->req.body.framing == HTTP_BODY_CHUNKED)
-			sendq_add_chunk(q, c->req.chunk_hdr, p, payload, c->req.body.done);
+		if (c->x->req.body.framing == HTTP_BODY_CHUNKED)
+			sendq_add_chunk(q, c->x->req.chunk_hdr, p, payload, c->x->req.body.done);
 		else
 			sendq_add(q, p, payload);
-		if (c->req.body.done)
+		if (c->x->req.body.done)
 			c->req_state = RQ_DONE;
 	}
 	if (q->iov_n) {
@@ -338,7 +340,7 @@ static void tunnel_start(struct worker *w, struct conn *c)
 	/* Client bytes already read after the request head go first. */
 	if (c->in.len) {
 		exchange_req_pump(w, c);
-	} else if (!c->req.out.busy) {
+	} else if (!c->x->req.out.busy) {
 		inbuf_release(w, &c->in);
 		conn_arm_recv(w, c);
 	}
@@ -348,7 +350,7 @@ static void tunnel_start(struct worker *w, struct conn *c)
 /* After a 101: what the upstream sent goes to the client as it is. */
 static void resp_tunnel_pump(struct worker *w, struct conn *c, struct ups *u)
 {
-	struct sendq *q = &c->resp.out;
+	struct sendq *q = &c->x->resp.out;
 
 	if (u->in.len) {
 		sendq_add(q, u->in.base + u->in.off, u->in.len);
@@ -366,8 +368,8 @@ static void resp_skip_head(struct worker *w, struct conn *c, struct inbuf *src, 
 {
 	src->off += (uint32_t)n;
 	src->len -= (uint32_t)n;
-	if (src == &c->resp.accum && src->len == 0)
-		inbuf_release(w, &c->resp.accum);
+	if (src == &c->x->resp.accum && src->len == 0)
+		inbuf_release(w, &c->x->resp.accum);
 }
 
 /*
@@ -379,7 +381,7 @@ static void resp_skip_head(struct worker *w, struct conn *c, struct inbuf *src, 
  */
 static bool resp_head(struct worker *w, struct conn *c, struct ups *u)
 {
-	struct sendq *q = &c->resp.out;
+	struct sendq *q = &c->x->resp.out;
 	struct http_limits lim;
 	struct http_resp resp;
 	struct inbuf *src;
@@ -392,7 +394,7 @@ static bool resp_head(struct worker *w, struct conn *c, struct ups *u)
 	for (;;) {
 		resp.hdr = w->hdr_scratch; /* http_resp_parse clears the rest */
 		resp.hdr_cap = w->hdr_cap;
-		src = inbuf_head_src(w, &c->resp.accum, &u->in);
+		src = inbuf_head_src(w, &c->x->resp.accum, &u->in);
 		if (!src) {
 			exchange_fail(w, c, UF_BAD_HEAD);
 			return false;
@@ -405,7 +407,7 @@ static bool resp_head(struct worker *w, struct conn *c, struct ups *u)
 		r = http_resp_parse(&resp, src->base + src->off, src->len, &lim,
 				    conn_has(c, CF_REQ_HEAD));
 		if (r == -EAGAIN) {
-			if (!inbuf_head_keep(w, &c->resp.accum, &u->in, src)) {
+			if (!inbuf_head_keep(w, &c->x->resp.accum, &u->in, src)) {
 				exchange_fail(w, c, UF_BAD_HEAD);
 				return false;
 			}
@@ -414,13 +416,13 @@ static bool resp_head(struct worker *w, struct conn *c, struct ups *u)
 		}
 		if (r < 0) {
 			log_warn("worker %u: bad response from %s: %s", w->id,
-				 w->d->backends[c->backend].addr, resp.reason ? resp.reason : "?");
+				 w->d->backends[c->x->backend].addr, resp.reason ? resp.reason : "?");
 			exchange_fail(w, c, UF_BAD_HEAD);
 			return false;
 		}
-		if (c->resp.head == NIL)
-			c->resp.head = hbuf_get(w);
-		if (c->resp.head == NIL) {
+		if (c->x->resp.head == NIL)
+			c->x->resp.head = hbuf_get(w);
+		if (c->x->resp.head == NIL) {
 			exchange_fail(w, c, UF_NO_HEAD_BUF);
 			return false;
 		}
@@ -437,13 +439,13 @@ static bool resp_head(struct worker *w, struct conn *c, struct ups *u)
 	if (interim) {
 		/* Interim response: relay it, then keep waiting for the final one. */
 		n = http_resp_serialize(&resp, p, c->client_minor, true, conn_has(c, CF_REQ_HEAD),
-					hbuf_addr(w, c->resp.head), w->hbuf_size, &of);
+					hbuf_addr(w, c->x->resp.head), w->hbuf_size, &of);
 		if (n < 0) {
 			exchange_fail(w, c, UF_BAD_HEAD);
 			return false;
 		}
 		resp_skip_head(w, c, src, r);
-		sendq_add(q, hbuf_addr(w, c->resp.head), (size_t)n);
+		sendq_add(q, hbuf_addr(w, c->x->resp.head), (size_t)n);
 		conn_send(w, c);
 		return false;
 	}
@@ -453,27 +455,27 @@ static bool resp_head(struct worker *w, struct conn *c, struct ups *u)
 		ka = false;
 	conn_put(c, CF_KEEPALIVE, ka);
 	n = http_resp_serialize(&resp, p, c->client_minor, ka, conn_has(c, CF_REQ_HEAD),
-				hbuf_addr(w, c->resp.head), w->hbuf_size, &of);
+				hbuf_addr(w, c->x->resp.head), w->hbuf_size, &of);
 	if (n < 0) {
 		exchange_fail(w, c, UF_BAD_HEAD);
 		return false;
 	}
 	c->flags |= CF_RESP_STARTED;
-	c->resp_code = resp.code;
-	c->out_framing = (uint8_t)of;
+	c->x->resp_code = resp.code;
+	c->x->out_framing = (uint8_t)of;
 	conn_put(c, CF_UPS_REUSABLE, resp.keep_alive && resp.framing != HTTP_BODY_CLOSE);
 	count_status(w, resp.code);
-	inbuf_head_consume(w, &c->resp.accum, &u->in, src, (uint32_t)r);
-	sendq_add(q, hbuf_addr(w, c->resp.head), (size_t)n);
+	inbuf_head_consume(w, &c->x->resp.accum, &u->in, src, (uint32_t)r);
+	sendq_add(q, hbuf_addr(w, c->x->resp.head), (size_t)n);
 	if (resp.code == 101) {
 		conn_send(w, c);
 		tunnel_start(w, c);
 		return false;
 	}
-	http_body_init(&c->resp.body, resp.framing, resp.content_length, 0);
+	http_body_init(&c->x->resp.body, resp.framing, resp.content_length, 0);
 	if (resp.framing == HTTP_BODY_NONE ||
 	    (resp.framing == HTTP_BODY_LENGTH && resp.content_length == 0)) {
-		c->resp.body.done = true;
+		c->x->resp.body.done = true;
 		c->rs_state = RS_DONE;
 		if (u->in.len)
 			c->flags &= ~CF_UPS_REUSABLE; /* bytes after a body-less response */
@@ -487,27 +489,27 @@ static bool resp_head(struct worker *w, struct conn *c, struct ups *u)
 /* Decodes what the upstream sent of the body and queues it (re-framed) to the client. */
 static void resp_body_pump(struct worker *w, struct conn *c, struct ups *u)
 {
-	struct sendq *q = &c->resp.out;
+	struct sendq *q = &c->x->resp.out;
 	size_t payload = 0;
 	ssize_t k;
 	char *p;
 
 	if (u->in.len) {
 		p = u->in.base + u->in.off;
-		k = http_body_decode(&c->resp.body, p, u->in.len, &payload);
+		k = http_body_decode(&c->x->resp.body, p, u->in.len, &payload);
 		if (k < 0) {
 			log_warn("worker %u: bad response body framing from %s", w->id,
-				 w->d->backends[c->backend].addr);
+				 w->d->backends[c->x->backend].addr);
 			exchange_fail(w, c, UF_BAD_BODY);
 			return;
 		}
 		u->in.off += (uint32_t)k;
 		u->in.len -= (uint32_t)k;
-		if (c->out_framing == HTTP_BODY_CHUNKED)
-			sendq_add_chunk(q, c->resp.chunk_hdr, p, payload, c->resp.body.done);
+		if (c->x->out_framing == HTTP_BODY_CHUNKED)
+			sendq_add_chunk(q, c->x->resp.chunk_hdr, p, payload, c->x->resp.body.done);
 		else
 			sendq_add(q, p, payload);
-		if (c->resp.body.done) {
+		if (c->x->resp.body.done) {
 			c->rs_state = RS_DONE;
 			if (u->in.len)
 				/* Bytes after the end of the response. */
@@ -527,9 +529,9 @@ void resp_process(struct worker *w, struct conn *c)
 {
 	struct ups *u = conn_ups(w, c);
 
-	if (conn_has(c, CF_CLOSING) || !u || c->resp.out.busy)
+	if (conn_has(c, CF_CLOSING) || !u || c->x->resp.out.busy)
 		return;
-	sendq_reset(&c->resp.out);
+	sendq_reset(&c->x->resp.out);
 	switch (c->rs_state) {
 	case RS_TUNNEL:
 		resp_tunnel_pump(w, c, u);
@@ -551,22 +553,22 @@ void resp_process(struct worker *w, struct conn *c)
 static void resp_upstream_eof(struct worker *w, struct conn *c, int res)
 {
 	struct ups *u = conn_ups(w, c);
-	struct sendq *q = &c->resp.out;
+	struct sendq *q = &c->x->resp.out;
 
 	if (c->rs_state == RS_HEAD) {
 		/* Nothing of a response from a pooled connection: the backend had closed it. */
 		bool stale =
-			u->reused && !conn_has(c, CF_UPS_BYTE_SEEN) && c->resp.accum.hbuf == NIL;
+			u->reused && !conn_has(c, CF_UPS_BYTE_SEEN) && c->x->resp.accum.hbuf == NIL;
 
 		exchange_fail(w, c, stale ? UF_STALE_POOLED : UF_RESET_BEFORE_HEAD);
 		return;
 	}
-	if (c->rs_state == RS_BODY && res == 0 && c->resp.body.framing == HTTP_BODY_CLOSE) {
+	if (c->rs_state == RS_BODY && res == 0 && c->x->resp.body.framing == HTTP_BODY_CLOSE) {
 		/* Close-delimited body: EOF is its end. */
-		c->resp.body.done = true;
+		c->x->resp.body.done = true;
 		c->rs_state = RS_DONE;
 		c->flags &= ~CF_UPS_REUSABLE;
-		if (c->out_framing == HTTP_BODY_CHUNKED) {
+		if (c->x->out_framing == HTTP_BODY_CHUNKED) {
 			sendq_reset(q);
 			sendq_add_chunk(q, NULL, NULL, 0, true);
 			conn_send(w, c);
@@ -586,10 +588,10 @@ static void resp_upstream_eof(struct worker *w, struct conn *c, int res)
 
 static void record_latency(struct worker *w, struct conn *c)
 {
-	uint64_t us = (now_ns() - c->req_start_ns) / 1000;
+	uint64_t us = (now_ns() - c->x->req_start_ns) / 1000;
 
 	stats_record_latency(w->stats, us);
-	STAT_ADD(w->bstats[c->backend].lat_sum_us, us);
+	STAT_ADD(w->bstats[c->x->backend].lat_sum_us, us);
 }
 
 /* The response was fully sent: pool or close the upstream, then the next request. */
@@ -597,16 +599,16 @@ void exchange_end(struct worker *w, struct conn *c)
 {
 	struct ups *u = conn_ups(w, c);
 
-	if (c->req.out.busy) {
+	if (c->x->req.out.busy) {
 		c->flags |= CF_END_PENDING;
 		return;
 	}
 	c->flags &= ~CF_END_PENDING;
 	record_latency(w, c);
-	conn_log(w, c, c->resp_code);
+	conn_log(w, c, c->x->resp_code);
 	steer_req_ended(w->sc);
 	if (u) {
-		be_active_dec(w, c->backend);
+		be_active_dec(w, c->x->backend);
 		c->ups = NIL;
 		/* Idle ones are bounded by the connection table (and expire by upstream_idle_ms). */
 		if (conn_has(c, CF_UPS_REUSABLE) && c->req_state == RQ_DONE && u->in.len == 0 &&
@@ -615,15 +617,15 @@ void exchange_end(struct worker *w, struct conn *c)
 		else
 			ups_close(w, u);
 	}
-	if (c->req.head != NIL) {
-		hbuf_put(w, c->req.head);
-		c->req.head = NIL;
+	if (c->x->req.head != NIL) {
+		hbuf_put(w, c->x->req.head);
+		c->x->req.head = NIL;
 	}
-	if (c->resp.head != NIL) {
-		hbuf_put(w, c->resp.head);
-		c->resp.head = NIL;
+	if (c->x->resp.head != NIL) {
+		hbuf_put(w, c->x->resp.head);
+		c->x->resp.head = NIL;
 	}
-	inbuf_release(w, &c->resp.accum);
+	inbuf_release(w, &c->x->resp.accum);
 	c->rs_state = RS_NONE;
 	c->flags &= ~CF_RESP_STARTED; /* the next exchange may still answer with an error */
 	conn_exchange_done(w, c);
@@ -643,7 +645,7 @@ void exchange_on_connect(struct worker *w, struct conn *c, struct ups *u, int re
 
 void exchange_on_send(struct worker *w, struct conn *c, struct ups *u, int res)
 {
-	struct sendq *q = &c->req.out;
+	struct sendq *q = &c->x->req.out;
 
 	q->busy = false;
 	if (res <= 0) {

@@ -11,6 +11,7 @@
 
 #include "health.h"
 #include "proxyproto.h"
+#include "tls.h"
 #include "worker.h"
 
 /*
@@ -19,8 +20,10 @@
  */
 #define HC_REQ_MAX 384
 /* Only the status line is read; a longer first line than this is not HTTP. */
-#define HC_IN_MAX    256
-#define HC_TAG_TIMER UINT64_MAX
+#define HC_IN_MAX 256
+/* Ciphertext read per recv from a TLS backend: the session takes it all before the next. */
+#define HC_TLS_IN_MAX 4096
+#define HC_TAG_TIMER  UINT64_MAX
 
 enum hc_phase {
 	HC_IDLE = 0,
@@ -47,6 +50,12 @@ struct hc_be {
 	size_t req_len, req_off;
 	char in[HC_IN_MAX];
 	size_t in_len;
+	/* A TLS backend's check runs in a client session (no resumption: checks are rare). */
+	bool want_tls;		/* the backend has tls: (its checks speak TLS too) */
+	bool tls_on;		/* tls holds the running check's session */
+	size_t pp_len, pp_sent; /* a TLS check's PROXY header: req[0, pp_len) goes in clear first */
+	struct tls_conn tls;
+	uint8_t tls_in[HC_TLS_IN_MAX];
 
 	bool down;
 	bool passive; /* down because of a connect failure on a request, not a check */
@@ -120,6 +129,10 @@ static void hc_set_state(struct health *h, uint32_t id, bool down, const char *w
 
 static void hc_stop(struct health *h, struct hc_be *b)
 {
+	if (b->tls_on) {
+		tls_conn_free(&b->tls);
+		b->tls_on = false;
+	}
 	if (b->fd >= 0) {
 		epoll_ctl(h->ep, EPOLL_CTL_DEL, b->fd, NULL);
 		close(b->fd);
@@ -191,10 +204,17 @@ static void hc_want(struct health *h, uint32_t id, uint32_t events, int op)
 	epoll_ctl(h->ep, op, h->be[id].fd, &ev);
 }
 
+static void hc_tls_pump(struct health *h, uint32_t id);
+
 static void hc_send(struct health *h, uint32_t id)
 {
 	struct hc_be *b = &h->be[id];
 	char res[64];
+
+	if (b->tls_on) {
+		hc_tls_pump(h, id);
+		return;
+	}
 
 	while (b->req_off < b->req_len) {
 		ssize_t n = send(b->fd, b->req + b->req_off, b->req_len - b->req_off,
@@ -218,14 +238,182 @@ static void hc_send(struct health *h, uint32_t id)
 	hc_want(h, id, EPOLLIN, EPOLL_CTL_MOD);
 }
 
+/* The status line in b->in (complete, or the buffer full) decides the check. */
+static void hc_status(struct health *h, uint32_t id)
+{
+	struct hc_be *b = &h->be[id];
+	const char *eol = memchr(b->in, '\n', b->in_len);
+	char res[64];
+	int st;
+
+	st = eol ? health_parse_status(b->in, (size_t)(eol - b->in)) : -1;
+	if (st < 0) {
+		hc_done(h, id, false, "not an HTTP/1.x status line");
+		return;
+	}
+	if (st >= b->cfg.expect_lo && st <= b->cfg.expect_hi) {
+		snprintf(res, sizeof(res), "%d", st);
+		hc_done(h, id, true, res);
+	} else {
+		snprintf(res, sizeof(res), "status %d, expected %u-%u", st, b->cfg.expect_lo,
+			 b->cfg.expect_hi);
+		hc_done(h, id, false, res);
+	}
+}
+
+/* A TLS check failed: the session's reason ("certificate verify failed: ..."). */
+static void hc_tls_fail(struct health *h, uint32_t id)
+{
+	struct hc_be *b = &h->be[id];
+	char res[64];
+
+	snprintf(res, sizeof(res), "TLS: %s%s",
+		 b->tls.fail == TLS_FAIL_VERIFY ? "certificate verify failed: " : "",
+		 b->tls.why ? b->tls.why : "handshake failed");
+	hc_done(h, id, false, res);
+}
+
+/*
+ * Drives a TLS check as far as it goes without waiting: the handshake, the request written
+ * into the session, its ciphertext sent, the status line read. Waits for EPOLLOUT while
+ * ciphertext is left, else for EPOLLIN.
+ */
+static void hc_tls_pump(struct health *h, uint32_t id)
+{
+	struct hc_be *b = &h->be[id];
+	struct iovec iov;
+	char res[64];
+	ssize_t n;
+	int r;
+
+	while (b->pp_sent < b->pp_len) {
+		n = send(b->fd, b->req + b->pp_sent, b->pp_len - b->pp_sent,
+			 MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			b->phase = HC_SEND;
+			hc_want(h, id, EPOLLOUT, EPOLL_CTL_MOD);
+			return;
+		}
+		if (n <= 0) {
+			snprintf(res, sizeof(res), "send: %s", n < 0 ? strerror(errno) : "closed");
+			hc_done(h, id, false, res);
+			return;
+		}
+		b->pp_sent += (size_t)n;
+	}
+	if (b->tls.state == TLS_HANDSHAKE) {
+		r = tls_handshake(&b->tls);
+		if (r == -EPROTO) {
+			hc_tls_fail(h, id);
+			return;
+		}
+	}
+	if (b->tls.state == TLS_OPEN && b->req_off < b->req_len) {
+		n = tls_write(&b->tls, (const uint8_t *)b->req + b->req_off,
+			      b->req_len - b->req_off);
+		if (n == -EPROTO) {
+			hc_tls_fail(h, id);
+			return;
+		}
+		if (n > 0)
+			b->req_off += (size_t)n;
+	}
+	while (tls_out(&b->tls, &iov)) {
+		n = send(b->fd, iov.iov_base, iov.iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			b->phase = HC_SEND;
+			hc_want(h, id, EPOLLOUT, EPOLL_CTL_MOD);
+			return;
+		}
+		if (n <= 0) {
+			snprintf(res, sizeof(res), "send: %s", n < 0 ? strerror(errno) : "closed");
+			hc_done(h, id, false, res);
+			return;
+		}
+		tls_out_done(&b->tls, (size_t)n);
+	}
+	if (b->tls.state == TLS_OPEN && b->req_off == b->req_len) {
+		n = tls_read(&b->tls, (uint8_t *)b->in + b->in_len, sizeof(b->in) - b->in_len);
+		if (n == -EPROTO) {
+			hc_tls_fail(h, id);
+			return;
+		}
+		if (n == 0) {
+			hc_done(h, id, false, "closed before a status line");
+			return;
+		}
+		if (n > 0) {
+			b->in_len += (size_t)n;
+			if (memchr(b->in, '\n', b->in_len) || b->in_len == sizeof(b->in)) {
+				hc_status(h, id);
+				return;
+			}
+		}
+	}
+	b->phase = HC_RECV;
+	hc_want(h, id, EPOLLIN, EPOLL_CTL_MOD);
+}
+
+/* EPOLLIN on a TLS check: the ciphertext goes into the session, which is driven on. */
+static void hc_tls_recv(struct health *h, uint32_t id)
+{
+	struct hc_be *b = &h->be[id];
+	char res[64];
+	ssize_t n;
+
+	for (;;) {
+		n = recv(b->fd, b->tls_in, sizeof(b->tls_in), MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		if (n <= 0) {
+			if (n < 0)
+				snprintf(res, sizeof(res), "recv: %s", strerror(errno));
+			else
+				snprintf(res, sizeof(res), "closed %s",
+					 b->tls.state == TLS_HANDSHAKE ? "during the TLS handshake"
+								       : "before a status line");
+			hc_done(h, id, false, res);
+			return;
+		}
+		if (tls_feed(&b->tls, b->tls_in, (size_t)n) < 0) {
+			hc_tls_fail(h, id);
+			return;
+		}
+		/* The session reads all of it before this returns (or the check ends). */
+		while (b->fd >= 0 && b->tls_on && tls_in_pending(&b->tls)) {
+			size_t before = tls_in_pending(&b->tls);
+
+			hc_tls_pump(h, id);
+			if (b->fd < 0 || !b->tls_on || tls_in_pending(&b->tls) == before)
+				break;
+		}
+		if (b->fd < 0 || !b->tls_on)
+			return;
+		if (tls_in_pending(&b->tls)) {
+			/* Cannot go on without sending first: the bytes are dropped with the check. */
+			hc_done(h, id, false, "TLS: the backend's flight did not fit");
+			return;
+		}
+	}
+}
+
 static void hc_recv(struct health *h, uint32_t id)
 {
 	struct hc_be *b = &h->be[id];
 	char res[64];
 	const char *eol;
 	ssize_t n;
-	int st;
 
+	if (b->tls_on) {
+		hc_tls_recv(h, id);
+		return;
+	}
 	for (;;) {
 		n = recv(b->fd, b->in + b->in_len, sizeof(b->in) - b->in_len, MSG_DONTWAIT);
 		if (n < 0 && errno == EINTR)
@@ -246,19 +434,18 @@ static void hc_recv(struct health *h, uint32_t id)
 		if (eol || b->in_len == sizeof(b->in))
 			break;
 	}
-	st = eol ? health_parse_status(b->in, (size_t)(eol - b->in)) : -1;
-	if (st < 0) {
-		hc_done(h, id, false, "not an HTTP/1.x status line");
-		return;
-	}
-	if (st >= b->cfg.expect_lo && st <= b->cfg.expect_hi) {
-		snprintf(res, sizeof(res), "%d", st);
-		hc_done(h, id, true, res);
-	} else {
-		snprintf(res, sizeof(res), "status %d, expected %u-%u", st, b->cfg.expect_lo,
-			 b->cfg.expect_hi);
-		hc_done(h, id, false, res);
-	}
+	hc_status(h, id);
+}
+
+/* The TLS context of backend id in the live snapshot (main thread), or NULL. */
+static const struct tls_client *hc_tls_client(const struct health *h, uint32_t id)
+{
+	const struct snapshot *s = h->d->snap;
+
+	for (uint32_t i = 0; s && i < s->cfg.backends_n; i++)
+		if (s->backend_id[i] == id)
+			return s->btls[i];
+	return NULL;
 }
 
 static void hc_start(struct health *h, uint32_t id, uint64_t now)
@@ -288,6 +475,19 @@ static void hc_start(struct health *h, uint32_t id, uint64_t now)
 		     b->cfg.path, b->cfg.host[0] ? b->cfg.host : b->addr);
 	BUG_ON(n < 0 || off + (size_t)n >= sizeof(b->req)); /* bounded by CFG_HEALTH_*_MAX */
 	b->req_len = off + (size_t)n;
+	if (b->want_tls) {
+		const struct tls_client *cl = hc_tls_client(h, id);
+
+		if (!cl || tls_conn_init_client(&b->tls, cl, NULL) < 0) {
+			hc_done(h, id, false, "TLS: no session");
+			return;
+		}
+		b->tls_on = true;
+		/* The PROXY header goes in clear before the handshake; the request inside it. */
+		b->pp_len = off;
+		b->pp_sent = 0;
+		b->req_off = off;
+	}
 	b->fd = socket(b->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (b->fd < 0) {
 		snprintf(res, sizeof(res), "socket: %s", strerror(errno));
@@ -520,6 +720,7 @@ void health_sync(struct health *h, const struct snapshot *s)
 		b->sl = cb->addr.len;
 		b->cfg = cb->health;
 		b->send_proxy = cb->send_proxy;
+		b->want_tls = cb->tls.on;
 		b->view.checks_on = b->cfg.on;
 		if (b->cfg.on && !was_on) {
 			b->next_ms = now; /* first check at once */

@@ -328,6 +328,19 @@ static int backend_id_for(const struct snapshot *live, const char *addr)
 	return best;
 }
 
+/*
+ * The live snapshot's tls settings for backend id, or NULL when it does not list the id. A
+ * reload that changes them gives the id a new generation: no connection pooled under the old
+ * settings (plaintext, another CA or name, another session) is ever reused under the new.
+ */
+static const struct cfg_backend_tls *live_backend_tls(const struct snapshot *live, uint32_t id)
+{
+	for (uint32_t i = 0; live && i < live->cfg.backends_n; i++)
+		if (live->backend_id[i] == id)
+			return &live->cfg.backends[i].tls;
+	return NULL;
+}
+
 /* Main thread: the counters an id's earlier assignments left in the workers' blocks. */
 static void backend_base_take(uint32_t id)
 {
@@ -341,6 +354,41 @@ static void backend_base_take(uint32_t id)
 		b->base_errors += STAT_GET(sb->errors);
 		b->base_lat_sum_us += STAT_GET(sb->lat_sum_us);
 	}
+}
+
+/* Frees a snapshot no worker can read any more, and its backends' TLS contexts. */
+static void snapshot_free_btls(struct snapshot *s)
+{
+	for (uint32_t i = 0; s && i < CFG_BACKENDS_MAX; i++) {
+		tls_client_free(s->btls[i]);
+		s->btls[i] = NULL;
+	}
+}
+
+/*
+ * Builds the client context of every TLS backend of s (reading the CA files again: config_load
+ * checked them, but they may have changed since). 0, or -EINVAL / -ENOMEM with a
+ * "backends[N].tls.KEY: message" in err; nothing of it is left built then.
+ */
+static int snapshot_btls(struct snapshot *s, char *err, size_t errlen)
+{
+	const struct config *cfg = &s->cfg;
+	struct tls_ctx_err e;
+	int r;
+
+	for (uint32_t i = 0; i < cfg->backends_n; i++) {
+		if (!cfg->backends[i].tls.on)
+			continue;
+		r = tls_client_new(&s->btls[i], &cfg->backends[i], &e);
+		if (r == 0)
+			continue;
+		s->btls[i] = NULL;
+		snprintf(err, errlen, "backends[%u].tls%s%s: %s", i, e.key[0] ? "." : "", e.key,
+			 r == -ENOMEM ? "out of memory" : e.msg);
+		snapshot_free_btls(s);
+		return r;
+	}
+	return 0;
 }
 
 /*
@@ -360,6 +408,7 @@ static void snapshot_free(struct snapshot *s)
 		return;
 	for (uint32_t i = 0; i < CFG_LISTEN_MAX; i++)
 		tls_server_free(s->tls[i]);
+	snapshot_free_btls(s);
 	free(s);
 }
 
@@ -412,9 +461,13 @@ static struct snapshot *snapshot_build(const struct config *cfg, char *err, size
 		return NULL;
 	}
 	s->cfg = *cfg;
-	/* TLS first: a refused certificate must leave no backend id assigned. */
+	/* TLS first: a refused certificate or CA file must leave no backend id assigned. */
 	if (snapshot_tls(s, err, errlen) < 0) {
 		free(s);
+		return NULL;
+	}
+	if (snapshot_btls(s, err, errlen) < 0) {
+		snapshot_free(s);
 		return NULL;
 	}
 	s->version = ++snap_version;
@@ -431,6 +484,12 @@ static struct snapshot *snapshot_build(const struct config *cfg, char *err, size
 			backend_base_take((uint32_t)id);
 			__atomic_store_n(&b->enabled, 1, __ATOMIC_RELAXED);
 			__atomic_store_n(&b->down_until_ms, 0, __ATOMIC_RELAXED);
+		} else {
+			const struct cfg_backend_tls *was = live_backend_tls(D.snap, (uint32_t)id);
+
+			/* The live snapshot keeps its own id_gen copy: only the new one changes. */
+			if (was && memcmp(was, &cfg->backends[i].tls, sizeof(*was)) != 0)
+				b->gen = ++backend_gen_last;
 		}
 		BUG_ON(s->id_gen[id] != 0);
 		s->backend_id[i] = (uint32_t)id;
@@ -822,6 +881,16 @@ static uint64_t op_config_version(void *ctx)
 	return D.snap->version;
 }
 
+static uint32_t op_certs_n(void *ctx)
+{
+	return ctl_snapshot_certs_n(D.snap);
+}
+
+static int op_cert(void *ctx, uint32_t i, struct admin_cert *out)
+{
+	return ctl_snapshot_cert(D.snap, i, out);
+}
+
 static int need_steer(char *err, size_t errlen)
 {
 	if (D.steer)
@@ -1192,6 +1261,8 @@ static const struct admin_ops ADMIN_OPS = {
 	.backend = op_backend,
 	.steer_fallbacks = op_fallbacks,
 	.config_version = op_config_version,
+	.certs_n = op_certs_n,
+	.cert = op_cert,
 	.set_policy = op_set_policy,
 	.set_weight = op_set_weight,
 	.set_drained = op_set_drained,
@@ -1251,9 +1322,10 @@ static int drop_privileges(const struct config *cfg, char *err, size_t errlen)
 }
 
 /*
- * File descriptors each worker opens after fd_budget() counts: its ring, its eventfd and the
- * reserve fd it gives up to refuse a connection at EMFILE (worker.c). The slack covers the
- * admin plane (16 metrics scrapes, control clients) and the odd short-lived fd.
+ * File descriptors each worker opens after fd_budget() counts: its ring, its eventfd and one
+ * spare (refusing a connection at EMFILE takes none: worker.c accepts it into the ring's
+ * fixed-file table). The slack covers the admin plane (16 metrics scrapes, control clients)
+ * and the odd short-lived fd.
  */
 #define FD_PER_WORKER 3
 #define FD_SLACK      32

@@ -52,8 +52,11 @@ struct stats_worker {
 	uint64_t log_lines_dropped; /* access-log lines lost: every chunk full (accesslog.h) */
 	uint64_t
 		proxy_protocol_errors; /* proxy_protocol connections closed without a valid header */
-	uint64_t tls_handshakes;       /* TLS handshakes completed on client connections */
-	uint64_t tls_resumed;	       /* of those, resumed from a session ticket */
+	uint64_t ups_tls_handshakes;   /* TLS handshakes to backends that completed */
+	uint64_t ups_tls_resumed;      /* ... of which resumed a session */
+	uint64_t ups_tls_failures; /* TLS handshakes to backends that failed (verification...) */
+	uint64_t tls_handshakes;   /* TLS handshakes completed on client connections */
+	uint64_t tls_resumed;	   /* of those, resumed from a session ticket */
 	uint64_t tls_failures[TLS_FAIL_REASONS]; /* TLS sessions that failed, by enum tls_fail */
 	uint64_t draining; /* 0/1, set by the worker when its listener is shut down (keep last) */
 	uint64_t heartbeat_ms; /* now_ms() of the worker's last timer tick: liveness (/healthz) */

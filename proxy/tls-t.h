@@ -6,8 +6,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct ssl_st;	   /* OpenSSL's SSL */
-struct ssl_ctx_st; /* OpenSSL's SSL_CTX */
+struct ssl_st;	       /* OpenSSL's SSL */
+struct ssl_ctx_st;     /* OpenSSL's SSL_CTX */
+struct ssl_session_st; /* OpenSSL's SSL_SESSION */
+
+/*
+ * Client side: a worker's saved session for one backend, to resume the next connection with
+ * (a per-core client session cache, one entry per backend). Single-threaded: the worker's.
+ * ctx_id names the backend context it came from; under any other it is never used.
+ */
+struct tls_sess_slot {
+	struct ssl_session_st *sess; /* NULL = none */
+	uint64_t ctx_id;
+};
 
 /*
  * The largest TLS record on the wire: 5 header bytes and at most 2^14 + 2048 bytes of
@@ -63,12 +74,18 @@ enum tls_fail {
 	TLS_FAIL_NOMEM,		   /* OpenSSL or corral could not allocate */
 	TLS_FAIL_TIMEOUT,	   /* set by the caller: the handshake deadline passed */
 	TLS_FAIL_REASONS,
+	/*
+	 * Client side only (a backend's certificate or name did not verify): past the listener
+	 * counters' reasons, which it can never be (corral asks clients for no certificate).
+	 */
+	TLS_FAIL_VERIFY = TLS_FAIL_REASONS,
 };
 
 /*
- * One server-side TLS session. It lives inside its connection slot and must not move after
- * tls_conn_init (the BIO points back at it). Single-threaded: only the connection's worker
- * touches it.
+ * One TLS session, server side (a client connection) or client side (an upstream connection
+ * to a TLS backend: tls_conn_init_client); both use the same feed/read/write/out calls. It
+ * lives inside its connection slot and must not move after tls_conn_init (the BIO points back
+ * at it). Single-threaded: only the connection's worker touches it.
  *
  * Input is zero-copy: tls_feed() lends the transport a window of received ciphertext (a
  * provided buffer), which OpenSSL reads straight into its record buffer. Output is one copy:
@@ -84,8 +101,11 @@ struct tls_conn {
 	uint64_t fed;	   /* ciphertext bytes fed in total */
 	uint8_t state;	   /* enum tls_state */
 	uint8_t fail;	   /* enum tls_fail */
+	bool client;	   /* the client end (to a backend) */
+	bool saved;	   /* client side: this session saved a session in slot */
 	const char *why;   /* OpenSSL's reason text when state == TLS_FAILED (static string) */
-	struct tls_outcache *oc; /* where out comes from and goes back to, or NULL (malloc) */
+	struct tls_outcache *oc;    /* where out comes from and goes back to, or NULL (malloc) */
+	struct tls_sess_slot *slot; /* client side: where a new session is saved, or NULL */
 };
 
 /* Where a listener's TLS settings are wrong, for a "file:line: key: message" report. */
@@ -96,6 +116,17 @@ struct tls_ctx_err {
 	/* A warning that does not refuse the config (an expired certificate); "" if none. */
 	int warn_cert;
 	char warn[200];
+};
+
+/* What the control plane shows of one loaded certificate (`corralctl certs`). */
+#define TLS_CERT_NAMES_MAX 16 /* names shown per certificate; names_total counts them all */
+struct tls_cert_info {
+	char subject[256]; /* the subject, one line (RFC 2253: "CN=a.example,O=..."), "" if empty */
+	char issuer[256];  /* the issuer, the same way */
+	/* subjectAltName DNS and IP entries, in the certificate's order ("DNS:" dropped). */
+	char names[TLS_CERT_NAMES_MAX][128];
+	uint32_t names_n, names_total;
+	int64_t not_before, not_after; /* seconds since the epoch (UTC) */
 };
 
 #endif

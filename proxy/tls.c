@@ -1,4 +1,5 @@
 /* TLS transport over OpenSSL 3: listener contexts, the shared ticket-key pool, per-connection sessions. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -38,6 +39,7 @@ static const unsigned char tls_alpn_mine[] = "\x08http/1.1";
 static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
 static BIO_METHOD *tls_bio_method;
 static int tls_ctx_idx = -1; /* SSL_CTX ex_data: the struct tls_server it belongs to */
+static int tls_cli_idx = -1; /* SSL_CTX ex_data: the struct tls_client it belongs to */
 
 /* --- ticket keys ---------------------------------------------------------------------------- */
 
@@ -185,6 +187,9 @@ static void tls_server_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int 
 	free(s);
 }
 
+static void tls_client_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+			       void *argp);
+
 static void tls_once_init(void)
 {
 	BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "corral");
@@ -196,12 +201,13 @@ static void tls_once_init(void)
 	else
 		BIO_meth_free(m);
 	tls_ctx_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, tls_server_ex_free);
+	tls_cli_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, tls_client_ex_free);
 }
 
 static int tls_global(void)
 {
 	pthread_once(&tls_once, tls_once_init);
-	return tls_bio_method && tls_ctx_idx >= 0 ? 0 : -ENOMEM;
+	return tls_bio_method && tls_ctx_idx >= 0 && tls_cli_idx >= 0 ? 0 : -ENOMEM;
 }
 
 /* --- ticket keys ---------------------------------------------------------------------------- */
@@ -604,6 +610,90 @@ void tls_server_free(struct tls_server *s)
 		SSL_CTX_free(s->ctx[0]);
 }
 
+uint32_t tls_server_certs_n(const struct tls_server *s)
+{
+	return s->n;
+}
+
+/* name as one RFC 2253 line into out; 0 or -EIO. */
+static int name_text(const X509_NAME *name, char *out, size_t len)
+{
+	BIO *b = BIO_new(BIO_s_mem());
+	char *p;
+	long n;
+
+	out[0] = '\0';
+	if (!b)
+		return -ENOMEM;
+	if (X509_NAME_print_ex(b, name, 0, XN_FLAG_RFC2253) < 0) {
+		BIO_free(b);
+		return -EIO;
+	}
+	n = BIO_get_mem_data(b, &p);
+	snprintf(out, len, "%.*s", (int)(n < 0 ? 0 : n), p);
+	BIO_free(b);
+	return 0;
+}
+
+/* An ASN1_TIME as seconds since the epoch (0 when unreadable). */
+static int64_t asn1_unix(const ASN1_TIME *t)
+{
+	struct tm tm;
+
+	if (ASN1_TIME_to_tm(t, &tm) != 1)
+		return 0;
+	return (int64_t)timegm(&tm);
+}
+
+int tls_server_cert_info(const struct tls_server *s, uint32_t i, struct tls_cert_info *out)
+{
+	GENERAL_NAMES *sans;
+	const X509 *x;
+	int r, k;
+
+	memset(out, 0, sizeof(*out));
+	if (i >= s->n)
+		return -ENOENT;
+	x = s->leaf[i];
+	r = name_text(X509_get_subject_name(x), out->subject, sizeof(out->subject));
+	if (r == 0)
+		r = name_text(X509_get_issuer_name(x), out->issuer, sizeof(out->issuer));
+	if (r < 0)
+		return r;
+	out->not_before = asn1_unix(X509_get0_notBefore(x));
+	out->not_after = asn1_unix(X509_get0_notAfter(x));
+	sans = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+	for (k = 0; sans && k < sk_GENERAL_NAME_num(sans); k++) {
+		const GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, k);
+		char *dst = out->names[out->names_n < TLS_CERT_NAMES_MAX ? out->names_n : 0];
+		bool shown = out->names_n < TLS_CERT_NAMES_MAX;
+
+		if (g->type == GEN_DNS) {
+			const unsigned char *a = ASN1_STRING_get0_data(g->d.dNSName);
+
+			if (shown)
+				snprintf(dst, sizeof(out->names[0]), "%.*s",
+					 ASN1_STRING_length(g->d.dNSName), (const char *)a);
+		} else if (g->type == GEN_IPADD) {
+			const unsigned char *a = ASN1_STRING_get0_data(g->d.iPAddress);
+			int len = ASN1_STRING_length(g->d.iPAddress);
+
+			if (len != 4 && len != 16)
+				continue;
+			if (shown && !inet_ntop(len == 4 ? AF_INET : AF_INET6, a, dst,
+						sizeof(out->names[0])))
+				continue;
+		} else {
+			continue; /* email, URI, ...: not a name SNI can match */
+		}
+		if (shown)
+			out->names_n++;
+		out->names_total++;
+	}
+	GENERAL_NAMES_free(sans);
+	return 0;
+}
+
 int tls_check(const struct cfg_tls *cfg, struct tls_ctx_err *e)
 {
 	struct tls_server *s;
@@ -650,6 +740,10 @@ void tls_conn_free(struct tls_conn *t)
 
 static int tls_failed(struct tls_conn *t, enum tls_fail f, const char *why)
 {
+	/* A session of a connection that failed is not resumed (RFC 5246 7.2.2). */
+	if (t->saved && t->slot)
+		tls_sess_slot_clear(t->slot);
+	t->saved = false;
 	t->state = TLS_FAILED;
 	t->fail = (uint8_t)f;
 	t->why = why;
@@ -717,6 +811,11 @@ static int tls_result(struct tls_conn *t, int ret)
 		return 0;
 	case SSL_ERROR_SSL:
 		e = ERR_peek_last_error();
+		if (t->client && ERR_GET_REASON(e) == SSL_R_CERTIFICATE_VERIFY_FAILED)
+			/* The chain or the name: X509's reason says which (a static string). */
+			return tls_failed(
+				t, TLS_FAIL_VERIFY,
+				X509_verify_cert_error_string(SSL_get_verify_result(t->ssl)));
 		return tls_failed(t, fail_of(ERR_GET_REASON(e)),
 				  e && ERR_reason_error_string(e) ? ERR_reason_error_string(e)
 								  : "TLS protocol error");
@@ -737,7 +836,9 @@ int tls_feed(struct tls_conn *t, const uint8_t *p, size_t n)
 	 */
 	if (t->fed == 0 && n > 0 && p[0] >= 'A' && p[0] <= 'Z') {
 		t->fed = n;
-		return tls_failed(t, TLS_FAIL_PLAINTEXT, "plaintext HTTP on the TLS port");
+		return tls_failed(t, TLS_FAIL_PLAINTEXT,
+				  t->client ? "the backend answered in plaintext (HTTP?), not TLS"
+					    : "plaintext HTTP on the TLS port");
 	}
 	t->fed += n;
 	t->in = p;
@@ -862,6 +963,11 @@ void tls_abort(struct tls_conn *t)
 		SSL_set_quiet_shutdown(t->ssl, 1);
 }
 
+bool tls_has_pending(const struct tls_conn *t)
+{
+	return t->in_len != 0 || (t->ssl && SSL_has_pending(t->ssl) == 1);
+}
+
 bool tls_resumed(const struct tls_conn *t)
 {
 	return SSL_session_reused(t->ssl) == 1;
@@ -921,5 +1027,234 @@ const char *tls_fail_name(enum tls_fail f)
 		[TLS_FAIL_TIMEOUT] = "timeout",
 	};
 
+	if (f == TLS_FAIL_VERIFY)
+		return "verify";
 	return (unsigned)f < TLS_FAIL_REASONS && names[f] ? names[f] : "unknown";
+}
+
+/* --- client side: re-encryption to a backend ----------------------------------------------- */
+
+/*
+ * One TLS backend's client context, built by the main thread from the backend's tls: settings
+ * and shared by every worker (SSL_CTX is safe for concurrent SSL_new; the CA store is only
+ * read, under OpenSSL's own lock). Owned by its SSL_CTX (ex_data): it goes when the last
+ * session that uses it does. id tells a worker's saved session which context it came from.
+ */
+struct tls_client {
+	SSL_CTX *ctx;
+	uint64_t id;
+	char sni[CFG_TLS_SNI_MAX];
+};
+
+/* Ids are never reused, so a saved session never resumes under a context it did not come from. */
+static uint64_t tls_client_ids;
+
+/* cppcheck-suppress constParameter ; the signature is OpenSSL's CRYPTO_EX_free */
+static void tls_client_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+			       void *argp)
+{
+	free(ptr);
+}
+
+/*
+ * A new session to resume with (after the handshake in TLS 1.2, with each NewSessionTicket in
+ * TLS 1.3): a copy replaces the worker's saved one for this backend. A copy, because OpenSSL
+ * marks the connection's own session not resumable when the connection ends without our
+ * close_notify (SSL_free of one the backend closed), which is how pooled ones usually end.
+ * Returns 0: OpenSSL keeps its reference.
+ */
+static int tls_client_sess_cb(SSL *ssl, SSL_SESSION *sess)
+{
+	struct tls_conn *t = SSL_get_app_data(ssl);
+	const struct tls_client *cl = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), tls_cli_idx);
+	SSL_SESSION *copy;
+
+	if (!t || !t->slot || !cl || !SSL_SESSION_is_resumable(sess))
+		return 0;
+	copy = SSL_SESSION_dup(sess);
+	if (!copy)
+		return 0;
+	tls_sess_slot_clear(t->slot);
+	t->slot->sess = copy;
+	t->slot->ctx_id = cl->id;
+	t->saved = true;
+	return 0;
+}
+
+void tls_sess_slot_clear(struct tls_sess_slot *slot)
+{
+	SSL_SESSION_free(slot->sess);
+	slot->sess = NULL;
+	slot->ctx_id = 0;
+}
+
+/* The CA file: readable, and at least one PEM certificate in it. */
+static int client_ca(SSL_CTX *ctx, const char *ca, struct tls_ctx_err *e)
+{
+	STACK_OF(X509_OBJECT) * objs;
+	int r = file_readable(e, -1, "ca", ca);
+
+	if (r < 0)
+		return r;
+	if (SSL_CTX_load_verify_file(ctx, ca) != 1)
+		return ctx_err(e, -1, "ca", "%s: not a PEM file of CA certificates (%s)", ca,
+			       ssl_reason());
+	objs = X509_STORE_get0_objects(SSL_CTX_get_cert_store(ctx));
+	if (!objs || sk_X509_OBJECT_num(objs) == 0)
+		return ctx_err(e, -1, "ca", "%s: holds no certificate", ca);
+	return 0;
+}
+
+/* What the backend's certificate must name: sni, else the address the backend was given as. */
+static int client_name(SSL_CTX *ctx, const struct cfg_backend *be, struct tls_ctx_err *e)
+{
+	X509_VERIFY_PARAM *vp = SSL_CTX_get0_param(ctx);
+	const struct sockaddr_storage *ss = &be->addr.ss;
+	int ok;
+
+	if (be->tls.sni[0]) {
+		X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+		ok = X509_VERIFY_PARAM_set1_host(vp, be->tls.sni, 0);
+	} else if (ss->ss_family == AF_INET6) {
+		ok = X509_VERIFY_PARAM_set1_ip(
+			vp, (const unsigned char *)&((const struct sockaddr_in6 *)ss)->sin6_addr,
+			16);
+	} else {
+		ok = X509_VERIFY_PARAM_set1_ip(
+			vp, (const unsigned char *)&((const struct sockaddr_in *)ss)->sin_addr, 4);
+	}
+	return ok == 1 ? 0 : ctx_err(e, -1, "sni", "%s", ssl_reason());
+}
+
+int tls_client_new(struct tls_client **out, const struct cfg_backend *be, struct tls_ctx_err *e)
+{
+	const struct cfg_backend_tls *cfg = &be->tls;
+	struct tls_client *cl;
+	SSL_CTX *ctx;
+	int r;
+
+	memset(e, 0, sizeof(*e));
+	e->cert = e->warn_cert = -1;
+	e->key = "";
+	r = tls_global();
+	if (r < 0)
+		return r;
+	if (!cfg->on)
+		return ctx_err(e, -1, "", "the backend has no tls settings");
+	cl = calloc(1, sizeof(*cl));
+	ctx = SSL_CTX_new(TLS_client_method());
+	if (!cl || !ctx || !SSL_CTX_set_ex_data(ctx, tls_cli_idx, cl)) {
+		SSL_CTX_free(ctx);
+		free(cl);
+		ERR_clear_error();
+		return -ENOMEM;
+	}
+	/* From here the context owns cl: SSL_CTX_free frees both. */
+	cl->ctx = ctx;
+	cl->id = __atomic_add_fetch(&tls_client_ids, 1, __ATOMIC_RELAXED);
+	snprintf(cl->sni, sizeof(cl->sni), "%s", cfg->sni);
+	/* TLS 1.0 and 1.1 are never offered to a backend either (RFC 8996). */
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+	/* As on the server side: no record buffers while idle, writes that stop when full. */
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+				      SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	SSL_CTX_set_max_early_data(ctx, 0);
+	/* corral speaks HTTP/1.1 to backends: offer nothing else. 0 is success here. */
+	if (SSL_CTX_set_alpn_protos(ctx, tls_alpn_mine, sizeof(tls_alpn_mine) - 1) != 0) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	/* Sessions are kept by the worker (tls_sess_slot), never in this shared context. */
+	SSL_CTX_set_session_cache_mode(ctx,
+				       SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+	SSL_CTX_sess_set_new_cb(ctx, tls_client_sess_cb);
+	if (cfg->verify) {
+		r = client_ca(ctx, cfg->ca, e);
+		if (r == 0)
+			r = client_name(ctx, be, e);
+		if (r < 0)
+			goto fail;
+		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	} else {
+		SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+	}
+	ERR_clear_error();
+	*out = cl;
+	return 0;
+fail:
+	SSL_CTX_free(ctx);
+	ERR_clear_error();
+	return r;
+}
+
+void tls_client_free(struct tls_client *cl)
+{
+	/* The ex_data free callback frees cl when the last reference to the context goes. */
+	if (cl)
+		SSL_CTX_free(cl->ctx);
+}
+
+int tls_client_check(const struct cfg_backend *be, struct tls_ctx_err *e)
+{
+	struct tls_client *cl;
+	int r = tls_client_new(&cl, be, e);
+
+	if (r == 0)
+		tls_client_free(cl);
+	return r;
+}
+
+const char *tls_client_sni(const struct tls_client *cl)
+{
+	return cl->sni[0] ? cl->sni : NULL;
+}
+
+int tls_conn_init_client(struct tls_conn *t, const struct tls_client *cl,
+			 struct tls_sess_slot *slot)
+{
+	BIO *b;
+
+	memset(t, 0, sizeof(*t));
+	if (tls_global() < 0)
+		return -ENOMEM;
+	t->client = true;
+	t->ssl = SSL_new(cl->ctx);
+	if (!t->ssl)
+		goto fail;
+	b = BIO_new(tls_bio_method);
+	if (!b)
+		goto fail;
+	BIO_set_data(b, t);
+	SSL_set_bio(t->ssl, b, b);
+	SSL_set_app_data(t->ssl, t);
+	SSL_set_connect_state(t->ssl);
+	if (cl->sni[0] && !SSL_set_tlsext_host_name(t->ssl, cl->sni))
+		goto fail;
+	t->slot = slot;
+	if (slot && slot->sess && slot->ctx_id == cl->id) {
+		/*
+		 * Resume: the session was verified under this very context. It stays in the slot
+		 * for the next connections until a newer one replaces it: RFC 8446 C.4 advises
+		 * against reusing a ticket so that a client's connections cannot be linked, which
+		 * between corral and its own backend tells no one anything, and a server that does
+		 * not renew tickets on resumption (OpenSSL's default) would otherwise get a full
+		 * handshake every other connection.
+		 */
+		SSL_SESSION *use = SSL_SESSION_dup(slot->sess);
+
+		/* A copy: OpenSSL marks a TLS 1.3 session it resumed with as used up. */
+		if (!use || SSL_set_session(t->ssl, use) != 1) {
+			SSL_SESSION_free(use);
+			goto fail;
+		}
+		SSL_SESSION_free(use); /* the session holds its own reference */
+	}
+	t->state = TLS_HANDSHAKE;
+	return 0;
+fail:
+	SSL_free(t->ssl);
+	t->ssl = NULL;
+	ERR_clear_error();
+	return -ENOMEM;
 }

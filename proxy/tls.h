@@ -48,6 +48,15 @@ SSL_CTX *tls_server_ctx(const struct tls_server *s);
 /* Drops the caller's reference; sessions that still use the contexts keep them alive. */
 void tls_server_free(struct tls_server *s);
 
+/* How many certificates s holds (the listener's certificates[], in order). */
+uint32_t tls_server_certs_n(const struct tls_server *s);
+/*
+ * Describes certificates[i] of s (its leaf: the first of the chain file). Reads only the
+ * parsed certificate, so any thread may call it while s is alive. 0, or -ENOENT past the
+ * end, -EIO if OpenSSL cannot print a field.
+ */
+int tls_server_cert_info(const struct tls_server *s, uint32_t i, struct tls_cert_info *out);
+
 /* Validates cfg as tls_server_new does, and frees the result. 0 or -EINVAL with *e. */
 int tls_check(const struct cfg_tls *cfg, struct tls_ctx_err *e);
 
@@ -120,6 +129,9 @@ int tls_close(struct tls_conn *t);
  */
 void tls_abort(struct tls_conn *t);
 
+/* Is there input the session has not given out yet (lent ciphertext, or buffered records)? */
+bool tls_has_pending(const struct tls_conn *t);
+
 /* Facts about an open session (after the handshake). */
 bool tls_resumed(const struct tls_conn *t);
 const char *tls_version(const struct tls_conn *t); /* "TLSv1.3" */
@@ -131,5 +143,34 @@ int tls_cert_index(const struct tls_conn *t);
 const char *tls_alpn(const struct tls_conn *t, char *buf, size_t len);
 
 const char *tls_fail_name(enum tls_fail f);
+
+/* --- client side: backend contexts ------------------------------------------------------------- */
+
+struct tls_client;
+
+/*
+ * Builds the client context of a backend with tls.on (TLS 1.2+, ALPN http/1.1, no
+ * renegotiation; with verify: the CA file's certificates and the host name check on tls.sni,
+ * or on the backend's IP address when there is no sni). Reads the CA file. Safe to share
+ * between workers. On failure -EINVAL (or -ENOMEM) with *e saying what ("ca", "sni").
+ */
+int tls_client_new(struct tls_client **out, const struct cfg_backend *be, struct tls_ctx_err *e);
+/* Drops the caller's reference; sessions still using the context keep it alive. NULL is fine. */
+void tls_client_free(struct tls_client *cl);
+/* Validates be->tls as tls_client_new does, and frees the result. 0 or -EINVAL with *e. */
+int tls_client_check(const struct cfg_backend *be, struct tls_ctx_err *e);
+/* The server name the context sends, or NULL. */
+const char *tls_client_sni(const struct tls_client *cl);
+
+/*
+ * Starts a client session to a backend: the first tls_handshake() queues the ClientHello in
+ * tls_out. slot (the worker's for that backend, or NULL) resumes a session saved under the
+ * same context and receives the new one. *t must stay where it is until tls_conn_free; slot
+ * must outlive the session. 0 or -ENOMEM.
+ */
+int tls_conn_init_client(struct tls_conn *t, const struct tls_client *cl,
+			 struct tls_sess_slot *slot);
+/* Frees a saved session (before the worker's slots go, or to forget one). */
+void tls_sess_slot_clear(struct tls_sess_slot *slot);
 
 #endif

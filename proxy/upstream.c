@@ -2,9 +2,9 @@
  * The upstream connection object (struct ups): slot allocation and release, connect, the
  * per-core idle pools per backend id (take, put, expire, shed), and its completions.
  *
- * Owns: w->ups, w->ups_free, w->pool_head / pool_tail / pool_n, w->ups_open, and each upstream
- * fd. May touch: the owning connection only to hand it events (exchange_on_*, and
- * conn_try_finish / conn_timer_update when it is being torn down). Knows nothing of HTTP.
+ * Owns: w->ups, w->ups_free, w->ups_high, w->pool_head / pool_tail / pool_n, w->ups_open, and
+ * each upstream fd. May touch: the owning connection only to hand it events (exchange_on_*,
+ * and conn_try_finish / conn_timer_update when it is being torn down). Knows nothing of HTTP.
  */
 #include <errno.h>
 #include <string.h>
@@ -19,10 +19,15 @@ static struct ups *ups_alloc(struct worker *w)
 	struct ups *u;
 	uint32_t idx = w->ups_free;
 
-	if (idx == NIL)
+	/* Released slots first (LIFO), else the next never-used one: untouched ones cost nothing. */
+	if (idx != NIL) {
+		u = &w->ups[idx];
+		w->ups_free = u->pool_next;
+	} else if (w->ups_high < w->ups_cap) {
+		u = &w->ups[w->ups_high++];
+	} else {
 		return NULL;
-	u = &w->ups[idx];
-	w->ups_free = u->pool_next;
+	}
 	u->fd = -1;
 	u->inflight = 0;
 	u->connected = u->recv_armed = u->closing = u->reused = u->pp_queued = false;
@@ -31,6 +36,7 @@ static struct ups *ups_alloc(struct worker *w)
 	u->in.hbuf = NIL;
 	u->in.len = u->in.off = 0;
 	u->pool_prev = u->pool_next = NIL;
+	u->tls = 0;
 	w->ups_open++;
 	return u;
 }
@@ -38,6 +44,8 @@ static struct ups *ups_alloc(struct worker *w)
 void ups_release(struct worker *w, struct ups *u)
 {
 	BUG_ON(u->inflight != 0);
+	if (u->tls)
+		utls_free(w, u);
 	if (u->fd >= 0)
 		close(u->fd);
 	u->fd = -1;
@@ -53,6 +61,8 @@ void ups_release(struct worker *w, struct ups *u)
 /* Starts closing an upstream that no connection owns any more. */
 void ups_close(struct worker *w, struct ups *u)
 {
+	if (u->tls && !u->closing)
+		utls_close_notify(w, u);
 	u->owner = NIL;
 	if (u->inflight == 0) {
 		ups_release(w, u);
@@ -94,7 +104,8 @@ void ups_pool_put(struct worker *w, struct ups *u)
 	 * that began with a PROXY header speaks for its client only: never pooled.
 	 */
 	if (u->closing || w->pool_n[b] >= w->snap->cfg.limits.upstream_idle_per_backend ||
-	    w->stopping || w->snap->id_gen[b] != u->be_gen || u->pp_len) {
+	    w->stopping || w->snap->id_gen[b] != u->be_gen || u->pp_len ||
+	    (u->tls && !utls_poolable(w, u))) {
 		ups_close(w, u);
 		return;
 	}
@@ -204,6 +215,14 @@ struct ups *ups_connect(struct worker *w, const struct cfg_backend *be, uint16_t
 	u->be_gen = w->snap->id_gen[id];
 	memcpy(&u->addr, &be->addr.ss, be->addr.len);
 	u->addr_len = be->addr.len;
+	if (be->tls.on) {
+		/* The snapshot's context for this backend entry (main.c builds one per entry). */
+		*err = utls_start(w, u, w->snap->btls[be - w->snap->cfg.backends]);
+		if (*err < 0) {
+			ups_release(w, u);
+			return NULL;
+		}
+	}
 	sqe = worker_sqe(w);
 	io_uring_prep_connect(sqe, fd, (struct sockaddr *)&u->addr, u->addr_len);
 	sqe->user_data = ud_pack(OP_U_CONNECT, uidx(w, u), u->gen);
@@ -228,13 +247,21 @@ void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int r
 	}
 	BUG_ON(u->inflight == 0);
 	u->inflight--;
-	if (op == OP_U_RECV)
+	if (op == OP_U_RECV || op == OP_U_TLS)
 		u->recv_armed = false;
 	if (u->owner != NIL) {
 		c = &w->conns[u->owner];
 		CONN_BUG_ON(w, c, !c->active || c->gen != u->owner_gen || c->ups != idx);
 	}
 	if (!c) {
+		/* A pooled TLS upstream may get a session ticket: it stays (the buffer is taken). */
+		if (op == OP_U_RECV && u->tls && !u->closing && res > 0) {
+			bool keep = utls_idle_recv(w, u, bid, res);
+
+			bid = -1;
+			if (keep)
+				return;
+		}
 		/* Pooled or detached. Any completion on an idle pooled connection ends it. */
 		buf_put(w, bid);
 		if (u->closing) {
@@ -242,7 +269,7 @@ void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int r
 				ups_release(w, u);
 			return;
 		}
-		if (op == OP_U_RECV) {
+		if (op == OP_U_RECV || op == OP_U_TLS) {
 			ups_pool_unlink(w, u);
 			ups_close(w, u);
 		}
@@ -252,20 +279,30 @@ void ups_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int r
 		/* Aborted: the connection finishes (and frees u) once every op has completed. */
 		buf_put(w, bid);
 		if (op == OP_U_SEND)
-			c->req.out.busy = false;
+			c->x->req.out.busy = false;
 		if (conn_has(c, CF_CLOSING))
 			conn_try_finish(w, c);
 		return;
 	}
 	switch (op) {
 	case OP_U_CONNECT:
-		exchange_on_connect(w, c, u, res);
+		if (u->tls && res >= 0)
+			utls_on_connect(w, c, u);
+		else
+			exchange_on_connect(w, c, u, res);
 		break;
 	case OP_U_SEND:
-		exchange_on_send(w, c, u, res);
+		if (!u->tls || utls_on_send(w, c, u, &res))
+			exchange_on_send(w, c, u, res);
 		break;
 	case OP_U_RECV:
-		exchange_on_recv(w, c, u, res, flags);
+		if (u->tls)
+			utls_on_recv(w, c, u, res, flags);
+		else
+			exchange_on_recv(w, c, u, res, flags);
+		break;
+	case OP_U_TLS:
+		utls_on_pump(w, c, u);
 		break;
 	case OP_U_CANCEL:
 		break;

@@ -33,7 +33,9 @@ enum wop {
 	OP_U_RECV,
 	OP_U_SEND,
 	OP_U_CANCEL,
+	OP_U_TLS, /* a TLS upstream's "receive" of plaintext already decrypted (upstream_tls.c) */
 	OP_LOG_WRITE,
+	OP_REFUSE, /* idx = listen index, gen = enum refuse_step (worker.c, at EMFILE) */
 };
 
 /* Timer classes: each has one fixed duration, so each list is FIFO-ordered by deadline. */

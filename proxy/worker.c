@@ -19,6 +19,16 @@
 #include "steer.h"
 #include "worker.h"
 
+/* The steps of a refusal at EMFILE, in user_data's generation field (refuse_direct). */
+enum refuse_step {
+	REFUSE_ACCEPT = 1,
+	REFUSE_SEND,
+	REFUSE_CLOSE
+};
+
+/* IORING_ACCEPT_DONTWAIT (kernel 6.10); the headers liburing 2.3 builds with lack it. */
+#define ACCEPT_DONTWAIT (1U << 1)
+
 static void *map_zero(size_t bytes)
 {
 	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
@@ -40,6 +50,7 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 {
 	const struct cfg_limits *l = &cfg->limits;
 	uint32_t i;
+	int n;
 
 	memset(w, 0, sizeof(*w));
 	w->d = d;
@@ -59,17 +70,20 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->conn_cap = l->connections_per_core + CONN_SLOT_HEADROOM;
 	w->fd_limited = d->conn_fd_cap && d->conn_fd_cap < l->connections_per_core;
 	w->conn_limit = w->fd_limited ? d->conn_fd_cap : l->connections_per_core;
-	w->reserve_fd = -1;
 	w->nbufs = pow2_floor(l->buffers_per_core);
 	w->buf_size = l->buffer_bytes;
 	w->hbuf_size = HBUF_SIZE(l->header_bytes_max, w->buf_size);
 	w->hbuf_n = HBUF_COUNT(w->conn_cap);
 	w->ups_cap = UPS_CAP(w->conn_cap);
+	w->x_cap = XSLOT_COUNT(l->connections_per_core);
 	w->hdr_cap = HDR_SCRATCH(l->headers_max);
 
 	w->conns = map_zero((size_t)w->conn_cap * sizeof(struct conn));
 	w->conn_next_free = calloc(w->conn_cap, sizeof(uint32_t));
+	w->xs = map_zero((size_t)w->x_cap * sizeof(struct exchange));
 	w->ups = map_zero((size_t)w->ups_cap * sizeof(struct ups));
+	w->utls = map_zero((size_t)w->ups_cap * sizeof(struct utls));
+	w->utls_sess = calloc(BACKEND_IDS_MAX, sizeof(struct tls_sess_slot));
 	w->tls = map_zero((size_t)w->conn_cap * sizeof(struct ctls));
 	w->tls_gather = malloc(CTLS_GATHER_MAX);
 	w->bufs = map_zero((size_t)w->nbufs * w->buf_size);
@@ -81,9 +95,10 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->wait_in = calloc(w->conn_cap, sizeof(uint8_t));
 	w->stats = aligned_alloc(64, sizeof(struct stats_worker));
 	w->bstats = aligned_alloc(64, sizeof(struct stats_backend) * BACKEND_IDS_MAX);
-	if (!w->conns || !w->conn_next_free || !w->ups || !w->tls || !w->tls_gather || !w->bufs ||
-	    !w->hbufs || !w->hbuf_next || !w->hdr_scratch || !w->bp_ids || !w->wait_next ||
-	    !w->wait_in || !w->stats || !w->bstats ||
+	if (!w->conns || !w->conn_next_free || !w->xs || !w->ups || !w->utls || !w->utls_sess ||
+	    !w->tls || !w->tls_gather || !w->bufs || !w->hbufs || !w->hbuf_next ||
+	    !w->hdr_scratch || !w->bp_ids || !w->wait_next || !w->wait_in || !w->stats ||
+	    !w->bstats ||
 	    bufpool_init(&w->bp, w->nbufs, BUF_RING_MIN) < 0)
 		return -ENOMEM;
 	memset(w->stats, 0, sizeof(*w->stats));
@@ -92,14 +107,18 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	for (i = 0; i < w->conn_cap; i++)
 		w->conn_next_free[i] = i + 1 < w->conn_cap ? i + 1 : NIL;
 	w->conn_free = 0;
-	for (i = 0; i < w->ups_cap; i++) {
-		w->ups[i].fd = -1;
-		w->ups[i].pool_next = i + 1 < w->ups_cap ? i + 1 : NIL;
-	}
-	w->ups_free = 0;
-	for (i = 0; i < w->conn_cap; i++)
-		w->tls[i].next_free = i + 1 < w->conn_cap ? i + 1 : NIL;
-	w->tls_free = 0;
+	w->x_free = NIL; /* x_high = 0: no slot touched yet */
+	/*
+	 * Upstream, TLS and upstream-TLS slots are taken from ups_high / tls_high / utls_high up
+	 * as they are first needed (upstream.c, ctls.c, utls.c): a free list through all of them
+	 * would make the whole table resident at start-up (the upstream one: 2 x connections,
+	 * 216 bytes each, 8.5 MiB at 19,512 connections).
+	 */
+	w->ups_free = NIL;
+	w->tls_free = NIL;
+	/* TLS upstream slots come from utls_high up as first needed: none is touched before. */
+	w->utls_free = NIL;
+	w->utls_high = 0;
 	for (i = 0; i < w->hbuf_n; i++)
 		w->hbuf_next[i] = i + 1 < w->hbuf_n ? i + 1 : NIL;
 	w->hbuf_free = 0;
@@ -111,7 +130,9 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	w->evfd = eventfd(0, EFD_CLOEXEC);
 	if (w->evfd < 0)
 		return -errno;
-	w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	n = http_error_response(w->refuse_msg, sizeof(w->refuse_msg), 503, true);
+	BUG_ON(n <= 0);
+	w->refuse_len = (uint32_t)n;
 	w->sc = steer_core(d->steer, id);
 	w->alog_fd = d->alog_fd;
 	if (w->alog_fd >= 0 && alog_init(&w->alog, cfg->access_log.format, 0) < 0)
@@ -123,8 +144,15 @@ void worker_free(struct worker *w)
 {
 	if (w->conns)
 		munmap(w->conns, (size_t)w->conn_cap * sizeof(struct conn));
+	if (w->xs)
+		munmap(w->xs, (size_t)w->x_cap * sizeof(struct exchange));
 	if (w->ups)
 		munmap(w->ups, (size_t)w->ups_cap * sizeof(struct ups));
+	if (w->utls)
+		munmap(w->utls, (size_t)w->ups_cap * sizeof(struct utls));
+	for (uint32_t b = 0; w->utls_sess && b < BACKEND_IDS_MAX; b++)
+		tls_sess_slot_clear(&w->utls_sess[b]);
+	free(w->utls_sess);
 	if (w->tls)
 		munmap(w->tls, (size_t)w->conn_cap * sizeof(struct ctls));
 	if (w->bufs)
@@ -148,8 +176,6 @@ void worker_free(struct worker *w)
 		alog_free(&w->alog);
 	if (w->evfd >= 0)
 		close(w->evfd);
-	if (w->reserve_fd >= 0)
-		close(w->reserve_fd);
 	for (uint32_t i = 0; i < w->listen_n; i++)
 		if (w->listen_fd[i] >= 0)
 			close(w->listen_fd[i]);
@@ -269,6 +295,44 @@ void hbuf_put(struct worker *w, uint32_t idx)
 	w->hbuf_next[idx] = w->hbuf_free;
 	w->hbuf_free = idx;
 	w->hbuf_used--;
+}
+
+/*
+ * The most recently returned slot first (its pages are the hottest), else the next one never
+ * used: the slots beyond x_high were never written, so they cost no memory.
+ */
+struct exchange *xslot_get(struct worker *w)
+{
+	struct exchange *x;
+
+	if (w->x_free != NIL) {
+		x = &w->xs[w->x_free];
+		w->x_free = x->next_free;
+	} else if (w->x_high < w->x_cap) {
+		x = &w->xs[w->x_high++];
+	} else {
+		return NULL;
+	}
+	memset(x, 0, sizeof(*x));
+	x->owner = NIL;
+	x->next_free = NIL;
+	x->req.head = x->resp.head = NIL;
+	x->req.accum.bid = x->resp.accum.bid = -1;
+	x->req.accum.hbuf = x->resp.accum.hbuf = NIL;
+	w->x_used++;
+	return x;
+}
+
+void xslot_put(struct worker *w, struct exchange *x)
+{
+	BUG_ON(xidx(w, x) >= w->x_high || w->x_used == 0);
+	BUG_ON(x->req.head != NIL || x->resp.head != NIL || x->req.accum.hbuf != NIL ||
+	       x->resp.accum.hbuf != NIL || x->req.accum.bid >= 0 || x->resp.accum.bid >= 0);
+	BUG_ON_HOT(x->req.out.busy || x->resp.out.busy); /* nothing of it in flight */
+	x->owner = NIL;
+	x->next_free = w->x_free;
+	w->x_free = xidx(w, x);
+	w->x_used--;
 }
 
 void inbuf_release(struct worker *w, struct inbuf *b)
@@ -533,14 +597,68 @@ void worker_fd_warn(struct worker *w, const char *what, int err)
 /*
  * Accept failed for want of a file descriptor. Never spin and never stop serving: close idle
  * connections (their fds come back once their cancelled ops complete) and accept again on
- * the next tick; with nothing idle to close, answer one waiting connection with a 503 on the
- * reserve fd, so clients are told rather than left in the queue.
+ * the next tick; with nothing idle to close, answer one waiting connection with a 503 that
+ * needs no fd (refuse_direct), so clients are told rather than left in the queue.
  */
 static void accept_fd_limit(struct worker *w, uint32_t li, int err)
 {
 	worker_fd_warn(w, "accept", err);
 	w->accept_retry_ms = w->now_ms + TICK_MS;
 	w->fd_short |= 1u << li;
+}
+
+/*
+ * Refuses one waiting client of listener li with a 503 without a file descriptor: the accept
+ * goes into slot li of the ring's fixed-file table, linked to the send of the 503 from that
+ * slot and to the slot's close (hard-linked: it runs whether the send worked or not). Giving
+ * up a reserve fd to accept into and opening it again was racy: any other thread of the
+ * process (the admin plane's accepts, health checks) could take the freed number in between,
+ * and the worker could not refuse again.
+ */
+static void refuse_direct(struct worker *w, uint32_t li)
+{
+	struct io_uring_sqe *sqe;
+
+	if (io_uring_sq_space_left(&w->ring) < 3)
+		io_uring_submit(&w->ring); /* the three linked ops in one submission */
+	sqe = worker_sqe(w);
+	io_uring_prep_accept_direct(sqe, w->listen_fd[li], NULL, NULL, 0, li);
+	if (!w->refuse_may_wait)
+		sqe->ioprio |= ACCEPT_DONTWAIT; /* nobody waiting after all: -EAGAIN, not a wait */
+	sqe->flags |= IOSQE_IO_LINK;
+	sqe->user_data = ud_pack(OP_REFUSE, li, REFUSE_ACCEPT);
+	/* Not on a TLS listener: a 503 in clear would only be a bad record to a TLS client. */
+	if (!w->snap->tls[li]) {
+		sqe = worker_sqe(w);
+		io_uring_prep_send(sqe, (int)li, w->refuse_msg, w->refuse_len, MSG_NOSIGNAL);
+		sqe->flags |= IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK;
+		sqe->user_data = ud_pack(OP_REFUSE, li, REFUSE_SEND);
+	}
+	sqe = worker_sqe(w);
+	io_uring_prep_close_direct(sqe, li);
+	sqe->user_data = ud_pack(OP_REFUSE, li, REFUSE_CLOSE);
+	w->refusing |= 1u << li;
+}
+
+/* One step of a refusal done; every step posts its completion (-ECANCELED after a failure). */
+static void on_refuse(struct worker *w, uint32_t li, uint32_t step, int res)
+{
+	switch (step) {
+	case REFUSE_ACCEPT:
+		if (res >= 0)
+			STAT_ADD(w->stats->conns_rejected, 1);
+		else if (res == -EINVAL && !w->refuse_may_wait)
+			w->refuse_may_wait =
+				true; /* a kernel before 6.10: accept without the flag */
+		break;
+	case REFUSE_SEND:
+		if (res > 0)
+			count_status(w, 503);
+		break;
+	default:
+		w->refusing &= ~(1u << li); /* the slot is free again */
+		break;
+	}
 }
 
 /* After the batch: make room for the listeners that ran out of fds, or refuse one client each. */
@@ -550,15 +668,11 @@ static void accept_fd_short(struct worker *w)
 
 	for (uint32_t li = 0; li < w->listen_n && !shed; li++) {
 		struct pollfd pfd = { .fd = w->listen_fd[li], .events = POLLIN };
-		int fd;
 
-		if (!(w->fd_short & (1u << li)) || w->reserve_fd < 0 || poll(&pfd, 1, 0) != 1)
+		if (!(w->fd_short & (1u << li)) || (w->refusing & (1u << li)) ||
+		    poll(&pfd, 1, 0) != 1)
 			continue;
-		close(w->reserve_fd);
-		fd = accept4(w->listen_fd[li], NULL, NULL, SOCK_CLOEXEC);
-		if (fd >= 0)
-			conn_refuse(w, fd, li);
-		w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		refuse_direct(w, li);
 	}
 	w->fd_short = 0;
 }
@@ -598,6 +712,9 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_ACCEPT:
 		on_accept(w, ud.idx, cqe->res, cqe->flags);
 		break;
+	case OP_REFUSE:
+		on_refuse(w, ud.idx, ud.gen, cqe->res);
+		break;
 	case OP_TICK:
 		on_tick(w);
 		if (!(w->stopping && w->conns_active == 0 && w->ups_open == 0 && !w->log_inflight))
@@ -633,6 +750,7 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_U_RECV:
 	case OP_U_SEND:
 	case OP_U_CANCEL:
+	case OP_U_TLS:
 		ups_on_cqe(w, ud.op, ud.idx, ud.gen, cqe->res, cqe->flags);
 		break;
 	default:
@@ -668,7 +786,8 @@ static int ring_setup(struct worker *w)
 		return r;
 	io_uring_buf_ring_init(w->br);
 	buf_ring_fill(w);
-	return 0;
+	/* One fixed-file slot per listener: refusals at EMFILE accept into it (refuse_direct). */
+	return io_uring_register_files_sparse(&w->ring, w->listen_n ? w->listen_n : 1);
 }
 
 static void *worker_main(void *arg)

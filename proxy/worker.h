@@ -53,6 +53,14 @@ struct worker {
 	uint32_t *hbuf_next;
 	uint32_t hbuf_size, hbuf_n, hbuf_free, hbuf_used;
 
+	/*
+	 * Exchange slots (struct exchange, conn-t.h): mapped with MAP_NORESERVE, handed out LIFO
+	 * from the returned ones, else the next never-used one (x_high), so a slot's pages become
+	 * resident only when as many exchanges ran at once, and an idle connection costs none.
+	 */
+	struct exchange *xs;
+	uint32_t x_cap, x_high, x_free, x_used;
+
 	/* connection slots */
 	struct conn *conns;
 	uint32_t *conn_next_free;
@@ -66,23 +74,33 @@ struct worker {
 	uint32_t fd_short;  /* listeners whose accept ran out of fds in this batch (bit mask) */
 
 	/* file-descriptor exhaustion (EMFILE/ENFILE) */
-	int reserve_fd;		  /* given up to accept and refuse one connection, then re-taken */
+	uint32_t refusing;    /* listeners whose refusal (accept, 503, close) is in flight */
+	bool refuse_may_wait; /* the kernel lacks IORING_ACCEPT_DONTWAIT (before 6.10) */
+	char refuse_msg[128]; /* the 503 a refusal sends (read by the kernel) */
+	uint32_t refuse_len;
 	uint64_t accept_retry_ms; /* accepts paused by EMFILE resume at this tick (0: none) */
 	uint64_t fd_warned_ms;	  /* last warning (one per 10 s) */
 	uint64_t fd_errors;	  /* failures since that warning */
 
 	/* TLS client sessions (conn.tls): conn_cap slots, touched only when used */
 	struct ctls *tls;
-	uint32_t tls_free;
+	uint32_t tls_free, tls_high; /* released slots (LIFO); slots ever used (ctls.c) */
 	uint8_t *tls_gather; /* one record's plaintext: small pieces of a send go out together */
 	struct tls_outcache tls_oc; /* spare TLS output buffers (tls-t.h) */
 
 	/* upstream connections */
 	struct ups *ups;
-	uint32_t ups_cap, ups_free;
+	/* ups_free: released slots (LIFO); ups_high: slots ever used, the rest never touched */
+	uint32_t ups_cap, ups_free, ups_high;
 	uint32_t pool_head[BACKEND_IDS_MAX], pool_tail[BACKEND_IDS_MAX];
 	uint32_t pool_n[BACKEND_IDS_MAX];
 	uint32_t ups_open;
+	/* TLS upstream sessions (ups.tls): ups_cap slots, touched only when used */
+	struct utls *utls;
+	uint32_t utls_free,
+		utls_high; /* free list of given-back slots; never-used ones from high */
+	/* per backend id: the session the next TLS connection to it resumes (upstream_tls.c) */
+	struct tls_sess_slot *utls_sess;
 
 	/* timers: FIFO lists per class */
 	uint32_t thead[T_CLASSES], ttail[T_CLASSES];
@@ -139,7 +157,7 @@ struct ud {
 	uint32_t idx;
 	uint32_t gen;
 };
-_Static_assert(OP_LOG_WRITE < (1 << UD_OP_BITS), "every op fits user_data");
+_Static_assert(OP_REFUSE < (1 << UD_OP_BITS), "every op fits user_data");
 
 static inline uint64_t ud_pack(enum wop op, uint32_t idx, uint32_t gen)
 {
@@ -178,6 +196,18 @@ static inline char *hbuf_addr(struct worker *w, uint32_t idx)
 	return w->hbufs + (size_t)idx * w->hbuf_size;
 }
 void inbuf_release(struct worker *w, struct inbuf *b);
+
+/*
+ * Exchange slots: a cleared slot (heads and head buffers NIL, no provided buffer) owned by
+ * nobody yet, or NULL when all x_cap are in use. xslot_put takes back one that holds nothing
+ * (its buffers released by the caller).
+ */
+struct exchange *xslot_get(struct worker *w);
+void xslot_put(struct worker *w, struct exchange *x);
+static inline uint32_t xidx(const struct worker *w, const struct exchange *x)
+{
+	return (uint32_t)(x - w->xs);
+}
 
 /* timers */
 void timer_set(struct worker *w, uint32_t cidx, struct tlink *t, enum tclass cls, uint32_t ms);

@@ -316,9 +316,86 @@ class CorralProxy(Proxy):
                                  % (self.proc.returncode, self.log()[-4000:]))
         m = self.err.wait_for(r"listening on 127\.0\.0\.1:(\d+)", 1)
         assert m, "corral did not log its port; log:\n%s" % self.log()[-4000:]
-        self.port = int(m.group(1))
+        self.port = tls_port(self.cfg["listen"][0], int(m.group(1)))
         m = self.err.wait_for(r"metrics on 127\.0\.0\.1:(\d+)", 0.2)
         self.metrics_port = int(m.group(1)) if m else None
+
+
+# --- TLS listeners ----------------------------------------------------------------------------
+
+
+class TlsCert:
+    """A certificate the test made: .cert and .key (PEM files), .names (its DNS subjectAltNames)."""
+
+    def __init__(self, cert, key, names):
+        self.cert, self.key, self.names = cert, key, names
+
+    def entry(self):
+        """Its certificates[] entry in a listener's tls: block."""
+        return {"cert": self.cert, "key": self.key}
+
+
+def make_tls_cert(folder, name, names=("e2e.test", "localhost"), days=2, key="ec"):
+    """A self-signed certificate (its own trust anchor, no CA) for names, made with the openssl CLI:
+    ECDSA P-256 by default (key="rsa" for RSA 2048), valid from now for days (a negative days gives
+    one that expired that many days ago). The subject CN is the first name."""
+    cert, keyf = os.path.join(folder, name + ".pem"), os.path.join(folder, name + ".key")
+    san = ",".join(["DNS:" + n for n in names] + ["IP:127.0.0.1"])
+    args = ["openssl", "req", "-x509", "-nodes", "-keyout", keyf, "-out", cert, "-subj", "/CN=" + names[0],
+            "-addext", "subjectAltName=" + san, "-addext", "basicConstraints=critical,CA:FALSE"]
+    if key == "ec":
+        args += ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    else:
+        args += ["-newkey", "rsa:2048"]
+    if days >= 0:
+        subprocess.run(args + ["-days", str(days)], check=True, capture_output=True, timeout=30 * SLOW)
+        return TlsCert(cert, keyf, list(names))
+    # In the past: OpenSSL 3.0's req cannot set the dates; its ca -selfsign can (a throw-away
+    # CA database in a folder of its own).
+    import datetime
+    now = datetime.datetime.now(datetime.timezone.utc)
+    fmt = "%Y%m%d%H%M%SZ"
+    ca = os.path.join(folder, name + ".ca")
+    os.makedirs(ca, exist_ok=True)
+    open(os.path.join(ca, "index.txt"), "w").close()
+    with open(os.path.join(ca, "serial"), "w") as f:
+        f.write("01\n")
+    with open(os.path.join(ca, "ca.cnf"), "w") as f:
+        f.write("[ca]\ndefault_ca = d\n[d]\ndatabase = %s/index.txt\nnew_certs_dir = %s\nserial = %s/serial\n"
+                "default_md = sha256\npolicy = p\ncopy_extensions = copy\nunique_subject = no\n"
+                "[p]\ncommonName = supplied\n" % (ca, ca, ca))
+    csr = os.path.join(ca, "req.csr")
+    req = [a for a in args if a != "-x509"]
+    req[req.index("-out") + 1] = csr
+    subprocess.run(["openssl", "req", "-new"] + req[2:], check=True, capture_output=True, timeout=30 * SLOW)
+    subprocess.run(["openssl", "ca", "-batch", "-notext", "-config", os.path.join(ca, "ca.cnf"), "-selfsign",
+                    "-keyfile", keyf, "-in", csr, "-out", cert,
+                    "-startdate", (now + datetime.timedelta(days=days - 1)).strftime(fmt),
+                    "-enddate", (now + datetime.timedelta(days=days)).strftime(fmt)],
+                   check=True, capture_output=True, timeout=30 * SLOW)
+    return TlsCert(cert, keyf, list(names))
+
+
+@pytest.fixture(scope="session")
+def tls_cert(tmp_path_factory):
+    """One ECDSA P-256 self-signed certificate for e2e.test and localhost, made once per run."""
+    return make_tls_cert(str(tmp_path_factory.mktemp("tls")), "e2e")
+
+
+def tls_listen(*certs, address="127.0.0.1:0", **tls):
+    """A listen entry serving TLS with certs (TlsCert; the first is the default) and any other tls:
+    keys (protocols=, session_tickets=, ...). Put first in listen: the proxy's .port is then a
+    util.TlsPort, which every util.Client speaks TLS to, trusting these certificates."""
+    return {"address": address, "tls": dict(tls, certificates=[c.entry() for c in certs])}
+
+
+def tls_port(entry, port):
+    """port as the tests use it for the listen entry: a util.TlsPort trusting the entry's
+    certificates when it serves TLS, else the plain number."""
+    if not (isinstance(entry, dict) and entry.get("tls")):
+        return port
+    trust = [c["cert"] for c in entry["tls"]["certificates"]]
+    return util.TlsPort(port, util.tls_client_context(trust))
 
 
 def _ms(v):

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import SLOW, UNDER_ASAN, binary
-from util import Client, exchange, sanitizer_report, status_of
+from util import Client, exchange, pattern, sanitizer_report, status_of
 
 
 def ctl(proxy, *args, timeout=10):
@@ -423,3 +423,158 @@ class BackendProbe:
 
     def close(self):
         self.c.close()
+
+
+def make_tls_cert(folder, name, cn, san):
+    """Writes folder/name.pem and folder/name.key: a self-signed P-256 certificate for cn with
+    the subjectAltName san ("DNS:a.test", "IP:127.0.0.1"), which is also its own CA. Returns
+    (cert, key) paths."""
+    cert, key = os.path.join(folder, name + ".pem"), os.path.join(folder, name + ".key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=" + cn,
+                    "-addext", "subjectAltName=" + san],
+                   check=True, capture_output=True, timeout=30 * SLOW)
+    return cert, key
+
+
+class TLSBackend:
+    """An HTTP/1.1 keep-alive backend behind TLS (Python's ssl): GET answers its path, POST
+    echoes the body's length and SHA-256. It counts the TLS connections it accepted
+    (handshakes that completed), the ones that failed, the requests, the server names the
+    clients sent and the connections that ended with a close_notify."""
+
+    def __init__(self, cert, key, protocols=None, idle_timeout=None):
+        import hashlib
+        import ssl
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.lock = threading.Lock()
+        self.handshakes = 0
+        self.resumed = 0
+        self.failed = []
+        self.requests = 0
+        self.snis = []
+        self.close_notify = 0
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        if protocols:
+            ctx.minimum_version, ctx.maximum_version = protocols
+        ctx.set_alpn_protocols(["http/1.1"])
+        ctx.sni_callback = self._sni
+        owner = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                try:
+                    self.request.settimeout(30 * SLOW)
+                    self.request.do_handshake()
+                except (OSError, ValueError) as e:
+                    with owner.lock:
+                        owner.failed.append(str(e))
+                    self.ok = False
+                    return
+                self.ok = True
+                with owner.lock:
+                    owner.handshakes += 1
+                    owner.resumed += 1 if self.request.session_reused else 0
+                super().setup()
+                if idle_timeout:
+                    # An idle keep-alive connection is ended by the backend (close_notify).
+                    self.request.settimeout(idle_timeout)
+
+            def handle(self):
+                if self.ok:
+                    super().handle()
+
+            def finish(self):
+                try:
+                    super().finish()
+                except (OSError, AttributeError):
+                    pass
+                if not self.ok:
+                    return
+                # A clean TLS end from corral is a close_notify before the FIN: unwrap() reads
+                # it (and answers with ours).
+                try:
+                    self.request.settimeout(2 * SLOW)
+                    self.request.unwrap()
+                    with owner.lock:
+                        owner.close_notify += 1
+                except (OSError, ValueError):
+                    pass
+
+            def _reply(self, body):
+                with owner.lock:
+                    owner.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path == "/ws" and self.headers.get("Upgrade"):
+                    # A tunnel after a 101: what comes is sent back upper-cased, until EOF.
+                    self.send_response(101)
+                    self.send_header("Upgrade", self.headers["Upgrade"])
+                    self.send_header("Connection", "Upgrade")
+                    self.end_headers()
+                    self.wfile.flush()
+                    self.close_connection = True
+                    while True:
+                        try:
+                            d = self.connection.recv(65536)
+                        except OSError:
+                            break
+                        if not d:
+                            break
+                        self.connection.sendall(d.upper())
+                elif self.path.startswith("/big/"):
+                    self._reply(pattern(0, int(self.path[5:])))
+                elif self.path.startswith("/close/"):
+                    # A close-delimited body, ended with close_notify ("/close/notify") or
+                    # with a bare TCP close (anything else): a truncation as TLS sees it.
+                    with owner.lock:
+                        owner.requests += 1
+                    self.send_response(200)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(b"close-delimited body")
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.ok = self.path == "/close/notify"  # finish() unwraps only then
+                else:
+                    self._reply(("tls backend: %s" % self.path).encode())
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                data = self.rfile.read(n)
+                self._reply(("%d %s" % (len(data), hashlib.sha256(data).hexdigest())).encode())
+
+            def log_message(self, *a):
+                pass
+
+            def handle_one_request(self):
+                try:
+                    super().handle_one_request()
+                except TimeoutError:
+                    self.close_connection = True
+
+        ThreadingHTTPServer.daemon_threads = True
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.srv.socket = ctx.wrap_socket(self.srv.socket, server_side=True,
+                                          do_handshake_on_connect=False)
+        self.port = self.srv.server_address[1]
+        self.address = "127.0.0.1:%d" % self.port
+        self.t = threading.Thread(target=self.srv.serve_forever, kwargs={"poll_interval": 0.05},
+                                  daemon=True)
+        self.t.start()
+
+    def _sni(self, sock, name, ctx):
+        with self.lock:
+            self.snis.append(name)
+
+    def stop(self):
+        self.srv.shutdown()
+        self.srv.server_close()

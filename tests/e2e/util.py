@@ -1,8 +1,10 @@
-"""Helpers for corral's end-to-end tests: a strict raw HTTP/1.1 client, log and process helpers, RSS."""
+"""Helpers for corral's end-to-end tests: a strict raw HTTP/1.1 client (over TCP or TLS), log and
+process helpers, RSS."""
 import hashlib
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 
@@ -36,6 +38,195 @@ def pattern_sha256(n):
         off += step
     h.update(pattern(off, n - off))
     return h.hexdigest()
+
+
+# --- TLS for the raw client -------------------------------------------------------------------
+
+
+class TlsRaggedEof(ConnectionResetError):
+    """The peer ended the TCP stream without close_notify. Over TLS that is how a client detects a
+    truncation (RFC 8446 6.1: a close without close_notify may be an attack), the role an RST plays
+    over TCP: so it is a ConnectionResetError, and every test that treats a reset as "aborted, not
+    complete" treats it the same way. A clean TLS end (close_notify) reads as b"", like a FIN."""
+
+
+class TlsSocket:
+    """A TLS client session over a connected TCP socket, with the socket calls the tests use
+    (recv, send, sendall, settimeout, gettimeout, setsockopt, getsockopt, fileno, shutdown, close),
+    so a test written against a TCP socket runs over TLS unchanged. Driven through memory BIOs
+    rather than ssl.SSLSocket, for two things SSLSocket cannot do:
+      - shutdown(SHUT_WR) sends close_notify and keeps reading: TLS 1.3's half-close (RFC 8446
+        6.1); SSLSocket.shutdown() drops the session and sends a bare FIN;
+      - an EOF without close_notify raises TlsRaggedEof instead of reading as a clean end.
+    Ciphertext is read from the kernel only inside recv(), so select() on fileno() means what it
+    means for TCP as long as recv() is called with a size the caller drains (the Client does)."""
+
+    def __init__(self, raw, ctx, server_name, session=None):
+        # Python sets OP_IGNORE_UNEXPECTED_EOF, which reads a TCP close without close_notify as a
+        # clean end: exactly what must stay detectable here.
+        ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
+        self.raw = raw
+        self._in = ssl.MemoryBIO()
+        self._outbio = ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self._in, self._outbio, server_side=False, server_hostname=server_name,
+                                session=session)
+        self._out = bytearray()  # ciphertext not yet sent
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                self._pull()
+            except ssl.SSLEOFError as e:
+                raise TlsRaggedEof("TCP closed during the handshake") from e
+            except ssl.SSLError as e:
+                if "UNEXPECTED_EOF" in str(e).upper():
+                    raise TlsRaggedEof("TCP closed during the handshake") from e
+                raise
+        self._flush()
+
+    # what TLS agreed
+    def version(self):
+        return self.obj.version()
+
+    def cipher(self):
+        return self.obj.cipher()
+
+    def session(self):
+        return self.obj.session
+
+    def session_reused(self):
+        return self.obj.session_reused
+
+    def getpeercert(self, binary_form=False):
+        return self.obj.getpeercert(binary_form)
+
+    def selected_alpn_protocol(self):
+        return self.obj.selected_alpn_protocol()
+
+    def _pull(self):
+        data = self.raw.recv(65536)
+        if data:
+            self._in.write(data)
+        else:
+            self._in.write_eof()
+
+    def _flush(self):
+        """Sends the queued ciphertext; socket.timeout leaves what did not go queued."""
+        self._out += self._outbio.read()
+        while self._out:
+            n = self.raw.send(self._out)
+            del self._out[:n]
+
+    def recv(self, n):
+        while True:
+            try:
+                data = self.obj.read(n)
+            except ssl.SSLWantReadError:
+                self._flush()
+                self._pull()
+                continue
+            except ssl.SSLZeroReturnError:
+                return b""  # close_notify: the clean end
+            except ssl.SSLEOFError as e:
+                raise TlsRaggedEof("TCP closed without close_notify") from e
+            except ssl.SSLError as e:
+                if "UNEXPECTED_EOF" in str(e).upper():
+                    raise TlsRaggedEof("TCP closed without close_notify") from e
+                raise
+            self._flush()  # a post-handshake message (KeyUpdate) may want an answer
+            return data
+
+    def send(self, data):
+        """Queues data (one write: all of it) and sends what the kernel takes within the timeout;
+        the rest goes out first on the next call, which raises socket.timeout when it cannot."""
+        self._flush()
+        n = self.obj.write(data)
+        try:
+            self._flush()
+        except socket.timeout:
+            pass
+        return n
+
+    def sendall(self, data):
+        self._flush()
+        self.obj.write(data)
+        self._flush()
+
+    def shutdown(self, how):
+        """SHUT_WR: close_notify, then reading goes on (TLS 1.3 half-close). SHUT_RD(WR): TCP's."""
+        if how == socket.SHUT_WR:
+            try:
+                self.obj.unwrap()
+            except ssl.SSLWantReadError:
+                pass  # the peer's close_notify has not come: the read side stays open
+            self._flush()
+            return
+        self.raw.shutdown(how)
+
+    def settimeout(self, t):
+        self.raw.settimeout(t)
+
+    def gettimeout(self):
+        return self.raw.gettimeout()
+
+    def setsockopt(self, *a):
+        self.raw.setsockopt(*a)
+
+    def getsockopt(self, *a):
+        return self.raw.getsockopt(*a)
+
+    def fileno(self):
+        return self.raw.fileno()
+
+    def close(self):
+        """Closes the TCP socket without close_notify (what ssl.SSLSocket.close does too)."""
+        self.raw.close()
+
+
+TLS_SERVER_NAME = "e2e.test"
+
+
+def tls_client_context(trust, alpn=("http/1.1",)):
+    """A client context that trusts the certificate files in trust (self-signed ones are their own
+    anchors) and checks the server's name; TLS 1.2 and 1.3, OpenSSL's default offer otherwise."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    for path in trust:
+        ctx.load_verify_locations(cafile=path)
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    return ctx
+
+
+class TlsPort(int):
+    """A TLS listener's port: an int (connect to it like any port) that carries the client context
+    and server name (and optionally a session to resume, from the same context), so that
+    Client(port) and exchange(port, ...) speak TLS to it and a test body written for a plaintext
+    port runs unchanged over TLS."""
+
+    def __new__(cls, port, ctx, server_name=TLS_SERVER_NAME, session=None):
+        self = int.__new__(cls, port)
+        self.tls = ctx
+        self.server_name = server_name
+        self.session = session
+        return self
+
+
+def connect(port, host="127.0.0.1", timeout=IO_TIMEOUT):
+    """A connected socket to port: a TCP socket, or a TlsSocket after its handshake when port is a
+    TlsPort."""
+    sock = socket.create_connection((host, int(port)), timeout=timeout)  # getaddrinfo wants an exact int
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    ctx = getattr(port, "tls", None)
+    if ctx is None:
+        return sock
+    try:
+        return TlsSocket(sock, ctx, port.server_name, port.session)
+    except BaseException:
+        sock.close()
+        raise
 
 
 class ProtocolError(Exception):
@@ -97,8 +288,7 @@ class Client:
     """One client connection with its own receive buffer, so pipelined responses can be read in order."""
 
     def __init__(self, port, host="127.0.0.1", timeout=IO_TIMEOUT):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = connect(port, host, timeout)  # a TlsSocket for a TlsPort
         self.buf = bytearray()
         self.port = port
 
@@ -365,7 +555,7 @@ def exchange(port, wire, timeout=IO_TIMEOUT, ends=(), total=None):
     the reading, quietly, and so does the clock total seconds after the start when total is given;
     any other error raises. No parsing: for answers a strict Client must not see, and for the
     metrics listener's plain ones."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s = connect(port, timeout=timeout)
     try:
         s.sendall(wire)
         out = b""

@@ -13,7 +13,10 @@
 #include <jansson.h>
 
 #include "admin.h"
+#include "daemon.h"
 #include "stats.h"
+#include "tls.h"
+#include "tls-certs.h"
 
 /* --- a fake daemon: 2 cores, 2 backends ----------------------------------------------- */
 
@@ -132,6 +135,42 @@ static uint64_t fake_config_version(void *ctx)
 	return 1 + (uint64_t)fake_reload_calls;
 }
 
+/* Two TLS listeners' certificates: listen[1] with two, listen[2] with one that expired. */
+static uint32_t fake_certs_n(void *ctx)
+{
+	return 3;
+}
+
+static int fake_cert(void *ctx, uint32_t i, struct admin_cert *out)
+{
+	static const struct {
+		uint32_t listener, index;
+		const char *listen, *file, *cn, *name;
+		int64_t not_after;
+	} rows[] = {
+		{ 1, 0, "0.0.0.0:443", "/etc/corral/a.pem", "CN=a.test", "a.test", 1893456000 },
+		{ 1, 1, "0.0.0.0:443", "/etc/corral/b.pem", "CN=b.test", "*.b.test", 1893456000 },
+		{ 2, 0, "[::]:8443", "/etc/corral/old.pem", "CN=old.test", "old.test", 1000000000 },
+	};
+
+	if (i >= 3)
+		return -ENOENT;
+	memset(out, 0, sizeof(*out));
+	out->listener = rows[i].listener;
+	out->index = rows[i].index;
+	snprintf(out->listen, sizeof(out->listen), "%s", rows[i].listen);
+	snprintf(out->file, sizeof(out->file), "%s", rows[i].file);
+	snprintf(out->info.subject, sizeof(out->info.subject), "%s", rows[i].cn);
+	snprintf(out->info.issuer, sizeof(out->info.issuer), "CN=Test CA,O=corral");
+	snprintf(out->info.names[0], sizeof(out->info.names[0]), "%s", rows[i].name);
+	snprintf(out->info.names[1], sizeof(out->info.names[1]), "127.0.0.1");
+	out->info.names_n = 2;
+	out->info.names_total = 40;
+	out->info.not_before = 1000;
+	out->info.not_after = rows[i].not_after;
+	return 0;
+}
+
 static const struct admin_ops fake_ops = {
 	.version = "9.9.9",
 	.cores_n = fake_cores_n,
@@ -142,6 +181,8 @@ static const struct admin_ops fake_ops = {
 	.backends_n = fake_backends_n,
 	.backend = fake_backend,
 	.config_version = fake_config_version,
+	.certs_n = fake_certs_n,
+	.cert = fake_cert,
 	.set_policy = fake_set_policy,
 	.set_weight = fake_set_weight,
 	.set_drained = fake_set_drained,
@@ -329,6 +370,43 @@ Test(ctl, status_names_version_config_steering_and_cores)
 	cr_assert_str_eq(jstr(json_array_get(json_object_get(r, "cores"), 1), "state"), "active");
 	cr_assert(json_is_real(json_object_get(r, "uptime_s")));
 	cr_assert_eq(jint(r, "pid"), getpid());
+	json_decref(r);
+}
+
+Test(ctl, certs_lists_every_listener_certificate_and_status_carries_them)
+{
+	json_t *r = ask("{\"cmd\":\"certs\"}"), *arr = json_object_get(r, "certificates"), *c;
+
+	cr_assert(json_is_true(json_object_get(r, "ok")));
+	cr_assert_eq(json_array_size(arr), 3);
+	c = json_array_get(arr, 1);
+	cr_assert_eq(jint(c, "listener"), 1);
+	cr_assert_str_eq(jstr(c, "listen"), "0.0.0.0:443");
+	cr_assert_eq(jint(c, "index"), 1);
+	cr_assert(json_is_false(json_object_get(c, "default")));
+	cr_assert_str_eq(jstr(c, "file"), "/etc/corral/b.pem");
+	cr_assert_str_eq(jstr(c, "subject"), "CN=b.test");
+	cr_assert_str_eq(jstr(c, "issuer"), "CN=Test CA,O=corral");
+	cr_assert_eq(json_array_size(json_object_get(c, "names")), 2);
+	cr_assert_str_eq(json_string_value(json_array_get(json_object_get(c, "names"), 0)),
+			 "*.b.test");
+	cr_assert_eq(jint(c, "names_total"), 40);
+	cr_assert_str_eq(jstr(c, "not_after"), "2030-01-01T00:00:00Z");
+	cr_assert_str_eq(jstr(c, "not_before"), "1970-01-01T00:16:40Z");
+	cr_assert_eq(jint(c, "not_after_unix"), 1893456000);
+	cr_assert(json_is_false(json_object_get(c, "expired")));
+	cr_assert(jint(c, "expires_in_s") > 0);
+	cr_assert(json_is_true(json_object_get(json_array_get(arr, 0), "default")));
+	c = json_array_get(arr, 2);
+	cr_assert_str_eq(jstr(c, "listen"), "[::]:8443");
+	cr_assert(json_is_true(json_object_get(c, "expired")));
+	cr_assert(jint(c, "expires_in_s") < 0);
+	json_decref(r);
+
+	r = ask("{\"cmd\":\"status\"}");
+	arr = json_object_get(r, "certificates");
+	cr_assert_eq(json_array_size(arr), 3);
+	cr_assert_str_eq(jstr(json_array_get(arr, 2), "subject"), "CN=old.test");
 	json_decref(r);
 }
 
@@ -616,4 +694,64 @@ Test(ctl, a_regular_file_at_the_path_is_not_removed)
 	cr_assert(strstr(err, "not a socket") != NULL, "%s", err);
 	cr_assert_eq(access(path, F_OK), 0);
 	unlink(path);
+}
+
+/* A daemon's certs_n/cert read the published snapshot: listen[0] plaintext, [1] with two
+ * certificates, [2] with one. */
+Test(ctl, snapshot_certs_walk_tls_listeners_in_order)
+{
+	static const char *const names[] = { "one", "two", "three" };
+	static const uint32_t listener_of[] = { 1, 1, 2 }, index_of[] = { 0, 1, 0 };
+	struct snapshot *snap = calloc(1, sizeof(*snap));
+	struct admin_cert ac;
+	struct tls_ctx_err e;
+	char *d = cert_dir();
+
+	cr_assert(snap && d);
+	for (int i = 0; i < 3; i++) {
+		char san[64];
+
+		snprintf(san, sizeof(san), "DNS:%s.test", names[i]);
+		cr_assert_eq(cert_make(d, names[i], names[i], san, 0, 86400), 0);
+	}
+	snap->cfg.listen_n = 3;
+	for (int l = 0; l < 3; l++)
+		snprintf(snap->cfg.listen[l].text, sizeof(snap->cfg.listen[l].text), "127.0.0.1:%d",
+			 8000 + l);
+	for (int i = 0; i < 3; i++) {
+		struct cfg_tls *t = &snap->cfg.listen_tls[listener_of[i]];
+		struct cfg_tls_cert *c = &t->certs[index_of[i]];
+
+		t->on = true;
+		t->session_tickets = true;
+		t->protocols = CFG_TLS_V12 | CFG_TLS_V13;
+		snprintf(c->cert, sizeof(c->cert), "%s/%s.pem", d, names[i]);
+		snprintf(c->key, sizeof(c->key), "%s/%s.key", d, names[i]);
+		t->certs_n = index_of[i] + 1;
+	}
+	for (int l = 1; l < 3; l++)
+		cr_assert_eq(tls_server_new(&snap->tls[l], &snap->cfg.listen_tls[l], NULL, &e), 0,
+			     "%s", e.msg);
+
+	cr_assert_eq(ctl_snapshot_certs_n(snap), 3);
+	for (uint32_t i = 0; i < 3; i++) {
+		char want[64];
+
+		cr_assert_eq(ctl_snapshot_cert(snap, i, &ac), 0);
+		cr_assert_eq(ac.listener, listener_of[i], "cert %u", i);
+		cr_assert_eq(ac.index, index_of[i], "cert %u", i);
+		snprintf(want, sizeof(want), "127.0.0.1:%u", 8000 + listener_of[i]);
+		cr_assert_str_eq(ac.listen, want);
+		cr_assert_str_eq(ac.file,
+				 snap->cfg.listen_tls[listener_of[i]].certs[index_of[i]].cert);
+		snprintf(want, sizeof(want), "CN=%s", names[i]);
+		cr_assert_str_eq(ac.info.subject, want);
+		snprintf(want, sizeof(want), "%s.test", names[i]);
+		cr_assert_str_eq(ac.info.names[0], want);
+	}
+	cr_assert_eq(ctl_snapshot_cert(snap, 3, &ac), -ENOENT);
+	for (int l = 1; l < 3; l++)
+		tls_server_free(snap->tls[l]);
+	free(snap);
+	cert_dir_remove();
 }

@@ -6,6 +6,7 @@
 #include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -894,6 +895,48 @@ Test(tls, tls12_tickets_resume_across_workers_and_none_when_off, .init = make_ce
 	tls_server_free(w1);
 	tls_server_free(off);
 	tls_keys_free(keys);
+}
+
+Test(tls, cert_info_describes_each_loaded_certificate, .init = make_certs, .fini = cert_dir_remove)
+{
+	static const char *const names[] = { "def", "many" };
+	struct tls_server *s;
+	struct tls_cert_info ci;
+	struct tls_ctx_err e;
+	struct cfg_tls t;
+	char san[2048] = "DNS:many.test,IP:127.0.0.1,IP:::1,email:x@many.test";
+	time_t now = time(NULL);
+
+	/* 20 DNS names after the first three entries: more than TLS_CERT_NAMES_MAX. */
+	for (int i = 0; i < 20; i++)
+		snprintf(san + strlen(san), sizeof(san) - strlen(san), ",DNS:n%d.many.test", i);
+	cr_assert_eq(cert_make(dir, "many", "many.test", san, -3600, 2 * 86400), 0);
+	cfg_certs(&t, names, 2);
+	cr_assert_eq(tls_server_new(&s, &t, NULL, &e), 0, "%s", e.msg);
+	cr_assert_eq(tls_server_certs_n(s), 2);
+
+	cr_assert_eq(tls_server_cert_info(s, 0, &ci), 0);
+	cr_assert_str_eq(ci.subject, "CN=default.test");
+	cr_assert_str_eq(ci.issuer, "CN=default.test", "self-signed: its own issuer");
+	cr_assert_eq(ci.names_n, 1);
+	cr_assert_eq(ci.names_total, 1);
+	cr_assert_str_eq(ci.names[0], "default.test");
+	cr_assert(ci.not_after > now + 86400 - 120 && ci.not_after <= now + 86400 + 120,
+		  "not_after %lld, now %lld", (long long)ci.not_after, (long long)now);
+
+	cr_assert_eq(tls_server_cert_info(s, 1, &ci), 0);
+	cr_assert_str_eq(ci.subject, "CN=many.test");
+	cr_assert_eq(ci.names_total, 23, "DNS and IP entries count, the email does not");
+	cr_assert_eq(ci.names_n, TLS_CERT_NAMES_MAX);
+	cr_assert_str_eq(ci.names[0], "many.test");
+	cr_assert_str_eq(ci.names[1], "127.0.0.1");
+	cr_assert_str_eq(ci.names[2], "::1");
+	cr_assert_str_eq(ci.names[3], "n0.many.test");
+	cr_assert(ci.not_before > now - 3600 - 120 && ci.not_before <= now - 3600 + 120);
+	cr_assert(ci.not_after > now + 2 * 86400 - 120 && ci.not_after <= now + 2 * 86400 + 120);
+
+	cr_assert_eq(tls_server_cert_info(s, 2, &ci), -ENOENT);
+	tls_server_free(s);
 }
 
 Test(tls, an_output_cache_serves_every_response_without_an_allocation, .init = make_certs,

@@ -44,6 +44,7 @@ double json_num(json_t *o, const char *path);
 void render_status(FILE *f, json_t *reply);
 void render_stats(FILE *f, json_t *reply);
 void render_backends(FILE *f, json_t *reply);
+void render_certs(FILE *f, json_t *reply);
 
 /* Full-screen live view; returns an exit code. */
 int top_run(const char *sock, double interval_s);

@@ -23,6 +23,8 @@ static const struct cmd_help {
 	{ "drain", "CORE", "stop sending new connections to a core" },
 	{ "undrain", "CORE", "resume sending new connections to a core" },
 	{ "backends", "[--json]", "backend table" },
+	{ "certs", "[--json]",
+	  "loaded TLS certificates: listener, names, issuer, expiry (as served now)" },
 	{ "backend", "enable|disable [--force] ADDR",
 	  "take a backend in or out of rotation (--force: even the last enabled one)" },
 	{ "backend", "weight ADDR N", "balancing weight of a backend" },
@@ -382,6 +384,12 @@ int main(int argc, char **argv)
 			return usage("backends: expected [--json]");
 		return cmd_simple(sock, json_pack("{s:s}", "cmd", "backends"), render_backends,
 				  json, NULL);
+	}
+	if (!strcmp(cmd, "certs")) {
+		if (!only_json_flag(argc, argv, &json))
+			return usage("certs: expected [--json]");
+		return cmd_simple(sock, json_pack("{s:s}", "cmd", "certs"), render_certs, json,
+				  NULL);
 	}
 	if (!strcmp(cmd, "backend")) {
 		if (argc >= 2 && argc <= 3 &&

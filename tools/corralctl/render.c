@@ -68,6 +68,78 @@ static const char *str(json_t *o, const char *key, const char *def)
 	return s ? s : def;
 }
 
+/* A certificate's names: the first ones, then how many more it has ("a.test, b.test +3"). */
+static void cert_names(char *out, size_t len, json_t *c)
+{
+	json_t *names = json_object_get(c, "names"), *nm;
+	size_t i, used = 0;
+	double total = json_num(c, "names_total");
+
+	out[0] = '\0';
+	json_array_foreach(names, i, nm) {
+		int k = snprintf(out + used, len - used, "%s%s", i ? ", " : "",
+				 json_string_value(nm) ?: "?");
+
+		if (k < 0 || (size_t)k >= len - used) {
+			out[used] = '\0';
+			break;
+		}
+		used += (size_t)k;
+	}
+	if (total > (double)i && used + 16 < len)
+		snprintf(out + used, len - used, " +%.0f", total - (double)i);
+	if (!out[0])
+		snprintf(out, len, "(none: %s)", str(c, "subject", "?"));
+}
+
+/* Expiry as an operator reads it: "in 89d", "in 5h", "EXPIRED 3d ago". */
+static void cert_expiry(char *out, size_t len, json_t *c)
+{
+	double s = json_num(c, "expires_in_s"), a = fabs(s);
+	const char *unit = a >= 86400 ? "d" : a >= 3600 ? "h" : "m";
+	double v = a >= 86400 ? a / 86400 : a >= 3600 ? a / 3600 : a / 60;
+
+	if (s < 0)
+		snprintf(out, len, "EXPIRED %.0f%s ago", floor(v), unit);
+	else
+		snprintf(out, len, "in %.0f%s", floor(v), unit);
+}
+
+static void render_cert_rows(FILE *f, json_t *arr, bool files)
+{
+	json_t *c;
+	size_t i;
+
+	fprintf(f, "%-22s %4s  %-20s  %-13s  %s\n", "LISTENER", "CERT", "NOT AFTER", "EXPIRES",
+		"NAMES");
+	json_array_foreach(arr, i, c) {
+		char names[400], exp[32], idx[16];
+
+		cert_names(names, sizeof(names), c);
+		cert_expiry(exp, sizeof(exp), c);
+		snprintf(idx, sizeof(idx), "%.0f%s", json_num(c, "index"),
+			 json_is_true(json_object_get(c, "default")) ? "*" : "");
+		fprintf(f, "%-22s %4s  %-20s  %-13s  %s\n", str(c, "listen", "?"), idx,
+			str(c, "not_after", "?"), exp, names);
+		if (files)
+			fprintf(f, "%-22s %4s  issuer %s; %s\n", "", "", str(c, "issuer", "?"),
+				str(c, "file", "?"));
+	}
+}
+
+/* `corralctl certs`: every certificate served now; * marks a listener's default. */
+void render_certs(FILE *f, json_t *r)
+{
+	json_t *arr = json_object_get(r, "certificates");
+
+	if (json_array_size(arr) == 0) {
+		fprintf(f, "(no TLS listener)\n");
+		return;
+	}
+	render_cert_rows(f, arr, true);
+	fprintf(f, "(* = the listener's default: no SNI, or no name matched)\n");
+}
+
 void render_status(FILE *f, json_t *r)
 {
 	json_t *steer = json_object_get(r, "steering"), *cores = json_object_get(r, "cores"), *c;
@@ -97,6 +169,11 @@ void render_status(FILE *f, json_t *r)
 	json_array_foreach(cores, i, c)
 		fprintf(f, "%6.0f %6.0f %-9s %6.0f\n", json_num(c, "core"), json_num(c, "cpu"),
 			str(c, "state", "?"), json_num(c, "weight"));
+	if (json_array_size(json_object_get(r, "certificates"))) {
+		fprintf(f, "certificates: %zu\n",
+			json_array_size(json_object_get(r, "certificates")));
+		render_cert_rows(f, json_object_get(r, "certificates"), false);
+	}
 }
 
 /* Connections, traffic and CPU of one core (or of the total). */
