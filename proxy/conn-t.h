@@ -230,6 +230,7 @@ struct exchange {
 	uint64_t x_bytes_out; /* this exchange's bytes to the client (access log) */
 	struct conn_dir req;  /* client -> upstream */
 	struct conn_dir resp; /* upstream -> client */
+	char peer_ip[46]; /* c->peer as text (X-Forwarded-For, hash-client, the access log) */
 };
 
 /* One TLS record's plaintext at most (RFC 8446 5.1): the worker's gathering buffer (ctls.c). */
@@ -297,7 +298,6 @@ struct conn {
 		struct sockaddr_in6 v6;
 		struct sockaddr_in v4;
 	} local; /* what the client connected to (likewise); family 0 until asked for */
-	char peer_ip[46];
 };
 
 #endif
