@@ -173,11 +173,18 @@ $(RELAY_BIN): tools/bench/relay.c
 	@mkdir -p $(@D)
 	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(LDFLAGS) -o $@ $< -luring
 
+# The TLS load generator (keep-alive with the handshakes outside the measured window, or a full
+# handshake per request, which wrk cannot do without resuming): tools/bench/tls_load.c.
+TLS_LOAD_BIN := $(B)/corral-tls-load
+$(TLS_LOAD_BIN): tools/bench/tls_load.c
+	@mkdir -p $(@D)
+	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(LDFLAGS) -o $@ $< -lssl -lcrypto
+
 $(TOKIO_BIN): tools/bench/tokio-proxy/src/main.rs tools/bench/tokio-proxy/Cargo.toml
 	cd tools/bench/tokio-proxy && CARGO_HOME=$(abspath $(B))/bench/cargo-home /usr/bin/cargo build \
 		--offline --release -j2 --target-dir $(abspath $(B))/bench/tokio-proxy
 
-bench-bins: $(BINS) $(RELAY_BIN) $(TOKIO_BIN)
+bench-bins: $(BINS) $(RELAY_BIN) $(TOKIO_BIN) $(TLS_LOAD_BIN)
 
 # Full run (under 15 min on 2 cores) and a quick one (under 3 min); see docs/benchmarks.md.
 bench: deps-bench

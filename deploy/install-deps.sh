@@ -27,9 +27,9 @@ TEST_PKGS=(
 )
 # The peers and the load generator, plus what tools/bench/ builds and plots: cargo and the Rust
 # crates of the Tokio/Hyper work-stealing contender (built offline against
-# /usr/share/cargo/registry), and gnuplot for the PNG plots.
+# /usr/share/cargo/registry), gnuplot for the PNG plots, openssl (CLI) for the TLS scenarios' certificate.
 BENCH_PKGS=(
-	nginx haproxy wrk curl python3 iproute2
+	nginx haproxy wrk curl python3 iproute2 openssl
 	cargo librust-tokio-dev librust-hyper-dev gnuplot-nox
 )
 

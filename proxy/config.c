@@ -1196,12 +1196,6 @@ static int add_backend(struct cfg_parse *p, yaml_node_t *n, const char *path)
 	}
 	if (r < 0)
 		return r;
-	if (b->tls.on && b->send_proxy) {
-		path_join(sub, path, "send_proxy");
-		return cfg_err(p, node_line(n), sub,
-			       "cannot be combined with tls yet (the PROXY header would have to go "
-			       "before the TLS handshake)");
-	}
 	backend_tls_default_sni(b);
 	if (addr_port(&b->addr) == 0)
 		return cfg_err(p, node_line(n), path,

@@ -54,6 +54,7 @@ int ctls_start(struct worker *w, struct conn *c, SSL_CTX *ctx)
 		w->tls_free = i;
 		return r;
 	}
+	x->t.oc = &w->tls_oc; /* a response's output buffer comes from the worker's spares */
 	x->cin = (struct inbuf){ .bid = -1, .hbuf = NIL };
 	x->plain_enc = 0;
 	x->flags = 0;
@@ -195,7 +196,7 @@ static void ctls_deliver(struct worker *w, struct conn *c, struct ctls *x)
 		p = buf_addr(w, (uint32_t)pbid);
 		cap = w->buf_size;
 	} else {
-		/* Every free buffer is in the ring: a head buffer (larger) holds it instead. */
+		/* Every free buffer is in the kernel's ring: a head buffer holds it instead. */
 		hb = hbuf_get(w);
 		if (hb == NIL) {
 			x->flags |= CT_MORE;
@@ -204,7 +205,7 @@ static void ctls_deliver(struct worker *w, struct conn *c, struct ctls *x)
 			return;
 		}
 		p = hbuf_addr(w, hb);
-		cap = w->hbuf_size;
+		cap = w->buf_size; /* no more than a receive: what HTTP expects c->in to hold */
 	}
 	for (;;) {
 		n = tls_read(t, (uint8_t *)p + len, cap - len);

@@ -51,8 +51,9 @@ struct hc_be {
 	char in[HC_IN_MAX];
 	size_t in_len;
 	/* A TLS backend's check runs in a client session (no resumption: checks are rare). */
-	bool want_tls; /* the backend has tls: (its checks speak TLS too) */
-	bool tls_on;   /* tls holds the running check's session */
+	bool want_tls;		/* the backend has tls: (its checks speak TLS too) */
+	bool tls_on;		/* tls holds the running check's session */
+	size_t pp_len, pp_sent; /* a TLS check's PROXY header: req[0, pp_len) goes in clear first */
 	struct tls_conn tls;
 	uint8_t tls_in[HC_TLS_IN_MAX];
 
@@ -285,6 +286,23 @@ static void hc_tls_pump(struct health *h, uint32_t id)
 	ssize_t n;
 	int r;
 
+	while (b->pp_sent < b->pp_len) {
+		n = send(b->fd, b->req + b->pp_sent, b->pp_len - b->pp_sent,
+			 MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			b->phase = HC_SEND;
+			hc_want(h, id, EPOLLOUT, EPOLL_CTL_MOD);
+			return;
+		}
+		if (n <= 0) {
+			snprintf(res, sizeof(res), "send: %s", n < 0 ? strerror(errno) : "closed");
+			hc_done(h, id, false, res);
+			return;
+		}
+		b->pp_sent += (size_t)n;
+	}
 	if (b->tls.state == TLS_HANDSHAKE) {
 		r = tls_handshake(&b->tls);
 		if (r == -EPROTO) {
@@ -465,6 +483,10 @@ static void hc_start(struct health *h, uint32_t id, uint64_t now)
 			return;
 		}
 		b->tls_on = true;
+		/* The PROXY header goes in clear before the handshake; the request inside it. */
+		b->pp_len = off;
+		b->pp_sent = 0;
+		b->req_off = off;
 	}
 	b->fd = socket(b->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (b->fd < 0) {

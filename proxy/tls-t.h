@@ -40,6 +40,18 @@ struct tls_sess_slot {
  */
 #define TLS_TICKET_ROTATE_MS (12ULL * 3600 * 1000)
 
+/*
+ * Spare output buffers (TLS_OUT_BYTES each) of one worker: a session takes one when it has
+ * something to send and gives it back when all of it was sent, so a keep-alive response
+ * costs no allocation while an idle session still holds none. A few cover the sessions that
+ * send at the same moment; beyond that they are allocated and freed as without a cache.
+ */
+#define TLS_OUTCACHE_MAX 4
+struct tls_outcache {
+	uint8_t *buf[TLS_OUTCACHE_MAX];
+	uint32_t n;
+};
+
 enum tls_state {
 	TLS_HANDSHAKE = 0, /* ClientHello not yet answered or handshake not finished */
 	TLS_OPEN,	   /* application data both ways */
@@ -71,9 +83,9 @@ enum tls_fail {
 
 /*
  * One TLS session, server side (a client connection) or client side (an upstream connection
- * to a TLS backend: tls_conn_init_client); both use the same feed/read/write/out calls. It lives inside its connection slot and must not move after
- * tls_conn_init (the BIO points back at it). Single-threaded: only the connection's worker
- * touches it.
+ * to a TLS backend: tls_conn_init_client); both use the same feed/read/write/out calls. It
+ * lives inside its connection slot and must not move after tls_conn_init (the BIO points back
+ * at it). Single-threaded: only the connection's worker touches it.
  *
  * Input is zero-copy: tls_feed() lends the transport a window of received ciphertext (a
  * provided buffer), which OpenSSL reads straight into its record buffer. Output is one copy:
@@ -92,6 +104,7 @@ struct tls_conn {
 	bool client;	   /* the client end (to a backend) */
 	bool saved;	   /* client side: this session saved a session in slot */
 	const char *why;   /* OpenSSL's reason text when state == TLS_FAILED (static string) */
+	struct tls_outcache *oc;    /* where out comes from and goes back to, or NULL (malloc) */
 	struct tls_sess_slot *slot; /* client side: where a new session is saved, or NULL */
 };
 

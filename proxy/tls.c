@@ -97,6 +97,25 @@ static int bio_read(BIO *b, char *out, int len)
 	return (int)n;
 }
 
+/* The output buffer goes back to the worker's cache when it has room, else to the allocator. */
+static void out_put(struct tls_conn *t)
+{
+	if (!t->out)
+		return;
+	if (t->oc && t->oc->n < TLS_OUTCACHE_MAX)
+		t->oc->buf[t->oc->n++] = t->out;
+	else
+		OPENSSL_free(t->out);
+	t->out = NULL;
+	t->out_head = t->out_tail = 0;
+}
+
+void tls_outcache_drain(struct tls_outcache *oc)
+{
+	while (oc->n)
+		OPENSSL_free(oc->buf[--oc->n]);
+}
+
 /* OpenSSL's record goes into the connection's output buffer (allocated while non-empty). */
 static int bio_write(BIO *b, const char *in, int len)
 {
@@ -107,7 +126,7 @@ static int bio_write(BIO *b, const char *in, int len)
 	if (len <= 0)
 		return 0;
 	if (!t->out) {
-		t->out = OPENSSL_malloc(TLS_OUT_BYTES);
+		t->out = t->oc && t->oc->n ? t->oc->buf[--t->oc->n] : OPENSSL_malloc(TLS_OUT_BYTES);
 		if (!t->out)
 			return -1; /* no retry flag: OpenSSL reports SSL_ERROR_SYSCALL */
 		t->out_head = t->out_tail = 0;
@@ -715,7 +734,7 @@ fail:
 void tls_conn_free(struct tls_conn *t)
 {
 	SSL_free(t->ssl);
-	OPENSSL_free(t->out);
+	out_put(t);
 	memset(t, 0, sizeof(*t));
 }
 
@@ -909,11 +928,8 @@ void tls_out_done(struct tls_conn *t, size_t n)
 {
 	BUG_ON(n > (size_t)(t->out_tail - t->out_head));
 	t->out_head += (uint32_t)n;
-	if (t->out_head == t->out_tail) {
-		OPENSSL_free(t->out);
-		t->out = NULL;
-		t->out_head = t->out_tail = 0;
-	}
+	if (t->out_head == t->out_tail)
+		out_put(t);
 }
 
 int tls_close(struct tls_conn *t)
@@ -942,9 +958,7 @@ void tls_abort(struct tls_conn *t)
 	t->state = TLS_ABORTED;
 	t->in = NULL;
 	t->in_len = 0;
-	OPENSSL_free(t->out);
-	t->out = NULL;
-	t->out_head = t->out_tail = 0;
+	out_put(t);
 	if (t->ssl)
 		SSL_set_quiet_shutdown(t->ssl, 1);
 }

@@ -110,6 +110,12 @@ ssize_t tls_write(struct tls_conn *t, const uint8_t *plain, size_t n);
 size_t tls_out(const struct tls_conn *t, struct iovec *iov);
 /* n bytes of what tls_out gave were sent. Frees the output buffer when it is empty. */
 void tls_out_done(struct tls_conn *t, size_t n);
+/*
+ * A session whose t->oc is set (after tls_conn_init) takes its output buffer from that cache
+ * and gives it back there instead of to the allocator. Frees what a cache holds (its worker
+ * is done with every session).
+ */
+void tls_outcache_drain(struct tls_outcache *oc);
 
 /*
  * A clean close: queues close_notify (send tls_out, then close the socket). 0, -ENOBUFS

@@ -16,9 +16,10 @@
  * more: the next receive the exchange arms is then an IORING_OP_NOP (OP_U_TLS) whose
  * completion reads it, so the exchange is never re-entered from inside itself.
  *
- * Send: what c->x->req.out queues (PROXY header excepted: not with TLS, config.c) is encrypted
- * into the session's output and that ciphertext goes out in one send; the exchange is told the
- * plaintext bytes once their ciphertext is all sent, so its accounting stays as it is.
+ * Send: what c->x->req.out queues is encrypted into the session's output (a send_proxy
+ * backend's PROXY header goes in clear before the handshake instead) and that ciphertext
+ * goes out in one send; the exchange is told the plaintext bytes once their ciphertext is all
+ * sent, so its accounting stays as it is.
  *
  * Pooling: a pooled connection keeps its session (and a receive armed: a session ticket that
  * comes while it idles keeps it pooled; anything else closes it). The worker keeps one
@@ -67,6 +68,7 @@ int utls_start(struct worker *w, struct ups *u, const struct tls_client *cl)
 		w->utls_free = i;
 		return r;
 	}
+	x->t.oc = &w->tls_oc; /* output buffers from the worker's spares, as client sessions */
 	x->cbid = -1;
 	x->plain_enc = 0;
 	x->flags = 0;
@@ -243,6 +245,18 @@ void utls_on_connect(struct worker *w, struct conn *c, struct ups *u)
 {
 	struct utls *x = ups_tls(w, u);
 
+	/*
+	 * A send_proxy backend gets its PROXY header in clear before the handshake (HAProxy's
+	 * send-proxy with ssl). At most 108 bytes on a fresh connection: one non-blocking send
+	 * always takes them all; anything else fails the attempt.
+	 */
+	if (u->pp_len && !u->pp_queued) {
+		u->pp_queued = true; /* never queued in the encrypted request */
+		if (send(u->fd, u->pp_hdr, u->pp_len, MSG_DONTWAIT | MSG_NOSIGNAL) != u->pp_len) {
+			utls_hs_failed(w, c, u, x, "sending the PROXY header failed");
+			return;
+		}
+	}
 	utls_deliver(w, c, u, x); /* the first call queues the ClientHello */
 }
 

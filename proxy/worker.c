@@ -14,6 +14,7 @@
 #include <sys/syscall.h>
 #include <urcu-qsbr.h>
 #include "conn.h"
+#include "tls.h"
 #include "constants.h"
 #include "steer.h"
 #include "worker.h"
@@ -115,6 +116,7 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	 */
 	w->ups_free = NIL;
 	w->tls_free = NIL;
+	/* TLS upstream slots come from utls_high up as first needed: none is touched before. */
 	w->utls_free = NIL;
 	w->utls_high = 0;
 	for (i = 0; i < w->hbuf_n; i++)
@@ -161,6 +163,7 @@ void worker_free(struct worker *w)
 		munmap(w->br, (size_t)w->nbufs * sizeof(struct io_uring_buf));
 	free(w->conn_next_free);
 	free(w->tls_gather);
+	tls_outcache_drain(&w->tls_oc);
 	free(w->hbuf_next);
 	free(w->hdr_scratch);
 	free(w->bp_ids);

@@ -86,6 +86,7 @@ struct worker {
 	struct ctls *tls;
 	uint32_t tls_free, tls_high; /* released slots (LIFO); slots ever used (ctls.c) */
 	uint8_t *tls_gather; /* one record's plaintext: small pieces of a send go out together */
+	struct tls_outcache tls_oc; /* spare TLS output buffers (tls-t.h) */
 
 	/* upstream connections */
 	struct ups *ups;

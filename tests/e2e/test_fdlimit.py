@@ -263,6 +263,38 @@ int open64(const char *path, int flags, ...)
 """
 
 
+def fill_fd_table(p, nofile, hold_ms, admin, busy):
+    """Fills corral's descriptor table to the last one, with nothing idle to close: the admin
+    plane's connections (they eat the fd budget's slack, so the worker's connection limit is not
+    reached first), then requests held in flight for hold_ms (two fds each) and, for an odd last
+    fd, a head half sent (one fd, not idle). Appends what it opened to admin and busy."""
+    pid = p.proc.pid
+    n = fd_count(pid)
+    for _ in range(32):  # the control socket's client limit
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(p.cfg["admin"]["socket"])
+        admin.append(s)
+    for _ in range(16):  # the metrics listener's connection limit
+        admin.append(socket.create_connection(("127.0.0.1", p.metrics_port)))
+    n = wait_fds(pid, n + len(admin), 5 * SLOW)
+    assert n < nofile - 8, "the admin plane's connections left no room: %d fds" % n
+    for _ in range(nofile):
+        free = nofile - n
+        if free == 0:
+            break
+        c = Client(p.port, timeout=10 * SLOW)
+        busy.append(c)
+        if free >= 2:
+            c.send(b"GET /delay/%d HTTP/1.1\r\nHost: x\r\n\r\n" % hold_ms)
+            want = n + 2
+        else:
+            c.send(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            want = n + 1
+        n = wait_fds(pid, want, 5 * SLOW)
+        assert n == want, "corral holds %d fds, expected %d, after %d clients" % (n, want, len(busy))
+    assert n == nofile, n
+
+
 @pytest.mark.deadline(90)
 def test_every_waiting_client_is_refused_at_emfile_even_after_a_lost_fd_race(limited, backend, tmp_path,
                                                                              monkeypatch):
@@ -291,32 +323,7 @@ def test_every_waiting_client_is_refused_at_emfile_even_after_a_lost_fd_race(lim
     pid = p.proc.pid
     admin, busy, probes = [], [], []
     try:
-        n = fd_count(pid)
-        for _ in range(32):  # the control socket's client limit
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(p.cfg["admin"]["socket"])
-            admin.append(s)
-        for _ in range(16):  # the metrics listener's connection limit
-            admin.append(socket.create_connection(("127.0.0.1", p.metrics_port)))
-        n = wait_fds(pid, n + len(admin), 5 * SLOW)
-        assert n < nofile - 8, "the admin plane's connections left no room: %d fds" % n
-        # Fill the table to the last descriptor: the fd budget's slack is eaten by the admin
-        # plane, so the worker's connection limit is not reached first.
-        for _ in range(nofile):
-            free = nofile - n
-            if free == 0:
-                break
-            c = Client(p.port, timeout=10 * SLOW)
-            busy.append(c)
-            if free >= 2:
-                c.send(b"GET /delay/%d HTTP/1.1\r\nHost: x\r\n\r\n" % hold_ms)
-                want = n + 2
-            else:
-                c.send(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a head half sent: not idle
-                want = n + 1
-            n = wait_fds(pid, want, 5 * SLOW)
-            assert n == want, "corral holds %d fds, expected %d, after %d clients" % (n, want, len(busy))
-        assert n == nofile, n
+        fill_fd_table(p, nofile, hold_ms, admin, busy)
         # Each fresh client finds accept failing with EMFILE and nothing idle: a 503, at once.
         for i in range(5):
             t0 = time.monotonic()
@@ -349,3 +356,35 @@ def test_every_waiting_client_is_refused_at_emfile_even_after_a_lost_fd_race(lim
     assert st["conns_rejected"] >= 5, st
     assert st["fd_exhausted"] >= 5, st
     assert p.alive(), p.log()[-3000:]
+
+
+@pytest.mark.deadline(90)
+def test_a_tls_client_refused_at_emfile_gets_no_503_in_clear(limited, backend, tmp_path):
+    """At EMFILE a TLS listener's waiting client is closed at once, without the plaintext 503 a
+    plaintext client gets (to a TLS client it would only be a bad record); counted in
+    conns_rejected like the other refusals."""
+    from test_tls import client_hello, make_cert, read_until_closed, tls_entry, tls_port
+    nofile, hold_ms = 128, int(15000 * SLOW)
+    p = limited(nofile, [backend], workers={"cores": [0]}, limits={"connections_per_core": 1000},
+                listen=["127.0.0.1:0", tls_entry([make_cert(tmp_path, "a", "a.test")])],
+                timeouts={"upstream_response_ms": 2 * hold_ms, "client_header_ms": 2 * hold_ms})
+    port = tls_port(p)
+    admin, busy, probes = [], [], []
+    try:
+        fill_fd_table(p, nofile, hold_ms, admin, busy)
+        for _ in range(2):
+            t0 = time.monotonic()
+            with socket.create_connection(("127.0.0.1", port), timeout=2 * SLOW) as s:
+                s.sendall(client_hello(0x0303))
+                got, how = read_until_closed(s, 2 * SLOW)
+            probes.append((how, got[:40], round(time.monotonic() - t0, 3)))
+            assert how != "open" and got == b"", "a TLS client must not get plaintext: %s" % probes
+            assert probes[-1][2] < 0.5 * SLOW, probes
+        with Client(p.port, timeout=2 * SLOW) as c:  # the plaintext listener's: the 503
+            assert c.get("/").status == 503
+    finally:
+        for s in admin:
+            s.close()
+        for c in busy:
+            c.close()
+    assert totals(p)["conns_rejected"] >= 3

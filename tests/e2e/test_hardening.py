@@ -10,8 +10,11 @@ port. Chosen: what the transport layer could break, i.e. how requests are framed
 and rejected (a 4xx and a close after decryption), Expect and 1xx, Upgrade tunnels, limits and
 deadlines, backpressure, and how a cut response ends. Not run twice: what happens only on the
 upstream side (malformed responses, retries, upstream faults answered with a 5xx, response
-hop-by-hop headers), the head-syntax classes beyond one case each (one parser after decryption),
-and the buffer ring's wait queue (a property of the receive path the TLS variant shares)."""
+hop-by-hop headers), the table cases outside TLS_CASES beyond one per class (they differ in a
+value one parser reads after decryption), the status of a rejection after a served request (the
+pipelined rejection test shows it over TLS), the second-request deadlines and the mid-response stalls
+(timers the TLS cases of the 408 and abort tests already cover), and the buffer ring's wait queue
+(a property of the receive path the TLS variant shares)."""
 import os
 import select
 import socket

@@ -437,6 +437,25 @@ def test_full_duplex_echo_over_tls(corral, backend, certs):
 
 
 @pytest.mark.corral_only
+def test_tls_with_every_free_buffer_in_the_ring(corral, backend, certs):
+    """16 receive buffers, all posted to the kernel's ring: the plaintext goes into head buffers
+    (and 4 KiB buffers split every TLS record over several receives)."""
+    p = start_tls(corral, [backend], [certs["a"]], workers={"cores": [0]},
+                  limits={"buffers_per_core": 16, "buffer_bytes": 4096})
+    with TLSClient(p.tls_port) as c:
+        for n in (10, 70000):
+            r = c.get("/bytes/%d" % n)
+            assert r.status == 200 and r.body == pattern(0, n)
+        body = os.urandom(300000)
+        r = c.request("POST", "/echo", body=body)
+        assert r.status == 200 and r.body == body
+        c.send(b"".join(build_request("GET", "/bytes/%d" % n) for n in (1, 2, 3)))
+        for n in (1, 2, 3):
+            assert c.read_response("GET").body == pattern(0, n)
+    p.wait_idle()
+
+
+@pytest.mark.corral_only
 def test_expect_100_continue_over_tls(corral, backend, certs):
     p = start_tls(corral, [backend], [certs["a"]])
     with TLSClient(p.tls_port) as c:
@@ -459,39 +478,74 @@ def test_connection_close_ends_with_close_notify(corral, backend, certs):
         assert not isinstance(e.value, Truncated), "a clean close must send close_notify: %r" % e.value
 
 
-@pytest.mark.corral_only
-def test_a_client_close_notify_is_answered_with_close_notify(corral, backend, certs):
-    p = start_tls(corral, [backend], [certs["a"]])
-    raw = socket.create_connection(("127.0.0.1", p.tls_port), timeout=IO)
-    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    o = client_ctx().wrap_bio(inc, out, server_hostname="a.test")
+class BioClient:
+    """A TLS client over a memory BIO, so the test decides when close_notify goes out (TLS's
+    half-close) and sees exactly what comes back."""
 
-    def step(fn, *a):
+    def __init__(self, port):
+        self.raw = socket.create_connection(("127.0.0.1", port), timeout=IO)
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.o = client_ctx().wrap_bio(self.inc, self.out, server_hostname="a.test")
+        self.step(self.o.do_handshake)
+
+    def step(self, fn, *a):
         while True:
             try:
                 r = fn(*a)
-                raw.sendall(out.read())
+                self.raw.sendall(self.out.read())
                 return r
             except ssl.SSLWantReadError:
-                raw.sendall(out.read())
-                d = raw.recv(65536)
+                self.raw.sendall(self.out.read())
+                d = self.raw.recv(65536)
                 assert d, "closed early"
-                inc.write(d)
+                self.inc.write(d)
 
-    step(o.do_handshake)
-    step(o.write, build_request("GET", "/"))
-    assert step(o.read, 65536).startswith(b"HTTP/1.1 200 ")
-    try:
-        o.unwrap()  # our close_notify
-    except ssl.SSLWantReadError:
-        pass
-    raw.sendall(out.read())
-    got, how = read_until_closed(raw, IO)
-    raw.close()
-    inc.write(got)
-    assert how != "open"
-    o.unwrap()  # raises unless corral's close_notify is among what came back
+    def send_close_notify(self):
+        try:
+            self.o.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        self.raw.sendall(self.out.read())
+
+    def read_to_close(self):
+        """Everything until the TCP close; raises unless corral's close_notify ended it."""
+        got, how = read_until_closed(self.raw, IO)
+        assert how != "open"
+        self.inc.write(got)
+        plain = b""
+        while True:
+            try:
+                d = self.o.read(65536)
+            except ssl.SSLZeroReturnError:
+                return plain
+            assert d, plain
+            plain += d
+
+
+@pytest.mark.corral_only
+def test_a_client_close_notify_is_answered_with_close_notify(corral, backend, certs):
+    p = start_tls(corral, [backend], [certs["a"]])
+    c = BioClient(p.tls_port)
+    c.step(c.o.write, build_request("GET", "/"))
+    assert c.step(c.o.read, 65536).startswith(b"HTTP/1.1 200 ")
+    c.send_close_notify()
+    assert c.read_to_close() == b""
+    c.raw.close()
     p.wait_idle()
+
+
+@pytest.mark.corral_only
+def test_a_half_closed_tls_client_gets_its_whole_response(corral, backend, certs):
+    """close_notify right behind the request (TLS's half-close): the response still comes, all
+    of it, then corral's close_notify."""
+    p = start_tls(corral, [backend], [certs["a"]])
+    c = BioClient(p.tls_port)
+    c.step(c.o.write, build_request("GET", "/bytes/300000"))
+    c.send_close_notify()
+    got = c.read_to_close()
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and body == pattern(0, 300000), head
+    c.raw.close()
 
 
 @pytest.mark.corral_only

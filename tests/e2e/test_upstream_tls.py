@@ -408,3 +408,121 @@ def test_a_pooled_connection_the_backend_closed_is_not_used(corral, certs, tls_b
         c.close()
     assert b.handshakes == 2
     assert total(p, "corral_upstream_errors_total") == 0
+
+
+class ProxyTLSBackend:
+    """A backend that wants a PROXY v1 header in clear, then TLS: it answers each request with
+    the header line it got first (one request per connection, as corral never pools these)."""
+
+    def __init__(self, cert, key):
+        import ssl
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.srv.settimeout(0.1)
+        self.address = "127.0.0.1:%d" % self.srv.getsockname()[1]
+        self.headers, self.errors = [], []
+        self.stopping = False
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.stopping:
+            try:
+                s, _ = self.srv.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._one, args=(s,), daemon=True).start()
+
+    def _one(self, s):
+        try:
+            s.settimeout(10 * SLOW)
+            line = b""
+            while not line.endswith(b"\r\n") and len(line) < 108:
+                line += s.recv(1)  # byte by byte: nothing of the TLS stream is taken
+            self.headers.append(line)
+            t = self.ctx.wrap_socket(s, server_side=True)
+            req = b""
+            while b"\r\n\r\n" not in req:
+                d = t.recv(4096)
+                if not d:
+                    return
+                req += d
+            t.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(line), line))
+            t.close()
+        except (OSError, ValueError) as e:
+            self.errors.append(repr(e))
+
+    def stop(self):
+        self.stopping = True
+        self.t.join(5)
+        self.srv.close()
+
+
+@pytest.mark.corral_only
+def test_send_proxy_goes_in_clear_before_the_handshake(corral, certs):
+    cert, key = certs["a"]
+    b = ProxyTLSBackend(cert, key)
+    try:
+        p = corral([{"address": b.address, "weight": 1, "send_proxy": "v1",
+                     "tls": {"ca": cert, "sni": "a.test"}}])
+        for i in range(2):
+            c = Client(p.port, timeout=10 * SLOW)
+            try:
+                r = c.get("/pp%d" % i)
+            finally:
+                c.close()
+            assert r.status == 200, r
+            assert r.body.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 "), r.body
+        assert len(b.headers) == 2, "one connection (and header) per request: %r" % b.headers
+        assert not b.errors, b.errors
+
+        # Its health checks too: a LOCAL-style UNKNOWN header in clear, then the check in TLS.
+        q = corral([{"address": b.address, "weight": 1, "send_proxy": "v1",
+                     "tls": {"ca": cert, "sni": "a.test"},
+                     "health": {"path": "/h", "interval_ms": 200, "timeout_ms": 200}}])
+        assert wait_until(lambda: (backends(q)[b.address].get("last_check") or {}).get("ok"), 10), \
+            backends(q)[b.address]
+        assert b"PROXY UNKNOWN\r\n" in b.headers, b.headers
+        assert not b.errors, b.errors
+    finally:
+        b.stop()
+
+
+@pytest.mark.corral_only
+def test_concurrent_clients_share_the_pooled_tls_connections(corral, certs, tls_backends):
+    """8 keep-alive clients at once, GETs and POSTs mixed: every answer is the right one, and
+    corral opens no more TLS connections than there are clients at a time."""
+    cert, key = certs["a"]
+    b = tls_backends(cert, key)
+    p = corral([row(b, ca=cert, sni="a.test")])
+    errors = []
+
+    def client(k):
+        c = Client(p.port, timeout=20 * SLOW)
+        try:
+            for i in range(25):
+                if i % 3 == 0:
+                    body = os.urandom(1000 + 997 * i)
+                    r = c.request("POST", "/c%d" % k, body=body)
+                    want = ("%d %s" % (len(body), hashlib.sha256(body).hexdigest())).encode()
+                else:
+                    r = c.get("/c%d/%d" % (k, i))
+                    want = ("tls backend: /c%d/%d" % (k, i)).encode()
+                if r.status != 200 or r.body != want:
+                    errors.append((k, i, r.status, r.body[:80]))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append((k, repr(e)))
+        finally:
+            c.close()
+    ts = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120 * SLOW)
+    assert not errors, errors[:5]
+    assert b.requests == 200
+    assert b.handshakes <= 8, b.handshakes
+    assert total(p, "corral_upstream_errors_total") == 0

@@ -68,7 +68,7 @@ static ssize_t feed(struct tls_conn *t, struct pipe *q, const uint8_t *p, size_t
 		    uint8_t *out, size_t cap)
 {
 	size_t off = 0, got = 0, k;
-	ssize_t r = -EAGAIN;
+	ssize_t r;
 
 	while (off < n) {
 		k = piece(&seed, n - off);

@@ -938,3 +938,44 @@ Test(tls, cert_info_describes_each_loaded_certificate, .init = make_certs, .fini
 	cr_assert_eq(tls_server_cert_info(s, 2, &ci), -ENOENT);
 	tls_server_free(s);
 }
+
+Test(tls, an_output_cache_serves_every_response_without_an_allocation, .init = make_certs,
+     .fini = cert_dir_remove)
+{
+	struct tls_server *s = server_new(CFG_TLS_V12 | CFG_TLS_V13, NULL);
+	struct tls_outcache oc = { .n = 0 };
+	struct client c;
+	struct tls_conn t;
+	uint8_t *first;
+
+	cr_assert_eq(tls_conn_init(&t, tls_server_ctx(s)), 0);
+	t.oc = &oc;
+	client_new(&c, TLS1_3_VERSION, TLS1_3_VERSION, NULL, NULL, NULL);
+	cr_assert_eq(handshake(&c, &t), 0);
+	cr_assert_null(t.out, "all of the handshake was sent");
+	cr_assert_eq(oc.n, 1, "the drained output buffer went to the cache");
+	first = oc.buf[0];
+	for (int i = 0; i < 3; i++) {
+		exchange(&c, &t);
+		cr_assert_null(t.out, "an idle session holds no output buffer");
+		cr_assert_eq(oc.n, 1);
+		cr_assert_eq(oc.buf[0], first, "each response reuses the cached buffer");
+	}
+	tls_conn_free(&t);
+	cr_assert_eq(oc.n, 1);
+	/* A full cache gives to the allocator. */
+	oc.n = TLS_OUTCACHE_MAX;
+	for (uint32_t i = 1; i < TLS_OUTCACHE_MAX; i++)
+		oc.buf[i] = OPENSSL_malloc(TLS_OUT_BYTES);
+	cr_assert_eq(tls_conn_init(&t, tls_server_ctx(s)), 0);
+	t.oc = &oc;
+	client_free(&c);
+	client_new(&c, TLS1_3_VERSION, TLS1_3_VERSION, NULL, NULL, NULL);
+	cr_assert_eq(handshake(&c, &t), 0);
+	cr_assert_eq(oc.n, TLS_OUTCACHE_MAX);
+	tls_conn_free(&t);
+	tls_outcache_drain(&oc);
+	cr_assert_eq(oc.n, 0);
+	client_free(&c);
+	tls_server_free(s);
+}

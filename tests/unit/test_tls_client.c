@@ -147,9 +147,6 @@ static const struct btls_err_case btls_cases[] = {
 	  "directory" },
 	{ "127.0.0.1:9443", "      ca: DIR/a.key\n",
 	  "corral.yaml:6: backends[1].tls.ca: DIR/a.key: *" },
-	{ "127.0.0.1:9443", "      verify: false\n    send_proxy: v1\n",
-	  "corral.yaml:4: backends[1].send_proxy: cannot be combined with tls yet (the PROXY "
-	  "header would have to go before the TLS handshake)" },
 	{ "127.0.0.1:9443", "      - ca\n",
 	  "corral.yaml:6: backends[1].tls: must be a mapping such as { verify: true, ca: "
 	  "/etc/corral/ca.pem, sni: backend.internal }" },

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -20,10 +21,22 @@ PY = "/usr/bin/python3"
 MODES = {
     # rounds, seconds per measured run, warm-up seconds, hello connection counts (1 worker, 2 workers)
     # warm: unmeasured seconds before every measured run; warm_once: before a contender's first run only
+    # tls: TLS 1.3 keep-alive connection counts; tls_hs: handshake clients; tls_idle: idle TLS counts
+    # (none in quick: a per-connection figure needs two counts well above the warm-up's 256, and the
+    # handshakes of thousands of connections do not fit 3 minutes on this machine);
+    # tls_secs: seconds per measured TLS run (shorter than secs to keep the totals: docs/benchmarks.md);
+    # tls_check_wrk: also show, in NGINX's log, what wrk negotiates and that it resumes with Connection: close
+    # scen_secs: seconds per measured run where not `secs` (full: hello keeps 3 s, the rest 2 s, to
+    # stay under 15 minutes with the TLS scenarios; BENCH_SECS sets all);
+    # no_warm: scenarios without the warm-up (churn and large set up what they need in their first
+    # milliseconds; the time goes to the TLS scenarios); uneven_relay: the relay in uneven (not in quick)
     "quick": dict(rounds=2, secs=2, warm=0, warm_once=1, hello1=[256], hello2=[], work=False, large_up=False,
-                  idle=[5000], slow=False, slow_secs=0),
+                  idle=[5000], slow=False, slow_secs=0, tls=[256], tls_hs=[32], tls_idle=[], tls_secs=1,
+                  tls_check_wrk=False, no_warm=["churn", "large"], uneven_relay=False),
     "full": dict(rounds=3, secs=3, warm=0, warm_once=1, hello1=[64, 256, 1024], hello2=[256], work=True,
-                 large_up=True, idle=[10000, 19000], slow=True, slow_secs=15),
+                 large_up=True, idle=[10000, 19000], slow=True, slow_secs=15, tls=[64, 256], tls_hs=[32],
+                 tls_idle=[2000, 4000], tls_secs=1.5, tls_check_wrk=True, no_warm=["churn", "large"],
+                 uneven_relay=True, scen_secs={"work": 2, "uneven": 2, "churn": 2, "large": 2}),
 }
 POOL = 1024            # upstream keep-alive connections each proxy may keep: >= the largest -c
 REQS_PER_CONN = 1000000  # keep-alive requests per client connection: never reached in a run
@@ -31,16 +44,24 @@ KEEPALIVE_S = 60       # client keep-alive idle timeout, every contender
 UNEVEN_HEAVY = 3       # heavy keep-alive connections streaming 1 MiB responses back to back
 UNEVEN_LIGHT = 32      # light clients: a new connection per small GET
 POLICIES = ["hash", "round-robin", "least-conn", "least-load", "power-of-two"]
+# TLS scenarios: every contender serves the same ECDSA P-256 certificate (made by the openssl CLI
+# for each run), TLS 1.3 only, this one cipher suite, stateless session tickets on, one ticket per
+# full handshake (corral's fixed TLS_TICKETS_PER_HANDSHAKE; NGINX and HAProxy are set to match).
+TLS_SUITE = "TLS_AES_128_GCM_SHA256"
+TLS_TICKETS = 1
+TLS_CONTENDERS = ["corral", "nginx", "haproxy"]
 
 
 class Bench:
     def __init__(self, build, mode):
         self.build = os.path.abspath(build)
         self.m = dict(MODES[mode])
-        for k in ("rounds", "secs"):
+        if os.environ.get("BENCH_SECS"):
+            self.m["scen_secs"] = {}
+        for k in ("rounds", "secs", "tls_secs"):
             if os.environ.get("BENCH_" + k.upper()):
-                self.m[k] = int(os.environ["BENCH_" + k.upper()])
-        for k in ("hello1", "hello2"):
+                self.m[k] = (float if k == "tls_secs" else int)(os.environ["BENCH_" + k.upper()])
+        for k in ("hello1", "hello2", "tls", "tls_hs", "tls_idle"):
             if os.environ.get("BENCH_" + k.upper()) is not None:
                 self.m[k] = [int(x) for x in os.environ["BENCH_" + k.upper()].split()]
         self.mode = mode
@@ -54,6 +75,7 @@ class Bench:
         self.seq = 0
         only = os.environ.get("BENCH_SCENARIOS", "")
         self.only = set(only.split()) if only else None
+        self.tls = None  # {"cert", "key", "bundle"}: made once per run by make_cert()
 
     # --- processes -------------------------------------------------------------------------------
     def spawn(self, cmd, cpus, log, env=None):
@@ -123,10 +145,20 @@ class Bench:
         return None
 
     @staticmethod
-    def get(port, path="/"):
+    def client_ctx():
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        return ctx
+
+    @staticmethod
+    def get(port, path="/", tls=False):
         try:
             s = socket.create_connection(("127.0.0.1", port), 5)
             s.settimeout(5)
+            if tls:
+                s = Bench.client_ctx().wrap_socket(s, server_hostname="bench.test")
             s.sendall(f"GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n".encode())
             data = s.recv(64)
             s.close()
@@ -204,22 +236,73 @@ class Bench:
             s = s.replace(f"@{k}@", str(v))
         open(out, "w").write(s)
 
-    def start(self, name, workers, cpus, bport, maxconn=4096):
+    def make_cert(self):
+        """The TLS scenarios' one certificate: ECDSA P-256, self-signed, made by the openssl CLI."""
+        if self.tls:
+            return self.tls
+        d = os.path.join(self.run, "tls")
+        os.makedirs(d, exist_ok=True)
+        cert, key, bundle = (os.path.join(d, x) for x in ("cert.pem", "key.pem", "bundle.pem"))
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.test",
+                        "-addext", "subjectAltName=DNS:bench.test"], check=True, capture_output=True)
+        open(bundle, "w").write(open(cert).read() + open(key).read())
+        self.tls = {"cert": cert, "key": key, "bundle": bundle}
+        return self.tls
+
+    def tls_conf(self, name, d, check_log=None):
+        """Each contender's TLS settings, the same in substance (docs/benchmarks.md, "TLS")."""
+        t = self.make_cert()
+        if name.startswith("corral"):
+            return {"LISTEN": '{ address: "127.0.0.1:0", tls: { certificates: [ { cert: "%s", key: "%s" } ], '
+                              'protocols: [TLSv1.3], ciphersuites: "%s", session_tickets: true } }'
+                              % (t["cert"], t["key"], TLS_SUITE)}
+        if name.startswith("nginx"):
+            conf = (f"\t\tssl_certificate {t['cert']};\n\t\tssl_certificate_key {t['key']};\n"
+                    f"\t\tssl_protocols TLSv1.3;\n"
+                    f"\t\tssl_conf_command Ciphersuites {TLS_SUITE};\n"
+                    f"\t\tssl_conf_command NumTickets {TLS_TICKETS};\n"
+                    f"\t\tssl_session_tickets on;\n\t\tssl_session_cache off;\n"
+                    f"\t\tssl_early_data off;")
+            extra = ""
+            if check_log:
+                extra = ("\tlog_format tlscheck '$ssl_protocol $ssl_cipher $ssl_session_reused $http_connection';")
+                conf += f"\n\t\taccess_log {check_log} tlscheck;"
+            return {"SSL": " ssl", "TLS_CONF": conf, "HTTP_EXTRA": extra}
+        if name == "haproxy":
+            return {"BIND_TLS": f" ssl crt {t['bundle']}", "PROTO": "https",
+                    "TLS_GLOBAL": f"\tssl-default-bind-ciphersuites {TLS_SUITE}\n"
+                                  "\tssl-default-bind-options ssl-min-ver TLSv1.3\n"
+                                  # stateless tickets only, no server-side session cache, as corral and NGINX
+                                  "\ttune.ssl.cachesize 0\n"
+                                  # no haproxy.cfg keyword sets the number of TLS 1.3 tickets: the
+                                  # OpenSSL config below (OPENSSL_CONF, system_default) does
+                                  "\t# tickets: NumTickets via OPENSSL_CONF (bench.py)"}
+        return None
+
+    def start(self, name, workers, cpus, bport, maxconn=4096, tls=False, check_log=None):
         """Starts contender `name` ("corral-POLICY", "nginx", "nginx-reuseport", "haproxy", "tokio",
-        "relay") with `workers` workers pinned to `cpus` (a taskset list). Returns a dict with the
-        port, the pids to account and the pid whose RSS is the connection memory, or None."""
+        "relay") with `workers` workers pinned to `cpus` (a taskset list); `tls`: the TLS listener
+        of tls_conf() instead of plaintext. Returns a dict with the port, the pids to account and
+        the pid whose RSS is the connection memory, or None."""
         d = os.path.join(self.run, f"{name}-{workers}w-{self.seq}")
         self.seq += 1
         os.makedirs(d, exist_ok=True)
         log = os.path.join(d, "log")
         cpu_list = cpus.split(",")
         nofile = int(subprocess.run(["sh", "-c", "ulimit -Hn"], capture_output=True, text=True).stdout)
-        c = {"name": name, "workers": workers}
+        c = {"name": name, "workers": workers, "tls": tls}
+        plain = {"LISTEN": '"127.0.0.1:0"', "SSL": "", "TLS_CONF": "", "HTTP_EXTRA": "", "BIND_TLS": "",
+                 "PROTO": "http", "TLS_GLOBAL": ""}
+        if tls:
+            plain.update(self.tls_conf(name, d, check_log))
+        env = None
         if name.startswith("corral"):
             policy = name.split("-", 1)[1] if "-" in name else "hash"
             self.render("corral.yaml.in", os.path.join(d, "corral.yaml"), INSTANCE=f"bench-{os.getpid()}-{self.seq}",
                         CORES=", ".join(cpu_list[:workers]), BACKEND_PORT=bport, MAXCONN=maxconn,
-                        POOL=POOL, REQS=REQS_PER_CONN, IDLE_MS=KEEPALIVE_S * 1000, POLICY=policy)
+                        POOL=POOL, REQS=REQS_PER_CONN, IDLE_MS=KEEPALIVE_S * 1000, POLICY=policy,
+                        LISTEN=plain["LISTEN"])
             p = self.spawn([os.path.join(self.build, "corral"), "-c", os.path.join(d, "corral.yaml")], cpus, log)
             m = self.wait_log(log, r"listening on 127\.0\.0\.1:(\d+)", 30, p)
             if not m or not self.wait_log(log, r"\bready\b", 30, p):
@@ -227,6 +310,8 @@ class Bench:
                 self.stop(p)
                 return None
             c.update(port=int(m.group(1)), pids=[p.pid], rss=[p.pid])
+        elif name in ("relay", "tokio") and tls:
+            return None
         elif name in ("relay", "tokio"):
             if name == "relay":
                 cmd = [os.path.join(self.build, "corral-relay"), "--listen", "0", "--backend", str(bport),
@@ -247,7 +332,8 @@ class Bench:
             self.render("nginx-proxy.conf.in", os.path.join(d, "nginx.conf"), DIR=d, PORT=port, BACKEND_PORT=bport,
                         WORKERS=workers, CPU_MASK=mask, NOFILE=nofile, MAXCONN=maxconn + POOL, POOL=POOL,
                         REQS=REQS_PER_CONN, KEEPALIVE=KEEPALIVE_S,
-                        REUSEPORT=" reuseport" if name == "nginx-reuseport" else "")
+                        REUSEPORT=" reuseport" if name == "nginx-reuseport" else "", SSL=plain["SSL"],
+                        TLS_CONF=plain["TLS_CONF"], HTTP_EXTRA=plain["HTTP_EXTRA"])
             p = self.spawn(["nginx", "-p", d, "-e", os.path.join(d, "error.log"), "-c", os.path.join(d, "nginx.conf")],
                            cpus, log)
             ok = self.wait_port(port, 5)
@@ -265,15 +351,24 @@ class Bench:
             port = self.free_ports(1)[0]
             cmap = "\n".join(f"\tcpu-map 1/{i + 1} {cpu_list[i]}" for i in range(workers))
             self.render("haproxy.cfg.in", os.path.join(d, "haproxy.cfg"), DIR=d, PORT=port, BACKEND_PORT=bport,
-                        THREADS=workers, CPU_MAP=cmap, NOFILE=nofile, MAXCONN=maxconn, KEEPALIVE=KEEPALIVE_S)
-            p = self.spawn(["haproxy", "-db", "-f", os.path.join(d, "haproxy.cfg")], cpus, log)
+                        THREADS=workers, CPU_MAP=cmap, NOFILE=nofile, MAXCONN=maxconn, KEEPALIVE=KEEPALIVE_S,
+                        BIND_TLS=plain["BIND_TLS"], PROTO=plain["PROTO"], TLS_GLOBAL=plain["TLS_GLOBAL"])
+            if tls:
+                # OpenSSL applies [system_default] to every SSL_CTX HAProxy creates; HAProxy 2.6 has
+                # no keyword for the number of TLS 1.3 tickets, and OpenSSL's default is 2.
+                oc = os.path.join(d, "openssl.cnf")
+                open(oc, "w").write("openssl_conf = conf\n[conf]\nssl_conf = ssl\n[ssl]\n"
+                                    "system_default = sysdef\n[sysdef]\n"
+                                    f"NumTickets = {TLS_TICKETS}\n")
+                env = dict(os.environ, OPENSSL_CONF=oc)
+            p = self.spawn(["haproxy", "-db", "-f", os.path.join(d, "haproxy.cfg")], cpus, log, env=env)
             if not self.wait_port(port, 5):
                 self.note(f"haproxy: did not start: {open(log).read()[-300:]}")
                 self.stop(p)
                 return None
             c.update(port=port, pids=[p.pid], rss=[p.pid])
         c["proc"] = p
-        if not self.get(c["port"]):
+        if not self.get(c["port"], tls=tls):
             self.note(f"{name}: GET / through it did not answer 200")
             self.stop(p)
             return None
@@ -281,13 +376,21 @@ class Bench:
 
     # --- load ------------------------------------------------------------------------------------
     def wrk(self, port, conns, secs, path="/", threads=1, cpus="1", close=False, script="wrk-report.lua",
-            log=None, env=None):
-        """Starts a bounded wrk run; returns the Popen (stdout to log)."""
-        cmd = ["timeout", str(int(secs) + 30), "taskset", "-c", cpus, "wrk", f"-t{threads}", f"-c{conns}",
-               f"-d{secs}s", "--latency", "-s", os.path.join(HERE, script)]
-        if close:
-            cmd += ["-H", "Connection: close"]
-        cmd.append(f"http://127.0.0.1:{port}{path}")
+            log=None, env=None, tls=False, tlsload=False, churn=False, mark=None):
+        """Starts a bounded wrk run (https:// if `tls`); `tlsload`: corral-tls-load instead, TLS
+        keep-alive with the handshakes before the measured window, or with `churn` a full TLS
+        handshake per request; `mark`: the file it creates when its window opens. Returns the
+        Popen (stdout to log)."""
+        if tlsload:
+            cmd = ["timeout", str(int(secs) + 60), "taskset", "-c", cpus, os.path.join(self.build, "corral-tls-load"),
+                   "--port", str(port), "--conns", str(conns), "--secs", str(secs), "--path", path,
+                   "--ciphersuites", TLS_SUITE] + (["--churn"] if churn else []) + (["--mark", mark] if mark else [])
+        else:
+            cmd = ["timeout", str(int(secs) + 30), "taskset", "-c", cpus, "wrk", f"-t{threads}", f"-c{conns}",
+                   f"-d{secs}s", "--latency", "-s", os.path.join(HERE, script)]
+            if close:
+                cmd += ["-H", "Connection: close"]
+            cmd.append(f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}")
         f = open(log or os.devnull, "w")
         e = dict(os.environ, BENCH_LUA_DIR=HERE, **(env or {}))
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=e)
@@ -310,11 +413,21 @@ class Bench:
             ws = [self.wrk(c["port"], **dict(kw, secs=max(1, int(warm)))) for _, kw in loads]
             for w in ws:
                 w.wait()
+        logs = [os.path.join(self.run, f"wrk-{scen}-{case}-{c['name']}-{rnd}-{lbl}.log") for lbl, _ in loads]
+        mark = None
+        if loads[0][1].get("tlsload"):
+            # corral-tls-load opens its window after its set-up (handshakes): the CPU is read from there.
+            mark = os.path.join(self.run, f"mark-{scen}-{case}-{c['name']}-{rnd}")
+            ws = [self.wrk(c["port"], log=logs[0], secs=self.m["tls_secs"], mark=mark, **loads[0][1])]
+            end = time.monotonic() + 30
+            while not os.path.exists(mark) and ws[0].poll() is None and time.monotonic() < end:
+                time.sleep(0.002)
         t0 = self.tasks(c["pids"])
         b0 = self.tasks([self.backend[0].pid])
         k0 = self.cores()
-        logs = [os.path.join(self.run, f"wrk-{scen}-{case}-{c['name']}-{rnd}-{lbl}.log") for lbl, _ in loads]
-        ws = [self.wrk(c["port"], log=lg, secs=self.m["secs"], **kw) for (_, kw), lg in zip(loads, logs)]
+        if not mark:
+            secs = self.m.get("scen_secs", {}).get(scen, self.m["secs"])
+            ws = [self.wrk(c["port"], log=lg, secs=secs, **kw) for (_, kw), lg in zip(loads, logs)]
         for w in ws:
             w.wait()
         t1 = self.tasks(c["pids"])
@@ -346,9 +459,9 @@ class Bench:
               f"p50 {w['p50_us']:6d} p99 {w['p99_us']:7d} us  cpu {s['proxy_cpu_ns'] / 1000 / reqs:6.2f} us/req"
               f"{mm}  errors {errs}  cores busy {s['core_busy_pct']}", file=sys.stderr, flush=True)
 
-    def scenario(self, scen, cases, contenders, workers, pcpus, lcpus, be_threads):
-        """Starts one backend and every contender, then for each case and round measures every
-        contender once, the order rotated by round."""
+    def scenario(self, scen, cases, contenders, workers, pcpus, lcpus, be_threads, tls=False):
+        """Starts one backend and every contender (with its TLS listener if `tls`), then for each
+        case and round measures every contender once, the order rotated by round."""
         if self.only is not None and scen not in self.only:
             return
         want = os.environ.get("BENCH_CONTENDERS", "").split()
@@ -358,11 +471,13 @@ class Bench:
         bport = self.start_backend(lcpus if workers == 1 else pcpus, be_threads)
         up = []
         for name in contenders:
-            c = self.start(name, workers, pcpus, bport)
+            c = self.start(name, workers, pcpus, bport, tls=tls)
             if c:
                 up.append(c)
         try:
-            if self.m["warm_once"]:
+            # corral-tls-load's own set-up (every connection handshaken and answered once before its
+            # window opens) is the TLS scenarios' warm-up.
+            if self.m["warm_once"] and not cases[0][1][0][1].get("tlsload") and scen not in self.m["no_warm"]:
                 for c in up:
                     ws = [self.wrk(c["port"], **dict(kw, secs=self.m["warm_once"])) for _, kw in cases[0][1]]
                     for w in ws:
@@ -380,6 +495,111 @@ class Bench:
                 self.stop(c["proc"])
             self.stop(self.backend[0])
 
+    # --- TLS -------------------------------------------------------------------------------------
+    def tls_check(self):
+        """What the load generators really negotiate, seen from the server: NGINX with an access log
+        of $ssl_protocol $ssl_cipher $ssl_session_reused, 1 s of each client. Every request must be
+        TLSv1.3 with TLS_SUITE; `reused` says whether the client resumed sessions (the handshake
+        scenario needs 0: corral-tls-churn; wrk with Connection: close resumes, see tls_churn.c)."""
+        if self.only is not None and not (self.only & {"tls", "tlshs", "tlsidle"}):
+            return
+        bport = self.start_backend("1", 1)
+        log = os.path.join(self.run, "tlscheck-access.log")
+        c = self.start("nginx", 1, "0", bport, tls=True, check_log=log)
+        try:
+            if not c:
+                self.note("TLS check: NGINX with TLS did not start")
+                return
+            res = {}
+            probes = [("tls-load", dict(conns=4, tlsload=True)), ("tls-load-churn", dict(conns=4, tlsload=True, churn=True))]
+            if self.m["tls_check_wrk"]:
+                probes = [("wrk", dict(conns=4, secs=1)), ("wrk-close", dict(conns=4, close=True, secs=1))] + probes
+            for label, kw in probes:
+                off = os.path.getsize(log) if os.path.exists(log) else 0
+                self.wrk(c["port"], **dict(dict(secs=0.5, tls=True, cpus="1"), **kw)).wait()
+                time.sleep(0.2)
+                with open(log) as f:
+                    f.seek(off)
+                    lines = f.read().split("\n")
+                lines = [x.split() for x in lines if x.strip()]
+                res[label] = {"requests": len(lines),
+                              "expected": sum(1 for x in lines if x[:2] == ["TLSv1.3", TLS_SUITE]),
+                              "resumed": sum(1 for x in lines if len(x) > 2 and x[2] == "r")}
+            self.samples.write(json.dumps({"scenario": "tlscheck", "case": "nginx-log", "contender": "nginx",
+                                           "workers": 1, "round": 1, "check": res}) + "\n")
+            self.samples.flush()
+            for label, r in res.items():
+                ok = r["requests"] > 0 and r["expected"] == r["requests"]
+                self.note(f"TLS check ({label}, NGINX's log): {r['expected']}/{r['requests']} requests TLSv1.3 "
+                          f"{TLS_SUITE}{'' if ok else ' - NOT ALL'}; {r['resumed']} on resumed sessions")
+        finally:
+            if c:
+                self.stop(c["proc"])
+            self.stop(self.backend[0])
+
+    def tls_idle(self):
+        """RSS per idle TLS keep-alive connection (one request each), corral vs NGINX vs HAProxy:
+        one instance per contender opens the largest count, pausing at the smaller ones to read
+        the RSS; each count gets (RSS there - RSS before) / count, and the last also the marginal
+        figure between the last two counts (free of any one-off growth at the start)."""
+        if self.only is not None and "tlsidle" not in self.only:
+            return
+        counts = sorted(self.m["tls_idle"])
+        if not counts:
+            return
+        bport = self.start_backend("1", 1)
+        try:
+            for name in TLS_CONTENDERS:
+                self.idle_one("tlsidle", name, counts[-1], bport, tls=True, steps=counts[:-1])
+        finally:
+            self.stop(self.backend[0])
+
+    def idle_one(self, scen, name, n, bport, tls=False, steps=()):
+        c = self.start(name, 1, "0", bport, maxconn=n + 512, tls=tls)
+        if not c:
+            return
+        # The loaded steady state first: pools, rings and caches touched once. TLS: as many
+        # connections at once as idle_conns.py opens at once (its --window, 256), each with its
+        # handshake, so the buffers a handshake needs are touched before the first RSS figure.
+        if tls:
+            self.wrk(c["port"], 256, 1, cpus="1", tlsload=True).wait()
+        else:
+            self.wrk(c["port"], 64, 1 if self.mode == "quick" else 2, cpus="1").wait()
+        log = os.path.join(self.run, f"{scen}-{name}-{n}.log")
+        r = subprocess.run(["timeout", "200", "taskset", "-c", "1", PY, os.path.join(HERE, "idle_conns.py"),
+                            "--port", str(c["port"]), "--pid", str(c["rss"][0]), "--count", str(n),
+                            "--timeout", "150"] + (["--tls"] if tls else [])
+                           + (["--settle", "0.5"] if tls else [])
+                           + (["--steps", ",".join(str(x) for x in steps)] if steps else []),
+                           capture_output=True, text=True)
+        open(log, "w").write(r.stdout + r.stderr)
+        lines = [x for x in r.stdout.splitlines() if x.startswith("{")]
+        if lines:
+            res = json.loads(lines[-1])
+            out = [res]
+            if steps and "steps" in res and len(res["steps"]) == len(steps) + 1:
+                out = []
+                prev = None
+                for want, st in zip(list(steps) + [n], res["steps"]):
+                    x = dict(res, count=want, idle=st["idle"], rss_after_kb=st["rss_kb"],
+                             bytes_per_conn=round((st["rss_kb"] - res["rss_before_kb"]) * 1024 / max(1, st["idle"]), 1))
+                    if prev:
+                        x["marginal_bytes_per_conn"] = round((st["rss_kb"] - prev["rss_kb"]) * 1024
+                                                             / max(1, st["idle"] - prev["idle"]), 1)
+                        x["marginal_from"] = prev["idle"]
+                    if st is not res["steps"][-1]:
+                        x["failed"] = x["lost"] = 0  # counted at the end, over all connections
+                    out.append(x)
+                    prev = st
+            for x in out:
+                self.samples.write(json.dumps({"scenario": scen, "case": f"{x['count']}", "contender": name,
+                                               "workers": 1, "round": 1, "idle": x}) + "\n")
+                print(f"bench: {scen:7s} {x['count']:6d} {name:8s} {x}", file=sys.stderr, flush=True)
+            self.samples.flush()
+        else:
+            self.note(f"{scen} {name} {n}: no result: {(r.stdout + r.stderr)[-300:]}")
+        self.stop(c["proc"])
+
     # --- memory ----------------------------------------------------------------------------------
     def memory(self):
         if self.only is not None and "memory" not in self.only:
@@ -388,26 +608,7 @@ class Bench:
         try:
             for n in self.m["idle"]:
                 for name in ["corral", "nginx", "haproxy", "tokio"]:
-                    c = self.start(name, 1, "0", bport, maxconn=n + 512)
-                    if not c:
-                        continue
-                    # The loaded steady state first: pools, rings and caches touched once.
-                    self.wrk(c["port"], 64, 1 if self.mode == "quick" else 2, cpus="1").wait()
-                    log = os.path.join(self.run, f"idle-{name}-{n}.log")
-                    r = subprocess.run(["timeout", "200", "taskset", "-c", "1", PY, os.path.join(HERE, "idle_conns.py"),
-                                        "--port", str(c["port"]), "--pid", str(c["rss"][0]), "--count", str(n),
-                                        "--timeout", "150"], capture_output=True, text=True)
-                    open(log, "w").write(r.stdout + r.stderr)
-                    lines = [x for x in r.stdout.splitlines() if x.startswith("{")]
-                    if lines:
-                        res = json.loads(lines[-1])
-                        self.samples.write(json.dumps({"scenario": "idle", "case": f"{n}", "contender": name,
-                                                       "workers": 1, "round": 1, "idle": res}) + "\n")
-                        self.samples.flush()
-                        print(f"bench: idle    {n:6d} {name:8s} {res}", file=sys.stderr, flush=True)
-                    else:
-                        self.note(f"idle {name} {n}: no result: {(r.stdout + r.stderr)[-300:]}")
-                    self.stop(c["proc"])
+                    self.idle_one("idle", name, n, bport)
             if self.m["slow"]:
                 for name in ["corral", "nginx", "haproxy", "tokio"]:
                     self.slow_readers(name, bport)
@@ -467,12 +668,21 @@ class Bench:
         uneven = [("main", dict(conns=UNEVEN_LIGHT, cpus="0,1", close=True)),
                   ("heavy", dict(conns=UNEVEN_HEAVY, cpus="0,1", path="/bytes/1048576"))]
         self.scenario("uneven", [(f"{UNEVEN_HEAVY}h+{UNEVEN_LIGHT}l", uneven)],
-                      ["corral-" + p for p in POLICIES] + two[1:], 2, "0,1", "0,1", 2)
+                      ["corral-" + p for p in POLICIES] + [x for x in two[1:] if x != "relay" or m["uneven_relay"]],
+                      2, "0,1", "0,1", 2)
         self.scenario("churn", [("1w-c64", [("main", dict(conns=64, cpus="1", close=True))])], one, 1, "0", "1", 1)
         large = [("down-1MiB", [("main", dict(conns=16, cpus="1", path="/bytes/1048576"))])]
         if m["large_up"]:
             large.append(("up-1MiB", [("main", dict(conns=16, cpus="1", script="wrk-upload.lua"))]))
         self.scenario("large", large, one, 1, "0", "1", 1)
+        # TLS (issue 11): 1 worker, pinned as hello's 1w; corral, NGINX, HAProxy (tls_conf()).
+        self.tls_check()
+        self.scenario("tls", [(f"1w-c{n}", [("main", dict(conns=n, cpus="1", tlsload=True))]) for n in m["tls"]],
+                      TLS_CONTENDERS, 1, "0", "1", 1, tls=True)
+        self.scenario("tlshs", [(f"1w-c{n}", [("main", dict(conns=n, cpus="1", tlsload=True, churn=True))])
+                                for n in m["tls_hs"]],
+                      TLS_CONTENDERS, 1, "0", "1", 1, tls=True)
+        self.tls_idle()
         self.memory()
         self.note(f"run took {time.monotonic() - t0:.0f} s")
         json.dump({"notes": self.notes, "mode": self.mode, "settings": self.m}, open(os.path.join(self.out, "notes.json"), "w"))

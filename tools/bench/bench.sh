@@ -2,7 +2,7 @@
 # corral's benchmark: usage: bench.sh BUILD_DIR full|quick (make bench / make bench-quick).
 # Runs tools/bench/bench.py (every scenario, every contender, interleaved rounds) and then
 # report.py (the Markdown table on stdout, BUILD/bench/results.{csv,json}, PNG plots).
-# Settings: BENCH_ROUNDS, BENCH_SECS, BENCH_SCENARIOS ("hello work uneven churn large memory").
+# Settings: BENCH_ROUNDS, BENCH_SECS, BENCH_SCENARIOS ("hello work uneven churn large tls tlshs tlsidle memory").
 set -euo pipefail
 
 if [ $# -ne 2 ] || { [ "$2" != full ] && [ "$2" != quick ]; }; then
@@ -18,10 +18,10 @@ OUT=$BUILD/bench
 # 19,000 idle clients need that many descriptors in the proxy: take the hard limit (20,000 here).
 ulimit -n "$(ulimit -Hn)"
 
-for tool in wrk taskset timeout flock nginx haproxy gnuplot; do
+for tool in wrk taskset timeout flock nginx haproxy gnuplot openssl; do
 	command -v "$tool" >/dev/null || { echo "bench: $tool not found (make deps-bench)" >&2; exit 1; }
 done
-for bin in corral corral-backend corral-relay bench/tokio-proxy/release/tokio-proxy; do
+for bin in corral corral-backend corral-relay corral-tls-load bench/tokio-proxy/release/tokio-proxy; do
 	[ -x "$BUILD/$bin" ] || { echo "bench: $BUILD/$bin not built (make bench-bins)" >&2; exit 1; }
 done
 

@@ -1,13 +1,27 @@
 #!/usr/bin/python3
 """Idle keep-alive client for bench.sh: opens N connections to a proxy, does one GET on each,
-holds them all idle and reports the proxy's VmRSS growth per connection (bytes)."""
+holds them all idle and reports the proxy's VmRSS growth per connection (bytes). --tls: every
+connection is TLS 1.3 (full handshake, certificate not checked, TLS_AES_128_GCM_SHA256)."""
 import argparse
 import errno
 import json
 import select
 import socket
+import ssl
 import sys
 import time
+
+TLS_CTX = None
+
+
+def tls_ctx():
+    global TLS_CTX
+    if TLS_CTX is None:
+        TLS_CTX = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        TLS_CTX.check_hostname = False
+        TLS_CTX.verify_mode = ssl.CERT_NONE
+        TLS_CTX.minimum_version = ssl.TLSVersion.TLSv1_3
+    return TLS_CTX
 
 
 def vmrss_kb(pid):
@@ -54,9 +68,11 @@ def response_done(buf):
     return len(body) >= clen, status
 
 
-def warm_up(host, port, req, count, deadline):
+def warm_up(host, port, req, count, deadline, tls):
     """A few keep-alive requests so that lazily created state (upstream pool, buffers) exists."""
     s = socket.create_connection((host, port), timeout=max(1.0, deadline - time.monotonic()))
+    if tls:
+        s = tls_ctx().wrap_socket(s, server_hostname="bench.test")
     try:
         for _ in range(count):
             s.sendall(req)
@@ -86,12 +102,15 @@ def main():
     ap.add_argument("--warm", type=int, default=200)
     ap.add_argument("--settle", type=float, default=1.0)
     ap.add_argument("--timeout", type=float, default=90.0)
+    ap.add_argument("--tls", action="store_true", help="TLS 1.3 connections")
+    ap.add_argument("--steps", default="", help="counts below --count (e.g. 2000) where opening pauses "
+                    "until all are idle and the RSS is read: the output's steps give the RSS at each")
     a = ap.parse_args()
 
     deadline = time.monotonic() + a.timeout
     req = (f"GET {a.path} HTTP/1.1\r\nHost: {a.host}:{a.port}\r\nUser-Agent: corral-bench\r\n\r\n"
            ).encode()
-    warm_up(a.host, a.port, req, a.warm, deadline)
+    warm_up(a.host, a.port, req, a.warm, deadline, a.tls)
     time.sleep(a.settle)
     rss_before = vmrss_kb(a.pid)
 
@@ -130,11 +149,17 @@ def main():
         active -= 1
         failed += 1
 
+    targets = sorted(int(x) for x in a.steps.split(",") if x and 0 < int(x) < a.count) + [a.count]
+    steps = []
     while idle + failed < a.count:
         if time.monotonic() > deadline:
             print(json.dumps({"error": "timeout", "idle": idle, "failed": failed}))
             return 1
-        while active < a.window and next_new < a.count:
+        if idle + failed >= targets[0]:
+            time.sleep(a.settle)
+            steps.append({"idle": idle, "rss_kb": vmrss_kb(a.pid)})
+            targets.pop(0)
+        while active < a.window and next_new < targets[0]:
             start(conns[next_new])
             next_new += 1
             active += 1
@@ -147,12 +172,32 @@ def main():
                 if err:
                     drop(c, True)
                     continue
+                if a.tls:
+                    # The SSLSocket shares the fd (detached from the plain socket object).
+                    c.sock = tls_ctx().wrap_socket(c.sock, server_hostname="bench.test",
+                                                   do_handshake_on_connect=False)
+                    c.state = "handshake"
+                else:
+                    c.state = "sending"
+                    ep.modify(fd, select.EPOLLOUT)
+            if c.state == "handshake":
+                try:
+                    c.sock.do_handshake()
+                except ssl.SSLWantReadError:
+                    ep.modify(fd, select.EPOLLIN)
+                    continue
+                except ssl.SSLWantWriteError:
+                    ep.modify(fd, select.EPOLLOUT)
+                    continue
+                except OSError:
+                    drop(c, True)
+                    continue
                 c.state = "sending"
                 ep.modify(fd, select.EPOLLOUT)
             if c.state == "sending":
                 try:
                     c.sent += c.sock.send(req[c.sent:])
-                except BlockingIOError:
+                except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                     continue
                 except OSError:
                     drop(c, True)
@@ -164,7 +209,10 @@ def main():
             if c.state == "reading":
                 try:
                     data = c.sock.recv(65536)
-                except BlockingIOError:
+                    # Records already decrypted in the SSL object do not wake epoll again.
+                    while data and a.tls and c.sock.pending():
+                        data += c.sock.recv(65536)
+                except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                     continue
                 except OSError:
                     drop(c, True)
@@ -195,11 +243,13 @@ def main():
         if c.sock is not None and c.state == "idle":
             c.sock.close()
     delta = (rss_after - rss_before) * 1024
+    steps.append({"idle": idle, "rss_kb": rss_after})
     print(json.dumps({
         "count": a.count, "idle": idle, "failed": failed, "lost": lost,
         "open_seconds": round(open_s, 2),
         "rss_before_kb": rss_before, "rss_after_kb": rss_after,
         "bytes_per_conn": round(delta / max(1, idle - lost), 1),
+        "steps": steps,
     }))
     return 0 if failed == 0 and lost == 0 else 2
 

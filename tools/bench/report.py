@@ -12,6 +12,7 @@ import sys
 
 FLOOR = "relay"       # the unparsed io_uring relay: the least work any proxy can do
 REF = "haproxy"       # the established proxy the targets name
+NGINX = "nginx"       # the TLS scenarios' second reference (issue 11 names both)
 UNEVEN_BASE = "corral-hash"
 
 
@@ -45,6 +46,14 @@ def figures(s):
         h = s["heavy"]
         f["heavy_mb_s"] = h["bytes"] / (h["duration_us"] / 1e6) / 1e6
         f["errors"] += errors(h)
+    t = w.get("tls")
+    if t:
+        if s["scenario"] == "tlshs":
+            f["hs_core_s"] = 1e6 / f["cpu_us_req"] if f["cpu_us_req"] else None
+        f["resumed"] = t.get("resumed", 0)
+        f["tickets_hs"] = t.get("tickets_per_handshake")
+        f["handshakes"] = t.get("handshakes", 0)
+        f["tls_ok"] = 1 if (t.get("version"), t.get("cipher"), t.get("differed")) == ("TLSv1.3", "TLS_AES_128_GCM_SHA256", 0) else 0
     if s["scenario"] == "large":
         mb = (w["bytes"] if s["case"].startswith("down") else w["requests"] * 1048576) / 1e6
         f["mb_s"] = mb / secs
@@ -78,6 +87,14 @@ COLUMNS = {
     "large": [("mb_s", "MB/s", 0), ("p99_ms", "p99 ms", 1), ("cpu_us_mb", "CPU µs/MB", 0),
               ("mbcpu_vs_floor", "CPU ÷ floor", 2), ("mbcpu_vs_ref", "CPU ÷ HAProxy", 2), ("errors", "errors", 0)],
 }
+COLUMNS["tls"] = [("req_s", "req/s", 0), ("p50_ms", "p50 ms", 2), ("p99_ms", "p99 ms", 2), ("max_ms", "max ms", 1),
+                  ("cpu_us_req", "CPU µs/req", 2), ("cpu_vs_nginx", "CPU ÷ NGINX", 2), ("cpu_vs_ref", "CPU ÷ HAProxy", 2),
+                  ("p99_vs_ref", "p99 ÷ HAProxy", 2), ("handshakes", "handshakes in window", 0),
+                  ("tls_ok", "TLSv1.3 AES128GCM", 0), ("errors", "errors", 0)]
+COLUMNS["tlshs"] = [("req_s", "handshakes/s", 0), ("hs_core_s", "handshakes/s per core", 0), ("p50_ms", "p50 ms", 2),
+                    ("p99_ms", "p99 ms", 2), ("cpu_us_req", "CPU µs/handshake", 1), ("cpu_vs_nginx", "CPU ÷ NGINX", 2),
+                    ("cpu_vs_ref", "CPU ÷ HAProxy", 2), ("resumed", "resumed", 0), ("tickets_hs", "tickets/handshake", 2),
+                    ("tls_ok", "TLSv1.3 AES128GCM", 0), ("errors", "errors", 0)]
 COLUMNS["work"] = COLUMNS["hello"]
 TITLES = {
     "hello": "hello: GET / (13 B), keep-alive; 1w = 1 worker on core 0 (wrk + backend on core 1), "
@@ -87,6 +104,10 @@ TITLES = {
               "a new connection per GET; 2 workers",
     "churn": "churn: a new connection per request (Connection: close), 64 clients, 1 worker",
     "large": "large bodies: 1 MiB responses (down) and 1 MiB uploads (up), 16 connections, 1 worker",
+    "tls": "TLS 1.3 keep-alive: GET / (13 B) over TLS_AES_128_GCM_SHA256, ECDSA P-256 certificate, 1 worker on core 0 "
+           "(corral-tls-load + backend on core 1); handshakes before the measured window",
+    "tlshs": "TLS handshakes: a new TLS 1.3 connection per GET / (full handshake, no resumption: corral-tls-load "
+             "--churn), X25519 + ECDSA P-256, 1 worker on core 0; per core = 1e6 / CPU µs per handshake",
 }
 
 
@@ -109,7 +130,7 @@ def main():
     # Medians per (scenario, case, contender), contenders in the order they first ran.
     groups, order = {}, []
     for s in samples:
-        if s["scenario"] in ("idle", "slow"):
+        if s["scenario"] in ("idle", "slow", "tlsidle", "tlscheck"):
             continue
         key = (s["scenario"], s["case"], s["contender"])
         if key not in groups:
@@ -120,6 +141,10 @@ def main():
         fs = groups[key]
         r = {k: med([f.get(k) for f in fs]) for k in set().union(*fs)}
         r["errors"] = sum(f["errors"] for f in fs)
+        if "tls_ok" in r:
+            r["tls_ok"] = "yes" if all(f.get("tls_ok") for f in fs) else "NO"
+            r["resumed"] = sum(f.get("resumed", 0) for f in fs)
+            r["handshakes"] = sum(f.get("handshakes", 0) for f in fs)
         r["rounds"] = len(fs)
         rows[key] = r
 
@@ -132,12 +157,14 @@ def main():
     for key in rows:
         ratio(key, "cpu_us_req", FLOOR, "cpu_vs_floor")
         ratio(key, "cpu_us_req", REF, "cpu_vs_ref")
+        ratio(key, "cpu_us_req", NGINX, "cpu_vs_nginx")
         ratio(key, "p99_ms", REF, "p99_vs_ref")
         ratio(key, "cpu_us_mb", FLOOR, "mbcpu_vs_floor")
         ratio(key, "cpu_us_mb", REF, "mbcpu_vs_ref")
         ratio(key, "p99_ms", UNEVEN_BASE, "p99_vs_base")
 
     idle = [s for s in samples if s["scenario"] == "idle"]
+    tidle = [s for s in samples if s["scenario"] == "tlsidle"]
     slow = [s for s in samples if s["scenario"] == "slow"]
 
     out = []
@@ -145,12 +172,16 @@ def main():
     P(f"## corral bench ({meta.get('mode')}): {stamp}")
     st = meta.get("settings") or {}
     P("")
+    other = ", ".join(f"{k} {v} s" for k, v in (st.get("scen_secs") or {}).items())
     P(f"Medians of {st.get('rounds')} interleaved rounds of {st.get('secs')} s per contender "
+      + (f"({other}) " if other else "")
       + (f"(warm-up {st.get('warm')} s before each)" if st.get("warm") else
-         f"(warm-up {st.get('warm_once')} s before a contender's first run)")
+         f"(warm-up {st.get('warm_once')} s before a contender's first run"
+         + (f", none in {', '.join(st['no_warm'])} and TLS)" if st.get("no_warm") else ")"))
+      + (f"; TLS runs {st.get('tls_secs')} s each" if st.get("tls_secs") else "")
       + f"; floor = `{FLOOR}` (unparsed io_uring relay), reference = HAProxy. "
       f"NGINX {meta.get('nginx')}, HAProxy {meta.get('haproxy')}, wrk {meta.get('wrk')}.")
-    for scen in ("hello", "work", "uneven", "churn", "large"):
+    for scen in ("hello", "work", "uneven", "churn", "large", "tls", "tlshs"):
         keys = [k for k in order if k[0] == scen]
         if not keys:
             continue
@@ -173,6 +204,26 @@ def main():
             x = s["idle"]
             P(f"| {s['case']} | {s['contender']} | {fmt(x.get('bytes_per_conn'), 0)} | "
               f"{fmt(x.get('rss_after_kb', 0) / 1024, 1)} | {x.get('failed')} | {x.get('lost')} |")
+    if tidle:
+        P("")
+        P("### memory: RSS per idle TLS 1.3 keep-alive connection (1 worker; one GET each; after a short TLS load warm-up)")
+        P("")
+        P("One instance per contender opens the largest count, pausing at the smaller ones to read the RSS. "
+          "bytes/conn: (RSS there - RSS before the first) / count; marginal: (RSS at this count - RSS at the "
+          "previous one) / the connections between, free of one-off growth (pool pages, heap arenas).")
+        P("")
+        P("| connections | contender | bytes/conn | ÷ NGINX | ÷ HAProxy | marginal bytes/conn | ÷ NGINX | ÷ HAProxy | RSS MiB | failed | lost |")
+        P("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for s in sorted(tidle, key=lambda o: int(o["case"])):
+            x = s["idle"]
+            row = []
+            for key in ("bytes_per_conn", "marginal_bytes_per_conn"):
+                b = x.get(key)
+                refs = {o["contender"]: o["idle"].get(key) for o in tidle if o["case"] == s["case"]}
+                rn, rh = refs.get(NGINX), refs.get(REF)
+                row += [fmt(b, 0), fmt(b / rn if b and rn else None, 2), fmt(b / rh if b and rh else None, 2)]
+            P(f"| {s['case']} | {s['contender']} | " + " | ".join(row) + f" | {fmt(x.get('rss_after_kb', 0) / 1024, 1)} | "
+              f"{x.get('failed')} | {x.get('lost')} |")
     if slow:
         P("")
         P("### memory: 200 slow readers (10 MB each at ~100 KB/s) while 64 normal keep-alive clients run")
@@ -188,7 +239,19 @@ def main():
               f"{fmt(x['growth_kb'] / ref if ref else None, 2)} | {fmt(rps, 0)} | "
               f"{fmt(w.get('p99_us', 0) / 1000 if w else None, 2)} | "
               f"{fmt((x.get('readers') or {}).get('per_reader_kb_s'), 1)} |")
+    checks = [s for s in samples if s["scenario"] == "tlscheck"]
+    if checks:
+        P("")
+        P("### TLS check: what each client negotiated, from NGINX's access log ($ssl_protocol $ssl_cipher $ssl_session_reused)")
+        P("")
+        P("| client | requests | TLSv1.3 + TLS_AES_128_GCM_SHA256 | on a resumed session |")
+        P("|---|---:|---:|---:|")
+        label = {"wrk": "wrk (keep-alive)", "wrk-close": "wrk -H 'Connection: close'",
+                 "tls-load": "corral-tls-load (keep-alive)", "tls-load-churn": "corral-tls-load --churn"}
+        for lbl, r in checks[-1]["check"].items():
+            P(f"| {label.get(lbl, lbl)} | {r['requests']} | {r['expected']} | {r['resumed']} |")
     targets(P, rows, order, idle, slow)
+    tls_targets(P, rows, order, tidle)
     for n in notes:
         P("")
         P(f"note: {n}")
@@ -199,7 +262,8 @@ def main():
     # CSV: one row per (scenario, case, contender), medians; JSON: the same plus every sample.
     fields = ["scenario", "case", "contender", "rounds", "req_s", "p50_ms", "p99_ms", "max_ms", "cpu_us_req",
               "cpu_vs_floor", "cpu_vs_ref", "p99_vs_ref", "p99_vs_base", "core_max_mean", "heavy_mb_s", "mb_s",
-              "cpu_us_mb", "mbcpu_vs_floor", "mbcpu_vs_ref", "backend_us_req", "errors"]
+              "cpu_us_mb", "mbcpu_vs_floor", "mbcpu_vs_ref", "backend_us_req", "cpu_vs_nginx", "hs_core_s",
+              "resumed", "tickets_hs", "handshakes", "tls_ok", "bytes_per_conn", "errors"]
     with open(os.path.join(a.dir, "results.csv"), "w", newline="") as f:
         f.write(f"# {stamp}\n")
         w = csv.writer(f)
@@ -208,14 +272,15 @@ def main():
             r = rows[k]
             w.writerow(list(k) + [("" if r.get(x) is None else round(r[x], 4) if isinstance(r[x], float) else r[x])
                                   for x in fields[3:]])
-        for s in idle:
-            w.writerow(["idle", s["case"], s["contender"], 1] + [""] * (len(fields) - 4))
+        for s in idle + tidle:
+            w.writerow([s["scenario"], s["case"], s["contender"], 1] + [""] * (len(fields) - 6)
+                       + [s["idle"].get("bytes_per_conn", ""), s["idle"].get("failed", 0) + s["idle"].get("lost", 0)])
     doc = {"meta": meta, "stamp": stamp, "notes": notes,
            "results": [dict(scenario=k[0], case=k[1], contender=k[2], **rows[k]) for k in order],
-           "idle": idle, "slow": slow, "samples": samples}
+           "idle": idle, "tls_idle": tidle, "slow": slow, "samples": samples}
     json.dump(doc, open(os.path.join(a.dir, "results.json"), "w"), indent=1)
 
-    plots(a.dir, rows, order, idle, stamp)
+    plots(a.dir, rows, order, idle + tidle, stamp)
     print(f"results: {a.dir}/results.md, results.csv, results.json, *.png")
     return 0
 
@@ -283,6 +348,49 @@ def targets(P, rows, order, idle, slow):
         P(f"| {t} | {v} | {m} |")
 
 
+def tls_targets(P, rows, order, tidle):
+    """Issue 11's benchmark targets (Done-when 2), each checked against this run."""
+    out = []
+
+    def mark(ok):
+        return "n/a" if ok is None else ("met" if ok else "MISSED")
+
+    def vs(scen, case, metric, higher):
+        me = rows.get((scen, case, "corral"), {}).get(metric)
+        for ref in (NGINX, REF):
+            v = rows.get((scen, case, ref), {}).get(metric)
+            ok = None if me is None or v is None else (me >= v if higher else me <= v)
+            yield ref, me, v, ok
+
+    for k in order:
+        if k[0] == "tls" and k[2] == "corral":
+            for ref, me, v, ok in vs("tls", k[1], "cpu_us_req", False):
+                out.append((f"TLS keep-alive {k[1]}: corral CPU/req <= {ref}'s", f"{fmt(me, 2)} vs {fmt(v, 2)} µs", mark(ok)))
+        if k[0] == "tlshs" and k[2] == "corral":
+            for ref, me, v, ok in vs("tlshs", k[1], "hs_core_s", True):
+                out.append((f"TLS handshakes {k[1]}: corral handshakes/s per core >= {ref}'s",
+                            f"{fmt(me, 0)} vs {fmt(v, 0)}", mark(ok)))
+    for s in tidle:
+        if s["contender"] != "corral":
+            continue
+        for key, what in (("bytes_per_conn", ""), ("marginal_bytes_per_conn", " (marginal)")):
+            b = s["idle"].get(key)
+            n = next((o["idle"].get(key) for o in tidle if o["case"] == s["case"] and o["contender"] == NGINX), None)
+            if b is None and n is None:
+                continue
+            out.append((f"idle TLS {s['case']}{what}: corral RSS/conn <= NGINX's", f"{fmt(b, 0)} vs {fmt(n, 0)} B",
+                        mark(None if b is None or n is None else b <= n)))
+    if not out:
+        return
+    P("")
+    P("### targets (issue 11, TLS), this run")
+    P("")
+    P("| target | measured | |")
+    P("|---|---|---|")
+    for t, v, m in out:
+        P(f"| {t} | {v} | {m} |")
+
+
 def plots(d, rows, order, idle, stamp):
     """PNG bar charts with gnuplot: one per figure that the targets are about."""
     charts = []
@@ -310,7 +418,12 @@ plot '{data}' using 2:xtic(1) with boxes notitle lc rgb '#4070a0'
     bars("uneven_balance", "uneven: per-core CPU max/mean of the proxy", "max/mean",
          [(k[2], rows[k].get("core_max_mean")) for k in un])
     bars("idle_rss", "RSS per idle keep-alive connection", "bytes",
-         [(f"{s['case']} {s['contender']}", s["idle"].get("bytes_per_conn")) for s in idle])
+         [(f"{s['case']} {s['contender']}", s["idle"].get("bytes_per_conn")) for s in idle if s["scenario"] == "idle"])
+    tls = [k for k in order if k[0] in ("tls", "tlshs")]
+    bars("tls_cpu", "TLS: proxy CPU per keep-alive request (tls) and per full handshake (tlshs)", "µs",
+         [(f"{k[0]} {k[1]} {k[2]}", rows[k].get("cpu_us_req")) for k in tls])
+    bars("tls_idle_rss", "RSS per idle TLS keep-alive connection", "bytes",
+         [(f"{s['case']} {s['contender']}", s["idle"].get("bytes_per_conn")) for s in idle if s["scenario"] == "tlsidle"])
     if not charts:
         return
     script = """set terminal pngcairo size 1100,520 font ',9'
