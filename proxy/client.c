@@ -148,9 +148,8 @@ void conn_check(struct worker *w, struct conn *c)
 	case CP_LINGER:
 		/* The slot, if any, stays until teardown: a send of it may still be in flight. */
 		CONN_BUG_ON_HOT(w, c,
-				(u && !u->closing) ||
-					(x && (x->req.accum.hbuf != NIL ||
-					       x->resp.accum.hbuf != NIL)));
+				(u && !u->closing) || (x && (x->req.accum.hbuf != NIL ||
+							     x->resp.accum.hbuf != NIL)));
 		break;
 	case CP_CLOSING:
 		CONN_BUG_ON_HOT(w, c, c->t.tclass != T_NONE);
@@ -175,8 +174,8 @@ int conn_show(struct worker *w, const struct conn *c, char *buf, size_t n)
 	k = snprintf(
 		buf, n,
 		"conn %u gen %u fd %d phase %s req %s resp %s inflight %u timer %u "
-		"requests %u exchange %d backend %u attempts %u fail %u hbuf req %d resp %d accum req %d "
-		"resp %d in %u flags%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s",
+		"requests %u exchange %d backend %u attempts %u fail %u hbuf req %d resp %d "
+		"accum req %d resp %d in %u flags%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s",
 		(unsigned)(c - w->conns), c->gen, c->fd, phase[conn_phase(c)],
 		c->req_state < 3 ? rq[c->req_state] : "?", c->rs_state < 6 ? rs[c->rs_state] : "?",
 		c->inflight, c->t.tclass, c->requests, c->x ? (int)xidx(w, c->x) : -1, x->backend,
@@ -536,8 +535,7 @@ static void conn_x_detach(struct worker *w, struct conn *c)
 /* The exchange's request head was parsed and its log line is not written yet. */
 static bool exchange_in_flight(const struct conn *c)
 {
-	return c->x && c->x->req.head != NIL && !conn_has(c, CF_LOGGED) &&
-	       c->rs_state != RS_TUNNEL;
+	return c->x && c->x->req.head != NIL && !conn_has(c, CF_LOGGED) && c->rs_state != RS_TUNNEL;
 }
 
 /*
@@ -815,7 +813,8 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 	}
 	c->x->req.head = hb;
 	c->x->req.head_len = (uint32_t)n;
-	http_body_init(&c->x->req.body, req->framing, req->content_length, cfg->limits.body_bytes_max);
+	http_body_init(&c->x->req.body, req->framing, req->content_length,
+		       cfg->limits.body_bytes_max);
 	/* Content-Length: 0 is forwarded as such, but there is no body to wait for. */
 	if (req->framing == HTTP_BODY_NONE ||
 	    (req->framing == HTTP_BODY_LENGTH && req->content_length == 0)) {
@@ -1241,7 +1240,8 @@ void conn_on_timeout(struct worker *w, uint32_t idx, enum tclass cls)
 		if (conn_has(c, CF_PP_WAIT))
 			pp_fail(w, c, "PROXY header timeout");
 		else if (partial)
-			req_reject_src(w, c, c->x->req.accum.hbuf != NIL ? &c->x->req.accum : &c->in, 408,
+			req_reject_src(w, c,
+				       c->x->req.accum.hbuf != NIL ? &c->x->req.accum : &c->in, 408,
 				       "request head timeout");
 		else
 			conn_abort(w, c);

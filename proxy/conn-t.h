@@ -214,9 +214,9 @@ struct utls {
  * keep-alive connection holds no slot, so it costs only its struct conn.
  */
 struct exchange {
-	uint32_t owner;	    /* connection index while attached, NIL when free */
-	uint32_t owner_gen; /* its generation */
-	uint32_t next_free; /* the pool's LIFO of returned slots */
+	uint32_t owner;		 /* connection index while attached, NIL when free */
+	uint32_t owner_gen;	 /* its generation */
+	uint32_t next_free;	 /* the pool's LIFO of returned slots */
 	uint8_t out_framing;	 /* framing to the client (enum http_framing) */
 	uint8_t attempts;	 /* upstream connect attempts for this request */
 	uint8_t fail;		 /* enum ups_fail: this request's last upstream failure */
@@ -230,7 +230,7 @@ struct exchange {
 	uint64_t x_bytes_out; /* this exchange's bytes to the client (access log) */
 	struct conn_dir req;  /* client -> upstream */
 	struct conn_dir resp; /* upstream -> client */
-	char peer_ip[46]; /* c->peer as text (X-Forwarded-For, hash-client, the access log) */
+	char peer_ip[46];     /* c->peer as text (X-Forwarded-For, hash-client, the access log) */
 };
 
 /* One TLS record's plaintext at most (RFC 8446 5.1): the worker's gathering buffer (ctls.c). */
@@ -262,7 +262,6 @@ struct ctls {
 	uint32_t next_free; /* free list */
 	uint8_t flags;	    /* enum ctls_flag */
 };
-
 
 /*
  * A client connection: a scoped task. Everything it owns is released in conn_finish(). An
