@@ -272,11 +272,11 @@ struct ctls {
 struct conn {
 	int fd;
 	uint32_t gen;
-	uint8_t inflight;  /* SQEs in flight on fd */
-	bool active;	   /* slot in use */
-	uint32_t flags;	   /* enum conn_flag */
-	uint8_t req_state; /* enum req_state */
-	uint8_t rs_state;  /* enum rs_state */
+	uint8_t inflight;     /* SQEs in flight on fd */
+	bool active;	      /* slot in use */
+	uint32_t flags;	      /* enum conn_flag */
+	uint8_t req_state;    /* enum req_state */
+	uint8_t rs_state;     /* enum rs_state */
 	uint8_t client_minor; /* the last request's HTTP minor version (a rejected head's log) */
 	uint32_t requests;    /* served on this connection */
 	uint32_t tls;	      /* 1 + its struct ctls index in w->tls; 0 = plaintext */
