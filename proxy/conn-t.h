@@ -41,8 +41,8 @@ enum conn_phase {
 	 * Reading a request head: no upstream attached, no serialised head held (x->req.head
 	 * and x->resp.head NIL), not counted in the balancer's in-flight counts; in / x->req.accum
 	 * may hold a partial head. An exchange slot (c->x) is attached exactly when a byte of the
-	 * head (or of a PROXY header) is held (conn_head_partial): an idle keep-alive connection
-	 * has none. Timer T_HEADER (a partial head, or the first request), else T_IDLE.
+	 * head (or of a PROXY header) is held (conn_head_partial), or when the last exchange's
+	 * close waits for its TLS close_notify: an idle keep-alive connection has none. Timer T_HEADER (a partial head, or the first request), else T_IDLE.
 	 */
 	CP_HEAD,
 	/*
