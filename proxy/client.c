@@ -502,7 +502,8 @@ static bool conn_x_attach(struct worker *w, struct conn *c)
 		return true;
 	}
 	n = http_error_response(out, sizeof(out), 503, true);
-	if (n > 0 && send(c->fd, out, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) > 0)
+	/* Not over TLS: a 503 in clear inside the session would only be a bad record. */
+	if (!c->tls && n > 0 && send(c->fd, out, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) > 0)
 		count_status(w, 503);
 	STAT_ADD(w->stats->conns_rejected, 1);
 	c->rej_reason = "no exchange slot free";
@@ -571,11 +572,13 @@ static void c_on_poll(struct worker *w, struct conn *c, int res)
 		conn_client_gone(w, c); /* a reset: no byte will reach the client any more */
 		return;
 	}
-	if (c->req_state == RQ_BODY && !c->in.len && !c->x->req.out.busy &&
-	    !conn_has(c, CF_RECV_ARMED)) {
-		conn_client_gone(w, c); /* the body can never be completed */
-		return;
-	}
+	/*
+	 * The FIN follows whatever the client sent before it, which may still wait in the socket
+	 * (or, over TLS, in records already read): a receive reads the rest of the body, or
+	 * returns the EOF (conn_on_eof: 499 when the body is incomplete).
+	 */
+	if (c->req_state == RQ_BODY && !c->in.len && !c->x->req.out.busy)
+		conn_arm_recv(w, c);
 	/*
 	 * A FIN alone is a client that gave up, or one that half-closed and still reads
 	 * (shutdown(SHUT_WR) after its request). Ask: an interim 100 is harmless to an HTTP/1.1
@@ -980,10 +983,12 @@ static void req_next(struct worker *w, struct conn *c)
 		/* Idle keep-alive: the exchange's slot goes back to the pool. */
 		inbuf_release(w, &c->in);
 		conn_x_detach(w, c);
-		if (conn_has(c, CF_EOF))
-			conn_abort(w, c);
-		else
-			conn_arm_recv(w, c);
+		/*
+		 * Even after a FIN the EOF poll saw (CF_EOF): a request pipelined before it may
+		 * still wait in the socket (or, over TLS, in its records). The receive reads it,
+		 * or returns the EOF and the connection closes (conn_on_eof).
+		 */
+		conn_arm_recv(w, c);
 	}
 }
 
@@ -1010,11 +1015,7 @@ static void req_discard(struct worker *w, struct conn *c)
 		return;
 	}
 	inbuf_release(w, &c->in);
-	if (conn_has(c, CF_EOF)) {
-		conn_abort(w, c);
-		return;
-	}
-	conn_arm_recv(w, c);
+	conn_arm_recv(w, c); /* after a FIN too: the rest may wait in the socket (req_next) */
 }
 
 void conn_on_eof(struct worker *w, struct conn *c, int res)

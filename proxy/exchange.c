@@ -321,10 +321,13 @@ void exchange_req_pump(struct worker *w, struct conn *c)
 	if (c->req_state == RQ_BODY || c->rs_state == RS_TUNNEL) {
 		if (c->in.len == 0) {
 			inbuf_release(w, &c->in);
-			if (!conn_has(c, CF_EOF))
+			/*
+			 * A FIN the EOF poll saw (CF_EOF) comes after the bytes sent before it: the
+			 * rest of the body may still wait in the socket (or, over TLS, in records
+			 * already read). The receive reads it, or returns the EOF (conn_on_eof: 499).
+			 */
+			if (!conn_has(c, CF_EOF) || c->rs_state != RS_TUNNEL)
 				conn_arm_recv(w, c);
-			else if (c->req_state == RQ_BODY && c->rs_state != RS_TUNNEL)
-				conn_client_gone(w, c); /* EOF inside the body */
 		}
 	}
 }

@@ -118,6 +118,21 @@ def test_download_200mb_with_a_slow_start(corral, backend, chunked_resp):
         assert c.get("/").status == 200
 
 
+def send_until_pushed_back(c, n, chunk=64 * 1024):
+    """Sends up to n bytes in chunks and returns how many went out; stops early once a send
+    waits longer than a second (times SLOW), i.e. when the peer's backpressure reaches it."""
+    data = os.urandom(chunk)
+    sent = 0
+    c.settimeout(1.0 * SLOW)
+    try:
+        while sent < n:
+            c.send(data)
+            sent += len(data)
+    except TimeoutError:
+        pass
+    return sent
+
+
 def test_client_aborts_big_upload_and_download(corral, backend):
     """Aborting a client mid-transfer (either direction) frees its slot and its upstream connection,
     and leaves the proxy healthy."""
@@ -125,7 +140,11 @@ def test_client_aborts_big_upload_and_download(corral, backend):
     for _ in range(3):
         with Client(p.port) as c:
             c.send(build_request("POST", "/echo", [("Content-Length", str(BIG))]))
-            c.send(os.urandom(4 * 1024 * 1024))
+            # Up to 4 MiB of the body, then the abort. The echo comes back while this client
+            # reads nothing, so how much fits before backpressure reaches this send depends on
+            # the sockets' buffer sizes: a blocking sendall of all of it could wait for good.
+            sent = send_until_pushed_back(c, 4 * 1024 * 1024)
+            assert sent >= 256 * 1024, "only %d bytes of the upload went out" % sent
             c.abort()
         with Client(p.port) as c:
             c.send(build_request("GET", "/bytes/%d" % BIG))
