@@ -860,7 +860,10 @@ int tls_handshake(struct tls_conn *t)
 		return 0;
 	}
 	r = tls_result(t, r);
-	return r == 0 ? -EPROTO : r; /* close_notify before the handshake ended */
+	if (r == 0) /* close_notify before the handshake ended: the peer gave up on it */
+		return tls_failed(t, TLS_FAIL_PEER_ALERT,
+				  "close_notify before the handshake ended");
+	return r;
 }
 
 ssize_t tls_read(struct tls_conn *t, uint8_t *plain, size_t cap)

@@ -507,6 +507,34 @@ Test(tls_client, a_plaintext_backend_is_named, .init = make_certs, .fini = cert_
 	tls_client_free(cl);
 }
 
+/*
+ * A backend that answers the ClientHello with close_notify failed the handshake: the session
+ * says TLS_FAILED with a reason, never TLS_PEER_CLOSED with none (fuzz_tls_client found it;
+ * the failure counters and utls's callers expect a reason with every -EPROTO).
+ */
+Test(tls_client, close_notify_before_the_handshake_ended_fails_it_with_a_reason, .init = make_certs,
+     .fini = cert_dir_remove)
+{
+	/* An alert record (TLS 1.2 framing): warning (1), close_notify (0). */
+	static const uint8_t alert[] = { 0x15, 0x03, 0x03, 0x00, 0x02, 0x01, 0x00 };
+	struct tls_client *cl = client_new("127.0.0.1:9443", "", "");
+	struct tls_conn t;
+	struct iovec iov;
+
+	cr_assert_eq(tls_conn_init_client(&t, cl, NULL), 0);
+	cr_assert_eq(tls_handshake(&t), -EAGAIN, "the ClientHello is queued");
+	cr_assert_gt(tls_out(&t, &iov), 0);
+	tls_out_done(&t, iov.iov_len);
+	cr_assert_eq(tls_feed(&t, alert, sizeof(alert)), 0);
+	cr_assert_eq(tls_handshake(&t), -EPROTO);
+	cr_assert_eq(t.state, TLS_FAILED);
+	cr_assert_eq(t.fail, TLS_FAIL_PEER_ALERT, "fail %s", tls_fail_name(t.fail));
+	cr_assert(t.why != NULL);
+	cr_assert_eq(tls_in_pending(&t), 0);
+	tls_conn_free(&t);
+	tls_client_free(cl);
+}
+
 Test(tls_client, a_session_outlives_its_context_reference, .init = make_certs,
      .fini = cert_dir_remove)
 {

@@ -516,7 +516,8 @@ class Bench:
                 probes = [("wrk", dict(conns=4, secs=1)), ("wrk-close", dict(conns=4, close=True, secs=1))] + probes
             for label, kw in probes:
                 off = os.path.getsize(log) if os.path.exists(log) else 0
-                self.wrk(c["port"], **dict(dict(secs=0.5, tls=True, cpus="1"), **kw)).wait()
+                clog = os.path.join(self.run, f"tlscheck-{label}.log")
+                self.wrk(c["port"], log=clog, **dict(dict(secs=0.5, tls=True, cpus="1"), **kw)).wait()
                 time.sleep(0.2)
                 with open(log) as f:
                     f.seek(off)
@@ -525,13 +526,19 @@ class Bench:
                 res[label] = {"requests": len(lines),
                               "expected": sum(1 for x in lines if x[:2] == ["TLSv1.3", TLS_SUITE]),
                               "resumed": sum(1 for x in lines if len(x) > 2 and x[2] == "r")}
+                w = self.wrk_result(clog) or {}
+                # The client's own count: a probe that got nothing through says why here.
+                res[label]["client_requests"] = w.get("requests")
+                res[label]["client_errors"] = sum(w.get(k, 0) for k in ("err_connect", "err_read", "err_write",
+                                                                        "err_status", "err_timeout")) if w else None
             self.samples.write(json.dumps({"scenario": "tlscheck", "case": "nginx-log", "contender": "nginx",
                                            "workers": 1, "round": 1, "check": res}) + "\n")
             self.samples.flush()
             for label, r in res.items():
                 ok = r["requests"] > 0 and r["expected"] == r["requests"]
                 self.note(f"TLS check ({label}, NGINX's log): {r['expected']}/{r['requests']} requests TLSv1.3 "
-                          f"{TLS_SUITE}{'' if ok else ' - NOT ALL'}; {r['resumed']} on resumed sessions")
+                          f"{TLS_SUITE}{'' if ok else ' - NOT ALL'}; {r['resumed']} on resumed sessions"
+                          + ("" if ok else f" (the client: {r['client_requests']} requests, {r['client_errors']} errors)"))
         finally:
             if c:
                 self.stop(c["proc"])
