@@ -857,10 +857,13 @@ class WrkResult:
         assert self.non_2xx_3xx == 0, "wrk: %d non-2xx/3xx responses\n%s" % (self.non_2xx_3xx, self.stdout)
 
 
-def wrk(url, seconds, connections=32, threads=2, headers=()):
-    """Runs wrk for seconds (bounded by a timeout) and returns its WrkResult."""
+def wrk(url, seconds, connections=32, threads=2, headers=(), timeout_s=None):
+    """Runs wrk for seconds (bounded by a timeout) and returns its WrkResult. timeout_s: wrk's
+    own per-request timeout (its default is 2 s; a request slower than that is a socket error)."""
     import subprocess
     args = ["wrk", "-t%d" % threads, "-c%d" % connections, "-d%ds" % seconds]
+    if timeout_s:
+        args += ["--timeout", "%ds" % timeout_s]
     for h in headers:
         args += ["-H", h]
     out = subprocess.run(args + [url], capture_output=True, text=True, timeout=seconds + 30)
