@@ -42,7 +42,7 @@ static void conn_x_detach(struct worker *w, struct conn *c);
  * resident memory per idle connection, and the table's share must leave room below that for
  * the rest (the free list, the kernel's share of the io_uring state in the process's pages).
  */
-#define CONN_BYTES_MAX 320
+#define CONN_BYTES_MAX 256
 _Static_assert(sizeof(struct conn) <= CONN_BYTES_MAX,
 	       "struct conn is what every idle connection costs: keep exchange state in c->x");
 
@@ -148,9 +148,8 @@ void conn_check(struct worker *w, struct conn *c)
 	case CP_LINGER:
 		/* The slot, if any, stays until teardown: a send of it may still be in flight. */
 		CONN_BUG_ON_HOT(w, c,
-				(u && !u->closing) ||
-					(x && (x->req.accum.hbuf != NIL ||
-					       x->resp.accum.hbuf != NIL)));
+				(u && !u->closing) || (x && (x->req.accum.hbuf != NIL ||
+							     x->resp.accum.hbuf != NIL)));
 		break;
 	case CP_CLOSING:
 		CONN_BUG_ON_HOT(w, c, c->t.tclass != T_NONE);
@@ -175,8 +174,8 @@ int conn_show(struct worker *w, const struct conn *c, char *buf, size_t n)
 	k = snprintf(
 		buf, n,
 		"conn %u gen %u fd %d phase %s req %s resp %s inflight %u timer %u "
-		"requests %u exchange %d backend %u attempts %u fail %u hbuf req %d resp %d accum req %d "
-		"resp %d in %u flags%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s",
+		"requests %u exchange %d backend %u attempts %u fail %u hbuf req %d resp %d "
+		"accum req %d resp %d in %u flags%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s",
 		(unsigned)(c - w->conns), c->gen, c->fd, phase[conn_phase(c)],
 		c->req_state < 3 ? rq[c->req_state] : "?", c->rs_state < 6 ? rs[c->rs_state] : "?",
 		c->inflight, c->t.tclass, c->requests, c->x ? (int)xidx(w, c->x) : -1, x->backend,
@@ -306,15 +305,18 @@ void conn_accept_deferred(struct worker *w)
 	w->accept_defer_n = 0;
 }
 
-/* The text form of c->peer (X-Forwarded-For, hash-client, the access log). */
-static void conn_peer_text(struct conn *c)
+/*
+ * The text form of c->peer (X-Forwarded-For, hash-client, the access log) into ip[46]: made
+ * when an exchange begins (in its slot), not kept by an idle connection.
+ */
+static void conn_peer_text(const struct conn *c, char *ip)
 {
 	if (c->peer.v4.sin_family == AF_INET)
-		inet_ntop(AF_INET, &c->peer.v4.sin_addr, c->peer_ip, sizeof(c->peer_ip));
+		inet_ntop(AF_INET, &c->peer.v4.sin_addr, ip, 46);
 	else if (c->peer.v6.sin6_family == AF_INET6)
-		inet_ntop(AF_INET6, &c->peer.v6.sin6_addr, c->peer_ip, sizeof(c->peer_ip));
+		inet_ntop(AF_INET6, &c->peer.v6.sin6_addr, ip, 46);
 	else
-		strcpy(c->peer_ip, "unknown");
+		strcpy(ip, "unknown");
 }
 
 static void conn_accept_now(struct worker *w, int fd, uint32_t li)
@@ -343,7 +345,6 @@ static void conn_accept_now(struct worker *w, int fd, uint32_t li)
 	sl = sizeof(c->peer);
 	if (getpeername(fd, (struct sockaddr *)&c->peer, &sl) != 0)
 		c->peer.v4.sin_family = AF_UNSPEC;
-	conn_peer_text(c);
 	if (li < w->listen_n && w->listen_pp[li])
 		c->flags |= CF_PP_WAIT;
 	w->conns_active++;
@@ -496,6 +497,7 @@ static bool conn_x_attach(struct worker *w, struct conn *c)
 	if (x) {
 		x->owner = cidx(w, c);
 		x->owner_gen = c->gen;
+		conn_peer_text(c, x->peer_ip);
 		c->x = x;
 		return true;
 	}
@@ -534,8 +536,7 @@ static void conn_x_detach(struct worker *w, struct conn *c)
 /* The exchange's request head was parsed and its log line is not written yet. */
 static bool exchange_in_flight(const struct conn *c)
 {
-	return c->x && c->x->req.head != NIL && !conn_has(c, CF_LOGGED) &&
-	       c->rs_state != RS_TUNNEL;
+	return c->x && c->x->req.head != NIL && !conn_has(c, CF_LOGGED) && c->rs_state != RS_TUNNEL;
 }
 
 /*
@@ -655,6 +656,7 @@ void conn_log(struct worker *w, struct conn *c, int status)
 	const struct exchange *x = c->x;
 	struct alog_entry e;
 	struct timespec ts;
+	char ip[46];
 
 	c->flags |= CF_LOGGED;
 	if (w->alog_fd < 0)
@@ -663,7 +665,12 @@ void conn_log(struct worker *w, struct conn *c, int status)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	e.time_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 	e.core = w->id;
-	e.client = c->peer_ip;
+	if (x) {
+		e.client = x->peer_ip;
+	} else {
+		conn_peer_text(c, ip);
+		e.client = ip;
+	}
 	if (x && x->req.head != NIL) {
 		/* The serialised head outlives the client's buffers; the parse does not. */
 		alog_entry_set_head(&e, hbuf_addr(w, x->req.head), x->req.head_len);
@@ -767,7 +774,7 @@ static void req_reject_src(struct worker *w, struct conn *c, const struct inbuf 
 static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, const char *base)
 {
 	const struct config *cfg = &w->snap->cfg;
-	struct http_fwd fwd = { .client_ip = c->peer_ip, .proto = c->tls ? "https" : "http" };
+	struct http_fwd fwd = { .client_ip = c->x->peer_ip, .proto = c->tls ? "https" : "http" };
 	uint32_t hb;
 	int n;
 
@@ -794,7 +801,7 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 	if (cfg->balance == CFG_BALANCE_HASH_URI)
 		c->x->hkey = XXH3_64bits(base + req->target.off, req->target.len);
 	else if (cfg->balance == CFG_BALANCE_HASH_CLIENT)
-		c->x->hkey = XXH3_64bits(c->peer_ip, strlen(c->peer_ip));
+		c->x->hkey = XXH3_64bits(c->x->peer_ip, strlen(c->x->peer_ip));
 
 	hb = hbuf_get(w);
 	if (hb == NIL) {
@@ -809,7 +816,8 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 	}
 	c->x->req.head = hb;
 	c->x->req.head_len = (uint32_t)n;
-	http_body_init(&c->x->req.body, req->framing, req->content_length, cfg->limits.body_bytes_max);
+	http_body_init(&c->x->req.body, req->framing, req->content_length,
+		       cfg->limits.body_bytes_max);
 	/* Content-Length: 0 is forwarded as such, but there is no body to wait for. */
 	if (req->framing == HTTP_BODY_NONE ||
 	    (req->framing == HTTP_BODY_LENGTH && req->content_length == 0)) {
@@ -870,7 +878,7 @@ static bool pp_read(struct worker *w, struct conn *c, struct inbuf *src)
 		/* TCP4/TCP6, or v2 PROXY over AF_INET/AF_INET6; LOCAL and UNKNOWN keep the socket's. */
 		memcpy(&c->peer, &pi.src, pi.addr_len);
 		memcpy(&c->local, &pi.dst, pi.addr_len);
-		conn_peer_text(c);
+		conn_peer_text(c, c->x->peer_ip);
 	}
 	inbuf_head_consume(w, &c->x->req.accum, &c->in, src, (uint32_t)r);
 	return true;
@@ -1233,7 +1241,8 @@ void conn_on_timeout(struct worker *w, uint32_t idx, enum tclass cls)
 		if (conn_has(c, CF_PP_WAIT))
 			pp_fail(w, c, "PROXY header timeout");
 		else if (partial)
-			req_reject_src(w, c, c->x->req.accum.hbuf != NIL ? &c->x->req.accum : &c->in, 408,
+			req_reject_src(w, c,
+				       c->x->req.accum.hbuf != NIL ? &c->x->req.accum : &c->in, 408,
 				       "request head timeout");
 		else
 			conn_abort(w, c);

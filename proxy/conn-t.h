@@ -41,8 +41,8 @@ enum conn_phase {
 	 * Reading a request head: no upstream attached, no serialised head held (x->req.head
 	 * and x->resp.head NIL), not counted in the balancer's in-flight counts; in / x->req.accum
 	 * may hold a partial head. An exchange slot (c->x) is attached exactly when a byte of the
-	 * head (or of a PROXY header) is held (conn_head_partial): an idle keep-alive connection
-	 * has none. Timer T_HEADER (a partial head, or the first request), else T_IDLE.
+	 * head (or of a PROXY header) is held (conn_head_partial), or when the last exchange's
+	 * close waits for its TLS close_notify: an idle keep-alive connection has none. Timer T_HEADER (a partial head, or the first request), else T_IDLE.
 	 */
 	CP_HEAD,
 	/*
@@ -214,9 +214,9 @@ struct utls {
  * keep-alive connection holds no slot, so it costs only its struct conn.
  */
 struct exchange {
-	uint32_t owner;	    /* connection index while attached, NIL when free */
-	uint32_t owner_gen; /* its generation */
-	uint32_t next_free; /* the pool's LIFO of returned slots */
+	uint32_t owner;		 /* connection index while attached, NIL when free */
+	uint32_t owner_gen;	 /* its generation */
+	uint32_t next_free;	 /* the pool's LIFO of returned slots */
 	uint8_t out_framing;	 /* framing to the client (enum http_framing) */
 	uint8_t attempts;	 /* upstream connect attempts for this request */
 	uint8_t fail;		 /* enum ups_fail: this request's last upstream failure */
@@ -230,6 +230,7 @@ struct exchange {
 	uint64_t x_bytes_out; /* this exchange's bytes to the client (access log) */
 	struct conn_dir req;  /* client -> upstream */
 	struct conn_dir resp; /* upstream -> client */
+	char peer_ip[46];     /* c->peer as text (X-Forwarded-For, hash-client, the access log) */
 };
 
 /* One TLS record's plaintext at most (RFC 8446 5.1): the worker's gathering buffer (ctls.c). */
@@ -262,7 +263,6 @@ struct ctls {
 	uint8_t flags;	    /* enum ctls_flag */
 };
 
-
 /*
  * A client connection: a scoped task. Everything it owns is released in conn_finish(). An
  * idle keep-alive connection is this struct alone (its socket, its timer links, its
@@ -272,11 +272,11 @@ struct ctls {
 struct conn {
 	int fd;
 	uint32_t gen;
-	uint8_t inflight;  /* SQEs in flight on fd */
-	bool active;	   /* slot in use */
-	uint32_t flags;	   /* enum conn_flag */
-	uint8_t req_state; /* enum req_state */
-	uint8_t rs_state;  /* enum rs_state */
+	uint8_t inflight;     /* SQEs in flight on fd */
+	bool active;	      /* slot in use */
+	uint32_t flags;	      /* enum conn_flag */
+	uint8_t req_state;    /* enum req_state */
+	uint8_t rs_state;     /* enum rs_state */
 	uint8_t client_minor; /* the last request's HTTP minor version (a rejected head's log) */
 	uint32_t requests;    /* served on this connection */
 	uint32_t tls;	      /* 1 + its struct ctls index in w->tls; 0 = plaintext */
@@ -297,7 +297,6 @@ struct conn {
 		struct sockaddr_in6 v6;
 		struct sockaddr_in v4;
 	} local; /* what the client connected to (likewise); family 0 until asked for */
-	char peer_ip[46];
 };
 
 #endif

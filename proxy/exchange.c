@@ -419,7 +419,8 @@ static bool resp_head(struct worker *w, struct conn *c, struct ups *u)
 		}
 		if (r < 0) {
 			log_warn("worker %u: bad response from %s: %s", w->id,
-				 w->d->backends[c->x->backend].addr, resp.reason ? resp.reason : "?");
+				 w->d->backends[c->x->backend].addr,
+				 resp.reason ? resp.reason : "?");
 			exchange_fail(w, c, UF_BAD_HEAD);
 			return false;
 		}

@@ -861,7 +861,8 @@ int tls_handshake(struct tls_conn *t)
 	}
 	r = tls_result(t, r);
 	if (r == 0) /* close_notify before the handshake ended: the peer gave up on it */
-		return tls_failed(t, TLS_FAIL_PEER_ALERT, "close_notify before the handshake ended");
+		return tls_failed(t, TLS_FAIL_PEER_ALERT,
+				  "close_notify before the handshake ended");
 	return r;
 }
 

@@ -98,8 +98,7 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	if (!w->conns || !w->conn_next_free || !w->xs || !w->ups || !w->utls || !w->utls_sess ||
 	    !w->tls || !w->tls_gather || !w->bufs || !w->hbufs || !w->hbuf_next ||
 	    !w->hdr_scratch || !w->bp_ids || !w->wait_next || !w->wait_in || !w->stats ||
-	    !w->bstats ||
-	    bufpool_init(&w->bp, w->nbufs, BUF_RING_MIN) < 0)
+	    !w->bstats || bufpool_init(&w->bp, w->nbufs, BUF_RING_MIN) < 0)
 		return -ENOMEM;
 	memset(w->stats, 0, sizeof(*w->stats));
 	memset(w->bstats, 0, sizeof(struct stats_backend) * BACKEND_IDS_MAX);

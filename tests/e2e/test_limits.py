@@ -190,6 +190,17 @@ def test_abandoned_half_requests_free_their_slots(corral, backend):
         time.sleep(0.05)
         for i, c in enumerate(abandoned):
             c.abort() if i % 3 == 0 else c.close()
+        # Every abandoned client has left the accept queue (taken or refused) before "idle" is
+        # read: on a busy machine a worker may accept a queued one after conns_active read 0,
+        # and its slot is then briefly taken while the next client arrives.
+        want = (12 + 20) * round_ + 12  # the earlier rounds' clients and GETs, and these 12
+        deadline = time.monotonic() + 5 * SLOW
+        while True:
+            t = p.stats()["total"]
+            if t["conns_accepted"] + t["conns_rejected"] >= want:
+                break
+            assert time.monotonic() < deadline, ("abandoned clients never accepted", want, t)
+            time.sleep(0.02)
         p.wait_idle()
         for _ in range(20):
             r = simple_get(p.port, "/", timeout=5)

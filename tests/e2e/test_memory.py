@@ -53,7 +53,7 @@ def _idle_conns(port, n, deadline):
 
 def test_an_idle_keepalive_connection_costs_its_connection_slot_alone(corral, backend):
     """3,000 idle keep-alive connections, each after one exchange: RSS grows by about
-    sizeof(struct conn) each (224 bytes), not by the exchange state it no longer holds (the
+    sizeof(struct conn) each (176 bytes), not by the exchange state it no longer holds (the
     connection was 800 bytes with it), because the exchange slot went back to the pool and the
     next connection's exchange reused the same one."""
     n = 3000
@@ -81,8 +81,8 @@ def test_an_idle_keepalive_connection_costs_its_connection_slot_alone(corral, ba
 
 
 def test_tables_for_many_connections_are_not_resident_at_start(corral, backend):
-    """connections_per_core 65,536: the connection table (224 B a slot), the exchange pool (600 B)
-    and the upstream table (two slots per connection, 216 B each: 28 MiB) are mapped, not
+    """connections_per_core 65,536: the connection table (176 B a slot), the exchange pool (648 B)
+    and the upstream table (two slots per connection, 224 B each: 29 MiB) are mapped, not
     written, so RSS at start stays that of a small configuration."""
     small = corral([backend], workers={"cores": [0]}, limits={"connections_per_core": 1024})
     big = corral([backend], workers={"cores": [0]}, limits={"connections_per_core": 65536})
@@ -90,7 +90,7 @@ def test_tables_for_many_connections_are_not_resident_at_start(corral, backend):
         with Client(p.port, timeout=5 * SLOW) as c:
             assert c.get("/").status == 200
     grown = rss_bytes(big.proc.pid) - rss_bytes(small.proc.pid)
-    print("RSS at start: %.1f MiB more with 65,536 connections per core than 1,024" % (grown / 2**20))
+    print("RSS at start: %.1f MiB more with 65,536 connections per core" % (grown / 2**20))
     # What remains is the free lists written at start: 4 bytes per connection slot and 16 per
     # connection for the head buffers' (four each), about 1.3 MiB.
     assert grown < 4 * 2**20, "RSS %.1f MiB more with 64 x the connections" % (grown / 2**20)

@@ -512,8 +512,8 @@ Test(tls_client, a_plaintext_backend_is_named, .init = make_certs, .fini = cert_
  * says TLS_FAILED with a reason, never TLS_PEER_CLOSED with none (fuzz_tls_client found it;
  * the failure counters and utls's callers expect a reason with every -EPROTO).
  */
-Test(tls_client, close_notify_before_the_handshake_ended_fails_it_with_a_reason,
-     .init = make_certs, .fini = cert_dir_remove)
+Test(tls_client, close_notify_before_the_handshake_ended_fails_it_with_a_reason, .init = make_certs,
+     .fini = cert_dir_remove)
 {
 	/* An alert record (TLS 1.2 framing): warning (1), close_notify (0). */
 	static const uint8_t alert[] = { 0x15, 0x03, 0x03, 0x00, 0x02, 0x01, 0x00 };

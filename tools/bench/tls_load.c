@@ -40,10 +40,15 @@
 #include <unistd.h>
 
 /* A response head larger than this is an error: the backend's answers are a few hundred bytes. */
-#define LOAD_BUF 16384
+#define LOAD_BUF       16384
 #define LOAD_CONNS_MAX 4096
 
-enum state { ST_CONNECT, ST_HANDSHAKE, ST_WRITE, ST_READ };
+enum state {
+	ST_CONNECT,
+	ST_HANDSHAKE,
+	ST_WRITE,
+	ST_READ
+};
 
 struct conn {
 	int fd;
@@ -57,13 +62,15 @@ struct conn {
 
 static SSL_CTX *ctx;
 static int ep;
-#define LOAD_SETUP_US 20000000 /* keep-alive: the window opens after 20 s even if some never answered */
+#define LOAD_SETUP_US                                                                              \
+	20000000 /* keep-alive: the window opens after 20 s even if some never answered */
 static struct sockaddr_in addr;
 static char req[512];
 static size_t req_len;
 static uint64_t *lat;
 static size_t nlat, cap_lat;
-static uint64_t bytes, err_connect, err_read, err_write, err_status, resumed, tickets, mismatch, handshakes;
+static uint64_t bytes, err_connect, err_read, err_write, err_status, resumed, tickets, mismatch,
+	handshakes;
 static char version[32], cipher[64];
 static int churn, measuring, nconns;
 static int ready; /* keep-alive: connections that have had their first response */
@@ -170,9 +177,11 @@ static void conn_step(struct conn *c)
 				resumed++;
 			if (!version[0]) {
 				snprintf(version, sizeof(version), "%s", SSL_get_version(c->ssl));
-				snprintf(cipher, sizeof(cipher), "%s", SSL_CIPHER_get_name(SSL_get_current_cipher(c->ssl)));
+				snprintf(cipher, sizeof(cipher), "%s",
+					 SSL_CIPHER_get_name(SSL_get_current_cipher(c->ssl)));
 			} else if (strcmp(version, SSL_get_version(c->ssl)) ||
-				   strcmp(cipher, SSL_CIPHER_get_name(SSL_get_current_cipher(c->ssl)))) {
+				   strcmp(cipher,
+					  SSL_CIPHER_get_name(SSL_get_current_cipher(c->ssl)))) {
 				mismatch++;
 			}
 			c->st = ST_WRITE;
@@ -276,13 +285,19 @@ static uint64_t pct(double p)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "port", required_argument, NULL, 'p' },  { "conns", required_argument, NULL, 'c' },
-		{ "secs", required_argument, NULL, 'd' },  { "path", required_argument, NULL, 'P' },
-		{ "host", required_argument, NULL, 'H' },  { "ciphersuites", required_argument, NULL, 's' },
-		{ "groups", required_argument, NULL, 'g' }, { "churn", no_argument, NULL, 'C' },
-		{ "mark", required_argument, NULL, 'm' },  { NULL, 0, NULL, 0 },
+		{ "port", required_argument, NULL, 'p' },
+		{ "conns", required_argument, NULL, 'c' },
+		{ "secs", required_argument, NULL, 'd' },
+		{ "path", required_argument, NULL, 'P' },
+		{ "host", required_argument, NULL, 'H' },
+		{ "ciphersuites", required_argument, NULL, 's' },
+		{ "groups", required_argument, NULL, 'g' },
+		{ "churn", no_argument, NULL, 'C' },
+		{ "mark", required_argument, NULL, 'm' },
+		{ NULL, 0, NULL, 0 },
 	};
-	const char *path = "/", *host = "bench.test", *suites = "TLS_AES_128_GCM_SHA256", *groups = "X25519";
+	const char *path = "/", *host = "bench.test", *suites = "TLS_AES_128_GCM_SHA256",
+		   *groups = "X25519";
 	const char *mark = NULL;
 	int port = 0, o;
 	double secs = 3;
@@ -293,25 +308,48 @@ int main(int argc, char **argv)
 	nconns = 64;
 	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (o) {
-		case 'p': port = atoi(optarg); break;
-		case 'c': nconns = atoi(optarg); break;
-		case 'd': secs = atof(optarg); break;
-		case 'P': path = optarg; break;
-		case 'H': host = optarg; break;
-		case 's': suites = optarg; break;
-		case 'g': groups = optarg; break;
-		case 'C': churn = 1; break;
-		case 'm': mark = optarg; break;
-		default: return 2;
+		case 'p':
+			port = atoi(optarg);
+			break;
+		case 'c':
+			nconns = atoi(optarg);
+			break;
+		case 'd':
+			secs = atof(optarg);
+			break;
+		case 'P':
+			path = optarg;
+			break;
+		case 'H':
+			host = optarg;
+			break;
+		case 's':
+			suites = optarg;
+			break;
+		case 'g':
+			groups = optarg;
+			break;
+		case 'C':
+			churn = 1;
+			break;
+		case 'm':
+			mark = optarg;
+			break;
+		default:
+			return 2;
 		}
 	}
 	if (port <= 0 || port > 65535 || nconns < 1 || nconns > LOAD_CONNS_MAX || secs <= 0) {
-		fprintf(stderr, "usage: %s --port PORT [--churn] [--conns 1-%d] [--secs S] [--path P] [--host H] [--mark F]\n",
+		fprintf(stderr,
+			"usage: %s --port PORT [--churn] [--conns 1-%d] [--secs S] [--path P] "
+			"[--host H] [--mark F]\n",
 			argv[0], LOAD_CONNS_MAX);
 		return 2;
 	}
-	req_len = (size_t)snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: corral-tls-load\r\n%s\r\n",
-				   path, host, churn ? "Connection: close\r\n" : "");
+	req_len = (size_t)snprintf(
+		req, sizeof(req),
+		"GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: corral-tls-load\r\n%s\r\n", path, host,
+		churn ? "Connection: close\r\n" : "");
 	addr.sin_family = AF_INET;
 	addr.sin_port = htons((uint16_t)port);
 	addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -324,7 +362,8 @@ int main(int argc, char **argv)
 	}
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL); /* as wrk: the chain is not checked */
 	/* No session is ever offered: the callback only counts the tickets the server sends. */
-	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+	SSL_CTX_set_session_cache_mode(ctx,
+				       SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
 	SSL_CTX_sess_set_new_cb(ctx, on_ticket);
 
 	ep = epoll_create1(EPOLL_CLOEXEC);
@@ -376,17 +415,23 @@ int main(int argc, char **argv)
 		sum += lat[i];
 	qsort(lat, nlat, sizeof(*lat), cmp_u64);
 	printf("WRKJSON {\"requests\":%zu,\"duration_us\":%llu,\"bytes\":%llu,"
-	       "\"err_connect\":%llu,\"err_read\":%llu,\"err_write\":%llu,\"err_status\":%llu,\"err_timeout\":0,"
-	       "\"lat_mean_us\":%.1f,\"lat_max_us\":%llu,\"p50_us\":%llu,\"p90_us\":%llu,\"p99_us\":%llu,"
+	       "\"err_connect\":%llu,\"err_read\":%llu,\"err_write\":%llu,\"err_status\":%llu,"
+	       "\"err_timeout\":0,"
+	       "\"lat_mean_us\":%.1f,\"lat_max_us\":%llu,\"p50_us\":%llu,\"p90_us\":%llu,\"p99_"
+	       "us\":%llu,"
 	       "\"p999_us\":%llu,\"tls\":{\"version\":\"%s\",\"cipher\":\"%s\",\"differed\":%llu,"
-	       "\"handshakes\":%llu,\"resumed\":%llu,\"tickets\":%llu,\"tickets_per_handshake\":%.2f,\"groups\":\"%s\","
+	       "\"handshakes\":%llu,\"resumed\":%llu,\"tickets\":%llu,\"tickets_per_handshake\":%."
+	       "2f,\"groups\":\"%s\","
 	       "\"ready\":%d}}\n",
-	       nlat, (unsigned long long)(t1 - t0), (unsigned long long)bytes, (unsigned long long)err_connect,
-	       (unsigned long long)err_read, (unsigned long long)err_write, (unsigned long long)err_status,
-	       nlat ? (double)sum / (double)nlat : 0.0, (unsigned long long)(nlat ? lat[nlat - 1] : 0),
-	       (unsigned long long)pct(50), (unsigned long long)pct(90), (unsigned long long)pct(99),
+	       nlat, (unsigned long long)(t1 - t0), (unsigned long long)bytes,
+	       (unsigned long long)err_connect, (unsigned long long)err_read,
+	       (unsigned long long)err_write, (unsigned long long)err_status,
+	       nlat ? (double)sum / (double)nlat : 0.0,
+	       (unsigned long long)(nlat ? lat[nlat - 1] : 0), (unsigned long long)pct(50),
+	       (unsigned long long)pct(90), (unsigned long long)pct(99),
 	       (unsigned long long)pct(99.9), version, cipher, (unsigned long long)mismatch,
-	       (unsigned long long)handshakes, (unsigned long long)resumed, (unsigned long long)tickets,
-	       handshakes ? (double)tickets / (double)handshakes : 0.0, groups, ready);
+	       (unsigned long long)handshakes, (unsigned long long)resumed,
+	       (unsigned long long)tickets, handshakes ? (double)tickets / (double)handshakes : 0.0,
+	       groups, ready);
 	return 0;
 }

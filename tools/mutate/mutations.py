@@ -32,8 +32,8 @@ MUTATIONS = [
          tests=[F + "test_parked_backend_is_skipped_for_backend_park_ms_then_tried_again",
                 F + "test_unreachable_backend_costs_each_core_one_connect_timeout_at_most"]),
     dict(name="no-failover", file="proxy/exchange.c",
-         search="if (c->attempts >= max_attempts) {",
-         replace="if (c->attempts >= max_attempts || c->attempts >= 1) {",
+         search="if (c->x->attempts >= max_attempts) {",
+         replace="if (c->x->attempts >= max_attempts || c->x->attempts >= 1) {",
          tests=[F + "test_failover_answers_every_request_and_marks_the_dead_backend_down"]),
     dict(name="peercred-check-removed", file="proxy/ctl.c",
          search="(cred.uid != 0 && cred.uid != geteuid())",
@@ -60,8 +60,8 @@ MUTATIONS = [
                 B + "test_weight_zero_drains_a_backend_by_reload",
                 B + "test_weight_zero_gets_nothing_under_every_balance"]),
     dict(name="hash-client-keys-on-uri", file="proxy/client.c",
-         search="c->hkey = XXH3_64bits(c->peer_ip, strlen(c->peer_ip));",
-         replace="c->hkey = XXH3_64bits(base + req->target.off, req->target.len);",
+         search="c->x->hkey = XXH3_64bits(c->x->peer_ip, strlen(c->x->peer_ip));",
+         replace="c->x->hkey = XXH3_64bits(base + req->target.off, req->target.len);",
          tests=[B + "test_hash_client_sticks_and_moves_only_the_removed_backends_keys"]),
     dict(name="in-flight-count-not-decremented", file="proxy/balance.h",
          search="\tbs->inflight[id]--;",
@@ -74,9 +74,9 @@ MUTATIONS = [
          tests=[A + "test_disable_and_enable_take_effect_on_traffic"]),
     dict(name="reload-re-enables-disabled", file="proxy/main.c",
          search="\t\t\t__atomic_store_n(&b->enabled, 1, __ATOMIC_RELAXED);\n"
-                "\t\t\t__atomic_store_n(&b->down_until_ms, 0, __ATOMIC_RELAXED);\n\t\t}\n",
-         replace="\t\t\t__atomic_store_n(&b->down_until_ms, 0, __ATOMIC_RELAXED);\n\t\t}\n"
-                 "\t\t__atomic_store_n(&b->enabled, 1, __ATOMIC_RELAXED);\n",
+                "\t\t\t__atomic_store_n(&b->down_until_ms, 0, __ATOMIC_RELAXED);\n\t\t} else {\n",
+         replace="\t\t\t__atomic_store_n(&b->down_until_ms, 0, __ATOMIC_RELAXED);\n\t\t} else {\n"
+                 "\t\t\t__atomic_store_n(&b->enabled, 1, __ATOMIC_RELAXED);\n",
          tests=[A + "test_a_disabled_backend_stays_disabled_across_a_reload"]),
     dict(name="reload-keeps-old-weights", file="proxy/main.c",
          search="\t\t__atomic_store_n(&b->weight, cfg->backends[i].weight, __ATOMIC_RELAXED);",
@@ -95,8 +95,8 @@ MUTATIONS = [
          replace="for (int pass = 0; pass < 1 && r < 0; pass++) {",
          tests=[F + "test_when_every_backend_is_parked_they_are_tried_anyway"]),
     dict(name="attempts-off-by-one", file="proxy/exchange.c",
-         search="if (c->attempts >= max_attempts) {",
-         replace="if (c->attempts > max_attempts) {",
+         search="if (c->x->attempts >= max_attempts) {",
+         replace="if (c->x->attempts > max_attempts) {",
          tests=[F + "test_attempts_max_one_means_no_failover",
                 F + "test_attempts_never_exceed_the_number_of_backends"]),
     dict(name="park-time-ignored", file="proxy/main.c",
@@ -136,7 +136,7 @@ MUTATIONS = [
                 P + "test_upstream_idle_per_backend_bounds_the_pool"]),
 
     dict(name="pool-retry-counted-as-attempt", file="proxy/exchange.c",
-         search="\t\tc->attempts--;\n\t\ttried_del",
+         search="\t\tc->x->attempts--;\n\t\ttried_del",
          replace="\t\ttried_del",
          tests=[P + "test_idempotent_request_on_a_pooled_connection_the_backend_closed_is_retried_uncounted"]),
     dict(name="pool-retry-for-any-method", file="proxy/exchange.c",
@@ -167,7 +167,7 @@ MUTATIONS = [
 
     # --- responses corral makes itself, and their counters ---
     dict(name="log-upstream-wrong-backend", file="proxy/client.c",
-         search="\t\t\te.upstream = w->d->backends[c->backend].addr;",
+         search="\t\t\te.upstream = w->d->backends[x->backend].addr;",
          replace="\t\t\te.upstream = w->d->backends[0].addr;",
          tests=[S + "test_access_log_names_the_backend_that_answered"]),
     dict(name="parse-errors-not-counted", file="proxy/client.c",
