@@ -69,12 +69,14 @@ enum steer_policy {
  * One worker's line in the per-core array. CROSS-THREAD and CROSS-PROCESS: the array is
  * an mmapped BPF map. Each field has exactly one writer, which stores with relaxed
  * atomics (no read-modify-write across writers): weight, drained and cpu are written by
- * the main thread; conns, reqs, load and ticks by the worker itself. The BPF program only
- * reads. 64 bytes so that two workers never share a cache line.
+ * the main thread; conns, reqs, load and ticks by the worker itself. The one exception is
+ * drained: the main thread stores 1 (drain) or 3 (undrain asked), and the worker turns 3
+ * into 0 with a compare-exchange once its listener is back, so that no policy picks it
+ * before. The BPF program only reads. 64 bytes so that two workers never share a cache line.
  */
 struct steer_core {
 	__u32 weight;  /* weighted policy; 0 = never chosen by it */
-	__u32 drained; /* 1 = no policy chooses this worker */
+	__u32 drained; /* bit 0 set (1, or 3: undrain pending) = no policy chooses it */
 	__u32 conns;   /* active client connections */
 	__u32 reqs;    /* requests in flight */
 	__u32 load;    /* decayed busy fraction, 0..STEER_LOAD_ONE */

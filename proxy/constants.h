@@ -43,6 +43,12 @@
  * ever. The re-armed poll waits this long first (a linked timeout): a client that closed is
  * noticed within a round trip plus 20 ms, at 50 wakeups/s per half-closed client in flight. */
 #define POLL_RECHECK_MS 20
+/*
+ * How long `corralctl drain|undrain` waits for the worker to shut (or re-open) its listener
+ * before it answers: a worker takes microseconds, a few ms on a loaded CPU; well below
+ * corralctl's 10 s reply timeout, and short enough for the main thread (ctl, health) to wait.
+ */
+#define DRAIN_APPLY_WAIT_MS 2000
 /* A failing access log (full disk) is reported once per this long per core, not per line. */
 #define LOG_WARN_INTERVAL_MS 10000
 

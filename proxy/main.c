@@ -783,14 +783,17 @@ static int op_core(void *ctx, uint32_t i, struct admin_core *out)
 {
 	struct worker *w;
 	int64_t q = 0;
+	uint32_t asked;
 
 	if (i >= D.workers_n)
 		return -EINVAL;
 	w = D.workers[i];
 	memset(out, 0, sizeof(*out));
 	out->cpu = w->cpu;
-	out->state = __atomic_load_n(&w->drain_req, __ATOMIC_RELAXED) ? ADMIN_CORE_DRAINING
-								      : ADMIN_CORE_ACTIVE;
+	/* Active only once the worker listens again and steering picks it, not at the ask. */
+	asked = __atomic_load_n(&w->drain_req, __ATOMIC_RELAXED);
+	out->state = (asked & 1) || !worker_drain_applied(w, asked) ? ADMIN_CORE_DRAINING
+								    : ADMIN_CORE_ACTIVE;
 	out->weight = i < D.snap->cfg.steering.weights_n ? D.snap->cfg.steering.weights[i] : 1;
 	if (D.steer) {
 		struct steer_core *sc = steer_core(D.steer, i);
@@ -946,23 +949,40 @@ static int op_set_weight(void *ctx, uint32_t core, uint32_t weight, char *err, s
 
 static int op_set_drained(void *ctx, uint32_t core, bool drained, char *err, size_t errlen)
 {
-	uint32_t active = 0;
+	uint32_t active = 0, token;
+	uint64_t t0;
 
 	if (core >= D.workers_n) {
 		snprintf(err, errlen, "unknown core %u (workers: 0..%u)", core, D.workers_n - 1);
 		return -EINVAL;
 	}
 	for (uint32_t i = 0; i < D.workers_n; i++)
-		if (i != core && !__atomic_load_n(&D.workers[i]->drain_req, __ATOMIC_RELAXED))
+		if (i != core && !worker_drain_asked(D.workers[i]))
 			active++;
 	if (drained && active == 0) {
 		snprintf(err, errlen, "refusing to drain the last active core");
 		return -EBUSY;
 	}
-	/* Steering first, so that no new SYN picks the core, then the listener. */
+	/*
+	 * Drain: steering first, so that no new SYN picks the core, then the listener. Undrain:
+	 * the worker listens again, then ends the pending undrain in the steering map itself.
+	 * The answer waits for the worker either way, so that when `corralctl drain` returns no
+	 * new connection reaches the core, and when `undrain` returns they do.
+	 */
 	if (D.steer)
 		steer_set_drained(D.steer, core, drained);
-	worker_request_drain(D.workers[core], drained);
+	token = worker_request_drain(D.workers[core], drained);
+	for (t0 = now_ms(); !worker_drain_applied(D.workers[core], token);) {
+		if (now_ms() - t0 >= DRAIN_APPLY_WAIT_MS) {
+			snprintf(err, errlen,
+				 "core %u has not %s within %u ms (`stats` shows when it has)",
+				 core, drained ? "shut its listener" : "listened again",
+				 DRAIN_APPLY_WAIT_MS);
+			log_warn("core %u: %s", core, err);
+			return -ETIMEDOUT;
+		}
+		usleep(1000);
+	}
 	log_info("core %u %s", core, drained ? "draining" : "undrained");
 	return 0;
 }

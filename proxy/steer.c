@@ -393,7 +393,7 @@ static int steer_load(struct steer *s, const struct config *cfg, int policy, cha
 		w = i < cfg->steering.weights_n ? cfg->steering.weights[i] : 1;
 		if (s->carried_cores && i < s->cores_n) {
 			w = s->carry_cores->core[i].weight;
-			drained = s->carry_cores->core[i].drained & 1;
+			drained = s->carry_cores->core[i].drained == STEER_DRAINED;
 		}
 		__atomic_store_n(&c->weight, i < s->cores_n ? w : 0, __ATOMIC_RELAXED);
 		__atomic_store_n(&c->drained, drained, __ATOMIC_RELAXED);
@@ -542,7 +542,7 @@ bool steer_carried(const struct steer *s)
 bool steer_carried_drained(const struct steer *s, uint32_t worker)
 {
 	return s && s->carried_cores && worker < s->cores_n &&
-	       (s->carry_cores->core[worker].drained & 1);
+	       s->carry_cores->core[worker].drained == STEER_DRAINED;
 }
 
 int steer_attach(struct steer *s, int fd)
@@ -648,9 +648,21 @@ int steer_set_drained(struct steer *s, uint32_t worker, bool drained)
 {
 	if (!s || worker >= s->cores_n)
 		return -EINVAL;
-	__atomic_store_n(&s->cores[worker].drained, drained ? 1 : 0, __ATOMIC_RELEASE);
+	__atomic_store_n(&s->cores[worker].drained, drained ? STEER_DRAINED : STEER_UNDRAINING,
+			 __ATOMIC_RELEASE);
 	steer_bump(s);
 	return 0;
+}
+
+void steer_undrain_done(struct steer *s, uint32_t worker)
+{
+	uint32_t pending = STEER_UNDRAINING;
+
+	if (!s || worker >= s->cores_n)
+		return;
+	if (__atomic_compare_exchange_n(&s->cores[worker].drained, &pending, 0, false,
+					__ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+		steer_bump(s);
 }
 
 const char *steer_policy_name(const struct steer *s)

@@ -9,6 +9,10 @@
 #include "config-t.h"
 #include "steer_shared.h" /* bpf/steer_shared.h: map layouts, policy ids, pure policy function */
 
+/* steer_core.drained: the program skips a worker whose bit 0 is set. */
+#define STEER_DRAINED	 1u
+#define STEER_UNDRAINING 3u /* undrain asked, the worker's listener not back yet */
+
 struct steer; /* owned by the main thread */
 
 /*
@@ -62,8 +66,20 @@ struct steer_core *steer_core(struct steer *s, uint32_t worker);
 /* Runtime changes (main thread). Return 0, -EINVAL (unknown policy/core), or -errno. */
 int steer_set_policy(struct steer *s, const char *name);
 int steer_set_weight(struct steer *s, uint32_t worker, uint32_t weight);
+/*
+ * drained true: no policy picks the worker from now on. false: the undrain is only marked
+ * pending (the worker is still skipped) until the worker calls steer_undrain_done() with
+ * its listener back in the map: a policy that picked it earlier would find an empty slot.
+ */
 int steer_set_drained(struct steer *s, uint32_t worker, bool drained);
 const char *steer_policy_name(const struct steer *s); /* "kernel-hash" when s is NULL */
+
+/*
+ * Worker thread, with its listener listening and registered: ends a pending undrain (the
+ * policies pick the worker again). Does nothing if the worker was drained again meanwhile
+ * or no undrain is pending. NULL s is fine.
+ */
+void steer_undrain_done(struct steer *s, uint32_t worker);
 
 /* Per-worker counters kept by the program: connections steered to it, and fallbacks. */
 uint64_t steer_steered(const struct steer *s, uint32_t worker);

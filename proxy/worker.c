@@ -475,13 +475,18 @@ static void listeners_shutdown(struct worker *w)
 static void apply_drain(struct worker *w, bool drained)
 {
 	if (drained == w->drained)
-		return;
+		goto done;
 	w->drained = drained;
 	if (drained) {
 		log_info("worker %u: draining (listener shut down, queued connections migrate)",
 			 w->id);
 		listeners_shutdown(w);
 	} else {
+		const char *delay = getenv("CORRAL_TEST_RELISTEN_DELAY_MS");
+
+		/* Tests only: a worker slow to listen again (a busy CPU, made certain). */
+		if (delay)
+			usleep((useconds_t)strtoul(delay, NULL, 10) * 1000);
 		for (uint32_t i = 0; i < w->listen_n; i++) {
 			if (listen(w->listen_fd[i], w->d->listen_backlog) < 0) {
 				log_err("worker %u: re-listen: %s", w->id, strerror(errno));
@@ -493,6 +498,10 @@ static void apply_drain(struct worker *w, bool drained)
 		log_info("worker %u: undrained", w->id);
 	}
 	STAT_SET(w->stats->draining, drained ? 1 : 0);
+done:
+	/* Listening again (or still, after a drain it never saw): policies may pick it now. */
+	if (!drained)
+		steer_undrain_done(w->d->steer, w->id);
 }
 
 static void begin_stop(struct worker *w)
@@ -508,12 +517,14 @@ static void begin_stop(struct worker *w)
 
 static void on_control(struct worker *w)
 {
-	int drain = __atomic_load_n(&w->drain_req, __ATOMIC_ACQUIRE);
+	uint32_t drain = __atomic_load_n(&w->drain_req, __ATOMIC_ACQUIRE);
 
 	if (__atomic_load_n(&w->stop_req, __ATOMIC_ACQUIRE))
 		begin_stop(w);
 	if (!w->stopping)
-		apply_drain(w, drain != 0);
+		apply_drain(w, drain & 1);
+	/* Stopping, the listeners are shut whatever was asked: nothing more will change. */
+	__atomic_store_n(&w->drain_done, drain, __ATOMIC_RELEASE);
 }
 
 void worker_log_flush(struct worker *w)
@@ -906,10 +917,24 @@ void worker_request_stop(struct worker *w)
 	worker_kick(w);
 }
 
-void worker_request_drain(struct worker *w, bool drained)
+uint32_t worker_request_drain(struct worker *w, bool drained)
 {
-	__atomic_store_n(&w->drain_req, drained ? 1 : 0, __ATOMIC_RELEASE);
+	uint32_t token = ((__atomic_load_n(&w->drain_req, __ATOMIC_RELAXED) >> 1) + 1) << 1 |
+			 (drained ? 1u : 0u);
+
+	__atomic_store_n(&w->drain_req, token, __ATOMIC_RELEASE);
 	worker_kick(w);
+	return token;
+}
+
+bool worker_drain_applied(const struct worker *w, uint32_t token)
+{
+	return __atomic_load_n(&w->drain_done, __ATOMIC_ACQUIRE) == token;
+}
+
+bool worker_drain_asked(const struct worker *w)
+{
+	return __atomic_load_n(&w->drain_req, __ATOMIC_RELAXED) & 1;
 }
 
 void worker_join(struct worker *w)

@@ -27,8 +27,9 @@ struct worker {
 	int evfd;
 	uint64_t evval;
 	int stop_req;  /* 1 = graceful stop requested (atomic) */
-	int drain_req; /* desired drained state (atomic); applied by the worker */
-	bool drained;  /* applied drained state (worker-local) */
+	uint32_t drain_req;  /* request token (atomic): sequence << 1 | drained */
+	uint32_t drain_done; /* the last token the worker applied (atomic, release) */
+	bool drained;	     /* applied drained state (worker-local) */
 	bool stopping;
 	uint64_t stop_deadline_ms;
 
@@ -141,7 +142,14 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 int worker_start(struct worker *w);
 /* Main thread: ask for a graceful stop / drain change. */
 void worker_request_stop(struct worker *w);
-void worker_request_drain(struct worker *w, bool drained);
+uint32_t worker_request_drain(struct worker *w, bool drained); /* returns the request's token */
+/*
+ * Main thread: whether the worker has applied the drain request `token`: drained, its
+ * listeners are shut; undrained, they listen again and steering picks the worker again.
+ */
+bool worker_drain_applied(const struct worker *w, uint32_t token);
+/* Main thread: the drained state asked last (true from `drain` until `undrain`). */
+bool worker_drain_asked(const struct worker *w);
 void worker_join(struct worker *w);
 void worker_free(struct worker *w);
 

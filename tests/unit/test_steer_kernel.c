@@ -338,11 +338,22 @@ Test(steer_kernel, drained_core_gets_nothing)
 		cr_assert_eq(hits[1], 0, "%s sent %d to the drained core", policies[p], hits[1]);
 	}
 	cr_assert_eq(steer_fallbacks(s), 0);
-	/* Undrained: it takes its share again. */
+	/* Undrain asked: still skipped until the worker says its listener is back. */
 	cr_assert_eq(steer_set_drained(s, 1, false), 0);
 	cr_assert_eq(steer_set_policy(s, "round-robin"), 0);
 	spread(fds, 3, port, 30, hits);
+	cr_assert_eq(hits[1], 0, "the undraining core got %d before its listener was back",
+		     hits[1]);
+	/* Undrained: it takes its share again. */
+	steer_undrain_done(s, 1);
+	spread(fds, 3, port, 30, hits);
 	cr_assert_eq(hits[1], 10);
+	/* A drain after the ask wins over a late steer_undrain_done(). */
+	cr_assert_eq(steer_set_drained(s, 1, true), 0);
+	steer_undrain_done(s, 1);
+	spread(fds, 3, port, 30, hits);
+	cr_assert_eq(hits[1], 0);
+	cr_assert_eq(steer_fallbacks(s), 0);
 	close_all(fds, 3);
 	steer_close(s);
 }
@@ -605,11 +616,15 @@ Test(steer_kernel, drain_migrates_queued_connections_without_reset)
 		close(acc[i]);
 	}
 
-	/* Undrain: listen again, register again, and worker 1 takes its share. */
+	/*
+	 * Undrain the way the data plane does: asked (main), then the worker listens again,
+	 * registers again and ends the pending undrain; worker 1 takes its share.
+	 */
+	cr_assert_eq(steer_set_drained(s, 1, false), 0);
 	cr_assert_eq(listen(fds[1], 128), 0);
 	cr_assert_eq(port_of(fds[1]), port);
 	cr_assert_eq(steer_register(s, 0, 1, fds[1]), 0);
-	cr_assert_eq(steer_set_drained(s, 1, false), 0);
+	steer_undrain_done(s, 1);
 	spread(fds, 2, port, 10, hits);
 	cr_assert(hits[0] == 5 && hits[1] == 5, "after undrain %d/%d, fallbacks %llu", hits[0],
 		  hits[1], (unsigned long long)steer_fallbacks(s));
