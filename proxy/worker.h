@@ -26,7 +26,7 @@ struct worker {
 	/* control: main -> worker (shared-only pool 5) */
 	int evfd;
 	uint64_t evval;
-	int stop_req;  /* 1 = graceful stop requested (atomic) */
+	int stop_req;	     /* 1 = graceful stop requested (atomic) */
 	uint32_t drain_req;  /* request token (atomic): sequence << 1 | drained */
 	uint32_t drain_done; /* the last token the worker applied (atomic, release) */
 	bool drained;	     /* applied drained state (worker-local) */
