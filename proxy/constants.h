@@ -48,7 +48,7 @@
  * before it answers: a worker takes microseconds, a few ms on a loaded CPU; well below
  * corralctl's 10 s reply timeout, and short enough for the main thread (ctl, health) to wait.
  */
-#define DRAIN_APPLY_WAIT_MS 2000
+#define DRAIN_APPLY_WAIT_MS 2000u
 /* A failing access log (full disk) is reported once per this long per core, not per line. */
 #define LOG_WARN_INTERVAL_MS 10000
 
