@@ -14,7 +14,13 @@ hop-by-hop headers), the table cases outside TLS_CASES beyond one per class (the
 value one parser reads after decryption), the status of a rejection after a served request (the
 pipelined rejection test shows it over TLS), the second-request deadlines and the mid-response stalls
 (timers the TLS cases of the 408 and abort tests already cover), and the buffer ring's wait queue
-(a property of the receive path the TLS variant shares)."""
+(a property of the receive path the TLS variant shares).
+
+CORRAL_HARDENING_TRANSPORT=tls runs every test of the file over TLS (the unparametrized ones too):
+on 894c7db, 307 of 308 passed; the exception is
+test_connection_closed_while_waiting_for_a_buffer_leaves_the_queue, whose two new TLS clients are
+reset during their handshakes while every receive buffer is pinned, where plaintext clients wait
+in the no-buffer queue (an open defect, issue 11; not yet diagnosed)."""
 import os
 import select
 import socket
@@ -66,7 +72,7 @@ def _merge(base, over):
 def transport(request):
     """The listener hard() gives its proxy: "tcp" (plaintext), or "tls" for the second run of the
     tests marked over_tls and of the table cases tls_case() picks."""
-    return getattr(request, "param", "tcp")
+    return getattr(request, "param", os.environ.get("CORRAL_HARDENING_TRANSPORT", "tcp"))
 
 
 # A test run over plaintext and over TLS: test_x[tcp] and test_x[tls].
