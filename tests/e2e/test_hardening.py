@@ -17,10 +17,15 @@ pipelined rejection test shows it over TLS), the second-request deadlines and th
 (a property of the receive path the TLS variant shares).
 
 CORRAL_HARDENING_TRANSPORT=tls runs every test of the file over TLS (the unparametrized ones too):
-on 894c7db, 307 of 308 passed; the exception is
-test_connection_closed_while_waiting_for_a_buffer_leaves_the_queue, whose two new TLS clients are
-reset during their handshakes while every receive buffer is pinned, where plaintext clients wait
-in the no-buffer queue (an open defect, issue 11; not yet diagnosed)."""
+on 894c7db, 307 of 308 passed. The exception,
+test_connection_closed_while_waiting_for_a_buffer_leaves_the_queue, cannot be followed by a
+blocking TLS client: its clients A and B connect while every receive buffer is pinned, and the
+test frees the buffers only after both constructors returned. util.Client completes the TLS
+handshake in its constructor, and corral cannot read the ClientHello until a buffer is free, so
+the constructor waits; corral keeps the handshake in the no-buffer queue, bounded by
+client_header_ms, and closes it when that passes (the test fails after 9.1 s: 8 s of
+client_header_ms, plus set-up). That is the handshake deadline doing its job; running this test
+over TLS needs its handshakes in threads."""
 import os
 import select
 import socket
