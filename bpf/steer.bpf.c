@@ -31,7 +31,8 @@ char LICENSE[] SEC("license") = "GPL";
 /*
  * Every map is pinned by name under the pin root the loader gives
  * (/sys/fs/bpf/corral/<instance>/) so bpftool and corralctl can inspect them.
- * ctl and cores are mmapped by the daemon: it changes them without syscalls.
+ * ctl and cores are mmapped by the daemon: it changes them without syscalls. The program
+ * writes only ctl->seq, each chosen worker's steered count and its stats.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -139,6 +140,8 @@ int steer_select(struct sk_reuseport_md *ctx)
 	if (select_worker(ctx, c, w))
 		return fallback(st, STEER_FB_SELECT);
 	__sync_fetch_and_add(&st->steered[w], 1);
+	/* The worker's queued count (steer_queued): this connection weighs on it from now on. */
+	__sync_fetch_and_add(&cs->core[w].steered, 1);
 	if (ctx->migrating_sk)
 		__sync_fetch_and_add(&st->migrated, 1);
 	return SK_PASS;

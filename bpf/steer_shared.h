@@ -41,14 +41,14 @@
 /* A weight is 16 bits: the sum (at most 256 * 65535 < 2^24 < STEER_WPRIME) cannot overflow. */
 #define STEER_WEIGHT_MAX 65535
 /* Bumped whenever a map layout below changes: a pinned map of another ABI is replaced. */
-#define STEER_ABI 1
+#define STEER_ABI 2
 
 enum steer_policy {
 	STEER_HASH = 0,	    /* the kernel's 4-tuple hash over the non-drained workers */
 	STEER_ROUND_ROBIN,  /* a shared counter over the non-drained workers */
-	STEER_LEAST_CONN,   /* fewest active connections */
-	STEER_LEAST_LOAD,   /* lowest in-flight requests plus recent busy time */
-	STEER_POWER_OF_TWO, /* two random workers, the lighter (least-load score) wins */
+	STEER_LEAST_CONN,   /* fewest connections held or queued */
+	STEER_LEAST_LOAD,   /* lowest in-flight requests and queued connections plus busy time */
+	STEER_POWER_OF_TWO, /* two random draws (with replacement), the lighter (least-load) wins */
 	STEER_WEIGHTED,	    /* deterministic, proportional to per-worker weights */
 	STEER_CPU_LOCAL,    /* the worker pinned to the CPU that processed the SYN */
 	STEER_POLICY_N,
@@ -57,9 +57,9 @@ enum steer_policy {
 /* Load figure: the busy fraction of a worker, decayed, in units of 1/STEER_LOAD_ONE. */
 #define STEER_LOAD_ONE 1024
 /*
- * In the least-load score one in-flight request costs 1/8 of a fully busy core: a worker
- * that is 100% busy on two heavy requests (2*128 + 1024) looks busier than one with five
- * cheap ones at 20% (5*128 + 205).
+ * In the least-load score one in-flight request, or one connection queued for the worker,
+ * costs 1/8 of a fully busy core: a worker that is 100% busy on two heavy requests
+ * (2*128 + 1024) looks busier than one with five cheap ones at 20% (5*128 + 205).
  */
 #define STEER_REQ_COST 128
 /* Time constant of the load decay in steer_tick(): recent half second dominates. */
@@ -69,10 +69,12 @@ enum steer_policy {
  * One worker's line in the per-core array. CROSS-THREAD and CROSS-PROCESS: the array is
  * an mmapped BPF map. Each field has exactly one writer, which stores with relaxed
  * atomics (no read-modify-write across writers): weight, drained and cpu are written by
- * the main thread; conns, reqs, load and ticks by the worker itself. The one exception is
+ * the main thread; conns, reqs, load, ticks and taken by the worker itself. The exceptions:
  * drained: the main thread stores 1 (drain) or 3 (undrain asked), and the worker turns 3
  * into 0 with a compare-exchange once its listener is back, so that no policy picks it
- * before. The BPF program only reads. 64 bytes so that two workers never share a cache line.
+ * before; steered: the BPF program adds 1 (atomic add, from whichever CPU runs it) for each
+ * connection it places on the worker, and nobody else writes it. 64 bytes so that two
+ * workers never share a cache line.
  */
 struct steer_core {
 	__u32 weight;  /* weighted policy; 0 = never chosen by it */
@@ -82,7 +84,15 @@ struct steer_core {
 	__u32 load;    /* decayed busy fraction, 0..STEER_LOAD_ONE */
 	__u32 cpu;     /* CPU the worker is pinned to (cpu-local) */
 	__u64 ticks;   /* steer_tick() calls: shows that the worker is alive */
-	__u64 pad[4];
+	/*
+	 * Connections placed on the worker by the program (wrapping) and the number of them the
+	 * worker has taken (accepted, wrapping, resynchronised with its accept queue at each
+	 * tick). steered - taken is what the policies count as queued: a connection weighs on its
+	 * worker from its SYN on, not only once the worker has reached its accept queue.
+	 */
+	__u32 steered;
+	__u32 taken;
+	__u64 pad[3];
 } __attribute__((aligned(64)));
 
 _Static_assert(sizeof(struct steer_core) == 64, "one cache line per core");
@@ -235,10 +245,32 @@ static __always_inline __u64 steer_scale(__u32 hash, __u64 n)
 	return ((__u64)hash * n) >> 32;
 }
 
-/* least-load score: in-flight requests plus the decayed busy fraction. */
+/*
+ * Connections the program placed on the worker that the worker has not taken yet: its
+ * accept queue (and handshakes under way), known from the SYN on. Without it every SYN of a
+ * burst - 32 clients reconnecting at once after their responses - saw the same figures
+ * (conns and reqs move only once the worker accepts and parses) and all went to the same
+ * worker. Branch-free: a negative difference (connections the kernel's hash placed, which
+ * the program did not count, until the worker's next resync) counts 0.
+ */
+static __always_inline __u64 steer_queued(const struct steer_core *c)
+{
+	__u32 d = STEER_READ(c->steered) - STEER_READ(c->taken);
+
+	return (__u64)d * (1 - (d >> 31));
+}
+
+/* least-load score: in-flight requests and queued connections plus the busy fraction. */
 static __always_inline __u64 steer_score(const struct steer_core *c)
 {
-	return (__u64)STEER_READ(c->reqs) * STEER_REQ_COST + STEER_READ(c->load);
+	return ((__u64)STEER_READ(c->reqs) + steer_queued(c)) * STEER_REQ_COST +
+	       STEER_READ(c->load);
+}
+
+/* least-conn count: connections held and connections queued. */
+static __always_inline __u64 steer_held(const struct steer_core *c)
+{
+	return (__u64)STEER_READ(c->conns) + steer_queued(c);
 }
 
 /*
@@ -261,7 +293,7 @@ static __always_inline int steer_least(const struct steer_core *cores, __u32 n, 
 			i -= n;
 		i &= STEER_CORES_MAX - 1; /* no-op (i < n <= 256), a bound the verifier sees */
 		if (steer_live(&cores[i])) {
-			v = by_load ? steer_score(&cores[i]) : STEER_READ(cores[i].conns);
+			v = by_load ? steer_score(&cores[i]) : steer_held(&cores[i]);
 			if (v < best_v) {
 				best_v = v;
 				best = (int)i;

@@ -9,6 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
@@ -401,6 +403,8 @@ static int steer_load(struct steer *s, const struct config *cfg, int policy, cha
 		__atomic_store_n(&c->reqs, 0, __ATOMIC_RELAXED);
 		__atomic_store_n(&c->load, 0, __ATOMIC_RELAXED);
 		__atomic_store_n(&c->ticks, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&c->steered, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&c->taken, 0, __ATOMIC_RELAXED);
 		__atomic_store_n(&c->cpu, i < s->cores_n ? cfg->cores[i] : ~0u, __ATOMIC_RELAXED);
 	}
 	for (i = 0; i < STEER_LISTEN_MAX; i++) {
@@ -869,8 +873,12 @@ static inline void steer_add(__u32 *p, int d)
 
 void steer_conn_opened(struct steer_core *c)
 {
-	if (c)
-		steer_add(&c->conns, 1);
+	if (!c)
+		return;
+	steer_add(&c->conns, 1);
+	/* One of the connections the program placed here is off the queue (wraps: no clamp). */
+	__atomic_store_n(&c->taken, __atomic_load_n(&c->taken, __ATOMIC_RELAXED) + 1,
+			 __ATOMIC_RELAXED);
 }
 
 void steer_conn_closed(struct steer_core *c)
@@ -918,5 +926,32 @@ void steer_tick(struct steer_core *c, uint64_t busy_ns, uint64_t interval_ns)
 	}
 	__atomic_store_n(&c->load, (__u32)load, __ATOMIC_RELAXED);
 	__atomic_store_n(&c->ticks, __atomic_load_n(&c->ticks, __ATOMIC_RELAXED) + 1,
+			 __ATOMIC_RELAXED);
+}
+
+/*
+ * steered - taken drifts: the kernel's hash places connections the program did not count
+ * (fallbacks: taken runs ahead), SYN cookies run the program twice for one connection, a
+ * handshake that never completes or a queue migrated to another listener leaves a count
+ * behind (steered runs ahead). Once a tick the worker sets it to what its listeners really
+ * hold: the kernel's accept queue length (TCP_INFO of a listener: tcpi_unacked). Handshakes
+ * under way and accepts whose completion the worker has not reaped yet are the error, for one
+ * tick at most.
+ */
+void steer_resync(struct steer_core *c, const int *fds, uint32_t n)
+{
+	struct tcp_info ti;
+	socklen_t len;
+	uint32_t q = 0, i;
+
+	if (!c)
+		return;
+	for (i = 0; i < n; i++) {
+		len = sizeof(ti);
+		if (fds[i] >= 0 && getsockopt(fds[i], IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+		    ti.tcpi_state == TCP_LISTEN)
+			q += ti.tcpi_unacked;
+	}
+	__atomic_store_n(&c->taken, __atomic_load_n(&c->steered, __ATOMIC_RELAXED) - q,
 			 __ATOMIC_RELAXED);
 }

@@ -98,5 +98,10 @@ void steer_req_started(struct steer_core *c);
 void steer_req_ended(struct steer_core *c);
 /* Called by the worker on each timer tick with its busy time since the last tick. */
 void steer_tick(struct steer_core *c, uint64_t busy_ns, uint64_t interval_ns);
+/*
+ * Called by the worker on each timer tick with its listeners (fd -1 skipped): makes the
+ * queued count (steered - taken) equal to their accept queues. One getsockopt per listener.
+ */
+void steer_resync(struct steer_core *c, const int *fds, uint32_t n);
 
 #endif

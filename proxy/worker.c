@@ -577,6 +577,7 @@ static void on_tick(struct worker *w)
 		 * turns too, so every worker read as 100% busy and least-load saw no difference.
 		 */
 		steer_tick(w->sc, cpu - w->tick_cpu_ns, interval);
+		steer_resync(w->sc, w->listen_fd, w->listen_n);
 		w->tick_cpu_ns = cpu;
 		buf_housekeep(w);
 		w->last_tick_ms = w->now_ms;

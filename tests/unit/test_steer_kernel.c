@@ -198,6 +198,14 @@ static void close_rst(int fd)
 	close(fd);
 }
 
+/*
+ * When set, which() does for each connection it accepts what the worker owning the listener
+ * would: steer_conn_opened() and, the connection being closed at once, steer_conn_closed().
+ * The load policies count connections placed but not taken as queued, so a test that asserts
+ * a run of picks by them must take the connections as a worker would.
+ */
+static struct steer *as_worker;
+
 /* Which listener got the one pending connection: waits up to 2 s. Returns its index. */
 static int which(const int *fds, int n)
 {
@@ -214,6 +222,10 @@ static int which(const int *fds, int n)
 		if (c < 0)
 			continue;
 		close_rst(c);
+		if (as_worker) {
+			steer_conn_opened(steer_core(as_worker, (uint32_t)i));
+			steer_conn_closed(steer_core(as_worker, (uint32_t)i));
+		}
 		return i;
 	}
 	cr_assert_fail("a listener was readable but accept failed");
@@ -527,6 +539,7 @@ Test(steer_kernel, policy_change_takes_effect_on_the_next_connection)
 	s = open_or_die(&cfg);
 	port = group(fds, 2, "127.0.0.1", 0);
 	register_all(s, 0, fds, 2);
+	as_worker = s;
 	spread(fds, 2, port, 4, hits);
 	cr_assert_eq(hits[0], 2);
 
@@ -560,6 +573,90 @@ Test(steer_kernel, policy_change_takes_effect_on_the_next_connection)
 
 	cr_assert_eq(steer_set_policy(s, "no-such-policy"), -EINVAL);
 	cr_assert_str_eq(steer_policy_name(s), "power-of-two");
+	as_worker = NULL;
+	close_all(fds, 2);
+	steer_close(s);
+}
+
+/* The listener's accept queue length, as the kernel reports it (TCP_INFO of a listener). */
+static uint32_t queue_len(int fd)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+
+	cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len), 0);
+	cr_assert_eq(ti.tcpi_state, TCP_LISTEN);
+	return ti.tcpi_unacked;
+}
+
+static uint32_t queued(struct steer *s, uint32_t w)
+{
+	struct steer_core *c = steer_core(s, w);
+
+	return __atomic_load_n(&c->steered, __ATOMIC_RELAXED) -
+	       __atomic_load_n(&c->taken, __ATOMIC_RELAXED);
+}
+
+Test(steer_kernel, a_connection_weighs_on_its_worker_from_the_syn_on)
+{
+	enum {
+		Q = 6
+	};
+	struct config cfg;
+	struct steer *s;
+	int fds[2], cli[Q], i, c;
+	uint16_t port;
+
+	need_root();
+	test_config(&cfg, 2, "least-conn");
+	s = open_or_die(&cfg);
+	port = group(fds, 2, "127.0.0.1", 0);
+	register_all(s, 0, fds, 2);
+	/*
+	 * Worker 1 holds two connections (placed by the program, then taken); nothing is
+	 * accepted during the burst.
+	 */
+	__atomic_store_n(&steer_core(s, 1)->steered, 2, __ATOMIC_RELAXED);
+	steer_conn_opened(steer_core(s, 1));
+	steer_conn_opened(steer_core(s, 1));
+	for (i = 0; i < Q; i++)
+		cli[i] = client("127.0.0.1", port, 0);
+	usleep(50000); /* let the last handshakes reach the accept queues */
+	/*
+	 * Worker 0 takes two, then they alternate (least-conn: held + queued). Counting only
+	 * accepted connections, all six went to worker 0.
+	 */
+	cr_assert_eq(queue_len(fds[0]), 4, "worker 0 queue %u", queue_len(fds[0]));
+	cr_assert_eq(queue_len(fds[1]), 2, "worker 1 queue %u", queue_len(fds[1]));
+	cr_assert_eq(queued(s, 0), 4);
+	cr_assert_eq(queued(s, 1), 2);
+
+	/* A count left behind (a handshake that never completed): the tick's resync clears it. */
+	__atomic_store_n(&steer_core(s, 0)->steered, queued(s, 0) + 100 +
+			 __atomic_load_n(&steer_core(s, 0)->taken, __ATOMIC_RELAXED), __ATOMIC_RELAXED);
+	cr_assert_eq(queued(s, 0), 104);
+	steer_resync(steer_core(s, 0), fds, 1);
+	cr_assert_eq(queued(s, 0), 4);
+	/* Taking one (as the worker does on accept) leaves three; a resync agrees. */
+	c = accept4(fds[0], NULL, NULL, SOCK_CLOEXEC);
+	cr_assert(c >= 0);
+	steer_conn_opened(steer_core(s, 0));
+	cr_assert_eq(queued(s, 0), 3);
+	steer_resync(steer_core(s, 0), fds, 1);
+	cr_assert_eq(queued(s, 0), 3);
+	/* Taken ahead of placed (the kernel's hash placed some): the resync restores it too. */
+	__atomic_store_n(&steer_core(s, 1)->taken,
+			 __atomic_load_n(&steer_core(s, 1)->steered, __ATOMIC_RELAXED) + 5,
+			 __ATOMIC_RELAXED);
+	steer_resync(steer_core(s, 1), &fds[1], 1);
+	cr_assert_eq(queued(s, 1), 2);
+	/* A listener that is not listening (-1, or shut down) counts nothing. */
+	i = -1;
+	steer_resync(steer_core(s, 1), &i, 1);
+	cr_assert_eq(queued(s, 1), 0);
+	close(c);
+	for (i = 0; i < Q; i++)
+		close_rst(cli[i]);
 	close_all(fds, 2);
 	steer_close(s);
 }

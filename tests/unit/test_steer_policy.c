@@ -305,6 +305,65 @@ Test(steer_policy, least_load_sees_a_core_busy_with_few_heavy_requests)
 	cr_assert_eq(pick(&m, 0, 0, 0, 0), 1);
 }
 
+/*
+ * What the program does for each connection it places: one more queued on that worker until
+ * the worker takes it (steer_conn_opened). A burst of SYNs is placed before any accept.
+ */
+static int pick_syn(struct model *m, uint32_t rnd, uint64_t seq)
+{
+	int w = pick(m, 0, 0, rnd, seq);
+
+	cr_assert(w >= 0 && w < (int)m->ctl.cores_n);
+	m->cores[w].steered++;
+	return w;
+}
+
+Test(steer_policy, load_policies_count_connections_queued_since_their_syn)
+{
+	static const enum steer_policy pols[] = { STEER_LEAST_CONN, STEER_LEAST_LOAD };
+	uint64_t hits[2];
+	struct model m;
+	size_t p;
+	int i;
+
+	for (p = 0; p < 2; p++) {
+		/* Worker 0: 5 placed, 2 taken = 3 queued. Worker 1: 2 held, 2 requests. */
+		model_init(&m, pols[p], 2);
+		m.cores[0].steered = 5;
+		m.cores[0].taken = 2;
+		m.cores[1].conns = 2;
+		m.cores[1].reqs = 2;
+		m.cores[1].steered = m.cores[1].taken = 7;
+		cr_assert_eq(pick(&m, 0, 0, 0, 0), 1, "%s", steer_policy_str(pols[p]));
+		cr_assert_eq(pick(&m, 0, 0, 0, 1), 1, "%s", steer_policy_str(pols[p]));
+		/* Taken: no longer queued. */
+		m.cores[0].taken = 5;
+		cr_assert_eq(pick(&m, 0, 0, 0, 1), 0, "%s", steer_policy_str(pols[p]));
+		/* More taken than placed (the kernel's hash placed some): 0 queued, not 2^32 - 3. */
+		m.cores[0].taken = 8;
+		cr_assert_eq(pick(&m, 0, 0, 0, 1), 0, "%s", steer_policy_str(pols[p]));
+		/* The counters wrap: 2 queued across the wrap still count 2. */
+		m.cores[0].steered = 1;
+		m.cores[0].taken = 0xffffffffu;
+		m.cores[1].conns = m.cores[1].reqs = 1;
+		cr_assert_eq(pick(&m, 0, 0, 0, 0), 1, "%s", steer_policy_str(pols[p]));
+
+		/*
+		 * A burst of 32 SYNs while worker 1 holds two heavy requests and nothing is accepted
+		 * yet: the burst spreads instead of all landing on worker 0 (which it did when only
+		 * accepted connections and parsed requests counted).
+		 */
+		model_init(&m, pols[p], 2);
+		m.cores[1].conns = 2;
+		m.cores[1].reqs = 2;
+		memset(hits, 0, sizeof(hits));
+		for (i = 0; i < 32; i++)
+			hits[pick_syn(&m, 0, (uint64_t)i)]++;
+		cr_assert(hits[0] == 17 && hits[1] == 15, "%s: burst went %lu / %lu",
+			  steer_policy_str(pols[p]), (unsigned long)hits[0], (unsigned long)hits[1]);
+	}
+}
+
 Test(steer_policy, power_of_two_takes_the_lighter_of_two_distinct)
 {
 	uint64_t hits[STEER_CORES_MAX];
@@ -490,6 +549,7 @@ Test(steer_worker, counters_move_and_never_wrap)
 	steer_req_started(&c);
 	cr_assert_eq(c.conns, 2);
 	cr_assert_eq(c.reqs, 1);
+	cr_assert_eq(c.taken, 2); /* each accepted connection leaves the queued count */
 	steer_req_ended(&c);
 	steer_req_ended(&c); /* unbalanced: stays 0 */
 	steer_conn_closed(&c);
@@ -507,6 +567,7 @@ Test(steer_worker, null_line_is_a_no_op)
 	steer_req_started(NULL);
 	steer_req_ended(NULL);
 	steer_tick(NULL, 1, 2);
+	steer_resync(NULL, NULL, 0);
 	cr_assert_null(steer_core(NULL, 0));
 	cr_assert_eq(steer_steered(NULL, 0), 0);
 	cr_assert_eq(steer_fallbacks(NULL), 0);
