@@ -632,8 +632,8 @@ Test(steer_kernel, a_connection_weighs_on_its_worker_from_the_syn_on)
 	cr_assert_eq(queued(s, 1), 2);
 
 	/* A count left behind (a handshake that never completed): the tick's resync clears it. */
-	__atomic_store_n(&steer_core(s, 0)->steered, queued(s, 0) + 100 +
-			 __atomic_load_n(&steer_core(s, 0)->taken, __ATOMIC_RELAXED), __ATOMIC_RELAXED);
+	c = (int)(queued(s, 0) + 100 + steer_core(s, 0)->taken);
+	__atomic_store_n(&steer_core(s, 0)->steered, (uint32_t)c, __ATOMIC_RELAXED);
 	cr_assert_eq(queued(s, 0), 104);
 	steer_resync(steer_core(s, 0), fds, 1);
 	cr_assert_eq(queued(s, 0), 4);

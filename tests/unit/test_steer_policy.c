@@ -360,8 +360,8 @@ Test(steer_policy, load_policies_count_connections_queued_since_their_syn)
 		for (i = 0; i < 32; i++)
 			hits[pick_syn(&m, 0, (uint64_t)i)]++;
 		cr_assert(hits[0] == 17 && hits[1] == 15, "%s: burst went %lu / %lu",
-			  steer_policy_str(pols[p]), (unsigned long)hits[0], (unsigned long)hits[1]);
-
+			  steer_policy_str(pols[p]), (unsigned long)hits[0],
+			  (unsigned long)hits[1]);
 	}
 }
 
