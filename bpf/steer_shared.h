@@ -47,7 +47,7 @@ enum steer_policy {
 	STEER_HASH = 0,	    /* the kernel's 4-tuple hash over the non-drained workers */
 	STEER_ROUND_ROBIN,  /* a shared counter over the non-drained workers */
 	STEER_LEAST_CONN,   /* fewest connections held or queued */
-	STEER_LEAST_LOAD,   /* lowest in-flight requests and queued connections plus busy time */
+	STEER_LEAST_LOAD,   /* lowest in-flight requests and new connections plus busy time */
 	STEER_POWER_OF_TWO, /* two random draws (with replacement), the lighter (least-load) wins */
 	STEER_WEIGHTED,	    /* deterministic, proportional to per-worker weights */
 	STEER_CPU_LOCAL,    /* the worker pinned to the CPU that processed the SYN */
@@ -69,7 +69,7 @@ enum steer_policy {
  * One worker's line in the per-core array. CROSS-THREAD and CROSS-PROCESS: the array is
  * an mmapped BPF map. Each field has exactly one writer, which stores with relaxed
  * atomics (no read-modify-write across writers): weight, drained and cpu are written by
- * the main thread; conns, reqs, load, ticks and taken by the worker itself. The exceptions:
+ * the main thread; conns, reqs, load, ticks, taken and fresh by the worker itself. The exceptions:
  * drained: the main thread stores 1 (drain) or 3 (undrain asked), and the worker turns 3
  * into 0 with a compare-exchange once its listener is back, so that no policy picks it
  * before; steered: the BPF program adds 1 (atomic add, from whichever CPU runs it) for each
@@ -92,7 +92,14 @@ struct steer_core {
 	 */
 	__u32 steered;
 	__u32 taken;
-	__u64 pad[3];
+	/*
+	 * Connections the worker has accepted whose first request has not started (nor have
+	 * they closed): read, TLS handshake or PROXY header still to come. Between the accept
+	 * (taken) and the first request (reqs) a new connection was in no figure at all.
+	 */
+	__u32 fresh;
+	__u32 pad32;
+	__u64 pad[2];
 } __attribute__((aligned(64)));
 
 _Static_assert(sizeof(struct steer_core) == 64, "one cache line per core");
@@ -260,10 +267,14 @@ static __always_inline __u64 steer_queued(const struct steer_core *c)
 	return (__u64)d * (1 - (d >> 31));
 }
 
-/* least-load score: in-flight requests and queued connections plus the busy fraction. */
+/*
+ * least-load score: in-flight requests, connections queued and accepted connections not yet
+ * at their first request (new work the worker has not reached), plus the busy fraction.
+ */
 static __always_inline __u64 steer_score(const struct steer_core *c)
 {
-	return ((__u64)STEER_READ(c->reqs) + steer_queued(c)) * STEER_REQ_COST +
+	return ((__u64)STEER_READ(c->reqs) + steer_queued(c) + STEER_READ(c->fresh)) *
+		       STEER_REQ_COST +
 	       STEER_READ(c->load);
 }
 

@@ -433,7 +433,7 @@ void conn_try_finish(struct worker *w, struct conn *c)
 	close(c->fd);
 	if (c->req_state != RQ_HEAD || c->rs_state != RS_NONE)
 		steer_req_ended(w->sc);
-	steer_conn_closed(w->sc);
+	steer_conn_closed(w->sc, c->requests > 0);
 	c->active = false;
 	c->gen++;
 	w->conns_active--;
@@ -784,7 +784,7 @@ static bool req_begin(struct worker *w, struct conn *c, struct http_req *req, co
 	c->x->req_in_head_len = req->head_len;
 	c->x->x_bytes_out = 0;
 	STAT_ADD(w->stats->requests, 1);
-	steer_req_started(w->sc);
+	steer_req_started(w->sc, c->requests == 1);
 	c->client_minor = req->version_minor;
 	conn_put(c, CF_REQ_HEAD, req->is_head);
 	conn_put(c, CF_REQ_IDEMPOTENT, req->is_idempotent);

@@ -405,6 +405,7 @@ static int steer_load(struct steer *s, const struct config *cfg, int policy, cha
 		__atomic_store_n(&c->ticks, 0, __ATOMIC_RELAXED);
 		__atomic_store_n(&c->steered, 0, __ATOMIC_RELAXED);
 		__atomic_store_n(&c->taken, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&c->fresh, 0, __ATOMIC_RELAXED);
 		__atomic_store_n(&c->cpu, i < s->cores_n ? cfg->cores[i] : ~0u, __ATOMIC_RELAXED);
 	}
 	for (i = 0; i < STEER_LISTEN_MAX; i++) {
@@ -876,21 +877,28 @@ void steer_conn_opened(struct steer_core *c)
 	if (!c)
 		return;
 	steer_add(&c->conns, 1);
+	steer_add(&c->fresh, 1);
 	/* One of the connections the program placed here is off the queue (wraps: no clamp). */
 	__atomic_store_n(&c->taken, __atomic_load_n(&c->taken, __ATOMIC_RELAXED) + 1,
 			 __ATOMIC_RELAXED);
 }
 
-void steer_conn_closed(struct steer_core *c)
+void steer_conn_closed(struct steer_core *c, bool had_request)
 {
-	if (c)
-		steer_add(&c->conns, -1);
+	if (!c)
+		return;
+	steer_add(&c->conns, -1);
+	if (!had_request)
+		steer_add(&c->fresh, -1);
 }
 
-void steer_req_started(struct steer_core *c)
+void steer_req_started(struct steer_core *c, bool first)
 {
-	if (c)
-		steer_add(&c->reqs, 1);
+	if (!c)
+		return;
+	steer_add(&c->reqs, 1);
+	if (first)
+		steer_add(&c->fresh, -1);
 }
 
 void steer_req_ended(struct steer_core *c)

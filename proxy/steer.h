@@ -93,8 +93,10 @@ void steer_close(struct steer *s);
  * no syscall. c may be NULL (kernel-hash mode): then they do nothing.
  */
 void steer_conn_opened(struct steer_core *c);
-void steer_conn_closed(struct steer_core *c);
-void steer_req_started(struct steer_core *c);
+/* had_request: the connection started a request (else it leaves the fresh count here). */
+void steer_conn_closed(struct steer_core *c, bool had_request);
+/* first: the connection's first request (it leaves the fresh count). */
+void steer_req_started(struct steer_core *c, bool first);
 void steer_req_ended(struct steer_core *c);
 /* Called by the worker on each timer tick with its busy time since the last tick. */
 void steer_tick(struct steer_core *c, uint64_t busy_ns, uint64_t interval_ns);

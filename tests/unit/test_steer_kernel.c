@@ -224,7 +224,7 @@ static int which(const int *fds, int n)
 		close_rst(c);
 		if (as_worker) {
 			steer_conn_opened(steer_core(as_worker, (uint32_t)i));
-			steer_conn_closed(steer_core(as_worker, (uint32_t)i));
+			steer_conn_closed(steer_core(as_worker, (uint32_t)i), false);
 		}
 		return i;
 	}
@@ -551,8 +551,8 @@ Test(steer_kernel, policy_change_takes_effect_on_the_next_connection)
 	spread(fds, 2, port, 10, hits);
 	cr_assert_eq(hits[1], 10);
 	/* The worker's own counters move the choice, without any syscall. */
-	steer_conn_closed(steer_core(s, 0));
-	steer_conn_closed(steer_core(s, 0));
+	steer_conn_closed(steer_core(s, 0), false);
+	steer_conn_closed(steer_core(s, 0), false);
 	for (c = 0; c < 3; c++)
 		steer_conn_opened(steer_core(s, 1));
 	spread(fds, 2, port, 10, hits);
@@ -562,7 +562,7 @@ Test(steer_kernel, policy_change_takes_effect_on_the_next_connection)
 	cr_assert_eq(steer_set_policy(s, "least-load"), 0);
 	for (c = 0; c < 20; c++)
 		steer_tick(steer_core(s, 0), 100000000, 100000000);
-	steer_req_started(steer_core(s, 1));
+	steer_req_started(steer_core(s, 1), false);
 	spread(fds, 2, port, 10, hits);
 	cr_assert_eq(hits[1], 10);
 

@@ -569,25 +569,59 @@ Test(steer_worker, counters_move_and_never_wrap)
 	memset(&c, 0, sizeof(c));
 	steer_conn_opened(&c);
 	steer_conn_opened(&c);
-	steer_req_started(&c);
+	cr_assert_eq(c.fresh, 2); /* accepted, no request yet */
+	steer_req_started(&c, true);
 	cr_assert_eq(c.conns, 2);
 	cr_assert_eq(c.reqs, 1);
 	cr_assert_eq(c.taken, 2); /* each accepted connection leaves the queued count */
+	cr_assert_eq(c.fresh, 1); /* its first request started: no longer fresh */
+	steer_req_ended(&c);
+	steer_req_started(&c, false); /* a keep-alive connection's next request */
+	cr_assert_eq(c.fresh, 1);
 	steer_req_ended(&c);
 	steer_req_ended(&c); /* unbalanced: stays 0 */
-	steer_conn_closed(&c);
+	steer_conn_closed(&c, true);
 	cr_assert_eq(c.reqs, 0);
 	cr_assert_eq(c.conns, 1);
-	steer_conn_closed(&c);
-	steer_conn_closed(&c);
+	cr_assert_eq(c.fresh, 1);
+	steer_conn_closed(&c, false); /* closed before any request */
+	cr_assert_eq(c.fresh, 0);
+	steer_conn_closed(&c, false);
 	cr_assert_eq(c.conns, 0);
+	cr_assert_eq(c.fresh, 0);
+}
+
+Test(steer_policy, least_load_counts_accepted_connections_before_their_first_request)
+{
+	struct model m;
+
+	/*
+	 * Worker 0 accepted 20 connections in one batch and has not read their requests yet;
+	 * worker 1 has 3 requests in flight. Counting only requests and queued SYNs, worker 0
+	 * looked empty and took the next connections too.
+	 */
+	model_init(&m, STEER_LEAST_LOAD, 2);
+	m.cores[0].conns = 20;
+	m.cores[0].fresh = 20;
+	m.cores[1].conns = 3;
+	m.cores[1].reqs = 3;
+	cr_assert_eq(pick(&m, 0, 0, 0, 0), 1);
+	cr_assert_eq(pick(&m, 0, 0, 0, 1), 1);
+	/* Their requests started: now worker 0 has 20 in flight, still the busier one. */
+	m.cores[0].fresh = 0;
+	m.cores[0].reqs = 20;
+	cr_assert_eq(pick(&m, 0, 0, 0, 0), 1);
+	/* Done and closed: worker 0 is the emptier. */
+	m.cores[0].reqs = 0;
+	m.cores[0].conns = 0;
+	cr_assert_eq(pick(&m, 0, 0, 0, 0), 0);
 }
 
 Test(steer_worker, null_line_is_a_no_op)
 {
 	steer_conn_opened(NULL);
-	steer_conn_closed(NULL);
-	steer_req_started(NULL);
+	steer_conn_closed(NULL, false);
+	steer_req_started(NULL, true);
 	steer_req_ended(NULL);
 	steer_tick(NULL, 1, 2);
 	steer_resync(NULL, NULL, 0);
