@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include "conn.h"
+#include "tls_io.h"
 
 /*
  * Pieces of c->x->resp.out shorter than this are copied together into one record (a head and a
@@ -160,11 +161,8 @@ static void ctls_plain_answer(struct conn *c)
 static void ctls_deliver(struct worker *w, struct conn *c, struct ctls *x)
 {
 	struct tls_conn *t = &x->t;
-	bool eof = false, fail = false;
-	uint32_t cap, len = 0, hb = NIL;
-	int32_t pbid;
-	ssize_t n;
-	char *p;
+	enum tls_io_rd o;
+	struct inbuf in;
 	int r;
 
 	x->flags &= ~CT_MORE;
@@ -191,70 +189,41 @@ static void ctls_deliver(struct worker *w, struct conn *c, struct ctls *x)
 			return;
 		}
 	}
-	pbid = buf_take(w);
-	if (pbid >= 0) {
-		p = buf_addr(w, (uint32_t)pbid);
-		cap = w->buf_size;
-	} else {
-		/* Every free buffer is in the kernel's ring: a head buffer holds it instead. */
-		hb = hbuf_get(w);
-		if (hb == NIL) {
-			x->flags |= CT_MORE;
-			c->flags |= CF_RECV_WANTED;
-			wait_push(w, cidx(w, c));
-			return;
-		}
-		p = hbuf_addr(w, hb);
-		cap = w->buf_size; /* no more than a receive: what HTTP expects c->in to hold */
+	o = tls_io_read(w, t, &in);
+	if (o == TLS_IO_NOBUF) {
+		x->flags |= CT_MORE;
+		c->flags |= CF_RECV_WANTED;
+		wait_push(w, cidx(w, c));
+		return;
 	}
-	for (;;) {
-		n = tls_read(t, (uint8_t *)p + len, cap - len);
-		if (n > 0) {
-			len += (uint32_t)n;
-			if (len < cap)
-				continue;
-			x->flags |= CT_MORE; /* the buffer is full: the session may hold more */
-		} else if (n == 0) {
-			eof = true; /* close_notify */
-		} else if (n == -ENOBUFS) {
-			x->flags |= len ? CT_MORE : CT_HS_MORE;
-		} else if (n == -EPROTO) {
-			fail = true;
-		}
-		break;
-	}
+	if (o == TLS_IO_MORE)
+		x->flags |= CT_MORE;
+	else if (o == TLS_IO_OUT_FULL)
+		x->flags |= CT_HS_MORE;
 	ctls_opened(w, x);
-	if (fail || len == 0) {
-		buf_put(w, pbid);
-		hbuf_put(w, hb);
-	}
-	if (fail) {
+	if (o == TLS_IO_FAIL) {
 		ctls_failed(w, c, x);
 		return;
 	}
 	ctls_flush(w, c, x);
 	ctls_release_in(w, x);
-	if (len == 0) {
-		if (eof && c->req_state == RQ_HEAD && c->rs_state == RS_NONE &&
+	if (in.len == 0) {
+		if (o == TLS_IO_EOF && c->req_state == RQ_HEAD && c->rs_state == RS_NONE &&
 		    !conn_head_partial(c)) {
 			/* close_notify between requests: ours in answer, then the close. */
 			c->flags |= CF_EOF;
 			conn_close_graceful(w, c);
-		} else if (eof) {
+		} else if (o == TLS_IO_EOF) {
 			conn_on_eof(w, c, 0);
 		} else if (!(x->flags & CT_HS_MORE))
 			conn_arm_recv(w, c);
 		return;
 	}
-	if (eof)
+	if (o == TLS_IO_EOF)
 		x->flags |= CT_MORE; /* the next read says it */
 	CONN_BUG_ON(w, c, c->in.len != 0);
 	inbuf_release(w, &c->in);
-	c->in.base = p;
-	c->in.off = 0;
-	c->in.len = len;
-	c->in.bid = pbid;
-	c->in.hbuf = hb;
+	c->in = in;
 	conn_on_input(w, c);
 }
 

@@ -34,6 +34,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include "conn.h"
+#include "tls_io.h"
 
 static struct utls *ups_tls(struct worker *w, const struct ups *u)
 {
@@ -147,11 +148,8 @@ static void utls_opened(struct worker *w, struct conn *c, struct ups *u, struct 
 static void utls_deliver(struct worker *w, struct conn *c, struct ups *u, struct utls *x)
 {
 	struct tls_conn *t = &x->t;
-	bool eof = false, fail = false;
-	uint32_t cap, len = 0, hb = NIL;
-	int32_t pbid;
-	ssize_t n;
-	char *p;
+	enum tls_io_rd o;
+	struct inbuf in;
 	int r;
 
 	x->flags &= ~UT_MORE;
@@ -177,66 +175,38 @@ static void utls_deliver(struct worker *w, struct conn *c, struct ups *u, struct
 		utls_opened(w, c, u, x);
 		return;
 	}
-	/* A receive buffer from the pool, as the socket would have filled; else a head buffer. */
-	pbid = buf_take(w);
-	if (pbid >= 0) {
-		p = buf_addr(w, (uint32_t)pbid);
-	} else {
-		hb = hbuf_get(w);
-		if (hb == NIL) {
-			/* No buffer: wait for one, as a receive that found none does. */
-			x->flags |= UT_MORE;
-			c->flags |= CF_UPS_RECV_WANTED;
-			wait_push(w, cidx(w, c));
-			return;
-		}
-		p = hbuf_addr(w, hb);
+	o = tls_io_read(w, t, &in);
+	if (o == TLS_IO_NOBUF) {
+		/* No buffer: wait for one, as a receive that found none does. */
+		x->flags |= UT_MORE;
+		c->flags |= CF_UPS_RECV_WANTED;
+		wait_push(w, cidx(w, c));
+		return;
 	}
-	cap = w->buf_size; /* a receive's worth in either */
-	for (;;) {
-		n = tls_read(t, (uint8_t *)p + len, cap - len);
-		if (n > 0) {
-			len += (uint32_t)n;
-			if (len < cap)
-				continue;
-			x->flags |= UT_MORE; /* the buffer is full: the session may hold more */
-		} else if (n == 0) {
-			eof = true; /* close_notify */
-		} else if (n == -ENOBUFS) {
-			x->flags |= len ? UT_MORE : UT_HS_MORE;
-		} else if (n == -EPROTO) {
-			fail = true;
-		}
-		break;
-	}
-	if (fail || len == 0) {
-		buf_put(w, pbid);
-		hbuf_put(w, hb);
-	}
+	if (o == TLS_IO_MORE)
+		x->flags |= UT_MORE;
+	else if (o == TLS_IO_OUT_FULL)
+		x->flags |= UT_HS_MORE;
 	utls_flush(w, u, x);
 	utls_release_in(w, x);
-	if (fail) {
+	if (o == TLS_IO_FAIL) {
 		log_warn("worker %u: TLS from backend %s: %s", w->id,
 			 w->d->backends[u->backend].addr, t->why ? t->why : "TLS error");
 		exchange_on_recv(w, c, u, -EPROTO, 0);
 		return;
 	}
-	if (len == 0) {
-		if (eof)
+	if (in.len == 0) {
+		if (o == TLS_IO_EOF)
 			exchange_on_recv(w, c, u, 0, 0); /* a clean end: as a FIN */
 		else if (!(x->flags & UT_HS_MORE))
 			ups_arm_recv(w, u);
 		return;
 	}
-	if (eof)
+	if (o == TLS_IO_EOF)
 		x->flags |= UT_MORE; /* the next read says it */
 	BUG_ON(u->in.len != 0);
 	inbuf_release(w, &u->in);
-	u->in.base = p;
-	u->in.off = 0;
-	u->in.len = len;
-	u->in.bid = pbid;
-	u->in.hbuf = hb;
+	u->in = in;
 	c->flags |= CF_UPS_BYTE_SEEN;
 	resp_process(w, c);
 }
