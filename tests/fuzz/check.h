@@ -11,6 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include "tls.h"
 
 #define CHECK(cond)                                                                                \
@@ -21,6 +25,52 @@
 			abort();                                                                   \
 		}                                                                                  \
 	} while (0)
+
+/*
+ * The TLS targets' server identity: a P-256 key and a certificate for CN fuzz.test signed by
+ * itself (with subjectAltName san unless NULL), written to dir/c.pem and dir/c.key, and *cfg
+ * a listener's tls settings with that one certificate. The caller removes the files.
+ */
+static inline void fuzz_identity(const char *dir, const char *san, struct cfg_tls *cfg)
+{
+	EVP_PKEY *key = EVP_EC_gen("P-256");
+	X509 *x = X509_new();
+	char path[128];
+	FILE *f;
+
+	CHECK(key && x);
+	*cfg = (struct cfg_tls){ .on = true,
+				 .session_tickets = true,
+				 .protocols = CFG_TLS_V12 | CFG_TLS_V13,
+				 .certs_n = 1 };
+	ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+	X509_gmtime_adj(X509_getm_notBefore(x), 0);
+	X509_gmtime_adj(X509_getm_notAfter(x), 86400 * 365);
+	X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+				   (const unsigned char *)"fuzz.test", -1, -1, 0);
+	X509_set_issuer_name(x, X509_get_subject_name(x));
+	X509_set_pubkey(x, key);
+	if (san) {
+		X509V3_CTX v3;
+		X509_EXTENSION *ext;
+
+		X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
+		ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, san);
+		CHECK(ext && X509_add_ext(x, ext, -1));
+		X509_EXTENSION_free(ext);
+	}
+	CHECK(X509_sign(x, key, EVP_sha256()));
+	snprintf(path, sizeof(path), "%s/c.pem", dir);
+	CHECK((f = fopen(path, "w")) && PEM_write_X509(f, x));
+	fclose(f);
+	snprintf(cfg->certs[0].cert, sizeof(cfg->certs[0].cert), "%s", path);
+	snprintf(path, sizeof(path), "%s/c.key", dir);
+	CHECK((f = fopen(path, "w")) && PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL));
+	fclose(f);
+	snprintf(cfg->certs[0].key, sizeof(cfg->certs[0].key), "%s", path);
+	X509_free(x);
+	EVP_PKEY_free(key);
+}
 
 /* Piece sizes for lending input, from the pattern bits: 1 byte up to a 16 KiB buffer. */
 static inline size_t fuzz_piece(uint32_t *seed, size_t left)

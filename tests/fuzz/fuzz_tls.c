@@ -87,36 +87,12 @@ static int handshake(struct tls_conn *t, SSL *c)
 
 static void make_identity(void)
 {
-	char dir[] = "/tmp/corral-fuzz-tls-XXXXXX", path[128];
-	struct cfg_tls cfg = { .on = true,
-			       .session_tickets = true,
-			       .protocols = CFG_TLS_V12 | CFG_TLS_V13,
-			       .certs_n = 1 };
+	char dir[] = "/tmp/corral-fuzz-tls-XXXXXX";
+	struct cfg_tls cfg;
 	struct tls_ctx_err e;
-	EVP_PKEY *key = EVP_EC_gen("P-256");
-	X509 *x = X509_new();
-	FILE *f;
 
-	CHECK(mkdtemp(dir) && key && x);
-	ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-	X509_gmtime_adj(X509_getm_notBefore(x), 0);
-	X509_gmtime_adj(X509_getm_notAfter(x), 86400 * 365);
-	X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-				   (const unsigned char *)"fuzz.test", -1, -1, 0);
-	X509_set_issuer_name(x, X509_get_subject_name(x));
-	X509_set_pubkey(x, key);
-	CHECK(X509_sign(x, key, EVP_sha256()));
-	snprintf(path, sizeof(path), "%s/c.pem", dir);
-	CHECK((f = fopen(path, "w")) && PEM_write_X509(f, x));
-	fclose(f);
-	snprintf(cfg.certs[0].cert, sizeof(cfg.certs[0].cert), "%s", path);
-	snprintf(path, sizeof(path), "%s/c.key", dir);
-	CHECK((f = fopen(path, "w")) && PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL));
-	fclose(f);
-	snprintf(cfg.certs[0].key, sizeof(cfg.certs[0].key), "%s", path);
-	X509_free(x);
-	EVP_PKEY_free(key);
-
+	CHECK(mkdtemp(dir));
+	fuzz_identity(dir, NULL, &cfg);
 	CHECK(tls_server_new(&srv, &cfg, NULL, &e) == 0);
 	unlink(cfg.certs[0].cert);
 	unlink(cfg.certs[0].key);

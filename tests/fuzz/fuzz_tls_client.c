@@ -103,44 +103,15 @@ static int handshake(struct tls_conn *c, struct tls_conn *s)
 
 static void make_identity(void)
 {
-	char dir[] = "/tmp/corral-fuzz-tlsc-XXXXXX", path[128];
-	struct cfg_tls cfg = { .on = true,
-			       .session_tickets = true,
-			       .protocols = CFG_TLS_V12 | CFG_TLS_V13,
-			       .certs_n = 1 };
+	char dir[] = "/tmp/corral-fuzz-tlsc-XXXXXX";
+	struct cfg_tls cfg;
 	struct cfg_backend be = { .tls = { .on = true } };
 	struct sockaddr_in *s4 = (struct sockaddr_in *)&be.addr.ss;
 	struct tls_ctx_err e;
-	EVP_PKEY *key = EVP_EC_gen("P-256");
-	X509 *x = X509_new();
-	X509V3_CTX v3;
-	X509_EXTENSION *ext;
 	struct tls_conn c, s;
-	FILE *f;
 
-	CHECK(mkdtemp(dir) && key && x);
-	ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-	X509_gmtime_adj(X509_getm_notBefore(x), 0);
-	X509_gmtime_adj(X509_getm_notAfter(x), 86400 * 365);
-	X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-				   (const unsigned char *)"fuzz.test", -1, -1, 0);
-	X509_set_issuer_name(x, X509_get_subject_name(x));
-	X509_set_pubkey(x, key);
-	X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
-	ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, "DNS:fuzz.test");
-	CHECK(ext && X509_add_ext(x, ext, -1));
-	X509_EXTENSION_free(ext);
-	CHECK(X509_sign(x, key, EVP_sha256()));
-	snprintf(path, sizeof(path), "%s/c.pem", dir);
-	CHECK((f = fopen(path, "w")) && PEM_write_X509(f, x));
-	fclose(f);
-	snprintf(cfg.certs[0].cert, sizeof(cfg.certs[0].cert), "%s", path);
-	snprintf(path, sizeof(path), "%s/c.key", dir);
-	CHECK((f = fopen(path, "w")) && PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL));
-	fclose(f);
-	snprintf(cfg.certs[0].key, sizeof(cfg.certs[0].key), "%s", path);
-	X509_free(x);
-	EVP_PKEY_free(key);
+	CHECK(mkdtemp(dir));
+	fuzz_identity(dir, "DNS:fuzz.test", &cfg);
 	CHECK(tls_server_new(&srv, &cfg, NULL, &e) == 0);
 
 	s4->sin_family = AF_INET;
