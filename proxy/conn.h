@@ -462,7 +462,12 @@ static inline void conn_send(struct worker *w, struct conn *c)
 	c->inflight++;
 }
 
-static inline void ups_arm_recv(struct worker *w, struct ups *u)
+/*
+ * empty: the socket is known to hold nothing yet (a connection just pooled, or just
+ * connected): the receive waits for readiness first (IORING_RECVSEND_POLL_FIRST) instead of
+ * trying a read that can only fail with -EAGAIN before it arms its poll.
+ */
+static inline void ups_arm_recv_hint(struct worker *w, struct ups *u, bool empty)
 {
 	struct io_uring_sqe *sqe;
 
@@ -472,11 +477,18 @@ static inline void ups_arm_recv(struct worker *w, struct ups *u)
 		return;
 	sqe = worker_sqe(w);
 	io_uring_prep_recv(sqe, u->fd, NULL, 0, 0);
+	if (empty)
+		sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = w->bgid;
 	sqe->user_data = ud_pack(OP_U_RECV, uidx(w, u), u->gen);
 	u->recv_armed = true;
 	u->inflight++;
+}
+
+static inline void ups_arm_recv(struct worker *w, struct ups *u)
+{
+	ups_arm_recv_hint(w, u, false);
 }
 
 /* Submits c->x->req.out on u. */

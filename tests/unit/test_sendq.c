@@ -2,7 +2,8 @@
  * Unit tests of the send queue helpers (conn.h): a queue of one iovec goes out as a plain send,
  * more as a sendmsg; small pieces queued behind a head are copied into the head's buffer so
  * that the queue is one iovec, large ones and queues that do not start with the head are left
- * as they are. The SQEs are read back from a real ring (nothing is submitted).
+ * as they are; an upstream receive known to wait asks for IORING_RECVSEND_POLL_FIRST. The SQEs
+ * are read back from a real ring (nothing is submitted).
  */
 #include <criterion/criterion.h>
 #include <string.h>
@@ -104,4 +105,32 @@ Test(sendq, what_does_not_fit_or_is_large_or_not_behind_the_head_stays)
 	sendq_coalesce(&q, head, sizeof(head));
 	cr_assert_eq(q.iov_n, 2);
 	cr_assert_eq(memcmp(head, "0123456789", 11), 0);
+}
+
+Test(sendq, an_upstream_receive_known_to_wait_polls_first, .init = ring_init, .fini = ring_fini)
+{
+	struct ups u[1];
+	struct io_uring_sqe *sqe;
+
+	memset(u, 0, sizeof(u));
+	w.ups = u;
+	u->fd = 5;
+	ups_arm_recv_hint(&w, u, true);
+	sqe = last_sqe();
+	cr_assert_eq(sqe->opcode, IORING_OP_RECV);
+	cr_assert(sqe->ioprio & IORING_RECVSEND_POLL_FIRST);
+	cr_assert(sqe->flags & IOSQE_BUFFER_SELECT);
+	cr_assert(u->recv_armed);
+	cr_assert_eq(u->inflight, 1);
+
+	/* One at a time: armed already, nothing more is submitted. */
+	ups_arm_recv_hint(&w, u, true);
+	cr_assert_eq(sqe, last_sqe());
+
+	/* Elsewhere bytes may be waiting already: the receive tries them first. */
+	u->recv_armed = false;
+	ups_arm_recv(&w, u);
+	sqe = last_sqe();
+	cr_assert_eq(sqe->opcode, IORING_OP_RECV);
+	cr_assert_eq(sqe->ioprio & IORING_RECVSEND_POLL_FIRST, 0);
 }
