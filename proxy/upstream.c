@@ -120,8 +120,11 @@ void ups_pool_put(struct worker *w, struct ups *u)
 	w->pool_head[b] = idx;
 	w->pool_n[b]++;
 	STAT_SET(w->stats->pool_idle, w->stats->pool_idle + 1);
-	/* An idle connection keeps a receive armed: it notices the backend closing it. */
-	ups_arm_recv(w, u);
+	/*
+	 * An idle connection keeps a receive armed: it notices the backend closing it, and it is
+	 * the receive of the next response. The response before was read whole: nothing waits.
+	 */
+	ups_arm_recv_hint(w, u, true);
 }
 
 void ups_pool_expire(struct worker *w)
