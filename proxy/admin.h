@@ -2,6 +2,7 @@
 #ifndef CORRAL_ADMIN_H
 #define CORRAL_ADMIN_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -148,6 +149,16 @@ struct admin_ops {
  * docs/operations.md for the commands. Served on the main thread without ever blocking.
  */
 struct ctl;
+
+/*
+ * An accept that failed for want of descriptors or memory: the pending connection stays
+ * queued and keeps the listener readable, so the admin planes take the listener out of
+ * their epoll set until their next one-second tick instead of polling it hot.
+ */
+static inline bool admin_accept_starved(int err)
+{
+	return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
 
 /*
  * Creates the Unix socket at path (mode 0600, parent folder created 0700 when missing). A

@@ -59,6 +59,13 @@ struct ctl {
 	int ep;
 	int lfd;
 	int tfd;
+	/*
+	 * The listener is out of the epoll set after an accept failed for want of descriptors
+	 * or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM): left in, the pending connection keeps it
+	 * readable and the main thread's poll spins. The next timer tick puts it back.
+	 */
+	bool lpaused;
+	bool lgone; /* handed off to a successor: never put back */
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	dev_t dev; /* of the socket file we created: unlink only that one */
 	ino_t ino;
@@ -777,8 +784,15 @@ static void ctl_accept(struct ctl *c)
 		uint32_t i;
 		int fd = accept4(c->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
-		if (fd < 0)
+		if (fd < 0) {
+			if (admin_accept_starved(errno) && !c->lpaused) {
+				epoll_ctl(c->ep, EPOLL_CTL_DEL, c->lfd, NULL);
+				c->lpaused = true;
+				log_warn("control socket: accept: %s; paused until the next second",
+					 strerror(errno));
+			}
 			return; /* EAGAIN, or a transient error: the listener stays */
+		}
 		/* The socket is 0600 already; refuse anyone but root and our own user anyway. */
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1 ||
 		    (cred.uid != 0 && cred.uid != geteuid())) {
@@ -822,6 +836,13 @@ void ctl_service(struct ctl *c)
 		} else if (tag == CTL_TAG_TIMER) {
 			uint64_t ticks;
 
+			if (c->lpaused && !c->lgone) {
+				struct epoll_event lev = { .events = EPOLLIN,
+							   .data.u64 = CTL_TAG_LISTEN };
+
+				if (epoll_ctl(c->ep, EPOLL_CTL_ADD, c->lfd, &lev) == 0)
+					c->lpaused = false;
+			}
 			if (read(c->tfd, &ticks, sizeof(ticks)) == sizeof(ticks)) {
 				c->prev = c->cur;
 				ctl_take_sample(c, &c->cur);
@@ -905,6 +926,7 @@ int ctl_reclaim(struct ctl *c)
 	c->dev = st.st_dev;
 	c->ino = st.st_ino;
 	epoll_ctl(c->ep, EPOLL_CTL_ADD, c->lfd, &ev);
+	c->lpaused = false;
 	return 0;
 }
 
@@ -918,6 +940,7 @@ void ctl_handoff(struct ctl *c, uint32_t timeout_ms)
 	/* Whoever connected before the successor renamed its socket over the path is ours. */
 	ctl_accept(c);
 	epoll_ctl(c->ep, EPOLL_CTL_DEL, c->lfd, NULL);
+	c->lgone = true;
 	do {
 		struct pollfd pf = { .fd = c->ep, .events = POLLIN };
 

@@ -49,6 +49,7 @@ static bool join_live_group;
 static char self_exe[PATH_MAX]; /* our binary's path as it was at start */
 static char **self_argv;
 static struct upgrade_env UE = { .fd = -1, .metrics_fd = -1 }; /* as a successor */
+static bool privs_dropped; /* started as root, now runs as user: (no upgrade in place) */
 /* false while the predecessor still serves the (shared) metrics listener */
 static bool metrics_live = true;
 /* As a predecessor: the successor being started. */
@@ -1115,6 +1116,21 @@ static int upgrade_begin(char *err, size_t errlen)
 		snprintf(err, errlen, "the path of the running binary is unknown");
 		return -ENOENT;
 	}
+	if (privs_dropped) {
+		/*
+		 * The successor is our child: it would start as the user too, with no capability,
+		 * and could neither load the steering program nor bind into the listeners'
+		 * reuseport groups (created by root). Handing it the listeners and the program by
+		 * descriptor is not built; say so instead of starting a process bound to fail.
+		 */
+		snprintf(err, errlen,
+			 "not possible after the privilege drop to user %s: the new process would "
+			 "run as %s and cannot load the steering program or join the listeners; "
+			 "restart instead (systemctl restart), or run without user: to upgrade in "
+			 "place",
+			 startup_cfg->user, startup_cfg->user);
+		return -EPERM;
+	}
 	r = upgrade_spawn(self_exe, self_argv, D.listen_port, startup_cfg->listen_n,
 			  metrics_listen_fd(admin_met), UE.count + 1, &UP.pid, &UP.fd, err, errlen);
 	if (r < 0)
@@ -1335,6 +1351,7 @@ static int drop_privileges(const struct config *cfg, char *err, size_t errlen)
 				 cfg->user, cfg->access_log.path, cfg->user);
 	}
 	r = privdrop_apply(cfg->uid, cfg->gid, err, errlen);
+	privs_dropped = r == 0;
 	if (r == 0)
 		log_info("running as user %s (uid %u, gid %u) with no capabilities", cfg->user,
 			 (unsigned)cfg->uid, (unsigned)cfg->gid);

@@ -156,3 +156,28 @@ def test_unknown_user_or_lone_group_is_a_config_error(open_folder, backend):
                            timeout=10 * SLOW)
         assert r.returncode == 1, r
         assert re.search(want, r.stderr), r.stderr
+
+
+def test_upgrade_after_the_drop_is_refused_with_the_reason_and_keeps_serving(open_folder, backend):
+    """A successor would start as nobody: it could not load the steering program nor bind into
+    the listeners' reuseport group (root's). corral refuses up front, says why and what to do,
+    starts no process, and keeps serving with its pins in place (before: the successor was
+    started, failed with "cannot listen", and the old process lost its pins trying to
+    re-pin them as nobody)."""
+    need_root("the privilege drop test")
+    d = Daemon(open_folder, backend)
+    try:
+        r = subprocess.run([binary("corralctl"), "-s", d.sock, "upgrade"], capture_output=True, text=True,
+                           timeout=30 * SLOW)
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert "not possible after the privilege drop to user nobody" in r.stderr, r.stderr
+        assert "restart instead" in r.stderr
+        assert "upgrade: started" not in d.text(), d.text()
+        assert simple_get(d.port, "/").status == 200
+        assert json.loads(d.ctl("status", "--json"))["upgrading"] is False
+        pins = "/sys/fs/bpf/corral/%s" % d.instance
+        assert sorted(os.listdir(pins)) == ["cores", "ctl", "socks", "stats"]
+        assert d.stop() == 0
+    finally:
+        d.kill()
+        shutil.rmtree("/sys/fs/bpf/corral/%s" % d.instance, ignore_errors=True)

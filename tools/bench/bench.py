@@ -8,6 +8,7 @@ usage: bench.py BUILD_DIR full|quick   (settings: BENCH_* environment variables,
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -75,6 +76,10 @@ class Bench:
         self.seq = 0
         only = os.environ.get("BENCH_SCENARIOS", "")
         self.only = set(only.split()) if only else None
+        # BENCH_PERF="hello uneven": a system-wide `perf record -e cpu-clock` of round 1 of each
+        # contender in those scenarios; summaries (CPU by core and command, and the top symbols)
+        # go to bench/perf/. The profile costs a little CPU on both cores: it is off by default.
+        self.perf = set(os.environ.get("BENCH_PERF", "").split())
         self.tls = None  # {"cert", "key", "bundle"}: made once per run by make_cert()
 
     # --- processes -------------------------------------------------------------------------------
@@ -397,6 +402,39 @@ class Bench:
         self.loads = [x for x in self.loads if x.poll() is None] + [p]
         return p
 
+    def perf_start(self, tag, secs):
+        """`perf record -e cpu-clock -a -g` for the window (bounded by `timeout`)."""
+        if not shutil.which("perf"):
+            self.note("BENCH_PERF: no perf on PATH (Debian: apt-get install linux-perf); no profile")
+            return None
+        d = os.path.join(self.out, "perf")
+        os.makedirs(d, exist_ok=True)
+        data = os.path.join(self.run, f"perf-{tag}.data")
+        p = subprocess.Popen(["timeout", str(int(secs) + 30), "perf", "record", "-q", "-e", "cpu-clock", "-a", "-g",
+                              "-F", "997", "-o", data, "--", "sleep", str(max(1, secs - 0.5))],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        return p, data, os.path.join(d, f"{tag}.txt")
+
+    def perf_report(self, p, data, txt, c):
+        """Writes the window's CPU by core and command, then the contender's top symbols."""
+        p.wait()
+        if not os.path.exists(data):
+            self.note(f"perf record gave no data for {txt}")
+            return
+        rep = ["perf", "report", "-i", data, "--stdio", "--no-children", "--percent-limit", "0.5"]
+        with open(txt, "w") as f:
+            f.write(f"# {os.path.basename(txt)}: perf record -e cpu-clock -a -g, one window; "
+                    f"contender pids {c['pids']}\n# CPU by core and command (% of all samples, both cores)\n")
+            f.flush()
+            subprocess.run(["timeout", "120"] + rep + ["-g", "none", "--sort", "cpu,comm"], stdout=f,
+                           stderr=subprocess.DEVNULL)
+            f.write("\n# the contender's processes: symbols (% of their samples)\n")
+            f.flush()
+            subprocess.run(["timeout", "120"] + rep + ["-g", "none", "--sort", "dso,sym", "--percentage", "relative",
+                                                        "--pid", ",".join(str(x) for x in c["pids"])],
+                           stdout=f, stderr=subprocess.DEVNULL)
+        os.unlink(data)
+
     @staticmethod
     def wrk_result(log):
         for line in open(log):
@@ -425,11 +463,16 @@ class Bench:
         t0 = self.tasks(c["pids"])
         b0 = self.tasks([self.backend[0].pid])
         k0 = self.cores()
+        perf = None
         if not mark:
             secs = self.m.get("scen_secs", {}).get(scen, self.m["secs"])
             ws = [self.wrk(c["port"], log=lg, secs=secs, **kw) for (_, kw), lg in zip(loads, logs)]
+            if scen in self.perf and rnd == 1:
+                perf = self.perf_start(f"{scen}-{case}-{c['name']}", secs)
         for w in ws:
             w.wait()
+        if perf:
+            self.perf_report(*perf, c)
         t1 = self.tasks(c["pids"])
         b1 = self.tasks([self.backend[0].pid])
         k1 = self.cores()
