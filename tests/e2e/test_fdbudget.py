@@ -209,3 +209,42 @@ def test_pooled_upstream_connections_give_way_to_new_clients(limited, backend):
         for s in fresh:
             s.close()
     assert p.alive()
+
+
+@pytest.mark.deadline(120)
+def test_an_upstream_connect_at_a_full_budget_closes_a_pooled_connection_to_another_backend(
+        limited, backend_factory):
+    """Two backends, round-robin: the budget full of clients and one idle pooled upstream
+    connection, to the backend the next request does not go to. That request's connect closes
+    the pooled connection (it waits on nothing), not a client."""
+    b1, b2 = backend_factory(), backend_factory()
+    p = limited(NOFILE, [b1, b2], workers={"cores": [0]}, limits={"connections_per_core": 1000},
+                timeouts={"client_header_ms": 120000, "client_idle_ms": 120000,
+                          "upstream_idle_ms": 120000})
+    cap = budget(p)
+    assert cap > NOFILE // 2, cap
+    a = Client(p.port, timeout=5 * SLOW)
+    idle = []
+    try:
+        assert a.get("/").status == 200  # its upstream connection stays, pooled
+        st = wait_for(p, lambda s: s["pool"]["idle"] == 1)
+        assert st["pool"]["idle"] == 1, st
+        first = 0 if b1.stats()["requests"] == 1 else 1
+        for _ in range(cap - 2):  # a, its pooled upstream connection and these: the budget
+            idle.append(bare_client(p.port))
+        st = wait_for(p, lambda s: s["conns_active"] == cap - 1)
+        assert st["conns_active"] == cap - 1 and st["conns_reclaimed"] == 0, (cap, st)
+        assert st["pool"]["idle"] == 1, st
+        r = a.get("/")  # round-robin: the other backend, which has no pooled connection
+        assert r.status == 200, r
+        reqs = [b1.stats()["requests"], b2.stats()["requests"]]
+        assert reqs[1 - first] == 1, reqs
+        st = settle(p, "conns_reclaimed")
+        assert st["conns_reclaimed"] == 0 and st["fd_exhausted"] == 0, st
+        assert st["pool"]["idle"] == 1, st  # the new one, pooled; the old one closed for it
+        assert all(is_open(s) for s in idle)
+    finally:
+        a.close()
+        for s in idle:
+            s.close()
+    assert p.alive()
