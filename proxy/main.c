@@ -1452,7 +1452,8 @@ static uint32_t fd_budget(const struct config *cfg)
 		 "connections, then idle client connections, are closed to make room. Raise "
 		 "LimitNOFILE / ulimit -n, or lower connections_per_core",
 		 (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
-		 (unsigned long long)per_worker, want, n, (unsigned long long)fd_want(cfg, open_now));
+		 (unsigned long long)per_worker, want, n,
+		 (unsigned long long)fd_want(cfg, open_now));
 	return (uint32_t)per_worker;
 }
 

@@ -199,7 +199,8 @@ struct ups *ups_connect(struct worker *w, const struct cfg_backend *be, uint16_t
 	/* Within the fd budget, else as when socket() fails with EMFILE: a 503 for the request. */
 	if (!conn_fd_room(w)) {
 		*err = -EMFILE;
-		worker_fd_warn(w, "upstream connect at the fd budget, nothing idle to close", EMFILE);
+		worker_fd_warn(w, "upstream connect at the fd budget, nothing idle to close",
+			       EMFILE);
 		return NULL;
 	}
 	u = ups_alloc(w);
