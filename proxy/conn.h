@@ -26,8 +26,9 @@
 
 /*
  * A new client socket from accept: takes a slot. Beyond connections_per_core it gets a 503
- * and is closed. At a lower limit that the fds set, the longest-idle connection with no
- * request in flight is closed to make room; only when there is none, a 503.
+ * and is closed. At the worker's file-descriptor budget (w->fd_budget) an idle pooled upstream
+ * connection, else the longest-idle client connection with no request in flight, is closed to
+ * make room; only when there is none, a 503.
  */
 void conn_accept(struct worker *w, int fd, uint32_t li);
 /*
@@ -42,6 +43,12 @@ void conn_accept_deferred(struct worker *w);
  * fds are released once their cancelled ops complete. Only at the end of a batch.
  */
 uint32_t conn_shed_idle(struct worker *w, uint32_t n);
+/*
+ * Room for one more fd (an upstream connect) in the worker's budget: true when it is there or
+ * an idle pooled upstream or idle client connection was closed (or is, at the end of the
+ * batch) for it; false when nothing is idle.
+ */
+bool conn_fd_room(struct worker *w);
 /* Completion dispatch for client-side ops. */
 void conn_on_cqe(struct worker *w, enum wop op, uint32_t idx, uint32_t gen, int res,
 		 uint32_t flags);
@@ -137,7 +144,8 @@ void ups_pool_put(struct worker *w, struct ups *u);
 uint32_t ups_pool_shed(struct worker *w, uint32_t n);
 /*
  * Opens a new connection to backend id at be and submits its connect. The new upstream, or
- * NULL with *err: -ENOBUFS when every upstream slot is in use, else socket()'s -errno.
+ * NULL with *err: -ENOBUFS when every upstream slot is in use, -EMFILE when the worker's fd
+ * budget is full and nothing idle can be closed for it (conn_fd_room), else socket()'s -errno.
  */
 struct ups *ups_connect(struct worker *w, const struct cfg_backend *be, uint16_t id, int *err);
 
