@@ -30,6 +30,7 @@ static void req_process(struct worker *w, struct conn *c);
 static void req_next(struct worker *w, struct conn *c);
 static void req_discard(struct worker *w, struct conn *c);
 static bool conn_reclaim(struct worker *w);
+static uint32_t reclaim_find(struct worker *w, uint32_t skip);
 static void conn_accept_now(struct worker *w, int fd, uint32_t li);
 static bool exchange_in_flight(const struct conn *c);
 static bool conn_x_attach(struct worker *w, struct conn *c);
@@ -267,16 +268,54 @@ static void reject_full(struct worker *w, int fd, uint32_t li)
 	close(fd);
 }
 
+/*
+ * The file descriptors this worker holds for connections, counted against w->fd_budget: its
+ * client connections, its upstream ones (in use, pooled, closing) and the accepted sockets
+ * waiting for the end of the batch. One closed to make room counts until its fd is closed.
+ */
+static uint32_t fd_used(const struct worker *w)
+{
+	return w->conns_active + w->ups_open + w->accept_defer_n;
+}
+
+/*
+ * One more descriptor for an upstream connect (upstream.c): true when the budget has room or
+ * room was made. At the budget an idle pooled upstream connection (to any backend) is closed
+ * first: nothing waits on it. Else an idle client connection is, the longest idle first; the
+ * connect goes ahead and the client connection is closed at the end of the batch (its next
+ * request may be in a completion still queued), up to FD_BORROW_MAX per batch (main.c keeps
+ * them out of the budget), beyond that at once. false: nothing idle to close.
+ */
+bool conn_fd_room(struct worker *w)
+{
+	if (fd_used(w) < w->fd_budget || ups_pool_shed(w, 1))
+		return true;
+	if (w->fd_owed < FD_BORROW_MAX && reclaim_find(w, w->shed_want) != NIL) {
+		w->fd_owed++;
+		w->shed_want++;
+		return true;
+	}
+	return conn_reclaim(w);
+}
+
 void conn_accept(struct worker *w, int fd, uint32_t li)
 {
-	if (!w->stopping && w->conns_active + w->accept_defer_n >= w->conn_limit) {
-		/*
-		 * connections_per_core is the operator's cap: beyond it, 503. A lower limit that
-		 * the fds set makes room by closing an idle connection, but only once every
-		 * completion of this batch is handled: an "idle" connection may have a request
-		 * in a receive completion still queued behind this accept.
-		 */
-		if (w->fd_limited && w->accept_defer_n < ACCEPT_DEFER_MAX) {
+	if (w->stopping) {
+		conn_accept_now(w, fd, li);
+		return;
+	}
+	/* connections_per_core is the operator's cap: beyond it, 503. */
+	if (w->conns_active + w->accept_defer_n >= w->conn_limit) {
+		reject_full(w, fd, li);
+		return;
+	}
+	/*
+	 * At the fd budget an idle pooled upstream connection makes room at once; an idle client
+	 * connection only once every completion of this batch is handled: an "idle" connection
+	 * may have a request in a receive completion still queued behind this accept.
+	 */
+	if (fd_used(w) >= w->fd_budget && !ups_pool_shed(w, 1)) {
+		if (w->accept_defer_n < ACCEPT_DEFER_MAX) {
 			w->accept_defer_li[w->accept_defer_n] = (uint8_t)li;
 			w->accept_defer[w->accept_defer_n++] = fd;
 			return;
@@ -289,15 +328,20 @@ void conn_accept(struct worker *w, int fd, uint32_t li)
 
 void conn_accept_deferred(struct worker *w)
 {
+	uint32_t n = w->accept_defer_n;
+
 	if (w->shed_want) {
 		conn_shed_idle(w, w->shed_want);
 		w->shed_want = 0;
 	}
-	for (uint32_t i = 0; i < w->accept_defer_n; i++) {
+	w->fd_owed = 0;
+	for (uint32_t i = 0; i < n; i++) {
 		int fd = w->accept_defer[i];
 
+		w->accept_defer_n = n - i - 1; /* the ones still waiting hold their fds */
 		/* The slot of the connection closed for it frees once its ops complete. */
-		if (w->conns_active >= w->conn_limit && (w->stopping || !conn_reclaim(w)))
+		if (fd_used(w) >= w->fd_budget &&
+		    (w->stopping || (!ups_pool_shed(w, 1) && !conn_reclaim(w))))
 			reject_full(w, fd, w->accept_defer_li[i]);
 		else
 			conn_accept_now(w, fd, w->accept_defer_li[i]);
@@ -311,9 +355,25 @@ void conn_accept_deferred(struct worker *w)
  */
 static void conn_peer_text(const struct conn *c, char *ip)
 {
-	if (c->peer.v4.sin_family == AF_INET)
-		inet_ntop(AF_INET, &c->peer.v4.sin_addr, ip, 46);
-	else if (c->peer.v6.sin6_family == AF_INET6)
+	if (c->peer.v4.sin_family == AF_INET) {
+		/*
+		 * By hand: glibc's inet_ntop formats an IPv4 address through sprintf, about 1 % of
+		 * a small request's CPU when done once per exchange.
+		 */
+		const uint8_t *a = (const uint8_t *)&c->peer.v4.sin_addr;
+		char *p = ip;
+
+		for (int i = 0; i < 4; i++) {
+			if (a[i] >= 100)
+				*p++ = (char)('0' + a[i] / 100);
+			if (a[i] >= 10)
+				*p++ = (char)('0' + a[i] / 10 % 10);
+			*p++ = (char)('0' + a[i] % 10);
+			*p++ = i < 3 ? '.' : '\0';
+		}
+		return;
+	}
+	if (c->peer.v6.sin6_family == AF_INET6)
 		inet_ntop(AF_INET6, &c->peer.v6.sin6_addr, ip, 46);
 	else
 		strcpy(ip, "unknown");
@@ -371,26 +431,34 @@ static bool reclaimable(struct worker *w, const struct conn *c)
 {
 	int unread = 0;
 
-	/* Bytes in the socket not read yet are a request on its way: not idle after all. */
-	return !conn_has(c, CF_CLOSING) && !conn_head_partial(c) && !ctls_busy(w, c) &&
-	       ioctl(c->fd, FIONREAD, &unread) == 0 && unread == 0;
+	/*
+	 * Bytes in the socket not read yet are a request on its way: not idle after all. Nor is
+	 * one whose request is being handled (its timer moves only after the event).
+	 */
+	return !conn_has(c, CF_CLOSING) && c->req_state == RQ_HEAD && c->rs_state == RS_NONE &&
+	       !conn_head_partial(c) && !ctls_busy(w, c) && ioctl(c->fd, FIONREAD, &unread) == 0 &&
+	       unread == 0;
 }
 
-static bool conn_reclaim(struct worker *w)
+/* The reclaimable connection after the first skip ones, in the order conn_reclaim takes them. */
+static uint32_t reclaim_find(struct worker *w, uint32_t skip)
 {
 	uint32_t i, n = 0;
 
 	for (i = w->thead[T_IDLE]; i != NIL && n < 64; i = w->conns[i].t.next, n++)
-		if (reclaimable(w, &w->conns[i]))
-			break;
-	if (i == NIL || n == 64) {
-		n = 0;
-		for (i = w->thead[T_HEADER]; i != NIL && n < 64; i = w->conns[i].t.next, n++)
-			if (w->conns[i].requests == 0 && reclaimable(w, &w->conns[i]))
-				break;
-		if (n == 64)
-			i = NIL;
-	}
+		if (reclaimable(w, &w->conns[i]) && skip-- == 0)
+			return i;
+	n = 0;
+	for (i = w->thead[T_HEADER]; i != NIL && n < 64; i = w->conns[i].t.next, n++)
+		if (w->conns[i].requests == 0 && reclaimable(w, &w->conns[i]) && skip-- == 0)
+			return i;
+	return NIL;
+}
+
+static bool conn_reclaim(struct worker *w)
+{
+	uint32_t i = reclaim_find(w, 0);
+
 	if (i == NIL)
 		return false;
 	STAT_ADD(w->stats->conns_reclaimed, 1);

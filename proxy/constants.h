@@ -115,6 +115,14 @@
  * while the idle one closed to make room for it still finishes its teardown. */
 #define CONN_SLOT_HEADROOM 64
 
+/*
+ * Upstream connects a worker lets run ahead of the idle client connections closed to make room
+ * for them in its file-descriptor budget (client.c, conn_fd_room): those close only at the end
+ * of the batch of completions, as one of them may have its next request in a completion still
+ * queued. main.c keeps that many descriptors per worker out of the budget for it.
+ */
+#define FD_BORROW_MAX 8
+
 /* Upstream connection slots: one in use per client connection, idle pooled ones no more than
  * the core's client connections (upstream.c), and spares for ones still closing after their client
  * left. When they run out a request gets a 503. */

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include "conn.h"
+#include "tls_io.h"
 
 /*
  * Pieces of c->x->resp.out shorter than this are copied together into one record (a head and a
@@ -33,6 +34,10 @@
  */
 #define CTLS_GATHER_PIECE 4096
 _Static_assert(CTLS_GATHER_PIECE <= CTLS_GATHER_MAX, "a small piece fits a record");
+/* The flags' first bits are tls_io.c's (its shared steps set and test them). */
+_Static_assert((unsigned)CT_SEND_BUSY == TLS_IO_SEND_BUSY && (unsigned)CT_MORE == TLS_IO_MORE &&
+		       (unsigned)CT_HS_MORE == TLS_IO_HS_MORE,
+	       "the flags start with tls_io's");
 
 int ctls_start(struct worker *w, struct conn *c, SSL_CTX *ctx)
 {
@@ -95,18 +100,23 @@ static void ctls_release_in(struct worker *w, struct ctls *x)
 		inbuf_release(w, &x->cin);
 }
 
+/* The transport as tls_io.c's shared steps see it. */
+static struct tls_io_port ctls_port(struct worker *w, struct conn *c, struct ctls *x)
+{
+	return (struct tls_io_port){ .t = &x->t,
+				     .iov = &x->iov,
+				     .flags = &x->flags,
+				     .inflight = &c->inflight,
+				     .send_ud = ud_pack(OP_C_SEND, cidx(w, c), c->gen),
+				     .fd = c->fd };
+}
+
 /* Sends what the session's output holds, unless a send is in flight (its completion will). */
 static void ctls_flush(struct worker *w, struct conn *c, struct ctls *x)
 {
-	struct io_uring_sqe *sqe;
+	struct tls_io_port p = ctls_port(w, c, x);
 
-	if ((x->flags & CT_SEND_BUSY) || !tls_out(&x->t, &x->iov))
-		return;
-	sqe = worker_sqe(w);
-	io_uring_prep_send(sqe, c->fd, x->iov.iov_base, x->iov.iov_len, MSG_NOSIGNAL);
-	sqe->user_data = ud_pack(OP_C_SEND, cidx(w, c), c->gen);
-	x->flags |= CT_SEND_BUSY;
-	c->inflight++;
+	tls_io_flush(w, &p);
 }
 
 /* The handshake just finished: counted once, with whether it resumed a session. */
@@ -159,26 +169,20 @@ static void ctls_plain_answer(struct conn *c)
  */
 static void ctls_deliver(struct worker *w, struct conn *c, struct ctls *x)
 {
-	struct tls_conn *t = &x->t;
-	bool eof = false, fail = false;
-	uint32_t cap, len = 0, hb = NIL;
-	int32_t pbid;
-	ssize_t n;
-	char *p;
+	struct tls_io_port p = ctls_port(w, c, x);
+	enum tls_io_rd o;
+	struct inbuf in;
 	int r;
 
 	x->flags &= ~CT_MORE;
-	if (t->state == TLS_HANDSHAKE) {
-		r = tls_handshake(t);
+	if (x->t.state == TLS_HANDSHAKE) {
+		r = tls_io_handshake(w, &p);
 		if (r == -EPROTO) {
 			ctls_failed(w, c, x);
 			return;
 		}
-		ctls_flush(w, c, x);
-		if (r == -ENOBUFS) {
-			x->flags |= CT_HS_MORE; /* the output is full: on once it is sent */
-			return;
-		}
+		if (r == -ENOBUFS)
+			return; /* the output is full: on once it is sent */
 		if (r == -EAGAIN) {
 			ctls_release_in(w, x);
 			conn_arm_recv(w, c);
@@ -191,70 +195,36 @@ static void ctls_deliver(struct worker *w, struct conn *c, struct ctls *x)
 			return;
 		}
 	}
-	pbid = buf_take(w);
-	if (pbid >= 0) {
-		p = buf_addr(w, (uint32_t)pbid);
-		cap = w->buf_size;
-	} else {
-		/* Every free buffer is in the kernel's ring: a head buffer holds it instead. */
-		hb = hbuf_get(w);
-		if (hb == NIL) {
-			x->flags |= CT_MORE;
-			c->flags |= CF_RECV_WANTED;
-			wait_push(w, cidx(w, c));
-			return;
-		}
-		p = hbuf_addr(w, hb);
-		cap = w->buf_size; /* no more than a receive: what HTTP expects c->in to hold */
-	}
-	for (;;) {
-		n = tls_read(t, (uint8_t *)p + len, cap - len);
-		if (n > 0) {
-			len += (uint32_t)n;
-			if (len < cap)
-				continue;
-			x->flags |= CT_MORE; /* the buffer is full: the session may hold more */
-		} else if (n == 0) {
-			eof = true; /* close_notify */
-		} else if (n == -ENOBUFS) {
-			x->flags |= len ? CT_MORE : CT_HS_MORE;
-		} else if (n == -EPROTO) {
-			fail = true;
-		}
-		break;
+	o = tls_io_read(w, &p, &in);
+	if (o == TLS_IO_NOBUF) {
+		c->flags |= CF_RECV_WANTED;
+		wait_push(w, cidx(w, c));
+		return;
 	}
 	ctls_opened(w, x);
-	if (fail || len == 0) {
-		buf_put(w, pbid);
-		hbuf_put(w, hb);
-	}
-	if (fail) {
+	if (o == TLS_IO_FAIL) {
 		ctls_failed(w, c, x);
 		return;
 	}
-	ctls_flush(w, c, x);
+	tls_io_flush(w, &p);
 	ctls_release_in(w, x);
-	if (len == 0) {
-		if (eof && c->req_state == RQ_HEAD && c->rs_state == RS_NONE &&
+	if (in.len == 0) {
+		if (o == TLS_IO_EOF && c->req_state == RQ_HEAD && c->rs_state == RS_NONE &&
 		    !conn_head_partial(c)) {
 			/* close_notify between requests: ours in answer, then the close. */
 			c->flags |= CF_EOF;
 			conn_close_graceful(w, c);
-		} else if (eof) {
+		} else if (o == TLS_IO_EOF) {
 			conn_on_eof(w, c, 0);
 		} else if (!(x->flags & CT_HS_MORE))
 			conn_arm_recv(w, c);
 		return;
 	}
-	if (eof)
+	if (o == TLS_IO_EOF)
 		x->flags |= CT_MORE; /* the next read says it */
 	CONN_BUG_ON(w, c, c->in.len != 0);
 	inbuf_release(w, &c->in);
-	c->in.base = p;
-	c->in.off = 0;
-	c->in.len = len;
-	c->in.bid = pbid;
-	c->in.hbuf = hb;
+	c->in = in;
 	conn_on_input(w, c);
 }
 
@@ -347,17 +317,10 @@ static int ctls_encrypt(struct worker *w, struct ctls *x, const struct sendq *q)
 	ssize_t r;
 
 	for (;;) {
-		size_t cur = x->plain_enc + g, off = 0, n = 0;
 		const uint8_t *p = NULL;
+		size_t n = tls_io_at(q, x->plain_enc + g, &p);
 
-		for (uint8_t i = 0; i < q->iov_n; off += q->iov[i].iov_len, i++) {
-			if (cur < off + q->iov[i].iov_len) {
-				p = (const uint8_t *)q->iov[i].iov_base + (cur - off);
-				n = off + q->iov[i].iov_len - cur;
-				break;
-			}
-		}
-		if (!p)
+		if (n == 0)
 			break; /* all of the queue is encrypted or gathered */
 		if (n < CTLS_GATHER_PIECE && g + n <= CTLS_GATHER_MAX) {
 			memcpy(w->tls_gather + g, p, n);
@@ -383,16 +346,9 @@ static int ctls_encrypt(struct worker *w, struct ctls *x, const struct sendq *q)
 /* A send that completes as a failure (the session cannot take the bytes): a NOP, res 0. */
 static void ctls_send_fail(struct worker *w, struct conn *c, struct ctls *x)
 {
-	struct io_uring_sqe *sqe;
+	struct tls_io_port p = ctls_port(w, c, x);
 
-	x->flags |= CT_ERR;
-	if (x->flags & CT_SEND_BUSY)
-		return; /* the send in flight completes as the failure */
-	sqe = worker_sqe(w);
-	io_uring_prep_nop(sqe);
-	sqe->user_data = ud_pack(OP_C_SEND, cidx(w, c), c->gen);
-	x->flags |= CT_SEND_BUSY;
-	c->inflight++;
+	tls_io_send_fail(w, &p, CT_ERR);
 }
 
 void ctls_send(struct worker *w, struct conn *c)
@@ -412,6 +368,7 @@ void ctls_send(struct worker *w, struct conn *c)
 bool ctls_on_send(struct worker *w, struct conn *c, int *res)
 {
 	struct ctls *x = conn_tls(w, c);
+	struct tls_io_port p = ctls_port(w, c, x);
 	/* Handshake bytes, tickets and alerts go out with no exchange attached (c->x NULL). */
 	struct sendq *q = c->x ? &c->x->resp.out : NULL;
 
@@ -426,11 +383,8 @@ bool ctls_on_send(struct worker *w, struct conn *c, int *res)
 	if (*res <= 0)
 		return true;
 	STAT_ADD(w->stats->bytes_out, (uint64_t)*res);
-	tls_out_done(&x->t, (size_t)*res);
-	if (tls_out(&x->t, &x->iov)) {
-		ctls_flush(w, c, x);
+	if (tls_io_sent(w, &p, (size_t)*res))
 		return false;
-	}
 	/* Everything encrypted so far is on the wire. */
 	if (x->flags & CT_FAIL_CLOSE) {
 		conn_client_gone(w, c);
@@ -441,13 +395,9 @@ bool ctls_on_send(struct worker *w, struct conn *c, int *res)
 		conn_close_graceful(w, c);
 		return false;
 	}
-	if (x->flags & CT_HS_MORE) {
-		/* A read stopped for the full output: on in a completion of its own. */
-		x->flags &= ~CT_HS_MORE;
-		x->flags |= CT_MORE;
-		if (!conn_has(c, CF_RECV_WANTED))
-			conn_arm_recv(w, c);
-	}
+	/* A read stopped for the full output: on in a completion of its own. */
+	if (tls_io_resume(&x->flags) && !conn_has(c, CF_RECV_WANTED))
+		conn_arm_recv(w, c);
 	if (!q || !q->busy)
 		return false; /* handshake bytes, tickets: nothing the HTTP layer waits for */
 	if (x->plain_enc == 0) {

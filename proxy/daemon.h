@@ -89,7 +89,7 @@ struct daemon {
 	int listen_backlog; /* for every listen(), the re-listen after an undrain too */
 	uint64_t start_ms;
 	int alog_fd;	      /* access log, shared O_APPEND fd; -1 = off */
-	uint32_t conn_fd_cap; /* client connections per worker the fd limit allows (main.c) */
+	uint32_t fd_budget;   /* fds per worker for client and upstream connections (main.c) */
 	volatile int stopping;
 	/*
 	 * Set before the workers are asked to stop when a binary upgrade's successor took over:

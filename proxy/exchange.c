@@ -643,7 +643,7 @@ void exchange_on_connect(struct worker *w, struct conn *c, struct ups *u, int re
 	}
 	u->connected = true;
 	c->rs_state = RS_HEAD;
-	ups_arm_recv(w, u);
+	ups_arm_recv_hint(w, u, true); /* nothing can have come before the request */
 	exchange_req_pump(w, c);
 }
 

@@ -204,36 +204,80 @@ static void hc_want(struct health *h, uint32_t id, uint32_t events, int op)
 	epoll_ctl(h->ep, op, h->be[id].fd, &ev);
 }
 
-static void hc_tls_pump(struct health *h, uint32_t id);
-
-static void hc_send(struct health *h, uint32_t id)
+/*
+ * Sends p[0..len) on check id's socket without waiting: the count sent, all of it or fewer
+ * when the socket is full (the check then waits for EPOLLOUT), or -1 when the send failed
+ * (the check is done).
+ */
+static ssize_t hc_send_some(struct health *h, uint32_t id, const void *p, size_t len)
 {
 	struct hc_be *b = &h->be[id];
+	size_t off = 0;
 	char res[64];
+	ssize_t n;
 
-	if (b->tls_on) {
-		hc_tls_pump(h, id);
-		return;
-	}
-
-	while (b->req_off < b->req_len) {
-		ssize_t n = send(b->fd, b->req + b->req_off, b->req_len - b->req_off,
-				 MSG_NOSIGNAL | MSG_DONTWAIT);
-
+	while (off < len) {
+		n = send(b->fd, (const char *)p + off, len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
 			b->phase = HC_SEND;
 			hc_want(h, id, EPOLLOUT, EPOLL_CTL_MOD);
-			return;
+			break;
 		}
 		if (n <= 0) {
 			snprintf(res, sizeof(res), "send: %s", n < 0 ? strerror(errno) : "closed");
 			hc_done(h, id, false, res);
-			return;
+			return -1;
 		}
-		b->req_off += (size_t)n;
+		off += (size_t)n;
 	}
+	return (ssize_t)off;
+}
+
+/*
+ * Receives into p[0..cap) on check id's socket without waiting: the count received, 0 when
+ * the backend closed, -EAGAIN when nothing is there yet, or -1 when the receive failed (the
+ * check is done).
+ */
+static ssize_t hc_recv_some(struct health *h, uint32_t id, void *p, size_t cap)
+{
+	struct hc_be *b = &h->be[id];
+	char res[64];
+	ssize_t n;
+
+	for (;;) {
+		n = recv(b->fd, p, cap, MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return -EAGAIN;
+		if (n < 0) {
+			snprintf(res, sizeof(res), "recv: %s", strerror(errno));
+			hc_done(h, id, false, res);
+			return -1;
+		}
+		return n;
+	}
+}
+
+static void hc_tls_pump(struct health *h, uint32_t id);
+
+static void hc_send(struct health *h, uint32_t id)
+{
+	struct hc_be *b = &h->be[id];
+	ssize_t n;
+
+	if (b->tls_on) {
+		hc_tls_pump(h, id);
+		return;
+	}
+	n = hc_send_some(h, id, b->req + b->req_off, b->req_len - b->req_off);
+	if (n < 0)
+		return;
+	b->req_off += (size_t)n;
+	if (b->req_off < b->req_len)
+		return; /* waits for EPOLLOUT */
 	b->phase = HC_RECV;
 	hc_want(h, id, EPOLLIN, EPOLL_CTL_MOD);
 }
@@ -282,26 +326,16 @@ static void hc_tls_pump(struct health *h, uint32_t id)
 {
 	struct hc_be *b = &h->be[id];
 	struct iovec iov;
-	char res[64];
 	ssize_t n;
 	int r;
 
-	while (b->pp_sent < b->pp_len) {
-		n = send(b->fd, b->req + b->pp_sent, b->pp_len - b->pp_sent,
-			 MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			b->phase = HC_SEND;
-			hc_want(h, id, EPOLLOUT, EPOLL_CTL_MOD);
+	if (b->pp_sent < b->pp_len) {
+		n = hc_send_some(h, id, b->req + b->pp_sent, b->pp_len - b->pp_sent);
+		if (n < 0)
 			return;
-		}
-		if (n <= 0) {
-			snprintf(res, sizeof(res), "send: %s", n < 0 ? strerror(errno) : "closed");
-			hc_done(h, id, false, res);
-			return;
-		}
 		b->pp_sent += (size_t)n;
+		if (b->pp_sent < b->pp_len)
+			return; /* waits for EPOLLOUT */
 	}
 	if (b->tls.state == TLS_HANDSHAKE) {
 		r = tls_handshake(&b->tls);
@@ -321,20 +355,13 @@ static void hc_tls_pump(struct health *h, uint32_t id)
 			b->req_off += (size_t)n;
 	}
 	while (tls_out(&b->tls, &iov)) {
-		n = send(b->fd, iov.iov_base, iov.iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			b->phase = HC_SEND;
-			hc_want(h, id, EPOLLOUT, EPOLL_CTL_MOD);
+		n = hc_send_some(h, id, iov.iov_base, iov.iov_len);
+		if (n < 0)
 			return;
-		}
-		if (n <= 0) {
-			snprintf(res, sizeof(res), "send: %s", n < 0 ? strerror(errno) : "closed");
-			hc_done(h, id, false, res);
-			return;
-		}
-		tls_out_done(&b->tls, (size_t)n);
+		if (n > 0)
+			tls_out_done(&b->tls, (size_t)n);
+		if ((size_t)n < iov.iov_len)
+			return; /* waits for EPOLLOUT */
 	}
 	if (b->tls.state == TLS_OPEN && b->req_off == b->req_len) {
 		n = tls_read(&b->tls, (uint8_t *)b->in + b->in_len, sizeof(b->in) - b->in_len);
@@ -362,23 +389,16 @@ static void hc_tls_pump(struct health *h, uint32_t id)
 static void hc_tls_recv(struct health *h, uint32_t id)
 {
 	struct hc_be *b = &h->be[id];
-	char res[64];
 	ssize_t n;
 
 	for (;;) {
-		n = recv(b->fd, b->tls_in, sizeof(b->tls_in), MSG_DONTWAIT);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-			return;
-		if (n <= 0) {
-			if (n < 0)
-				snprintf(res, sizeof(res), "recv: %s", strerror(errno));
-			else
-				snprintf(res, sizeof(res), "closed %s",
-					 b->tls.state == TLS_HANDSHAKE ? "during the TLS handshake"
-								       : "before a status line");
-			hc_done(h, id, false, res);
+		n = hc_recv_some(h, id, b->tls_in, sizeof(b->tls_in));
+		if (n < 0)
+			return; /* nothing yet, or the check failed */
+		if (n == 0) {
+			hc_done(h, id, false,
+				b->tls.state == TLS_HANDSHAKE ? "closed during the TLS handshake"
+							      : "closed before a status line");
 			return;
 		}
 		if (tls_feed(&b->tls, b->tls_in, (size_t)n) < 0) {
@@ -406,7 +426,6 @@ static void hc_tls_recv(struct health *h, uint32_t id)
 static void hc_recv(struct health *h, uint32_t id)
 {
 	struct hc_be *b = &h->be[id];
-	char res[64];
 	const char *eol;
 	ssize_t n;
 
@@ -415,16 +434,9 @@ static void hc_recv(struct health *h, uint32_t id)
 		return;
 	}
 	for (;;) {
-		n = recv(b->fd, b->in + b->in_len, sizeof(b->in) - b->in_len, MSG_DONTWAIT);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-			return;
-		if (n < 0) {
-			snprintf(res, sizeof(res), "recv: %s", strerror(errno));
-			hc_done(h, id, false, res);
-			return;
-		}
+		n = hc_recv_some(h, id, b->in + b->in_len, sizeof(b->in) - b->in_len);
+		if (n < 0)
+			return; /* nothing yet, or the check failed */
 		if (n == 0) {
 			hc_done(h, id, false, "closed before a status line");
 			return;

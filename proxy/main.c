@@ -1361,17 +1361,24 @@ static int drop_privileges(const struct config *cfg, char *err, size_t errlen)
 /*
  * File descriptors each worker opens after fd_budget() counts: its ring, its eventfd and one
  * spare (refusing a connection at EMFILE takes none: worker.c accepts it into the ring's
- * fixed-file table). The slack covers the admin plane (16 metrics scrapes, control clients)
- * and the odd short-lived fd.
+ * fixed-file table), and FD_BORROW_MAX for upstream connects that run ahead of the idle
+ * connections closed for them. The slack covers the admin plane (16 metrics scrapes, control
+ * clients) and the odd short-lived fd; health checks (the main thread's, one socket per
+ * backend at a time) are counted on top of it.
  */
-#define FD_PER_WORKER 3
+#define FD_PER_WORKER (3 + FD_BORROW_MAX)
 #define FD_SLACK      32
 
-/* Each client connection may hold its own fd and its upstream connection's. */
+static uint64_t fd_reserved(const struct config *cfg, uint64_t open_now)
+{
+	return open_now + (uint64_t)cfg->cores_n * FD_PER_WORKER + FD_SLACK + cfg->backends_n;
+}
+
+/* What connections_per_core needs: each client connection with its upstream connection. */
 static uint64_t fd_want(const struct config *cfg, uint64_t open_now)
 {
-	return (uint64_t)cfg->limits.connections_per_core * cfg->cores_n * 2 + open_now +
-	       (uint64_t)cfg->cores_n * FD_PER_WORKER + FD_SLACK;
+	return (uint64_t)cfg->limits.connections_per_core * cfg->cores_n * 2 +
+	       fd_reserved(cfg, open_now);
 }
 
 static uint64_t fds_open(void)
@@ -1412,32 +1419,38 @@ static void raise_nofile(const struct config *cfg)
 }
 
 /*
- * How many client connections per worker the fd limit holds, counting what is open now and
- * one upstream connection per client; says so when that is below connections_per_core.
- * Workers then close idle connections to make room at that count instead of running into
- * EMFILE (client.c).
+ * The file descriptors each worker may hold for its connections: client and upstream ones
+ * together (an idle keep-alive client holds one, a request in flight two, a pooled upstream
+ * connection one), what the limit leaves after what is open now and the reserve. Says so when
+ * that is below what connections_per_core may need. Workers then close idle pooled upstream
+ * connections and idle client connections to make room at that count instead of running into
+ * EMFILE (client.c, conn_fd_room). 0: no limit.
  */
 static uint32_t fd_budget(const struct config *cfg)
 {
-	uint64_t open_now = fds_open(), reserved, per_worker;
+	uint64_t open_now = fds_open(), reserved = fd_reserved(cfg, open_now), per_worker;
 	uint32_t n = cfg->cores_n, want = cfg->limits.connections_per_core;
 	struct rlimit rl;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
-		return want;
-	reserved = open_now + (uint64_t)n * FD_PER_WORKER + FD_SLACK;
-	per_worker = rl.rlim_cur > reserved ? (rl.rlim_cur - reserved) / n / 2 : 0;
-	if (per_worker < 1)
-		per_worker = 1;
-	if (per_worker >= want) {
-		log_info("file descriptors: limit %llu, enough for %u x %u client connections",
+		return 0;
+	per_worker = rl.rlim_cur > reserved ? (rl.rlim_cur - reserved) / n : 0;
+	if (per_worker < 2)
+		per_worker = 2; /* a client and its upstream */
+	if (per_worker > UINT32_MAX)
+		per_worker = UINT32_MAX;
+	if (per_worker >= 2 * (uint64_t)want) {
+		log_info("file descriptors: limit %llu, enough for %u x %u client connections with "
+			 "an upstream connection each",
 			 (unsigned long long)rl.rlim_cur, n, want);
-		return want;
+		return (uint32_t)per_worker;
 	}
-	log_warn("file descriptors: limit %llu (hard %llu) holds about %llu client connections per "
-		 "core with their upstream connections, below limits.connections_per_core %u x %u "
-		 "workers (%llu fds wanted); at that count idle connections are closed to make "
-		 "room. Raise LimitNOFILE / ulimit -n, or lower connections_per_core",
+	log_warn("file descriptors: limit %llu (hard %llu) holds about %llu connections per core, "
+		 "client and upstream ones together (an idle keep-alive client holds one fd, one "
+		 "with a request in flight two), below limits.connections_per_core %u x %u workers "
+		 "with their upstream connections (%llu fds wanted); at that count idle upstream "
+		 "connections, then idle client connections, are closed to make room. Raise "
+		 "LimitNOFILE / ulimit -n, or lower connections_per_core",
 		 (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
 		 (unsigned long long)per_worker, want, n,
 		 (unsigned long long)fd_want(cfg, open_now));
@@ -1604,7 +1617,7 @@ int main(int argc, char **argv)
 		steering_apply(cfg);
 
 	D.workers_n = cfg->cores_n;
-	D.conn_fd_cap = fd_budget(cfg);
+	D.fd_budget = fd_budget(cfg);
 	D.workers = calloc(D.workers_n, sizeof(*D.workers));
 	for (uint32_t i = 0; i < D.workers_n; i++) {
 		D.workers[i] = aligned_alloc(64, (sizeof(struct worker) + 63) & ~(size_t)63);

@@ -453,6 +453,30 @@ static void asn1_text(const ASN1_TIME *t, char *out, size_t len)
 		snprintf(out, len, "(unreadable date)");
 }
 
+/* The start of making a context: the error report cleared, and OpenSSL set up. */
+static int ctx_begin(struct tls_ctx_err *e)
+{
+	memset(e, 0, sizeof(*e));
+	e->cert = e->warn_cert = -1;
+	e->key = "";
+	return tls_global();
+}
+
+/* What every context sets, a listener's or a backend's (opts: options on top of these). */
+static void ctx_common(SSL_CTX *ctx, uint64_t opts)
+{
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | opts);
+	/*
+	 * RELEASE_BUFFERS: the record buffers go back to the allocator whenever a record is
+	 * done, so an idle keep-alive session holds none. PARTIAL_WRITE and MOVING_WRITE_BUFFER
+	 * let a write stop when the output is full and resume from wherever the bytes are then.
+	 */
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+				      SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	/* No 0-RTT: early data is replayable, and the HTTP layer would not know it was. */
+	SSL_CTX_set_max_early_data(ctx, 0);
+}
+
 /* One context: the shared settings, then certificate i. */
 static int ctx_one(SSL_CTX **out, const struct cfg_tls *cfg, int i, struct tls_ctx_err *e)
 {
@@ -472,18 +496,8 @@ static int ctx_one(SSL_CTX **out, const struct cfg_tls *cfg, int i, struct tls_c
 		r = ctx_err(e, -1, "protocols", "%s", ssl_reason());
 		goto fail;
 	}
-	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
-					 SSL_OP_CIPHER_SERVER_PREFERENCE |
-					 (cfg->session_tickets ? 0 : SSL_OP_NO_TICKET));
-	/*
-	 * RELEASE_BUFFERS: the record buffers go back to the allocator whenever a record is
-	 * done, so an idle keep-alive session holds none. PARTIAL_WRITE and MOVING_WRITE_BUFFER
-	 * let a write stop when the output is full and resume from wherever the bytes are then.
-	 */
-	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
-				      SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-	/* No 0-RTT: early data is replayable, and the HTTP layer would not know it was. */
-	SSL_CTX_set_max_early_data(ctx, 0);
+	ctx_common(ctx,
+		   SSL_OP_CIPHER_SERVER_PREFERENCE | (cfg->session_tickets ? 0 : SSL_OP_NO_TICKET));
 	SSL_CTX_set_recv_max_early_data(ctx, 0);
 	/* Stateless tickets only: a server-side cache would be per context and per process. */
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
@@ -561,10 +575,7 @@ int tls_server_new(struct tls_server **out, const struct cfg_tls *cfg, struct tl
 	uint32_t i;
 	int r;
 
-	memset(e, 0, sizeof(*e));
-	e->cert = e->warn_cert = -1;
-	e->key = "";
-	r = tls_global();
+	r = ctx_begin(e);
 	if (r < 0)
 		return r;
 	if (!cfg->on || cfg->certs_n == 0 || cfg->certs_n > CFG_TLS_CERTS_MAX)
@@ -1136,10 +1147,7 @@ int tls_client_new(struct tls_client **out, const struct cfg_backend *be, struct
 	SSL_CTX *ctx;
 	int r;
 
-	memset(e, 0, sizeof(*e));
-	e->cert = e->warn_cert = -1;
-	e->key = "";
-	r = tls_global();
+	r = ctx_begin(e);
 	if (r < 0)
 		return r;
 	if (!cfg->on)
@@ -1158,11 +1166,8 @@ int tls_client_new(struct tls_client **out, const struct cfg_backend *be, struct
 	snprintf(cl->sni, sizeof(cl->sni), "%s", cfg->sni);
 	/* TLS 1.0 and 1.1 are never offered to a backend either (RFC 8996). */
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
 	/* As on the server side: no record buffers while idle, writes that stop when full. */
-	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
-				      SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-	SSL_CTX_set_max_early_data(ctx, 0);
+	ctx_common(ctx, 0);
 	/* corral speaks HTTP/1.1 to backends: offer nothing else. 0 is success here. */
 	if (SSL_CTX_set_alpn_protos(ctx, tls_alpn_mine, sizeof(tls_alpn_mine) - 1) != 0) {
 		r = -ENOMEM;

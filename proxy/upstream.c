@@ -120,8 +120,11 @@ void ups_pool_put(struct worker *w, struct ups *u)
 	w->pool_head[b] = idx;
 	w->pool_n[b]++;
 	STAT_SET(w->stats->pool_idle, w->stats->pool_idle + 1);
-	/* An idle connection keeps a receive armed: it notices the backend closing it. */
-	ups_arm_recv(w, u);
+	/*
+	 * An idle connection keeps a receive armed: it notices the backend closing it, and it is
+	 * the receive of the next response. The response before was read whole: nothing waits.
+	 */
+	ups_arm_recv_hint(w, u, true);
 }
 
 void ups_pool_expire(struct worker *w)
@@ -193,9 +196,17 @@ uint32_t ups_pool_shed(struct worker *w, uint32_t n)
 struct ups *ups_connect(struct worker *w, const struct cfg_backend *be, uint16_t id, int *err)
 {
 	struct io_uring_sqe *sqe;
-	struct ups *u = ups_alloc(w);
+	struct ups *u;
 	int fd, one = 1;
 
+	/* Within the fd budget, else as when socket() fails with EMFILE: a 503 for the request. */
+	if (!conn_fd_room(w)) {
+		*err = -EMFILE;
+		worker_fd_warn(w, "upstream connect at the fd budget, nothing idle to close",
+			       EMFILE);
+		return NULL;
+	}
+	u = ups_alloc(w);
 	if (!u) {
 		*err = -ENOBUFS;
 		return NULL;

@@ -34,11 +34,17 @@
 #include <string.h>
 #include <sys/socket.h>
 #include "conn.h"
+#include "tls_io.h"
 
 static struct utls *ups_tls(struct worker *w, const struct ups *u)
 {
 	return u->tls ? &w->utls[u->tls - 1] : NULL;
 }
+
+/* The flags' first bits are tls_io.c's (its shared steps set and test them). */
+_Static_assert((unsigned)UT_SEND_BUSY == TLS_IO_SEND_BUSY && (unsigned)UT_MORE == TLS_IO_MORE &&
+		       (unsigned)UT_HS_MORE == TLS_IO_HS_MORE,
+	       "the flags start with tls_io's");
 
 /* The request direction's send queue of the exchange that owns u (exchange.c's). */
 static struct sendq *req_out(struct conn *c)
@@ -99,18 +105,15 @@ static void utls_release_in(struct worker *w, struct utls *x)
 	}
 }
 
-/* Sends what the session's output holds, unless a send is in flight (its completion will). */
-static void utls_flush(struct worker *w, struct ups *u, struct utls *x)
+/* The transport as tls_io.c's shared steps see it. */
+static struct tls_io_port utls_port(struct worker *w, struct ups *u, struct utls *x)
 {
-	struct io_uring_sqe *sqe;
-
-	if ((x->flags & UT_SEND_BUSY) || !tls_out(&x->t, &x->iov))
-		return;
-	sqe = worker_sqe(w);
-	io_uring_prep_send(sqe, u->fd, x->iov.iov_base, x->iov.iov_len, MSG_NOSIGNAL);
-	sqe->user_data = ud_pack(OP_U_SEND, uidx(w, u), u->gen);
-	x->flags |= UT_SEND_BUSY;
-	u->inflight++;
+	return (struct tls_io_port){ .t = &x->t,
+				     .iov = &x->iov,
+				     .flags = &x->flags,
+				     .inflight = &u->inflight,
+				     .send_ud = ud_pack(OP_U_SEND, uidx(w, u), u->gen),
+				     .fd = u->fd };
 }
 
 /*
@@ -146,26 +149,21 @@ static void utls_opened(struct worker *w, struct conn *c, struct ups *u, struct 
  */
 static void utls_deliver(struct worker *w, struct conn *c, struct ups *u, struct utls *x)
 {
+	struct tls_io_port p = utls_port(w, u, x);
 	struct tls_conn *t = &x->t;
-	bool eof = false, fail = false;
-	uint32_t cap, len = 0, hb = NIL;
-	int32_t pbid;
-	ssize_t n;
-	char *p;
+	enum tls_io_rd o;
+	struct inbuf in;
 	int r;
 
 	x->flags &= ~UT_MORE;
 	if (!(x->flags & UT_OPEN)) {
-		r = tls_handshake(t);
+		r = tls_io_handshake(w, &p);
 		if (r == -EPROTO) {
 			utls_hs_failed(w, c, u, x, t->why ? t->why : "TLS handshake failed");
 			return;
 		}
-		utls_flush(w, u, x);
-		if (r == -ENOBUFS) {
-			x->flags |= UT_HS_MORE; /* the output is full: on once it is sent */
-			return;
-		}
+		if (r == -ENOBUFS)
+			return; /* the output is full: on once it is sent */
 		if (r == -EAGAIN) {
 			utls_release_in(w, x);
 			ups_arm_recv(w, u);
@@ -177,66 +175,33 @@ static void utls_deliver(struct worker *w, struct conn *c, struct ups *u, struct
 		utls_opened(w, c, u, x);
 		return;
 	}
-	/* A receive buffer from the pool, as the socket would have filled; else a head buffer. */
-	pbid = buf_take(w);
-	if (pbid >= 0) {
-		p = buf_addr(w, (uint32_t)pbid);
-	} else {
-		hb = hbuf_get(w);
-		if (hb == NIL) {
-			/* No buffer: wait for one, as a receive that found none does. */
-			x->flags |= UT_MORE;
-			c->flags |= CF_UPS_RECV_WANTED;
-			wait_push(w, cidx(w, c));
-			return;
-		}
-		p = hbuf_addr(w, hb);
+	o = tls_io_read(w, &p, &in);
+	if (o == TLS_IO_NOBUF) {
+		/* No buffer: wait for one, as a receive that found none does. */
+		c->flags |= CF_UPS_RECV_WANTED;
+		wait_push(w, cidx(w, c));
+		return;
 	}
-	cap = w->buf_size; /* a receive's worth in either */
-	for (;;) {
-		n = tls_read(t, (uint8_t *)p + len, cap - len);
-		if (n > 0) {
-			len += (uint32_t)n;
-			if (len < cap)
-				continue;
-			x->flags |= UT_MORE; /* the buffer is full: the session may hold more */
-		} else if (n == 0) {
-			eof = true; /* close_notify */
-		} else if (n == -ENOBUFS) {
-			x->flags |= len ? UT_MORE : UT_HS_MORE;
-		} else if (n == -EPROTO) {
-			fail = true;
-		}
-		break;
-	}
-	if (fail || len == 0) {
-		buf_put(w, pbid);
-		hbuf_put(w, hb);
-	}
-	utls_flush(w, u, x);
+	tls_io_flush(w, &p);
 	utls_release_in(w, x);
-	if (fail) {
+	if (o == TLS_IO_FAIL) {
 		log_warn("worker %u: TLS from backend %s: %s", w->id,
 			 w->d->backends[u->backend].addr, t->why ? t->why : "TLS error");
 		exchange_on_recv(w, c, u, -EPROTO, 0);
 		return;
 	}
-	if (len == 0) {
-		if (eof)
+	if (in.len == 0) {
+		if (o == TLS_IO_EOF)
 			exchange_on_recv(w, c, u, 0, 0); /* a clean end: as a FIN */
 		else if (!(x->flags & UT_HS_MORE))
 			ups_arm_recv(w, u);
 		return;
 	}
-	if (eof)
+	if (o == TLS_IO_EOF)
 		x->flags |= UT_MORE; /* the next read says it */
 	BUG_ON(u->in.len != 0);
 	inbuf_release(w, &u->in);
-	u->in.base = p;
-	u->in.off = 0;
-	u->in.len = len;
-	u->in.bid = pbid;
-	u->in.hbuf = hb;
+	u->in = in;
 	c->flags |= CF_UPS_BYTE_SEEN;
 	resp_process(w, c);
 }
@@ -327,18 +292,11 @@ void utls_on_pump(struct worker *w, struct conn *c, struct ups *u)
 static int utls_encrypt(struct utls *x, const struct sendq *q)
 {
 	for (;;) {
-		size_t cur = x->plain_enc, off = 0, n = 0;
 		const uint8_t *p = NULL;
+		size_t n = tls_io_at(q, x->plain_enc, &p);
 		ssize_t r;
 
-		for (uint8_t i = 0; i < q->iov_n; off += q->iov[i].iov_len, i++) {
-			if (cur < off + q->iov[i].iov_len) {
-				p = (const uint8_t *)q->iov[i].iov_base + (cur - off);
-				n = off + q->iov[i].iov_len - cur;
-				break;
-			}
-		}
-		if (!p)
+		if (n == 0)
 			return 0; /* all of the queue is encrypted */
 		r = tls_write(&x->t, p, n);
 		if (r < 0)
@@ -350,28 +308,22 @@ static int utls_encrypt(struct utls *x, const struct sendq *q)
 /* A send that completes as a failure (the session cannot take the bytes): a NOP. */
 static void utls_send_fail(struct worker *w, struct ups *u, struct utls *x)
 {
-	struct io_uring_sqe *sqe;
+	struct tls_io_port p = utls_port(w, u, x);
 
-	x->flags |= UT_ERR;
-	if (x->flags & UT_SEND_BUSY)
-		return; /* the send in flight completes as the failure */
-	sqe = worker_sqe(w);
-	io_uring_prep_nop(sqe);
-	sqe->user_data = ud_pack(OP_U_SEND, uidx(w, u), u->gen);
-	x->flags |= UT_SEND_BUSY;
-	u->inflight++;
+	tls_io_send_fail(w, &p, UT_ERR);
 }
 
 void utls_send(struct worker *w, struct conn *c, struct ups *u)
 {
 	struct utls *x = ups_tls(w, u);
+	struct tls_io_port p = utls_port(w, u, x);
 
 	req_out(c)->busy = true;
 	if (utls_encrypt(x, req_out(c)) < 0) {
 		utls_send_fail(w, u, x);
 		return;
 	}
-	utls_flush(w, u, x);
+	tls_io_flush(w, &p);
 	if (!(x->flags & UT_SEND_BUSY))
 		utls_send_fail(w, u, x); /* nothing to send: cannot happen with bytes queued */
 }
@@ -379,6 +331,7 @@ void utls_send(struct worker *w, struct conn *c, struct ups *u)
 bool utls_on_send(struct worker *w, struct conn *c, struct ups *u, int *res)
 {
 	struct utls *x = ups_tls(w, u);
+	struct tls_io_port p = utls_port(w, u, x);
 	struct sendq *q = req_out(c);
 
 	x->flags &= ~UT_SEND_BUSY;
@@ -394,18 +347,11 @@ bool utls_on_send(struct worker *w, struct conn *c, struct ups *u, int *res)
 		}
 		return true;
 	}
-	tls_out_done(&x->t, (size_t)*res);
-	if (tls_out(&x->t, &x->iov)) {
-		utls_flush(w, u, x);
+	if (tls_io_sent(w, &p, (size_t)*res))
 		return false;
-	}
-	if (x->flags & UT_HS_MORE) {
-		/* A handshake or read stopped for the full output: on in a completion of its own. */
-		x->flags &= ~UT_HS_MORE;
-		x->flags |= UT_MORE;
-		if (!conn_has(c, CF_UPS_RECV_WANTED))
-			ups_arm_recv(w, u);
-	}
+	/* A handshake or read stopped for the full output: on in a completion of its own. */
+	if (tls_io_resume(&x->flags) && !conn_has(c, CF_UPS_RECV_WANTED))
+		ups_arm_recv(w, u);
 	if (!q->busy)
 		return false; /* handshake bytes: nothing the exchange waits for */
 	if (x->plain_enc == 0) {

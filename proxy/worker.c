@@ -68,8 +68,8 @@ int worker_init(struct worker *w, struct daemon *d, uint32_t id, const struct co
 	 * the idle one closed for it finishes its teardown.
 	 */
 	w->conn_cap = l->connections_per_core + CONN_SLOT_HEADROOM;
-	w->fd_limited = d->conn_fd_cap && d->conn_fd_cap < l->connections_per_core;
-	w->conn_limit = w->fd_limited ? d->conn_fd_cap : l->connections_per_core;
+	w->conn_limit = l->connections_per_core;
+	w->fd_budget = d->fd_budget ? d->fd_budget : UINT32_MAX;
 	w->nbufs = pow2_floor(l->buffers_per_core);
 	w->buf_size = l->buffer_bytes;
 	w->hbuf_size = HBUF_SIZE(l->header_bytes_max, w->buf_size);

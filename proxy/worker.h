@@ -66,8 +66,15 @@ struct worker {
 	struct conn *conns;
 	uint32_t *conn_next_free;
 	uint32_t conn_cap, conn_free, conns_active;
-	uint32_t conn_limit; /* connections held: connections_per_core, or what the fds hold */
-	bool fd_limited;     /* conn_limit is the fds' (idle ones are closed to make room) */
+	uint32_t conn_limit; /* client connections held: connections_per_core, the operator's cap */
+	/*
+	 * File descriptors this worker may hold for connections, client and upstream ones (in
+	 * use, pooled or closing) together: conns_active + ups_open + accept_defer_n (main.c,
+	 * fd_budget). At it a new client or upstream connection makes room (client.c,
+	 * conn_fd_room); fd_owed: idle connections to close for connects that went ahead in
+	 * this batch (at most FD_BORROW_MAX).
+	 */
+	uint32_t fd_budget, fd_owed;
 	int accept_defer[ACCEPT_DEFER_MAX]; /* accepted at the limit, placed after the batch */
 	uint8_t accept_defer_li[ACCEPT_DEFER_MAX]; /* and the listener each came from */
 	uint32_t accept_defer_n;

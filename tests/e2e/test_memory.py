@@ -6,7 +6,7 @@ import threading
 import time
 
 from conftest import SLOW
-from util import Client, rss_bytes
+from util import Client, accept_until, rss_bytes
 
 # Resident bytes an idle keep-alive connection may add (issue 12's target is 512 B in the
 # benchmark, which also pays for its arrival burst; these connections arrive one at a time).
@@ -113,16 +113,12 @@ class StreamServer:
         self.threads[0].start()
 
     def _accept(self):
-        while not self._stop.is_set():
-            try:
-                c, _ = self.lsock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            t = threading.Thread(target=self._serve, args=(c,), daemon=True)
-            self.threads.append(t)
-            t.start()
+        accept_until(self.lsock, self._stop, self._start)
+
+    def _start(self, c):
+        t = threading.Thread(target=self._serve, args=(c,), daemon=True)
+        self.threads.append(t)
+        t.start()
 
     def _serve(self, c):
         head = ("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.BODY).encode()

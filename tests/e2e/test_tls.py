@@ -583,29 +583,14 @@ def test_a_response_cut_by_the_backend_ends_without_close_notify(corral, certs):
         rec.close()
 
 
-def ws_echo(up, req):
-    """101, then every tunnel byte echoed back upper-cased (it went through the backend)."""
-    up.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-    if up.buf:
-        up.send(bytes(up.buf).upper())
-        up.buf.clear()
-    while True:
-        try:
-            d = up.sock.recv(65536)
-        except OSError:
-            d = b""
-        if not d:
-            return "done"
-        up.send(d.upper())
-
-
 UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: e2e.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
 
 
 @pytest.mark.corral_only
 def test_upgrade_tunnels_both_ways_over_tls(corral, certs):
-    rec = Recorder(ws_echo)
+    from test_hardening import ws_handler  # every tunnel byte echoed back upper-cased
+    rec = Recorder(ws_handler())
     try:
         p = start_tls(corral, [rec.address], [certs["a"]], timeouts={"tunnel_idle_ms": ms(3000)})
         with TLSClient(p.tls_port) as c:

@@ -736,6 +736,19 @@ def dead_address():
     return "127.0.0.1:%d" % s.getsockname()[1]
 
 
+def accept_until(lsock, stop, on_conn):
+    """Calls on_conn(sock) for each connection lsock accepts, until the event stop is set (lsock
+    has a timeout, so it is seen) or lsock is closed."""
+    while not stop.is_set():
+        try:
+            c, _ = lsock.accept()
+        except socket.timeout:
+            continue
+        except OSError:
+            return
+        on_conn(c)
+
+
 class SilentServer:
     """Accepts connections, reads what is sent, and never answers."""
 
@@ -754,16 +767,12 @@ class SilentServer:
         self.thread.start()
 
     def _run(self):
-        while not self._stop.is_set():
-            try:
-                c, _ = self.lsock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            c.setblocking(False)
-            self.conns.append(c)
-            self.accepted += 1
+        accept_until(self.lsock, self._stop, self._keep)
+
+    def _keep(self, c):
+        c.setblocking(False)
+        self.conns.append(c)
+        self.accepted += 1
 
     def close(self):
         self._stop.set()

@@ -29,27 +29,16 @@ static struct tls_server *srv;
 static SSL_CTX *cctx;
 static uint8_t wire[1 << 18], plain[1 << 16];
 
-/* Piece sizes for lending input, from the pattern bits: 1 byte up to a 16 KiB buffer. */
-static size_t piece(uint32_t *seed, size_t left)
+/* The client's side of the wire: what the server sent, into its read BIO. */
+static void to_client(void *c, const void *p, size_t n)
 {
-	size_t n;
-
-	*seed = *seed * 1103515245u + 12345u;
-	n = (*seed >> 16) % 4 == 0 ? 1 + (*seed >> 8) % 7 : 1 + (*seed >> 4) % 16384;
-	return n < left ? n : left;
+	BIO_write(SSL_get_rbio(c), p, (int)n);
 }
 
 /* Takes all of the server's output away (to the client's BIO when c is non-NULL). */
 static void drain(struct tls_conn *t, SSL *c)
 {
-	struct iovec iov;
-
-	while (tls_out(t, &iov) > 0) {
-		CHECK(iov.iov_len <= TLS_OUT_BYTES);
-		if (c)
-			BIO_write(SSL_get_rbio(c), iov.iov_base, (int)iov.iov_len);
-		tls_out_done(t, iov.iov_len);
-	}
+	fuzz_drain(t, to_client, c);
 }
 
 /*
@@ -59,57 +48,7 @@ static void drain(struct tls_conn *t, SSL *c)
 static ssize_t feed(struct tls_conn *t, SSL *c, const uint8_t *p, size_t n, uint32_t seed,
 		    uint8_t *out, size_t cap)
 {
-	size_t off = 0, got = 0, k;
-	ssize_t r;
-
-	while (off < n) {
-		k = piece(&seed, n - off);
-		r = tls_feed(t, p + off, k);
-		if (r < 0) {
-			CHECK(r == -EPROTO && t->state == TLS_FAILED);
-			CHECK(tls_in_pending(t) == 0);
-			return -1;
-		}
-		off += k;
-		for (int spins = 0;; spins++) {
-			CHECK(spins < (1 << 20));
-			if (t->state == TLS_HANDSHAKE) {
-				r = tls_handshake(t);
-				if (r == -ENOBUFS) {
-					drain(t, c); /* the output was full: sent now, go on */
-					continue;
-				}
-				if (r < 0)
-					break;
-				CHECK(t->state == TLS_OPEN);
-			}
-			r = tls_read(t, plain, sizeof(plain));
-			if (r == -ENOBUFS) {
-				drain(t, c);
-				continue;
-			}
-			if (r <= 0)
-				break;
-			CHECK((size_t)r <= sizeof(plain));
-			if (out && got + (size_t)r <= cap)
-				memcpy(out + got, plain, (size_t)r);
-			got += (size_t)r;
-		}
-		drain(t, c);
-		if (r == -EAGAIN) {
-			CHECK(tls_in_pending(t) == 0);
-			continue;
-		}
-		if (r == 0) {
-			CHECK(t->state == TLS_PEER_CLOSED);
-			return -1;
-		}
-		CHECK(r == -EPROTO && t->state == TLS_FAILED && t->fail != TLS_FAIL_NONE);
-		CHECK(t->why && tls_in_pending(t) == 0);
-		CHECK(tls_fail_name((enum tls_fail)t->fail)[0]);
-		return -1;
-	}
-	return (ssize_t)got;
+	return fuzz_feed(t, to_client, c, p, n, seed, out, cap, plain, sizeof(plain));
 }
 
 static SSL *client_new(void)
@@ -148,36 +87,12 @@ static int handshake(struct tls_conn *t, SSL *c)
 
 static void make_identity(void)
 {
-	char dir[] = "/tmp/corral-fuzz-tls-XXXXXX", path[128];
-	struct cfg_tls cfg = { .on = true,
-			       .session_tickets = true,
-			       .protocols = CFG_TLS_V12 | CFG_TLS_V13,
-			       .certs_n = 1 };
+	char dir[] = "/tmp/corral-fuzz-tls-XXXXXX";
+	struct cfg_tls cfg;
 	struct tls_ctx_err e;
-	EVP_PKEY *key = EVP_EC_gen("P-256");
-	X509 *x = X509_new();
-	FILE *f;
 
-	CHECK(mkdtemp(dir) && key && x);
-	ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-	X509_gmtime_adj(X509_getm_notBefore(x), 0);
-	X509_gmtime_adj(X509_getm_notAfter(x), 86400 * 365);
-	X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-				   (const unsigned char *)"fuzz.test", -1, -1, 0);
-	X509_set_issuer_name(x, X509_get_subject_name(x));
-	X509_set_pubkey(x, key);
-	CHECK(X509_sign(x, key, EVP_sha256()));
-	snprintf(path, sizeof(path), "%s/c.pem", dir);
-	CHECK((f = fopen(path, "w")) && PEM_write_X509(f, x));
-	fclose(f);
-	snprintf(cfg.certs[0].cert, sizeof(cfg.certs[0].cert), "%s", path);
-	snprintf(path, sizeof(path), "%s/c.key", dir);
-	CHECK((f = fopen(path, "w")) && PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL));
-	fclose(f);
-	snprintf(cfg.certs[0].key, sizeof(cfg.certs[0].key), "%s", path);
-	X509_free(x);
-	EVP_PKEY_free(key);
-
+	CHECK(mkdtemp(dir));
+	fuzz_identity(dir, NULL, &cfg);
 	CHECK(tls_server_new(&srv, &cfg, NULL, &e) == 0);
 	unlink(cfg.certs[0].cert);
 	unlink(cfg.certs[0].key);

@@ -28,15 +28,6 @@ static struct tls_server *srv;
 static struct tls_client *cl_any, *cl_verify;
 static uint8_t plain[1 << 16];
 
-static size_t piece(uint32_t *seed, size_t left)
-{
-	size_t n;
-
-	*seed = *seed * 1103515245u + 12345u;
-	n = (*seed >> 16) % 4 == 0 ? 1 + (*seed >> 8) % 7 : 1 + (*seed >> 4) % 16384;
-	return n < left ? n : left;
-}
-
 /* What one side sent and the other has not been given yet. */
 struct pipe {
 	uint8_t buf[1 << 18];
@@ -44,19 +35,21 @@ struct pipe {
 };
 static struct pipe c2s, s2c;
 
+/* Into pipe q, unless it is full. */
+static void to_pipe(void *q, const void *p, size_t n)
+{
+	struct pipe *pq = q;
+
+	if (pq->len + n <= sizeof(pq->buf)) {
+		memcpy(pq->buf + pq->len, p, n);
+		pq->len += n;
+	}
+}
+
 /* Takes all of t's output away: into q, or dropped when q is NULL (or full). */
 static void drain(struct tls_conn *t, struct pipe *q)
 {
-	struct iovec iov;
-
-	while (tls_out(t, &iov) > 0) {
-		CHECK(iov.iov_len <= TLS_OUT_BYTES);
-		if (q && q->len + iov.iov_len <= sizeof(q->buf)) {
-			memcpy(q->buf + q->len, iov.iov_base, iov.iov_len);
-			q->len += iov.iov_len;
-		}
-		tls_out_done(t, iov.iov_len);
-	}
+	fuzz_drain(t, to_pipe, q);
 }
 
 /*
@@ -67,57 +60,7 @@ static void drain(struct tls_conn *t, struct pipe *q)
 static ssize_t feed(struct tls_conn *t, struct pipe *q, const uint8_t *p, size_t n, uint32_t seed,
 		    uint8_t *out, size_t cap)
 {
-	size_t off = 0, got = 0, k;
-	ssize_t r;
-
-	while (off < n) {
-		k = piece(&seed, n - off);
-		r = tls_feed(t, p + off, k);
-		if (r < 0) {
-			CHECK(r == -EPROTO && t->state == TLS_FAILED);
-			CHECK(tls_in_pending(t) == 0 && t->why);
-			return -1;
-		}
-		off += k;
-		for (int spins = 0;; spins++) {
-			CHECK(spins < (1 << 20));
-			if (t->state == TLS_HANDSHAKE) {
-				r = tls_handshake(t);
-				if (r == -ENOBUFS) {
-					drain(t, q);
-					continue;
-				}
-				if (r < 0)
-					break;
-				CHECK(t->state == TLS_OPEN);
-			}
-			r = tls_read(t, plain, sizeof(plain));
-			if (r == -ENOBUFS) {
-				drain(t, q);
-				continue;
-			}
-			if (r <= 0)
-				break;
-			CHECK((size_t)r <= sizeof(plain));
-			if (out && got + (size_t)r <= cap)
-				memcpy(out + got, plain, (size_t)r);
-			got += (size_t)r;
-		}
-		drain(t, q);
-		if (r == -EAGAIN) {
-			CHECK(tls_in_pending(t) == 0);
-			continue;
-		}
-		if (r == 0) {
-			CHECK(t->state == TLS_PEER_CLOSED);
-			return -1;
-		}
-		CHECK(r == -EPROTO && t->state == TLS_FAILED && t->fail != TLS_FAIL_NONE);
-		CHECK(t->why && tls_in_pending(t) == 0);
-		CHECK(tls_fail_name((enum tls_fail)t->fail)[0]);
-		return -1;
-	}
-	return (ssize_t)got;
+	return fuzz_feed(t, to_pipe, q, p, n, seed, out, cap, plain, sizeof(plain));
 }
 
 /* Gives to what in holds (its answers go into back); plaintext read is added at out + *got. */
@@ -160,44 +103,15 @@ static int handshake(struct tls_conn *c, struct tls_conn *s)
 
 static void make_identity(void)
 {
-	char dir[] = "/tmp/corral-fuzz-tlsc-XXXXXX", path[128];
-	struct cfg_tls cfg = { .on = true,
-			       .session_tickets = true,
-			       .protocols = CFG_TLS_V12 | CFG_TLS_V13,
-			       .certs_n = 1 };
+	char dir[] = "/tmp/corral-fuzz-tlsc-XXXXXX";
+	struct cfg_tls cfg;
 	struct cfg_backend be = { .tls = { .on = true } };
 	struct sockaddr_in *s4 = (struct sockaddr_in *)&be.addr.ss;
 	struct tls_ctx_err e;
-	EVP_PKEY *key = EVP_EC_gen("P-256");
-	X509 *x = X509_new();
-	X509V3_CTX v3;
-	X509_EXTENSION *ext;
 	struct tls_conn c, s;
-	FILE *f;
 
-	CHECK(mkdtemp(dir) && key && x);
-	ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-	X509_gmtime_adj(X509_getm_notBefore(x), 0);
-	X509_gmtime_adj(X509_getm_notAfter(x), 86400 * 365);
-	X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-				   (const unsigned char *)"fuzz.test", -1, -1, 0);
-	X509_set_issuer_name(x, X509_get_subject_name(x));
-	X509_set_pubkey(x, key);
-	X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
-	ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, "DNS:fuzz.test");
-	CHECK(ext && X509_add_ext(x, ext, -1));
-	X509_EXTENSION_free(ext);
-	CHECK(X509_sign(x, key, EVP_sha256()));
-	snprintf(path, sizeof(path), "%s/c.pem", dir);
-	CHECK((f = fopen(path, "w")) && PEM_write_X509(f, x));
-	fclose(f);
-	snprintf(cfg.certs[0].cert, sizeof(cfg.certs[0].cert), "%s", path);
-	snprintf(path, sizeof(path), "%s/c.key", dir);
-	CHECK((f = fopen(path, "w")) && PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL));
-	fclose(f);
-	snprintf(cfg.certs[0].key, sizeof(cfg.certs[0].key), "%s", path);
-	X509_free(x);
-	EVP_PKEY_free(key);
+	CHECK(mkdtemp(dir));
+	fuzz_identity(dir, "DNS:fuzz.test", &cfg);
 	CHECK(tls_server_new(&srv, &cfg, NULL, &e) == 0);
 
 	s4->sin_family = AF_INET;
