@@ -225,6 +225,26 @@ def test_load_policies_avoid_a_core_with_heavy_requests_in_flight(corral, backen
     assert stats(p)["steering"]["fallbacks"] == 0
 
 
+@WORKERS
+@pytest.mark.parametrize("policy", ["least-load", "power-of-two"])
+def test_load_policies_count_accepted_connections_before_their_first_request(corral, backend, policy, n):
+    p = start(corral, backend, "weighted", cores=cores_for(n), weights=[1] + [0] * (n - 1))
+    # Three connections on core 0 that have sent nothing yet: accepted, no request started.
+    silent = [socket.create_connection(("127.0.0.1", p.port), timeout=5 * SLOW) for _ in range(3)]
+    try:
+        assert wait_until(lambda: accepted(p) == all_but(n, 0, 0) | {0: 3}), accepted(p)
+        ctl_ok(p, "policy", "set", policy)
+        d = connections(p, 12)
+        print("%s, %d workers, 3 silent connections on core 0: %s" % (policy, n, d))
+        # Still open and silent: the condition the test is about.
+        assert not select.select(silent, [], [], 0)[0], "corral answered or closed a silent connection"
+        assert d[0] == 0 and sum(d.values()) == 12, "%s sent new connections to core 0: %s" % (policy, d)
+    finally:
+        for c in silent:
+            c.close()
+    assert stats(p)["steering"]["fallbacks"] == 0
+
+
 def _from_cpu(p, cpu, n, errors):
     try:
         os.sched_setaffinity(0, {cpu})  # this thread only
