@@ -88,8 +88,8 @@ struct daemon {
 	uint16_t listen_port[CFG_LISTEN_MAX];
 	int listen_backlog; /* for every listen(), the re-listen after an undrain too */
 	uint64_t start_ms;
-	int alog_fd;	      /* access log, shared O_APPEND fd; -1 = off */
-	uint32_t fd_budget;   /* fds per worker for client and upstream connections (main.c) */
+	int alog_fd;	    /* access log, shared O_APPEND fd; -1 = off */
+	uint32_t fd_budget; /* fds per worker for client and upstream connections (main.c) */
 	volatile int stopping;
 	/*
 	 * Set before the workers are asked to stop when a binary upgrade's successor took over:

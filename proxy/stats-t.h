@@ -47,8 +47,8 @@ struct stats_worker {
 	uint64_t lat_sum_us;
 	uint64_t no_backend;	/* 503s because no backend was eligible (not any backend's error) */
 	uint64_t client_aborts; /* exchanges the client closed or reset in flight (logged 499) */
-	uint64_t conns_reclaimed; /* idle client connections closed to make room at the limit */
-	uint64_t fd_exhausted;	  /* accepts, upstream sockets: EMFILE/ENFILE, fd budget */
+	uint64_t conns_reclaimed;   /* idle client connections closed to make room at the limit */
+	uint64_t fd_exhausted;	    /* accepts, upstream sockets: EMFILE/ENFILE, fd budget */
 	uint64_t log_lines_dropped; /* access-log lines lost: every chunk full (accesslog.h) */
 	uint64_t
 		proxy_protocol_errors; /* proxy_protocol connections closed without a valid header */
