@@ -5,7 +5,9 @@ BUILD/bench/samples.jsonl and report.py turns them into the table, CSV/JSON and 
 
 usage: bench.py BUILD_DIR full|quick   (settings: BENCH_* environment variables, docs/benchmarks.md)
 """
+import ctypes
 import json
+import mmap
 import os
 import re
 import shutil
@@ -13,7 +15,9 @@ import signal
 import socket
 import ssl
 import subprocess
+import struct
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,13 +35,18 @@ MODES = {
     # stay under 15 minutes with the TLS scenarios; BENCH_SECS sets all);
     # no_warm: scenarios without the warm-up (churn and large set up what they need in their first
     # milliseconds; the time goes to the TLS scenarios); uneven_relay: the relay in uneven (not in quick)
+    # scen_rounds: rounds where not `rounds` (BENCH_ROUNDS sets all). full: uneven has 7 because its
+    # per-round figures are bimodal - a round where the 3 heavy streams land on one worker (about 1
+    # in 4 under any policy) has ~15 % lower light p99 and max/mean ~1.33, the others ~1.05 - and a
+    # median of 3 rounds says mostly how many rounds of each kind a contender drew (docs/benchmarks.md)
     "quick": dict(rounds=2, secs=2, warm=0, warm_once=1, hello1=[256], hello2=[], work=False, large_up=False,
                   idle=[5000], slow=False, slow_secs=0, tls=[256], tls_hs=[32], tls_idle=[], tls_secs=1,
                   tls_check_wrk=False, no_warm=["churn", "large"], uneven_relay=False),
     "full": dict(rounds=3, secs=3, warm=0, warm_once=1, hello1=[64, 256, 1024], hello2=[256], work=True,
                  large_up=True, idle=[10000, 19000], slow=True, slow_secs=15, tls=[64, 256], tls_hs=[32],
                  tls_idle=[2000, 4000], tls_secs=1.5, tls_check_wrk=True, no_warm=["churn", "large"],
-                 uneven_relay=True, scen_secs={"work": 2, "uneven": 2, "churn": 2, "large": 2}),
+                 uneven_relay=True, scen_secs={"work": 2, "uneven": 2, "churn": 2, "large": 2},
+                 scen_rounds={"uneven": 7}),
 }
 POOL = 1024            # upstream keep-alive connections each proxy may keep: >= the largest -c
 REQS_PER_CONN = 1000000  # keep-alive requests per client connection: never reached in a run
@@ -53,12 +62,63 @@ TLS_TICKETS = 1
 TLS_CONTENDERS = ["corral", "nginx", "haproxy"]
 
 
+class CoreSampler:
+    """Reads corral's pinned per-core steering map (/sys/fs/bpf/corral/<instance>/cores, struct
+    steer_core in bpf/steer_shared.h: 64 bytes per worker, conns at byte 8) every 20 ms during a
+    window and keeps, per worker, the fewest client connections it held. In uneven the heavy
+    connections never close while every light one closes after its response, so that minimum is
+    the number of heavy streams on the worker: an estimate (a light connection held at every
+    sample would add one; in 69 of the 70 windows of docs/benchmarks.md's runs the minima summed
+    to the 3 heavy, once to 2). Read-only: the map is mmapped PROT_READ."""
+    SYS_BPF = {"x86_64": 321, "aarch64": 280}
+    BPF_OBJ_GET = 7
+    LINE, CONNS = 64, 8
+
+    def __init__(self, instance, workers):
+        self.workers, self.mins, self.map = workers, None, None
+        nr = self.SYS_BPF.get(os.uname().machine)
+        if nr is None:
+            return
+        path = ctypes.create_string_buffer(f"/sys/fs/bpf/corral/{instance}/cores".encode())
+        attr = ctypes.create_string_buffer(128)  # union bpf_attr: pathname (u64), bpf_fd, file_flags
+        struct.pack_into("=Q", attr, 0, ctypes.addressof(path))
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        fd = libc.syscall(ctypes.c_long(nr), ctypes.c_int(self.BPF_OBJ_GET), attr, ctypes.c_uint(len(attr)))
+        if fd < 0:
+            return
+        try:
+            self.map = mmap.mmap(fd, self.LINE * workers, mmap.MAP_SHARED, mmap.PROT_READ)
+        except (OSError, ValueError):
+            self.map = None
+        os.close(fd)
+        self.stop_ev = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop_ev.wait(0.02):
+            now = [struct.unpack_from("=I", self.map, i * self.LINE + self.CONNS)[0] for i in range(self.workers)]
+            self.mins = now if self.mins is None else [min(a, b) for a, b in zip(self.mins, now)]
+
+    def finish(self):
+        """The per-worker minima (a list), or None when the map could not be read."""
+        if not self.map:
+            return None
+        self.stop_ev.set()
+        self.thread.join()
+        self.map.close()
+        return self.mins
+
+
 class Bench:
     def __init__(self, build, mode):
         self.build = os.path.abspath(build)
         self.m = dict(MODES[mode])
         if os.environ.get("BENCH_SECS"):
             self.m["scen_secs"] = {}
+        if os.environ.get("BENCH_ROUNDS"):
+            self.m["scen_rounds"] = {}
         for k in ("rounds", "secs", "tls_secs"):
             if os.environ.get("BENCH_" + k.upper()):
                 self.m[k] = (float if k == "tls_secs" else int)(os.environ["BENCH_" + k.upper()])
@@ -304,7 +364,8 @@ class Bench:
         env = None
         if name.startswith("corral"):
             policy = name.split("-", 1)[1] if "-" in name else "hash"
-            self.render("corral.yaml.in", os.path.join(d, "corral.yaml"), INSTANCE=f"bench-{os.getpid()}-{self.seq}",
+            inst = f"bench-{os.getpid()}-{self.seq}"
+            self.render("corral.yaml.in", os.path.join(d, "corral.yaml"), INSTANCE=inst,
                         CORES=", ".join(cpu_list[:workers]), BACKEND_PORT=bport, MAXCONN=maxconn,
                         POOL=POOL, REQS=REQS_PER_CONN, IDLE_MS=KEEPALIVE_S * 1000, POLICY=policy,
                         LISTEN=plain["LISTEN"])
@@ -314,7 +375,7 @@ class Bench:
                 self.note(f"{name}: did not become ready: {open(log).read()[-300:]}")
                 self.stop(p)
                 return None
-            c.update(port=int(m.group(1)), pids=[p.pid], rss=[p.pid])
+            c.update(port=int(m.group(1)), pids=[p.pid], rss=[p.pid], instance=inst)
         elif name in ("relay", "tokio") and tls:
             return None
         elif name in ("relay", "tokio"):
@@ -463,14 +524,19 @@ class Bench:
         t0 = self.tasks(c["pids"])
         b0 = self.tasks([self.backend[0].pid])
         k0 = self.cores()
-        perf = None
+        perf = sampler = None
         if not mark:
             secs = self.m.get("scen_secs", {}).get(scen, self.m["secs"])
             ws = [self.wrk(c["port"], log=lg, secs=secs, **kw) for (_, kw), lg in zip(loads, logs)]
+            # uneven: where the heavy streams are (the steering's placement), from corral's own map.
+            if scen == "uneven" and c.get("instance"):
+                time.sleep(0.2)  # the heavy connections and the first light ones are accepted
+                sampler = CoreSampler(c["instance"], workers)
             if scen in self.perf and rnd == 1:
                 perf = self.perf_start(f"{scen}-{case}-{c['name']}", secs)
         for w in ws:
             w.wait()
+        split = sampler.finish() if sampler else None
         if perf:
             self.perf_report(*perf, c)
         t1 = self.tasks(c["pids"])
@@ -484,6 +550,9 @@ class Bench:
         s["worker_cpu_ns"] = top
         s["backend_cpu_ns"] = sum(b1[k] - b0.get(k, 0) for k in b1)
         s["core_busy_pct"] = [round(100.0 * (b[0] - a[0]) / max(1, b[1] - a[1]), 1) for a, b in zip(k0, k1)]
+        if split is not None:
+            s["heavy_split"] = split
+            s["heavy_n"] = dict(loads).get("heavy", {}).get("conns")
         for (lbl, _), lg in zip(loads, logs):
             r = self.wrk_result(lg)
             if r is None:
@@ -498,6 +567,8 @@ class Bench:
         reqs = max(1, w["requests"])
         errs = w["err_connect"] + w["err_read"] + w["err_write"] + w["err_status"] + w["err_timeout"]
         mm = f" max/mean {max(top) * len(top) / max(1, sum(top)):.2f}" if workers > 1 and top else ""
+        if split is not None:
+            mm += " heavy " + "+".join(str(x) for x in split)
         print(f"bench: {scen:7s} {case:10s} r{rnd} {c['name']:18s} {reqs / secs:8.0f} req/s "
               f"p50 {w['p50_us']:6d} p99 {w['p99_us']:7d} us  cpu {s['proxy_cpu_ns'] / 1000 / reqs:6.2f} us/req"
               f"{mm}  errors {errs}  cores busy {s['core_busy_pct']}", file=sys.stderr, flush=True)
@@ -526,7 +597,7 @@ class Bench:
                     for w in ws:
                         w.wait()
             for case, loads in cases:
-                for rnd in range(1, self.m["rounds"] + 1):
+                for rnd in range(1, self.m.get("scen_rounds", {}).get(scen, self.m["rounds"]) + 1):
                     k = (rnd - 1) % len(up)
                     for c in up[k:] + up[:k]:
                         if c["proc"].poll() is not None:

@@ -42,6 +42,10 @@ def figures(s):
     top = s.get("worker_cpu_ns") or []
     if s["workers"] > 1 and top and sum(top):
         f["core_max_mean"] = max(top) * len(top) / sum(top)
+    split, heavy_n = s.get("heavy_split"), s.get("heavy_n")
+    if split and heavy_n:
+        # uneven: 1 when every heavy stream was on one worker (bench.py CoreSampler), else 0
+        f["heavy_one"] = 1 if max(split) >= heavy_n else 0
     if "heavy" in s:
         h = s["heavy"]
         f["heavy_mb_s"] = h["bytes"] / (h["duration_us"] / 1e6) / 1e6
@@ -80,7 +84,8 @@ COLUMNS = {
               ("p99_vs_ref", "p99 ÷ HAProxy", 2), ("core_max_mean", "core max/mean", 2), ("errors", "errors", 0)],
     "uneven": [("req_s", "light req/s", 0), ("p50_ms", "p50 ms", 2), ("p99_ms", "p99 ms", 2), ("max_ms", "max ms", 1),
                ("p99_vs_base", "p99 ÷ hash", 2), ("heavy_mb_s", "heavy MB/s", 0), ("core_max_mean", "core max/mean", 2),
-               ("cpu_us_req", "CPU µs/light req", 1), ("errors", "errors", 0)],
+               ("cpu_us_req", "CPU µs/light req", 1), ("heavy_one", "rounds: all heavy on one worker", 0),
+               ("errors", "errors", 0)],
     "churn": [("req_s", "conn/s", 0), ("p50_ms", "p50 ms", 2), ("p99_ms", "p99 ms", 2),
               ("cpu_us_req", "CPU µs/conn", 2), ("cpu_vs_floor", "CPU ÷ floor", 2), ("cpu_vs_ref", "CPU ÷ HAProxy", 2),
               ("errors", "errors", 0)],
@@ -146,6 +151,9 @@ def main():
             r["resumed"] = sum(f.get("resumed", 0) for f in fs)
             r["handshakes"] = sum(f.get("handshakes", 0) for f in fs)
         r["rounds"] = len(fs)
+        one = [f["heavy_one"] for f in fs if "heavy_one" in f]
+        if one:
+            r["heavy_one"] = f"{sum(one)}/{len(one)}"
         rows[key] = r
 
     def ratio(key, metric, base, name):
@@ -173,7 +181,9 @@ def main():
     st = meta.get("settings") or {}
     P("")
     other = ", ".join(f"{k} {v} s" for k, v in (st.get("scen_secs") or {}).items())
-    P(f"Medians of {st.get('rounds')} interleaved rounds of {st.get('secs')} s per contender "
+    rounds_other = ", ".join(f"{k} {v}" for k, v in (st.get("scen_rounds") or {}).items())
+    P(f"Medians of {st.get('rounds')} interleaved rounds"
+      + (f" ({rounds_other})" if rounds_other else "") + f" of {st.get('secs')} s per contender "
       + (f"({other}) " if other else "")
       + (f"(warm-up {st.get('warm')} s before each)" if st.get("warm") else
          f"(warm-up {st.get('warm_once')} s before a contender's first run"
@@ -261,9 +271,9 @@ def main():
 
     # CSV: one row per (scenario, case, contender), medians; JSON: the same plus every sample.
     fields = ["scenario", "case", "contender", "rounds", "req_s", "p50_ms", "p99_ms", "max_ms", "cpu_us_req",
-              "cpu_vs_floor", "cpu_vs_ref", "p99_vs_ref", "p99_vs_base", "core_max_mean", "heavy_mb_s", "mb_s",
-              "cpu_us_mb", "mbcpu_vs_floor", "mbcpu_vs_ref", "backend_us_req", "cpu_vs_nginx", "hs_core_s",
-              "resumed", "tickets_hs", "handshakes", "tls_ok", "bytes_per_conn", "errors"]
+              "cpu_vs_floor", "cpu_vs_ref", "p99_vs_ref", "p99_vs_base", "core_max_mean", "heavy_mb_s",
+              "heavy_one", "mb_s", "cpu_us_mb", "mbcpu_vs_floor", "mbcpu_vs_ref", "backend_us_req", "cpu_vs_nginx",
+              "hs_core_s", "resumed", "tickets_hs", "handshakes", "tls_ok", "bytes_per_conn", "errors"]
     with open(os.path.join(a.dir, "results.csv"), "w", newline="") as f:
         f.write(f"# {stamp}\n")
         w = csv.writer(f)
