@@ -494,7 +494,10 @@ class Bench:
             subprocess.run(["timeout", "120"] + rep + ["-g", "none", "--sort", "dso,sym", "--percentage", "relative",
                                                         "--pid", ",".join(str(x) for x in c["pids"])],
                            stdout=f, stderr=subprocess.DEVNULL)
-        os.unlink(data)
+        if os.environ.get("BENCH_PERF_KEEP"):
+            os.replace(data, txt[:-4] + ".data")  # for perf report -i ... -g (call graphs)
+        else:
+            os.unlink(data)
 
     @staticmethod
     def wrk_result(log):
