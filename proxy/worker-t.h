@@ -71,7 +71,7 @@ struct sendq {
 	struct msghdr msg;
 	struct iovec iov[5]; /* PROXY header, request head, chunk line, payload, chunk end */
 	uint8_t iov_n;
-	bool busy; /* a sendmsg is in flight */
+	bool busy; /* a send or sendmsg is in flight */
 };
 
 #endif
