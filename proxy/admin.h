@@ -2,7 +2,6 @@
 #ifndef CORRAL_ADMIN_H
 #define CORRAL_ADMIN_H
 
-#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -151,14 +150,20 @@ struct admin_ops {
 struct ctl;
 
 /*
- * An accept that failed for want of descriptors or memory: the pending connection stays
- * queued and keeps the listener readable, so the admin planes take the listener out of
- * their epoll set until their next one-second tick instead of polling it hot.
+ * An admin-plane listener (control socket, metrics) in its plane's epoll set. When an accept
+ * fails for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) the pending
+ * connection stays queued and keeps the listener readable, so it leaves the epoll set until
+ * the plane's next one-second tick instead of spinning the main thread's poll.
  */
-static inline bool admin_accept_starved(int err)
-{
-	return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
-}
+struct admin_listen {
+	bool paused; /* out of the epoll set until the next tick */
+	bool gone;   /* handed off to a successor: never put back */
+};
+
+/* After a failed accept (err: its errno): pauses the listener when err is a starvation. */
+void admin_listen_failed(struct admin_listen *l, int ep, int lfd, int err, const char *what);
+/* On the plane's tick: puts a paused listener back. */
+void admin_listen_tick(struct admin_listen *l, int ep, int lfd, uint64_t tag);
 
 /*
  * Creates the Unix socket at path (mode 0600, parent folder created 0700 when missing). A

@@ -59,13 +59,7 @@ struct ctl {
 	int ep;
 	int lfd;
 	int tfd;
-	/*
-	 * The listener is out of the epoll set after an accept failed for want of descriptors
-	 * or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM): left in, the pending connection keeps it
-	 * readable and the main thread's poll spins. The next timer tick puts it back.
-	 */
-	bool lpaused;
-	bool lgone; /* handed off to a successor: never put back */
+	struct admin_listen ls; /* the listener's pause at EMFILE (admin.h) */
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	dev_t dev; /* of the socket file we created: unlink only that one */
 	ino_t ino;
@@ -775,6 +769,23 @@ static void ctl_client_read(struct ctl *c, struct ctl_client *cl)
 	ctl_client_process(c, cl);
 }
 
+void admin_listen_failed(struct admin_listen *l, int ep, int lfd, int err, const char *what)
+{
+	if (l->paused || !(err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM))
+		return;
+	epoll_ctl(ep, EPOLL_CTL_DEL, lfd, NULL);
+	l->paused = true;
+	log_warn("%s: accept: %s; paused until the next second", what, strerror(err));
+}
+
+void admin_listen_tick(struct admin_listen *l, int ep, int lfd, uint64_t tag)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = tag };
+
+	if (l->paused && !l->gone && epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev) == 0)
+		l->paused = false;
+}
+
 static void ctl_accept(struct ctl *c)
 {
 	for (;;) {
@@ -785,13 +796,9 @@ static void ctl_accept(struct ctl *c)
 		int fd = accept4(c->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
 		if (fd < 0) {
-			if (admin_accept_starved(errno) && !c->lpaused) {
-				epoll_ctl(c->ep, EPOLL_CTL_DEL, c->lfd, NULL);
-				c->lpaused = true;
-				log_warn("control socket: accept: %s; paused until the next second",
-					 strerror(errno));
-			}
-			return; /* EAGAIN, or a transient error: the listener stays */
+			/* EAGAIN, or a transient error: the listener stays. */
+			admin_listen_failed(&c->ls, c->ep, c->lfd, errno, "control socket");
+			return;
 		}
 		/* The socket is 0600 already; refuse anyone but root and our own user anyway. */
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1 ||
@@ -836,13 +843,7 @@ void ctl_service(struct ctl *c)
 		} else if (tag == CTL_TAG_TIMER) {
 			uint64_t ticks;
 
-			if (c->lpaused && !c->lgone) {
-				struct epoll_event lev = { .events = EPOLLIN,
-							   .data.u64 = CTL_TAG_LISTEN };
-
-				if (epoll_ctl(c->ep, EPOLL_CTL_ADD, c->lfd, &lev) == 0)
-					c->lpaused = false;
-			}
+			admin_listen_tick(&c->ls, c->ep, c->lfd, CTL_TAG_LISTEN);
 			if (read(c->tfd, &ticks, sizeof(ticks)) == sizeof(ticks)) {
 				c->prev = c->cur;
 				ctl_take_sample(c, &c->cur);
@@ -926,7 +927,7 @@ int ctl_reclaim(struct ctl *c)
 	c->dev = st.st_dev;
 	c->ino = st.st_ino;
 	epoll_ctl(c->ep, EPOLL_CTL_ADD, c->lfd, &ev);
-	c->lpaused = false;
+	c->ls.paused = false;
 	return 0;
 }
 
@@ -940,7 +941,7 @@ void ctl_handoff(struct ctl *c, uint32_t timeout_ms)
 	/* Whoever connected before the successor renamed its socket over the path is ours. */
 	ctl_accept(c);
 	epoll_ctl(c->ep, EPOLL_CTL_DEL, c->lfd, NULL);
-	c->lgone = true;
+	c->ls.gone = true;
 	do {
 		struct pollfd pf = { .fd = c->ep, .events = POLLIN };
 

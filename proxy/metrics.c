@@ -54,8 +54,7 @@ struct metrics {
 	int ep;
 	int lfd;
 	int tfd;
-	bool lpaused; /* the listener is out of the epoll set until the next tick (ctl.c) */
-	bool lgone;   /* handed off to a successor: never put back */
+	struct admin_listen ls; /* the listener's pause at EMFILE (admin.h) */
 	uint16_t port;
 	const struct admin_ops *ops;
 	struct metrics_conn conns[METRICS_CONNS_MAX];
@@ -604,12 +603,7 @@ static void metrics_accept(struct metrics *m)
 		int fd = accept4(m->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
 		if (fd < 0) {
-			if (admin_accept_starved(errno) && !m->lpaused) {
-				epoll_ctl(m->ep, EPOLL_CTL_DEL, m->lfd, NULL);
-				m->lpaused = true;
-				log_warn("metrics: accept: %s; paused until the next second",
-					 strerror(errno));
-			}
+			admin_listen_failed(&m->ls, m->ep, m->lfd, errno, "metrics");
 			return;
 		}
 		for (i = 0; i < METRICS_CONNS_MAX && m->conns[i].fd >= 0; i++)
@@ -643,13 +637,7 @@ void metrics_service(struct metrics *m)
 			uint64_t ticks, now = metrics_now_ns();
 			uint32_t j;
 
-			if (m->lpaused && !m->lgone) {
-				struct epoll_event lev = { .events = EPOLLIN,
-							   .data.u64 = METRICS_TAG_LISTEN };
-
-				if (epoll_ctl(m->ep, EPOLL_CTL_ADD, m->lfd, &lev) == 0)
-					m->lpaused = false;
-			}
+			admin_listen_tick(&m->ls, m->ep, m->lfd, METRICS_TAG_LISTEN);
 			if (read(m->tfd, &ticks, sizeof(ticks)) < 0) {
 				/* EAGAIN: another event already consumed it. */
 			}
@@ -684,7 +672,7 @@ void metrics_handoff(struct metrics *m, uint32_t timeout_ms)
 		return;
 	/* No new connection: they queue on the listener for the successor. */
 	epoll_ctl(m->ep, EPOLL_CTL_DEL, m->lfd, NULL);
-	m->lgone = true;
+	m->ls.gone = true;
 	do {
 		struct pollfd pf = { .fd = m->ep, .events = POLLIN };
 		uint32_t j;
