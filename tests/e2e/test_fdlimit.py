@@ -48,6 +48,17 @@ def fresh_get(port, timeout):
     return r, time.monotonic() - t0
 
 
+def open_admin(p, admin):
+    """Opens as many admin-plane connections as corral takes (32 control clients, 16 metrics
+    connections) and appends them to admin."""
+    for _ in range(32):  # the control socket's client limit
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(p.cfg["admin"]["socket"])
+        admin.append(s)
+    for _ in range(16):  # the metrics listener's connection limit
+        admin.append(socket.create_connection(("127.0.0.1", p.metrics_port)))
+
+
 def fd_count(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
 
@@ -141,12 +152,7 @@ def test_accept_at_emfile_does_not_spin_or_flood_and_keeps_answering(limited, ba
     admin, busy = [], []
     n0 = fd_count(p.proc.pid)
     try:
-        for _ in range(32):  # the control socket's client limit
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(p.cfg["admin"]["socket"])
-            admin.append(s)
-        for _ in range(16):  # the metrics listener's connection limit
-            admin.append(socket.create_connection(("127.0.0.1", p.metrics_port)))
+        open_admin(p, admin)
         # All of them accepted before the requests come: else the admin plane's accepts are
         # what run into EMFILE, not the worker's.
         n = wait_fds(p.proc.pid, n0 + len(admin), 5 * SLOW)
@@ -270,12 +276,7 @@ def fill_fd_table(p, nofile, hold_ms, admin, busy):
     fd, a head half sent (one fd, not idle). Appends what it opened to admin and busy."""
     pid = p.proc.pid
     n = fd_count(pid)
-    for _ in range(32):  # the control socket's client limit
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(p.cfg["admin"]["socket"])
-        admin.append(s)
-    for _ in range(16):  # the metrics listener's connection limit
-        admin.append(socket.create_connection(("127.0.0.1", p.metrics_port)))
+    open_admin(p, admin)
     n = wait_fds(pid, n + len(admin), 5 * SLOW)
     assert n < nofile - 8, "the admin plane's connections left no room: %d fds" % n
     for _ in range(nofile):
